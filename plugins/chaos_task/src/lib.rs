@@ -1,0 +1,124 @@
+//! `chaos_task`: misbehaving and probing skills used by the worker host's tests
+//! (and handy for trying the sandbox by hand). Never deploy it for real work.
+//!
+//! | skill | does |
+//! |---|---|
+//! | `custom_status` | returns status `needs_review` with the params echoed |
+//! | `spin_forever` | loops without end (stopped by the host's timeout) |
+//! | `alloc_forever` | allocates without bound (stopped by the memory cap) |
+//! | `read_host_file` | tries to read `params.path` from the host filesystem |
+//! | `read_env` | reports the environment variables it can see |
+//! | `connect` | tries to open a TCP connection to `params.addr` |
+//! | `print_output` | writes to stdout and stderr |
+//! | `panic` | panics (a trap) |
+//! | `sleep` | sleeps `params.ms` milliseconds |
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+wit_bindgen::generate!({ path: "../../wit", world: "task-plugin" });
+
+use exports::taskworker::plugin::handler::{Guest, Skill, Task, TaskError, TaskOutput};
+use taskworker::plugin::types::ErrorKind;
+
+const SKILLS: &[(&str, &str)] = &[
+    ("custom_status", "Returns the custom status `needs_review`"),
+    ("spin_forever", "Loops forever"),
+    ("alloc_forever", "Allocates memory without bound"),
+    ("read_host_file", "Tries to read params.path"),
+    ("read_env", "Lists visible environment variables"),
+    ("connect", "Tries a TCP connection to params.addr"),
+    ("print_output", "Writes to stdout and stderr"),
+    ("panic", "Panics"),
+    ("sleep", "Sleeps params.ms milliseconds"),
+];
+
+struct ChaosTask;
+
+fn ok(data: Value) -> Result<TaskOutput, TaskError> {
+    Ok(TaskOutput { status: "success".into(), data: data.to_string() })
+}
+
+impl Guest for ChaosTask {
+    fn describe() -> Vec<Skill> {
+        SKILLS
+            .iter()
+            .map(|(name, description)| Skill {
+                name: (*name).into(),
+                version: "1.0.0".into(),
+                description: (*description).into(),
+                input_schema: None,
+                output_schema: None,
+                output_statuses: if *name == "custom_status" {
+                    vec!["needs_review".into()]
+                } else {
+                    vec![]
+                },
+            })
+            .collect()
+    }
+
+    fn execute(task: Task) -> Result<TaskOutput, TaskError> {
+        let params: Value = serde_json::from_str(&task.params).map_err(|e| TaskError {
+            kind: ErrorKind::InvalidInput,
+            message: format!("params are not JSON: {e}"),
+            details: None,
+        })?;
+        match task.task_type.as_str() {
+            "custom_status" => Ok(TaskOutput {
+                status: "needs_review".into(),
+                data: json!({ "reviewed": false, "params": params }).to_string(),
+            }),
+            "spin_forever" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "alloc_forever" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "read_host_file" => {
+                let path = params["path"].as_str().unwrap_or("/etc/passwd");
+                match std::fs::read_to_string(path) {
+                    Ok(text) => ok(json!({ "read": true, "bytes": text.len() })),
+                    Err(e) => ok(json!({ "read": false, "error": e.to_string() })),
+                }
+            }
+            "read_env" => {
+                let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+                ok(json!({ "vars": vars, "home": std::env::var("HOME").ok() }))
+            }
+            "connect" => {
+                let addr = params["addr"].as_str().unwrap_or("127.0.0.1:80");
+                match std::net::TcpStream::connect(addr) {
+                    Ok(_) => ok(json!({ "connected": true })),
+                    Err(e) => ok(json!({ "connected": false, "error": e.to_string() })),
+                }
+            }
+            "print_output" => {
+                println!("hello from stdout of {}", task.task_id);
+                eprintln!("hello from stderr of {}", task.task_id);
+                ok(json!({ "printed": true }))
+            }
+            "panic" => panic!("chaos_task was asked to panic"),
+            "sleep" => {
+                let ms = params["ms"].as_u64().unwrap_or(1000);
+                std::thread::sleep(Duration::from_millis(ms));
+                ok(json!({ "slept_ms": ms }))
+            }
+            other => Err(TaskError {
+                kind: ErrorKind::Permanent,
+                message: format!("chaos_task does not serve {other}"),
+                details: None,
+            }),
+        }
+    }
+}
+
+export!(ChaosTask);

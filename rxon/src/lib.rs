@@ -1,0 +1,18 @@
+//! Wire types and message signing of the RXON worker protocol, as spoken by the
+//! avtomatika orchestrator 1.0b30 and its worker SDK (rxon 1.0b17).
+//!
+//! This crate is the one place where each JSON shape exchanged between a worker
+//! and an orchestrator is defined; both `orchestrator` and `worker-host` use it.
+//!
+//! # Layout
+//! - [`model`]: request and response bodies of `/_worker/...`.
+//! - [`signing`]: canonical JSON and the HMAC-SHA256 message signature.
+//! - [`codes`]: error codes and header names.
+
+pub mod codes;
+pub mod model;
+pub mod signing;
+
+pub use codes::*;
+pub use model::*;
+pub use signing::{SignError, canonical_json, seal, sign_message, verify_message};

@@ -1,0 +1,162 @@
+//! Message signatures: `hex(HMAC-SHA256(key = token, msg = canonical JSON))`.
+//!
+//! The canonical form follows rxon 1.0b17 (`rxon/security.py`, `rxon/utils.py`):
+//! nulls are dropped from objects at every depth, integral floats become
+//! integers, the top-level `security` and `_signature` keys (and any extra keys
+//! the caller names, e.g. `bubbling_chain` for events) are removed, and the
+//! result is written with keys sorted at every depth, compact separators and raw
+//! UTF-8.
+
+use hmac::{Hmac, Mac};
+use serde_json::{Map, Number, Value};
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Top-level keys never covered by a message signature.
+const UNSIGNED_KEYS: &[&str] = &["security", "_signature"];
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SignError {
+    #[error("Missing required security context")]
+    MissingSecurity,
+    #[error("Missing required cryptographic signature")]
+    MissingSignature,
+    #[error("Invalid message signature")]
+    BadSignature,
+    #[error("signed message must be a JSON object")]
+    NotAnObject,
+}
+
+/// The canonical text of `message` without the top-level `exclude` keys (and
+/// the always-excluded `security`/`_signature`).
+pub fn canonical_json(message: &Value, exclude: &[&str]) -> String {
+    let value = match message {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(k, _)| !UNSIGNED_KEYS.contains(&k.as_str()) && !exclude.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        other => other.clone(),
+    };
+    // serde_json writes compact JSON with raw UTF-8; `normalize` sorts keys.
+    normalize(&value).to_string()
+}
+
+fn normalize(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().filter(|k| !map[*k].is_null()).collect();
+            keys.sort();
+            let mut out = Map::with_capacity(keys.len());
+            for k in keys {
+                out.insert(k.clone(), normalize(&map[k]));
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) => Value::Array(items.iter().map(normalize).collect()),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if !n.is_i64() && !n.is_u64() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
+                Value::Number(Number::from(f as i64))
+            }
+            _ => value.clone(),
+        },
+        other => other.clone(),
+    }
+}
+
+/// Lowercase hex HMAC-SHA256 of the canonical form of `message`.
+pub fn sign_message(message: &Value, secret: &str, exclude: &[&str]) -> String {
+    let canonical = canonical_json(message, exclude);
+    // HMAC accepts keys of any length, so `new_from_slice` cannot fail.
+    let mut mac = match HmacSha256::new_from_slice(secret.as_bytes()) {
+        Ok(mac) => mac,
+        Err(_) => unreachable!("HMAC takes keys of any size"),
+    };
+    mac.update(canonical.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Checks `message.security.signature` against `secret` in constant time.
+pub fn verify_message(message: &Value, secret: &str, exclude: &[&str]) -> Result<(), SignError> {
+    let obj = message.as_object().ok_or(SignError::NotAnObject)?;
+    let security = obj
+        .get("security")
+        .and_then(Value::as_object)
+        .ok_or(SignError::MissingSecurity)?;
+    let signature = security
+        .get("signature")
+        .and_then(Value::as_str)
+        .ok_or(SignError::MissingSignature)?;
+    let given = hex::decode(signature).map_err(|_| SignError::BadSignature)?;
+    let canonical = canonical_json(message, exclude);
+    let mut mac = match HmacSha256::new_from_slice(secret.as_bytes()) {
+        Ok(mac) => mac,
+        Err(_) => unreachable!("HMAC takes keys of any size"),
+    };
+    mac.update(canonical.as_bytes());
+    mac.verify_slice(&given).map_err(|_| SignError::BadSignature)
+}
+
+/// Adds `timestamp` (if missing) and a `security` block signed with `secret`.
+pub fn seal(message: &mut Value, signer_id: &str, secret: &str, now_unix: i64) {
+    let Some(obj) = message.as_object_mut() else {
+        return;
+    };
+    obj.entry("timestamp").or_insert(Value::from(now_unix));
+    obj.remove("security");
+    let signature = sign_message(&Value::Object(obj.clone()), secret, &[]);
+    obj.insert(
+        "security".into(),
+        serde_json::json!({ "signature": signature, "signer_id": signer_id }),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn canonical_form_sorts_drops_nulls_and_unsigned_keys() {
+        let msg = json!({"b": 1, "a": {"z": null, "y": 2.0, "x": [null, 1.5]}, "security": {"signature": "x"}, "_signature": "y"});
+        assert_eq!(canonical_json(&msg, &[]), r#"{"a":{"x":[null,1.5],"y":2},"b":1}"#);
+    }
+
+    #[test]
+    fn canonical_form_keeps_utf8_raw() {
+        assert_eq!(canonical_json(&json!({"m": "Привет"}), &[]), "{\"m\":\"Привет\"}");
+    }
+
+    #[test]
+    fn signature_matches_python_reference() {
+        // python3 -c 'import hmac,hashlib,json; print(hmac.new(b"wtok", json.dumps({"status":"idle","timestamp":1795824946,"worker_id":"w1"}, sort_keys=True, separators=(",",":")).encode(), hashlib.sha256).hexdigest())'
+        let msg = json!({"worker_id": "w1", "timestamp": 1795824946, "status": "idle"});
+        assert_eq!(
+            sign_message(&msg, "wtok", &[]),
+            "5a4389f8b715af6e8d0c20c501f188dad02c8bfda863b31b80a4f86fdec031d4"
+        );
+    }
+
+    #[test]
+    fn seal_then_verify_round_trips_and_detects_tampering() {
+        let mut msg = json!({"worker_id": "w1", "status": "idle"});
+        seal(&mut msg, "w1", "secret", 1_800_000_000);
+        assert_eq!(msg["timestamp"], 1_800_000_000);
+        assert_eq!(msg["security"]["signer_id"], "w1");
+        verify_message(&msg, "secret", &[]).unwrap();
+        assert_eq!(verify_message(&msg, "other", &[]), Err(SignError::BadSignature));
+        msg["status"] = json!("busy");
+        assert_eq!(verify_message(&msg, "secret", &[]), Err(SignError::BadSignature));
+    }
+
+    #[test]
+    fn verify_names_what_is_missing() {
+        assert_eq!(verify_message(&json!({"a": 1}), "s", &[]), Err(SignError::MissingSecurity));
+        assert_eq!(
+            verify_message(&json!({"a": 1, "security": {}}), "s", &[]),
+            Err(SignError::MissingSignature)
+        );
+    }
+}
