@@ -1,1 +1,24 @@
-//! placeholder
+//! The worker host: runs task plugins (WebAssembly components of the
+//! `task-plugin` world in `wit/`) in a sandbox and serves them to an RXON
+//! orchestrator (ours or avtomatika).
+//!
+//! # Layout
+//! Host work is split by how often it runs:
+//! - once per process: [`sandbox::engine`] (wasmtime engine, pooling allocator,
+//!   epoch ticker);
+//! - once per plugin: [`plugin_store`] (compile, link, pre-instantiate, learn the
+//!   plugin's skills from the plugin itself);
+//! - once per task: [`sandbox::task`] (fresh store and instance, time and memory
+//!   bounds, captured output) producing a [`outcome::TaskOutcome`].
+//!
+//! Around that: [`client`] speaks the worker protocol, [`worker`] is the
+//! register/heartbeat/poll/execute/submit loop, [`config`] is the CLI, and
+//! [`telemetry`] sets up logs.
+
+pub mod client;
+pub mod config;
+pub mod outcome;
+pub mod plugin_store;
+pub mod sandbox;
+pub mod telemetry;
+pub mod worker;

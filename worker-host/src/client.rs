@@ -1,0 +1,178 @@
+//! HTTP client of the RXON worker API.
+//!
+//! Every message with a body is stamped with `timestamp` and a random `nonce`
+//! (so two messages are never byte-identical, which replay protection would
+//! reject) and signed with the worker token, as rxon 1.0b17 requires.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use rxon::{
+    HEADER_RXON_VERSION, HEADER_WORKER_ID, HEADER_WORKER_TOKEN, Heartbeat, HeartbeatResponse,
+    PROTOCOL_VERSION, RegisterResponse, ResultResponse, TaskPayload, TaskResult,
+    WorkerEventPayload, WorkerRegistration, path,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// What went wrong talking to the orchestrator.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the orchestrator at {url}: {source}")]
+    Unreachable { url: String, source: reqwest::Error },
+    #[error("the orchestrator refused our credentials ({status}): {message}")]
+    Unauthorized { status: StatusCode, message: String },
+    #[error("the orchestrator does not know this worker ({message}); re-registering")]
+    UnknownWorker { message: String },
+    #[error("the orchestrator answered {status}: {message}")]
+    Http { status: StatusCode, message: String },
+    #[error("unexpected answer from the orchestrator: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    /// Whether the worker should register again before going on.
+    pub fn needs_registration(&self) -> bool {
+        matches!(self, Self::UnknownWorker { .. })
+    }
+}
+
+/// Talks to one orchestrator as one worker.
+#[derive(Clone)]
+pub struct OrchestratorClient {
+    http: reqwest::Client,
+    base: String,
+    worker_id: String,
+    token: String,
+}
+
+/// Current Unix time in seconds.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl OrchestratorClient {
+    pub fn new(base_url: &str, worker_id: &str, token: &str) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()?;
+        Ok(Self {
+            http,
+            base: base_url.trim_end_matches('/').to_string(),
+            worker_id: worker_id.to_string(),
+            token: token.to_string(),
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{}", self.base, path))
+            .header(HEADER_WORKER_TOKEN, &self.token)
+            .header(HEADER_WORKER_ID, &self.worker_id)
+            .header(HEADER_RXON_VERSION, PROTOCOL_VERSION)
+    }
+
+    /// Serializes, stamps and signs a message body.
+    pub fn sign<T: Serialize>(&self, message: &T) -> Result<Value, ClientError> {
+        let mut value = serde_json::to_value(message).map_err(|e| ClientError::Decode(e.to_string()))?;
+        if let Some(obj) = value.as_object_mut() {
+            obj.insert("nonce".into(), Value::String(uuid::Uuid::new_v4().simple().to_string()));
+            obj.insert("timestamp".into(), Value::from(unix_now()));
+        }
+        rxon::seal(&mut value, &self.worker_id, &self.token, unix_now());
+        Ok(value)
+    }
+
+    async fn send<R: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Option<R>, ClientError> {
+        let response = request.send().await.map_err(|source| ClientError::Unreachable {
+            url: self.base.clone(),
+            source,
+        })?;
+        let status = response.status();
+        if status == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        let body = response.bytes().await.map_err(|source| ClientError::Unreachable {
+            url: self.base.clone(),
+            source,
+        })?;
+        if status.is_success() {
+            return serde_json::from_slice(&body)
+                .map(Some)
+                .map_err(|e| ClientError::Decode(format!("{e}: {}", String::from_utf8_lossy(&body))));
+        }
+        let message = serde_json::from_slice::<rxon::ErrorBody>(&body)
+            .map(|b| b.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+        Err(match status {
+            StatusCode::NOT_FOUND if message.to_lowercase().contains("not found") => {
+                ClientError::UnknownWorker { message }
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ClientError::Unauthorized { status, message },
+            _ => ClientError::Http { status, message },
+        })
+    }
+
+    async fn post_signed<T: Serialize, R: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        message: &T,
+    ) -> Result<R, ClientError> {
+        let body = self.sign(message)?;
+        self.send(self.request(method, path).json(&body))
+            .await?
+            .ok_or_else(|| ClientError::Decode("empty answer".into()))
+    }
+
+    pub async fn register(&self, registration: &WorkerRegistration) -> Result<RegisterResponse, ClientError> {
+        self.post_signed(Method::POST, path::REGISTER, registration).await
+    }
+
+    pub async fn heartbeat(&self, heartbeat: &Heartbeat) -> Result<HeartbeatResponse, ClientError> {
+        let response: Value = self
+            .post_signed(Method::PATCH, &path::heartbeat(&self.worker_id), heartbeat)
+            .await?;
+        // avtomatika answers `null` for a worker it does not know.
+        if response.is_null() {
+            return Err(ClientError::UnknownWorker {
+                message: "heartbeat answered null".into(),
+            });
+        }
+        serde_json::from_value(response).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Long-polls for the next task; `None` when none came within `wait`.
+    pub async fn next_task(&self, wait: Duration) -> Result<Option<TaskPayload>, ClientError> {
+        let skills_query = format!("timeout={}", wait.as_secs_f64());
+        let request = self
+            .request(Method::GET, &format!("{}?{skills_query}", path::next_task(&self.worker_id)))
+            // The server may hold the request for `wait` (avtomatika: always 30 s).
+            .timeout(wait.max(Duration::from_secs(30)) + Duration::from_secs(10));
+        self.send(request).await
+    }
+
+    pub async fn submit_result(&self, result: &TaskResult) -> Result<ResultResponse, ClientError> {
+        self.post_signed(Method::POST, path::RESULT, result).await
+    }
+
+    pub async fn send_event(&self, event: &WorkerEventPayload) -> Result<Value, ClientError> {
+        self.post_signed(Method::POST, path::EVENTS, event).await
+    }
+}

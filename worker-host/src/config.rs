@@ -1,0 +1,109 @@
+//! Command line and environment of the `worker-host` binary.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::sandbox::SandboxConfig;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "worker-host",
+    version,
+    about = "Runs sandboxed WebAssembly task plugins for an RXON orchestrator (ours or avtomatika)",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Serve an orchestrator (the default when no subcommand is given).
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Connect to an orchestrator and serve tasks with the plugins in a directory.
+    Serve(ServeArgs),
+    /// Run one task with one plugin locally, no orchestrator needed; prints the result JSON.
+    Run(RunArgs),
+    /// Load a plugin and print the skills it declares.
+    Describe {
+        /// The plugin component (`.wasm`).
+        plugin: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SandboxArgs {
+    /// Wall-clock limit of one task, in seconds.
+    #[arg(long, env = "TASK_TIMEOUT_SECONDS", default_value_t = 60.0)]
+    pub task_timeout: f64,
+    /// Memory limit of one task, in MiB.
+    #[arg(long, env = "TASK_MEMORY_LIMIT_MB", default_value_t = 128)]
+    pub memory_limit_mb: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Base URL of the orchestrator.
+    #[arg(long, env = "ORCHESTRATOR_URL", default_value = "http://localhost:8080")]
+    pub orchestrator_url: String,
+    /// This worker's id (letters, digits, `_` and `-`).
+    #[arg(long, env = "WORKER_ID", default_value = "wasm-worker")]
+    pub worker_id: String,
+    /// Token for the worker API (the orchestrator's global or this worker's own).
+    #[arg(long, env = "WORKER_TOKEN", hide_env_values = true)]
+    pub worker_token: Option<String>,
+    /// Worker type reported at registration.
+    #[arg(long, env = "WORKER_TYPE", default_value = "wasm-worker")]
+    pub worker_type: String,
+    /// Directory of plugin components (`*.wasm`).
+    #[arg(long, env = "PLUGINS_DIR", default_value = "dist/plugins")]
+    pub plugins_dir: PathBuf,
+    /// Tasks run at the same time.
+    #[arg(long, env = "MAX_CONCURRENT_TASKS", default_value_t = 5)]
+    pub max_concurrent_tasks: usize,
+    /// Seconds between heartbeats.
+    #[arg(long, env = "HEARTBEAT_INTERVAL", default_value_t = 15.0)]
+    pub heartbeat_interval: f64,
+    /// Seconds one long-poll may wait for a task.
+    #[arg(long, env = "POLL_TIMEOUT", default_value_t = 30.0)]
+    pub poll_timeout: f64,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The plugin component (`.wasm`).
+    pub plugin: PathBuf,
+    /// Task type (skill) to run; defaults to the plugin's only skill.
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Params as a JSON object.
+    #[arg(long, default_value = "{}")]
+    pub params: String,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+impl SandboxArgs {
+    pub fn to_config(&self, max_concurrent_tasks: usize) -> anyhow::Result<SandboxConfig> {
+        anyhow::ensure!(
+            self.task_timeout.is_finite() && self.task_timeout > 0.0,
+            "--task-timeout must be a positive number of seconds"
+        );
+        anyhow::ensure!(self.memory_limit_mb >= 1, "--memory-limit-mb must be at least 1");
+        Ok(SandboxConfig {
+            task_timeout: Duration::from_secs_f64(self.task_timeout),
+            memory_limit: self.memory_limit_mb << 20,
+            max_concurrent_tasks: max_concurrent_tasks.max(1),
+            ..SandboxConfig::default()
+        })
+    }
+}

@@ -1,0 +1,127 @@
+//! `worker-host`: serve an orchestrator, or run one task locally.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use worker_host::client::OrchestratorClient;
+use worker_host::config::{Cli, Command, RunArgs, ServeArgs};
+use worker_host::outcome::TaskOutcome;
+use worker_host::plugin_store::{PluginLoader, skill_info};
+use worker_host::sandbox::SandboxEngine;
+use worker_host::worker::{Worker, WorkerSettings, run_local};
+use worker_host::telemetry;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Run(args)) => run(args).await,
+        Some(Command::Describe { plugin }) => describe(plugin).await,
+        Some(Command::Serve(args)) => serve(args).await,
+        None => serve(cli.serve).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    telemetry::init(args.log_format == "json");
+    let token = args
+        .worker_token
+        .clone()
+        .context("no worker token: set WORKER_TOKEN or pass --worker-token")?;
+    anyhow::ensure!(
+        rxon::is_valid_worker_id(&args.worker_id),
+        "invalid worker id {:?}: use 1-128 letters, digits, `_` or `-`",
+        args.worker_id
+    );
+    let engine = SandboxEngine::new(args.sandbox.to_config(args.max_concurrent_tasks)?)?;
+    let loader = PluginLoader::new(engine.clone())?;
+    let plugins = loader.load_dir(&args.plugins_dir).await?;
+    let client = OrchestratorClient::new(&args.orchestrator_url, &args.worker_id, &token)?;
+    let settings = WorkerSettings {
+        worker_type: args.worker_type.clone(),
+        max_concurrent_tasks: args.max_concurrent_tasks.max(1),
+        heartbeat_interval: std::time::Duration::from_secs_f64(args.heartbeat_interval.max(0.1)),
+        poll_timeout: std::time::Duration::from_secs_f64(args.poll_timeout.max(0.1)),
+        ..WorkerSettings::default()
+    };
+    let worker = Worker::new(client, engine, plugins, settings);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(wait_for_signal(shutdown.clone()));
+    worker.run(shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down: no new tasks; finishing the ones in flight");
+    shutdown.cancel();
+}
+
+async fn load_one(path: &std::path::Path, sandbox: SandboxEngine) -> anyhow::Result<worker_host::plugin_store::Plugin> {
+    let loader = PluginLoader::new(sandbox)?;
+    Ok(loader.load_file(path).await?)
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    telemetry::init(false);
+    let engine = SandboxEngine::new(args.sandbox.to_config(1)?)?;
+    let plugin = load_one(&args.plugin, engine.clone()).await?;
+    let task = match (&args.task, plugin.skills.as_slice()) {
+        (Some(task), _) => task.clone(),
+        (None, [only]) => only.name.clone(),
+        (None, skills) => anyhow::bail!(
+            "the plugin serves several skills ({}); choose one with --task",
+            skills.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+    };
+    anyhow::ensure!(
+        plugin.skills.iter().any(|s| s.name == task),
+        "the plugin does not serve {task}; it serves {}",
+        plugin.skills.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    let params: serde_json::Value =
+        serde_json::from_str(&args.params).context("--params is not valid JSON")?;
+    anyhow::ensure!(params.is_object(), "--params must be a JSON object");
+    let outcome = run_local(&engine, &plugin, &task, &params.to_string()).await;
+    println!("{}", serde_json::to_string_pretty(&outcome.to_json())?);
+    Ok(match outcome {
+        TaskOutcome::Completed { .. } => ExitCode::SUCCESS,
+        TaskOutcome::Failed { code, message } => {
+            eprintln!("task failed: {code}: {message}");
+            ExitCode::from(2)
+        }
+    })
+}
+
+async fn describe(path: std::path::PathBuf) -> anyhow::Result<ExitCode> {
+    telemetry::init(false);
+    let engine = SandboxEngine::new(worker_host::sandbox::SandboxConfig::default())?;
+    let plugin = load_one(&path, engine).await?;
+    let skills: Vec<rxon::SkillInfo> = plugin.skills.iter().map(skill_info).collect();
+    println!("{}", serde_json::to_string_pretty(&skills)?);
+    Ok(ExitCode::SUCCESS)
+}

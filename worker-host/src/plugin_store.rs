@@ -1,0 +1,232 @@
+//! Loads plugin components, checks them against the `task-plugin` world and
+//! learns their skills from the plugins themselves.
+//!
+//! Work done here happens once per plugin: compile, link, pre-instantiate.
+//! A file that is not a usable plugin is logged with the reason and skipped;
+//! it never stops the others from loading.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use wasmtime::component::{Component, Linker};
+
+use crate::sandbox::bindings::{Skill, TaskPluginPre};
+use crate::sandbox::state::TaskState;
+use crate::sandbox::{SandboxEngine, task};
+
+/// Why a file could not be loaded as a plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a WebAssembly file (bad magic number)")]
+    NotWasm { path: PathBuf },
+    #[error(
+        "{path} is a core WebAssembly module, not a component; build it with `cargo build --target wasm32-wasip2` or `cargo component build`"
+    )]
+    CoreModule { path: PathBuf },
+    #[error("{path} is not a valid component: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("{path} does not fit the task-plugin world: {reason}")]
+    WrongWorld { path: PathBuf, reason: String },
+    #[error("{path}: {reason}")]
+    Describe { path: PathBuf, reason: String },
+}
+
+/// One loaded plugin.
+pub struct Plugin {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Linked and type-checked, ready for a fresh instance per task.
+    pub pre: TaskPluginPre<TaskState>,
+    /// What the plugin says it serves.
+    pub skills: Vec<Skill>,
+}
+
+/// Every loaded plugin, by the skill names they serve.
+#[derive(Default, Clone)]
+pub struct PluginSet {
+    by_skill: BTreeMap<String, Arc<Plugin>>,
+}
+
+impl PluginSet {
+    /// The plugin serving `task_type`, if any.
+    pub fn get(&self, task_type: &str) -> Option<&Arc<Plugin>> {
+        self.by_skill.get(task_type)
+    }
+
+    /// Skill names, sorted.
+    pub fn skill_names(&self) -> Vec<String> {
+        self.by_skill.keys().cloned().collect()
+    }
+
+    /// Every skill with its plugin, sorted by name.
+    pub fn skills(&self) -> impl Iterator<Item = (&Skill, &Plugin)> {
+        self.by_skill.iter().filter_map(|(name, plugin)| {
+            plugin
+                .skills
+                .iter()
+                .find(|s| &s.name == name)
+                .map(|s| (s, plugin.as_ref()))
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_skill.is_empty()
+    }
+
+    /// Adds a plugin; a skill already served by an earlier plugin keeps it.
+    pub fn insert(&mut self, plugin: Plugin) {
+        let plugin = Arc::new(plugin);
+        for skill in &plugin.skills {
+            if let Some(existing) = self.by_skill.get(&skill.name) {
+                tracing::warn!(
+                    skill = %skill.name,
+                    "skill {} of {} is already served by {}; ignoring the second",
+                    skill.name,
+                    plugin.path.display(),
+                    existing.path.display()
+                );
+                continue;
+            }
+            self.by_skill.insert(skill.name.clone(), plugin.clone());
+        }
+    }
+}
+
+/// Compiles and checks plugins for one engine.
+pub struct PluginLoader {
+    engine: SandboxEngine,
+    linker: Linker<TaskState>,
+}
+
+impl PluginLoader {
+    pub fn new(engine: SandboxEngine) -> anyhow::Result<Self> {
+        let linker = task::linker(&engine).context("building the plugin linker")?;
+        Ok(Self { engine, linker })
+    }
+
+    pub fn engine(&self) -> &SandboxEngine {
+        &self.engine
+    }
+
+    /// Loads one `.wasm` file.
+    pub async fn load_file(&self, path: &Path) -> Result<Plugin, PluginError> {
+        let bytes = tokio::fs::read(path).await.map_err(|source| PluginError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let path_buf = path.to_owned();
+        if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+            return Err(PluginError::NotWasm { path: path_buf });
+        }
+        // Bytes 4..8: version and layer; a core module is `01 00 00 00`.
+        if bytes[4..8] == [1, 0, 0, 0] {
+            return Err(PluginError::CoreModule { path: path_buf });
+        }
+        let engine = self.engine.engine.clone();
+        // Compiling is CPU-bound: keep it off the async runtime's threads.
+        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
+            .await
+            .map_err(|e| PluginError::Invalid {
+                path: path_buf.clone(),
+                reason: e.to_string(),
+            })?
+            .map_err(|e| PluginError::Invalid {
+                path: path_buf.clone(),
+                reason: format!("{e:#}"),
+            })?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| PluginError::WrongWorld {
+                path: path_buf.clone(),
+                reason: format!("{e:#}"),
+            })?;
+        let pre = TaskPluginPre::new(instance_pre).map_err(|e| PluginError::WrongWorld {
+            path: path_buf.clone(),
+            reason: format!("{e:#}"),
+        })?;
+        let skills = task::describe(&self.engine, &pre)
+            .await
+            .map_err(|e| PluginError::Describe {
+                path: path_buf.clone(),
+                reason: format!("{e:#}"),
+            })?;
+        validate_skills(&skills).map_err(|reason| PluginError::Describe {
+            path: path_buf.clone(),
+            reason,
+        })?;
+        Ok(Plugin {
+            path: path_buf,
+            pre,
+            skills,
+        })
+    }
+
+    /// Loads every `*.wasm` in `dir` (sorted by name); broken files are
+    /// logged and skipped.
+    pub async fn load_dir(&self, dir: &Path) -> anyhow::Result<PluginSet> {
+        let mut files = Vec::new();
+        let mut entries = tokio::fs::read_dir(dir)
+            .await
+            .with_context(|| format!("cannot read the plugins directory {}", dir.display()))?;
+        while let Some(entry) = entries.next_entry().await? {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "wasm") && path.is_file() {
+                files.push(path);
+            }
+        }
+        files.sort();
+        let mut set = PluginSet::default();
+        for path in files {
+            match self.load_file(&path).await {
+                Ok(plugin) => {
+                    let names: Vec<&str> = plugin.skills.iter().map(|s| s.name.as_str()).collect();
+                    tracing::info!("loaded plugin {} serving {}", path.display(), names.join(", "));
+                    set.insert(plugin);
+                }
+                Err(e) => tracing::error!("skipping plugin: {e}"),
+            }
+        }
+        Ok(set)
+    }
+}
+
+fn validate_skills(skills: &[Skill]) -> Result<(), String> {
+    if skills.is_empty() {
+        return Err("describe() returned no skills".into());
+    }
+    for skill in skills {
+        if skill.name.is_empty() || skill.name.len() > 128 {
+            return Err(format!("skill name {:?} must be 1..=128 characters", skill.name));
+        }
+        for (what, schema) in [("input", &skill.input_schema), ("output", &skill.output_schema)] {
+            if let Some(schema) = schema {
+                serde_json::from_str::<serde_json::Value>(schema).map_err(|e| {
+                    format!("skill {}: {what} schema is not valid JSON: {e}", skill.name)
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The RXON description of a skill.
+pub fn skill_info(skill: &Skill) -> rxon::SkillInfo {
+    let schema = |s: &Option<String>| s.as_deref().and_then(|s| serde_json::from_str(s).ok());
+    rxon::SkillInfo {
+        name: skill.name.clone(),
+        skill_type: Some(skill.name.clone()),
+        description: Some(skill.description.clone()).filter(|d| !d.is_empty()),
+        version: Some(skill.version.clone()).filter(|v| !v.is_empty()),
+        input_schema: schema(&skill.input_schema),
+        output_schema: schema(&skill.output_schema),
+        output_statuses: Some(skill.output_statuses.clone()).filter(|s| !s.is_empty()),
+    }
+}

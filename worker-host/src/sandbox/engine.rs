@@ -1,0 +1,125 @@
+//! The wasmtime engine, configured once per process.
+//!
+//! - Pooling instance allocator sized from the number of concurrent tasks, so a
+//!   fresh instance per task costs microseconds; if the pool cannot be reserved
+//!   (e.g. a low virtual-memory ulimit) the engine falls back to on-demand
+//!   allocation and says so.
+//! - Epoch interruption, driven by one ticker thread: running guest code yields
+//!   to tokio at every tick and is stopped once its task's deadline has passed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// One epoch tick. Guest code yields to the async runtime this often, and a
+/// timeout is noticed within one tick.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Limits applied to every task.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Wall-clock limit of one task, instantiation included.
+    pub task_timeout: Duration,
+    /// Most linear memory one task may use, in bytes.
+    pub memory_limit: usize,
+    /// Tasks that may run at once; sizes the instance pool.
+    pub max_concurrent_tasks: usize,
+    /// Most bytes of stdout (and of stderr) kept per task.
+    pub output_capture_bytes: usize,
+    /// Use wasmtime's on-disk compilation cache (default location).
+    pub compile_cache: bool,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            task_timeout: Duration::from_secs(60),
+            memory_limit: 128 << 20,
+            max_concurrent_tasks: 5,
+            output_capture_bytes: 256 << 10,
+            compile_cache: false,
+        }
+    }
+}
+
+/// The engine plus the limits every store gets.
+#[derive(Clone)]
+pub struct SandboxEngine {
+    pub engine: Engine,
+    pub config: Arc<SandboxConfig>,
+    /// Whether the pooling allocator is in use (false: on-demand fallback).
+    pub pooling: bool,
+}
+
+impl SandboxEngine {
+    /// Builds the engine and starts its epoch ticker (a thread that lives as
+    /// long as the engine does).
+    pub fn new(config: SandboxConfig) -> anyhow::Result<Self> {
+        let (engine, pooling) = match Engine::new(&base_config(&config, Some(pool_config(&config)))?) {
+            Ok(engine) => (engine, true),
+            Err(e) => {
+                tracing::warn!(
+                    "could not reserve the instance pool ({e:#}); falling back to on-demand allocation"
+                );
+                (Engine::new(&base_config(&config, None)?)?, false)
+            }
+        };
+        start_epoch_ticker(&engine);
+        Ok(Self {
+            engine,
+            config: Arc::new(config),
+            pooling,
+        })
+    }
+}
+
+fn base_config(sandbox: &SandboxConfig, pool: Option<PoolingAllocationConfig>) -> anyhow::Result<Config> {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    if let Some(pool) = pool {
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    if sandbox.compile_cache {
+        let cache = wasmtime::Cache::new(wasmtime::CacheConfig::new())
+            .map_err(anyhow::Error::from)
+            .context("opening wasmtime's compilation cache")?;
+        config.cache(Some(cache));
+    }
+    Ok(config)
+}
+
+fn pool_config(sandbox: &SandboxConfig) -> PoolingAllocationConfig {
+    // Room for every concurrent task plus the short-lived instances used to
+    // describe plugins while loading, with headroom for tasks being torn down.
+    let instances = (sandbox.max_concurrent_tasks as u32).saturating_mul(2).max(4) + 4;
+    // A Rust component instantiates a handful of core modules (main module
+    // plus adapter shims), each with at most a memory and a few tables.
+    let core = instances.saturating_mul(8);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(instances)
+        .total_core_instances(core)
+        .total_memories(core)
+        .total_tables(core)
+        .total_stacks(instances)
+        .max_memory_size(sandbox.memory_limit);
+    pool
+}
+
+fn start_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new()
+        .name("wasm-epoch-ticker".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the epoch ticker thread: {e}; task timeouts rely on tokio alone");
+    }
+}

@@ -1,0 +1,174 @@
+//! What one task's `Store` holds.
+//!
+//! The WASI context grants nothing: no preopened directories, no environment
+//! variables, no arguments, no network, no stdin. Stdout and stderr go to
+//! bounded in-memory pipes that the host logs, tagged with the task id, when
+//! the task ends.
+
+use std::time::Instant;
+
+use tokio::sync::watch;
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::{LogLevel, taskworker};
+
+/// Longest guest log message kept; longer ones are cut.
+const MAX_LOG_MESSAGE: usize = 4096;
+/// Guest log lines emitted per task before the rest are dropped.
+const MAX_LOG_LINES: u32 = 1000;
+
+/// Latest progress a task reported: fraction in 0..=1 and a message.
+pub type Progress = (f32, String);
+
+/// Store data of one task attempt.
+pub struct TaskState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    /// Enforces the memory cap and remembers whether it was hit.
+    pub limiter: MemoryCap,
+    /// Identifies the task in every log line the plugin causes.
+    pub task_id: String,
+    /// Where stdout/stderr go; read after the task.
+    pub stdout: MemoryOutputPipe,
+    pub stderr: MemoryOutputPipe,
+    /// Progress reports, read by whoever forwards them to the orchestrator.
+    pub progress: watch::Sender<Option<Progress>>,
+    /// When the task must be done; checked at every epoch tick.
+    pub deadline: Instant,
+    /// Set when the epoch callback stopped the guest at its deadline.
+    pub timed_out: bool,
+    log_lines: u32,
+}
+
+impl TaskState {
+    pub fn new(
+        task_id: String,
+        deadline: Instant,
+        memory_limit: usize,
+        capture_bytes: usize,
+        progress: watch::Sender<Option<Progress>>,
+    ) -> Self {
+        let stdout = MemoryOutputPipe::new(capture_bytes);
+        let stderr = MemoryOutputPipe::new(capture_bytes);
+        // Deliberately grants no capability: see the module docs.
+        let mut builder = WasiCtx::builder();
+        builder
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_ip_name_lookup(false)
+            .allow_tcp(false)
+            .allow_udp(false);
+        let wasi = builder.build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryCap::new(memory_limit),
+            task_id,
+            stdout,
+            stderr,
+            progress,
+            deadline,
+            timed_out: false,
+            log_lines: 0,
+        }
+    }
+}
+
+impl WasiView for TaskState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl taskworker::plugin::types::Host for TaskState {}
+
+impl taskworker::plugin::host::Host for TaskState {
+    fn log(&mut self, level: LogLevel, message: String) {
+        self.log_lines += 1;
+        if self.log_lines > MAX_LOG_LINES {
+            if self.log_lines == MAX_LOG_LINES + 1 {
+                tracing::warn!(task_id = %self.task_id, "plugin log limit reached; dropping further lines");
+            }
+            return;
+        }
+        let message = truncate(&message, MAX_LOG_MESSAGE);
+        let task_id = &self.task_id;
+        match level {
+            LogLevel::Trace => tracing::trace!(task_id, "plugin: {message}"),
+            LogLevel::Debug => tracing::debug!(task_id, "plugin: {message}"),
+            LogLevel::Info => tracing::info!(task_id, "plugin: {message}"),
+            LogLevel::Warn => tracing::warn!(task_id, "plugin: {message}"),
+            LogLevel::Error => tracing::error!(task_id, "plugin: {message}"),
+        }
+    }
+
+    fn progress(&mut self, fraction: f32, message: String) {
+        let fraction = if fraction.is_finite() { fraction.clamp(0.0, 1.0) } else { 0.0 };
+        let message = truncate(&message, MAX_LOG_MESSAGE).to_string();
+        self.progress.send_replace(Some((fraction, message)));
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A [`ResourceLimiter`] that caps linear memory and records when a guest
+/// asked for more, so an out-of-memory trap can be named as such.
+pub struct MemoryCap {
+    limit: usize,
+    /// True once a growth beyond `limit` was refused.
+    pub exceeded: bool,
+}
+
+impl MemoryCap {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            exceeded: false,
+        }
+    }
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.exceeded = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; 100k entries is far beyond any
+        // honest plugin and keeps a hostile one from eating host memory.
+        if desired > 100_000 {
+            self.exceeded = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+}
