@@ -12,6 +12,7 @@
 //! | `print_output` | writes to stdout and stderr |
 //! | `panic` | panics (a trap) |
 //! | `sleep` | sleeps `params.ms` milliseconds |
+//! | `counter` | bumps a global counter and returns it (1 in a fresh instance) |
 
 use std::time::Duration;
 
@@ -32,7 +33,10 @@ const SKILLS: &[(&str, &str)] = &[
     ("print_output", "Writes to stdout and stderr"),
     ("panic", "Panics"),
     ("sleep", "Sleeps params.ms milliseconds"),
+    ("counter", "Bumps a global counter and returns it"),
 ];
+
+static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 struct ChaosTask;
 
@@ -111,6 +115,10 @@ impl Guest for ChaosTask {
                 let ms = params["ms"].as_u64().unwrap_or(1000);
                 std::thread::sleep(Duration::from_millis(ms));
                 ok(json!({ "slept_ms": ms }))
+            }
+            "counter" => {
+                let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                ok(json!({ "count": n }))
             }
             other => Err(TaskError {
                 kind: ErrorKind::Permanent,

@@ -95,7 +95,7 @@ fn classify_failure(
         );
     }
     let trap = match error.as_ref().and_then(|e| e.downcast_ref::<Trap>()) {
-        Some(trap) => format!("wasm trap: {trap}"),
+        Some(trap) => trap.to_string(),
         None => error
             .map(|e| format!("{e:#}"))
             .unwrap_or_default()
