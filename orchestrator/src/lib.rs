@@ -1,1 +1,18 @@
-//! placeholder
+//! The orchestrator: accepts jobs over HTTP, moves each through its
+//! blueprint, and hands tasks to workers over the RXON worker API.
+//!
+//! # Layout
+//! - [`blueprint`]: declarative workflows (TOML), validated and compiled.
+//! - [`job`]: the job model.
+//! - [`engine`]: the state machine, task queues, workers, timers.
+//! - [`storage`]: durable storage (SQLite, in-memory) behind a trait.
+//! - [`api`]: the HTTP API (client and worker), errors and auth.
+//! - [`config`]: configuration file, CLI and environment.
+
+pub mod api;
+pub mod blueprint;
+pub mod config;
+pub mod engine;
+pub mod job;
+pub mod storage;
+pub mod telemetry;

@@ -125,10 +125,10 @@ pub struct TaskPayload {
     pub tracing_context: Object,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<f64>,
-    /// Unix seconds by which the result is due (integer: the float of
-    /// avtomatika 1.0b30 breaks its own SDK).
+    /// Unix seconds by which the result is due. We send an integer (the
+    /// float of avtomatika 1.0b30 breaks its own SDK) and accept either.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deadline: Option<f64>,
+    pub deadline: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,0 +1,136 @@
+//! Who is calling: client tokens for `/api`, worker tokens and message
+//! signatures for `/_worker`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::error::ApiError;
+
+pub const HEADER_CLIENT_TOKEN: &str = "x-client-token";
+/// The older avtomatika header, still accepted.
+pub const HEADER_CLIENT_TOKEN_LEGACY: &str = "x-avtomatika-token";
+
+/// How long a seen message nonce is remembered (a bit over the clock skew).
+const REPLAY_WINDOW: Duration = Duration::from_secs(65);
+
+/// Credentials the orchestrator accepts.
+#[derive(Debug, Default)]
+pub struct Auth {
+    /// Client token → client name.
+    pub clients: HashMap<String, String>,
+    /// Accepted from any worker that has no token of its own.
+    pub global_worker_token: Option<String>,
+    /// Worker id → its own token (the global token is then refused for it).
+    pub worker_tokens: HashMap<String, String>,
+    /// Whether worker messages must be signed (as avtomatika 1.0b30 requires).
+    pub require_signatures: bool,
+    seen: Mutex<HashMap<String, Instant>>,
+}
+
+impl Auth {
+    pub fn new(
+        clients: HashMap<String, String>,
+        global_worker_token: Option<String>,
+        worker_tokens: HashMap<String, String>,
+        require_signatures: bool,
+    ) -> Self {
+        Self {
+            clients,
+            global_worker_token,
+            worker_tokens,
+            require_signatures,
+            seen: Mutex::default(),
+        }
+    }
+
+    /// The client name for the request's token.
+    pub fn client(&self, headers: &HeaderMap) -> Result<String, ApiError> {
+        let token = headers
+            .get(HEADER_CLIENT_TOKEN)
+            .or_else(|| headers.get(HEADER_CLIENT_TOKEN_LEGACY))
+            .ok_or_else(|| ApiError::Unauthorized("Missing X-Client-Token header".into()))?;
+        let token = token.to_str().unwrap_or_default();
+        self.clients
+            .get(token)
+            .cloned()
+            .ok_or_else(|| ApiError::Unauthorized("Unauthorized: Invalid token".into()))
+    }
+
+    /// Authenticates a worker; returns its id and the secret it signs with.
+    /// `hint` is the worker id from the path or, failing that, the body.
+    pub fn worker(&self, headers: &HeaderMap, hint: Option<&str>) -> Result<(String, String), ApiError> {
+        let token = headers
+            .get(rxon::HEADER_WORKER_TOKEN)
+            .and_then(|t| t.to_str().ok())
+            .ok_or_else(|| ApiError::Forbidden("Unauthorized: Missing X-Worker-Token header".into()))?;
+        let worker_id = hint
+            .map(str::to_string)
+            .or_else(|| headers.get(rxon::HEADER_WORKER_ID).and_then(|v| v.to_str().ok()).map(str::to_string))
+            .ok_or_else(|| ApiError::Forbidden("Unauthorized: no worker id (X-Worker-ID header)".into()))?;
+        if let Some(own) = self.worker_tokens.get(&worker_id) {
+            return if constant_eq(own, token) {
+                Ok((worker_id, own.clone()))
+            } else {
+                Err(ApiError::Forbidden("Unauthorized: Invalid individual worker token".into()))
+            };
+        }
+        match &self.global_worker_token {
+            Some(global) if constant_eq(global, token) => Ok((worker_id, global.clone())),
+            _ => Err(ApiError::Forbidden("Unauthorized: No valid token found".into())),
+        }
+    }
+
+    /// Checks a signed worker message: timestamp, signature, signer, replay.
+    pub fn verify_message(&self, body: &Value, worker_id: &str, secret: &str, exclude: &[&str]) -> Result<(), ApiError> {
+        let obj = body.as_object().ok_or_else(|| ApiError::BadRequest("Invalid JSON body".into()))?;
+        let security = obj.get("security");
+        if !self.require_signatures && security.is_none() {
+            return Ok(());
+        }
+        let timestamp = obj
+            .get("timestamp")
+            .and_then(Value::as_f64)
+            .ok_or_else(|| ApiError::Forbidden("Missing required timestamp for replay protection".into()))?;
+        let now = chrono::Utc::now().timestamp() as f64;
+        if (now - timestamp).abs() > rxon::MAX_CLOCK_SKEW_SECS as f64 {
+            return Err(ApiError::Forbidden("Message timestamp expired (replay protection)".into()));
+        }
+        rxon::verify_message(body, secret, exclude).map_err(|e| ApiError::Forbidden(e.to_string()))?;
+        if let Some(signer) = security.and_then(|s| s.get("signer_id")).and_then(Value::as_str)
+            && signer != worker_id
+        {
+            return Err(ApiError::Forbidden(format!(
+                "Message signer ID '{signer}' does not match worker ID '{worker_id}'"
+            )));
+        }
+        let nonce = ["event_id", "nonce", "message_id"]
+            .iter()
+            .find_map(|k| obj.get(*k).and_then(Value::as_str))
+            .or_else(|| security.and_then(|s| s.get("signature")).and_then(Value::as_str))
+            .unwrap_or_default();
+        let key = format!("{worker_id}:{nonce}");
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if seen.len() > 10_000 {
+            seen.retain(|_, at| now.duration_since(*at) < REPLAY_WINDOW);
+        }
+        match seen.get(&key) {
+            Some(at) if now.duration_since(*at) < REPLAY_WINDOW => {
+                Err(ApiError::Forbidden("Duplicate message detected (replay attack)".into()))
+            }
+            _ => {
+                seen.insert(key, now);
+                Ok(())
+            }
+        }
+    }
+}
+
+fn constant_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

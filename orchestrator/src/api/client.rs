@@ -1,0 +1,263 @@
+//! The client API (`/api[/<version>]/...`): create, read, list and cancel
+//! jobs; list workers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::{AppState, body};
+use crate::blueprint::Blueprint;
+use crate::engine::{CancelError, CreateError, NewJob};
+use crate::job::{Job, JobError, JobStatus, Object, StateVisit};
+use crate::storage::JobFilter;
+
+/// Longest `?wait=` a client may ask for on `GET /jobs/{id}`.
+const MAX_JOB_WAIT: Duration = Duration::from_secs(60);
+
+/// `POST /api/<version><endpoint>` of one blueprint.
+pub async fn create_job(
+    state: AppState,
+    blueprint: Arc<Blueprint>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let owner = state.auth.client(&headers)?;
+    let raw = body::bytes(raw)?;
+    let body = body::json_object(&raw)?.unwrap_or_default();
+    let new = parse_create(body, &blueprint.name, owner)?;
+    let id = state.engine.create_job(new).await.map_err(|e| match e {
+        CreateError::Invalid(m) => ApiError::BadRequest(m),
+        CreateError::Storage(m) => ApiError::Internal(m),
+    })?;
+    Ok((StatusCode::ACCEPTED, axum::Json(json!({"status": "accepted", "job_id": id}))).into_response())
+}
+
+/// `{"initial_data": {...}, options…}`, or a flat body that is the initial data.
+fn parse_create(mut body: Object, blueprint: &str, owner: String) -> Result<NewJob, ApiError> {
+    let structured = body.contains_key("initial_data");
+    let mut new = NewJob {
+        blueprint: blueprint.to_string(),
+        owner,
+        ..NewJob::default()
+    };
+    if !structured {
+        new.initial_data = body;
+        return Ok(new);
+    }
+    new.initial_data = match body.remove("initial_data") {
+        Some(Value::Object(o)) => o,
+        Some(Value::Null) | None => Object::new(),
+        Some(_) => return Err(ApiError::BadRequest("'initial_data' must be a JSON object".into())),
+    };
+    let seconds = |name: &str, v: Option<Value>| -> Result<Option<f64>, ApiError> {
+        match v {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_f64()
+                .filter(|f| f.is_finite() && *f > 0.0)
+                .map(Some)
+                .ok_or_else(|| ApiError::BadRequest(format!("'{name}' must be a positive number of seconds"))),
+            Some(_) => Err(ApiError::BadRequest(format!("'{name}' must be a positive number of seconds"))),
+        }
+    };
+    new.dispatch_timeout = seconds("dispatch_timeout", body.remove("dispatch_timeout"))?;
+    new.result_timeout = seconds("result_timeout", body.remove("result_timeout"))?;
+    new.webhook_url = match body.remove("webhook_url") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.starts_with("http://") || s.starts_with("https://") => Some(s),
+        Some(_) => return Err(ApiError::BadRequest("'webhook_url' must be an http(s) URL".into())),
+    };
+    Ok(new)
+}
+
+/// A job as clients see it.
+#[derive(Debug, Serialize)]
+pub struct JobView {
+    pub id: Uuid,
+    pub job_id: Uuid,
+    pub blueprint: String,
+    pub blueprint_name: String,
+    pub status: JobStatus,
+    pub current_state: String,
+    pub initial_data: Object,
+    /// Data of the most recent task.
+    pub result: Option<Object>,
+    /// Data of each state's task.
+    pub results: Object,
+    pub error: Option<JobError>,
+    /// Error message alone, as avtomatika names it.
+    pub error_message: Option<String>,
+    pub state_history: Vec<StateVisit>,
+    pub task_worker_id: Option<String>,
+    /// Attempts of the current task so far (0 before the first dispatch).
+    pub attempts: u32,
+    pub current_task_id: Option<String>,
+    pub current_task_type: Option<String>,
+    pub progress: Option<Value>,
+    /// Why the job is waiting, while it waits.
+    pub waiting_reason: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+pub fn view(job: Job, waiting_reason: Option<String>) -> JobView {
+    let current = job.tasks.first();
+    JobView {
+        id: job.id,
+        job_id: job.id,
+        blueprint_name: job.blueprint.clone(),
+        attempts: current.map(|t| t.attempt).unwrap_or(0),
+        current_task_id: current.map(|t| t.task_id.clone()),
+        current_task_type: current.map(|t| t.task_type.clone()),
+        blueprint: job.blueprint,
+        status: job.status,
+        current_state: job.current_state,
+        initial_data: job.initial_data,
+        result: job.result,
+        results: job.results,
+        error_message: job.error.as_ref().map(|e| e.message.clone()),
+        error: job.error,
+        state_history: job.state_history,
+        task_worker_id: job.task_worker_id,
+        progress: job.progress,
+        waiting_reason,
+        created_at: job.created_at,
+        updated_at: job.updated_at,
+        finished_at: job.finished_at,
+    }
+}
+
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| ApiError::NotFound("Job not found".into()))
+}
+
+/// The job if it exists and belongs to `owner` (someone else's job is
+/// reported as not found, so ids cannot be probed).
+async fn owned_job(state: &AppState, id: Uuid, owner: &str) -> Result<Job, ApiError> {
+    match state.engine.get_job(id).await? {
+        Some(job) if job.owner == owner => Ok(job),
+        _ => Err(ApiError::NotFound("Job not found".into())),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GetQuery {
+    /// Seconds to wait for the job to end before answering.
+    #[serde(default)]
+    wait: Option<f64>,
+}
+
+pub async fn get_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<GetQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let owner = state.auth.client(&headers)?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let id = parse_id(&id)?;
+    let job = owned_job(&state, id, &owner).await?;
+    let job = match query.wait {
+        Some(w) if w.is_finite() && w > 0.0 && !job.status.is_terminal() => {
+            state.engine.wait_for_job(id, Duration::from_secs_f64(w).min(MAX_JOB_WAIT)).await;
+            owned_job(&state, id, &owner).await?
+        }
+        Some(w) if !w.is_finite() || w < 0.0 => {
+            return Err(ApiError::BadRequest("wait must be a non-negative number of seconds".into()));
+        }
+        _ => job,
+    };
+    let reason = state.engine.waiting_reason(&job);
+    Ok(axum::Json(view(job, reason)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    offset: Option<usize>,
+}
+
+pub async fn list_jobs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let owner = state.auth.client(&headers)?;
+    let Query(query) = query.map_err(|_| ApiError::BadRequest("Invalid limit/offset parameter".into()))?;
+    let status = query.status.as_deref().map(str::parse::<JobStatus>).transpose().map_err(ApiError::BadRequest)?;
+    let limit = query.limit.unwrap_or(50).clamp(1, 1000);
+    let offset = query.offset.unwrap_or(0);
+    let jobs = state
+        .engine
+        .list_jobs(JobFilter {
+            owner: Some(owner),
+            status,
+            limit,
+            offset,
+        })
+        .await?;
+    let jobs: Vec<JobView> = jobs.into_iter().map(|j| view(j, None)).collect();
+    Ok(axum::Json(json!({"jobs": jobs, "limit": limit, "offset": offset})).into_response())
+}
+
+pub async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let owner = state.auth.client(&headers)?;
+    let id = parse_id(&id)?;
+    match state.engine.cancel_job(id, &owner) {
+        Ok(()) => Ok(axum::Json(json!({"status": "cancelled", "job_id": id})).into_response()),
+        Err(CancelError::NotFound) => {
+            // Ended jobs leave memory eventually; look in storage too.
+            let job = owned_job(&state, id, &owner).await?;
+            Err(ApiError::Conflict(format!("Job already ended with status {}", job.status)))
+        }
+        Err(e @ CancelError::AlreadyEnded(_)) => Err(ApiError::Conflict(e.to_string())),
+    }
+}
+
+pub async fn job_history(State(state): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let owner = state.auth.client(&headers)?;
+    let id = parse_id(&id)?;
+    owned_job(&state, id, &owner).await?;
+    // Make sure the newest events are stored before reading them.
+    state.engine.sync_storage().await;
+    let events = state.engine.job_events(id).await?;
+    Ok(axum::Json(json!({"job_id": id, "events": events})).into_response())
+}
+
+pub async fn list_workers(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    state.auth.client(&headers)?;
+    Ok(axum::Json(state.engine.workers()).into_response())
+}
+
+pub async fn list_blueprints(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    state.auth.client(&headers)?;
+    let list: Vec<Value> = state
+        .engine
+        .blueprints()
+        .iter()
+        .map(|b| {
+            json!({
+                "name": b.name,
+                "endpoint": b.create_path,
+                "start": b.start,
+                "states": b.states.keys().collect::<Vec<_>>(),
+                "task_types": b.task_types(),
+            })
+        })
+        .collect();
+    Ok(axum::Json(list).into_response())
+}

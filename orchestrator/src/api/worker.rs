@@ -1,0 +1,147 @@
+//! The worker API (`/_worker/...`), wire-compatible with RXON 1.0b17.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::{AppState, body};
+
+/// Reads, authenticates and verifies a signed worker message.
+fn signed_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+    path_id: Option<&str>,
+    exclude: &[&str],
+) -> Result<Option<(String, Value)>, ApiError> {
+    let raw = body::bytes(raw)?;
+    let Some(obj) = body::json_object(&raw)? else {
+        return Ok(None);
+    };
+    let hint = path_id
+        .map(str::to_string)
+        .or_else(|| headers.get(rxon::HEADER_WORKER_ID).and_then(|v| v.to_str().ok()).map(str::to_string))
+        .or_else(|| obj.get("worker_id").and_then(Value::as_str).map(str::to_string));
+    let (worker_id, secret) = state.auth.worker(headers, hint.as_deref())?;
+    let value = Value::Object(obj);
+    state.auth.verify_message(&value, &worker_id, &secret, exclude)?;
+    Ok(Some((worker_id, value)))
+}
+
+pub async fn register(State(state): State<AppState>, headers: HeaderMap, raw: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let (worker_id, value) = signed_body(&state, &headers, raw, None, &[])?
+        .ok_or_else(|| ApiError::BadRequest("Invalid WorkerRegistration payload: empty body".into()))?;
+    let reg: rxon::WorkerRegistration = body::typed(value, "WorkerRegistration")?;
+    if reg.worker_id != worker_id {
+        return Err(ApiError::Forbidden("Immediate sender ID mismatch".into()));
+    }
+    if !rxon::is_valid_worker_id(&reg.worker_id) {
+        return Err(ApiError::BadRequest(format!(
+            "Invalid worker_id {:?}: use 1-128 letters, digits, `_` or `-`",
+            reg.worker_id
+        )));
+    }
+    state.engine.register_worker(&reg);
+    let warning = headers
+        .get(rxon::HEADER_RXON_VERSION)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| *v != rxon::PROTOCOL_VERSION)
+        .map(|v| format!("Protocol version mismatch! Orchestrator speaks {}, worker {v}", rxon::PROTOCOL_VERSION));
+    Ok(axum::Json(rxon::RegisterResponse {
+        status: "registered".into(),
+        version: Some(rxon::PROTOCOL_VERSION.into()),
+        warning,
+    })
+    .into_response())
+}
+
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    Path(worker_id): Path<String>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let signed = signed_body(&state, &headers, raw, Some(&worker_id), &[])?;
+    let hb = match signed {
+        Some((_, value)) => Some(body::typed::<rxon::Heartbeat>(value, "Heartbeat")?),
+        None => {
+            state.auth.worker(&headers, Some(&worker_id))?;
+            None
+        }
+    };
+    if let Some(hb) = &hb
+        && hb.worker_id != worker_id
+    {
+        return Err(ApiError::Forbidden(format!(
+            "Message signer ID '{}' does not match worker ID '{worker_id}'",
+            hb.worker_id
+        )));
+    }
+    match state.engine.heartbeat(&worker_id, hb.as_ref()) {
+        Some(response) => Ok(axum::Json(response).into_response()),
+        None => Err(ApiError::NotFound(format!("Worker not found: {worker_id} is not registered; register again"))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PollQuery {
+    /// Seconds to wait for a task (capped by the server).
+    #[serde(default)]
+    timeout: Option<f64>,
+}
+
+pub async fn next_task(
+    State(state): State<AppState>,
+    Path(worker_id): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<PollQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    state.auth.worker(&headers, Some(&worker_id))?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let max = state.engine.settings().max_poll_wait;
+    let wait = match query.timeout {
+        Some(t) if t.is_finite() && t >= 0.0 => Duration::from_secs_f64(t).min(max),
+        Some(_) => return Err(ApiError::BadRequest("timeout must be a non-negative number of seconds".into())),
+        None => max,
+    };
+    match state.engine.next_task(&worker_id, wait).await {
+        Ok(Some(task)) => Ok(axum::Json(task).into_response()),
+        Ok(None) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Err(()) => Err(ApiError::NotFound(format!("Worker not found: {worker_id} is not registered; register first"))),
+    }
+}
+
+pub async fn result(State(state): State<AppState>, headers: HeaderMap, raw: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let (worker_id, value) = signed_body(&state, &headers, raw, None, &[])?
+        .ok_or_else(|| ApiError::BadRequest("Invalid TaskResult payload: empty body".into()))?;
+    let result: rxon::TaskResult = body::typed(value, "TaskResult")?;
+    if let Some(claimed) = &result.worker_id
+        && claimed != &worker_id
+    {
+        return Err(ApiError::Forbidden(format!(
+            "Forbidden: Authenticated worker '{worker_id}' cannot submit results for another worker '{claimed}'."
+        )));
+    }
+    Ok(axum::Json(state.engine.submit_result(&worker_id, &result)).into_response())
+}
+
+pub async fn events(State(state): State<AppState>, headers: HeaderMap, raw: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let (worker_id, value) = signed_body(&state, &headers, raw, None, &["bubbling_chain"])?
+        .ok_or_else(|| ApiError::BadRequest("Invalid event payload: empty body".into()))?;
+    let event: rxon::WorkerEventPayload = body::typed(value, "event")?;
+    if event.worker_id != worker_id {
+        return Err(ApiError::Forbidden(format!(
+            "Forbidden: Authenticated worker '{worker_id}' cannot send events as '{}'",
+            event.worker_id
+        )));
+    }
+    state.engine.worker_event(&worker_id, &event).map_err(ApiError::Forbidden)?;
+    Ok(axum::Json(json!({"status": "event_accepted"})).into_response())
+}

@@ -1,0 +1,111 @@
+//! Expressions in blueprints (params and conditions), evaluated with minijinja.
+//!
+//! The context of every expression is `{initial, results, last}`:
+//! `initial` is the job's initial data, `results.<state>` the data returned by
+//! that state's task (for a parallel state, `results.<state>.<branch>`), and
+//! `last` the data of the most recent task.
+
+use std::sync::LazyLock;
+
+use minijinja::{Environment, Expression, UndefinedBehavior};
+use serde_json::Value;
+
+static ENV: LazyLock<Environment<'static>> = LazyLock::new(|| {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Lenient);
+    env
+});
+
+/// A compiled expression.
+pub struct Expr {
+    source: String,
+    compiled: Expression<'static, 'static>,
+}
+
+impl std::fmt::Debug for Expr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Expr({:?})", self.source)
+    }
+}
+
+impl Expr {
+    pub fn compile(source: &str) -> Result<Self, String> {
+        let compiled = ENV
+            .compile_expression_owned(source.to_string())
+            .map_err(|e| format!("bad expression `{source}`: {}", e.detail().unwrap_or(&e.to_string())))?;
+        Ok(Self {
+            source: source.to_string(),
+            compiled,
+        })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Evaluates to JSON; an undefined result is `null`.
+    pub fn eval(&self, ctx: &Value) -> Result<Value, String> {
+        let value = self
+            .compiled
+            .eval(ctx)
+            .map_err(|e| format!("expression `{}` failed: {e}", self.source))?;
+        if value.is_undefined() {
+            return Ok(Value::Null);
+        }
+        serde_json::to_value(&value).map_err(|e| format!("expression `{}` gave a value that is not JSON: {e}", self.source))
+    }
+
+    /// Evaluates as a condition (minijinja truthiness).
+    pub fn truthy(&self, ctx: &Value) -> Result<bool, String> {
+        self.compiled
+            .eval(ctx)
+            .map(|v| v.is_true())
+            .map_err(|e| format!("condition `{}` failed: {e}", self.source))
+    }
+}
+
+/// A param value: an expression (TOML string) or a literal (anything else).
+#[derive(Debug)]
+pub enum ParamValue {
+    Expr(Expr),
+    Literal(Value),
+}
+
+impl ParamValue {
+    pub fn from_toml(value: &toml::Value) -> Result<Self, String> {
+        match value {
+            toml::Value::String(s) => Expr::compile(s).map(Self::Expr),
+            other => serde_json::to_value(other)
+                .map(Self::Literal)
+                .map_err(|e| format!("literal is not JSON: {e}")),
+        }
+    }
+
+    pub fn eval(&self, ctx: &Value) -> Result<Value, String> {
+        match self {
+            Self::Expr(e) => e.eval(ctx),
+            Self::Literal(v) => Ok(v.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn defaults_and_types_are_kept() {
+        let ctx = json!({"initial": {"message": "hi"}, "results": {}, "last": {}});
+        assert_eq!(Expr::compile("initial.multiply | default(2)").unwrap().eval(&ctx).unwrap(), json!(2));
+        assert_eq!(Expr::compile("initial.message | default('x')").unwrap().eval(&ctx).unwrap(), json!("hi"));
+        assert_eq!(Expr::compile("initial.nothing").unwrap().eval(&ctx).unwrap(), json!(null));
+        assert!(Expr::compile("initial.message == 'hi'").unwrap().truthy(&ctx).unwrap());
+    }
+
+    #[test]
+    fn syntax_errors_are_reported_at_compile_time() {
+        let err = Expr::compile("initial.message | | x").unwrap_err();
+        assert!(err.starts_with("bad expression `initial.message | | x`"), "{err}");
+    }
+}

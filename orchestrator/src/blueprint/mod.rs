@@ -1,0 +1,313 @@
+//! Declarative blueprints: loaded from TOML files, validated, compiled.
+//!
+//! - [`model`]: the file format.
+//! - [`expr`]: expressions for params and conditions.
+//! - this module: the validated, compiled [`Blueprint`] and the loader.
+
+pub mod expr;
+pub mod model;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use expr::{Expr, ParamValue};
+use model::{BlueprintFile, RetryFile, StateFile};
+
+/// Retry policy of a task.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 4,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn from_file(file: Option<RetryFile>) -> Self {
+        let d = Self::default();
+        let Some(f) = file else { return d };
+        Self {
+            max_attempts: f.max_attempts.unwrap_or(d.max_attempts).max(1),
+            initial_backoff: f.initial_backoff_ms.map(Duration::from_millis).unwrap_or(d.initial_backoff),
+            max_backoff: f.max_backoff_ms.map(Duration::from_millis).unwrap_or(d.max_backoff),
+        }
+    }
+
+    /// Delay before attempt `next_attempt` (2 = first retry).
+    pub fn backoff(&self, next_attempt: u32) -> Duration {
+        let exp = next_attempt.saturating_sub(2).min(30);
+        self.initial_backoff.saturating_mul(1 << exp).min(self.max_backoff)
+    }
+}
+
+/// A task to dispatch: type, params, and its bounds.
+#[derive(Debug)]
+pub struct TaskSpec {
+    pub task_type: String,
+    pub params: BTreeMap<String, ParamValue>,
+    pub dispatch_timeout: Option<Duration>,
+    pub result_timeout: Option<Duration>,
+    pub retry: RetryPolicy,
+}
+
+/// What a state does.
+#[derive(Debug)]
+pub enum Action {
+    /// The job ends here with status `finished` (`true`) or `failed`.
+    End { finished: bool },
+    Dispatch {
+        task: TaskSpec,
+        /// Result status → next state.
+        on: BTreeMap<String, String>,
+    },
+    Parallel {
+        branches: BTreeMap<String, TaskSpec>,
+        next: String,
+        on_failure: Option<String>,
+    },
+    Goto(Vec<(Option<Expr>, String)>),
+}
+
+#[derive(Debug)]
+pub struct State {
+    pub name: String,
+    pub action: Action,
+}
+
+#[derive(Debug)]
+pub struct Blueprint {
+    pub name: String,
+    /// Full path of the create-job endpoint, e.g. `/api/v1/jobs/test`.
+    pub create_path: String,
+    pub api_version: Option<String>,
+    pub start: String,
+    pub states: BTreeMap<String, State>,
+    /// Where it was loaded from (for messages).
+    pub source: String,
+}
+
+impl Blueprint {
+    pub fn state(&self, name: &str) -> Option<&State> {
+        self.states.get(name)
+    }
+
+    /// Every task type this blueprint may dispatch.
+    pub fn task_types(&self) -> BTreeSet<&str> {
+        let mut out = BTreeSet::new();
+        for state in self.states.values() {
+            match &state.action {
+                Action::Dispatch { task, .. } => {
+                    out.insert(task.task_type.as_str());
+                }
+                Action::Parallel { branches, .. } => out.extend(branches.values().map(|t| t.task_type.as_str())),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+/// A blueprint problem: which file, which state, what.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{file}: {problem}")]
+pub struct BlueprintError {
+    pub file: String,
+    pub problem: String,
+}
+
+fn secs(v: Option<f64>, what: &str) -> Result<Option<Duration>, String> {
+    match v {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s > 0.0 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) => Err(format!("{what} must be a positive number of seconds, got {s}")),
+    }
+}
+
+fn compile_params(params: &BTreeMap<String, toml::Value>) -> Result<BTreeMap<String, ParamValue>, String> {
+    params
+        .iter()
+        .map(|(k, v)| ParamValue::from_toml(v).map(|p| (k.clone(), p)).map_err(|e| format!("param `{k}`: {e}")))
+        .collect()
+}
+
+fn compile_state(name: &str, file: &StateFile) -> Result<Action, String> {
+    let kinds = [file.end.is_some(), file.dispatch.is_some(), file.parallel.is_some(), file.goto.is_some()];
+    match kinds.iter().filter(|k| **k).count() {
+        0 => return Err("has no action: give it one of `end`, `dispatch`, `parallel` or `goto`".into()),
+        1 => {}
+        _ => return Err("has several actions; give it exactly one of `end`, `dispatch`, `parallel` or `goto`".into()),
+    }
+    if let Some(end) = &file.end {
+        return match end.as_str() {
+            "finished" => Ok(Action::End { finished: true }),
+            "failed" => Ok(Action::End { finished: false }),
+            other => Err(format!("end must be \"finished\" or \"failed\", not {other:?}")),
+        };
+    }
+    if let Some(d) = &file.dispatch {
+        if d.task.trim().is_empty() {
+            return Err("dispatch.task is empty".into());
+        }
+        if d.on.is_empty() {
+            return Err("dispatch has no transitions (`on`); add at least `success`".into());
+        }
+        return Ok(Action::Dispatch {
+            task: TaskSpec {
+                task_type: d.task.clone(),
+                params: compile_params(&d.params)?,
+                dispatch_timeout: secs(d.dispatch_timeout, "dispatch_timeout")?,
+                result_timeout: secs(d.result_timeout, "result_timeout")?,
+                retry: RetryPolicy::from_file(d.retry),
+            },
+            on: d.on.clone(),
+        });
+    }
+    if let Some(p) = &file.parallel {
+        if p.branches.is_empty() {
+            return Err("parallel has no branches".into());
+        }
+        let mut branches = BTreeMap::new();
+        for (branch, b) in &p.branches {
+            branches.insert(
+                branch.clone(),
+                TaskSpec {
+                    task_type: b.task.clone(),
+                    params: compile_params(&b.params).map_err(|e| format!("branch `{branch}`: {e}"))?,
+                    dispatch_timeout: secs(p.dispatch_timeout, "dispatch_timeout")?,
+                    result_timeout: secs(p.result_timeout, "result_timeout")?,
+                    retry: RetryPolicy::from_file(p.retry),
+                },
+            );
+        }
+        return Ok(Action::Parallel {
+            branches,
+            next: p.next.clone(),
+            on_failure: p.on_failure.clone(),
+        });
+    }
+    let rules = file.goto.as_deref().unwrap_or_default();
+    if rules.is_empty() {
+        return Err("goto has no rules".into());
+    }
+    let mut out = Vec::new();
+    for rule in rules {
+        let when = rule.when.as_deref().map(Expr::compile).transpose()?;
+        out.push((when, rule.to.clone()));
+    }
+    let _ = name;
+    Ok(Action::Goto(out))
+}
+
+/// Parses and validates one blueprint; `source` names it in errors.
+pub fn parse(source: &str, text: &str) -> Result<Blueprint, BlueprintError> {
+    let err = |problem: String| BlueprintError {
+        file: source.to_string(),
+        problem,
+    };
+    let file: BlueprintFile = toml::from_str(text).map_err(|e| err(format!("not a valid blueprint: {}", e.message())))?;
+    if file.name.trim().is_empty() {
+        return Err(err("`name` is empty".into()));
+    }
+    if !file.api_endpoint.starts_with('/') || file.api_endpoint.len() < 2 || file.api_endpoint.contains(['{', '}', '*']) {
+        return Err(err(format!("api_endpoint {:?} must be a plain path starting with `/`", file.api_endpoint)));
+    }
+    let version = file.api_version.clone().filter(|v| !v.is_empty());
+    if let Some(v) = &version
+        && !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-')
+    {
+        return Err(err(format!("api_version {v:?} may only hold letters, digits, `.`, `_` and `-`")));
+    }
+    let starts: Vec<&String> = file.states.iter().filter(|(_, s)| s.start).map(|(n, _)| n).collect();
+    match starts.as_slice() {
+        [] => return Err(err("no start state: mark one state with `start = true`".into())),
+        [_] => {}
+        many => {
+            let names: Vec<&str> = many.iter().map(|s| s.as_str()).collect();
+            return Err(err(format!("several start states ({}); mark exactly one", names.join(", "))));
+        }
+    }
+    let mut states = BTreeMap::new();
+    for (name, state) in &file.states {
+        let action = compile_state(name, state).map_err(|p| err(format!("state `{name}` {p}").replace("` has", "` has")))?;
+        states.insert(name.clone(), State { name: name.clone(), action });
+    }
+    if !states.values().any(|s| matches!(s.action, Action::End { .. })) {
+        return Err(err("no end state: add a state with `end = \"finished\"` or `end = \"failed\"`".into()));
+    }
+    for (name, state) in &states {
+        let targets: Vec<(String, &String)> = match &state.action {
+            Action::Dispatch { on, .. } => on.iter().map(|(k, v)| (format!("transition `{k}`"), v)).collect(),
+            Action::Parallel { next, on_failure, .. } => {
+                let mut t = vec![("`next`".to_string(), next)];
+                if let Some(f) = on_failure {
+                    t.push(("`on_failure`".to_string(), f));
+                }
+                t
+            }
+            Action::Goto(rules) => rules.iter().map(|(_, to)| ("goto".to_string(), to)).collect(),
+            Action::End { .. } => vec![],
+        };
+        for (what, target) in targets {
+            if !states.contains_key(target) {
+                return Err(err(format!("state `{name}`: {what} goes to unknown state `{target}`")));
+            }
+        }
+    }
+    let create_path = match &version {
+        Some(v) => format!("/api/{v}{}", file.api_endpoint),
+        None => format!("/api{}", file.api_endpoint),
+    };
+    Ok(Blueprint {
+        name: file.name,
+        create_path,
+        api_version: version,
+        start: starts[0].clone(),
+        states,
+        source: source.to_string(),
+    })
+}
+
+/// Loads every `*.toml` in `dir`; any broken blueprint is an error naming it.
+pub fn load_dir(dir: &Path) -> Result<Vec<Blueprint>, BlueprintError> {
+    let dir_err = |problem: String| BlueprintError {
+        file: dir.display().to_string(),
+        problem,
+    };
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| dir_err(format!("cannot read the blueprints directory: {e}")))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    let mut out: Vec<Blueprint> = Vec::new();
+    for path in files {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(&path).map_err(|e| BlueprintError {
+            file: source.clone(),
+            problem: format!("cannot read: {e}"),
+        })?;
+        let bp = parse(&source, &text)?;
+        if let Some(other) = out.iter().find(|b| b.name == bp.name || b.create_path == bp.create_path) {
+            return Err(BlueprintError {
+                file: source,
+                problem: format!(
+                    "blueprint `{}` ({}) clashes with `{}` in {}: names and endpoints must be unique",
+                    bp.name, bp.create_path, other.name, other.source
+                ),
+            });
+        }
+        out.push(bp);
+    }
+    Ok(out)
+}

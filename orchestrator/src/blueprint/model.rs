@@ -1,0 +1,129 @@
+//! The blueprint file format (TOML), as written by users.
+//!
+//! ```toml
+//! name = "test_flow"
+//! api_endpoint = "/jobs/test"
+//! api_version = "v1"
+//!
+//! [states.start]
+//! start = true
+//! dispatch.task = "echo_task"
+//! # Each string is an expression over `initial`, `results` and `last`;
+//! # numbers, booleans, arrays and tables are literals.
+//! dispatch.params.message = "initial.message | default('Hello from Orchestrator!')"
+//! dispatch.params.multiply = "initial.multiply | default(2)"
+//! dispatch.on = { success = "completed", failure = "failed" }
+//!
+//! [states.completed]
+//! end = "finished"
+//!
+//! [states.failed]
+//! end = "failed"
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlueprintFile {
+    pub name: String,
+    /// Path under `/api/<version>`, e.g. `/jobs/test`.
+    pub api_endpoint: String,
+    /// e.g. `v1`; empty or absent mounts the endpoint at `/api<endpoint>`.
+    #[serde(default)]
+    pub api_version: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub states: BTreeMap<String, StateFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateFile {
+    /// Marks the one start state.
+    #[serde(default)]
+    pub start: bool,
+    /// Marks an end state: `finished` or `failed` is the job's final status.
+    #[serde(default)]
+    pub end: Option<String>,
+    #[serde(default)]
+    pub dispatch: Option<DispatchFile>,
+    #[serde(default)]
+    pub parallel: Option<ParallelFile>,
+    /// Go to another state: the first rule whose `when` holds (or has none).
+    #[serde(default)]
+    pub goto: Option<Vec<GotoFile>>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchFile {
+    /// Task type (skill name) a worker must offer.
+    pub task: String,
+    #[serde(default)]
+    pub params: BTreeMap<String, toml::Value>,
+    /// Result status → next state. `failure` is taken when the task fails
+    /// for good (see docs/job-semantics.md).
+    #[serde(default)]
+    pub on: BTreeMap<String, String>,
+    /// Seconds the task may wait for a worker before the job fails.
+    #[serde(default)]
+    pub dispatch_timeout: Option<f64>,
+    /// Seconds a worker has to return the result once it took the task.
+    #[serde(default)]
+    pub result_timeout: Option<f64>,
+    #[serde(default)]
+    pub retry: Option<RetryFile>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryFile {
+    /// Attempts in all, the first included.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Delay before the first retry, doubled for each further one.
+    #[serde(default)]
+    pub initial_backoff_ms: Option<u64>,
+    #[serde(default)]
+    pub max_backoff_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParallelFile {
+    /// Branches, each a task; results are gathered under `results.<state>.<branch>`.
+    pub branches: BTreeMap<String, BranchFile>,
+    /// State after every branch succeeded.
+    pub next: String,
+    /// State after a branch failed for good; the job fails if absent.
+    #[serde(default)]
+    pub on_failure: Option<String>,
+    #[serde(default)]
+    pub retry: Option<RetryFile>,
+    #[serde(default)]
+    pub result_timeout: Option<f64>,
+    #[serde(default)]
+    pub dispatch_timeout: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BranchFile {
+    pub task: String,
+    #[serde(default)]
+    pub params: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GotoFile {
+    /// Condition over the job's data; absent means always.
+    #[serde(default)]
+    pub when: Option<String>,
+    pub to: String,
+}

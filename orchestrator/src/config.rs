@@ -1,0 +1,165 @@
+//! Configuration: an optional TOML file, overridden by CLI flags and
+//! environment variables.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8080"
+//! storage = "sqlite:data/orchestrator.db"   # or "memory"
+//! blueprints_dir = "blueprints"
+//! log_format = "text"                        # or "json"
+//! global_worker_token = "test-worker-token"
+//! max_body_bytes = 1048576
+//! worker_ttl_seconds = 60
+//! require_signatures = true
+//!
+//! [clients.default]
+//! token = "test-client-token"
+//!
+//! [workers.local-test-worker]
+//! token = "its-own-token"
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use serde::Deserialize;
+
+#[derive(Debug, Parser)]
+#[command(name = "orchestrator", version, about = "Runs jobs through declarative blueprints and hands tasks to RXON workers")]
+pub struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long, short, env = "ORCHESTRATOR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "LISTEN_ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// `sqlite:<path>` or `memory` [default: sqlite:data/orchestrator.db].
+    #[arg(long, env = "STORAGE")]
+    pub storage: Option<String>,
+    /// Directory of blueprint files (`*.toml`) [default: blueprints].
+    #[arg(long, env = "BLUEPRINTS_DIR")]
+    pub blueprints_dir: Option<PathBuf>,
+    /// A client token (repeatable); its client is named `default`.
+    #[arg(long = "client-token", env = "CLIENT_TOKEN", value_delimiter = ',', hide_env_values = true)]
+    pub client_tokens: Vec<String>,
+    /// Token any worker without its own may use.
+    #[arg(long, env = "GLOBAL_WORKER_TOKEN", hide_env_values = true)]
+    pub worker_token: Option<String>,
+    /// `text` or `json` [default: text].
+    #[arg(long, env = "LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    storage: Option<String>,
+    blueprints_dir: Option<PathBuf>,
+    log_format: Option<String>,
+    global_worker_token: Option<String>,
+    max_body_bytes: Option<usize>,
+    worker_ttl_seconds: Option<f64>,
+    require_signatures: Option<bool>,
+    #[serde(default)]
+    clients: BTreeMap<String, TokenEntry>,
+    #[serde(default)]
+    workers: BTreeMap<String, TokenEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenEntry {
+    token: String,
+}
+
+/// Where jobs are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageConfig {
+    Memory,
+    Sqlite(PathBuf),
+}
+
+impl std::str::FromStr for StorageConfig {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "memory" => Ok(Self::Memory),
+            _ => match s.strip_prefix("sqlite:") {
+                Some(path) if !path.is_empty() => Ok(Self::Sqlite(PathBuf::from(path))),
+                _ => bail!("storage must be `memory` or `sqlite:<path>`, not {s:?}"),
+            },
+        }
+    }
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub storage: StorageConfig,
+    pub blueprints_dir: PathBuf,
+    pub json_logs: bool,
+    /// Client token → client name.
+    pub clients: HashMap<String, String>,
+    pub global_worker_token: Option<String>,
+    pub worker_tokens: HashMap<String, String>,
+    pub max_body_bytes: usize,
+    pub worker_ttl: std::time::Duration,
+    pub require_signatures: bool,
+}
+
+impl Config {
+    pub fn resolve(cli: Cli) -> anyhow::Result<Self> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let log_format = cli.log_format.or(file.log_format).unwrap_or_else(|| "text".into());
+        if log_format != "text" && log_format != "json" {
+            bail!("log format must be `text` or `json`, not {log_format:?}");
+        }
+        let storage = cli
+            .storage
+            .or(file.storage)
+            .unwrap_or_else(|| "sqlite:data/orchestrator.db".into())
+            .parse()?;
+        let mut clients: HashMap<String, String> =
+            file.clients.into_iter().map(|(name, entry)| (entry.token, name)).collect();
+        for token in cli.client_tokens.into_iter().filter(|t| !t.is_empty()) {
+            clients.insert(token, "default".into());
+        }
+        if clients.is_empty() {
+            bail!("no client token configured: set CLIENT_TOKEN, pass --client-token, or add [clients.<name>] to the config file");
+        }
+        let global_worker_token = cli.worker_token.or(file.global_worker_token).filter(|t| !t.is_empty());
+        let worker_tokens: HashMap<String, String> =
+            file.workers.into_iter().map(|(id, entry)| (id, entry.token)).collect();
+        if global_worker_token.is_none() && worker_tokens.is_empty() {
+            bail!("no worker token configured: set GLOBAL_WORKER_TOKEN, pass --worker-token, or add [workers.<id>] to the config file");
+        }
+        let ttl = file.worker_ttl_seconds.unwrap_or(60.0);
+        if !(ttl.is_finite() && ttl > 0.0) {
+            bail!("worker_ttl_seconds must be positive");
+        }
+        Ok(Self {
+            listen: cli.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            storage,
+            blueprints_dir: cli.blueprints_dir.or(file.blueprints_dir).unwrap_or_else(|| "blueprints".into()),
+            json_logs: log_format == "json",
+            clients,
+            global_worker_token,
+            worker_tokens,
+            max_body_bytes: file.max_body_bytes.unwrap_or(crate::api::DEFAULT_MAX_BODY),
+            worker_ttl: std::time::Duration::from_secs_f64(ttl),
+            require_signatures: file.require_signatures.unwrap_or(true),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {}", path.display(), e.message()))
+}

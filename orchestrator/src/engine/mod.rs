@@ -1,0 +1,433 @@
+//! The job engine: the state machine that moves jobs through their
+//! blueprints, the task queues workers poll, worker liveness, and timers.
+//!
+//! All state sits behind one mutex, held only for short, non-blocking
+//! sections. Every change to a job is sent, in order, to the storage writer
+//! ([`persist`]). Deadlines use one clock on purpose: tokio's monotonic
+//! [`Instant`] (so tests can pause time); wall-clock time is only used for the
+//! timestamps people read and for checking signed message timestamps.
+//!
+//! - [`machine`]: what happens to a job on each event.
+//! - [`workers`]: the worker registry.
+//! - [`persist`]: the ordered, batching storage writer.
+
+pub(crate) mod machine;
+pub mod persist;
+pub mod workers;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::blueprint::Blueprint;
+use crate::job::{Job, JobEvent, JobStatus, Object};
+use crate::storage::{JobFilter, JobWrite, Storage, StorageError};
+use persist::PersistMsg;
+use workers::{WorkerRecord, WorkerView};
+
+/// Tunables of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// A worker not heard from for this long is dropped and its tasks requeued.
+    pub worker_ttl: Duration,
+    /// Longest a long-poll may wait.
+    pub max_poll_wait: Duration,
+    /// Transitions one job may take before it is failed as a runaway loop.
+    pub max_transitions: u32,
+    /// How often worker liveness is checked.
+    pub sweep_interval: Duration,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            worker_ttl: Duration::from_secs(60),
+            max_poll_wait: Duration::from_secs(30),
+            max_transitions: 100,
+            sweep_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a timer does when it fires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Timer {
+    /// The task was not picked up in time: the job fails.
+    DispatchTimeout { job: Uuid, task_id: String },
+    /// The worker did not answer in time: a `TIMEOUT_ERROR` failure.
+    ResultTimeout { job: Uuid, task_id: String },
+    /// Backoff is over: queue the task again.
+    Retry { job: Uuid, task_id: String },
+    /// Drop workers that stopped talking.
+    WorkerSweep,
+}
+
+/// A task waiting in a queue.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    pub job: Uuid,
+    pub task_id: String,
+    pub seq: u64,
+}
+
+/// Everything behind the engine's mutex.
+#[derive(Default)]
+pub struct EngineState {
+    pub jobs: HashMap<Uuid, Job>,
+    /// Task type → tasks waiting for a worker, oldest first.
+    pub queues: HashMap<String, VecDeque<Queued>>,
+    pub workers: BTreeMap<String, WorkerRecord>,
+    pub timers: BTreeMap<(Instant, u64), Timer>,
+    pub seq: u64,
+    /// Wakes `GET /jobs/{id}?wait=` callers when the job ends.
+    pub job_waiters: HashMap<Uuid, Arc<Notify>>,
+    /// Writes made under the lock, sent to the writer before it is released.
+    pub outbox: Vec<PersistMsg>,
+    /// Set when a timer earlier than the timer loop's next one was added.
+    pub timers_changed: bool,
+}
+
+impl EngineState {
+    pub fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    pub fn add_timer(&mut self, at: Instant, timer: Timer) {
+        let seq = self.next_seq();
+        if self.timers.first_key_value().is_none_or(|((first, _), _)| at < *first) {
+            self.timers_changed = true;
+        }
+        self.timers.insert((at, seq), timer);
+    }
+}
+
+pub(crate) struct Shared {
+    pub state: Mutex<EngineState>,
+    pub blueprints: HashMap<String, Arc<Blueprint>>,
+    pub storage: Arc<dyn Storage>,
+    pub writer: mpsc::UnboundedSender<PersistMsg>,
+    pub timer_wake: Notify,
+    pub settings: EngineSettings,
+}
+
+/// Handle to the engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// Why a job could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("could not store the job: {0}")]
+    Storage(String),
+}
+
+/// Options of a new job besides its data.
+#[derive(Debug, Clone, Default)]
+pub struct NewJob {
+    pub blueprint: String,
+    pub owner: String,
+    pub initial_data: Object,
+    pub webhook_url: Option<String>,
+    pub dispatch_timeout: Option<f64>,
+    pub result_timeout: Option<f64>,
+}
+
+impl Engine {
+    /// Starts the engine: reloads unfinished jobs from `storage`, starts the
+    /// writer and the timer loop.
+    pub async fn start(
+        blueprints: Vec<Blueprint>,
+        storage: Arc<dyn Storage>,
+        settings: EngineSettings,
+    ) -> Result<Self, StorageError> {
+        let (writer, _writer_handle) = persist::spawn_writer(storage.clone());
+        let shared = Arc::new(Shared {
+            state: Mutex::new(EngineState::default()),
+            blueprints: blueprints.into_iter().map(|b| (b.name.clone(), Arc::new(b))).collect(),
+            storage: storage.clone(),
+            writer,
+            timer_wake: Notify::new(),
+            settings,
+        });
+        let engine = Self { shared };
+        let unfinished = {
+            let storage = storage.clone();
+            tokio::task::spawn_blocking(move || storage.unfinished_jobs())
+                .await
+                .map_err(|e| StorageError::Backend(e.to_string()))??
+        };
+        let count = unfinished.len();
+        {
+            let mut st = engine.lock();
+            let now = Instant::now();
+            st.add_timer(now + engine.shared.settings.sweep_interval, Timer::WorkerSweep);
+            for job in unfinished {
+                machine::recover(&engine.shared, &mut st, job);
+            }
+            engine.flush(&mut st);
+        }
+        if count > 0 {
+            tracing::info!("recovered {count} unfinished job(s) from storage");
+        }
+        tokio::spawn(engine.clone().timer_loop());
+        Ok(engine)
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, EngineState> {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends queued writes to the writer (keeps their order) and wakes the
+    /// timer loop if needed. Call before releasing the lock.
+    pub(crate) fn flush(&self, st: &mut EngineState) {
+        for msg in st.outbox.drain(..) {
+            if self.shared.writer.send(msg).is_err() {
+                tracing::error!("the storage writer is gone; a job change was not saved");
+            }
+        }
+        if std::mem::take(&mut st.timers_changed) {
+            self.shared.timer_wake.notify_one();
+        }
+    }
+
+    pub fn blueprint(&self, name: &str) -> Option<Arc<Blueprint>> {
+        self.shared.blueprints.get(name).cloned()
+    }
+
+    pub fn blueprints(&self) -> Vec<Arc<Blueprint>> {
+        let mut all: Vec<_> = self.shared.blueprints.values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    pub fn settings(&self) -> &EngineSettings {
+        &self.shared.settings
+    }
+
+    /// Creates a job and starts it; returns once it is durably stored.
+    pub async fn create_job(&self, new: NewJob) -> Result<Uuid, CreateError> {
+        let blueprint = self
+            .blueprint(&new.blueprint)
+            .ok_or_else(|| CreateError::Invalid(format!("unknown blueprint {}", new.blueprint)))?;
+        for (name, v) in [("dispatch_timeout", new.dispatch_timeout), ("result_timeout", new.result_timeout)] {
+            if let Some(v) = v
+                && !(v.is_finite() && v > 0.0)
+            {
+                return Err(CreateError::Invalid(format!("'{name}' must be a positive number of seconds")));
+            }
+        }
+        let (ack_tx, ack_rx) = oneshot::channel();
+        let id = Uuid::new_v4();
+        {
+            let mut st = self.lock();
+            machine::create(&self.shared, &mut st, id, &blueprint, new, ack_tx);
+            self.flush(&mut st);
+        }
+        match ack_rx.await {
+            Ok(Ok(())) => Ok(id),
+            Ok(Err(e)) => Err(CreateError::Storage(e)),
+            Err(_) => Err(CreateError::Storage("the storage writer stopped".into())),
+        }
+    }
+
+    /// Waits until every change made so far is durable.
+    pub async fn sync_storage(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.shared.writer.send(PersistMsg { write: None, ack: Some(ack) }).is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    /// A job, from memory or storage.
+    pub async fn get_job(&self, id: Uuid) -> Result<Option<Job>, StorageError> {
+        if let Some(job) = self.lock().jobs.get(&id) {
+            return Ok(Some(job.clone()));
+        }
+        let storage = self.shared.storage.clone();
+        tokio::task::spawn_blocking(move || storage.get_job(id))
+            .await
+            .map_err(|e| StorageError::Backend(e.to_string()))?
+    }
+
+    /// Waits up to `wait` for the job to reach a terminal status.
+    pub async fn wait_for_job(&self, id: Uuid, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        let notify = {
+            let mut st = self.lock();
+            match st.jobs.get(&id) {
+                Some(job) if !job.status.is_terminal() => st.job_waiters.entry(id).or_default().clone(),
+                _ => return,
+            }
+        };
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.lock().jobs.get(&id).is_none_or(|j| j.status.is_terminal()) {
+            return;
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+
+    pub async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>, StorageError> {
+        let storage = self.shared.storage.clone();
+        tokio::task::spawn_blocking(move || storage.list_jobs(&filter))
+            .await
+            .map_err(|e| StorageError::Backend(e.to_string()))?
+    }
+
+    pub async fn job_events(&self, id: Uuid) -> Result<Vec<JobEvent>, StorageError> {
+        let storage = self.shared.storage.clone();
+        tokio::task::spawn_blocking(move || storage.job_events(id))
+            .await
+            .map_err(|e| StorageError::Backend(e.to_string()))?
+    }
+
+    /// Cancels a job that has not ended; `Err` says why not.
+    pub fn cancel_job(&self, id: Uuid, owner: &str) -> Result<(), CancelError> {
+        let mut st = self.lock();
+        let result = machine::cancel(&mut st, id, owner);
+        self.flush(&mut st);
+        result
+    }
+
+    /// Why a waiting job waits, e.g. no worker offers its task type.
+    pub fn waiting_reason(&self, job: &Job) -> Option<String> {
+        let st = self.lock();
+        machine::waiting_reason(&st, job)
+    }
+
+    // ----- workers -----
+
+    pub fn register_worker(&self, reg: &rxon::WorkerRegistration) {
+        let mut st = self.lock();
+        machine::register_worker(&mut st, reg);
+        self.flush(&mut st);
+    }
+
+    /// Applies a heartbeat; `None` if the worker is not registered.
+    pub fn heartbeat(&self, worker_id: &str, hb: Option<&rxon::Heartbeat>) -> Option<rxon::HeartbeatResponse> {
+        let mut st = self.lock();
+        let response = machine::heartbeat(&mut st, worker_id, hb);
+        self.flush(&mut st);
+        response
+    }
+
+    pub fn workers(&self) -> Vec<WorkerView> {
+        self.lock().workers.values().map(|w| w.view()).collect()
+    }
+
+    pub fn is_registered(&self, worker_id: &str) -> bool {
+        self.lock().workers.contains_key(worker_id)
+    }
+
+    /// Long-poll: the next task this worker can run, waiting up to `wait`.
+    /// `Err` if the worker is not registered.
+    pub async fn next_task(&self, worker_id: &str, wait: Duration) -> Result<Option<rxon::TaskPayload>, ()> {
+        let deadline = Instant::now() + wait.min(self.shared.settings.max_poll_wait);
+        loop {
+            let wake = {
+                let mut st = self.lock();
+                let Some(worker) = st.workers.get_mut(worker_id) else {
+                    return Err(());
+                };
+                worker.last_seen = Instant::now();
+                let wake = worker.wake.clone();
+                let taken = machine::take_task(&self.shared, &mut st, worker_id);
+                self.flush(&mut st);
+                if let Some(payload) = taken {
+                    return Ok(Some(payload));
+                }
+                wake
+            };
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => return Ok(None),
+            }
+        }
+    }
+
+    pub fn submit_result(&self, worker_id: &str, result: &rxon::TaskResult) -> rxon::ResultResponse {
+        let mut st = self.lock();
+        let response = machine::apply_result(&self.shared, &mut st, worker_id, result);
+        self.flush(&mut st);
+        response
+    }
+
+    /// A worker event; `progress` updates the job. `Err` names a forbidden target.
+    pub fn worker_event(&self, worker_id: &str, event: &rxon::WorkerEventPayload) -> Result<(), String> {
+        let mut st = self.lock();
+        let result = machine::worker_event(&mut st, worker_id, event);
+        self.flush(&mut st);
+        result
+    }
+
+    async fn timer_loop(self) {
+        loop {
+            let next = self.lock().timers.first_key_value().map(|((at, _), _)| *at);
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = sleep => {}
+                _ = self.shared.timer_wake.notified() => continue,
+            }
+            if Arc::strong_count(&self.shared) <= 1 {
+                return;
+            }
+            let now = Instant::now();
+            let mut st = self.lock();
+            while let Some(entry) = st.timers.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                let timer = entry.remove();
+                machine::fire(&self.shared, &mut st, timer);
+            }
+            self.flush(&mut st);
+        }
+    }
+}
+
+/// Why a cancel was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CancelError {
+    #[error("Job not found")]
+    NotFound,
+    #[error("Job already ended with status {0}")]
+    AlreadyEnded(JobStatus),
+}
+
+/// Helper to build a write for a changed job.
+pub(crate) fn job_write(job: &mut Job, events: Vec<JobEvent>) -> JobWrite {
+    job.version += 1;
+    job.updated_at = Utc::now();
+    JobWrite {
+        job: job.clone(),
+        events,
+    }
+}
+
+pub(crate) fn event(kind: &str, message: impl Into<String>) -> JobEvent {
+    JobEvent {
+        at: Utc::now(),
+        event: kind.to_string(),
+        message: message.into(),
+    }
+}
+

@@ -1,0 +1,65 @@
+//! Registered workers, as the orchestrator sees them.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// One registered worker.
+#[derive(Debug, Clone)]
+pub struct WorkerRecord {
+    pub worker_id: String,
+    pub worker_type: String,
+    pub skills: Vec<rxon::SkillInfo>,
+    /// Last status the worker reported (`idle`, `busy`, `offline`, …).
+    pub status: String,
+    pub capabilities: Option<Value>,
+    pub registered_at: DateTime<Utc>,
+    pub last_heartbeat_at: DateTime<Utc>,
+    /// When it was last heard from (heartbeat, poll or result); drives expiry.
+    pub last_seen: Instant,
+    /// Tasks it took and has not answered yet.
+    pub in_flight: BTreeSet<String>,
+    /// Wakes this worker's long-polls when a task it can run is queued.
+    pub wake: Arc<Notify>,
+}
+
+impl WorkerRecord {
+    pub fn serves(&self, task_type: &str) -> bool {
+        self.skills.iter().any(|s| s.name == task_type)
+    }
+
+    pub fn view(&self) -> WorkerView {
+        WorkerView {
+            worker_id: self.worker_id.clone(),
+            worker_type: self.worker_type.clone(),
+            supported_skills: self.skills.iter().map(|s| s.name.clone()).collect(),
+            skills: self.skills.clone(),
+            status: self.status.clone(),
+            registered_at: self.registered_at,
+            last_heartbeat_at: self.last_heartbeat_at,
+            in_flight_tasks: self.in_flight.iter().cloned().collect(),
+            capabilities: self.capabilities.clone(),
+        }
+    }
+}
+
+/// A worker as `GET /api/<v>/workers` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerView {
+    pub worker_id: String,
+    pub worker_type: String,
+    /// Skill names, for a quick look.
+    pub supported_skills: Vec<String>,
+    pub skills: Vec<rxon::SkillInfo>,
+    pub status: String,
+    pub registered_at: DateTime<Utc>,
+    pub last_heartbeat_at: DateTime<Utc>,
+    pub in_flight_tasks: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Value>,
+}

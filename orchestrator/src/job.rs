@@ -1,0 +1,180 @@
+//! Jobs: status, the task in flight, history. Serialized as-is into storage.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+pub type Object = Map<String, Value>;
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Pending,
+    WaitingForWorker,
+    Running,
+    AwaitingRetry,
+    WaitingForParallelTasks,
+    Finished,
+    Failed,
+    Quarantined,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 9] = [
+        Self::Pending,
+        Self::WaitingForWorker,
+        Self::Running,
+        Self::AwaitingRetry,
+        Self::WaitingForParallelTasks,
+        Self::Finished,
+        Self::Failed,
+        Self::Quarantined,
+        Self::Cancelled,
+    ];
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Finished | Self::Failed | Self::Quarantined | Self::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::WaitingForWorker => "waiting_for_worker",
+            Self::Running => "running",
+            Self::AwaitingRetry => "awaiting_retry",
+            Self::WaitingForParallelTasks => "waiting_for_parallel_tasks",
+            Self::Finished => "finished",
+            Self::Failed => "failed",
+            Self::Quarantined => "quarantined",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                let all: Vec<&str> = Self::ALL.iter().map(|s| s.as_str()).collect();
+                format!("unknown status {s:?}; use one of {}", all.join(", "))
+            })
+    }
+}
+
+/// Why a job failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    pub code: String,
+    pub message: String,
+}
+
+/// One task of a job, dispatched or waiting to be.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub task_id: String,
+    pub task_type: String,
+    pub params: Object,
+    /// Parallel branch name; `None` for a plain dispatch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// The worker that took it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
+    pub queued_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub picked_up_at: Option<DateTime<Utc>>,
+    /// Set when this branch is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Object>,
+    /// Last failure of this task, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<JobError>,
+}
+
+/// One state the job went through.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateVisit {
+    pub state: String,
+    pub entered_at: DateTime<Utc>,
+    /// Result status that led out of this state, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+}
+
+/// Something that happened to a job (its history).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobEvent {
+    pub at: DateTime<Utc>,
+    pub event: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: Uuid,
+    pub blueprint: String,
+    /// Name of the client that created it; only that client sees it.
+    pub owner: String,
+    pub status: JobStatus,
+    pub current_state: String,
+    pub initial_data: Object,
+    /// Data of each state's task, by state name.
+    pub results: Object,
+    /// Data of the most recent task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Object>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+    /// Tasks of the current state (one, or one per parallel branch).
+    #[serde(default)]
+    pub tasks: Vec<TaskRecord>,
+    pub state_history: Vec<StateVisit>,
+    /// The worker that ran the most recent task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_worker_id: Option<String>,
+    /// Transitions taken, to stop runaway loops.
+    pub transitions: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    /// Job-level defaults for tasks without their own, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatch_timeout: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_timeout: Option<f64>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Bumped on every change; storage keeps the highest.
+    pub version: u64,
+}
+
+impl Job {
+    /// The context expressions see: `{initial, results, last}`.
+    pub fn expr_context(&self) -> Value {
+        serde_json::json!({
+            "initial": self.initial_data,
+            "results": self.results,
+            "last": self.result.clone().unwrap_or_default(),
+        })
+    }
+}

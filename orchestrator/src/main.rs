@@ -1,0 +1,92 @@
+//! `orchestrator`: serve the client and worker APIs.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use orchestrator::api::{self, AppState, auth::Auth};
+use orchestrator::config::{Cli, Config, StorageConfig};
+use orchestrator::engine::{Engine, EngineSettings};
+use orchestrator::storage::{Storage, memory::MemoryStorage, sqlite::SqliteStorage};
+use orchestrator::{blueprint, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let config = Config::resolve(Cli::parse())?;
+    telemetry::init(config.json_logs);
+    let blueprints = blueprint::load_dir(&config.blueprints_dir)?;
+    anyhow::ensure!(
+        !blueprints.is_empty(),
+        "no blueprint (*.toml) found in {}",
+        config.blueprints_dir.display()
+    );
+    let storage: Arc<dyn Storage> = match &config.storage {
+        StorageConfig::Memory => Arc::new(MemoryStorage::default()),
+        StorageConfig::Sqlite(path) => Arc::new(SqliteStorage::open(path)?),
+    };
+    tracing::info!("storage: {}", storage.describe());
+    let settings = EngineSettings {
+        worker_ttl: config.worker_ttl,
+        ..EngineSettings::default()
+    };
+    let engine = Engine::start(blueprints, storage, settings).await?;
+    let auth = Auth::new(
+        config.clients.clone(),
+        config.global_worker_token.clone(),
+        config.worker_tokens.clone(),
+        config.require_signatures,
+    );
+    let state = AppState {
+        engine: engine.clone(),
+        auth: Arc::new(auth),
+    };
+    let app = api::router(state, config.max_body_bytes);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let base = format!("http://{addr}");
+    tracing::info!("orchestrator listening on {base}");
+    for bp in engine.blueprints() {
+        tracing::info!("  POST {base}{}   (blueprint {})", bp.create_path, bp.name);
+        let prefix = bp.create_path.trim_end_matches(bp.create_path.rsplit('/').next().unwrap_or(""));
+        let version = bp.api_version.as_deref().map(|v| format!("/api/{v}")).unwrap_or_else(|| "/api".into());
+        let _ = prefix;
+        tracing::info!("  GET  {base}{version}/jobs/{{id}}");
+    }
+    tracing::info!("clients authenticate with the header X-Client-Token: <token> (X-Avtomatika-Token is accepted too)");
+    tracing::info!("workers connect to {base} (RXON worker API under /_worker)");
+    api::serve(listener, app, shutdown_signal()).await?;
+    tracing::info!("saving pending changes");
+    engine.sync_storage().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
+}

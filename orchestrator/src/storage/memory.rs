@@ -1,0 +1,71 @@
+//! In-memory storage: fast, and gone when the process stops.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use uuid::Uuid;
+
+use super::{JobFilter, JobWrite, Storage, StorageError};
+use crate::job::{Job, JobEvent};
+
+#[derive(Default)]
+pub struct MemoryStorage {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    jobs: HashMap<Uuid, Job>,
+    events: HashMap<Uuid, Vec<JobEvent>>,
+}
+
+impl MemoryStorage {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Storage for MemoryStorage {
+    fn write(&self, writes: &[JobWrite]) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        for w in writes {
+            let newer = inner.jobs.get(&w.job.id).is_none_or(|old| old.version < w.job.version);
+            if newer {
+                inner.jobs.insert(w.job.id, w.job.clone());
+            }
+            inner.events.entry(w.job.id).or_default().extend(w.events.iter().cloned());
+        }
+        Ok(())
+    }
+
+    fn get_job(&self, id: Uuid) -> Result<Option<Job>, StorageError> {
+        Ok(self.lock().jobs.get(&id).cloned())
+    }
+
+    fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, StorageError> {
+        let inner = self.lock();
+        let mut jobs: Vec<&Job> = inner
+            .jobs
+            .values()
+            .filter(|j| filter.owner.as_ref().is_none_or(|o| &j.owner == o))
+            .filter(|j| filter.status.is_none_or(|s| j.status == s))
+            .collect();
+        jobs.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        Ok(jobs.into_iter().skip(filter.offset).take(filter.limit).cloned().collect())
+    }
+
+    fn job_events(&self, id: Uuid) -> Result<Vec<JobEvent>, StorageError> {
+        Ok(self.lock().events.get(&id).cloned().unwrap_or_default())
+    }
+
+    fn unfinished_jobs(&self) -> Result<Vec<Job>, StorageError> {
+        let inner = self.lock();
+        let mut jobs: Vec<Job> = inner.jobs.values().filter(|j| !j.status.is_terminal()).cloned().collect();
+        jobs.sort_by_key(|j| j.created_at);
+        Ok(jobs)
+    }
+
+    fn describe(&self) -> String {
+        "in-memory storage (nothing survives a restart)".into()
+    }
+}

@@ -1,0 +1,53 @@
+//! Durable job storage behind a small trait.
+//!
+//! The engine keeps active jobs in memory and writes every change through to
+//! a [`Storage`]; on start it reloads the jobs that had not finished. Finished
+//! jobs are read back from storage when asked for.
+//!
+//! Backends: [`memory::MemoryStorage`] (nothing survives a restart) and
+//! [`sqlite::SqliteStorage`] (one file, the default). The SQL schema
+//! (`jobs`, `job_events`) is plain enough for a PostgreSQL backend to follow.
+
+pub mod memory;
+pub mod sqlite;
+
+use uuid::Uuid;
+
+use crate::job::{Job, JobEvent, JobStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage: {0}")]
+    Backend(String),
+    #[error("storage: stored job is unreadable: {0}")]
+    Corrupt(String),
+}
+
+/// One write: a job's new snapshot and the events that led to it.
+#[derive(Debug, Clone)]
+pub struct JobWrite {
+    pub job: Job,
+    pub events: Vec<JobEvent>,
+}
+
+/// Filter of [`Storage::list_jobs`].
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub owner: Option<String>,
+    pub status: Option<JobStatus>,
+    pub limit: usize,
+    pub offset: usize,
+}
+
+pub trait Storage: Send + Sync + 'static {
+    /// Applies writes atomically, in order; a snapshot never replaces a newer one.
+    fn write(&self, writes: &[JobWrite]) -> Result<(), StorageError>;
+    fn get_job(&self, id: Uuid) -> Result<Option<Job>, StorageError>;
+    /// Newest first.
+    fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, StorageError>;
+    fn job_events(&self, id: Uuid) -> Result<Vec<JobEvent>, StorageError>;
+    /// Jobs not in a terminal status, oldest first.
+    fn unfinished_jobs(&self) -> Result<Vec<Job>, StorageError>;
+    /// A short name for logs.
+    fn describe(&self) -> String;
+}

@@ -1,0 +1,178 @@
+//! SQLite storage: one file, WAL mode, every write batch in one transaction.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use uuid::Uuid;
+
+use super::{JobFilter, JobWrite, Storage, StorageError};
+use crate::job::{Job, JobEvent};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS jobs (
+    id          TEXT PRIMARY KEY,
+    blueprint   TEXT NOT NULL,
+    owner       TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    body        TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_owner_created ON jobs (owner, created_at);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+CREATE TABLE IF NOT EXISTS job_events (
+    job_id  TEXT NOT NULL,
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    at      TEXT NOT NULL,
+    event   TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS job_events_job ON job_events (job_id, seq);
+"#;
+
+pub struct SqliteStorage {
+    conn: Mutex<Connection>,
+    path: String,
+}
+
+fn backend(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Backend(e.to_string())
+}
+
+impl SqliteStorage {
+    pub fn open(path: &Path) -> Result<Self, StorageError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| backend(format!("cannot create {}: {e}", parent.display())))?;
+        }
+        let conn = Connection::open(path).map_err(|e| backend(format!("cannot open {}: {e}", path.display())))?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")
+            .map_err(backend)?;
+        conn.execute_batch(SCHEMA).map_err(backend)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            path: path.display().to_string(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn decode(body: String) -> Result<Job, StorageError> {
+    serde_json::from_str(&body).map_err(|e| StorageError::Corrupt(e.to_string()))
+}
+
+impl Storage for SqliteStorage {
+    fn write(&self, writes: &[JobWrite]) -> Result<(), StorageError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(backend)?;
+        {
+            let mut upsert = tx
+                .prepare_cached(
+                    "INSERT INTO jobs (id, blueprint, owner, status, created_at, updated_at, version, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT (id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at,
+                         version = excluded.version, body = excluded.body
+                     WHERE excluded.version > jobs.version",
+                )
+                .map_err(backend)?;
+            let mut event = tx
+                .prepare_cached("INSERT INTO job_events (job_id, at, event, message) VALUES (?1, ?2, ?3, ?4)")
+                .map_err(backend)?;
+            for w in writes {
+                let job = &w.job;
+                let body = serde_json::to_string(job).map_err(backend)?;
+                upsert
+                    .execute(params![
+                        job.id.to_string(),
+                        job.blueprint,
+                        job.owner,
+                        job.status.as_str(),
+                        job.created_at.to_rfc3339(),
+                        job.updated_at.to_rfc3339(),
+                        job.version as i64,
+                        body
+                    ])
+                    .map_err(backend)?;
+                for e in &w.events {
+                    event
+                        .execute(params![job.id.to_string(), e.at.to_rfc3339(), e.event, e.message])
+                        .map_err(backend)?;
+                }
+            }
+        }
+        tx.commit().map_err(backend)
+    }
+
+    fn get_job(&self, id: Uuid) -> Result<Option<Job>, StorageError> {
+        let conn = self.lock();
+        let body: Option<String> = conn
+            .prepare_cached("SELECT body FROM jobs WHERE id = ?1")
+            .map_err(backend)?
+            .query_row([id.to_string()], |r| r.get(0))
+            .optional()
+            .map_err(backend)?;
+        body.map(decode).transpose()
+    }
+
+    fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, StorageError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT body FROM jobs WHERE (?1 IS NULL OR owner = ?1) AND (?2 IS NULL OR status = ?2)
+                 ORDER BY created_at DESC, id DESC LIMIT ?3 OFFSET ?4",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(
+                params![
+                    filter.owner,
+                    filter.status.map(|s| s.as_str()),
+                    filter.limit as i64,
+                    filter.offset as i64
+                ],
+                |r| r.get::<_, String>(0),
+            )
+            .map_err(backend)?;
+        rows.map(|r| r.map_err(backend).and_then(decode)).collect()
+    }
+
+    fn job_events(&self, id: Uuid) -> Result<Vec<JobEvent>, StorageError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT at, event, message FROM job_events WHERE job_id = ?1 ORDER BY seq")
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([id.to_string()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+            })
+            .map_err(backend)?;
+        rows.map(|r| {
+            let (at, event, message) = r.map_err(backend)?;
+            let at = chrono::DateTime::parse_from_rfc3339(&at)
+                .map_err(|e| StorageError::Corrupt(e.to_string()))?
+                .with_timezone(&chrono::Utc);
+            Ok(JobEvent { at, event, message })
+        })
+        .collect()
+    }
+
+    fn unfinished_jobs(&self) -> Result<Vec<Job>, StorageError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT body FROM jobs WHERE status NOT IN ('finished', 'failed', 'quarantined', 'cancelled')
+                 ORDER BY created_at",
+            )
+            .map_err(backend)?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(backend)?;
+        rows.map(|r| r.map_err(backend).and_then(decode)).collect()
+    }
+
+    fn describe(&self) -> String {
+        format!("SQLite storage at {}", self.path)
+    }
+}
