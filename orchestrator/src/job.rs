@@ -151,6 +151,9 @@ pub struct Job {
     pub task_worker_id: Option<String>,
     /// Transitions taken, to stop runaway loops.
     pub transitions: u32,
+    /// Attempts the most recent finished task took.
+    #[serde(default)]
+    pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

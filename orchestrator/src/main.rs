@@ -58,12 +58,14 @@ async fn run() -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let base = format!("http://{addr}");
     tracing::info!("orchestrator listening on {base}");
+    let mut versions = std::collections::BTreeSet::new();
     for bp in engine.blueprints() {
         tracing::info!("  POST {base}{}   (blueprint {})", bp.create_path, bp.name);
-        let prefix = bp.create_path.trim_end_matches(bp.create_path.rsplit('/').next().unwrap_or(""));
-        let version = bp.api_version.as_deref().map(|v| format!("/api/{v}")).unwrap_or_else(|| "/api".into());
-        let _ = prefix;
-        tracing::info!("  GET  {base}{version}/jobs/{{id}}");
+        versions.insert(bp.api_version.as_deref().map(|v| format!("/api/{v}")).unwrap_or_else(|| "/api".into()));
+    }
+    for prefix in versions {
+        tracing::info!("  GET  {base}{prefix}/jobs/{{id}}   (job status; ?wait=<seconds> waits for the end)");
+        tracing::info!("  GET  {base}{prefix}/workers");
     }
     tracing::info!("clients authenticate with the header X-Client-Token: <token> (X-Avtomatika-Token is accepted too)");
     tracing::info!("workers connect to {base} (RXON worker API under /_worker)");

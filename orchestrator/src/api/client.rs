@@ -116,7 +116,7 @@ pub fn view(job: Job, waiting_reason: Option<String>) -> JobView {
         id: job.id,
         job_id: job.id,
         blueprint_name: job.blueprint.clone(),
-        attempts: current.map(|t| t.attempt).unwrap_or(0),
+        attempts: current.map(|t| t.attempt).unwrap_or(job.attempts),
         current_task_id: current.map(|t| t.task_id.clone()),
         current_task_type: current.map(|t| t.task_type.clone()),
         blueprint: job.blueprint,

@@ -70,6 +70,7 @@ pub fn create(shared: &Shared, st: &mut EngineState, id: Uuid, bp: &Blueprint, n
         }],
         task_worker_id: None,
         transitions: 0,
+        attempts: 0,
         progress: None,
         webhook_url: new.webhook_url,
         dispatch_timeout: new.dispatch_timeout,
@@ -231,6 +232,9 @@ fn enter_state(job: &mut Job, to: &str, outcome: Option<&str>, events: &mut Vec<
         outcome: None,
     });
     job.transitions += 1;
+    if let Some(attempts) = job.tasks.iter().map(|t| t.attempt).max() {
+        job.attempts = attempts;
+    }
     job.tasks.clear();
     job.status = JobStatus::Running;
 }

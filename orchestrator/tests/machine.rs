@@ -1,0 +1,308 @@
+//! The job state machine under paused tokio time: retries with backoff,
+//! quarantine, timeouts, lease expiry, fan-out/fan-in, conditions, custom statuses.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use orchestrator::engine::EngineSettings;
+use orchestrator::job::JobStatus;
+use serde_json::json;
+
+const ECHO_FLOW: &str = r#"
+[states.start]
+start = true
+dispatch.task = "echo"
+dispatch.params.message = "initial.message | default('hi')"
+dispatch.params.n = "initial.n | default(2)"
+dispatch.on = { success = "done", failure = "failed", needs_review = "review" }
+dispatch.retry = { max_attempts = 3, initial_backoff_ms = 1000, max_backoff_ms = 10000 }
+[states.review]
+end = "finished"
+[states.done]
+end = "finished"
+[states.failed]
+end = "failed"
+"#;
+
+#[tokio::test(start_paused = true)]
+async fn params_are_built_with_types_and_defaults_and_the_result_finishes_the_job() {
+    let engine = engine(ECHO_FLOW).await;
+    register(&engine, "w1", &["echo"]);
+    let id = create(&engine, json!({"message": "yo"})).await;
+    let task = poll(&engine, "w1").await.unwrap();
+    assert_eq!(task.job_id, id.to_string());
+    assert!(task.task_id.starts_with("task-"));
+    assert_eq!(serde_json::Value::Object(task.params.clone()), json!({"message": "yo", "n": 2}));
+    let r = engine.submit_result("w1", &success(&task, "success", json!({"out": "yo yo"})));
+    assert_eq!(r.status, "accepted");
+    let job = job(&engine, id).await;
+    assert_eq!(job.status, JobStatus::Finished);
+    assert_eq!(job.current_state, "done");
+    assert_eq!(job.result.unwrap()["out"], "yo yo");
+    assert_eq!(job.task_worker_id.as_deref(), Some("w1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_failures_retry_with_exponential_backoff_then_take_the_failure_path() {
+    let engine = engine(ECHO_FLOW).await;
+    register(&engine, "w1", &["echo"]);
+    let id = create(&engine, json!({})).await;
+    let first = poll(&engine, "w1").await.unwrap();
+    engine.submit_result("w1", &failure(&first, "TRANSIENT_ERROR", "flaky"));
+    assert_eq!(job(&engine, id).await.status, JobStatus::AwaitingRetry);
+    // Backoff 1 s: nothing before, the retry after.
+    tokio::time::sleep(Duration::from_millis(990)).await;
+    assert!(poll(&engine, "w1").await.is_none());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let second = poll(&engine, "w1").await.expect("retry after 1 s");
+    assert_ne!(second.task_id, first.task_id, "a retry gets a new task id");
+    engine.submit_result("w1", &failure(&second, "TIMEOUT_ERROR", "slow"));
+    // Backoff doubles: 2 s.
+    tokio::time::sleep(Duration::from_millis(1990)).await;
+    assert!(poll(&engine, "w1").await.is_none());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let third = poll(&engine, "w1").await.expect("retry after 2 s");
+    let j = job(&engine, id).await;
+    assert_eq!(j.tasks[0].attempt, 3);
+    engine.submit_result("w1", &failure(&third, "TRANSIENT_ERROR", "still flaky"));
+    let j = job(&engine, id).await;
+    assert_eq!(j.status, JobStatus::Failed);
+    assert_eq!(j.current_state, "failed");
+    let error = j.error.unwrap();
+    assert_eq!((error.code.as_str(), error.message.as_str()), ("TRANSIENT_ERROR", "still flaky"));
+    assert_eq!(j.attempts, 3);
+    // The stale first task's late result changes nothing.
+    let r = engine.submit_result("w1", &success(&first, "success", json!({})));
+    assert_eq!(r.status, "ignored");
+}
+
+#[tokio::test(start_paused = true)]
+async fn exhausted_retries_without_a_failure_path_quarantine_and_permanent_errors_quarantine_at_once() {
+    let states = r#"
+[states.start]
+start = true
+dispatch.task = "t"
+dispatch.on = { success = "done" }
+dispatch.retry = { max_attempts = 2, initial_backoff_ms = 10 }
+[states.done]
+end = "finished"
+"#;
+    let engine = engine(states).await;
+    register(&engine, "w", &["t"]);
+    let id = create(&engine, json!({})).await;
+    let t = poll(&engine, "w").await.unwrap();
+    engine.submit_result("w", &failure(&t, "TRANSIENT_ERROR", "boom"));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let t = poll(&engine, "w").await.unwrap();
+    engine.submit_result("w", &failure(&t, "TRANSIENT_ERROR", "boom"));
+    let j = job(&engine, id).await;
+    assert_eq!(j.status, JobStatus::Quarantined);
+    assert!(j.error.unwrap().message.contains("gave up after 2 attempts"));
+
+    let id = create(&engine, json!({})).await;
+    let t = poll(&engine, "w").await.unwrap();
+    engine.submit_result("w", &failure(&t, "PERMANENT_ERROR", "broken"));
+    let j = job(&engine, id).await;
+    assert_eq!(j.status, JobStatus::Quarantined);
+    assert_eq!(j.error.unwrap().code, "PERMANENT_ERROR");
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalid_input_takes_the_failure_path_without_retrying() {
+    let engine = engine(ECHO_FLOW).await;
+    register(&engine, "w", &["echo"]);
+    let id = create(&engine, json!({})).await;
+    let t = poll(&engine, "w").await.unwrap();
+    engine.submit_result("w", &failure(&t, "INVALID_INPUT_ERROR", "n must be a number"));
+    let j = job(&engine, id).await;
+    assert_eq!(j.status, JobStatus::Failed);
+    assert_eq!(j.current_state, "failed");
+    assert_eq!(j.attempts, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn custom_statuses_follow_their_transition_and_unknown_ones_fail_clearly() {
+    let engine = engine(ECHO_FLOW).await;
+    register(&engine, "w", &["echo"]);
+    let id = create(&engine, json!({})).await;
+    let t = poll(&engine, "w").await.unwrap();
+    engine.submit_result("w", &success(&t, "needs_review", json!({"score": 3})));
+    let j = job(&engine, id).await;
+    assert_eq!((j.status, j.current_state.as_str()), (JobStatus::Finished, "review"));
+
+    let id = create(&engine, json!({})).await;
+    let t = poll(&engine, "w").await.unwrap();
+    engine.submit_result("w", &success(&t, "weird", json!({})));
+    let j = job(&engine, id).await;
+    assert_eq!(j.status, JobStatus::Failed);
+    let e = j.error.unwrap();
+    assert_eq!(e.code, "UNHANDLED_STATUS");
+    assert!(e.message.contains("`weird`"), "{}", e.message);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_waits_for_a_worker_and_says_why_then_runs_when_one_registers() {
+    let engine = engine(ECHO_FLOW).await;
+    let id = create(&engine, json!({})).await;
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let j = job(&engine, id).await;
+    assert_eq!(j.status, JobStatus::WaitingForWorker);
+    assert_eq!(engine.waiting_reason(&j).unwrap(), "no registered worker offers task type echo");
+    register(&engine, "w", &["other"]);
+    assert_eq!(engine.waiting_reason(&j).unwrap(), "no registered worker offers task type echo");
+    register(&engine, "w2", &["echo"]);
+    let t = poll(&engine, "w2").await.unwrap();
+    engine.submit_result("w2", &success(&t, "success", json!({})));
+    assert_eq!(job(&engine, id).await.status, JobStatus::Finished);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_dispatch_timeout_fails_a_job_nobody_picks_up() {
+    let states = r#"
+[states.start]
+start = true
+dispatch.task = "nobody"
+dispatch.dispatch_timeout = 5
+dispatch.on = { success = "done" }
+[states.done]
+end = "finished"
+"#;
+    let engine = engine(states).await;
+    let id = create(&engine, json!({})).await;
+    tokio::time::sleep(Duration::from_millis(4900)).await;
+    assert_eq!(job(&engine, id).await.status, JobStatus::WaitingForWorker);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    settle().await;
+    let j = job(&engine, id).await;
+    assert_eq!(j.status, JobStatus::Failed);
+    let e = j.error.unwrap();
+    assert_eq!(e.code, "DISPATCH_TIMEOUT");
+    assert!(e.message.contains("(nobody) before its dispatch timeout"), "{}", e.message);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_result_timeout_counts_as_a_transient_failure() {
+    let states = r#"
+[states.start]
+start = true
+dispatch.task = "t"
+dispatch.result_timeout = 3
+dispatch.retry = { max_attempts = 2, initial_backoff_ms = 100 }
+dispatch.on = { success = "done", failure = "failed" }
+[states.done]
+end = "finished"
+[states.failed]
+end = "failed"
+"#;
+    let engine = engine(states).await;
+    register(&engine, "w", &["t"]);
+    let id = create(&engine, json!({})).await;
+    let t = poll(&engine, "w").await.unwrap();
+    assert!(t.deadline.as_ref().unwrap().is_i64(), "deadline is an integer");
+    tokio::time::sleep(Duration::from_millis(3050)).await;
+    settle().await;
+    assert_eq!(job(&engine, id).await.status, JobStatus::AwaitingRetry);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t2 = poll(&engine, "w").await.expect("retried");
+    // The late answer to the first attempt is stale.
+    assert_eq!(engine.submit_result("w", &success(&t, "success", json!({}))).reason.as_deref(), Some("stale_task"));
+    engine.submit_result("w", &success(&t2, "success", json!({"ok": true})));
+    assert_eq!(job(&engine, id).await.status, JobStatus::Finished);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_worker_loses_its_lease_and_the_task_goes_to_another() {
+    let settings = EngineSettings {
+        worker_ttl: Duration::from_secs(30),
+        sweep_interval: Duration::from_secs(1),
+        ..EngineSettings::default()
+    };
+    let engine = engine_with(ECHO_FLOW, settings).await;
+    register(&engine, "dies", &["echo"]);
+    let id = create(&engine, json!({})).await;
+    let lost = poll(&engine, "dies").await.unwrap();
+    register(&engine, "lives", &["echo"]);
+    // "lives" keeps heartbeating; "dies" does not.
+    for _ in 0..32 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        engine.heartbeat("lives", None).unwrap();
+    }
+    settle().await;
+    assert!(!engine.is_registered("dies"));
+    let again = poll(&engine, "lives").await.expect("requeued");
+    assert_eq!(again.job_id, lost.job_id);
+    assert_ne!(again.task_id, lost.task_id);
+    let r = engine.submit_result("dies", &success(&lost, "success", json!({})));
+    assert_eq!(r.status, "ignored");
+    engine.submit_result("lives", &success(&again, "success", json!({})));
+    let j = job(&engine, id).await;
+    assert_eq!(j.status, JobStatus::Finished);
+    assert_eq!(j.task_worker_id.as_deref(), Some("lives"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_the_assigned_worker_may_complete_a_task() {
+    let engine = engine(ECHO_FLOW).await;
+    register(&engine, "a", &["echo"]);
+    register(&engine, "b", &["echo"]);
+    let id = create(&engine, json!({})).await;
+    let t = poll(&engine, "a").await.unwrap();
+    let r = engine.submit_result("b", &success(&t, "success", json!({})));
+    assert_eq!((r.status.as_str(), r.reason.as_deref()), ("ignored", Some("worker_mismatch")));
+    assert_eq!(job(&engine, id).await.status, JobStatus::WaitingForWorker);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelled_jobs_ignore_late_results() {
+    let engine = engine(ECHO_FLOW).await;
+    register(&engine, "a", &["echo"]);
+    let id = create(&engine, json!({})).await;
+    let t = poll(&engine, "a").await.unwrap();
+    engine.cancel_job(id, "default").unwrap();
+    let r = engine.submit_result("a", &success(&t, "success", json!({})));
+    assert_eq!(r.reason.as_deref(), Some("job_cancelled"));
+    assert_eq!(job(&engine, id).await.status, JobStatus::Cancelled);
+    let hb: rxon::Heartbeat = serde_json::from_value(json!({"worker_id": "a", "status": "busy", "current_tasks": [t.task_id]})).unwrap();
+    let resp = engine.heartbeat("a", Some(&hb)).unwrap();
+    assert_eq!(resp.cancel_task_ids, Some(vec![t.task_id.clone()]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn parallel_branches_fan_out_and_fan_in_then_conditions_choose_the_path() {
+    let states = r#"
+[states.start]
+start = true
+parallel.next = "check"
+parallel.on_failure = "failed"
+parallel.branches.left = { task = "l", params = { x = "initial.x" } }
+parallel.branches.right = { task = "r", params = { y = 5 } }
+[states.check]
+goto = [{ when = "results.start.left.v + results.start.right.v > 10", to = "big" }, { to = "small" }]
+[states.big]
+end = "finished"
+[states.small]
+end = "finished"
+[states.failed]
+end = "failed"
+"#;
+    let engine = engine(states).await;
+    register(&engine, "wl", &["l"]);
+    register(&engine, "wr", &["r"]);
+    for (x, expected) in [(3, "small"), (30, "big")] {
+        let id = create(&engine, json!({"x": x})).await;
+        assert_eq!(job(&engine, id).await.status, JobStatus::WaitingForParallelTasks);
+        let l = poll(&engine, "wl").await.unwrap();
+        let r = poll(&engine, "wr").await.unwrap();
+        assert_eq!(l.params["x"], x);
+        assert_eq!(r.params["y"], 5);
+        let resp = engine.submit_result("wl", &success(&l, "success", json!({"v": x})));
+        assert_eq!(resp.transition.as_deref(), Some("parallel_branch_accepted"));
+        assert_eq!(job(&engine, id).await.status, JobStatus::WaitingForParallelTasks);
+        engine.submit_result("wr", &success(&r, "success", json!({"v": 5})));
+        let j = job(&engine, id).await;
+        assert_eq!((j.status, j.current_state.as_str()), (JobStatus::Finished, expected));
+        assert_eq!(j.results["start"], json!({"left": {"v": x}, "right": {"v": 5}}));
+    }
+}
