@@ -78,6 +78,12 @@ async fn not_found(uri: Uri) -> ApiError {
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    if method == Method::POST && uri.path().starts_with("/api/") {
+        return ApiError::NotFound(format!(
+            "Not found: no blueprint serves POST {}; GET /api/<version>/blueprints lists them",
+            uri.path()
+        ));
+    }
     ApiError::MethodNotAllowed(format!("Method {method} is not allowed on {}", uri.path()))
 }
 

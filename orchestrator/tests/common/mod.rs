@@ -12,7 +12,7 @@ use orchestrator::storage::memory::MemoryStorage;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-pub const HEAD: &str = "name = \"flow\"\napi_endpoint = \"/jobs/flow\"\napi_version = \"v1\"\n";
+pub const HEAD: &str = "name = \"flow\"\napi_endpoint = \"/jobs/test\"\napi_version = \"v1\"\n";
 
 pub async fn engine_with(states: &str, settings: EngineSettings) -> Engine {
     engine_on(states, settings, Arc::new(MemoryStorage::default())).await
