@@ -1,0 +1,166 @@
+//! The user's scenario (`shared/SCENARIO.md`), as a user would type it:
+//! real `orchestrator` and `worker-host` processes, real plugins, real HTTP.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::*;
+
+#[tokio::test]
+async fn main_flow_and_the_plans_additional_tests() {
+    let mut stack = Stack::new();
+    stack.start().await;
+
+    // The scenario's curl: old header, flat body.
+    let id = stack.create("/jobs/test", echo_body("Hello World", 3)).await;
+    let job = stack.finished(&id).await;
+    assert_eq!(job["status"], "finished", "{job}");
+    assert_eq!(job["current_state"], "completed");
+    assert_eq!(job["result"]["processed_message"], "Hello World Hello World Hello World");
+    assert_eq!(job["result"]["original_message"], "Hello World");
+    assert_eq!(job["result"]["multiplied_by"], 3);
+    assert_eq!(job["task_worker_id"], WORKER_ID);
+
+    // The current avtomatika way: X-Client-Token and {"initial_data": ...}.
+    let resp = stack
+        .http
+        .post(format!("{}/api/v1/jobs/test", stack.base))
+        .header("X-Client-Token", CLIENT_TOKEN)
+        .json(&json!({"initial_data": {"message": "Hi", "multiply": 2}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let id2 = resp.json::<serde_json::Value>().await.unwrap()["job_id"].as_str().unwrap().to_string();
+    let job = stack.finished(&id2).await;
+    assert_eq!(job["result"]["processed_message"], "Hi Hi");
+
+    // Defaults from the blueprint when the data is missing.
+    let id3 = stack.create("/jobs/test", json!({})).await;
+    let job = stack.finished(&id3).await;
+    assert_eq!(job["result"]["processed_message"], "Hello from Orchestrator! Hello from Orchestrator!");
+
+    // Test 1: the registered worker is listed with its task.
+    let (status, workers) = stack.get("/api/v1/workers").await;
+    assert_eq!(status, 200);
+    let me = workers.as_array().unwrap().iter().find(|w| w["worker_id"] == WORKER_ID).expect("worker listed");
+    assert_eq!(me["worker_type"], "test-worker");
+    assert!(me["supported_skills"].as_array().unwrap().contains(&json!("echo_task")));
+
+    // Test 2: the failing task ends in the failure path with its error visible.
+    let failing = stack.create("/jobs/failing", json!({})).await;
+    let job = stack.finished(&failing).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["current_state"], "failed");
+    assert_eq!(job["error"]["code"], "TRANSIENT_ERROR");
+    assert_eq!(job["error"]["message"], "Intentional failure for testing");
+
+    // Test 3: five jobs in a row, multiply 1..5.
+    let mut ids = Vec::new();
+    for n in 1..=5 {
+        ids.push((n, stack.create("/jobs/test", echo_body("Test", n)).await));
+    }
+    for (n, id) in ids {
+        let job = stack.finished(&id).await;
+        assert_eq!(job["status"], "finished");
+        let expected = vec!["Test"; n as usize].join(" ");
+        assert_eq!(job["result"]["processed_message"], expected.as_str());
+    }
+
+    // The success checklist, in the logs.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (orch, worker) = stack.logs();
+    for line in [
+        "orchestrator listening on http://127.0.0.1:",
+        "POST http://127.0.0.1:",
+        "/api/v1/jobs/test",
+        "X-Client-Token",
+        "worker local-test-worker registered",
+        &format!("job {id} started (test_flow)"),
+        "dispatched to worker local-test-worker",
+        &format!("job {id} completed in state completed"),
+        "Hello World Hello World Hello World",
+    ] {
+        assert!(orch.contains(line), "orchestrator log lacks {line:?}:\n{orch}");
+    }
+    for line in [
+        "worker id: local-test-worker",
+        "orchestrator: http://localhost:",
+        "supported tasks: echo_task, failing_task",
+        "registered with the orchestrator",
+        "heartbeat sent",
+        "polling for tasks started",
+        &format!("for job {id} with params"),
+        "received task",
+        "done in",
+        "Hello World Hello World Hello World",
+    ] {
+        assert!(worker.contains(line), "worker log lacks {line:?}:\n{worker}");
+    }
+
+    // Ctrl-C / SIGTERM: both stop cleanly and the worker says goodbye.
+    let w = stack.worker.as_mut().unwrap().stop().unwrap();
+    assert!(w.success(), "worker exit: {w:?}");
+    assert!(stack.logs().1.contains("goodbye"), "{}", stack.logs().1);
+    let o = stack.orchestrator.as_mut().unwrap().stop().unwrap();
+    assert!(o.success(), "orchestrator exit: {o:?}");
+}
+
+#[tokio::test]
+async fn troubleshooting_cases_are_easy() {
+    let mut stack = Stack::new();
+    // The worker starts first: it says it cannot connect and keeps retrying.
+    stack.start_worker();
+    wait_until("the worker to complain", Duration::from_secs(30), || async {
+        stack.logs().1.contains("cannot reach the orchestrator")
+    })
+    .await;
+    assert!(stack.worker.as_mut().unwrap().is_running());
+    stack.start_orchestrator();
+    stack.wait_ready().await;
+    stack.wait_worker().await;
+
+    // A wrong token: 401 with a JSON error.
+    let resp = stack
+        .http
+        .post(format!("{}/api/v1/jobs/test", stack.base))
+        .header("X-Avtomatika-Token", "wrong-token")
+        .json(&echo_body("x", 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    assert_eq!(resp.json::<serde_json::Value>().await.unwrap(), json!({"error": "Unauthorized: Invalid token"}));
+
+    // A task type no worker offers: the job waits and says why.
+    let id = stack.create("/jobs/ghost", json!({})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, job) = stack.get(&format!("/api/v1/jobs/{id}")).await;
+    assert_eq!(job["status"], "waiting_for_worker");
+    assert_eq!(job["waiting_reason"], "no registered worker offers task type no_such_task");
+    assert!(stack.logs().0.contains("no registered worker offers task type no_such_task"));
+}
+
+#[tokio::test]
+async fn accepted_jobs_survive_an_orchestrator_restart() {
+    let mut stack = Stack::new();
+    stack.start_orchestrator();
+    stack.wait_ready().await;
+    // No worker yet: the jobs are accepted and wait.
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        ids.push(stack.create("/jobs/test", echo_body("again", n)).await);
+    }
+    let status = stack.orchestrator.as_mut().unwrap().stop().unwrap();
+    assert!(status.success());
+    stack.start_orchestrator();
+    stack.wait_ready().await;
+    stack.start_worker();
+    for (n, id) in ids.iter().enumerate() {
+        let job = stack.finished(id).await;
+        assert_eq!(job["status"], "finished", "{job}");
+        assert_eq!(job["result"]["multiplied_by"], n + 1);
+    }
+}

@@ -1,0 +1,249 @@
+//! The e2e harness: processes that are always stopped, free ports, HTTP helpers.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub const CLIENT_TOKEN: &str = "test-client-token";
+pub const WORKER_TOKEN: &str = "test-worker-token";
+pub const WORKER_ID: &str = "local-test-worker";
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A binary built by `cargo test --workspace` next to this test.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo build --workspace --bins`, or run the whole workspace's tests)",
+        path.display()
+    );
+    path
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped,
+/// also when the test fails. Its output goes to a log file.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Self {
+        let out = std::fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Self { name: name.into(), child: Some(child), log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit (up to 15 s).
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // Ask politely first (SIGTERM, by pid), as a user's Ctrl-C would.
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+            if std::thread::panicking() {
+                eprintln!("----- {} log ({}) -----\n{}", self.name, self.log.display(), self.log_text());
+            }
+        }
+    }
+}
+
+/// An orchestrator and a worker host on free ports, with the repo's
+/// blueprints plus `extra_blueprints`, and the echo and failing plugins.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub base: String,
+    pub port: u16,
+    pub orchestrator: Option<Proc>,
+    pub worker: Option<Proc>,
+    pub http: reqwest::Client,
+}
+
+pub const GHOST_FLOW: &str = r#"
+name = "ghost_flow"
+api_endpoint = "/jobs/ghost"
+api_version = "v1"
+[states.start]
+start = true
+dispatch.task = "no_such_task"
+dispatch.on = { success = "done" }
+[states.done]
+end = "finished"
+"#;
+
+impl Stack {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let blueprints = dir.path().join("blueprints");
+        std::fs::create_dir(&blueprints).unwrap();
+        for entry in std::fs::read_dir(repo().join("blueprints")).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, blueprints.join(path.file_name().unwrap())).unwrap();
+        }
+        std::fs::write(blueprints.join("ghost_flow.toml"), GHOST_FLOW).unwrap();
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir(&plugins).unwrap();
+        for p in [plugin_fixtures::ECHO_TASK, plugin_fixtures::FAILING_TASK] {
+            std::fs::copy(p, plugins.join(Path::new(p).file_name().unwrap())).unwrap();
+        }
+        let port = free_port();
+        Self {
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+            dir,
+            orchestrator: None,
+            worker: None,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn start_orchestrator(&mut self) {
+        let mut cmd = Command::new(binary("orchestrator"));
+        cmd.args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .arg("--storage")
+            .arg(format!("sqlite:{}", self.dir.path().join("orchestrator.db").display()))
+            .arg("--blueprints-dir")
+            .arg(self.dir.path().join("blueprints"))
+            .env("CLIENT_TOKEN", CLIENT_TOKEN)
+            .env("GLOBAL_WORKER_TOKEN", WORKER_TOKEN)
+            .env("RUST_LOG", "info");
+        let n = std::fs::read_dir(self.dir.path()).unwrap().count();
+        self.orchestrator = Some(Proc::spawn("orchestrator", cmd, self.dir.path().join(format!("orchestrator-{n}.log"))));
+    }
+
+    pub fn start_worker(&mut self) {
+        let mut cmd = Command::new(binary("worker-host"));
+        cmd.env("ORCHESTRATOR_URL", format!("http://localhost:{}", self.port))
+            .env("WORKER_ID", WORKER_ID)
+            .env("WORKER_TOKEN", WORKER_TOKEN)
+            .env("RUST_LOG", "info")
+            .args(["--worker-type", "test-worker", "--max-concurrent-tasks", "5", "--heartbeat-interval", "1"])
+            .arg("--plugins-dir")
+            .arg(self.dir.path().join("plugins"));
+        self.worker = Some(Proc::spawn("worker-host", cmd, self.dir.path().join("worker.log")));
+    }
+
+    /// Orchestrator up and the worker registered.
+    pub async fn start(&mut self) {
+        self.start_orchestrator();
+        self.wait_ready().await;
+        self.start_worker();
+        self.wait_worker().await;
+    }
+
+    pub async fn wait_ready(&self) {
+        wait_until("the orchestrator to listen", Duration::from_secs(30), || async {
+            self.http.get(format!("{}/_public/status", self.base)).send().await.is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+    }
+
+    pub async fn wait_worker(&self) {
+        wait_until("the worker to register", Duration::from_secs(60), || async {
+            let (status, v) = self.get("/api/v1/workers").await;
+            status == 200 && v.as_array().is_some_and(|a| a.iter().any(|w| w["worker_id"] == WORKER_ID))
+        })
+        .await;
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = self.http.get(format!("{}{path}", self.base)).header("X-Client-Token", CLIENT_TOKEN).send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Creates a job with the scenario's header and flat body.
+    pub async fn create(&self, endpoint: &str, body: Value) -> String {
+        let resp = self
+            .http
+            .post(format!("{}/api/v1{endpoint}", self.base))
+            .header("Content-Type", "application/json")
+            .header("X-Avtomatika-Token", CLIENT_TOKEN)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 202);
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["status"], "accepted");
+        v["job_id"].as_str().unwrap().to_string()
+    }
+
+    /// Waits (server-side) until the job ends; returns it.
+    pub async fn finished(&self, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, job) = self.get(&format!("/api/v1/jobs/{id}?wait=10")).await;
+            assert_eq!(status, 200, "{job}");
+            let st = job["status"].as_str().unwrap_or_default();
+            if ["finished", "failed", "quarantined", "cancelled"].contains(&st) || Instant::now() > deadline {
+                return job;
+            }
+        }
+    }
+
+    pub fn logs(&self) -> (String, String) {
+        (
+            self.orchestrator.as_ref().map(|p| p.log_text()).unwrap_or_default(),
+            self.worker.as_ref().map(|p| p.log_text()).unwrap_or_default(),
+        )
+    }
+}
+
+pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+pub fn echo_body(message: &str, multiply: u64) -> Value {
+    json!({"message": message, "multiply": multiply})
+}
