@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs every test: unit, integration (real wasmtime, real SQLite, real HTTP),
+# end-to-end (real processes). Installs what it needs. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/setup.sh
+echo "==> cargo test --workspace"
+cargo test --workspace
