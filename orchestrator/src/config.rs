@@ -27,7 +27,11 @@ use clap::Parser;
 use serde::Deserialize;
 
 #[derive(Debug, Parser)]
-#[command(name = "orchestrator", version, about = "Runs jobs through declarative blueprints and hands tasks to RXON workers")]
+#[command(
+    name = "orchestrator",
+    version,
+    about = "Runs jobs through declarative blueprints and hands tasks to RXON workers"
+)]
 pub struct Cli {
     /// Configuration file (TOML).
     #[arg(long, short, env = "ORCHESTRATOR_CONFIG")]
@@ -42,7 +46,12 @@ pub struct Cli {
     #[arg(long, env = "BLUEPRINTS_DIR")]
     pub blueprints_dir: Option<PathBuf>,
     /// A client token (repeatable); its client is named `default`.
-    #[arg(long = "client-token", env = "CLIENT_TOKEN", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long = "client-token",
+        env = "CLIENT_TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub client_tokens: Vec<String>,
     /// Token any worker without its own may use.
     #[arg(long, env = "GLOBAL_WORKER_TOKEN", hide_env_values = true)]
@@ -117,7 +126,10 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        let log_format = cli.log_format.or(file.log_format).unwrap_or_else(|| "text".into());
+        let log_format = cli
+            .log_format
+            .or(file.log_format)
+            .unwrap_or_else(|| "text".into());
         if log_format != "text" && log_format != "json" {
             bail!("log format must be `text` or `json`, not {log_format:?}");
         }
@@ -126,28 +138,47 @@ impl Config {
             .or(file.storage)
             .unwrap_or_else(|| "sqlite:data/orchestrator.db".into())
             .parse()?;
-        let mut clients: HashMap<String, String> =
-            file.clients.into_iter().map(|(name, entry)| (entry.token, name)).collect();
+        let mut clients: HashMap<String, String> = file
+            .clients
+            .into_iter()
+            .map(|(name, entry)| (entry.token, name))
+            .collect();
         for token in cli.client_tokens.into_iter().filter(|t| !t.is_empty()) {
             clients.insert(token, "default".into());
         }
         if clients.is_empty() {
-            bail!("no client token configured: set CLIENT_TOKEN, pass --client-token, or add [clients.<name>] to the config file");
+            bail!(
+                "no client token configured: set CLIENT_TOKEN, pass --client-token, or add [clients.<name>] to the config file"
+            );
         }
-        let global_worker_token = cli.worker_token.or(file.global_worker_token).filter(|t| !t.is_empty());
-        let worker_tokens: HashMap<String, String> =
-            file.workers.into_iter().map(|(id, entry)| (id, entry.token)).collect();
+        let global_worker_token = cli
+            .worker_token
+            .or(file.global_worker_token)
+            .filter(|t| !t.is_empty());
+        let worker_tokens: HashMap<String, String> = file
+            .workers
+            .into_iter()
+            .map(|(id, entry)| (id, entry.token))
+            .collect();
         if global_worker_token.is_none() && worker_tokens.is_empty() {
-            bail!("no worker token configured: set GLOBAL_WORKER_TOKEN, pass --worker-token, or add [workers.<id>] to the config file");
+            bail!(
+                "no worker token configured: set GLOBAL_WORKER_TOKEN, pass --worker-token, or add [workers.<id>] to the config file"
+            );
         }
         let ttl = file.worker_ttl_seconds.unwrap_or(60.0);
         if !(ttl.is_finite() && ttl > 0.0) {
             bail!("worker_ttl_seconds must be positive");
         }
         Ok(Self {
-            listen: cli.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            listen: cli
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
             storage,
-            blueprints_dir: cli.blueprints_dir.or(file.blueprints_dir).unwrap_or_else(|| "blueprints".into()),
+            blueprints_dir: cli
+                .blueprints_dir
+                .or(file.blueprints_dir)
+                .unwrap_or_else(|| "blueprints".into()),
             json_logs: log_format == "json",
             clients,
             global_worker_token,
@@ -160,6 +191,8 @@ impl Config {
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-    toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {}", path.display(), e.message()))
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("config file {}: {}", path.display(), e.message()))
 }

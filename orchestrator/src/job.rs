@@ -39,7 +39,10 @@ impl JobStatus {
     ];
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Finished | Self::Failed | Self::Quarantined | Self::Cancelled)
+        matches!(
+            self,
+            Self::Finished | Self::Failed | Self::Quarantined | Self::Cancelled
+        )
     }
 
     pub fn as_str(self) -> &'static str {

@@ -61,13 +61,22 @@ async fn run() -> anyhow::Result<()> {
     let mut versions = std::collections::BTreeSet::new();
     for bp in engine.blueprints() {
         tracing::info!("  POST {base}{}   (blueprint {})", bp.create_path, bp.name);
-        versions.insert(bp.api_version.as_deref().map(|v| format!("/api/{v}")).unwrap_or_else(|| "/api".into()));
+        versions.insert(
+            bp.api_version
+                .as_deref()
+                .map(|v| format!("/api/{v}"))
+                .unwrap_or_else(|| "/api".into()),
+        );
     }
     for prefix in versions {
-        tracing::info!("  GET  {base}{prefix}/jobs/{{id}}   (job status; ?wait=<seconds> waits for the end)");
+        tracing::info!(
+            "  GET  {base}{prefix}/jobs/{{id}}   (job status; ?wait=<seconds> waits for the end)"
+        );
         tracing::info!("  GET  {base}{prefix}/workers");
     }
-    tracing::info!("clients authenticate with the header X-Client-Token: <token> (X-Avtomatika-Token is accepted too)");
+    tracing::info!(
+        "clients authenticate with the header X-Client-Token: <token> (X-Avtomatika-Token is accepted too)"
+    );
     tracing::info!("workers connect to {base} (RXON worker API under /_worker)");
     api::serve(listener, app, shutdown_signal()).await?;
     tracing::info!("saving pending changes");

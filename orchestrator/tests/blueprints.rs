@@ -1,9 +1,13 @@
 //! Blueprint loading: golden error messages name the file, the state and the problem.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use orchestrator::blueprint::{self, Action};
 
 fn err(text: &str) -> String {
-    blueprint::parse("bp.toml", text).err().expect("should be rejected").to_string()
+    blueprint::parse("bp.toml", text)
+        .expect_err("should be rejected")
+        .to_string()
 }
 
 const HEAD: &str = "name = \"b\"\napi_endpoint = \"/jobs/b\"\napi_version = \"v1\"\n";
@@ -15,7 +19,10 @@ fn the_shipped_blueprints_load() {
     let test_flow = all.iter().find(|b| b.name == "test_flow").unwrap();
     assert_eq!(test_flow.create_path, "/api/v1/jobs/test");
     assert_eq!(test_flow.start, "start");
-    assert!(matches!(test_flow.state("completed").unwrap().action, Action::End { finished: true }));
+    assert!(matches!(
+        test_flow.state("completed").unwrap().action,
+        Action::End { finished: true }
+    ));
     assert!(all.iter().any(|b| b.name == "failing_flow"));
 }
 
@@ -57,22 +64,44 @@ fn golden_errors() {
     ];
     for (states, expected) in cases {
         let got = err(&format!("{HEAD}{states}"));
-        assert!(got.starts_with(expected), "\nexpected: {expected}\n     got: {got}");
+        assert!(
+            got.starts_with(expected),
+            "\nexpected: {expected}\n     got: {got}"
+        );
     }
-    let got = err("name = \"b\"\napi_endpoint = \"jobs\"\n[states.a]\nstart = true\nend = \"finished\"\n");
-    assert_eq!(got, "bp.toml: api_endpoint \"jobs\" must be a plain path starting with `/`");
+    let got = err(
+        "name = \"b\"\napi_endpoint = \"jobs\"\n[states.a]\nstart = true\nend = \"finished\"\n",
+    );
+    assert_eq!(
+        got,
+        "bp.toml: api_endpoint \"jobs\" must be a plain path starting with `/`"
+    );
     let got = err("name = \"b\"\napi_endpoint = \"/x\"\nstates = 3\n");
-    assert!(got.starts_with("bp.toml: not a valid blueprint: invalid type"), "{got}");
-    let got = err("name = \"b\"\napi_endpoint = \"/x\"\nstart = \"a\"\n[states.a]\nend = \"finished\"\n");
-    assert!(got.starts_with("bp.toml: not a valid blueprint: unknown field `start`"), "{got}");
+    assert!(
+        got.starts_with("bp.toml: not a valid blueprint: invalid type"),
+        "{got}"
+    );
+    let got =
+        err("name = \"b\"\napi_endpoint = \"/x\"\nstart = \"a\"\n[states.a]\nend = \"finished\"\n");
+    assert!(
+        got.starts_with("bp.toml: not a valid blueprint: unknown field `start`"),
+        "{got}"
+    );
 }
 
 #[test]
 fn duplicate_endpoints_are_rejected_naming_both_files() {
     let dir = tempfile::tempdir().unwrap();
-    let bp = |name: &str| format!("name = \"{name}\"\napi_endpoint = \"/jobs/same\"\n[states.a]\nstart = true\nend = \"finished\"\n");
+    let bp = |name: &str| {
+        format!(
+            "name = \"{name}\"\napi_endpoint = \"/jobs/same\"\n[states.a]\nstart = true\nend = \"finished\"\n"
+        )
+    };
     std::fs::write(dir.path().join("a.toml"), bp("a")).unwrap();
     std::fs::write(dir.path().join("b.toml"), bp("b")).unwrap();
     let err = blueprint::load_dir(dir.path()).err().unwrap().to_string();
-    assert!(err.contains("b.toml: blueprint `b` (/api/jobs/same) clashes with `a`"), "{err}");
+    assert!(
+        err.contains("b.toml: blueprint `b` (/api/jobs/same) clashes with `a`"),
+        "{err}"
+    );
 }

@@ -1,6 +1,8 @@
 //! The job state machine under paused tokio time: retries with backoff,
 //! quarantine, timeouts, lease expiry, fan-out/fan-in, conditions, custom statuses.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;
@@ -34,7 +36,10 @@ async fn params_are_built_with_types_and_defaults_and_the_result_finishes_the_jo
     let task = poll(&engine, "w1").await.unwrap();
     assert_eq!(task.job_id, id.to_string());
     assert!(task.task_id.starts_with("task-"));
-    assert_eq!(serde_json::Value::Object(task.params.clone()), json!({"message": "yo", "n": 2}));
+    assert_eq!(
+        serde_json::Value::Object(task.params.clone()),
+        json!({"message": "yo", "n": 2})
+    );
     let r = engine.submit_result("w1", &success(&task, "success", json!({"out": "yo yo"})));
     assert_eq!(r.status, "accepted");
     let job = job(&engine, id).await;
@@ -71,7 +76,10 @@ async fn transient_failures_retry_with_exponential_backoff_then_take_the_failure
     assert_eq!(j.status, JobStatus::Failed);
     assert_eq!(j.current_state, "failed");
     let error = j.error.unwrap();
-    assert_eq!((error.code.as_str(), error.message.as_str()), ("TRANSIENT_ERROR", "still flaky"));
+    assert_eq!(
+        (error.code.as_str(), error.message.as_str()),
+        ("TRANSIENT_ERROR", "still flaky")
+    );
     assert_eq!(j.attempts, 3);
     // The stale first task's late result changes nothing.
     let r = engine.submit_result("w1", &success(&first, "success", json!({})));
@@ -79,7 +87,8 @@ async fn transient_failures_retry_with_exponential_backoff_then_take_the_failure
 }
 
 #[tokio::test(start_paused = true)]
-async fn exhausted_retries_without_a_failure_path_quarantine_and_permanent_errors_quarantine_at_once() {
+async fn exhausted_retries_without_a_failure_path_quarantine_and_permanent_errors_quarantine_at_once()
+ {
     let states = r#"
 [states.start]
 start = true
@@ -99,7 +108,12 @@ end = "finished"
     engine.submit_result("w", &failure(&t, "TRANSIENT_ERROR", "boom"));
     let j = job(&engine, id).await;
     assert_eq!(j.status, JobStatus::Quarantined);
-    assert!(j.error.unwrap().message.contains("gave up after 2 attempts"));
+    assert!(
+        j.error
+            .unwrap()
+            .message
+            .contains("gave up after 2 attempts")
+    );
 
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "w").await.unwrap();
@@ -115,7 +129,10 @@ async fn invalid_input_takes_the_failure_path_without_retrying() {
     register(&engine, "w", &["echo"]);
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "w").await.unwrap();
-    engine.submit_result("w", &failure(&t, "INVALID_INPUT_ERROR", "n must be a number"));
+    engine.submit_result(
+        "w",
+        &failure(&t, "INVALID_INPUT_ERROR", "n must be a number"),
+    );
     let j = job(&engine, id).await;
     assert_eq!(j.status, JobStatus::Failed);
     assert_eq!(j.current_state, "failed");
@@ -130,7 +147,10 @@ async fn custom_statuses_follow_their_transition_and_unknown_ones_fail_clearly()
     let t = poll(&engine, "w").await.unwrap();
     engine.submit_result("w", &success(&t, "needs_review", json!({"score": 3})));
     let j = job(&engine, id).await;
-    assert_eq!((j.status, j.current_state.as_str()), (JobStatus::Finished, "review"));
+    assert_eq!(
+        (j.status, j.current_state.as_str()),
+        (JobStatus::Finished, "review")
+    );
 
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "w").await.unwrap();
@@ -149,9 +169,15 @@ async fn a_job_waits_for_a_worker_and_says_why_then_runs_when_one_registers() {
     tokio::time::sleep(Duration::from_secs(600)).await;
     let j = job(&engine, id).await;
     assert_eq!(j.status, JobStatus::WaitingForWorker);
-    assert_eq!(engine.waiting_reason(&j).unwrap(), "no registered worker offers task type echo");
+    assert_eq!(
+        engine.waiting_reason(&j).unwrap(),
+        "no registered worker offers task type echo"
+    );
     register(&engine, "w", &["other"]);
-    assert_eq!(engine.waiting_reason(&j).unwrap(), "no registered worker offers task type echo");
+    assert_eq!(
+        engine.waiting_reason(&j).unwrap(),
+        "no registered worker offers task type echo"
+    );
     register(&engine, "w2", &["echo"]);
     let t = poll(&engine, "w2").await.unwrap();
     engine.submit_result("w2", &success(&t, "success", json!({})));
@@ -179,7 +205,11 @@ end = "finished"
     assert_eq!(j.status, JobStatus::Failed);
     let e = j.error.unwrap();
     assert_eq!(e.code, "DISPATCH_TIMEOUT");
-    assert!(e.message.contains("(nobody) before its dispatch timeout"), "{}", e.message);
+    assert!(
+        e.message.contains("(nobody) before its dispatch timeout"),
+        "{}",
+        e.message
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -200,14 +230,23 @@ end = "failed"
     register(&engine, "w", &["t"]);
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "w").await.unwrap();
-    assert!(t.deadline.as_ref().unwrap().is_i64(), "deadline is an integer");
+    assert!(
+        t.deadline.as_ref().unwrap().is_i64(),
+        "deadline is an integer"
+    );
     tokio::time::sleep(Duration::from_millis(3050)).await;
     settle().await;
     assert_eq!(job(&engine, id).await.status, JobStatus::AwaitingRetry);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let t2 = poll(&engine, "w").await.expect("retried");
     // The late answer to the first attempt is stale.
-    assert_eq!(engine.submit_result("w", &success(&t, "success", json!({}))).reason.as_deref(), Some("stale_task"));
+    assert_eq!(
+        engine
+            .submit_result("w", &success(&t, "success", json!({})))
+            .reason
+            .as_deref(),
+        Some("stale_task")
+    );
     engine.submit_result("w", &success(&t2, "success", json!({"ok": true})));
     assert_eq!(job(&engine, id).await.status, JobStatus::Finished);
 }
@@ -250,7 +289,10 @@ async fn only_the_assigned_worker_may_complete_a_task() {
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "a").await.unwrap();
     let r = engine.submit_result("b", &success(&t, "success", json!({})));
-    assert_eq!((r.status.as_str(), r.reason.as_deref()), ("ignored", Some("worker_mismatch")));
+    assert_eq!(
+        (r.status.as_str(), r.reason.as_deref()),
+        ("ignored", Some("worker_mismatch"))
+    );
     assert_eq!(job(&engine, id).await.status, JobStatus::WaitingForWorker);
 }
 
@@ -264,7 +306,10 @@ async fn cancelled_jobs_ignore_late_results() {
     let r = engine.submit_result("a", &success(&t, "success", json!({})));
     assert_eq!(r.reason.as_deref(), Some("job_cancelled"));
     assert_eq!(job(&engine, id).await.status, JobStatus::Cancelled);
-    let hb: rxon::Heartbeat = serde_json::from_value(json!({"worker_id": "a", "status": "busy", "current_tasks": [t.task_id]})).unwrap();
+    let hb: rxon::Heartbeat = serde_json::from_value(
+        json!({"worker_id": "a", "status": "busy", "current_tasks": [t.task_id]}),
+    )
+    .unwrap();
     let resp = engine.heartbeat("a", Some(&hb)).unwrap();
     assert_eq!(resp.cancel_task_ids, Some(vec![t.task_id.clone()]));
 }
@@ -292,17 +337,29 @@ end = "failed"
     register(&engine, "wr", &["r"]);
     for (x, expected) in [(3, "small"), (30, "big")] {
         let id = create(&engine, json!({"x": x})).await;
-        assert_eq!(job(&engine, id).await.status, JobStatus::WaitingForParallelTasks);
+        assert_eq!(
+            job(&engine, id).await.status,
+            JobStatus::WaitingForParallelTasks
+        );
         let l = poll(&engine, "wl").await.unwrap();
         let r = poll(&engine, "wr").await.unwrap();
         assert_eq!(l.params["x"], x);
         assert_eq!(r.params["y"], 5);
         let resp = engine.submit_result("wl", &success(&l, "success", json!({"v": x})));
         assert_eq!(resp.transition.as_deref(), Some("parallel_branch_accepted"));
-        assert_eq!(job(&engine, id).await.status, JobStatus::WaitingForParallelTasks);
+        assert_eq!(
+            job(&engine, id).await.status,
+            JobStatus::WaitingForParallelTasks
+        );
         engine.submit_result("wr", &success(&r, "success", json!({"v": 5})));
         let j = job(&engine, id).await;
-        assert_eq!((j.status, j.current_state.as_str()), (JobStatus::Finished, expected));
-        assert_eq!(j.results["start"], json!({"left": {"v": x}, "right": {"v": 5}}));
+        assert_eq!(
+            (j.status, j.current_state.as_str()),
+            (JobStatus::Finished, expected)
+        );
+        assert_eq!(
+            j.results["start"],
+            json!({"left": {"v": x}, "right": {"v": 5}})
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! Durability: jobs accepted before a stop are all there after a start on the
 //! same SQLite file, and they finish.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::sync::Arc;
@@ -38,7 +40,10 @@ fn accepted_jobs_survive_a_restart_and_finish() {
             }
             register(&engine, "w", &["echo"]);
             let done = poll(&engine, "w").await.unwrap();
-            engine.submit_result("w", &success(&done, "success", json!({"n": done.params["n"]})));
+            engine.submit_result(
+                "w",
+                &success(&done, "success", json!({"n": done.params["n"]})),
+            );
             let _taken_and_lost = poll(&engine, "w").await.unwrap();
             engine.sync_storage().await;
             (ids, done.job_id.clone())
@@ -53,16 +58,26 @@ fn accepted_jobs_survive_a_restart_and_finish() {
         let engine = engine_on(FLOW, EngineSettings::default(), storage).await;
         for id in &ids {
             let job = job(&engine, *id).await;
-            let expected = if id.to_string() == finished_id { JobStatus::Finished } else { JobStatus::WaitingForWorker };
+            let expected = if id.to_string() == finished_id {
+                JobStatus::Finished
+            } else {
+                JobStatus::WaitingForWorker
+            };
             assert_eq!(job.status, expected, "job {id}");
         }
         register(&engine, "w2", &["echo"]);
         let mut served = 0;
         while let Some(task) = poll(&engine, "w2").await {
-            engine.submit_result("w2", &success(&task, "success", json!({"n": task.params["n"]})));
+            engine.submit_result(
+                "w2",
+                &success(&task, "success", json!({"n": task.params["n"]})),
+            );
             served += 1;
         }
-        assert_eq!(served, 19, "every unfinished job, the lost one included, is served again");
+        assert_eq!(
+            served, 19,
+            "every unfinished job, the lost one included, is served again"
+        );
         for (n, id) in ids.iter().enumerate() {
             let job = job(&engine, *id).await;
             assert_eq!(job.status, JobStatus::Finished, "job {id}");

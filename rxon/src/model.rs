@@ -180,7 +180,9 @@ pub struct TaskResult {
 impl TaskResult {
     /// The status, `success` when absent.
     pub fn status(&self) -> &str {
-        self.status.as_deref().unwrap_or(crate::codes::status::SUCCESS)
+        self.status
+            .as_deref()
+            .unwrap_or(crate::codes::status::SUCCESS)
     }
 }
 

@@ -34,7 +34,9 @@ pub fn canonical_json(message: &Value, exclude: &[&str]) -> String {
     let value = match message {
         Value::Object(map) => Value::Object(
             map.iter()
-                .filter(|(k, _)| !UNSIGNED_KEYS.contains(&k.as_str()) && !exclude.contains(&k.as_str()))
+                .filter(|(k, _)| {
+                    !UNSIGNED_KEYS.contains(&k.as_str()) && !exclude.contains(&k.as_str())
+                })
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         ),
@@ -96,7 +98,8 @@ pub fn verify_message(message: &Value, secret: &str, exclude: &[&str]) -> Result
         Err(_) => unreachable!("HMAC takes keys of any size"),
     };
     mac.update(canonical.as_bytes());
-    mac.verify_slice(&given).map_err(|_| SignError::BadSignature)
+    mac.verify_slice(&given)
+        .map_err(|_| SignError::BadSignature)
 }
 
 /// Adds `timestamp` (if missing) and a `security` block signed with `secret`.
@@ -121,12 +124,18 @@ mod tests {
     #[test]
     fn canonical_form_sorts_drops_nulls_and_unsigned_keys() {
         let msg = json!({"b": 1, "a": {"z": null, "y": 2.0, "x": [null, 1.5]}, "security": {"signature": "x"}, "_signature": "y"});
-        assert_eq!(canonical_json(&msg, &[]), r#"{"a":{"x":[null,1.5],"y":2},"b":1}"#);
+        assert_eq!(
+            canonical_json(&msg, &[]),
+            r#"{"a":{"x":[null,1.5],"y":2},"b":1}"#
+        );
     }
 
     #[test]
     fn canonical_form_keeps_utf8_raw() {
-        assert_eq!(canonical_json(&json!({"m": "Привет"}), &[]), "{\"m\":\"Привет\"}");
+        assert_eq!(
+            canonical_json(&json!({"m": "Привет"}), &[]),
+            "{\"m\":\"Привет\"}"
+        );
     }
 
     #[test]
@@ -146,14 +155,23 @@ mod tests {
         assert_eq!(msg["timestamp"], 1_800_000_000);
         assert_eq!(msg["security"]["signer_id"], "w1");
         verify_message(&msg, "secret", &[]).unwrap();
-        assert_eq!(verify_message(&msg, "other", &[]), Err(SignError::BadSignature));
+        assert_eq!(
+            verify_message(&msg, "other", &[]),
+            Err(SignError::BadSignature)
+        );
         msg["status"] = json!("busy");
-        assert_eq!(verify_message(&msg, "secret", &[]), Err(SignError::BadSignature));
+        assert_eq!(
+            verify_message(&msg, "secret", &[]),
+            Err(SignError::BadSignature)
+        );
     }
 
     #[test]
     fn verify_names_what_is_missing() {
-        assert_eq!(verify_message(&json!({"a": 1}), "s", &[]), Err(SignError::MissingSecurity));
+        assert_eq!(
+            verify_message(&json!({"a": 1}), "s", &[]),
+            Err(SignError::MissingSecurity)
+        );
         assert_eq!(
             verify_message(&json!({"a": 1, "security": {}}), "s", &[]),
             Err(SignError::MissingSignature)

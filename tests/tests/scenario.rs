@@ -1,6 +1,8 @@
 //! The user's scenario (`shared/SCENARIO.md`), as a user would type it:
 //! real `orchestrator` and `worker-host` processes, real plugins, real HTTP.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::time::Duration;
@@ -14,11 +16,16 @@ async fn main_flow_and_the_plans_additional_tests() {
     stack.start().await;
 
     // The scenario's curl: old header, flat body.
-    let id = stack.create("/jobs/test", echo_body("Hello World", 3)).await;
+    let id = stack
+        .create("/jobs/test", echo_body("Hello World", 3))
+        .await;
     let job = stack.finished(&id).await;
     assert_eq!(job["status"], "finished", "{job}");
     assert_eq!(job["current_state"], "completed");
-    assert_eq!(job["result"]["processed_message"], "Hello World Hello World Hello World");
+    assert_eq!(
+        job["result"]["processed_message"],
+        "Hello World Hello World Hello World"
+    );
     assert_eq!(job["result"]["original_message"], "Hello World");
     assert_eq!(job["result"]["multiplied_by"], 3);
     assert_eq!(job["task_worker_id"], WORKER_ID);
@@ -33,21 +40,37 @@ async fn main_flow_and_the_plans_additional_tests() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 202);
-    let id2 = resp.json::<serde_json::Value>().await.unwrap()["job_id"].as_str().unwrap().to_string();
+    let id2 = resp.json::<serde_json::Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let job = stack.finished(&id2).await;
     assert_eq!(job["result"]["processed_message"], "Hi Hi");
 
     // Defaults from the blueprint when the data is missing.
     let id3 = stack.create("/jobs/test", json!({})).await;
     let job = stack.finished(&id3).await;
-    assert_eq!(job["result"]["processed_message"], "Hello from Orchestrator! Hello from Orchestrator!");
+    assert_eq!(
+        job["result"]["processed_message"],
+        "Hello from Orchestrator! Hello from Orchestrator!"
+    );
 
     // Test 1: the registered worker is listed with its task.
     let (status, workers) = stack.get("/api/v1/workers").await;
     assert_eq!(status, 200);
-    let me = workers.as_array().unwrap().iter().find(|w| w["worker_id"] == WORKER_ID).expect("worker listed");
+    let me = workers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["worker_id"] == WORKER_ID)
+        .expect("worker listed");
     assert_eq!(me["worker_type"], "test-worker");
-    assert!(me["supported_skills"].as_array().unwrap().contains(&json!("echo_task")));
+    assert!(
+        me["supported_skills"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("echo_task"))
+    );
 
     // Test 2: the failing task ends in the failure path with its error visible.
     let failing = stack.create("/jobs/failing", json!({})).await;
@@ -83,7 +106,10 @@ async fn main_flow_and_the_plans_additional_tests() {
         &format!("job {id} completed in state completed"),
         "Hello World Hello World Hello World",
     ] {
-        assert!(orch.contains(line), "orchestrator log lacks {line:?}:\n{orch}");
+        assert!(
+            orch.contains(line),
+            "orchestrator log lacks {line:?}:\n{orch}"
+        );
     }
     for line in [
         "worker id: local-test-worker",
@@ -97,7 +123,10 @@ async fn main_flow_and_the_plans_additional_tests() {
         "done in",
         "Hello World Hello World Hello World",
     ] {
-        assert!(worker.contains(line), "worker log lacks {line:?}:\n{worker}");
+        assert!(
+            worker.contains(line),
+            "worker log lacks {line:?}:\n{worker}"
+        );
     }
 
     // Ctrl-C / SIGTERM: both stop cleanly and the worker says goodbye.
@@ -113,9 +142,11 @@ async fn troubleshooting_cases_are_easy() {
     let mut stack = Stack::new();
     // The worker starts first: it says it cannot connect and keeps retrying.
     stack.start_worker();
-    wait_until("the worker to complain", Duration::from_secs(30), || async {
-        stack.logs().1.contains("cannot reach the orchestrator")
-    })
+    wait_until(
+        "the worker to complain",
+        Duration::from_secs(30),
+        || async { stack.logs().1.contains("cannot reach the orchestrator") },
+    )
     .await;
     assert!(stack.worker.as_mut().unwrap().is_running());
     stack.start_orchestrator();
@@ -132,15 +163,26 @@ async fn troubleshooting_cases_are_easy() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 401);
-    assert_eq!(resp.json::<serde_json::Value>().await.unwrap(), json!({"error": "Unauthorized: Invalid token"}));
+    assert_eq!(
+        resp.json::<serde_json::Value>().await.unwrap(),
+        json!({"error": "Unauthorized: Invalid token"})
+    );
 
     // A task type no worker offers: the job waits and says why.
     let id = stack.create("/jobs/ghost", json!({})).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, job) = stack.get(&format!("/api/v1/jobs/{id}")).await;
     assert_eq!(job["status"], "waiting_for_worker");
-    assert_eq!(job["waiting_reason"], "no registered worker offers task type no_such_task");
-    assert!(stack.logs().0.contains("no registered worker offers task type no_such_task"));
+    assert_eq!(
+        job["waiting_reason"],
+        "no registered worker offers task type no_such_task"
+    );
+    assert!(
+        stack
+            .logs()
+            .0
+            .contains("no registered worker offers task type no_such_task")
+    );
 }
 
 #[tokio::test]

@@ -3,6 +3,8 @@
 //!
 //! Run: `cargo bench -p worker-host --bench sandbox`
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -36,8 +38,13 @@ fn fresh_instance_and_call(c: &mut Criterion) {
 fn plugin_load(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut group = c.benchmark_group("plugin load");
-    group.sample_size(10).measurement_time(Duration::from_secs(20));
-    for (name, cache) in [("compile from .wasm", false), ("from compilation cache", true)] {
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
+    for (name, cache) in [
+        ("compile from .wasm", false),
+        ("from compilation cache", true),
+    ] {
         let engine = SandboxEngine::new(SandboxConfig {
             compile_cache: cache,
             ..SandboxConfig::default()
@@ -45,8 +52,12 @@ fn plugin_load(c: &mut Criterion) {
         .unwrap();
         let loader = PluginLoader::new(engine).unwrap();
         group.bench_function(name, |b| {
-            b.to_async(&rt)
-                .iter(|| async { loader.load_file(Path::new(plugin_fixtures::ECHO_TASK)).await.unwrap() })
+            b.to_async(&rt).iter(|| async {
+                loader
+                    .load_file(Path::new(plugin_fixtures::ECHO_TASK))
+                    .await
+                    .unwrap()
+            })
         });
     }
     group.finish();

@@ -87,9 +87,13 @@ impl OrchestratorClient {
 
     /// Serializes, stamps and signs a message body.
     pub fn sign<T: Serialize>(&self, message: &T) -> Result<Value, ClientError> {
-        let mut value = serde_json::to_value(message).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let mut value =
+            serde_json::to_value(message).map_err(|e| ClientError::Decode(e.to_string()))?;
         if let Some(obj) = value.as_object_mut() {
-            obj.insert("nonce".into(), Value::String(uuid::Uuid::new_v4().simple().to_string()));
+            obj.insert(
+                "nonce".into(),
+                Value::String(uuid::Uuid::new_v4().simple().to_string()),
+            );
             obj.insert("timestamp".into(), Value::from(unix_now()));
         }
         rxon::seal(&mut value, &self.worker_id, &self.token, unix_now());
@@ -100,22 +104,28 @@ impl OrchestratorClient {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<Option<R>, ClientError> {
-        let response = request.send().await.map_err(|source| ClientError::Unreachable {
-            url: self.base.clone(),
-            source,
-        })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
         let status = response.status();
         if status == StatusCode::NO_CONTENT {
             return Ok(None);
         }
-        let body = response.bytes().await.map_err(|source| ClientError::Unreachable {
-            url: self.base.clone(),
-            source,
-        })?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
         if status.is_success() {
-            return serde_json::from_slice(&body)
-                .map(Some)
-                .map_err(|e| ClientError::Decode(format!("{e}: {}", String::from_utf8_lossy(&body))));
+            return serde_json::from_slice(&body).map(Some).map_err(|e| {
+                ClientError::Decode(format!("{e}: {}", String::from_utf8_lossy(&body)))
+            });
         }
         let message = serde_json::from_slice::<rxon::ErrorBody>(&body)
             .map(|b| b.error)
@@ -124,7 +134,9 @@ impl OrchestratorClient {
             StatusCode::NOT_FOUND if message.to_lowercase().contains("not found") => {
                 ClientError::UnknownWorker { message }
             }
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ClientError::Unauthorized { status, message },
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                ClientError::Unauthorized { status, message }
+            }
             _ => ClientError::Http { status, message },
         })
     }
@@ -141,8 +153,12 @@ impl OrchestratorClient {
             .ok_or_else(|| ClientError::Decode("empty answer".into()))
     }
 
-    pub async fn register(&self, registration: &WorkerRegistration) -> Result<RegisterResponse, ClientError> {
-        self.post_signed(Method::POST, path::REGISTER, registration).await
+    pub async fn register(
+        &self,
+        registration: &WorkerRegistration,
+    ) -> Result<RegisterResponse, ClientError> {
+        self.post_signed(Method::POST, path::REGISTER, registration)
+            .await
     }
 
     pub async fn heartbeat(&self, heartbeat: &Heartbeat) -> Result<HeartbeatResponse, ClientError> {
@@ -162,7 +178,10 @@ impl OrchestratorClient {
     pub async fn next_task(&self, wait: Duration) -> Result<Option<TaskPayload>, ClientError> {
         let skills_query = format!("timeout={}", wait.as_secs_f64());
         let request = self
-            .request(Method::GET, &format!("{}?{skills_query}", path::next_task(&self.worker_id)))
+            .request(
+                Method::GET,
+                &format!("{}?{skills_query}", path::next_task(&self.worker_id)),
+            )
             // The server may hold the request for `wait` (avtomatika: always 30 s).
             .timeout(wait.max(Duration::from_secs(30)) + Duration::from_secs(10));
         self.send(request).await

@@ -48,7 +48,11 @@ pub struct SandboxArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Base URL of the orchestrator.
-    #[arg(long, env = "ORCHESTRATOR_URL", default_value = "http://localhost:8080")]
+    #[arg(
+        long,
+        env = "ORCHESTRATOR_URL",
+        default_value = "http://localhost:8080"
+    )]
     pub orchestrator_url: String,
     /// This worker's id (letters, digits, `_` and `-`).
     #[arg(long, env = "WORKER_ID", default_value = "wasm-worker")]
@@ -98,7 +102,10 @@ impl SandboxArgs {
             self.task_timeout.is_finite() && self.task_timeout > 0.0,
             "--task-timeout must be a positive number of seconds"
         );
-        anyhow::ensure!(self.memory_limit_mb >= 1, "--memory-limit-mb must be at least 1");
+        anyhow::ensure!(
+            self.memory_limit_mb >= 1,
+            "--memory-limit-mb must be at least 1"
+        );
         Ok(SandboxConfig {
             task_timeout: Duration::from_secs_f64(self.task_timeout),
             memory_limit: self.memory_limit_mb << 20,

@@ -10,8 +10,8 @@ use worker_host::config::{Cli, Command, RunArgs, ServeArgs};
 use worker_host::outcome::TaskOutcome;
 use worker_host::plugin_store::{PluginLoader, skill_info};
 use worker_host::sandbox::SandboxEngine;
-use worker_host::worker::{Worker, WorkerSettings, run_local};
 use worker_host::telemetry;
+use worker_host::worker::{Worker, WorkerSettings, run_local};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -81,7 +81,10 @@ async fn wait_for_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-async fn load_one(path: &std::path::Path, sandbox: SandboxEngine) -> anyhow::Result<worker_host::plugin_store::Plugin> {
+async fn load_one(
+    path: &std::path::Path,
+    sandbox: SandboxEngine,
+) -> anyhow::Result<worker_host::plugin_store::Plugin> {
     let loader = PluginLoader::new(sandbox)?;
     Ok(loader.load_file(path).await?)
 }
@@ -95,13 +98,22 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         (None, [only]) => only.name.clone(),
         (None, skills) => anyhow::bail!(
             "the plugin serves several skills ({}); choose one with --task",
-            skills.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+            skills
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     };
     anyhow::ensure!(
         plugin.skills.iter().any(|s| s.name == task),
         "the plugin does not serve {task}; it serves {}",
-        plugin.skills.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+        plugin
+            .skills
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let params: serde_json::Value =
         serde_json::from_str(&args.params).context("--params is not valid JSON")?;

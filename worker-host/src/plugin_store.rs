@@ -117,10 +117,12 @@ impl PluginLoader {
 
     /// Loads one `.wasm` file.
     pub async fn load_file(&self, path: &Path) -> Result<Plugin, PluginError> {
-        let bytes = tokio::fs::read(path).await.map_err(|source| PluginError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|source| PluginError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
         let path_buf = path.to_owned();
         if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
             return Err(PluginError::NotWasm { path: path_buf });
@@ -141,23 +143,24 @@ impl PluginLoader {
                 path: path_buf.clone(),
                 reason: format!("{e:#}"),
             })?;
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| PluginError::WrongWorld {
-                path: path_buf.clone(),
-                reason: format!("{e:#}"),
-            })?;
+        let instance_pre =
+            self.linker
+                .instantiate_pre(&component)
+                .map_err(|e| PluginError::WrongWorld {
+                    path: path_buf.clone(),
+                    reason: format!("{e:#}"),
+                })?;
         let pre = TaskPluginPre::new(instance_pre).map_err(|e| PluginError::WrongWorld {
             path: path_buf.clone(),
             reason: format!("{e:#}"),
         })?;
-        let skills = task::describe(&self.engine, &pre)
-            .await
-            .map_err(|e| PluginError::Describe {
-                path: path_buf.clone(),
-                reason: format!("{e:#}"),
-            })?;
+        let skills =
+            task::describe(&self.engine, &pre)
+                .await
+                .map_err(|e| PluginError::Describe {
+                    path: path_buf.clone(),
+                    reason: format!("{e:#}"),
+                })?;
         validate_skills(&skills).map_err(|reason| PluginError::Describe {
             path: path_buf.clone(),
             reason,
@@ -188,7 +191,11 @@ impl PluginLoader {
             match self.load_file(&path).await {
                 Ok(plugin) => {
                     let names: Vec<&str> = plugin.skills.iter().map(|s| s.name.as_str()).collect();
-                    tracing::info!("loaded plugin {} serving {}", path.display(), names.join(", "));
+                    tracing::info!(
+                        "loaded plugin {} serving {}",
+                        path.display(),
+                        names.join(", ")
+                    );
                     set.insert(plugin);
                 }
                 Err(e) => tracing::error!("skipping plugin: {e}"),
@@ -204,9 +211,15 @@ fn validate_skills(skills: &[Skill]) -> Result<(), String> {
     }
     for skill in skills {
         if skill.name.is_empty() || skill.name.len() > 128 {
-            return Err(format!("skill name {:?} must be 1..=128 characters", skill.name));
+            return Err(format!(
+                "skill name {:?} must be 1..=128 characters",
+                skill.name
+            ));
         }
-        for (what, schema) in [("input", &skill.input_schema), ("output", &skill.output_schema)] {
+        for (what, schema) in [
+            ("input", &skill.input_schema),
+            ("output", &skill.output_schema),
+        ] {
             if let Some(schema) = schema {
                 serde_json::from_str::<serde_json::Value>(schema).map_err(|e| {
                     format!("skill {}: {what} schema is not valid JSON: {e}", skill.name)

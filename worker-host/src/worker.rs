@@ -114,7 +114,8 @@ impl Worker {
     /// The registration message this worker sends.
     pub fn registration(&self) -> WorkerRegistration {
         let inner = &self.inner;
-        let skills: Vec<rxon::SkillInfo> = inner.plugins.skills().map(|(s, _)| skill_info(s)).collect();
+        let skills: Vec<rxon::SkillInfo> =
+            inner.plugins.skills().map(|(s, _)| skill_info(s)).collect();
         WorkerRegistration {
             worker_id: inner.client.worker_id().to_string(),
             worker_type: inner.settings.worker_type.clone(),
@@ -153,7 +154,10 @@ impl Worker {
         let inner = &self.inner;
         tracing::info!("worker id: {}", inner.client.worker_id());
         tracing::info!("orchestrator: {}", inner.client.base_url());
-        tracing::info!("supported tasks: {}", inner.plugins.skill_names().join(", "));
+        tracing::info!(
+            "supported tasks: {}",
+            inner.plugins.skill_names().join(", ")
+        );
         if inner.plugins.is_empty() {
             tracing::warn!("no plugin loaded: this worker cannot serve any task");
         }
@@ -266,7 +270,12 @@ impl Worker {
                 _ = tokio::time::sleep(delay) => {}
             }
             let seen = self.generation().await;
-            match self.inner.client.heartbeat(&self.heartbeat("", full_sync)).await {
+            match self
+                .inner
+                .client
+                .heartbeat(&self.heartbeat("", full_sync))
+                .await
+            {
                 Ok(response) => {
                     tracing::info!("heartbeat sent ({})", response.status);
                     full_sync = response.require_full_sync.unwrap_or(false);
@@ -274,14 +283,19 @@ impl Worker {
                         self.reregister(seen, &shutdown).await;
                     }
                     for task_id in response.cancel_task_ids.unwrap_or_default() {
-                        tracing::warn!(task_id, "orchestrator asked to cancel task; it will finish but its result will be ignored");
+                        tracing::warn!(
+                            task_id,
+                            "orchestrator asked to cancel task; it will finish but its result will be ignored"
+                        );
                     }
                     backoff.reset();
                     delay = self.inner.settings.heartbeat_interval;
                 }
                 Err(e) if e.needs_registration() => self.reregister(seen, &shutdown).await,
                 Err(e) => {
-                    delay = backoff.next_delay().min(self.inner.settings.heartbeat_interval);
+                    delay = backoff
+                        .next_delay()
+                        .min(self.inner.settings.heartbeat_interval);
                     tracing::warn!("heartbeat failed: {e}; retrying in {delay:?}");
                 }
             }
@@ -344,11 +358,15 @@ impl Worker {
                 payload.task_id
             ),
         }
-        let mut result = outcome.into_result(&payload.job_id, &payload.task_id, inner.client.worker_id());
+        let mut result =
+            outcome.into_result(&payload.job_id, &payload.task_id, inner.client.worker_id());
         result.costs = Some(
-            [("execution_time_seconds".to_string(), serde_json::json!(elapsed.as_secs_f64()))]
-                .into_iter()
-                .collect(),
+            [(
+                "execution_time_seconds".to_string(),
+                serde_json::json!(elapsed.as_secs_f64()),
+            )]
+            .into_iter()
+            .collect(),
         );
         self.submit_with_retries(&result).await;
         lock(&inner.in_flight).remove(&payload.task_id);
@@ -359,7 +377,10 @@ impl Worker {
         let Some(plugin) = inner.plugins.get(&payload.task_type) else {
             return TaskOutcome::failed(
                 rxon::error_code::PERMANENT,
-                format!("this worker has no plugin for task type {}", payload.task_type),
+                format!(
+                    "this worker has no plugin for task type {}",
+                    payload.task_type
+                ),
             );
         };
         let input = TaskInput {
@@ -377,7 +398,11 @@ impl Worker {
 
     /// Sends the task's latest progress as an RXON `progress` event at most
     /// once a second while it runs; fast tasks send none.
-    async fn forward_progress(self, payload: TaskPayload, mut rx: watch::Receiver<Option<Progress>>) {
+    async fn forward_progress(
+        self,
+        payload: TaskPayload,
+        mut rx: watch::Receiver<Option<Progress>>,
+    ) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.tick().await;
         loop {
@@ -432,7 +457,9 @@ impl Worker {
                     tracing::info!(task_id = %result.task_id, "result of task {} accepted", result.task_id);
                     return;
                 }
-                Err(e @ (ClientError::Unreachable { .. } | ClientError::Http { .. })) if attempt < 6 => {
+                Err(e @ (ClientError::Unreachable { .. } | ClientError::Http { .. }))
+                    if attempt < 6 =>
+                {
                     let delay = backoff.next_delay();
                     tracing::warn!(task_id = %result.task_id, "submitting the result failed: {e}; retry {attempt} in {delay:?}");
                     tokio::time::sleep(delay).await;
@@ -448,7 +475,9 @@ impl Worker {
     async fn say_goodbye(&self) {
         match tokio::time::timeout(
             Duration::from_secs(5),
-            self.inner.client.heartbeat(&self.heartbeat("offline", false)),
+            self.inner
+                .client
+                .heartbeat(&self.heartbeat("offline", false)),
         )
         .await
         {

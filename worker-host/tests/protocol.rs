@@ -1,6 +1,8 @@
 //! The worker's side of the RXON protocol against a real HTTP server run by the
 //! test: what it sends, how it signs, how it reacts to answers.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,16 +34,28 @@ struct Recorded {
 
 type Shared = Arc<Mutex<Recorded>>;
 
-async fn register(State(s): State<Shared>, headers: HeaderMap, body: axum::Json<Value>) -> Response {
+async fn register(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    body: axum::Json<Value>,
+) -> Response {
     s.lock().unwrap().registrations.push((headers, body.0));
     axum::Json(json!({"status": "registered", "version": "1.0b17"})).into_response()
 }
 
-async fn heartbeat(State(s): State<Shared>, Path(_id): Path<String>, body: axum::Json<Value>) -> Response {
+async fn heartbeat(
+    State(s): State<Shared>,
+    Path(_id): Path<String>,
+    body: axum::Json<Value>,
+) -> Response {
     let mut s = s.lock().unwrap();
     s.heartbeats.push(body.0);
     if std::mem::take(&mut s.forget_next_heartbeat) {
-        return (StatusCode::NOT_FOUND, axum::Json(json!({"error": "Worker not found"}))).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": "Worker not found"})),
+        )
+            .into_response();
     }
     axum::Json(json!({"status": "ok"})).into_response()
 }
@@ -50,7 +64,11 @@ async fn next(State(s): State<Shared>, Path(_id): Path<String>) -> Response {
     let task = {
         let mut s = s.lock().unwrap();
         s.polls += 1;
-        if s.tasks.is_empty() { None } else { Some(s.tasks.remove(0)) }
+        if s.tasks.is_empty() {
+            None
+        } else {
+            Some(s.tasks.remove(0))
+        }
     };
     match task {
         Some(task) => axum::Json(task).into_response(),
@@ -72,7 +90,10 @@ async fn start_server(state: Shared) -> String {
         .route("/_worker/workers/{id}", patch(heartbeat))
         .route("/_worker/workers/{id}/tasks/next", get(next))
         .route("/_worker/tasks/result", post(result))
-        .route("/_worker/events", post(|| async { axum::Json(json!({"status": "event_accepted"})) }))
+        .route(
+            "/_worker/events",
+            post(|| async { axum::Json(json!({"status": "event_accepted"})) }),
+        )
         .with_state(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -80,11 +101,18 @@ async fn start_server(state: Shared) -> String {
     format!("http://{addr}")
 }
 
-async fn start_worker(url: &str, heartbeat: Duration) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+async fn start_worker(
+    url: &str,
+    heartbeat: Duration,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let engine = SandboxEngine::new(SandboxConfig::default()).unwrap();
     let loader = PluginLoader::new(engine.clone()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    for p in [plugin_fixtures::ECHO_TASK, plugin_fixtures::FAILING_TASK, plugin_fixtures::CHAOS_TASK] {
+    for p in [
+        plugin_fixtures::ECHO_TASK,
+        plugin_fixtures::FAILING_TASK,
+        plugin_fixtures::CHAOS_TASK,
+    ] {
         let name = std::path::Path::new(p).file_name().unwrap();
         std::fs::copy(p, dir.path().join(name)).unwrap();
     }
@@ -145,9 +173,22 @@ async fn registers_signed_with_its_skills_heartbeats_and_reports_results() {
         assert_signed(reg);
         assert_eq!(reg["worker_id"], WORKER);
         assert_eq!(reg["worker_type"], "test-worker");
-        let skills: Vec<&str> = reg["supported_skills"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-        assert!(skills.contains(&"echo_task") && skills.contains(&"failing_task"), "{skills:?}");
-        let echo = reg["supported_skills"].as_array().unwrap().iter().find(|s| s["name"] == "echo_task").unwrap();
+        let skills: Vec<&str> = reg["supported_skills"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            skills.contains(&"echo_task") && skills.contains(&"failing_task"),
+            "{skills:?}"
+        );
+        let echo = reg["supported_skills"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "echo_task")
+            .unwrap();
         assert_eq!(echo["type"], "echo_task");
         assert_eq!(echo["input_schema"]["type"], "object");
         assert!(reg["capabilities"]["hostname"].is_string());
@@ -155,13 +196,26 @@ async fn registers_signed_with_its_skills_heartbeats_and_reports_results() {
         for hb in &s.heartbeats {
             assert_signed(hb);
             assert_eq!(hb["worker_id"], WORKER);
-            assert!(["idle", "busy"].contains(&hb["status"].as_str().unwrap()), "{hb}");
+            assert!(
+                ["idle", "busy"].contains(&hb["status"].as_str().unwrap()),
+                "{hb}"
+            );
         }
         // Every signed message differs (replay protection rejects duplicates).
-        let nonces: std::collections::HashSet<&str> = s.heartbeats.iter().map(|h| h["nonce"].as_str().unwrap()).collect();
+        let nonces: std::collections::HashSet<&str> = s
+            .heartbeats
+            .iter()
+            .map(|h| h["nonce"].as_str().unwrap())
+            .collect();
         assert_eq!(nonces.len(), s.heartbeats.len());
 
-        let by_task = |id: &str| s.results.iter().find(|r| r["task_id"] == id).unwrap().clone();
+        let by_task = |id: &str| {
+            s.results
+                .iter()
+                .find(|r| r["task_id"] == id)
+                .unwrap()
+                .clone()
+        };
         let ok = by_task("task-1");
         assert_signed(&ok);
         assert_eq!(ok["job_id"], "j1");
@@ -172,7 +226,10 @@ async fn registers_signed_with_its_skills_heartbeats_and_reports_results() {
 
         let failed = by_task("task-2");
         assert_eq!(failed["status"], "failure");
-        assert_eq!(failed["error"], json!({"code": "TRANSIENT_ERROR", "message": "Intentional failure for testing"}));
+        assert_eq!(
+            failed["error"],
+            json!({"code": "TRANSIENT_ERROR", "message": "Intentional failure for testing"})
+        );
         assert_eq!(failed["data"], json!({}));
 
         let custom = by_task("task-3");
@@ -181,15 +238,27 @@ async fn registers_signed_with_its_skills_heartbeats_and_reports_results() {
 
         let unknown = by_task("task-4");
         assert_eq!(unknown["error"]["code"], "PERMANENT_ERROR");
-        assert!(unknown["error"]["message"].as_str().unwrap().contains("no_such_task"));
+        assert!(
+            unknown["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("no_such_task")
+        );
         // 204s were answered by polling again, not by giving up.
         assert!(s.polls > 4, "polls: {}", s.polls);
     }
 
     shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), handle).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .unwrap()
+        .unwrap();
     let s = state.lock().unwrap();
-    assert_eq!(s.heartbeats.last().unwrap()["status"], "offline", "goodbye heartbeat");
+    assert_eq!(
+        s.heartbeats.last().unwrap()["status"],
+        "offline",
+        "goodbye heartbeat"
+    );
 }
 
 #[tokio::test]
@@ -199,9 +268,15 @@ async fn registers_again_when_the_orchestrator_forgets_it() {
     let (shutdown, handle) = start_worker(&url, Duration::from_millis(100)).await;
     wait_for(&state, "registration", |s| s.registrations.len() == 1).await;
     state.lock().unwrap().forget_next_heartbeat = true;
-    wait_for(&state, "second registration", |s| s.registrations.len() == 2).await;
+    wait_for(&state, "second registration", |s| {
+        s.registrations.len() == 2
+    })
+    .await;
     shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), handle).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]
@@ -213,7 +288,10 @@ async fn keeps_retrying_until_the_orchestrator_comes_up() {
     let url = format!("http://{addr}");
     let (shutdown, handle) = start_worker(&url, Duration::from_millis(100)).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(!handle.is_finished(), "the worker gave up while the orchestrator was down");
+    assert!(
+        !handle.is_finished(),
+        "the worker gave up while the orchestrator was down"
+    );
 
     let state: Shared = Arc::default();
     let app_state = state.clone();
@@ -224,7 +302,13 @@ async fn keeps_retrying_until_the_orchestrator_comes_up() {
         .with_state(app_state);
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    wait_for(&state, "registration after start", |s| !s.registrations.is_empty()).await;
+    wait_for(&state, "registration after start", |s| {
+        !s.registrations.is_empty()
+    })
+    .await;
     shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), handle).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .unwrap()
+        .unwrap();
 }

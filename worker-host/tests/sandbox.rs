@@ -1,6 +1,8 @@
 //! Real wasmtime, real components built from `plugins/`: what a task can and
 //! cannot do, and how each way of ending is reported.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +32,12 @@ async fn load(engine: &SandboxEngine, path: &str) -> Plugin {
         .unwrap()
 }
 
-async fn run(engine: &SandboxEngine, plugin: &Plugin, task_type: &str, params: serde_json::Value) -> TaskOutcome {
+async fn run(
+    engine: &SandboxEngine,
+    plugin: &Plugin,
+    task_type: &str,
+    params: serde_json::Value,
+) -> TaskOutcome {
     let input = TaskInput {
         task_id: "t-1".into(),
         job_id: "j-1".into(),
@@ -55,12 +62,21 @@ async fn echo_repeats_the_message() {
     assert_eq!(plugin.skills.len(), 1);
     assert_eq!(plugin.skills[0].name, "echo_task");
     assert!(plugin.skills[0].input_schema.is_some());
-    let outcome = run(&engine, &plugin, "echo_task", json!({"message": "Hello World", "multiply": 3})).await;
+    let outcome = run(
+        &engine,
+        &plugin,
+        "echo_task",
+        json!({"message": "Hello World", "multiply": 3}),
+    )
+    .await;
     let TaskOutcome::Completed { status, data } = outcome else {
         panic!("echo failed: {outcome:?}")
     };
     assert_eq!(status, "success");
-    assert_eq!(data["processed_message"], "Hello World Hello World Hello World");
+    assert_eq!(
+        data["processed_message"],
+        "Hello World Hello World Hello World"
+    );
     assert_eq!(data["original_message"], "Hello World");
     assert_eq!(data["multiplied_by"], 3);
 }
@@ -70,14 +86,21 @@ async fn failing_task_reports_a_transient_error() {
     let engine = engine(Duration::from_secs(10), 64);
     let plugin = load(&engine, FAILING_TASK).await;
     let outcome = run(&engine, &plugin, "failing_task", json!({})).await;
-    assert_eq!(failure(&outcome), ("TRANSIENT_ERROR", "Intentional failure for testing"));
+    assert_eq!(
+        failure(&outcome),
+        ("TRANSIENT_ERROR", "Intentional failure for testing")
+    );
 }
 
 #[tokio::test]
 async fn custom_status_is_passed_through() {
     let engine = engine(Duration::from_secs(10), 64);
     let plugin = load(&engine, CHAOS_TASK).await;
-    let custom = plugin.skills.iter().find(|s| s.name == "custom_status").unwrap();
+    let custom = plugin
+        .skills
+        .iter()
+        .find(|s| s.name == "custom_status")
+        .unwrap();
     assert_eq!(custom.output_statuses, vec!["needs_review".to_string()]);
     let outcome = run(&engine, &plugin, "custom_status", json!({"doc": 7})).await;
     let TaskOutcome::Completed { status, data } = outcome else {
@@ -91,7 +114,11 @@ async fn custom_status_is_passed_through() {
 async fn invalid_params_are_an_invalid_input_error() {
     let engine = engine(Duration::from_secs(10), 64);
     let plugin = load(&engine, ECHO_TASK).await;
-    for params in [json!({"multiply": 2}), json!({"message": "x", "multiply": "three"}), json!({"message": "x", "multiply": 1_000_000})] {
+    for params in [
+        json!({"multiply": 2}),
+        json!({"message": "x", "multiply": "three"}),
+        json!({"message": "x", "multiply": 1_000_000}),
+    ] {
         let outcome = run(&engine, &plugin, "echo_task", params.clone()).await;
         let (code, message) = failure(&outcome);
         assert_eq!(code, "INVALID_INPUT_ERROR", "{params}: {message}");
@@ -112,8 +139,17 @@ async fn an_endless_loop_is_stopped_at_its_timeout_and_the_engine_goes_on() {
     assert_eq!(failure(&outcome).0, "TIMEOUT_ERROR");
     // The same engine still serves healthy tasks.
     let echo = load(&engine, ECHO_TASK).await;
-    let outcome = run(&engine, &echo, "echo_task", json!({"message": "still alive"})).await;
-    assert!(matches!(outcome, TaskOutcome::Completed { .. }), "{outcome:?}");
+    let outcome = run(
+        &engine,
+        &echo,
+        "echo_task",
+        json!({"message": "still alive"}),
+    )
+    .await;
+    assert!(
+        matches!(outcome, TaskOutcome::Completed { .. }),
+        "{outcome:?}"
+    );
 }
 
 #[tokio::test]
@@ -133,7 +169,10 @@ async fn a_panic_is_a_permanent_error_with_the_panic_message() {
     let outcome = run(&engine, &chaos, "panic", json!({})).await;
     let (code, message) = failure(&outcome);
     assert_eq!(code, "PERMANENT_ERROR");
-    assert!(message.contains("chaos_task was asked to panic"), "{message}");
+    assert!(
+        message.contains("chaos_task was asked to panic"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
@@ -144,19 +183,31 @@ async fn the_sandbox_grants_no_files_no_environment_and_no_network() {
     let engine = engine(Duration::from_secs(10), 64);
     let chaos = load(&engine, CHAOS_TASK).await;
 
-    let outcome = run(&engine, &chaos, "read_host_file", json!({"path": host_file})).await;
-    let TaskOutcome::Completed { data, .. } = outcome else { panic!("{outcome:?}") };
+    let outcome = run(
+        &engine,
+        &chaos,
+        "read_host_file",
+        json!({"path": host_file}),
+    )
+    .await;
+    let TaskOutcome::Completed { data, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
     assert_eq!(data["read"], false, "{data:?}");
 
     let outcome = run(&engine, &chaos, "read_env", json!({})).await;
-    let TaskOutcome::Completed { data, .. } = outcome else { panic!("{outcome:?}") };
+    let TaskOutcome::Completed { data, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
     assert_eq!(data["vars"], json!([]));
     assert_eq!(data["home"], json!(null));
 
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let outcome = run(&engine, &chaos, "connect", json!({"addr": addr})).await;
-    let TaskOutcome::Completed { data, .. } = outcome else { panic!("{outcome:?}") };
+    let TaskOutcome::Completed { data, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
     assert_eq!(data["connected"], false, "{data:?}");
 }
 
@@ -166,7 +217,9 @@ async fn every_task_gets_a_fresh_instance() {
     let chaos = load(&engine, CHAOS_TASK).await;
     for _ in 0..3 {
         let outcome = run(&engine, &chaos, "counter", json!({})).await;
-        let TaskOutcome::Completed { data, .. } = outcome else { panic!("{outcome:?}") };
+        let TaskOutcome::Completed { data, .. } = outcome else {
+            panic!("{outcome:?}")
+        };
         assert_eq!(data["count"], 1, "a global survived from an earlier task");
     }
 }
@@ -195,7 +248,10 @@ async fn sleeping_tasks_overlap_on_one_thread() {
             };
             let outcome = task::run_task(&engine, &echo.pre, &input, tx).await;
             let ended = Instant::now();
-            assert!(matches!(outcome, TaskOutcome::Completed { .. }), "{outcome:?}");
+            assert!(
+                matches!(outcome, TaskOutcome::Completed { .. }),
+                "{outcome:?}"
+            );
             (started.await.unwrap(), ended)
         }));
     }
@@ -205,7 +261,10 @@ async fn sleeping_tasks_overlap_on_one_thread() {
     }
     let last_start = spans.iter().map(|s| s.0).max().unwrap();
     let first_end = spans.iter().map(|s| s.1).min().unwrap();
-    assert!(last_start < first_end, "tasks ran one after another instead of overlapping");
+    assert!(
+        last_start < first_end,
+        "tasks ran one after another instead of overlapping"
+    );
 }
 
 #[tokio::test]
@@ -218,19 +277,43 @@ async fn broken_files_are_skipped_with_a_clear_reason() {
     // A valid core module (the smallest one): not a component.
     std::fs::write(dir.path().join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
     // A component header followed by garbage.
-    std::fs::write(dir.path().join("corrupt.wasm"), b"\0asm\x0d\0\x01\0\xff\xff\xff").unwrap();
+    std::fs::write(
+        dir.path().join("corrupt.wasm"),
+        b"\0asm\x0d\0\x01\0\xff\xff\xff",
+    )
+    .unwrap();
     std::fs::write(dir.path().join("notes.txt"), b"ignored").unwrap();
 
     let set = loader.load_dir(dir.path()).await.unwrap();
     assert_eq!(set.skill_names(), vec!["echo_task".to_string()]);
 
-    let err = loader.load_file(&dir.path().join("garbage.wasm")).await.err().unwrap();
+    let err = loader
+        .load_file(&dir.path().join("garbage.wasm"))
+        .await
+        .err()
+        .unwrap();
     assert!(matches!(err, PluginError::NotWasm { .. }));
     assert!(err.to_string().contains("not a WebAssembly file"), "{err}");
-    let err = loader.load_file(&dir.path().join("core.wasm")).await.err().unwrap();
-    assert!(err.to_string().contains("core WebAssembly module, not a component"), "{err}");
-    let err = loader.load_file(&dir.path().join("corrupt.wasm")).await.err().unwrap();
+    let err = loader
+        .load_file(&dir.path().join("core.wasm"))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string()
+            .contains("core WebAssembly module, not a component"),
+        "{err}"
+    );
+    let err = loader
+        .load_file(&dir.path().join("corrupt.wasm"))
+        .await
+        .err()
+        .unwrap();
     assert!(matches!(err, PluginError::Invalid { .. }), "{err}");
-    let err = loader.load_file(&dir.path().join("missing.wasm")).await.err().unwrap();
+    let err = loader
+        .load_file(&dir.path().join("missing.wasm"))
+        .await
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("cannot read"), "{err}");
 }

@@ -63,31 +63,56 @@ impl Auth {
 
     /// Authenticates a worker; returns its id and the secret it signs with.
     /// `hint` is the worker id from the path or, failing that, the body.
-    pub fn worker(&self, headers: &HeaderMap, hint: Option<&str>) -> Result<(String, String), ApiError> {
+    pub fn worker(
+        &self,
+        headers: &HeaderMap,
+        hint: Option<&str>,
+    ) -> Result<(String, String), ApiError> {
         let token = headers
             .get(rxon::HEADER_WORKER_TOKEN)
             .and_then(|t| t.to_str().ok())
-            .ok_or_else(|| ApiError::Forbidden("Unauthorized: Missing X-Worker-Token header".into()))?;
+            .ok_or_else(|| {
+                ApiError::Forbidden("Unauthorized: Missing X-Worker-Token header".into())
+            })?;
         let worker_id = hint
             .map(str::to_string)
-            .or_else(|| headers.get(rxon::HEADER_WORKER_ID).and_then(|v| v.to_str().ok()).map(str::to_string))
-            .ok_or_else(|| ApiError::Forbidden("Unauthorized: no worker id (X-Worker-ID header)".into()))?;
+            .or_else(|| {
+                headers
+                    .get(rxon::HEADER_WORKER_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            })
+            .ok_or_else(|| {
+                ApiError::Forbidden("Unauthorized: no worker id (X-Worker-ID header)".into())
+            })?;
         if let Some(own) = self.worker_tokens.get(&worker_id) {
             return if constant_eq(own, token) {
                 Ok((worker_id, own.clone()))
             } else {
-                Err(ApiError::Forbidden("Unauthorized: Invalid individual worker token".into()))
+                Err(ApiError::Forbidden(
+                    "Unauthorized: Invalid individual worker token".into(),
+                ))
             };
         }
         match &self.global_worker_token {
             Some(global) if constant_eq(global, token) => Ok((worker_id, global.clone())),
-            _ => Err(ApiError::Forbidden("Unauthorized: No valid token found".into())),
+            _ => Err(ApiError::Forbidden(
+                "Unauthorized: No valid token found".into(),
+            )),
         }
     }
 
     /// Checks a signed worker message: timestamp, signature, signer, replay.
-    pub fn verify_message(&self, body: &Value, worker_id: &str, secret: &str, exclude: &[&str]) -> Result<(), ApiError> {
-        let obj = body.as_object().ok_or_else(|| ApiError::BadRequest("Invalid JSON body".into()))?;
+    pub fn verify_message(
+        &self,
+        body: &Value,
+        worker_id: &str,
+        secret: &str,
+        exclude: &[&str],
+    ) -> Result<(), ApiError> {
+        let obj = body
+            .as_object()
+            .ok_or_else(|| ApiError::BadRequest("Invalid JSON body".into()))?;
         let security = obj.get("security");
         if !self.require_signatures && security.is_none() {
             return Ok(());
@@ -95,13 +120,20 @@ impl Auth {
         let timestamp = obj
             .get("timestamp")
             .and_then(Value::as_f64)
-            .ok_or_else(|| ApiError::Forbidden("Missing required timestamp for replay protection".into()))?;
+            .ok_or_else(|| {
+                ApiError::Forbidden("Missing required timestamp for replay protection".into())
+            })?;
         let now = chrono::Utc::now().timestamp() as f64;
         if (now - timestamp).abs() > rxon::MAX_CLOCK_SKEW_SECS as f64 {
-            return Err(ApiError::Forbidden("Message timestamp expired (replay protection)".into()));
+            return Err(ApiError::Forbidden(
+                "Message timestamp expired (replay protection)".into(),
+            ));
         }
-        rxon::verify_message(body, secret, exclude).map_err(|e| ApiError::Forbidden(e.to_string()))?;
-        if let Some(signer) = security.and_then(|s| s.get("signer_id")).and_then(Value::as_str)
+        rxon::verify_message(body, secret, exclude)
+            .map_err(|e| ApiError::Forbidden(e.to_string()))?;
+        if let Some(signer) = security
+            .and_then(|s| s.get("signer_id"))
+            .and_then(Value::as_str)
             && signer != worker_id
         {
             return Err(ApiError::Forbidden(format!(
@@ -111,7 +143,11 @@ impl Auth {
         let nonce = ["event_id", "nonce", "message_id"]
             .iter()
             .find_map(|k| obj.get(*k).and_then(Value::as_str))
-            .or_else(|| security.and_then(|s| s.get("signature")).and_then(Value::as_str))
+            .or_else(|| {
+                security
+                    .and_then(|s| s.get("signature"))
+                    .and_then(Value::as_str)
+            })
             .unwrap_or_default();
         let key = format!("{worker_id}:{nonce}");
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -120,9 +156,9 @@ impl Auth {
             seen.retain(|_, at| now.duration_since(*at) < REPLAY_WINDOW);
         }
         match seen.get(&key) {
-            Some(at) if now.duration_since(*at) < REPLAY_WINDOW => {
-                Err(ApiError::Forbidden("Duplicate message detected (replay attack)".into()))
-            }
+            Some(at) if now.duration_since(*at) < REPLAY_WINDOW => Err(ApiError::Forbidden(
+                "Duplicate message detected (replay attack)".into(),
+            )),
             _ => {
                 seen.insert(key, now);
                 Ok(())
@@ -132,5 +168,9 @@ impl Auth {
 }
 
 fn constant_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }

@@ -12,8 +12,13 @@ use super::error::ApiError;
 /// The raw body or the right error for why it could not be read.
 pub fn bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge("Request body is too large".into()),
-        _ => ApiError::BadRequest(format!("Cannot read the request body: {}", rejection.body_text())),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::PayloadTooLarge("Request body is too large".into())
+        }
+        _ => ApiError::BadRequest(format!(
+            "Cannot read the request body: {}",
+            rejection.body_text()
+        )),
     })
 }
 
@@ -24,12 +29,15 @@ pub fn json_object(body: &Bytes) -> Result<Option<serde_json::Map<String, Value>
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(Some(map)),
-        Ok(_) => Err(ApiError::BadRequest("Invalid JSON body: expected a JSON object".into())),
+        Ok(_) => Err(ApiError::BadRequest(
+            "Invalid JSON body: expected a JSON object".into(),
+        )),
         Err(e) => Err(ApiError::BadRequest(format!("Invalid JSON body: {e}"))),
     }
 }
 
 /// A JSON value as `T`, with the type's name in the error.
 pub fn typed<T: DeserializeOwned>(value: Value, what: &str) -> Result<T, ApiError> {
-    serde_json::from_value(value).map_err(|e| ApiError::BadRequest(format!("Invalid {what} payload: {e}")))
+    serde_json::from_value(value)
+        .map_err(|e| ApiError::BadRequest(format!("Invalid {what} payload: {e}")))
 }

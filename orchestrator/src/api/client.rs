@@ -38,7 +38,11 @@ pub async fn create_job(
         CreateError::Invalid(m) => ApiError::BadRequest(m),
         CreateError::Storage(m) => ApiError::Internal(m),
     })?;
-    Ok((StatusCode::ACCEPTED, axum::Json(json!({"status": "accepted", "job_id": id}))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"status": "accepted", "job_id": id})),
+    )
+        .into_response())
 }
 
 /// `{"initial_data": {...}, options…}`, or a flat body that is the initial data.
@@ -56,7 +60,11 @@ fn parse_create(mut body: Object, blueprint: &str, owner: String) -> Result<NewJ
     new.initial_data = match body.remove("initial_data") {
         Some(Value::Object(o)) => o,
         Some(Value::Null) | None => Object::new(),
-        Some(_) => return Err(ApiError::BadRequest("'initial_data' must be a JSON object".into())),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "'initial_data' must be a JSON object".into(),
+            ));
+        }
     };
     let seconds = |name: &str, v: Option<Value>| -> Result<Option<f64>, ApiError> {
         match v {
@@ -65,8 +73,12 @@ fn parse_create(mut body: Object, blueprint: &str, owner: String) -> Result<NewJ
                 .as_f64()
                 .filter(|f| f.is_finite() && *f > 0.0)
                 .map(Some)
-                .ok_or_else(|| ApiError::BadRequest(format!("'{name}' must be a positive number of seconds"))),
-            Some(_) => Err(ApiError::BadRequest(format!("'{name}' must be a positive number of seconds"))),
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!("'{name}' must be a positive number of seconds"))
+                }),
+            Some(_) => Err(ApiError::BadRequest(format!(
+                "'{name}' must be a positive number of seconds"
+            ))),
         }
     };
     new.dispatch_timeout = seconds("dispatch_timeout", body.remove("dispatch_timeout"))?;
@@ -74,7 +86,11 @@ fn parse_create(mut body: Object, blueprint: &str, owner: String) -> Result<NewJ
     new.webhook_url = match body.remove("webhook_url") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.starts_with("http://") || s.starts_with("https://") => Some(s),
-        Some(_) => return Err(ApiError::BadRequest("'webhook_url' must be an http(s) URL".into())),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "'webhook_url' must be an http(s) URL".into(),
+            ));
+        }
     };
     Ok(new)
 }
@@ -169,11 +185,16 @@ pub async fn get_job(
     let job = owned_job(&state, id, &owner).await?;
     let job = match query.wait {
         Some(w) if w.is_finite() && w > 0.0 && !job.status.is_terminal() => {
-            state.engine.wait_for_job(id, Duration::from_secs_f64(w).min(MAX_JOB_WAIT)).await;
+            state
+                .engine
+                .wait_for_job(id, Duration::from_secs_f64(w).min(MAX_JOB_WAIT))
+                .await;
             owned_job(&state, id, &owner).await?
         }
         Some(w) if !w.is_finite() || w < 0.0 => {
-            return Err(ApiError::BadRequest("wait must be a non-negative number of seconds".into()));
+            return Err(ApiError::BadRequest(
+                "wait must be a non-negative number of seconds".into(),
+            ));
         }
         _ => job,
     };
@@ -197,8 +218,14 @@ pub async fn list_jobs(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let owner = state.auth.client(&headers)?;
-    let Query(query) = query.map_err(|_| ApiError::BadRequest("Invalid limit/offset parameter".into()))?;
-    let status = query.status.as_deref().map(str::parse::<JobStatus>).transpose().map_err(ApiError::BadRequest)?;
+    let Query(query) =
+        query.map_err(|_| ApiError::BadRequest("Invalid limit/offset parameter".into()))?;
+    let status = query
+        .status
+        .as_deref()
+        .map(str::parse::<JobStatus>)
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
     let limit = query.limit.unwrap_or(50).clamp(1, 1000);
     let offset = query.offset.unwrap_or(0);
     let jobs = state
@@ -214,7 +241,11 @@ pub async fn list_jobs(
     Ok(axum::Json(json!({"jobs": jobs, "limit": limit, "offset": offset})).into_response())
 }
 
-pub async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let owner = state.auth.client(&headers)?;
     let id = parse_id(&id)?;
     match state.engine.cancel_job(id, &owner) {
@@ -222,13 +253,20 @@ pub async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>, h
         Err(CancelError::NotFound) => {
             // Ended jobs leave memory eventually; look in storage too.
             let job = owned_job(&state, id, &owner).await?;
-            Err(ApiError::Conflict(format!("Job already ended with status {}", job.status)))
+            Err(ApiError::Conflict(format!(
+                "Job already ended with status {}",
+                job.status
+            )))
         }
         Err(e @ CancelError::AlreadyEnded(_)) => Err(ApiError::Conflict(e.to_string())),
     }
 }
 
-pub async fn job_history(State(state): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn job_history(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let owner = state.auth.client(&headers)?;
     let id = parse_id(&id)?;
     owned_job(&state, id, &owner).await?;
@@ -238,12 +276,18 @@ pub async fn job_history(State(state): State<AppState>, Path(id): Path<String>, 
     Ok(axum::Json(json!({"job_id": id, "events": events})).into_response())
 }
 
-pub async fn list_workers(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn list_workers(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     state.auth.client(&headers)?;
     Ok(axum::Json(state.engine.workers()).into_response())
 }
 
-pub async fn list_blueprints(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn list_blueprints(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     state.auth.client(&headers)?;
     let list: Vec<Value> = state
         .engine

@@ -58,6 +58,10 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        (self.status(), axum::Json(rxon::ErrorBody { error: message })).into_response()
+        (
+            self.status(),
+            axum::Json(rxon::ErrorBody { error: message }),
+        )
+            .into_response()
     }
 }

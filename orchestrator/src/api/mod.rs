@@ -40,14 +40,23 @@ pub fn router(state: AppState, max_body: usize) -> Router {
     let mut versions: BTreeSet<String> = BTreeSet::new();
     let mut app = Router::new();
     for bp in state.engine.blueprints() {
-        versions.insert(bp.api_version.clone().map(|v| format!("/api/{v}")).unwrap_or_else(|| "/api".into()));
+        versions.insert(
+            bp.api_version
+                .clone()
+                .map(|v| format!("/api/{v}"))
+                .unwrap_or_else(|| "/api".into()),
+        );
         let path = bp.create_path.clone();
         app = app.route(
             &path,
-            post(move |State(s): State<AppState>, headers: HeaderMap, raw: Result<Bytes, BytesRejection>| {
-                let bp = bp.clone();
-                async move { client::create_job(s, bp, headers, raw).await }
-            }),
+            post(
+                move |State(s): State<AppState>,
+                      headers: HeaderMap,
+                      raw: Result<Bytes, BytesRejection>| {
+                    let bp = bp.clone();
+                    async move { client::create_job(s, bp, headers, raw).await }
+                },
+            ),
         );
     }
     versions.insert("/api".into());
@@ -55,17 +64,32 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         app = app
             .route(&format!("{prefix}/jobs"), get(client::list_jobs))
             .route(&format!("{prefix}/jobs/{{id}}"), get(client::get_job))
-            .route(&format!("{prefix}/jobs/{{id}}/cancel"), post(client::cancel_job))
-            .route(&format!("{prefix}/jobs/{{id}}/history"), get(client::job_history))
+            .route(
+                &format!("{prefix}/jobs/{{id}}/cancel"),
+                post(client::cancel_job),
+            )
+            .route(
+                &format!("{prefix}/jobs/{{id}}/history"),
+                get(client::job_history),
+            )
             .route(&format!("{prefix}/workers"), get(client::list_workers))
-            .route(&format!("{prefix}/blueprints"), get(client::list_blueprints));
+            .route(
+                &format!("{prefix}/blueprints"),
+                get(client::list_blueprints),
+            );
     }
     app.route("/_worker/workers/register", post(worker::register))
         .route("/_worker/workers/{worker_id}", patch(worker::heartbeat))
-        .route("/_worker/workers/{worker_id}/tasks/next", get(worker::next_task))
+        .route(
+            "/_worker/workers/{worker_id}/tasks/next",
+            get(worker::next_task),
+        )
         .route("/_worker/tasks/result", post(worker::result))
         .route("/_worker/events", post(worker::events))
-        .route("/_public/status", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/_public/status",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
@@ -88,9 +112,10 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 }
 
 async fn add_version_header(mut response: Response) -> Response {
-    response
-        .headers_mut()
-        .insert(rxon::HEADER_RXON_VERSION, HeaderValue::from_static(rxon::PROTOCOL_VERSION));
+    response.headers_mut().insert(
+        rxon::HEADER_RXON_VERSION,
+        HeaderValue::from_static(rxon::PROTOCOL_VERSION),
+    );
     response
 }
 
@@ -100,5 +125,7 @@ pub async fn serve(
     app: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }

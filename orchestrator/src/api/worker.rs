@@ -27,17 +27,33 @@ fn signed_body(
     };
     let hint = path_id
         .map(str::to_string)
-        .or_else(|| headers.get(rxon::HEADER_WORKER_ID).and_then(|v| v.to_str().ok()).map(str::to_string))
-        .or_else(|| obj.get("worker_id").and_then(Value::as_str).map(str::to_string));
+        .or_else(|| {
+            headers
+                .get(rxon::HEADER_WORKER_ID)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        })
+        .or_else(|| {
+            obj.get("worker_id")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
     let (worker_id, secret) = state.auth.worker(headers, hint.as_deref())?;
     let value = Value::Object(obj);
-    state.auth.verify_message(&value, &worker_id, &secret, exclude)?;
+    state
+        .auth
+        .verify_message(&value, &worker_id, &secret, exclude)?;
     Ok(Some((worker_id, value)))
 }
 
-pub async fn register(State(state): State<AppState>, headers: HeaderMap, raw: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
-    let (worker_id, value) = signed_body(&state, &headers, raw, None, &[])?
-        .ok_or_else(|| ApiError::BadRequest("Invalid WorkerRegistration payload: empty body".into()))?;
+pub async fn register(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (worker_id, value) = signed_body(&state, &headers, raw, None, &[])?.ok_or_else(|| {
+        ApiError::BadRequest("Invalid WorkerRegistration payload: empty body".into())
+    })?;
     let reg: rxon::WorkerRegistration = body::typed(value, "WorkerRegistration")?;
     if reg.worker_id != worker_id {
         return Err(ApiError::Forbidden("Immediate sender ID mismatch".into()));
@@ -53,7 +69,12 @@ pub async fn register(State(state): State<AppState>, headers: HeaderMap, raw: Re
         .get(rxon::HEADER_RXON_VERSION)
         .and_then(|v| v.to_str().ok())
         .filter(|v| *v != rxon::PROTOCOL_VERSION)
-        .map(|v| format!("Protocol version mismatch! Orchestrator speaks {}, worker {v}", rxon::PROTOCOL_VERSION));
+        .map(|v| {
+            format!(
+                "Protocol version mismatch! Orchestrator speaks {}, worker {v}",
+                rxon::PROTOCOL_VERSION
+            )
+        });
     Ok(axum::Json(rxon::RegisterResponse {
         status: "registered".into(),
         version: Some(rxon::PROTOCOL_VERSION.into()),
@@ -86,7 +107,9 @@ pub async fn heartbeat(
     }
     match state.engine.heartbeat(&worker_id, hb.as_ref()) {
         Some(response) => Ok(axum::Json(response).into_response()),
-        None => Err(ApiError::NotFound(format!("Worker not found: {worker_id} is not registered; register again"))),
+        None => Err(ApiError::NotFound(format!(
+            "Worker not found: {worker_id} is not registered; register again"
+        ))),
     }
 }
 
@@ -108,17 +131,27 @@ pub async fn next_task(
     let max = state.engine.settings().max_poll_wait;
     let wait = match query.timeout {
         Some(t) if t.is_finite() && t >= 0.0 => Duration::from_secs_f64(t).min(max),
-        Some(_) => return Err(ApiError::BadRequest("timeout must be a non-negative number of seconds".into())),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "timeout must be a non-negative number of seconds".into(),
+            ));
+        }
         None => max,
     };
     match state.engine.next_task(&worker_id, wait).await {
         Ok(Some(task)) => Ok(axum::Json(task).into_response()),
         Ok(None) => Ok(StatusCode::NO_CONTENT.into_response()),
-        Err(()) => Err(ApiError::NotFound(format!("Worker not found: {worker_id} is not registered; register first"))),
+        Err(()) => Err(ApiError::NotFound(format!(
+            "Worker not found: {worker_id} is not registered; register first"
+        ))),
     }
 }
 
-pub async fn result(State(state): State<AppState>, headers: HeaderMap, raw: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub async fn result(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let (worker_id, value) = signed_body(&state, &headers, raw, None, &[])?
         .ok_or_else(|| ApiError::BadRequest("Invalid TaskResult payload: empty body".into()))?;
     let result: rxon::TaskResult = body::typed(value, "TaskResult")?;
@@ -132,7 +165,11 @@ pub async fn result(State(state): State<AppState>, headers: HeaderMap, raw: Resu
     Ok(axum::Json(state.engine.submit_result(&worker_id, &result)).into_response())
 }
 
-pub async fn events(State(state): State<AppState>, headers: HeaderMap, raw: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub async fn events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let (worker_id, value) = signed_body(&state, &headers, raw, None, &["bubbling_chain"])?
         .ok_or_else(|| ApiError::BadRequest("Invalid event payload: empty body".into()))?;
     let event: rxon::WorkerEventPayload = body::typed(value, "event")?;
@@ -142,6 +179,9 @@ pub async fn events(State(state): State<AppState>, headers: HeaderMap, raw: Resu
             event.worker_id
         )));
     }
-    state.engine.worker_event(&worker_id, &event).map_err(ApiError::Forbidden)?;
+    state
+        .engine
+        .worker_event(&worker_id, &event)
+        .map_err(ApiError::Forbidden)?;
     Ok(axum::Json(json!({"status": "event_accepted"})).into_response())
 }

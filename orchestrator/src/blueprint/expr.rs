@@ -32,7 +32,12 @@ impl Expr {
     pub fn compile(source: &str) -> Result<Self, String> {
         let compiled = ENV
             .compile_expression_owned(source.to_string())
-            .map_err(|e| format!("bad expression `{source}`: {}", e.detail().unwrap_or(&e.to_string())))?;
+            .map_err(|e| {
+                format!(
+                    "bad expression `{source}`: {}",
+                    e.detail().unwrap_or(&e.to_string())
+                )
+            })?;
         Ok(Self {
             source: source.to_string(),
             compiled,
@@ -52,7 +57,12 @@ impl Expr {
         if value.is_undefined() {
             return Ok(Value::Null);
         }
-        serde_json::to_value(&value).map_err(|e| format!("expression `{}` gave a value that is not JSON: {e}", self.source))
+        serde_json::to_value(&value).map_err(|e| {
+            format!(
+                "expression `{}` gave a value that is not JSON: {e}",
+                self.source
+            )
+        })
     }
 
     /// Evaluates as a condition (minijinja truthiness).
@@ -97,15 +107,41 @@ mod tests {
     #[test]
     fn defaults_and_types_are_kept() {
         let ctx = json!({"initial": {"message": "hi"}, "results": {}, "last": {}});
-        assert_eq!(Expr::compile("initial.multiply | default(2)").unwrap().eval(&ctx).unwrap(), json!(2));
-        assert_eq!(Expr::compile("initial.message | default('x')").unwrap().eval(&ctx).unwrap(), json!("hi"));
-        assert_eq!(Expr::compile("initial.nothing").unwrap().eval(&ctx).unwrap(), json!(null));
-        assert!(Expr::compile("initial.message == 'hi'").unwrap().truthy(&ctx).unwrap());
+        assert_eq!(
+            Expr::compile("initial.multiply | default(2)")
+                .unwrap()
+                .eval(&ctx)
+                .unwrap(),
+            json!(2)
+        );
+        assert_eq!(
+            Expr::compile("initial.message | default('x')")
+                .unwrap()
+                .eval(&ctx)
+                .unwrap(),
+            json!("hi")
+        );
+        assert_eq!(
+            Expr::compile("initial.nothing")
+                .unwrap()
+                .eval(&ctx)
+                .unwrap(),
+            json!(null)
+        );
+        assert!(
+            Expr::compile("initial.message == 'hi'")
+                .unwrap()
+                .truthy(&ctx)
+                .unwrap()
+        );
     }
 
     #[test]
     fn syntax_errors_are_reported_at_compile_time() {
         let err = Expr::compile("initial.message | | x").unwrap_err();
-        assert!(err.starts_with("bad expression `initial.message | | x`"), "{err}");
+        assert!(
+            err.starts_with("bad expression `initial.message | | x`"),
+            "{err}"
+        );
     }
 }

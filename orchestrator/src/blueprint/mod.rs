@@ -39,15 +39,23 @@ impl RetryPolicy {
         let Some(f) = file else { return d };
         Self {
             max_attempts: f.max_attempts.unwrap_or(d.max_attempts).max(1),
-            initial_backoff: f.initial_backoff_ms.map(Duration::from_millis).unwrap_or(d.initial_backoff),
-            max_backoff: f.max_backoff_ms.map(Duration::from_millis).unwrap_or(d.max_backoff),
+            initial_backoff: f
+                .initial_backoff_ms
+                .map(Duration::from_millis)
+                .unwrap_or(d.initial_backoff),
+            max_backoff: f
+                .max_backoff_ms
+                .map(Duration::from_millis)
+                .unwrap_or(d.max_backoff),
         }
     }
 
     /// Delay before attempt `next_attempt` (2 = first retry).
     pub fn backoff(&self, next_attempt: u32) -> Duration {
         let exp = next_attempt.saturating_sub(2).min(30);
-        self.initial_backoff.saturating_mul(1 << exp).min(self.max_backoff)
+        self.initial_backoff
+            .saturating_mul(1 << exp)
+            .min(self.max_backoff)
     }
 }
 
@@ -65,7 +73,9 @@ pub struct TaskSpec {
 #[derive(Debug)]
 pub enum Action {
     /// The job ends here with status `finished` (`true`) or `failed`.
-    End { finished: bool },
+    End {
+        finished: bool,
+    },
     Dispatch {
         task: TaskSpec,
         /// Result status → next state.
@@ -110,7 +120,9 @@ impl Blueprint {
                 Action::Dispatch { task, .. } => {
                     out.insert(task.task_type.as_str());
                 }
-                Action::Parallel { branches, .. } => out.extend(branches.values().map(|t| t.task_type.as_str())),
+                Action::Parallel { branches, .. } => {
+                    out.extend(branches.values().map(|t| t.task_type.as_str()))
+                }
                 _ => {}
             }
         }
@@ -130,29 +142,51 @@ fn secs(v: Option<f64>, what: &str) -> Result<Option<Duration>, String> {
     match v {
         None => Ok(None),
         Some(s) if s.is_finite() && s > 0.0 => Ok(Some(Duration::from_secs_f64(s))),
-        Some(s) => Err(format!("{what} must be a positive number of seconds, got {s}")),
+        Some(s) => Err(format!(
+            "{what} must be a positive number of seconds, got {s}"
+        )),
     }
 }
 
-fn compile_params(params: &BTreeMap<String, toml::Value>) -> Result<BTreeMap<String, ParamValue>, String> {
+fn compile_params(
+    params: &BTreeMap<String, toml::Value>,
+) -> Result<BTreeMap<String, ParamValue>, String> {
     params
         .iter()
-        .map(|(k, v)| ParamValue::from_toml(v).map(|p| (k.clone(), p)).map_err(|e| format!("param `{k}`: {e}")))
+        .map(|(k, v)| {
+            ParamValue::from_toml(v)
+                .map(|p| (k.clone(), p))
+                .map_err(|e| format!("param `{k}`: {e}"))
+        })
         .collect()
 }
 
 fn compile_state(name: &str, file: &StateFile) -> Result<Action, String> {
-    let kinds = [file.end.is_some(), file.dispatch.is_some(), file.parallel.is_some(), file.goto.is_some()];
+    let kinds = [
+        file.end.is_some(),
+        file.dispatch.is_some(),
+        file.parallel.is_some(),
+        file.goto.is_some(),
+    ];
     match kinds.iter().filter(|k| **k).count() {
-        0 => return Err("has no action: give it one of `end`, `dispatch`, `parallel` or `goto`".into()),
+        0 => {
+            return Err(
+                "has no action: give it one of `end`, `dispatch`, `parallel` or `goto`".into(),
+            );
+        }
         1 => {}
-        _ => return Err("has several actions; give it exactly one of `end`, `dispatch`, `parallel` or `goto`".into()),
+        _ => return Err(
+            "has several actions; give it exactly one of `end`, `dispatch`, `parallel` or `goto`"
+                .into(),
+        ),
     }
     if let Some(end) = &file.end {
         return match end.as_str() {
             "finished" => Ok(Action::End { finished: true }),
             "failed" => Ok(Action::End { finished: false }),
-            other => Err(format!("end must be \"finished\" or \"failed\", not {other:?}")),
+            other => Err(format!(
+                "end must be \"finished\" or \"failed\", not {other:?}"
+            )),
         };
     }
     if let Some(d) = &file.dispatch {
@@ -183,7 +217,8 @@ fn compile_state(name: &str, file: &StateFile) -> Result<Action, String> {
                 branch.clone(),
                 TaskSpec {
                     task_type: b.task.clone(),
-                    params: compile_params(&b.params).map_err(|e| format!("branch `{branch}`: {e}"))?,
+                    params: compile_params(&b.params)
+                        .map_err(|e| format!("branch `{branch}`: {e}"))?,
                     dispatch_timeout: secs(p.dispatch_timeout, "dispatch_timeout")?,
                     result_timeout: secs(p.result_timeout, "result_timeout")?,
                     retry: RetryPolicy::from_file(p.retry),
@@ -215,52 +250,97 @@ pub fn parse(source: &str, text: &str) -> Result<Blueprint, BlueprintError> {
         file: source.to_string(),
         problem,
     };
-    let file: BlueprintFile = toml::from_str(text).map_err(|e| err(format!("not a valid blueprint: {}", e.message())))?;
+    let file: BlueprintFile =
+        toml::from_str(text).map_err(|e| err(format!("not a valid blueprint: {}", e.message())))?;
     if file.name.trim().is_empty() {
         return Err(err("`name` is empty".into()));
     }
-    if !file.api_endpoint.starts_with('/') || file.api_endpoint.len() < 2 || file.api_endpoint.contains(['{', '}', '*']) {
-        return Err(err(format!("api_endpoint {:?} must be a plain path starting with `/`", file.api_endpoint)));
+    if !file.api_endpoint.starts_with('/')
+        || file.api_endpoint.len() < 2
+        || file.api_endpoint.contains(['{', '}', '*'])
+    {
+        return Err(err(format!(
+            "api_endpoint {:?} must be a plain path starting with `/`",
+            file.api_endpoint
+        )));
     }
     let version = file.api_version.clone().filter(|v| !v.is_empty());
     if let Some(v) = &version
-        && !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-')
+        && !v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-')
     {
-        return Err(err(format!("api_version {v:?} may only hold letters, digits, `.`, `_` and `-`")));
+        return Err(err(format!(
+            "api_version {v:?} may only hold letters, digits, `.`, `_` and `-`"
+        )));
     }
-    let starts: Vec<&String> = file.states.iter().filter(|(_, s)| s.start).map(|(n, _)| n).collect();
+    let starts: Vec<&String> = file
+        .states
+        .iter()
+        .filter(|(_, s)| s.start)
+        .map(|(n, _)| n)
+        .collect();
     match starts.as_slice() {
-        [] => return Err(err("no start state: mark one state with `start = true`".into())),
+        [] => {
+            return Err(err(
+                "no start state: mark one state with `start = true`".into()
+            ));
+        }
         [_] => {}
         many => {
             let names: Vec<&str> = many.iter().map(|s| s.as_str()).collect();
-            return Err(err(format!("several start states ({}); mark exactly one", names.join(", "))));
+            return Err(err(format!(
+                "several start states ({}); mark exactly one",
+                names.join(", ")
+            )));
         }
     }
     let mut states = BTreeMap::new();
     for (name, state) in &file.states {
-        let action = compile_state(name, state).map_err(|p| err(format!("state `{name}` {p}").replace("` has", "` has")))?;
-        states.insert(name.clone(), State { name: name.clone(), action });
+        let action = compile_state(name, state)
+            .map_err(|p| err(format!("state `{name}` {p}").replace("` has", "` has")))?;
+        states.insert(
+            name.clone(),
+            State {
+                name: name.clone(),
+                action,
+            },
+        );
     }
-    if !states.values().any(|s| matches!(s.action, Action::End { .. })) {
-        return Err(err("no end state: add a state with `end = \"finished\"` or `end = \"failed\"`".into()));
+    if !states
+        .values()
+        .any(|s| matches!(s.action, Action::End { .. }))
+    {
+        return Err(err(
+            "no end state: add a state with `end = \"finished\"` or `end = \"failed\"`".into(),
+        ));
     }
     for (name, state) in &states {
         let targets: Vec<(String, &String)> = match &state.action {
-            Action::Dispatch { on, .. } => on.iter().map(|(k, v)| (format!("transition `{k}`"), v)).collect(),
-            Action::Parallel { next, on_failure, .. } => {
+            Action::Dispatch { on, .. } => on
+                .iter()
+                .map(|(k, v)| (format!("transition `{k}`"), v))
+                .collect(),
+            Action::Parallel {
+                next, on_failure, ..
+            } => {
                 let mut t = vec![("`next`".to_string(), next)];
                 if let Some(f) = on_failure {
                     t.push(("`on_failure`".to_string(), f));
                 }
                 t
             }
-            Action::Goto(rules) => rules.iter().map(|(_, to)| ("goto".to_string(), to)).collect(),
+            Action::Goto(rules) => rules
+                .iter()
+                .map(|(_, to)| ("goto".to_string(), to))
+                .collect(),
             Action::End { .. } => vec![],
         };
         for (what, target) in targets {
             if !states.contains_key(target) {
-                return Err(err(format!("state `{name}`: {what} goes to unknown state `{target}`")));
+                return Err(err(format!(
+                    "state `{name}`: {what} goes to unknown state `{target}`"
+                )));
             }
         }
     }
@@ -298,7 +378,10 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Blueprint>, BlueprintError> {
             problem: format!("cannot read: {e}"),
         })?;
         let bp = parse(&source, &text)?;
-        if let Some(other) = out.iter().find(|b| b.name == bp.name || b.create_path == bp.create_path) {
+        if let Some(other) = out
+            .iter()
+            .find(|b| b.name == bp.name || b.create_path == bp.create_path)
+        {
             return Err(BlueprintError {
                 file: source,
                 problem: format!(

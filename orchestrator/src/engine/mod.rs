@@ -100,7 +100,11 @@ impl EngineState {
 
     pub fn add_timer(&mut self, at: Instant, timer: Timer) {
         let seq = self.next_seq();
-        if self.timers.first_key_value().is_none_or(|((first, _), _)| at < *first) {
+        if self
+            .timers
+            .first_key_value()
+            .is_none_or(|((first, _), _)| at < *first)
+        {
             self.timers_changed = true;
         }
         self.timers.insert((at, seq), timer);
@@ -153,7 +157,10 @@ impl Engine {
         let (writer, _writer_handle) = persist::spawn_writer(storage.clone());
         let shared = Arc::new(Shared {
             state: Mutex::new(EngineState::default()),
-            blueprints: blueprints.into_iter().map(|b| (b.name.clone(), Arc::new(b))).collect(),
+            blueprints: blueprints
+                .into_iter()
+                .map(|b| (b.name.clone(), Arc::new(b)))
+                .collect(),
             storage: storage.clone(),
             writer,
             timer_wake: Notify::new(),
@@ -170,7 +177,10 @@ impl Engine {
         {
             let mut st = engine.lock();
             let now = Instant::now();
-            st.add_timer(now + engine.shared.settings.sweep_interval, Timer::WorkerSweep);
+            st.add_timer(
+                now + engine.shared.settings.sweep_interval,
+                Timer::WorkerSweep,
+            );
             for job in unfinished {
                 machine::recover(&engine.shared, &mut st, job);
             }
@@ -219,11 +229,16 @@ impl Engine {
         let blueprint = self
             .blueprint(&new.blueprint)
             .ok_or_else(|| CreateError::Invalid(format!("unknown blueprint {}", new.blueprint)))?;
-        for (name, v) in [("dispatch_timeout", new.dispatch_timeout), ("result_timeout", new.result_timeout)] {
+        for (name, v) in [
+            ("dispatch_timeout", new.dispatch_timeout),
+            ("result_timeout", new.result_timeout),
+        ] {
             if let Some(v) = v
                 && !(v.is_finite() && v > 0.0)
             {
-                return Err(CreateError::Invalid(format!("'{name}' must be a positive number of seconds")));
+                return Err(CreateError::Invalid(format!(
+                    "'{name}' must be a positive number of seconds"
+                )));
             }
         }
         let (ack_tx, ack_rx) = oneshot::channel();
@@ -243,7 +258,15 @@ impl Engine {
     /// Waits until every change made so far is durable.
     pub async fn sync_storage(&self) {
         let (ack, done) = oneshot::channel();
-        if self.shared.writer.send(PersistMsg { write: None, ack: Some(ack) }).is_ok() {
+        if self
+            .shared
+            .writer
+            .send(PersistMsg {
+                write: None,
+                ack: Some(ack),
+            })
+            .is_ok()
+        {
             let _ = done.await;
         }
     }
@@ -265,14 +288,21 @@ impl Engine {
         let notify = {
             let mut st = self.lock();
             match st.jobs.get(&id) {
-                Some(job) if !job.status.is_terminal() => st.job_waiters.entry(id).or_default().clone(),
+                Some(job) if !job.status.is_terminal() => {
+                    st.job_waiters.entry(id).or_default().clone()
+                }
                 _ => return,
             }
         };
         let notified = notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        if self.lock().jobs.get(&id).is_none_or(|j| j.status.is_terminal()) {
+        if self
+            .lock()
+            .jobs
+            .get(&id)
+            .is_none_or(|j| j.status.is_terminal())
+        {
             return;
         }
         tokio::select! {
@@ -318,7 +348,11 @@ impl Engine {
     }
 
     /// Applies a heartbeat; `None` if the worker is not registered.
-    pub fn heartbeat(&self, worker_id: &str, hb: Option<&rxon::Heartbeat>) -> Option<rxon::HeartbeatResponse> {
+    pub fn heartbeat(
+        &self,
+        worker_id: &str,
+        hb: Option<&rxon::Heartbeat>,
+    ) -> Option<rxon::HeartbeatResponse> {
         let mut st = self.lock();
         let response = machine::heartbeat(&mut st, worker_id, hb);
         self.flush(&mut st);
@@ -335,7 +369,11 @@ impl Engine {
 
     /// Long-poll: the next task this worker can run, waiting up to `wait`.
     /// `Err` if the worker is not registered.
-    pub async fn next_task(&self, worker_id: &str, wait: Duration) -> Result<Option<rxon::TaskPayload>, ()> {
+    pub async fn next_task(
+        &self,
+        worker_id: &str,
+        wait: Duration,
+    ) -> Result<Option<rxon::TaskPayload>, ()> {
         let deadline = Instant::now() + wait.min(self.shared.settings.max_poll_wait);
         loop {
             let wake = {
@@ -359,7 +397,11 @@ impl Engine {
         }
     }
 
-    pub fn submit_result(&self, worker_id: &str, result: &rxon::TaskResult) -> rxon::ResultResponse {
+    pub fn submit_result(
+        &self,
+        worker_id: &str,
+        result: &rxon::TaskResult,
+    ) -> rxon::ResultResponse {
         let mut st = self.lock();
         let response = machine::apply_result(&self.shared, &mut st, worker_id, result);
         self.flush(&mut st);
@@ -367,7 +409,11 @@ impl Engine {
     }
 
     /// A worker event; `progress` updates the job. `Err` names a forbidden target.
-    pub fn worker_event(&self, worker_id: &str, event: &rxon::WorkerEventPayload) -> Result<(), String> {
+    pub fn worker_event(
+        &self,
+        worker_id: &str,
+        event: &rxon::WorkerEventPayload,
+    ) -> Result<(), String> {
         let mut st = self.lock();
         let result = machine::worker_event(&mut st, worker_id, event);
         self.flush(&mut st);
@@ -430,4 +476,3 @@ pub(crate) fn event(kind: &str, message: impl Into<String>) -> JobEvent {
         message: message.into(),
     }
 }
-

@@ -17,7 +17,12 @@ pub struct PersistMsg {
 /// Most writes put in one transaction.
 const MAX_BATCH: usize = 512;
 
-pub fn spawn_writer(storage: Arc<dyn Storage>) -> (mpsc::UnboundedSender<PersistMsg>, tokio::task::JoinHandle<()>) {
+pub fn spawn_writer(
+    storage: Arc<dyn Storage>,
+) -> (
+    mpsc::UnboundedSender<PersistMsg>,
+    tokio::task::JoinHandle<()>,
+) {
     let (tx, mut rx) = mpsc::unbounded_channel::<PersistMsg>();
     let handle = tokio::spawn(async move {
         let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -36,7 +41,8 @@ pub fn spawn_writer(storage: Arc<dyn Storage>) -> (mpsc::UnboundedSender<Persist
                     }
                     for m in msgs {
                         if let Some(ack) = m.ack {
-                            let _ = ack.send(outcome.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                            let _ =
+                                ack.send(outcome.as_ref().map(|_| ()).map_err(|e| e.to_string()));
                         }
                     }
                 }

@@ -29,11 +29,18 @@ impl Storage for MemoryStorage {
     fn write(&self, writes: &[JobWrite]) -> Result<(), StorageError> {
         let mut inner = self.lock();
         for w in writes {
-            let newer = inner.jobs.get(&w.job.id).is_none_or(|old| old.version < w.job.version);
+            let newer = inner
+                .jobs
+                .get(&w.job.id)
+                .is_none_or(|old| old.version < w.job.version);
             if newer {
                 inner.jobs.insert(w.job.id, w.job.clone());
             }
-            inner.events.entry(w.job.id).or_default().extend(w.events.iter().cloned());
+            inner
+                .events
+                .entry(w.job.id)
+                .or_default()
+                .extend(w.events.iter().cloned());
         }
         Ok(())
     }
@@ -51,7 +58,12 @@ impl Storage for MemoryStorage {
             .filter(|j| filter.status.is_none_or(|s| j.status == s))
             .collect();
         jobs.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
-        Ok(jobs.into_iter().skip(filter.offset).take(filter.limit).cloned().collect())
+        Ok(jobs
+            .into_iter()
+            .skip(filter.offset)
+            .take(filter.limit)
+            .cloned()
+            .collect())
     }
 
     fn job_events(&self, id: Uuid) -> Result<Vec<JobEvent>, StorageError> {
@@ -60,7 +72,12 @@ impl Storage for MemoryStorage {
 
     fn unfinished_jobs(&self) -> Result<Vec<Job>, StorageError> {
         let inner = self.lock();
-        let mut jobs: Vec<Job> = inner.jobs.values().filter(|j| !j.status.is_terminal()).cloned().collect();
+        let mut jobs: Vec<Job> = inner
+            .jobs
+            .values()
+            .filter(|j| !j.status.is_terminal())
+            .cloned()
+            .collect();
         jobs.sort_by_key(|j| j.created_at);
         Ok(jobs)
     }

@@ -44,11 +44,15 @@ fn backend(e: impl std::fmt::Display) -> StorageError {
 impl SqliteStorage {
     pub fn open(path: &Path) -> Result<Self, StorageError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| backend(format!("cannot create {}: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| backend(format!("cannot create {}: {e}", parent.display())))?;
         }
-        let conn = Connection::open(path).map_err(|e| backend(format!("cannot open {}: {e}", path.display())))?;
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")
-            .map_err(backend)?;
+        let conn = Connection::open(path)
+            .map_err(|e| backend(format!("cannot open {}: {e}", path.display())))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
+        )
+        .map_err(backend)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
         Ok(Self {
             conn: Mutex::new(conn),
@@ -80,7 +84,9 @@ impl Storage for SqliteStorage {
                 )
                 .map_err(backend)?;
             let mut event = tx
-                .prepare_cached("INSERT INTO job_events (job_id, at, event, message) VALUES (?1, ?2, ?3, ?4)")
+                .prepare_cached(
+                    "INSERT INTO job_events (job_id, at, event, message) VALUES (?1, ?2, ?3, ?4)",
+                )
                 .map_err(backend)?;
             for w in writes {
                 let job = &w.job;
@@ -99,7 +105,12 @@ impl Storage for SqliteStorage {
                     .map_err(backend)?;
                 for e in &w.events {
                     event
-                        .execute(params![job.id.to_string(), e.at.to_rfc3339(), e.event, e.message])
+                        .execute(params![
+                            job.id.to_string(),
+                            e.at.to_rfc3339(),
+                            e.event,
+                            e.message
+                        ])
                         .map_err(backend)?;
                 }
             }
@@ -143,11 +154,17 @@ impl Storage for SqliteStorage {
     fn job_events(&self, id: Uuid) -> Result<Vec<JobEvent>, StorageError> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare_cached("SELECT at, event, message FROM job_events WHERE job_id = ?1 ORDER BY seq")
+            .prepare_cached(
+                "SELECT at, event, message FROM job_events WHERE job_id = ?1 ORDER BY seq",
+            )
             .map_err(backend)?;
         let rows = stmt
             .query_map([id.to_string()], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
             })
             .map_err(backend)?;
         rows.map(|r| {
@@ -168,7 +185,9 @@ impl Storage for SqliteStorage {
                  ORDER BY created_at",
             )
             .map_err(backend)?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(backend)?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(backend)?;
         rows.map(|r| r.map_err(backend).and_then(decode)).collect()
     }
 

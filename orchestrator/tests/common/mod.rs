@@ -18,7 +18,11 @@ pub async fn engine_with(states: &str, settings: EngineSettings) -> Engine {
     engine_on(states, settings, Arc::new(MemoryStorage::default())).await
 }
 
-pub async fn engine_on(states: &str, settings: EngineSettings, storage: Arc<dyn Storage>) -> Engine {
+pub async fn engine_on(
+    states: &str,
+    settings: EngineSettings,
+    storage: Arc<dyn Storage>,
+) -> Engine {
     let bp = blueprint::parse("flow.toml", &format!("{HEAD}{states}")).unwrap();
     Engine::start(vec![bp], storage, settings).await.unwrap()
 }

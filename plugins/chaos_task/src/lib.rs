@@ -41,7 +41,10 @@ static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 struct ChaosTask;
 
 fn ok(data: Value) -> Result<TaskOutput, TaskError> {
-    Ok(TaskOutput { status: "success".into(), data: data.to_string() })
+    Ok(TaskOutput {
+        status: "success".into(),
+        data: data.to_string(),
+    })
 }
 
 impl Guest for ChaosTask {

@@ -84,7 +84,10 @@ impl Guest for EchoTask {
         }
         host::log(
             LogLevel::Info,
-            &format!("processing message {:?} x{}", params.message, params.multiply),
+            &format!(
+                "processing message {:?} x{}",
+                params.message, params.multiply
+            ),
         );
         if params.work_ms > 0 {
             host::progress(0.0, "working");

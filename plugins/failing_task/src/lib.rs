@@ -21,7 +21,10 @@ impl Guest for FailingTask {
     }
 
     fn execute(task: Task) -> Result<TaskOutput, TaskError> {
-        host::log(LogLevel::Warn, &format!("failing task {} on purpose", task.task_id));
+        host::log(
+            LogLevel::Warn,
+            &format!("failing task {} on purpose", task.task_id),
+        );
         Err(TaskError {
             kind: ErrorKind::Transient,
             message: "Intentional failure for testing".into(),

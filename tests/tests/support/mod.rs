@@ -31,7 +31,11 @@ pub fn binary(name: &str) -> PathBuf {
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A child process that is stopped (SIGTERM, then SIGKILL) when dropped,
@@ -47,8 +51,14 @@ impl Proc {
         let out = std::fs::File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Self { name: name.into(), child: Some(child), log }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Self {
+            name: name.into(),
+            child: Some(child),
+            log,
+        }
     }
 
     pub fn log_text(&self) -> String {
@@ -59,7 +69,9 @@ impl Proc {
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
         // Ask politely first (SIGTERM, by pid), as a user's Ctrl-C would.
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {
@@ -72,7 +84,9 @@ impl Proc {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 }
 
@@ -81,7 +95,12 @@ impl Drop for Proc {
         if self.child.is_some() {
             self.stop();
             if std::thread::panicking() {
-                eprintln!("----- {} log ({}) -----\n{}", self.name, self.log.display(), self.log_text());
+                eprintln!(
+                    "----- {} log ({}) -----\n{}",
+                    self.name,
+                    self.log.display(),
+                    self.log_text()
+                );
             }
         }
     }
@@ -140,26 +159,47 @@ impl Stack {
         let mut cmd = Command::new(binary("orchestrator"));
         cmd.args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .arg("--storage")
-            .arg(format!("sqlite:{}", self.dir.path().join("orchestrator.db").display()))
+            .arg(format!(
+                "sqlite:{}",
+                self.dir.path().join("orchestrator.db").display()
+            ))
             .arg("--blueprints-dir")
             .arg(self.dir.path().join("blueprints"))
             .env("CLIENT_TOKEN", CLIENT_TOKEN)
             .env("GLOBAL_WORKER_TOKEN", WORKER_TOKEN)
             .env("RUST_LOG", "info");
         let n = std::fs::read_dir(self.dir.path()).unwrap().count();
-        self.orchestrator = Some(Proc::spawn("orchestrator", cmd, self.dir.path().join(format!("orchestrator-{n}.log"))));
+        self.orchestrator = Some(Proc::spawn(
+            "orchestrator",
+            cmd,
+            self.dir.path().join(format!("orchestrator-{n}.log")),
+        ));
     }
 
     pub fn start_worker(&mut self) {
         let mut cmd = Command::new(binary("worker-host"));
-        cmd.env("ORCHESTRATOR_URL", format!("http://localhost:{}", self.port))
-            .env("WORKER_ID", WORKER_ID)
-            .env("WORKER_TOKEN", WORKER_TOKEN)
-            .env("RUST_LOG", "info")
-            .args(["--worker-type", "test-worker", "--max-concurrent-tasks", "5", "--heartbeat-interval", "1"])
-            .arg("--plugins-dir")
-            .arg(self.dir.path().join("plugins"));
-        self.worker = Some(Proc::spawn("worker-host", cmd, self.dir.path().join("worker.log")));
+        cmd.env(
+            "ORCHESTRATOR_URL",
+            format!("http://localhost:{}", self.port),
+        )
+        .env("WORKER_ID", WORKER_ID)
+        .env("WORKER_TOKEN", WORKER_TOKEN)
+        .env("RUST_LOG", "info")
+        .args([
+            "--worker-type",
+            "test-worker",
+            "--max-concurrent-tasks",
+            "5",
+            "--heartbeat-interval",
+            "1",
+        ])
+        .arg("--plugins-dir")
+        .arg(self.dir.path().join("plugins"));
+        self.worker = Some(Proc::spawn(
+            "worker-host",
+            cmd,
+            self.dir.path().join("worker.log"),
+        ));
     }
 
     /// Orchestrator up and the worker registered.
@@ -171,22 +211,42 @@ impl Stack {
     }
 
     pub async fn wait_ready(&self) {
-        wait_until("the orchestrator to listen", Duration::from_secs(30), || async {
-            self.http.get(format!("{}/_public/status", self.base)).send().await.is_ok_and(|r| r.status().is_success())
-        })
+        wait_until(
+            "the orchestrator to listen",
+            Duration::from_secs(30),
+            || async {
+                self.http
+                    .get(format!("{}/_public/status", self.base))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            },
+        )
         .await;
     }
 
     pub async fn wait_worker(&self) {
-        wait_until("the worker to register", Duration::from_secs(60), || async {
-            let (status, v) = self.get("/api/v1/workers").await;
-            status == 200 && v.as_array().is_some_and(|a| a.iter().any(|w| w["worker_id"] == WORKER_ID))
-        })
+        wait_until(
+            "the worker to register",
+            Duration::from_secs(60),
+            || async {
+                let (status, v) = self.get("/api/v1/workers").await;
+                status == 200
+                    && v.as_array()
+                        .is_some_and(|a| a.iter().any(|w| w["worker_id"] == WORKER_ID))
+            },
+        )
         .await;
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let resp = self.http.get(format!("{}{path}", self.base)).header("X-Client-Token", CLIENT_TOKEN).send().await.unwrap();
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("X-Client-Token", CLIENT_TOKEN)
+            .send()
+            .await
+            .unwrap();
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
@@ -215,7 +275,9 @@ impl Stack {
             let (status, job) = self.get(&format!("/api/v1/jobs/{id}?wait=10")).await;
             assert_eq!(status, 200, "{job}");
             let st = job["status"].as_str().unwrap_or_default();
-            if ["finished", "failed", "quarantined", "cancelled"].contains(&st) || Instant::now() > deadline {
+            if ["finished", "failed", "quarantined", "cancelled"].contains(&st)
+                || Instant::now() > deadline
+            {
                 return job;
             }
         }
@@ -223,8 +285,14 @@ impl Stack {
 
     pub fn logs(&self) -> (String, String) {
         (
-            self.orchestrator.as_ref().map(|p| p.log_text()).unwrap_or_default(),
-            self.worker.as_ref().map(|p| p.log_text()).unwrap_or_default(),
+            self.orchestrator
+                .as_ref()
+                .map(|p| p.log_text())
+                .unwrap_or_default(),
+            self.worker
+                .as_ref()
+                .map(|p| p.log_text())
+                .unwrap_or_default(),
         )
     }
 }

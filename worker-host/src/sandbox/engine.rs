@@ -57,7 +57,10 @@ impl SandboxEngine {
     /// Builds the engine and starts its epoch ticker (a thread that lives as
     /// long as the engine does).
     pub fn new(config: SandboxConfig) -> anyhow::Result<Self> {
-        let (engine, pooling) = match Engine::new(&base_config(&config, Some(pool_config(&config)))?) {
+        let (engine, pooling) = match Engine::new(&base_config(
+            &config,
+            Some(pool_config(&config)),
+        )?) {
             Ok(engine) => (engine, true),
             Err(e) => {
                 tracing::warn!(
@@ -75,7 +78,10 @@ impl SandboxEngine {
     }
 }
 
-fn base_config(sandbox: &SandboxConfig, pool: Option<PoolingAllocationConfig>) -> anyhow::Result<Config> {
+fn base_config(
+    sandbox: &SandboxConfig,
+    pool: Option<PoolingAllocationConfig>,
+) -> anyhow::Result<Config> {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
@@ -94,7 +100,10 @@ fn base_config(sandbox: &SandboxConfig, pool: Option<PoolingAllocationConfig>) -
 fn pool_config(sandbox: &SandboxConfig) -> PoolingAllocationConfig {
     // Room for every concurrent task plus the short-lived instances used to
     // describe plugins while loading, with headroom for tasks being torn down.
-    let instances = (sandbox.max_concurrent_tasks as u32).saturating_mul(2).max(4) + 4;
+    let instances = (sandbox.max_concurrent_tasks as u32)
+        .saturating_mul(2)
+        .max(4)
+        + 4;
     // A Rust component instantiates a handful of core modules (main module
     // plus adapter shims), each with at most a memory and a few tables.
     let core = instances.saturating_mul(8);
@@ -120,6 +129,8 @@ fn start_epoch_ticker(engine: &Engine) {
             }
         });
     if let Err(e) = spawned {
-        tracing::error!("cannot start the epoch ticker thread: {e}; task timeouts rely on tokio alone");
+        tracing::error!(
+            "cannot start the epoch ticker thread: {e}; task timeouts rely on tokio alone"
+        );
     }
 }

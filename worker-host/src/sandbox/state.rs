@@ -109,7 +109,11 @@ impl taskworker::plugin::host::Host for TaskState {
     }
 
     fn progress(&mut self, fraction: f32, message: String) {
-        let fraction = if fraction.is_finite() { fraction.clamp(0.0, 1.0) } else { 0.0 };
+        let fraction = if fraction.is_finite() {
+            fraction.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
         let message = truncate(&message, MAX_LOG_MESSAGE).to_string();
         self.progress.send_replace(Some((fraction, message)));
     }

@@ -82,7 +82,10 @@ fn classify_failure(
     if error.is_none() || timed_out {
         return TaskOutcome::failed(
             error_code::TIMEOUT,
-            format!("task exceeded its time limit of {} and was stopped", fmt_duration(timeout)),
+            format!(
+                "task exceeded its time limit of {} and was stopped",
+                fmt_duration(timeout)
+            ),
         );
     }
     if state.limiter.exceeded {
@@ -121,7 +124,7 @@ fn classify_failure(
 }
 
 fn fmt_duration(d: Duration) -> String {
-    if d.as_millis() % 1000 == 0 {
+    if d.as_millis().is_multiple_of(1000) {
         format!("{} s", d.as_secs())
     } else {
         format!("{} ms", d.as_millis())
@@ -133,7 +136,10 @@ fn log_captured_output(store: &Store<TaskState>) {
     let state = store.data();
     for (stream, pipe) in [("stdout", &state.stdout), ("stderr", &state.stderr)] {
         let bytes = pipe.contents();
-        for line in String::from_utf8_lossy(&bytes).lines().filter(|l| !l.is_empty()) {
+        for line in String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|l| !l.is_empty())
+        {
             tracing::info!(task_id = %state.task_id, stream, "plugin {stream}: {line}");
         }
     }
@@ -190,7 +196,10 @@ fn completed(status: String, data: &str) -> TaskOutcome {
         Ok(serde_json::Value::Object(data)) => TaskOutcome::Completed { status, data },
         Ok(other) => TaskOutcome::failed(
             error_code::CONTRACT_VIOLATION,
-            format!("plugin result data must be a JSON object, got {}", json_kind(&other)),
+            format!(
+                "plugin result data must be a JSON object, got {}",
+                json_kind(&other)
+            ),
         ),
         Err(e) => TaskOutcome::failed(
             error_code::CONTRACT_VIOLATION,
@@ -211,22 +220,32 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 }
 
 /// Asks a plugin for its skills, in a fresh instance bounded like a task.
-pub async fn describe(engine: &SandboxEngine, pre: &TaskPluginPre<TaskState>) -> anyhow::Result<Vec<Skill>> {
+pub async fn describe(
+    engine: &SandboxEngine,
+    pre: &TaskPluginPre<TaskState>,
+) -> anyhow::Result<Vec<Skill>> {
     let timeout = engine.config.task_timeout.min(Duration::from_secs(10));
     let (progress, _) = watch::channel(None);
     let mut store = new_store(engine, "describe", timeout, progress);
     let call = async {
         let instance = pre.instantiate_async(&mut store).await?;
-        instance.taskworker_plugin_handler().call_describe(&mut store).await
+        instance
+            .taskworker_plugin_handler()
+            .call_describe(&mut store)
+            .await
     };
     let result = tokio::time::timeout(timeout, call).await;
     log_captured_output(&store);
     match result {
         Ok(Ok(skills)) => Ok(skills),
-        Ok(Err(trap)) => match classify_failure(&store, Some(trap), timeout, engine.config.memory_limit) {
-            TaskOutcome::Failed { message, .. } => anyhow::bail!("describe() failed: {message}"),
-            TaskOutcome::Completed { .. } => anyhow::bail!("describe() failed"),
-        },
+        Ok(Err(trap)) => {
+            match classify_failure(&store, Some(trap), timeout, engine.config.memory_limit) {
+                TaskOutcome::Failed { message, .. } => {
+                    anyhow::bail!("describe() failed: {message}")
+                }
+                TaskOutcome::Completed { .. } => anyhow::bail!("describe() failed"),
+            }
+        }
         Err(_) => anyhow::bail!("describe() did not return within {}", fmt_duration(timeout)),
     }
 }
