@@ -206,3 +206,44 @@ async fn accepted_jobs_survive_an_orchestrator_restart() {
         assert_eq!(job["result"]["multiplied_by"], n + 1);
     }
 }
+
+#[tokio::test]
+async fn a_plugin_dropped_into_the_directory_is_served_without_a_restart() {
+    let mut stack = Stack::new();
+    stack.start().await;
+    let id = stack.create("/jobs/hot", json!({"doc": 42})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, job) = stack.get(&format!("/api/v1/jobs/{id}")).await;
+    assert_eq!(
+        job["waiting_reason"],
+        "no registered worker offers task type custom_status"
+    );
+    // Deploy: copy the new component in (write to a temp name, then rename, as a deploy tool would).
+    let plugins = stack.dir.path().join("plugins");
+    std::fs::copy(
+        plugin_fixtures::CHAOS_TASK,
+        plugins.join("chaos_task.wasm.part"),
+    )
+    .unwrap();
+    std::fs::rename(
+        plugins.join("chaos_task.wasm.part"),
+        plugins.join("chaos_task.wasm"),
+    )
+    .unwrap();
+    let job = stack.finished(&id).await;
+    assert_eq!(job["status"], "finished", "{job}");
+    assert_eq!(job["current_state"], "review");
+    assert_eq!(job["result"]["params"]["doc"], 42);
+    assert!(stack.worker.as_mut().unwrap().is_running());
+    let worker_log = stack.logs().1;
+    assert!(
+        worker_log.contains("plugins reloaded; supported tasks:"),
+        "{worker_log}"
+    );
+    // The old skills are still served.
+    let id = stack.create("/jobs/test", echo_body("still", 2)).await;
+    assert_eq!(
+        stack.finished(&id).await["result"]["processed_message"],
+        "still still"
+    );
+}

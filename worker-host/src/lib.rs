@@ -12,13 +12,15 @@
 //!   bounds, captured output) producing a [`outcome::TaskOutcome`].
 //!
 //! Around that: [`client`] speaks the worker protocol, [`worker`] is the
-//! register/heartbeat/poll/execute/submit loop, [`config`] is the CLI, and
+//! register/heartbeat/poll/execute/submit loop, [`plugin_watch`] reloads the
+//! plugins directory when it changes (hot deployment), [`config`] is the CLI, and
 //! [`telemetry`] sets up logs.
 
 pub mod client;
 pub mod config;
 pub mod outcome;
 pub mod plugin_store;
+pub mod plugin_watch;
 pub mod sandbox;
 pub mod telemetry;
 pub mod worker;

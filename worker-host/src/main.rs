@@ -43,7 +43,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         args.worker_id
     );
     let engine = SandboxEngine::new(args.sandbox.to_config(args.max_concurrent_tasks)?)?;
-    let loader = PluginLoader::new(engine.clone())?;
+    let loader = std::sync::Arc::new(PluginLoader::new(engine.clone())?);
     let plugins = loader.load_dir(&args.plugins_dir).await?;
     let client = OrchestratorClient::new(&args.orchestrator_url, &args.worker_id, &token)?;
     let settings = WorkerSettings {
@@ -56,6 +56,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let worker = Worker::new(client, engine, plugins, settings);
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
+    tokio::spawn(worker_host::plugin_watch::watch(
+        worker.clone(),
+        loader,
+        args.plugins_dir.clone(),
+        shutdown.clone(),
+    ));
     worker.run(shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }

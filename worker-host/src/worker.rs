@@ -55,13 +55,13 @@ pub struct Worker {
 struct Inner {
     client: OrchestratorClient,
     engine: SandboxEngine,
-    plugins: PluginSet,
+    /// The plugins in service; swapped whole when the directory changes.
+    plugins: std::sync::RwLock<Arc<PluginSet>>,
     settings: WorkerSettings,
     /// Ids of the tasks running now, reported in heartbeats.
     in_flight: Mutex<BTreeSet<String>>,
     /// Serialises re-registration so many loops noticing at once register once.
     registration: tokio::sync::Mutex<u64>,
-    skills_hash: String,
 }
 
 /// Doubling delay between retries, reset by a success.
@@ -96,26 +96,63 @@ impl Worker {
         plugins: PluginSet,
         settings: WorkerSettings,
     ) -> Self {
-        let skills: Vec<rxon::SkillInfo> = plugins.skills().map(|(s, _)| skill_info(s)).collect();
-        let skills_hash = hex_sha256(&serde_json::to_vec(&skills).unwrap_or_default());
         Self {
             inner: Arc::new(Inner {
                 client,
                 engine,
-                plugins,
+                plugins: std::sync::RwLock::new(Arc::new(plugins)),
                 settings,
                 in_flight: Mutex::new(BTreeSet::new()),
                 registration: tokio::sync::Mutex::new(0),
-                skills_hash,
             }),
+        }
+    }
+
+    /// The plugins in service now.
+    pub fn plugins(&self) -> Arc<PluginSet> {
+        self.inner
+            .plugins
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn skills(&self) -> Vec<rxon::SkillInfo> {
+        self.plugins()
+            .skills()
+            .map(|(s, _)| skill_info(s))
+            .collect()
+    }
+
+    fn skills_hash(&self) -> String {
+        hex_sha256(&serde_json::to_vec(&self.skills()).unwrap_or_default())
+    }
+
+    /// Puts a new plugin set in service and tells the orchestrator about the
+    /// new skills. Tasks already running keep the plugin they started with.
+    pub async fn replace_plugins(&self, plugins: PluginSet, shutdown: &CancellationToken) {
+        let before = self.plugins().skill_names();
+        *self
+            .inner
+            .plugins
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(plugins);
+        let after = self.plugins().skill_names();
+        tracing::info!(
+            "plugins reloaded; supported tasks: {} (before: {})",
+            after.join(", "),
+            before.join(", ")
+        );
+        let mut generation = self.inner.registration.lock().await;
+        if self.register_until_ok(shutdown).await {
+            *generation += 1;
         }
     }
 
     /// The registration message this worker sends.
     pub fn registration(&self) -> WorkerRegistration {
         let inner = &self.inner;
-        let skills: Vec<rxon::SkillInfo> =
-            inner.plugins.skills().map(|(s, _)| skill_info(s)).collect();
+        let skills = self.skills();
         WorkerRegistration {
             worker_id: inner.client.worker_id().to_string(),
             worker_type: inner.settings.worker_type.clone(),
@@ -142,7 +179,7 @@ impl Worker {
                 "worker-host": env!("CARGO_PKG_VERSION"),
                 "wasmtime": "48"
             })),
-            skills_hash: Some(inner.skills_hash.clone()),
+            skills_hash: Some(self.skills_hash()),
             metadata: None,
             security: None,
             timestamp: None,
@@ -156,9 +193,9 @@ impl Worker {
         tracing::info!("orchestrator: {}", inner.client.base_url());
         tracing::info!(
             "supported tasks: {}",
-            inner.plugins.skill_names().join(", ")
+            self.plugins().skill_names().join(", ")
         );
-        if inner.plugins.is_empty() {
+        if self.plugins().is_empty() {
             tracing::warn!("no plugin loaded: this worker cannot serve any task");
         }
         if !self.register_until_ok(&shutdown).await {
@@ -251,10 +288,9 @@ impl Worker {
             status: status.to_string(),
             usage: None,
             current_tasks: Some(current),
-            supported_skills: full_sync
-                .then(|| inner.plugins.skills().map(|(s, _)| skill_info(s)).collect()),
-            available_skills: Some(inner.plugins.skill_names()),
-            skills_hash: Some(inner.skills_hash.clone()),
+            supported_skills: full_sync.then(|| self.skills()),
+            available_skills: Some(self.plugins().skill_names()),
+            skills_hash: Some(self.skills_hash()),
             security: None,
             timestamp: None,
         }
@@ -374,7 +410,8 @@ impl Worker {
 
     async fn execute(&self, payload: &TaskPayload, params: String) -> TaskOutcome {
         let inner = &self.inner;
-        let Some(plugin) = inner.plugins.get(&payload.task_type) else {
+        let plugins = self.plugins();
+        let Some(plugin) = plugins.get(&payload.task_type) else {
             return TaskOutcome::failed(
                 rxon::error_code::PERMANENT,
                 format!(

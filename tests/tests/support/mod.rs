@@ -129,6 +129,20 @@ dispatch.on = { success = "done" }
 end = "finished"
 "#;
 
+/// Uses a skill of `chaos_task`, which the stack does not deploy at first.
+pub const HOT_FLOW: &str = r#"
+name = "hot_flow"
+api_endpoint = "/jobs/hot"
+api_version = "v1"
+[states.start]
+start = true
+dispatch.task = "custom_status"
+dispatch.params.doc = "initial.doc"
+dispatch.on = { needs_review = "review" }
+[states.review]
+end = "finished"
+"#;
+
 impl Stack {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -139,6 +153,7 @@ impl Stack {
             std::fs::copy(&path, blueprints.join(path.file_name().unwrap())).unwrap();
         }
         std::fs::write(blueprints.join("ghost_flow.toml"), GHOST_FLOW).unwrap();
+        std::fs::write(blueprints.join("hot_flow.toml"), HOT_FLOW).unwrap();
         let plugins = dir.path().join("plugins");
         std::fs::create_dir(&plugins).unwrap();
         for p in [plugin_fixtures::ECHO_TASK, plugin_fixtures::FAILING_TASK] {
