@@ -2,12 +2,25 @@
 # Installs what building needs (the wasm32-wasip2 target), builds the plugins
 # into dist/plugins and the orchestrator and worker-host binaries.
 # Safe to run again. Used by demo.sh and test.sh.
+#   --with-cargo-component   also install cargo-component (the tests build the
+#                            plugins with it too; the first install takes ~10 min)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
     echo "==> installing the wasm32-wasip2 target"
     rustup target add wasm32-wasip2
+fi
+
+if [ "${1:-}" = "--with-cargo-component" ]; then
+    if ! rustup target list --installed | grep -qx wasm32-wasip1; then
+        echo "==> installing the wasm32-wasip1 target (cargo-component builds for it)"
+        rustup target add wasm32-wasip1
+    fi
+    if ! cargo component --version >/dev/null 2>&1; then
+        echo "==> installing cargo-component (first time only; takes a while)"
+        cargo install cargo-component --locked
+    fi
 fi
 
 echo "==> building the plugins (plugins/, wasm32-wasip2)"

@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-./scripts/setup.sh
+./scripts/setup.sh --with-cargo-component
 echo "==> cargo test --workspace"
 cargo test --workspace
