@@ -172,6 +172,9 @@ pub struct Job {
     pub finished_at: Option<DateTime<Utc>>,
     /// Bumped on every change; storage keeps the highest.
     pub version: u64,
+    /// Set once the end-of-job webhook has been queued.
+    #[serde(default)]
+    pub webhook_sent: bool,
 }
 
 impl Job {

@@ -751,3 +751,71 @@ async fn a_worker_takes_a_task_over_http_and_finishes_the_job() {
     assert_eq!(w1["supported_skills"], json!(["echo_task"]));
     assert_eq!(w1["status"], "idle");
 }
+
+#[tokio::test]
+async fn a_webhook_reports_the_end_of_the_job() {
+    let s = server().await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let hook = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::Json<Value>| {
+            let tx = tx.clone();
+            async move {
+                tx.send(body.0).unwrap();
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
+
+    assert_eq!(s.register("w1", WORKER_TOKEN).await.0, StatusCode::OK);
+    let id = s
+        .create(json!({"initial_data": {"message": "m"}, "webhook_url": hook_url}))
+        .await;
+    let (_, task) = s
+        .worker(
+            Method::GET,
+            "/_worker/workers/w1/tasks/next?timeout=5",
+            "w1",
+            WORKER_TOKEN,
+            None,
+        )
+        .await;
+    let result = json!({"job_id": id, "task_id": task["task_id"], "status": "failure", "error": {"code": "INVALID_INPUT_ERROR", "message": "no"}});
+    s.worker(
+        Method::POST,
+        "/_worker/tasks/result",
+        "w1",
+        WORKER_TOKEN,
+        Some(signed(result, "w1", WORKER_TOKEN)),
+    )
+    .await;
+    let body = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(body["event"], "job_failed");
+    assert_eq!(body["job_id"], id);
+    assert_eq!(body["current_state"], "failed");
+    assert_eq!(
+        body["error"],
+        json!({"code": "INVALID_INPUT_ERROR", "message": "no"})
+    );
+    let (st, err) = s
+        .client(
+            Method::POST,
+            "/api/v1/jobs/test",
+            Some(CLIENT),
+            Some(r#"{"initial_data": {}, "webhook_url": "ftp://x"}"#),
+        )
+        .await;
+    assert_eq!(
+        (st, err["error"].as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            Some("'webhook_url' must be an http(s) URL")
+        )
+    );
+}

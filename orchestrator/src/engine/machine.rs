@@ -49,11 +49,16 @@ fn take(st: &mut EngineState, id: Uuid) -> Option<Job> {
     st.jobs.remove(&id)
 }
 
-fn put(st: &mut EngineState, job: Job) {
-    if job.status.is_terminal()
-        && let Some(waiters) = st.job_waiters.remove(&job.id)
-    {
-        waiters.notify_waiters();
+fn put(st: &mut EngineState, mut job: Job) {
+    if job.status.is_terminal() {
+        if let Some(waiters) = st.job_waiters.remove(&job.id) {
+            waiters.notify_waiters();
+        }
+        if let (Some(url), false) = (&job.webhook_url, job.webhook_sent) {
+            st.webhooks
+                .push(super::webhook::Webhook::for_job(url, &job));
+            job.webhook_sent = true;
+        }
     }
     st.jobs.insert(job.id, job);
 }
@@ -94,6 +99,7 @@ pub fn create(
         updated_at: now,
         finished_at: None,
         version: 0,
+        webhook_sent: false,
     };
     let initial = serde_json::to_string(&job.initial_data).unwrap_or_default();
     tracing::info!(job_id = %id, "job {id} started ({}) with initial data {initial}", bp.name);

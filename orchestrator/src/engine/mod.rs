@@ -13,6 +13,7 @@
 
 pub(crate) mod machine;
 pub mod persist;
+pub mod webhook;
 pub mod workers;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -90,6 +91,8 @@ pub struct EngineState {
     pub outbox: Vec<PersistMsg>,
     /// Set when a timer earlier than the timer loop's next one was added.
     pub timers_changed: bool,
+    /// End-of-job notifications to send once the lock is released.
+    pub webhooks: Vec<webhook::Webhook>,
 }
 
 impl EngineState {
@@ -118,6 +121,7 @@ pub(crate) struct Shared {
     pub writer: mpsc::UnboundedSender<PersistMsg>,
     pub timer_wake: Notify,
     pub settings: EngineSettings,
+    pub http: reqwest::Client,
 }
 
 /// Handle to the engine; cheap to clone.
@@ -165,6 +169,12 @@ impl Engine {
             writer,
             timer_wake: Notify::new(),
             settings,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .map_err(|e| {
+                    StorageError::Backend(format!("cannot build the webhook HTTP client: {e}"))
+                })?,
         });
         let engine = Self { shared };
         let unfinished = {
@@ -207,6 +217,9 @@ impl Engine {
         }
         if std::mem::take(&mut st.timers_changed) {
             self.shared.timer_wake.notify_one();
+        }
+        for hook in st.webhooks.drain(..) {
+            tokio::spawn(hook.deliver(self.shared.http.clone()));
         }
     }
 
