@@ -5,5 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/setup.sh --with-cargo-component
+# Python venvs with the real avtomatika packages, for the compatibility tests.
+./scripts/compat-venvs.sh
 echo "==> cargo test --workspace"
 cargo test --workspace

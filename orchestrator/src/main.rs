@@ -78,7 +78,13 @@ async fn run() -> anyhow::Result<()> {
         "clients authenticate with the header X-Client-Token: <token> (X-Avtomatika-Token is accepted too)"
     );
     tracing::info!("workers connect to {base} (RXON worker API under /_worker)");
-    api::serve(listener, app, shutdown_signal()).await?;
+    let stopping = engine.clone();
+    api::serve(listener, app, async move {
+        shutdown_signal().await;
+        // Idle long-polls would hold the graceful shutdown for up to 30 s.
+        stopping.begin_shutdown();
+    })
+    .await?;
     tracing::info!("saving pending changes");
     engine.sync_storage().await;
     tracing::info!("stopped");

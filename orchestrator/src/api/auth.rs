@@ -102,13 +102,15 @@ impl Auth {
         }
     }
 
-    /// Checks a signed worker message: timestamp, signature, signer, replay.
+    /// Checks a signed worker message: timestamp, signature, signer and, if
+    /// `replay` is `Rejected`, that the same message was not seen in the last 65 s.
     pub fn verify_message(
         &self,
         body: &Value,
         worker_id: &str,
         secret: &str,
         exclude: &[&str],
+        replay: Replay,
     ) -> Result<(), ApiError> {
         let obj = body
             .as_object()
@@ -140,6 +142,9 @@ impl Auth {
                 "Message signer ID '{signer}' does not match worker ID '{worker_id}'"
             )));
         }
+        if replay == Replay::Allowed {
+            return Ok(());
+        }
         let nonce = ["event_id", "nonce", "message_id"]
             .iter()
             .find_map(|k| obj.get(*k).and_then(Value::as_str))
@@ -165,6 +170,16 @@ impl Auth {
             }
         }
     }
+}
+
+/// Whether a message may be delivered twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// Register, result, event: a second copy is rejected.
+    Rejected,
+    /// Heartbeat: idempotent, and the avtomatika SDK sends byte-identical
+    /// heartbeats within one second; a copy only refreshes liveness.
+    Allowed,
 }
 
 fn constant_eq(a: &str, b: &str) -> bool {

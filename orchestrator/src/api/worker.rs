@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::auth::Replay;
 use super::error::ApiError;
 use super::{AppState, body};
 
@@ -20,6 +21,7 @@ fn signed_body(
     raw: Result<Bytes, BytesRejection>,
     path_id: Option<&str>,
     exclude: &[&str],
+    replay: Replay,
 ) -> Result<Option<(String, Value)>, ApiError> {
     let raw = body::bytes(raw)?;
     let Some(obj) = body::json_object(&raw)? else {
@@ -42,7 +44,7 @@ fn signed_body(
     let value = Value::Object(obj);
     state
         .auth
-        .verify_message(&value, &worker_id, &secret, exclude)?;
+        .verify_message(&value, &worker_id, &secret, exclude, replay)?;
     Ok(Some((worker_id, value)))
 }
 
@@ -51,9 +53,10 @@ pub async fn register(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (worker_id, value) = signed_body(&state, &headers, raw, None, &[])?.ok_or_else(|| {
-        ApiError::BadRequest("Invalid WorkerRegistration payload: empty body".into())
-    })?;
+    let (worker_id, value) = signed_body(&state, &headers, raw, None, &[], Replay::Rejected)?
+        .ok_or_else(|| {
+            ApiError::BadRequest("Invalid WorkerRegistration payload: empty body".into())
+        })?;
     let reg: rxon::WorkerRegistration = body::typed(value, "WorkerRegistration")?;
     if reg.worker_id != worker_id {
         return Err(ApiError::Forbidden("Immediate sender ID mismatch".into()));
@@ -89,7 +92,14 @@ pub async fn heartbeat(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let signed = signed_body(&state, &headers, raw, Some(&worker_id), &[])?;
+    let signed = signed_body(
+        &state,
+        &headers,
+        raw,
+        Some(&worker_id),
+        &[],
+        Replay::Allowed,
+    )?;
     let hb = match signed {
         Some((_, value)) => Some(body::typed::<rxon::Heartbeat>(value, "Heartbeat")?),
         None => {
@@ -152,7 +162,7 @@ pub async fn result(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (worker_id, value) = signed_body(&state, &headers, raw, None, &[])?
+    let (worker_id, value) = signed_body(&state, &headers, raw, None, &[], Replay::Rejected)?
         .ok_or_else(|| ApiError::BadRequest("Invalid TaskResult payload: empty body".into()))?;
     let result: rxon::TaskResult = body::typed(value, "TaskResult")?;
     if let Some(claimed) = &result.worker_id
@@ -170,8 +180,15 @@ pub async fn events(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (worker_id, value) = signed_body(&state, &headers, raw, None, &["bubbling_chain"])?
-        .ok_or_else(|| ApiError::BadRequest("Invalid event payload: empty body".into()))?;
+    let (worker_id, value) = signed_body(
+        &state,
+        &headers,
+        raw,
+        None,
+        &["bubbling_chain"],
+        Replay::Rejected,
+    )?
+    .ok_or_else(|| ApiError::BadRequest("Invalid event payload: empty body".into()))?;
     let event: rxon::WorkerEventPayload = body::typed(value, "event")?;
     if event.worker_id != worker_id {
         return Err(ApiError::Forbidden(format!(

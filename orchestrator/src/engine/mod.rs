@@ -122,6 +122,8 @@ pub(crate) struct Shared {
     pub timer_wake: Notify,
     pub settings: EngineSettings,
     pub http: reqwest::Client,
+    /// Cancelled when the server stops: long-polls answer at once.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 /// Handle to the engine; cheap to clone.
@@ -169,6 +171,7 @@ impl Engine {
             writer,
             timer_wake: Notify::new(),
             settings,
+            stopping: tokio_util::sync::CancellationToken::new(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -266,6 +269,12 @@ impl Engine {
             Ok(Err(e)) => Err(CreateError::Storage(e)),
             Err(_) => Err(CreateError::Storage("the storage writer stopped".into())),
         }
+    }
+
+    /// Ends every waiting long-poll (with "no task") and refuses to wait in
+    /// new ones, so a graceful shutdown is not held up by idle workers.
+    pub fn begin_shutdown(&self) {
+        self.shared.stopping.cancel();
     }
 
     /// Waits until every change made so far is durable.
@@ -406,6 +415,7 @@ impl Engine {
             tokio::select! {
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep_until(deadline) => return Ok(None),
+                _ = self.shared.stopping.cancelled() => return Ok(None),
             }
         }
     }
