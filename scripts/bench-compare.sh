@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark on this machine, in one invocation, same harness:
+#   1. our orchestrator (SQLite) + 2 worker hosts with echo_task (work_ms=0)
+#   2. our orchestrator (in-memory) + 2 worker hosts
+#   3. the real avtomatika 1.0b30 orchestrator + 2 avtomatika-worker 1.0b20 echo workers
+# Same N jobs, same C in flight, same number of workers (5 task slots each).
+# Prints one table with the ratio. Not part of the tests.
+#
+#   JOBS=2000 CONCURRENCY=50 ./scripts/bench-compare.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+JOBS="${JOBS:-2000}"
+CONCURRENCY="${CONCURRENCY:-50}"
+PORT="${PORT:-18480}"
+RUN=".run/bench"
+mkdir -p "$RUN"
+rm -f "$RUN"/*.log "$RUN"/*.db* "$RUN"/results.jsonl
+
+./scripts/setup.sh
+./scripts/compat-venvs.sh
+if [ -e target/compat/SKIPPED ]; then echo "PyPI unreachable: cannot run avtomatika" >&2; exit 1; fi
+echo "==> building release binaries (orchestrator, worker-host, loadgen)"
+cargo build --release -p orchestrator -p worker-host -p loadgen
+
+pids=()
+stop_all() {
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    pids=()
+}
+trap stop_all EXIT
+
+wait_http() { for _ in $(seq 1 300); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "timeout waiting for $1" >&2; return 1; }
+wait_workers() {
+    for _ in $(seq 1 300); do
+        n=$(curl -s -H "X-Client-Token: bench-client" "http://127.0.0.1:${PORT}/api/v1/workers" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))' 2>/dev/null || echo 0)
+        [ "$n" -ge 2 ] && return 0
+        sleep 0.1
+    done
+    echo "workers did not register" >&2; return 1
+}
+
+run_ours() {
+    local label=$1 storage=$2
+    echo "==> $label"
+    CLIENT_TOKEN=bench-client GLOBAL_WORKER_TOKEN=bench-worker RUST_LOG=warn \
+        ./target/release/orchestrator --listen "127.0.0.1:${PORT}" --storage "$storage" >"$RUN/$label-orchestrator.log" 2>&1 &
+    pids+=($!)
+    wait_http "http://127.0.0.1:${PORT}/_public/status"
+    for i in 1 2; do
+        ORCHESTRATOR_URL="http://127.0.0.1:${PORT}" WORKER_ID="bench-wasm-$i" WORKER_TOKEN=bench-worker RUST_LOG=warn \
+            ./target/release/worker-host --plugins-dir dist/plugins --max-concurrent-tasks 5 >"$RUN/$label-worker-$i.log" 2>&1 &
+        pids+=($!)
+    done
+    wait_workers
+    ./target/release/loadgen --url "http://127.0.0.1:${PORT}" --token bench-client --jobs "$JOBS" \
+        --concurrency "$CONCURRENCY" --follow wait --label "$label" --json | tee -a "$RUN/results.txt" | grep '^{' >>"$RUN/results.jsonl"
+    ps -o rss= -p "${pids[0]}" | awk '{printf "    orchestrator RSS after the run: %.1f MiB\n", $1/1024}'
+    stop_all
+}
+
+run_avtomatika() {
+    local label=avtomatika-1.0b30
+    echo "==> $label"
+    API_HOST=127.0.0.1 API_PORT="$PORT" CLIENT_TOKEN=bench-client GLOBAL_WORKER_TOKEN=bench-worker \
+        LOG_FORMAT=text LOG_LEVEL=WARNING RATE_LIMITING_ENABLED=false \
+        target/compat/venv-orchestrator/bin/python tests/compat/avtomatika_orchestrator.py >"$RUN/$label-orchestrator.log" 2>&1 &
+    pids+=($!)
+    wait_http "http://127.0.0.1:${PORT}/_public/status"
+    for i in 1 2; do
+        ORCHESTRATOR_URL="http://127.0.0.1:${PORT}" WORKER_ID="bench-py-$i" WORKER_TOKEN=bench-worker LOG_LEVEL=WARNING \
+            target/compat/venv-worker/bin/python tests/compat/python_worker.py >"$RUN/$label-worker-$i.log" 2>&1 &
+        pids+=($!)
+    done
+    wait_workers
+    ./target/release/loadgen --url "http://127.0.0.1:${PORT}" --token bench-client --jobs "$JOBS" \
+        --concurrency "$CONCURRENCY" --follow poll --label "$label" --json | tee -a "$RUN/results.txt" | grep '^{' >>"$RUN/results.jsonl"
+    stop_all
+}
+
+run_ours "ours-sqlite" "sqlite:$RUN/bench.db"
+run_ours "ours-memory" "memory"
+run_avtomatika
+
+python3 - "$RUN/results.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+base = next((r for r in rows if r["label"].startswith("avtomatika")), None)
+print()
+print(f"| run | jobs | in flight | finished | jobs/s | p50 ms | p95 ms | p99 ms | vs avtomatika |")
+print(f"|---|---|---|---|---|---|---|---|---|")
+for r in rows:
+    ratio = f'{r["jobs_per_s"] / base["jobs_per_s"]:.1f}x' if base and base["jobs_per_s"] else "-"
+    print(f'| {r["label"]} | {r["jobs"]} | {r["concurrency"]} | {r["finished"]} | {r["jobs_per_s"]:.1f} | '
+          f'{r["p50_ms"]:.1f} | {r["p95_ms"]:.1f} | {r["p99_ms"]:.1f} | {ratio} |')
+PY
