@@ -175,6 +175,9 @@ pub struct Job {
     /// Set once the end-of-job webhook has been queued.
     #[serde(default)]
     pub webhook_sent: bool,
+    /// Set once the ended job is counted for eviction from memory.
+    #[serde(skip)]
+    pub retired: bool,
 }
 
 impl Job {

@@ -363,3 +363,26 @@ end = "failed"
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn ended_jobs_leave_memory_but_stay_readable_from_storage() {
+    let settings = EngineSettings {
+        finished_jobs_in_memory: 2,
+        ..EngineSettings::default()
+    };
+    let engine = engine_with(ECHO_FLOW, settings).await;
+    register(&engine, "w", &["echo"]);
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let id = create(&engine, json!({"n": n})).await;
+        let t = poll(&engine, "w").await.unwrap();
+        engine.submit_result("w", &success(&t, "success", json!({"n": n})));
+        ids.push(id);
+    }
+    engine.sync_storage().await;
+    for (n, id) in ids.iter().enumerate() {
+        let j = job(&engine, *id).await;
+        assert_eq!(j.status, JobStatus::Finished);
+        assert_eq!(j.result.unwrap()["n"], n);
+    }
+}

@@ -100,6 +100,7 @@ pub fn create(
         finished_at: None,
         version: 0,
         webhook_sent: false,
+        retired: false,
     };
     let initial = serde_json::to_string(&job.initial_data).unwrap_or_default();
     tracing::info!(job_id = %id, "job {id} started ({}) with initial data {initial}", bp.name);

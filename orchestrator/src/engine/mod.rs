@@ -42,6 +42,8 @@ pub struct EngineSettings {
     pub max_transitions: u32,
     /// How often worker liveness is checked.
     pub sweep_interval: Duration,
+    /// Ended jobs kept in memory for fast reads; older ones are read from storage.
+    pub finished_jobs_in_memory: usize,
 }
 
 impl Default for EngineSettings {
@@ -51,6 +53,7 @@ impl Default for EngineSettings {
             max_poll_wait: Duration::from_secs(30),
             max_transitions: 100,
             sweep_interval: Duration::from_secs(5),
+            finished_jobs_in_memory: 10_000,
         }
     }
 }
@@ -93,6 +96,10 @@ pub struct EngineState {
     pub timers_changed: bool,
     /// End-of-job notifications to send once the lock is released.
     pub webhooks: Vec<webhook::Webhook>,
+    /// Ended jobs still in memory, oldest first.
+    pub retired: VecDeque<Uuid>,
+    /// How many of those to keep (from the settings).
+    pub keep_finished: usize,
 }
 
 impl EngineState {
@@ -162,7 +169,10 @@ impl Engine {
     ) -> Result<Self, StorageError> {
         let (writer, _writer_handle) = persist::spawn_writer(storage.clone());
         let shared = Arc::new(Shared {
-            state: Mutex::new(EngineState::default()),
+            state: Mutex::new(EngineState {
+                keep_finished: settings.finished_jobs_in_memory,
+                ..EngineState::default()
+            }),
             blueprints: blueprints
                 .into_iter()
                 .map(|b| (b.name.clone(), Arc::new(b)))
