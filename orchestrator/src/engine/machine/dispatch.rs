@@ -1,0 +1,163 @@
+//! Queues: putting tasks in, handing them to polling workers.
+
+use super::*;
+
+/// Puts task `idx` of `job` in the queue of its type and wakes workers that serve it.
+pub(crate) fn enqueue(
+    st: &mut EngineState,
+    job: &mut Job,
+    idx: usize,
+    dispatch_timeout: Option<Duration>,
+    events: &mut Vec<JobEvent>,
+) {
+    let seq = st.next_seq();
+    let task = &mut job.tasks[idx];
+    task.worker_id = None;
+    task.picked_up_at = None;
+    task.queued_at = Utc::now();
+    st.queues
+        .entry(task.task_type.clone())
+        .or_default()
+        .push_back(Queued {
+            job: job.id,
+            task_id: task.task_id.clone(),
+            seq,
+        });
+    let (task_id, task_type, attempt) =
+        (task.task_id.clone(), task.task_type.clone(), task.attempt);
+    if let Some(timeout) = dispatch_timeout {
+        st.add_timer(
+            Instant::now() + timeout,
+            Timer::DispatchTimeout {
+                job: job.id,
+                task_id: task_id.clone(),
+            },
+        );
+    }
+    let mut offered = 0;
+    for worker in st.workers.values().filter(|w| w.serves(&task_type)) {
+        worker.wake.notify_one();
+        offered += 1;
+    }
+    let attempt_note = if attempt > 1 {
+        format!(" (attempt {attempt})")
+    } else {
+        String::new()
+    };
+    if offered == 0 {
+        tracing::warn!(
+            job_id = %job.id,
+            "job {}: task {task_id} ({task_type}){attempt_note} is waiting: no registered worker offers task type {task_type}",
+            job.id
+        );
+    } else {
+        tracing::info!(job_id = %job.id, "job {}: task {task_id} ({task_type}){attempt_note} queued for {offered} worker(s)", job.id);
+    }
+    events.push(event(
+        "task_queued",
+        format!("task {task_id} ({task_type}){attempt_note} queued"),
+    ));
+}
+
+/// Gives the oldest queued task this worker can run to it.
+pub(crate) fn take_task(
+    shared: &Shared,
+    st: &mut EngineState,
+    worker_id: &str,
+) -> Option<rxon::TaskPayload> {
+    let skills: Vec<String> = st
+        .workers
+        .get(worker_id)?
+        .skills
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    loop {
+        let mut best: Option<(u64, &str)> = None;
+        for skill in &skills {
+            if let Some(front) = st.queues.get(skill).and_then(|q| q.front())
+                && best.is_none_or(|(seq, _)| front.seq < seq)
+            {
+                best = Some((front.seq, skill));
+            }
+        }
+        let skill = best?.1.to_string();
+        let queued = st.queues.get_mut(&skill)?.pop_front()?;
+        if let Some(payload) = hand_out(shared, st, worker_id, &queued) {
+            return Some(payload);
+        }
+    }
+}
+
+pub(crate) fn hand_out(
+    shared: &Shared,
+    st: &mut EngineState,
+    worker_id: &str,
+    queued: &Queued,
+) -> Option<rxon::TaskPayload> {
+    let mut job = take(st, queued.job)?;
+    let waiting = matches!(
+        job.status,
+        JobStatus::WaitingForWorker | JobStatus::WaitingForParallelTasks
+    );
+    let idx = job
+        .tasks
+        .iter()
+        .position(|t| t.task_id == queued.task_id && t.worker_id.is_none() && t.result.is_none());
+    let (true, Some(idx)) = (waiting, idx) else {
+        put(st, job);
+        return None;
+    };
+    let now = Utc::now();
+    let spec_timeout = shared
+        .blueprints
+        .get(&job.blueprint)
+        .and_then(|bp| spec_of(bp, &job.current_state, job.tasks[idx].branch.as_deref()))
+        .and_then(|spec| spec.result_timeout);
+    let result_timeout = task_timeout(spec_timeout, job.result_timeout);
+    let task = &mut job.tasks[idx];
+    task.worker_id = Some(worker_id.to_string());
+    task.picked_up_at = Some(now);
+    job.task_worker_id = Some(worker_id.to_string());
+    let task = job.tasks[idx].clone();
+    if let Some(w) = st.workers.get_mut(worker_id) {
+        w.in_flight.insert(task.task_id.clone());
+    }
+    let deadline = result_timeout.map(|t| {
+        st.add_timer(
+            Instant::now() + t,
+            Timer::ResultTimeout {
+                job: job.id,
+                task_id: task.task_id.clone(),
+            },
+        );
+        Value::from(now.timestamp() + t.as_secs_f64().ceil() as i64)
+    });
+    tracing::info!(
+        job_id = %job.id,
+        "job {}: task {} ({}) dispatched to worker {worker_id}",
+        job.id, task.task_id, task.task_type
+    );
+    let events = vec![event(
+        "task_dispatched",
+        format!(
+            "task {} ({}) taken by worker {worker_id}",
+            task.task_id, task.task_type
+        ),
+    )];
+    commit(st, &mut job, events, None);
+    let payload = rxon::TaskPayload {
+        job_id: job.id.to_string(),
+        task_id: task.task_id.clone(),
+        task_type: task.task_type.clone(),
+        params: task.params.clone(),
+        tracing_context: Object::new(),
+        priority: Some(0.0),
+        deadline,
+        step: Some(u64::from(job.transitions) + 1),
+        timestamp: Some(now.timestamp()),
+        sig: None,
+    };
+    put(st, job);
+    Some(payload)
+}

@@ -1,0 +1,434 @@
+//! What happens to a job on each event: creation, a worker taking a task, a
+//! result, a failure, a timer. Every function runs under the engine lock and
+//! queues its storage writes in `st.outbox`.
+//!
+//! - [`dispatch`]: queues and handing tasks out;
+//! - [`results`]: results, failures, retries;
+//! - [`timers`]: timeouts, worker expiry, recovery;
+//! - [`workers`]: registration, heartbeats, events, cancel.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use rxon::error_code;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::persist::PersistMsg;
+use super::workers::WorkerRecord;
+use super::{CancelError, EngineState, NewJob, Queued, Shared, Timer, event, job_write};
+use crate::blueprint::{Action, Blueprint, TaskSpec};
+use crate::job::{Job, JobError, JobEvent, JobStatus, Object, StateVisit, TaskRecord};
+
+mod dispatch;
+mod results;
+mod timers;
+mod workers;
+
+pub(crate) use dispatch::*;
+pub(crate) use results::*;
+pub(crate) use timers::*;
+pub(crate) use workers::*;
+
+/// Error codes the orchestrator itself assigns.
+pub mod own_code {
+    pub const DISPATCH_TIMEOUT: &str = "DISPATCH_TIMEOUT";
+    pub const UNHANDLED_STATUS: &str = "UNHANDLED_STATUS";
+    pub const BLUEPRINT_ERROR: &str = "BLUEPRINT_ERROR";
+    pub const CANCELLED: &str = "CANCELLED";
+}
+
+pub(crate) fn new_task_id() -> String {
+    format!("task-{}", Uuid::new_v4())
+}
+
+pub(crate) fn commit(
+    st: &mut EngineState,
+    job: &mut Job,
+    events: Vec<JobEvent>,
+    ack: Option<oneshot::Sender<Result<(), String>>>,
+) {
+    let write = job_write(job, events);
+    st.outbox.push(PersistMsg {
+        write: Some(write),
+        ack,
+    });
+}
+
+/// Takes a job out of the map to change it; put it back with [`put`].
+pub(crate) fn take(st: &mut EngineState, id: Uuid) -> Option<Job> {
+    st.jobs.remove(&id)
+}
+
+pub(crate) fn put(st: &mut EngineState, mut job: Job) {
+    if job.status.is_terminal() {
+        if let Some(waiters) = st.job_waiters.remove(&job.id) {
+            waiters.notify_waiters();
+        }
+        if let (Some(url), false) = (&job.webhook_url, job.webhook_sent) {
+            st.webhooks
+                .push(super::webhook::Webhook::for_job(url, &job));
+            job.webhook_sent = true;
+        }
+    }
+    st.jobs.insert(job.id, job);
+}
+
+pub(crate) fn create(
+    shared: &Shared,
+    st: &mut EngineState,
+    id: Uuid,
+    bp: &Blueprint,
+    new: NewJob,
+    ack: oneshot::Sender<Result<(), String>>,
+) {
+    let now = Utc::now();
+    let mut job = Job {
+        id,
+        blueprint: bp.name.clone(),
+        owner: new.owner,
+        status: JobStatus::Pending,
+        current_state: bp.start.clone(),
+        initial_data: new.initial_data,
+        results: Object::new(),
+        result: None,
+        error: None,
+        tasks: Vec::new(),
+        state_history: vec![StateVisit {
+            state: bp.start.clone(),
+            entered_at: now,
+            outcome: None,
+        }],
+        task_worker_id: None,
+        transitions: 0,
+        attempts: 0,
+        progress: None,
+        webhook_url: new.webhook_url,
+        dispatch_timeout: new.dispatch_timeout,
+        result_timeout: new.result_timeout,
+        created_at: now,
+        updated_at: now,
+        finished_at: None,
+        version: 0,
+        webhook_sent: false,
+        retired: false,
+    };
+    let initial = serde_json::to_string(&job.initial_data).unwrap_or_default();
+    tracing::info!(job_id = %id, "job {id} started ({}) with initial data {initial}", bp.name);
+    let mut events = vec![event(
+        "created",
+        format!("job created from blueprint {}", bp.name),
+    )];
+    advance(shared, st, &mut job, &mut events);
+    commit(st, &mut job, events, Some(ack));
+    put(st, job);
+}
+
+/// Runs the state machine until the job waits or ends.
+pub(crate) fn advance(
+    shared: &Shared,
+    st: &mut EngineState,
+    job: &mut Job,
+    events: &mut Vec<JobEvent>,
+) {
+    let Some(bp) = shared.blueprints.get(&job.blueprint).cloned() else {
+        let msg = format!("blueprint {} is not loaded", job.blueprint);
+        return end_failed(
+            st,
+            job,
+            JobStatus::Failed,
+            own_code::BLUEPRINT_ERROR,
+            &msg,
+            events,
+        );
+    };
+    loop {
+        if job.transitions > shared.settings.max_transitions {
+            let msg = format!(
+                "the job took more than {} transitions; is there a loop in blueprint {}?",
+                shared.settings.max_transitions, bp.name
+            );
+            return end_failed(
+                st,
+                job,
+                JobStatus::Failed,
+                own_code::BLUEPRINT_ERROR,
+                &msg,
+                events,
+            );
+        }
+        let Some(state) = bp.state(&job.current_state) else {
+            let msg = format!(
+                "state {} does not exist in blueprint {}",
+                job.current_state, bp.name
+            );
+            return end_failed(
+                st,
+                job,
+                JobStatus::Failed,
+                own_code::BLUEPRINT_ERROR,
+                &msg,
+                events,
+            );
+        };
+        match &state.action {
+            Action::End { finished: true } => {
+                job.status = JobStatus::Finished;
+                job.finished_at = Some(Utc::now());
+                job.error = None;
+                let result = Value::Object(job.result.clone().unwrap_or_default());
+                tracing::info!(job_id = %job.id, "job {} completed in state {}: result {result}", job.id, job.current_state);
+                events.push(event(
+                    "finished",
+                    format!("finished in state {}", job.current_state),
+                ));
+                return;
+            }
+            Action::End { finished: false } => {
+                job.status = JobStatus::Failed;
+                job.finished_at = Some(Utc::now());
+                let error = job.error.clone().unwrap_or(JobError {
+                    code: "FAILED".into(),
+                    message: format!("the job reached the failure state {}", job.current_state),
+                });
+                tracing::warn!(
+                    job_id = %job.id,
+                    "job {} failed in state {}: {}: {}",
+                    job.id, job.current_state, error.code, error.message
+                );
+                events.push(event(
+                    "failed",
+                    format!(
+                        "failed in state {}: {}: {}",
+                        job.current_state, error.code, error.message
+                    ),
+                ));
+                job.error = Some(error);
+                return;
+            }
+            Action::Goto(rules) => {
+                let ctx = job.expr_context();
+                let mut target = None;
+                for (when, to) in rules {
+                    match when.as_ref().map(|w| w.truthy(&ctx)).unwrap_or(Ok(true)) {
+                        Ok(true) => {
+                            target = Some(to.clone());
+                            break;
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            let msg = format!("state {}: {e}", job.current_state);
+                            return end_failed(
+                                st,
+                                job,
+                                JobStatus::Failed,
+                                own_code::BLUEPRINT_ERROR,
+                                &msg,
+                                events,
+                            );
+                        }
+                    }
+                }
+                let Some(to) = target else {
+                    let msg = format!("state {}: no goto rule matched", job.current_state);
+                    return end_failed(
+                        st,
+                        job,
+                        JobStatus::Failed,
+                        own_code::BLUEPRINT_ERROR,
+                        &msg,
+                        events,
+                    );
+                };
+                enter_state(job, &to, None, events);
+            }
+            Action::Dispatch { task, .. } => {
+                let ctx = job.expr_context();
+                let params = match eval_params(task, &ctx) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let msg = format!("state {}: {e}", job.current_state);
+                        return end_failed(
+                            st,
+                            job,
+                            JobStatus::Failed,
+                            own_code::BLUEPRINT_ERROR,
+                            &msg,
+                            events,
+                        );
+                    }
+                };
+                let record = new_record(&task.task_type, params, None);
+                job.tasks = vec![record];
+                job.status = JobStatus::WaitingForWorker;
+                enqueue(
+                    st,
+                    job,
+                    0,
+                    task_timeout(task.dispatch_timeout, job.dispatch_timeout),
+                    events,
+                );
+                return;
+            }
+            Action::Parallel { branches, .. } => {
+                let ctx = job.expr_context();
+                let mut records = Vec::new();
+                for (name, spec) in branches {
+                    match eval_params(spec, &ctx) {
+                        Ok(params) => {
+                            records.push(new_record(&spec.task_type, params, Some(name.clone())))
+                        }
+                        Err(e) => {
+                            let msg = format!("state {} branch {name}: {e}", job.current_state);
+                            return end_failed(
+                                st,
+                                job,
+                                JobStatus::Failed,
+                                own_code::BLUEPRINT_ERROR,
+                                &msg,
+                                events,
+                            );
+                        }
+                    }
+                }
+                job.tasks = records;
+                job.status = JobStatus::WaitingForParallelTasks;
+                for i in 0..job.tasks.len() {
+                    let spec = &branches[job.tasks[i].branch.as_deref().unwrap_or_default()];
+                    enqueue(
+                        st,
+                        job,
+                        i,
+                        task_timeout(spec.dispatch_timeout, job.dispatch_timeout),
+                        events,
+                    );
+                }
+                return;
+            }
+        }
+    }
+}
+
+pub(crate) fn task_timeout(own: Option<Duration>, job_default: Option<f64>) -> Option<Duration> {
+    own.or_else(|| job_default.map(Duration::from_secs_f64))
+}
+
+pub(crate) fn eval_params(spec: &TaskSpec, ctx: &Value) -> Result<Object, String> {
+    let mut out = Object::new();
+    for (name, value) in &spec.params {
+        out.insert(
+            name.clone(),
+            value.eval(ctx).map_err(|e| format!("param {name}: {e}"))?,
+        );
+    }
+    Ok(out)
+}
+
+pub(crate) fn new_record(task_type: &str, params: Object, branch: Option<String>) -> TaskRecord {
+    TaskRecord {
+        task_id: new_task_id(),
+        task_type: task_type.to_string(),
+        params,
+        branch,
+        attempt: 1,
+        worker_id: None,
+        queued_at: Utc::now(),
+        picked_up_at: None,
+        result: None,
+        last_error: None,
+    }
+}
+
+pub(crate) fn enter_state(
+    job: &mut Job,
+    to: &str,
+    outcome: Option<&str>,
+    events: &mut Vec<JobEvent>,
+) {
+    if let Some(last) = job.state_history.last_mut() {
+        last.outcome = outcome.map(str::to_string);
+    }
+    events.push(event(
+        "transition",
+        format!(
+            "{} → {to}{}",
+            job.current_state,
+            outcome.map(|o| format!(" on {o}")).unwrap_or_default()
+        ),
+    ));
+    job.current_state = to.to_string();
+    job.state_history.push(StateVisit {
+        state: to.to_string(),
+        entered_at: Utc::now(),
+        outcome: None,
+    });
+    job.transitions += 1;
+    if let Some(attempts) = job.tasks.iter().map(|t| t.attempt).max() {
+        job.attempts = attempts;
+    }
+    job.tasks.clear();
+    job.status = JobStatus::Running;
+}
+
+pub(crate) fn end_failed(
+    st: &mut EngineState,
+    job: &mut Job,
+    status: JobStatus,
+    code: &str,
+    message: &str,
+    events: &mut Vec<JobEvent>,
+) {
+    job.status = status;
+    job.finished_at = Some(Utc::now());
+    job.error = Some(JobError {
+        code: code.to_string(),
+        message: message.to_string(),
+    });
+    forget_tasks(st, job);
+    tracing::warn!(job_id = %job.id, "job {} {status}: {code}: {message}", job.id);
+    events.push(event(status.as_str(), format!("{code}: {message}")));
+}
+
+/// Drops a job's tasks from workers' in-flight sets (queue entries are
+/// skipped lazily when popped).
+pub(crate) fn forget_tasks(st: &mut EngineState, job: &Job) {
+    for task in &job.tasks {
+        if let Some(w) = task.worker_id.as_ref().and_then(|w| st.workers.get_mut(w)) {
+            w.in_flight.remove(&task.task_id);
+        }
+    }
+}
+
+pub(crate) fn spec_of<'a>(
+    bp: &'a Blueprint,
+    state: &str,
+    branch: Option<&str>,
+) -> Option<&'a TaskSpec> {
+    match (&bp.state(state)?.action, branch) {
+        (Action::Dispatch { task, .. }, None) => Some(task),
+        (Action::Parallel { branches, .. }, Some(b)) => branches.get(b),
+        _ => None,
+    }
+}
+
+/// Queues task `idx` again (retry, lost worker, restart) with the dispatch
+/// timeout its blueprint state (or the job) gives it.
+pub(crate) fn requeue(
+    shared: &Shared,
+    st: &mut EngineState,
+    job: &mut Job,
+    idx: usize,
+    events: &mut Vec<JobEvent>,
+) {
+    let own = shared
+        .blueprints
+        .get(&job.blueprint)
+        .and_then(|bp| spec_of(bp, &job.current_state, job.tasks[idx].branch.as_deref()))
+        .and_then(|s| s.dispatch_timeout);
+    let timeout = task_timeout(own, job.dispatch_timeout);
+    enqueue(st, job, idx, timeout, events);
+}

@@ -1,0 +1,342 @@
+//! Worker results: success and custom statuses, failures and retries.
+
+use super::*;
+
+pub(crate) fn ignored(reason: &str, message: String) -> rxon::ResultResponse {
+    tracing::warn!("result ignored ({reason}): {message}");
+    rxon::ResultResponse {
+        status: "ignored".into(),
+        transition: None,
+        reason: Some(reason.into()),
+        message: Some(message),
+    }
+}
+
+pub(crate) fn accepted(transition: &str) -> rxon::ResultResponse {
+    rxon::ResultResponse {
+        status: "accepted".into(),
+        transition: Some(transition.into()),
+        reason: None,
+        message: None,
+    }
+}
+
+pub(crate) fn apply_result(
+    shared: &Shared,
+    st: &mut EngineState,
+    worker_id: &str,
+    result: &rxon::TaskResult,
+) -> rxon::ResultResponse {
+    if let Some(w) = st.workers.get_mut(worker_id) {
+        w.last_seen = Instant::now();
+    }
+    let Ok(job_id) = Uuid::parse_str(&result.job_id) else {
+        return ignored("job_not_found", format!("Job {} not found.", result.job_id));
+    };
+    let Some(mut job) = take(st, job_id) else {
+        return ignored(
+            "job_not_found",
+            format!(
+                "Job {} not found (finished long ago or never existed).",
+                result.job_id
+            ),
+        );
+    };
+    let response = apply_result_to(shared, st, &mut job, worker_id, result);
+    put(st, job);
+    response
+}
+
+pub(crate) fn apply_result_to(
+    shared: &Shared,
+    st: &mut EngineState,
+    job: &mut Job,
+    worker_id: &str,
+    result: &rxon::TaskResult,
+) -> rxon::ResultResponse {
+    if job.status == JobStatus::Cancelled {
+        release(st, worker_id, &result.task_id);
+        return ignored(
+            "job_cancelled",
+            format!(
+                "Job {} was cancelled; result of task {} ignored.",
+                job.id, result.task_id
+            ),
+        );
+    }
+    if job.status.is_terminal() {
+        release(st, worker_id, &result.task_id);
+        return ignored(
+            "job_already_terminated",
+            format!("Job {} already ended ({}).", job.id, job.status),
+        );
+    }
+    let Some(idx) = job
+        .tasks
+        .iter()
+        .position(|t| t.task_id == result.task_id && t.result.is_none())
+    else {
+        release(st, worker_id, &result.task_id);
+        return ignored(
+            "stale_task",
+            format!(
+                "Result ignored: task_id {} is no longer active for job {}.",
+                result.task_id, job.id
+            ),
+        );
+    };
+    if job.tasks[idx].worker_id.as_deref() != Some(worker_id) {
+        return ignored(
+            "worker_mismatch",
+            format!(
+                "Task {} of job {} is not assigned to worker {worker_id}.",
+                result.task_id, job.id
+            ),
+        );
+    }
+    release(st, worker_id, &result.task_id);
+    let status = result.status().to_string();
+    let mut events = Vec::new();
+    tracing::info!(job_id = %job.id, "job {}: result of task {} from worker {worker_id}: {status}", job.id, result.task_id);
+    let transition = if status == rxon::status::FAILURE {
+        let error = result.error.clone().unwrap_or(rxon::TaskErrorInfo {
+            code: error_code::TRANSIENT.into(),
+            message: "the worker reported a failure without an error".into(),
+            details: None,
+        });
+        task_failed(
+            shared,
+            st,
+            job,
+            idx,
+            &error.code,
+            &error.message,
+            &mut events,
+        );
+        "failure_handled"
+    } else if status == rxon::status::CANCELLED {
+        forget_tasks(st, job);
+        job.status = JobStatus::Cancelled;
+        job.finished_at = Some(Utc::now());
+        job.error = Some(JobError {
+            code: own_code::CANCELLED.into(),
+            message: format!("worker {worker_id} cancelled the task"),
+        });
+        events.push(event(
+            "cancelled",
+            format!("worker {worker_id} cancelled task {}", result.task_id),
+        ));
+        "cancelled_handled"
+    } else {
+        let data = result.data.clone().unwrap_or_default();
+        events.push(event(
+            "task_result",
+            format!("task {} returned {status}", result.task_id),
+        ));
+        task_succeeded(shared, st, job, idx, &status, data, &mut events)
+    };
+    commit(st, job, events, None);
+    accepted(transition)
+}
+
+pub(crate) fn release(st: &mut EngineState, worker_id: &str, task_id: &str) {
+    if let Some(w) = st.workers.get_mut(worker_id) {
+        w.in_flight.remove(task_id);
+    }
+}
+
+pub(crate) fn task_succeeded(
+    shared: &Shared,
+    st: &mut EngineState,
+    job: &mut Job,
+    idx: usize,
+    status: &str,
+    data: Object,
+    events: &mut Vec<JobEvent>,
+) -> &'static str {
+    let Some(bp) = shared.blueprints.get(&job.blueprint).cloned() else {
+        return "unknown_blueprint";
+    };
+    let Some(state) = bp.state(&job.current_state) else {
+        return "unknown_state";
+    };
+    match &state.action {
+        Action::Dispatch { on, .. } => {
+            let Some(to) = on.get(status) else {
+                let msg = format!(
+                    "the worker returned status `{status}`, but state {} has no transition for it",
+                    job.current_state
+                );
+                end_failed(
+                    st,
+                    job,
+                    JobStatus::Failed,
+                    own_code::UNHANDLED_STATUS,
+                    &msg,
+                    events,
+                );
+                return "unhandled_status_failure";
+            };
+            job.results
+                .insert(job.current_state.clone(), Value::Object(data.clone()));
+            job.result = Some(data);
+            let to = to.clone();
+            enter_state(job, &to, Some(status), events);
+            advance(shared, st, job, events);
+            "success_transition"
+        }
+        Action::Parallel { next, .. } => {
+            if status != rxon::status::SUCCESS {
+                let msg = format!(
+                    "branch tasks must return `success`, got `{status}` in state {}",
+                    job.current_state
+                );
+                end_failed(
+                    st,
+                    job,
+                    JobStatus::Failed,
+                    own_code::UNHANDLED_STATUS,
+                    &msg,
+                    events,
+                );
+                return "unhandled_status_failure";
+            }
+            job.tasks[idx].result = Some(data);
+            if job.tasks.iter().any(|t| t.result.is_none()) {
+                return "parallel_branch_accepted";
+            }
+            let gathered: Object = job
+                .tasks
+                .iter()
+                .map(|t| {
+                    (
+                        t.branch.clone().unwrap_or_default(),
+                        Value::Object(t.result.clone().unwrap_or_default()),
+                    )
+                })
+                .collect();
+            job.results
+                .insert(job.current_state.clone(), Value::Object(gathered.clone()));
+            job.result = Some(gathered);
+            let next = next.clone();
+            enter_state(job, &next, Some("success"), events);
+            advance(shared, st, job, events);
+            "success_transition"
+        }
+        _ => "unexpected_result",
+    }
+}
+
+/// How a failure code is handled.
+pub(crate) enum FailureClass {
+    /// Worth another attempt.
+    Retry,
+    /// The input is wrong: the failure path, or `failed`.
+    Invalid,
+    /// Needs a human: `quarantined`.
+    Permanent,
+}
+
+pub(crate) fn classify(code: &str) -> FailureClass {
+    match code {
+        error_code::INVALID_INPUT | error_code::INTEGRITY_MISMATCH => FailureClass::Invalid,
+        error_code::PERMANENT
+        | error_code::SECURITY
+        | error_code::DEPENDENCY
+        | error_code::CONTRACT_VIOLATION => FailureClass::Permanent,
+        _ => FailureClass::Retry,
+    }
+}
+
+pub(crate) fn task_failed(
+    shared: &Shared,
+    st: &mut EngineState,
+    job: &mut Job,
+    idx: usize,
+    code: &str,
+    message: &str,
+    events: &mut Vec<JobEvent>,
+) {
+    let bp = shared.blueprints.get(&job.blueprint).cloned();
+    let spec_retry = bp
+        .as_ref()
+        .and_then(|bp| spec_of(bp, &job.current_state, job.tasks[idx].branch.as_deref()))
+        .map(|s| s.retry)
+        .unwrap_or_default();
+    let task = &mut job.tasks[idx];
+    task.last_error = Some(JobError {
+        code: code.into(),
+        message: message.into(),
+    });
+    events.push(event(
+        "task_failed",
+        format!(
+            "task {} (attempt {}) failed: {code}: {message}",
+            task.task_id, task.attempt
+        ),
+    ));
+    tracing::warn!(job_id = %job.id, "job {}: task {} (attempt {}) failed: {code}: {message}", job.id, task.task_id, task.attempt);
+    let class = classify(code);
+    if matches!(class, FailureClass::Retry) && task.attempt < spec_retry.max_attempts {
+        task.attempt += 1;
+        task.task_id = new_task_id();
+        task.worker_id = None;
+        task.picked_up_at = None;
+        let delay = spec_retry.backoff(task.attempt);
+        let (task_id, attempt) = (task.task_id.clone(), task.attempt);
+        if job.tasks.len() == 1 && job.tasks[0].branch.is_none() {
+            job.status = JobStatus::AwaitingRetry;
+        }
+        st.add_timer(
+            Instant::now() + delay,
+            Timer::Retry {
+                job: job.id,
+                task_id: task_id.clone(),
+            },
+        );
+        events.push(event(
+            "retry_scheduled",
+            format!(
+                "attempt {attempt} of {} in {delay:?} as task {task_id}",
+                spec_retry.max_attempts
+            ),
+        ));
+        return;
+    }
+    // Failed for good.
+    job.error = Some(JobError {
+        code: code.into(),
+        message: message.into(),
+    });
+    let failure_target = bp
+        .as_ref()
+        .and_then(|bp| match &bp.state(&job.current_state)?.action {
+            Action::Dispatch { on, .. } => on.get(rxon::status::FAILURE).cloned(),
+            Action::Parallel { on_failure, .. } => on_failure.clone(),
+            _ => None,
+        });
+    let attempts = job.tasks[idx].attempt;
+    match (class, failure_target) {
+        (FailureClass::Permanent, _) => {
+            end_failed(st, job, JobStatus::Quarantined, code, message, events);
+        }
+        (_, Some(target)) => {
+            forget_tasks(st, job);
+            if attempts > 1 {
+                events.push(event(
+                    "retries_exhausted",
+                    format!("giving up after {attempts} attempts"),
+                ));
+            }
+            enter_state(job, &target, Some(rxon::status::FAILURE), events);
+            advance(shared, st, job, events);
+        }
+        (FailureClass::Invalid, None) => {
+            end_failed(st, job, JobStatus::Failed, code, message, events)
+        }
+        (FailureClass::Retry, None) => {
+            let msg = format!("{message} (gave up after {attempts} attempts)");
+            end_failed(st, job, JobStatus::Quarantined, code, &msg, events);
+        }
+    }
+}

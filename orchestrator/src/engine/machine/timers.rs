@@ -1,0 +1,175 @@
+//! Timers (dispatch and result timeouts, retries, worker expiry) and
+//! recovery after a restart.
+
+use super::*;
+
+pub(crate) fn fire(shared: &Shared, st: &mut EngineState, timer: Timer) {
+    match timer {
+        Timer::WorkerSweep => {
+            sweep_workers(shared, st);
+            st.add_timer(
+                Instant::now() + shared.settings.sweep_interval,
+                Timer::WorkerSweep,
+            );
+        }
+        Timer::DispatchTimeout { job, task_id } => {
+            let Some(mut j) = take(st, job) else { return };
+            let pending = !j.status.is_terminal()
+                && j.tasks
+                    .iter()
+                    .any(|t| t.task_id == task_id && t.worker_id.is_none() && t.result.is_none());
+            if pending {
+                let task_type = j
+                    .tasks
+                    .iter()
+                    .find(|t| t.task_id == task_id)
+                    .map(|t| t.task_type.clone())
+                    .unwrap_or_default();
+                let mut events = Vec::new();
+                let msg = format!(
+                    "no worker took task {task_id} ({task_type}) before its dispatch timeout"
+                );
+                end_failed(
+                    st,
+                    &mut j,
+                    JobStatus::Failed,
+                    own_code::DISPATCH_TIMEOUT,
+                    &msg,
+                    &mut events,
+                );
+                commit(st, &mut j, events, None);
+            }
+            put(st, j);
+        }
+        Timer::ResultTimeout { job, task_id } => {
+            let Some(mut j) = take(st, job) else { return };
+            let idx = j
+                .tasks
+                .iter()
+                .position(|t| t.task_id == task_id && t.worker_id.is_some() && t.result.is_none());
+            if let (false, Some(idx)) = (j.status.is_terminal(), idx) {
+                let worker = j.tasks[idx].worker_id.clone().unwrap_or_default();
+                release(st, &worker, &task_id);
+                let mut events = Vec::new();
+                let msg = format!(
+                    "worker {worker} did not return the result of task {task_id} before its result timeout"
+                );
+                task_failed(
+                    shared,
+                    st,
+                    &mut j,
+                    idx,
+                    error_code::TIMEOUT,
+                    &msg,
+                    &mut events,
+                );
+                commit(st, &mut j, events, None);
+            }
+            put(st, j);
+        }
+        Timer::Retry { job, task_id } => {
+            let Some(mut j) = take(st, job) else { return };
+            let idx = j
+                .tasks
+                .iter()
+                .position(|t| t.task_id == task_id && t.worker_id.is_none() && t.result.is_none());
+            if let (false, Some(idx)) = (j.status.is_terminal(), idx) {
+                if j.status == JobStatus::AwaitingRetry {
+                    j.status = JobStatus::WaitingForWorker;
+                }
+                let mut events = Vec::new();
+                requeue(shared, st, &mut j, idx, &mut events);
+                commit(st, &mut j, events, None);
+            }
+            put(st, j);
+        }
+    }
+}
+
+pub(crate) fn sweep_workers(shared: &Shared, st: &mut EngineState) {
+    let now = Instant::now();
+    let ttl = shared.settings.worker_ttl;
+    let dead: Vec<String> = st
+        .workers
+        .values()
+        .filter(|w| now.duration_since(w.last_seen) > ttl)
+        .map(|w| w.worker_id.clone())
+        .collect();
+    for worker_id in dead {
+        let Some(worker) = st.workers.remove(&worker_id) else {
+            continue;
+        };
+        tracing::warn!(
+            "worker {worker_id} has not been heard from for {ttl:?}; dropping it and requeueing its {} task(s)",
+            worker.in_flight.len()
+        );
+        requeue_tasks_of(shared, st, &worker, "its worker stopped heartbeating");
+    }
+}
+
+/// Puts the tasks a worker held back in the queue, under new task ids.
+pub(crate) fn requeue_tasks_of(
+    shared: &Shared,
+    st: &mut EngineState,
+    worker: &WorkerRecord,
+    why: &str,
+) {
+    let job_ids: BTreeSet<Uuid> = st
+        .jobs
+        .values()
+        .filter(|j| {
+            !j.status.is_terminal()
+                && j.tasks
+                    .iter()
+                    .any(|t| worker.in_flight.contains(&t.task_id))
+        })
+        .map(|j| j.id)
+        .collect();
+    for id in job_ids {
+        let Some(mut job) = take(st, id) else {
+            continue;
+        };
+        let mut events = Vec::new();
+        for idx in 0..job.tasks.len() {
+            if !worker.in_flight.contains(&job.tasks[idx].task_id)
+                || job.tasks[idx].result.is_some()
+            {
+                continue;
+            }
+            let old = std::mem::replace(&mut job.tasks[idx].task_id, new_task_id());
+            events.push(event(
+                "task_requeued",
+                format!("task {old} requeued as {}: {why}", job.tasks[idx].task_id),
+            ));
+            requeue(shared, st, &mut job, idx, &mut events);
+        }
+        commit(st, &mut job, events, None);
+        put(st, job);
+    }
+}
+
+/// Puts a job loaded from storage back to work after a restart.
+pub(crate) fn recover(shared: &Shared, st: &mut EngineState, mut job: Job) {
+    let mut events = vec![event("recovered", "orchestrator restarted; job resumed")];
+    match job.status {
+        JobStatus::Pending | JobStatus::Running => {
+            job.tasks.clear();
+            advance(shared, st, &mut job, &mut events);
+        }
+        _ => {
+            if job.status == JobStatus::AwaitingRetry {
+                job.status = JobStatus::WaitingForWorker;
+            }
+            for idx in 0..job.tasks.len() {
+                if job.tasks[idx].result.is_some() {
+                    continue;
+                }
+                // A result for the old id (from before the restart) is stale.
+                job.tasks[idx].task_id = new_task_id();
+                requeue(shared, st, &mut job, idx, &mut events);
+            }
+        }
+    }
+    commit(st, &mut job, events, None);
+    put(st, job);
+}
