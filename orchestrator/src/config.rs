@@ -196,3 +196,87 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
     toml::from_str(&text)
         .map_err(|e| anyhow::anyhow!("config file {}: {}", path.display(), e.message()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::parse_from(std::iter::once("orchestrator").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_file_is_read_and_flags_override_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.toml");
+        std::fs::write(
+            &path,
+            r#"
+listen = "127.0.0.1:9000"
+storage = "memory"
+log_format = "json"
+global_worker_token = "g"
+worker_ttl_seconds = 5
+[clients.alice]
+token = "a-token"
+[workers.w1]
+token = "w1-token"
+"#,
+        )
+        .unwrap();
+        let c = Config::resolve(cli(&["--config", path.to_str().unwrap()])).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.storage, StorageConfig::Memory);
+        assert!(c.json_logs);
+        assert_eq!(c.clients["a-token"], "alice");
+        assert_eq!(c.worker_tokens["w1"], "w1-token");
+        assert_eq!(c.worker_ttl, std::time::Duration::from_secs(5));
+        let c = Config::resolve(cli(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:9001",
+            "--storage",
+            "sqlite:x.db",
+            "--client-token",
+            "b,c",
+        ]))
+        .unwrap();
+        assert_eq!(c.listen.port(), 9001);
+        assert_eq!(c.storage, StorageConfig::Sqlite("x.db".into()));
+        assert_eq!(c.clients.len(), 3);
+    }
+
+    #[test]
+    fn missing_tokens_and_bad_values_are_explained() {
+        let err = Config::resolve(cli(&["--worker-token", "w"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("no client token configured"), "{err}");
+        let err = Config::resolve(cli(&["--client-token", "c"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("no worker token configured"), "{err}");
+        let err = Config::resolve(cli(&[
+            "--client-token",
+            "c",
+            "--worker-token",
+            "w",
+            "--storage",
+            "redis",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "storage must be `memory` or `sqlite:<path>`, not \"redis\""
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "listen = \"x\"\nunknown = 1\n").unwrap();
+        let err = Config::resolve(cli(&["--config", path.to_str().unwrap()]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bad.toml"), "{err}");
+    }
+}
