@@ -51,6 +51,9 @@ pub struct SandboxEngine {
     pub config: Arc<SandboxConfig>,
     /// Whether the pooling allocator is in use (false: on-demand fallback).
     pub pooling: bool,
+    /// One permit per instance the pool holds: taken before instantiating,
+    /// so a burst waits for a slot instead of failing to allocate.
+    pub instance_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl SandboxEngine {
@@ -72,6 +75,9 @@ impl SandboxEngine {
         start_epoch_ticker(&engine);
         Ok(Self {
             engine,
+            instance_permits: Arc::new(tokio::sync::Semaphore::new(
+                pool_instances(&config) as usize
+            )),
             config: Arc::new(config),
             pooling,
         })
@@ -97,13 +103,17 @@ fn base_config(
     Ok(config)
 }
 
-fn pool_config(sandbox: &SandboxConfig) -> PoolingAllocationConfig {
-    // Room for every concurrent task plus the short-lived instances used to
-    // describe plugins while loading, with headroom for tasks being torn down.
-    let instances = (sandbox.max_concurrent_tasks as u32)
+/// Room for every concurrent task plus the short-lived instances used to
+/// describe plugins while loading, with headroom for tasks being torn down.
+fn pool_instances(sandbox: &SandboxConfig) -> u32 {
+    (sandbox.max_concurrent_tasks as u32)
         .saturating_mul(2)
         .max(4)
-        + 4;
+        + 4
+}
+
+fn pool_config(sandbox: &SandboxConfig) -> PoolingAllocationConfig {
+    let instances = pool_instances(sandbox);
     // A Rust component instantiates a handful of core modules (main module
     // plus adapter shims), each with at most a memory and a few tables.
     let core = instances.saturating_mul(8);

@@ -154,6 +154,9 @@ pub async fn run_task(
     progress: watch::Sender<Option<Progress>>,
 ) -> TaskOutcome {
     let timeout = engine.config.task_timeout;
+    let Ok(_permit) = engine.instance_permits.acquire().await else {
+        return TaskOutcome::failed(error_code::TRANSIENT, "the sandbox is shutting down");
+    };
     let mut store = new_store(engine, &input.task_id, timeout, progress);
     let task = Task {
         task_id: input.task_id.clone(),
@@ -226,6 +229,7 @@ pub async fn describe(
 ) -> anyhow::Result<Vec<Skill>> {
     let timeout = engine.config.task_timeout.min(Duration::from_secs(10));
     let (progress, _) = watch::channel(None);
+    let _permit = engine.instance_permits.acquire().await?;
     let mut store = new_store(engine, "describe", timeout, progress);
     let call = async {
         let instance = pre.instantiate_async(&mut store).await?;
