@@ -1,7 +1,7 @@
 //! Who is calling: client tokens for `/api`, worker tokens and message
 //! signatures for `/_worker`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ pub struct Auth {
     pub worker_tokens: HashMap<String, String>,
     /// Whether worker messages must be signed (as avtomatika 1.0b30 requires).
     pub require_signatures: bool,
-    seen: Mutex<HashMap<String, Instant>>,
+    seen: Mutex<SeenNonces>,
 }
 
 impl Auth {
@@ -155,20 +155,41 @@ impl Auth {
             })
             .unwrap_or_default();
         let key = format!("{worker_id}:{nonce}");
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        if seen.len() > 10_000 {
-            seen.retain(|_, at| now.duration_since(*at) < REPLAY_WINDOW);
-        }
-        match seen.get(&key) {
-            Some(at) if now.duration_since(*at) < REPLAY_WINDOW => Err(ApiError::Forbidden(
-                "Duplicate message detected (replay attack)".into(),
-            )),
-            _ => {
-                seen.insert(key, now);
-                Ok(())
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check_and_remember(key, Instant::now())
+    }
+}
+
+/// Nonces seen in the last [`REPLAY_WINDOW`], forgotten in arrival order
+/// (amortised O(1) per message).
+#[derive(Debug, Default)]
+struct SeenNonces {
+    at: HashMap<String, Instant>,
+    order: VecDeque<(Instant, String)>,
+}
+
+impl SeenNonces {
+    fn check_and_remember(&mut self, key: String, now: Instant) -> Result<(), ApiError> {
+        while let Some((at, _)) = self.order.front() {
+            if now.duration_since(*at) < REPLAY_WINDOW {
+                break;
+            }
+            if let Some((at, old)) = self.order.pop_front()
+                && self.at.get(&old) == Some(&at)
+            {
+                self.at.remove(&old);
             }
         }
+        if self.at.contains_key(&key) {
+            return Err(ApiError::Forbidden(
+                "Duplicate message detected (replay attack)".into(),
+            ));
+        }
+        self.at.insert(key.clone(), now);
+        self.order.push_back((now, key));
+        Ok(())
     }
 }
 
