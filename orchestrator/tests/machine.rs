@@ -379,6 +379,11 @@ async fn ended_jobs_leave_memory_but_stay_readable_from_storage() {
         engine.submit_result("w", &success(&t, "success", json!({"n": n})));
         ids.push(id);
     }
+    assert_eq!(
+        engine.jobs_in_memory(),
+        2,
+        "only the 2 newest ended jobs stay in memory"
+    );
     engine.sync_storage().await;
     for (n, id) in ids.iter().enumerate() {
         let j = job(&engine, *id).await;

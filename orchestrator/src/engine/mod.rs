@@ -395,6 +395,11 @@ impl Engine {
         self.lock().workers.values().map(|w| w.view()).collect()
     }
 
+    /// Jobs held in memory (active ones plus the most recently ended).
+    pub fn jobs_in_memory(&self) -> usize {
+        self.lock().jobs.len()
+    }
+
     pub fn is_registered(&self, worker_id: &str) -> bool {
         self.lock().workers.contains_key(worker_id)
     }

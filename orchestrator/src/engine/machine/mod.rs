@@ -74,8 +74,21 @@ pub(crate) fn put(st: &mut EngineState, mut job: Job) {
                 .push(super::webhook::Webhook::for_job(url, &job));
             job.webhook_sent = true;
         }
+        if !job.retired {
+            job.retired = true;
+            st.retired.push_back(job.id);
+        }
     }
     st.jobs.insert(job.id, job);
+    // Ended jobs stay in memory for a while (fast reads), then only in storage.
+    while st.retired.len() > st.keep_finished {
+        let Some(old) = st.retired.pop_front() else {
+            break;
+        };
+        if st.jobs.get(&old).is_some_and(|j| j.status.is_terminal()) {
+            st.jobs.remove(&old);
+        }
+    }
 }
 
 pub(crate) fn create(
