@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh --with-cargo-component
 # Python venvs with the real avtomatika packages, for the compatibility tests.
 ./scripts/compat-venvs.sh
-echo "==> cargo test --workspace"
-cargo test --workspace
+echo "==> cargo test --workspace --all-targets (benchmarks run once, as tests)"
+cargo test --workspace --all-targets
