@@ -7,5 +7,7 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh --with-cargo-component
 # Python venvs with the real avtomatika packages, for the compatibility tests.
 ./scripts/compat-venvs.sh
-echo "==> cargo test --workspace --all-targets (benchmarks run once, as tests)"
-cargo test --workspace --all-targets
+echo "==> building the benchmarks (they are measured with cargo bench, not run as tests)"
+cargo test --workspace --benches --no-run
+echo "==> cargo test --workspace"
+cargo test --workspace
