@@ -140,6 +140,8 @@ async fn main_flow_and_the_plans_additional_tests() {
 #[tokio::test]
 async fn troubleshooting_cases_are_easy() {
     let mut stack = Stack::new();
+    // A broken file among the plugins is skipped with a clear log line.
+    std::fs::write(stack.dir.path().join("plugins/broken.wasm"), b"not wasm").unwrap();
     // The worker starts first: it says it cannot connect and keeps retrying.
     stack.start_worker();
     wait_until(
@@ -149,6 +151,16 @@ async fn troubleshooting_cases_are_easy() {
     )
     .await;
     assert!(stack.worker.as_mut().unwrap().is_running());
+    let worker_log = stack.logs().1;
+    assert!(
+        worker_log.contains("skipping plugin: ")
+            && worker_log.contains("broken.wasm is not a WebAssembly file"),
+        "{worker_log}"
+    );
+    assert!(
+        worker_log.contains("supported tasks: echo_task, failing_task"),
+        "{worker_log}"
+    );
     stack.start_orchestrator();
     stack.wait_ready().await;
     stack.wait_worker().await;
