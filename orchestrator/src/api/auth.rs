@@ -62,11 +62,13 @@ impl Auth {
     }
 
     /// Authenticates a worker; returns its id and the secret it signs with.
-    /// `hint` is the worker id from the path or, failing that, the body.
+    /// The worker id is the path's, else the `X-Worker-ID` header's, else the
+    /// body's (as avtomatika resolves it).
     pub fn worker(
         &self,
         headers: &HeaderMap,
-        hint: Option<&str>,
+        path_id: Option<&str>,
+        body_id: Option<&str>,
     ) -> Result<(String, String), ApiError> {
         let token = headers
             .get(rxon::HEADER_WORKER_TOKEN)
@@ -74,14 +76,13 @@ impl Auth {
             .ok_or_else(|| {
                 ApiError::Forbidden("Unauthorized: Missing X-Worker-Token header".into())
             })?;
-        let worker_id = hint
+        let header_id = headers
+            .get(rxon::HEADER_WORKER_ID)
+            .and_then(|v| v.to_str().ok());
+        let worker_id = path_id
+            .or(header_id)
+            .or(body_id)
             .map(str::to_string)
-            .or_else(|| {
-                headers
-                    .get(rxon::HEADER_WORKER_ID)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-            })
             .ok_or_else(|| {
                 ApiError::Forbidden("Unauthorized: no worker id (X-Worker-ID header)".into())
             })?;

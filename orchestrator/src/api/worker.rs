@@ -27,20 +27,8 @@ fn signed_body(
     let Some(obj) = body::json_object(&raw)? else {
         return Ok(None);
     };
-    let hint = path_id
-        .map(str::to_string)
-        .or_else(|| {
-            headers
-                .get(rxon::HEADER_WORKER_ID)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        })
-        .or_else(|| {
-            obj.get("worker_id")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        });
-    let (worker_id, secret) = state.auth.worker(headers, hint.as_deref())?;
+    let body_id = obj.get("worker_id").and_then(Value::as_str);
+    let (worker_id, secret) = state.auth.worker(headers, path_id, body_id)?;
     let value = Value::Object(obj);
     state
         .auth
@@ -103,7 +91,7 @@ pub async fn heartbeat(
     let hb = match signed {
         Some((_, value)) => Some(body::typed::<rxon::Heartbeat>(value, "Heartbeat")?),
         None => {
-            state.auth.worker(&headers, Some(&worker_id))?;
+            state.auth.worker(&headers, Some(&worker_id), None)?;
             None
         }
     };
@@ -136,7 +124,7 @@ pub async fn next_task(
     headers: HeaderMap,
     query: Result<Query<PollQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    state.auth.worker(&headers, Some(&worker_id))?;
+    state.auth.worker(&headers, Some(&worker_id), None)?;
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let max = state.engine.settings().max_poll_wait;
     let wait = match query.timeout {

@@ -150,14 +150,7 @@ pub(crate) fn advance(
 ) {
     let Some(bp) = shared.blueprints.get(&job.blueprint).cloned() else {
         let msg = format!("blueprint {} is not loaded", job.blueprint);
-        return end_failed(
-            st,
-            job,
-            JobStatus::Failed,
-            own_code::BLUEPRINT_ERROR,
-            &msg,
-            events,
-        );
+        return blueprint_error(st, job, &msg, events);
     };
     loop {
         if job.transitions > shared.settings.max_transitions {
@@ -165,28 +158,14 @@ pub(crate) fn advance(
                 "the job took more than {} transitions; is there a loop in blueprint {}?",
                 shared.settings.max_transitions, bp.name
             );
-            return end_failed(
-                st,
-                job,
-                JobStatus::Failed,
-                own_code::BLUEPRINT_ERROR,
-                &msg,
-                events,
-            );
+            return blueprint_error(st, job, &msg, events);
         }
         let Some(state) = bp.state(&job.current_state) else {
             let msg = format!(
                 "state {} does not exist in blueprint {}",
                 job.current_state, bp.name
             );
-            return end_failed(
-                st,
-                job,
-                JobStatus::Failed,
-                own_code::BLUEPRINT_ERROR,
-                &msg,
-                events,
-            );
+            return blueprint_error(st, job, &msg, events);
         };
         match &state.action {
             Action::End { finished: true } => {
@@ -235,27 +214,13 @@ pub(crate) fn advance(
                         Ok(false) => {}
                         Err(e) => {
                             let msg = format!("state {}: {e}", job.current_state);
-                            return end_failed(
-                                st,
-                                job,
-                                JobStatus::Failed,
-                                own_code::BLUEPRINT_ERROR,
-                                &msg,
-                                events,
-                            );
+                            return blueprint_error(st, job, &msg, events);
                         }
                     }
                 }
                 let Some(to) = target else {
                     let msg = format!("state {}: no goto rule matched", job.current_state);
-                    return end_failed(
-                        st,
-                        job,
-                        JobStatus::Failed,
-                        own_code::BLUEPRINT_ERROR,
-                        &msg,
-                        events,
-                    );
+                    return blueprint_error(st, job, &msg, events);
                 };
                 enter_state(job, &to, None, events);
             }
@@ -265,14 +230,7 @@ pub(crate) fn advance(
                     Ok(p) => p,
                     Err(e) => {
                         let msg = format!("state {}: {e}", job.current_state);
-                        return end_failed(
-                            st,
-                            job,
-                            JobStatus::Failed,
-                            own_code::BLUEPRINT_ERROR,
-                            &msg,
-                            events,
-                        );
+                        return blueprint_error(st, job, &msg, events);
                     }
                 };
                 let record = new_record(&task.task_type, params, None);
@@ -297,14 +255,7 @@ pub(crate) fn advance(
                         }
                         Err(e) => {
                             let msg = format!("state {} branch {name}: {e}", job.current_state);
-                            return end_failed(
-                                st,
-                                job,
-                                JobStatus::Failed,
-                                own_code::BLUEPRINT_ERROR,
-                                &msg,
-                                events,
-                            );
+                            return blueprint_error(st, job, &msg, events);
                         }
                     }
                 }
@@ -385,6 +336,23 @@ pub(crate) fn enter_state(
     }
     job.tasks.clear();
     job.status = JobStatus::Running;
+}
+
+/// The blueprint cannot go on (bad expression, no matching rule, loop): the job fails.
+pub(crate) fn blueprint_error(
+    st: &mut EngineState,
+    job: &mut Job,
+    msg: &str,
+    events: &mut Vec<JobEvent>,
+) {
+    end_failed(
+        st,
+        job,
+        JobStatus::Failed,
+        own_code::BLUEPRINT_ERROR,
+        msg,
+        events,
+    );
 }
 
 pub(crate) fn end_failed(
