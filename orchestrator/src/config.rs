@@ -8,8 +8,10 @@
 //! log_format = "text"                        # or "json"
 //! global_worker_token = "test-worker-token"
 //! max_body_bytes = 1048576
-//! worker_ttl_seconds = 60
+//! worker_ttl_seconds = 35                  # workers that do not declare their heartbeat interval
+//! default_result_timeout_seconds = 3600    # lease of a task with no result_timeout of its own
 //! require_signatures = true
+//! orchestrator_secret_key = "…"            # signs tasks (`sig`); or ORCHESTRATOR_SECRET_KEY
 //!
 //! [clients.default]
 //! token = "test-client-token"
@@ -59,6 +61,10 @@ pub struct Cli {
     /// `text` or `json` [default: text].
     #[arg(long, env = "LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Secret that signs every task handed out (`sig`, HMAC-SHA256), as
+    /// avtomatika does; workers given the same secret verify it.
+    #[arg(long, env = "ORCHESTRATOR_SECRET_KEY", hide_env_values = true)]
+    pub orchestrator_secret: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -71,7 +77,9 @@ struct FileConfig {
     global_worker_token: Option<String>,
     max_body_bytes: Option<usize>,
     worker_ttl_seconds: Option<f64>,
+    default_result_timeout_seconds: Option<f64>,
     require_signatures: Option<bool>,
+    orchestrator_secret_key: Option<String>,
     #[serde(default)]
     clients: BTreeMap<String, TokenEntry>,
     #[serde(default)]
@@ -116,9 +124,20 @@ pub struct Config {
     pub global_worker_token: Option<String>,
     pub worker_tokens: HashMap<String, String>,
     pub max_body_bytes: usize,
+    /// Liveness of a worker that does not declare its heartbeat interval.
     pub worker_ttl: std::time::Duration,
+    /// Lease of a handed-out task without a result timeout of its own.
+    pub default_result_timeout: std::time::Duration,
     pub require_signatures: bool,
+    /// Signs handed-out tasks when set.
+    pub orchestrator_secret: Option<String>,
 }
+
+/// Default liveness of a worker that does not declare its heartbeat
+/// interval: two of the SDK's 15 s intervals plus a 5 s margin.
+pub const DEFAULT_WORKER_TTL_SECS: f64 = 35.0;
+/// Default lease of a task without a result timeout: an hour.
+pub const DEFAULT_RESULT_TIMEOUT_SECS: f64 = 3600.0;
 
 impl Config {
     pub fn resolve(cli: Cli) -> anyhow::Result<Self> {
@@ -165,10 +184,10 @@ impl Config {
                 "no worker token configured: set GLOBAL_WORKER_TOKEN, pass --worker-token, or add [workers.<id>] to the config file"
             );
         }
-        let ttl = file.worker_ttl_seconds.unwrap_or(60.0);
-        if !(ttl.is_finite() && ttl > 0.0) {
-            bail!("worker_ttl_seconds must be positive");
-        }
+        let ttl = crate::secs::timeout(
+            "worker_ttl_seconds",
+            file.worker_ttl_seconds.unwrap_or(DEFAULT_WORKER_TTL_SECS),
+        )?;
         Ok(Self {
             listen: cli
                 .listen
@@ -184,8 +203,17 @@ impl Config {
             global_worker_token,
             worker_tokens,
             max_body_bytes: file.max_body_bytes.unwrap_or(crate::api::DEFAULT_MAX_BODY),
-            worker_ttl: std::time::Duration::from_secs_f64(ttl),
+            worker_ttl: ttl,
+            default_result_timeout: crate::secs::timeout(
+                "default_result_timeout_seconds",
+                file.default_result_timeout_seconds
+                    .unwrap_or(DEFAULT_RESULT_TIMEOUT_SECS),
+            )?,
             require_signatures: file.require_signatures.unwrap_or(true),
+            orchestrator_secret: cli
+                .orchestrator_secret
+                .or(file.orchestrator_secret_key)
+                .filter(|s| !s.is_empty()),
         })
     }
 }

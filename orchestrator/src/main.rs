@@ -38,8 +38,13 @@ async fn run() -> anyhow::Result<()> {
     tracing::info!("storage: {}", storage.describe());
     let settings = EngineSettings {
         worker_ttl: config.worker_ttl,
+        default_result_timeout: config.default_result_timeout,
+        task_secret: config.orchestrator_secret.clone(),
         ..EngineSettings::default()
     };
+    if settings.task_secret.is_some() {
+        tracing::info!("tasks are signed with ORCHESTRATOR_SECRET_KEY (`sig`)");
+    }
     let engine = Engine::start(blueprints, storage, settings).await?;
     let auth = Auth::new(
         config.clients.clone(),
@@ -81,7 +86,8 @@ async fn run() -> anyhow::Result<()> {
     let stopping = engine.clone();
     api::serve(listener, app, async move {
         shutdown_signal().await;
-        // Idle long-polls would hold the graceful shutdown for up to 30 s.
+        // Idle long-polls and `?wait=` clients would hold the graceful
+        // shutdown for up to 60 s: they are answered at once.
         stopping.begin_shutdown();
     })
     .await?;

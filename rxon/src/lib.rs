@@ -8,11 +8,16 @@
 //! - [`model`]: request and response bodies of `/_worker/...`.
 //! - [`signing`]: canonical JSON and the HMAC-SHA256 message signature.
 //! - [`codes`]: error codes and header names.
+//! - [`text`]: peer-supplied text cut for logs.
 
 pub mod codes;
 pub mod model;
 pub mod signing;
+pub mod text;
 
 pub use codes::*;
 pub use model::*;
-pub use signing::{SignError, canonical_json, seal, sign_message, verify_message};
+pub use signing::{
+    SignError, TASK_UNSIGNED_KEYS, canonical_json, seal, sign_message, sign_task, verify_message,
+    verify_task,
+};

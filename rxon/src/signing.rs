@@ -102,6 +102,32 @@ pub fn verify_message(message: &Value, secret: &str, exclude: &[&str]) -> Result
         .map_err(|_| SignError::BadSignature)
 }
 
+/// Keys of a `TaskPayload` its orchestrator signature `sig` does not cover
+/// (besides `security` and `_signature`, never signed).
+pub const TASK_UNSIGNED_KEYS: &[&str] = &["sig", "orchestrator_signature"];
+
+/// The orchestrator's signature of a task payload (its `sig` field),
+/// HMAC-SHA256 with `ORCHESTRATOR_SECRET_KEY` over the canonical payload.
+pub fn sign_task(payload: &Value, secret: &str) -> String {
+    sign_message(payload, secret, TASK_UNSIGNED_KEYS)
+}
+
+/// Checks a task payload's `sig` (as received) in constant time.
+pub fn verify_task(payload: &Value, secret: &str) -> Result<(), SignError> {
+    let sig = payload
+        .get("sig")
+        .and_then(Value::as_str)
+        .ok_or(SignError::MissingSignature)?;
+    let given = hex::decode(sig).map_err(|_| SignError::BadSignature)?;
+    let mut mac = match HmacSha256::new_from_slice(secret.as_bytes()) {
+        Ok(mac) => mac,
+        Err(_) => unreachable!("HMAC takes keys of any size"),
+    };
+    mac.update(canonical_json(payload, TASK_UNSIGNED_KEYS).as_bytes());
+    mac.verify_slice(&given)
+        .map_err(|_| SignError::BadSignature)
+}
+
 /// Adds `timestamp` (if missing) and a `security` block signed with `secret`.
 pub fn seal(message: &mut Value, signer_id: &str, secret: &str, now_unix: i64) {
     let Some(obj) = message.as_object_mut() else {
@@ -163,6 +189,31 @@ mod tests {
         assert_eq!(
             verify_message(&msg, "secret", &[]),
             Err(SignError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn task_signature_covers_everything_but_sig_and_security() {
+        // python3 -c 'import hmac,hashlib,json; print(hmac.new(b"osecret", json.dumps({"job_id":"j","params":{"message":"hello"},"priority":0,"step":1,"task_id":"t","timestamp":1795824959,"tracing_context":{},"type":"echo"}, sort_keys=True, separators=(",",":")).encode(), hashlib.sha256).hexdigest())'
+        let mut payload = json!({"job_id": "j", "task_id": "t", "type": "echo", "params": {"message": "hello"},
+            "tracing_context": {}, "priority": 0.0, "step": 1, "timestamp": 1795824959, "security": {"signature": "x"}});
+        let sig = sign_task(&payload, "osecret");
+        assert_eq!(
+            sig,
+            "2855b6aab49c5271ebbe955b845209f92ece917ab82b02fa05712e4ce10bc9e7"
+        );
+        payload["sig"] = json!(sig);
+        verify_task(&payload, "osecret").unwrap();
+        assert_eq!(verify_task(&payload, "other"), Err(SignError::BadSignature));
+        payload["params"]["message"] = json!("tampered");
+        assert_eq!(
+            verify_task(&payload, "osecret"),
+            Err(SignError::BadSignature)
+        );
+        payload.as_object_mut().unwrap().remove("sig");
+        assert_eq!(
+            verify_task(&payload, "osecret"),
+            Err(SignError::MissingSignature)
         );
     }
 

@@ -25,6 +25,8 @@ pub enum ClientError {
     Unauthorized { status: StatusCode, message: String },
     #[error("the orchestrator does not know this worker ({message}); re-registering")]
     UnknownWorker { message: String },
+    #[error("the orchestrator refused a {bytes}-byte message as too large (413): {message}")]
+    PayloadTooLarge { bytes: usize, message: String },
     #[error("the orchestrator answered {status}: {message}")]
     Http { status: StatusCode, message: String },
     #[error("unexpected answer from the orchestrator: {0}")]
@@ -37,6 +39,16 @@ impl ClientError {
         matches!(self, Self::UnknownWorker { .. })
     }
 }
+
+/// A task as polled: typed, plus the JSON as received (what its `sig` covers).
+#[derive(Debug, Clone)]
+pub struct PolledTask {
+    pub payload: TaskPayload,
+    pub raw: Value,
+}
+
+/// Most bytes of an orchestrator answer we read (errors are cut for logs).
+const MAX_ANSWER_BYTES: usize = 16 << 20;
 
 /// Talks to one orchestrator as one worker.
 #[derive(Clone)]
@@ -57,15 +69,27 @@ pub fn unix_now() -> i64 {
 
 impl OrchestratorClient {
     pub fn new(base_url: &str, worker_id: &str, token: &str) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()?;
         Ok(Self {
-            http,
+            http: Self::http()?,
             base: base_url.trim_end_matches('/').to_string(),
             worker_id: worker_id.to_string(),
             token: token.to_string(),
+        })
+    }
+
+    fn http() -> anyhow::Result<reqwest::Client> {
+        Ok(reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()?)
+    }
+
+    /// The same client with connections of its own, for use on another
+    /// runtime (the heartbeat thread).
+    pub fn detached(&self) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: Self::http()?,
+            ..self.clone()
         })
     }
 
@@ -100,10 +124,14 @@ impl OrchestratorClient {
         Ok(value)
     }
 
-    async fn send<R: DeserializeOwned>(
+    /// Sends; a success is decoded as `R` (and also returned as JSON), an
+    /// error becomes the matching [`ClientError`]. `sent` is the body size,
+    /// for the 413 message.
+    async fn send_raw<R: DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,
-    ) -> Result<Option<R>, ClientError> {
+        sent: usize,
+    ) -> Result<Option<(R, Value)>, ClientError> {
         let response = request
             .send()
             .await
@@ -122,15 +150,32 @@ impl OrchestratorClient {
                 url: self.base.clone(),
                 source,
             })?;
+        if body.len() > MAX_ANSWER_BYTES {
+            return Err(ClientError::Decode(format!(
+                "the answer is {} bytes; at most {MAX_ANSWER_BYTES} are accepted",
+                body.len()
+            )));
+        }
         if status.is_success() {
-            return serde_json::from_slice(&body).map(Some).map_err(|e| {
-                ClientError::Decode(format!("{e}: {}", String::from_utf8_lossy(&body)))
-            });
+            let decode_error = |e: serde_json::Error| {
+                ClientError::Decode(format!(
+                    "{e}: {}",
+                    crate::limits::for_log(&String::from_utf8_lossy(&body))
+                ))
+            };
+            let value: Value = serde_json::from_slice(&body).map_err(decode_error)?;
+            let typed = R::deserialize(&value).map_err(decode_error)?;
+            return Ok(Some((typed, value)));
         }
         let message = serde_json::from_slice::<rxon::ErrorBody>(&body)
             .map(|b| b.error)
             .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+        let message = crate::limits::for_log(&message).into_owned();
         Err(match status {
+            StatusCode::PAYLOAD_TOO_LARGE => ClientError::PayloadTooLarge {
+                bytes: sent,
+                message,
+            },
             StatusCode::NOT_FOUND if message.to_lowercase().contains("not found") => {
                 ClientError::UnknownWorker { message }
             }
@@ -147,10 +192,42 @@ impl OrchestratorClient {
         path: &str,
         message: &T,
     ) -> Result<R, ClientError> {
-        let body = self.sign(message)?;
-        self.send(self.request(method, path).json(&body))
+        let body = serde_json::to_vec(&self.sign(message)?)
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.post_body(method, path, body).await
+    }
+
+    /// Posts an encoded body (see [`Self::encode_signed`]).
+    pub async fn post_body<R: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<R, ClientError> {
+        let sent = body.len();
+        let request = self
+            .request(method, path)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        self.send_raw(request, sent)
             .await?
+            .map(|(value, _)| value)
             .ok_or_else(|| ClientError::Decode("empty answer".into()))
+    }
+
+    /// Stamps, signs and encodes a message off the async runtime's threads
+    /// (for large messages such as results).
+    pub async fn encode_signed<T: Serialize + Send + 'static>(
+        &self,
+        message: T,
+    ) -> Result<Vec<u8>, ClientError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            serde_json::to_vec(&this.sign(&message)?)
+                .map_err(|e| ClientError::Decode(e.to_string()))
+        })
+        .await
+        .map_err(|e| ClientError::Decode(format!("encoding failed: {e}")))?
     }
 
     pub async fn register(
@@ -175,7 +252,7 @@ impl OrchestratorClient {
     }
 
     /// Long-polls for the next task; `None` when none came within `wait`.
-    pub async fn next_task(&self, wait: Duration) -> Result<Option<TaskPayload>, ClientError> {
+    pub async fn next_task(&self, wait: Duration) -> Result<Option<PolledTask>, ClientError> {
         let skills_query = format!("timeout={}", wait.as_secs_f64());
         let request = self
             .request(
@@ -184,11 +261,22 @@ impl OrchestratorClient {
             )
             // The server may hold the request for `wait` (avtomatika: always 30 s).
             .timeout(wait.max(Duration::from_secs(30)) + Duration::from_secs(10));
-        self.send(request).await
+        Ok(self
+            .send_raw(request, 0)
+            .await?
+            .map(|(payload, raw)| PolledTask { payload, raw }))
     }
 
     pub async fn submit_result(&self, result: &TaskResult) -> Result<ResultResponse, ClientError> {
         self.post_signed(Method::POST, path::RESULT, result).await
+    }
+
+    /// Submits a result encoded with [`Self::encode_signed`].
+    pub async fn submit_encoded_result(
+        &self,
+        body: Vec<u8>,
+    ) -> Result<ResultResponse, ClientError> {
+        self.post_body(Method::POST, path::RESULT, body).await
     }
 
     pub async fn send_event(&self, event: &WorkerEventPayload) -> Result<Value, ClientError> {

@@ -43,6 +43,11 @@ pub struct SandboxArgs {
     /// Memory limit of one task, in MiB.
     #[arg(long, env = "TASK_MEMORY_LIMIT_MB", default_value_t = 128)]
     pub memory_limit_mb: usize,
+    /// Most bytes a task's result may hand the host (status and data, or error
+    /// message and details); a larger result fails the task with
+    /// RESOURCE_EXHAUSTED_ERROR. Keep it below the orchestrator's body limit.
+    #[arg(long, env = "MAX_RESULT_BYTES", default_value_t = crate::limits::DEFAULT_MAX_RESULT_BYTES)]
+    pub max_result_bytes: usize,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -78,6 +83,11 @@ pub struct ServeArgs {
     /// Log format: `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// The orchestrator's secret (as avtomatika names it): when set, every task
+    /// must carry a valid orchestrator signature (`sig`); others are refused
+    /// and reported as SECURITY_ERROR.
+    #[arg(long, env = "ORCHESTRATOR_SECRET_KEY", hide_env_values = true)]
+    pub orchestrator_secret: Option<String>,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
 }
@@ -96,6 +106,9 @@ pub struct RunArgs {
     pub sandbox: SandboxArgs,
 }
 
+/// Longest `--task-timeout` (a day).
+const MAX_TASK_TIMEOUT_SECS: f64 = 86_400.0;
+
 impl SandboxArgs {
     pub fn to_config(&self, max_concurrent_tasks: usize) -> anyhow::Result<SandboxConfig> {
         anyhow::ensure!(
@@ -106,8 +119,22 @@ impl SandboxArgs {
             self.memory_limit_mb >= 1,
             "--memory-limit-mb must be at least 1"
         );
+        anyhow::ensure!(
+            self.task_timeout <= MAX_TASK_TIMEOUT_SECS,
+            "--task-timeout must be at most {MAX_TASK_TIMEOUT_SECS} seconds"
+        );
+        anyhow::ensure!(
+            (1024..=(256 << 20)).contains(&self.max_result_bytes),
+            "--max-result-bytes must be between 1024 and {}",
+            256 << 20
+        );
+        anyhow::ensure!(
+            self.memory_limit_mb <= 64 << 10,
+            "--memory-limit-mb must be at most 65536"
+        );
         Ok(SandboxConfig {
             task_timeout: Duration::from_secs_f64(self.task_timeout),
+            max_result_bytes: self.max_result_bytes,
             memory_limit: self.memory_limit_mb << 20,
             max_concurrent_tasks: max_concurrent_tasks.max(1),
             ..SandboxConfig::default()

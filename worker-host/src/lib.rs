@@ -11,6 +11,8 @@
 //! - once per task: [`sandbox::task`] (fresh store and instance, time and memory
 //!   bounds, captured output) producing a [`outcome::TaskOutcome`].
 //!
+//! Every bound on what a plugin supplies is in [`limits`].
+//!
 //! Around that: [`client`] speaks the worker protocol, [`worker`] is the
 //! register/heartbeat/poll/execute/submit loop, [`plugin_watch`] reloads the
 //! plugins directory when it changes (hot deployment), [`config`] is the CLI, and
@@ -18,6 +20,7 @@
 
 pub mod client;
 pub mod config;
+pub mod limits;
 pub mod outcome;
 pub mod plugin_store;
 pub mod plugin_watch;

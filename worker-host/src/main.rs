@@ -44,13 +44,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     );
     let engine = SandboxEngine::new(args.sandbox.to_config(args.max_concurrent_tasks)?)?;
     let loader = std::sync::Arc::new(PluginLoader::new(engine.clone())?);
-    let plugins = loader.load_dir(&args.plugins_dir).await?;
+    let plugins = loader
+        .load_dir(
+            &args.plugins_dir,
+            &worker_host::plugin_store::PluginSet::default(),
+        )
+        .await?;
     let client = OrchestratorClient::new(&args.orchestrator_url, &args.worker_id, &token)?;
     let settings = WorkerSettings {
         worker_type: args.worker_type.clone(),
         max_concurrent_tasks: args.max_concurrent_tasks.max(1),
-        heartbeat_interval: std::time::Duration::from_secs_f64(args.heartbeat_interval.max(0.1)),
-        poll_timeout: std::time::Duration::from_secs_f64(args.poll_timeout.max(0.1)),
+        heartbeat_interval: seconds("--heartbeat-interval", args.heartbeat_interval)?,
+        poll_timeout: seconds("--poll-timeout", args.poll_timeout)?,
+        task_secret: args.orchestrator_secret.clone().filter(|s| !s.is_empty()),
         ..WorkerSettings::default()
     };
     let worker = Worker::new(client, engine, plugins, settings);
@@ -64,6 +70,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     ));
     worker.run(shutdown).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A number of seconds from the command line: 0.1 to 3600.
+fn seconds(flag: &str, value: f64) -> anyhow::Result<std::time::Duration> {
+    anyhow::ensure!(
+        value.is_finite() && (0.1..=3600.0).contains(&value),
+        "{flag} must be between 0.1 and 3600 seconds, not {value}"
+    );
+    Ok(std::time::Duration::from_secs_f64(value))
 }
 
 async fn wait_for_signal(shutdown: CancellationToken) {
@@ -128,7 +143,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     println!("{}", serde_json::to_string_pretty(&outcome.to_json())?);
     Ok(match outcome {
         TaskOutcome::Completed { .. } => ExitCode::SUCCESS,
-        TaskOutcome::Failed { code, message } => {
+        TaskOutcome::Failed { code, message, .. } => {
             eprintln!("task failed: {code}: {message}");
             ExitCode::from(2)
         }

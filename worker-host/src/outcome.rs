@@ -11,8 +11,13 @@ pub enum TaskOutcome {
         status: String,
         data: Map<String, Value>,
     },
-    /// The task failed; `code` is an RXON error code such as `TRANSIENT_ERROR`.
-    Failed { code: String, message: String },
+    /// The task failed; `code` is an RXON error code such as `TRANSIENT_ERROR`;
+    /// `details` is the plugin's JSON text, if it gave any.
+    Failed {
+        code: String,
+        message: String,
+        details: Option<String>,
+    },
 }
 
 impl TaskOutcome {
@@ -20,6 +25,7 @@ impl TaskOutcome {
         Self::Failed {
             code: code.to_string(),
             message: message.into(),
+            details: None,
         }
     }
 
@@ -37,9 +43,13 @@ impl TaskOutcome {
             Self::Completed { status, data } => {
                 serde_json::json!({ "status": status, "data": data })
             }
-            Self::Failed { code, message } => serde_json::json!({
+            Self::Failed {
+                code,
+                message,
+                details,
+            } => serde_json::json!({
                 "status": rxon::status::FAILURE,
-                "error": { "code": code, "message": message }
+                "error": { "code": code, "message": message, "details": details.as_deref().map(details_value) }
             }),
         }
     }
@@ -48,13 +58,17 @@ impl TaskOutcome {
     pub fn into_result(self, job_id: &str, task_id: &str, worker_id: &str) -> rxon::TaskResult {
         let (status, data, error) = match self {
             Self::Completed { status, data } => (status, Some(data), None),
-            Self::Failed { code, message } => (
+            Self::Failed {
+                code,
+                message,
+                details,
+            } => (
                 rxon::status::FAILURE.to_string(),
                 Some(Map::new()),
                 Some(rxon::TaskErrorInfo {
                     code,
                     message,
-                    details: None,
+                    details: details.as_deref().map(details_value),
                 }),
             ),
         };
@@ -72,6 +86,11 @@ impl TaskOutcome {
             timestamp: None,
         }
     }
+}
+
+/// A plugin's `details` text as JSON: parsed when it is JSON, else a string.
+fn details_value(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
 }
 
 /// The RXON error code of a plugin's error kind.

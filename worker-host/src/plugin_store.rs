@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use wasmtime::component::{Component, Linker};
 
+use crate::limits;
 use crate::sandbox::bindings::{Skill, TaskPluginPre};
 use crate::sandbox::state::TaskState;
 use crate::sandbox::{SandboxEngine, task};
@@ -36,6 +37,8 @@ pub enum PluginError {
     WrongWorld { path: PathBuf, reason: String },
     #[error("{path}: {reason}")]
     Describe { path: PathBuf, reason: String },
+    #[error("{path} declares more than a plugin may: {reason}")]
+    OverLimit { path: PathBuf, reason: String },
 }
 
 /// One loaded plugin.
@@ -52,6 +55,9 @@ pub struct Plugin {
 #[derive(Default, Clone)]
 pub struct PluginSet {
     by_skill: BTreeMap<String, Arc<Plugin>>,
+    /// Bytes the skills take in a registration (bounded by
+    /// [`limits::MAX_ADVERTISED_BYTES`]).
+    advertised_bytes: usize,
 }
 
 impl PluginSet {
@@ -80,22 +86,45 @@ impl PluginSet {
         self.by_skill.is_empty()
     }
 
-    /// Adds a plugin; a skill already served by an earlier plugin keeps it.
-    pub fn insert(&mut self, plugin: Plugin) {
-        let plugin = Arc::new(plugin);
+    /// Whether the plugin file at `path` serves a skill in this set.
+    pub fn serves_from(&self, path: &Path) -> bool {
+        self.by_skill.values().any(|p| p.path == path)
+    }
+
+    /// Adds a plugin, or says why not: one of its skills is already served
+    /// by another plugin (the first one keeps it), or its skills would push
+    /// the registration over [`limits::MAX_ADVERTISED_BYTES`]. A refused
+    /// plugin adds none of its skills.
+    pub fn insert(&mut self, plugin: Plugin) -> Result<(), String> {
         for skill in &plugin.skills {
             if let Some(existing) = self.by_skill.get(&skill.name) {
-                tracing::warn!(
-                    skill = %skill.name,
-                    "skill {} of {} is already served by {}; ignoring the second",
+                return Err(format!(
+                    "skill {} is already served by {}; the plugin that serves a skill first keeps it (remove {} to hand the skill over)",
                     skill.name,
-                    plugin.path.display(),
+                    existing.path.display(),
                     existing.path.display()
-                );
-                continue;
+                ));
             }
+        }
+        let bytes: usize = plugin
+            .skills
+            .iter()
+            .map(|s| serde_json::to_vec(&skill_info(s)).map_or(0, |v| v.len()))
+            .sum();
+        if self.advertised_bytes + bytes > limits::MAX_ADVERTISED_BYTES {
+            return Err(format!(
+                "its skills take {bytes} bytes and the worker already advertises {}; \
+                 all skills of a worker may take at most {} bytes (MAX_ADVERTISED_BYTES)",
+                self.advertised_bytes,
+                limits::MAX_ADVERTISED_BYTES
+            ));
+        }
+        self.advertised_bytes += bytes;
+        let plugin = Arc::new(plugin);
+        for skill in &plugin.skills {
             self.by_skill.insert(skill.name.clone(), plugin.clone());
         }
+        Ok(())
     }
 }
 
@@ -161,7 +190,7 @@ impl PluginLoader {
                     path: path_buf.clone(),
                     reason: format!("{e:#}"),
                 })?;
-        validate_skills(&skills).map_err(|reason| PluginError::Describe {
+        validate_skills(&skills).map_err(|reason| PluginError::OverLimit {
             path: path_buf.clone(),
             reason,
         })?;
@@ -172,9 +201,13 @@ impl PluginLoader {
         })
     }
 
-    /// Loads every `*.wasm` in `dir` (sorted by name); broken files are
-    /// logged and skipped.
-    pub async fn load_dir(&self, dir: &Path) -> anyhow::Result<PluginSet> {
+    /// Loads every `*.wasm` in `dir`; broken files are logged and skipped.
+    ///
+    /// Plugins that serve skills in `incumbent` (the set in service) are
+    /// loaded first, then the others, each group in file name order: when two
+    /// files declare the same skill, the one already serving it keeps it and
+    /// the newcomer is refused with a log line naming both.
+    pub async fn load_dir(&self, dir: &Path, incumbent: &PluginSet) -> anyhow::Result<PluginSet> {
         let mut files = Vec::new();
         let mut entries = tokio::fs::read_dir(dir)
             .await
@@ -185,18 +218,22 @@ impl PluginLoader {
                 files.push(path);
             }
         }
-        files.sort();
+        files.sort_by_key(|p| (!incumbent.serves_from(p), p.clone()));
         let mut set = PluginSet::default();
         for path in files {
             match self.load_file(&path).await {
                 Ok(plugin) => {
-                    let names: Vec<&str> = plugin.skills.iter().map(|s| s.name.as_str()).collect();
-                    tracing::info!(
-                        "loaded plugin {} serving {}",
-                        path.display(),
-                        names.join(", ")
-                    );
-                    set.insert(plugin);
+                    let names: Vec<String> = plugin.skills.iter().map(|s| s.name.clone()).collect();
+                    match set.insert(plugin) {
+                        Ok(()) => tracing::info!(
+                            "loaded plugin {} serving {}",
+                            path.display(),
+                            names.join(", ")
+                        ),
+                        Err(why) => {
+                            tracing::error!("refusing plugin {}: {why}", path.display())
+                        }
+                    }
                 }
                 Err(e) => tracing::error!("skipping plugin: {e}"),
             }
@@ -205,15 +242,80 @@ impl PluginLoader {
     }
 }
 
-fn validate_skills(skills: &[Skill]) -> Result<(), String> {
+/// Checks a plugin's self-description against [`limits`]; the error names
+/// the limit crossed.
+pub fn validate_skills(skills: &[Skill]) -> Result<(), String> {
     if skills.is_empty() {
         return Err("describe() returned no skills".into());
     }
+    if skills.len() > limits::MAX_SKILLS_PER_PLUGIN {
+        return Err(format!(
+            "{} skills; the limit is {} (MAX_SKILLS_PER_PLUGIN)",
+            skills.len(),
+            limits::MAX_SKILLS_PER_PLUGIN
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
     for skill in skills {
-        if skill.name.is_empty() || skill.name.len() > 128 {
+        let name = limits::clip(&skill.name, 80);
+        if !limits::is_skill_name(&skill.name) {
             return Err(format!(
-                "skill name {:?} must be 1..=128 characters",
-                skill.name
+                "skill name {name:?} must be 1 to {} bytes of letters, digits, `_`, `-` or `.` (MAX_SKILL_NAME)",
+                limits::MAX_SKILL_NAME
+            ));
+        }
+        if !seen.insert(skill.name.as_str()) {
+            return Err(format!("skill {name} is declared twice"));
+        }
+        let over = |what: &str, len: usize, max: usize, limit: &str| {
+            (len > max).then(|| {
+                format!("skill {name}: its {what} is {len} bytes; the limit is {max} ({limit})")
+            })
+        };
+        let checks = [
+            over(
+                "version",
+                skill.version.len(),
+                limits::MAX_SKILL_VERSION,
+                "MAX_SKILL_VERSION",
+            ),
+            over(
+                "description",
+                skill.description.len(),
+                limits::MAX_SKILL_DESCRIPTION,
+                "MAX_SKILL_DESCRIPTION",
+            ),
+            over(
+                "input schema",
+                skill.input_schema.as_ref().map_or(0, String::len),
+                limits::MAX_SCHEMA_BYTES,
+                "MAX_SCHEMA_BYTES",
+            ),
+            over(
+                "output schema",
+                skill.output_schema.as_ref().map_or(0, String::len),
+                limits::MAX_SCHEMA_BYTES,
+                "MAX_SCHEMA_BYTES",
+            ),
+            over(
+                "list of output statuses",
+                skill.output_statuses.len(),
+                limits::MAX_OUTPUT_STATUSES,
+                "MAX_OUTPUT_STATUSES",
+            ),
+        ];
+        if let Some(problem) = checks.into_iter().flatten().next() {
+            return Err(problem);
+        }
+        if let Some(bad) = skill
+            .output_statuses
+            .iter()
+            .find(|s| !limits::is_status_name(s))
+        {
+            return Err(format!(
+                "skill {name}: output status {:?} must be 1 to {} bytes of letters, digits, `_`, `-`, `.` or `:` (MAX_STATUS_NAME)",
+                limits::clip(bad, 80),
+                limits::MAX_STATUS_NAME
             ));
         }
         for (what, schema) in [
@@ -221,9 +323,8 @@ fn validate_skills(skills: &[Skill]) -> Result<(), String> {
             ("output", &skill.output_schema),
         ] {
             if let Some(schema) = schema {
-                serde_json::from_str::<serde_json::Value>(schema).map_err(|e| {
-                    format!("skill {}: {what} schema is not valid JSON: {e}", skill.name)
-                })?;
+                serde_json::from_str::<serde_json::Value>(schema)
+                    .map_err(|e| format!("skill {name}: {what} schema is not valid JSON: {e}"))?;
             }
         }
     }

@@ -71,7 +71,7 @@ pub async fn watch(
             }
         }
         tracing::info!("plugins directory {} changed; reloading", dir.display());
-        match loader.load_dir(&dir).await {
+        match loader.load_dir(&dir, &worker.plugins()).await {
             Ok(set) => worker.replace_plugins(set, &shutdown).await,
             Err(e) => {
                 tracing::error!("reloading plugins failed: {e:#}; keeping the ones in service")

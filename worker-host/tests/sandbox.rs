@@ -50,7 +50,7 @@ async fn run(
 
 fn failure(outcome: &TaskOutcome) -> (&str, &str) {
     match outcome {
-        TaskOutcome::Failed { code, message } => (code, message),
+        TaskOutcome::Failed { code, message, .. } => (code, message),
         other => panic!("expected a failure, got {other:?}"),
     }
 }
@@ -284,7 +284,10 @@ async fn broken_files_are_skipped_with_a_clear_reason() {
     .unwrap();
     std::fs::write(dir.path().join("notes.txt"), b"ignored").unwrap();
 
-    let set = loader.load_dir(dir.path()).await.unwrap();
+    let set = loader
+        .load_dir(dir.path(), &Default::default())
+        .await
+        .unwrap();
     assert_eq!(set.skill_names(), vec!["echo_task".to_string()]);
 
     let err = loader

@@ -67,19 +67,7 @@ fn parse_create(mut body: Object, blueprint: &str, owner: String) -> Result<NewJ
         }
     };
     let seconds = |name: &str, v: Option<Value>| -> Result<Option<f64>, ApiError> {
-        match v {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => n
-                .as_f64()
-                .filter(|f| f.is_finite() && *f > 0.0)
-                .map(Some)
-                .ok_or_else(|| {
-                    ApiError::BadRequest(format!("'{name}' must be a positive number of seconds"))
-                }),
-            Some(_) => Err(ApiError::BadRequest(format!(
-                "'{name}' must be a positive number of seconds"
-            ))),
-        }
+        crate::secs::timeout_json(name, v.as_ref()).map_err(|e| ApiError::BadRequest(e.to_string()))
     };
     new.dispatch_timeout = seconds("dispatch_timeout", body.remove("dispatch_timeout"))?;
     new.result_timeout = seconds("result_timeout", body.remove("result_timeout"))?;
@@ -168,9 +156,10 @@ async fn owned_job(state: &AppState, id: Uuid, owner: &str) -> Result<Job, ApiEr
 
 #[derive(Debug, Deserialize)]
 pub struct GetQuery {
-    /// Seconds to wait for the job to end before answering.
+    /// Seconds to wait for the job to end before answering (parsed by
+    /// [`crate::secs::wait_query`], so a bad value names the field).
     #[serde(default)]
-    wait: Option<f64>,
+    wait: Option<String>,
 }
 
 pub async fn get_job(
@@ -183,18 +172,12 @@ pub async fn get_job(
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let id = parse_id(&id)?;
     let job = owned_job(&state, id, &owner).await?;
-    let job = match query.wait {
-        Some(w) if w.is_finite() && w > 0.0 && !job.status.is_terminal() => {
-            state
-                .engine
-                .wait_for_job(id, Duration::from_secs_f64(w).min(MAX_JOB_WAIT))
-                .await;
+    let wait = crate::secs::wait_query("wait", query.wait.as_deref(), MAX_JOB_WAIT)
+        .map_err(ApiError::BadRequest)?;
+    let job = match wait {
+        Some(w) if !w.is_zero() && !job.status.is_terminal() => {
+            state.engine.wait_for_job(id, w).await;
             owned_job(&state, id, &owner).await?
-        }
-        Some(w) if !w.is_finite() || w < 0.0 => {
-            return Err(ApiError::BadRequest(
-                "wait must be a non-negative number of seconds".into(),
-            ));
         }
         _ => job,
     };

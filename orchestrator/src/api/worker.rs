@@ -1,7 +1,5 @@
 //! The worker API (`/_worker/...`), wire-compatible with RXON 1.0b17.
 
-use std::time::Duration;
-
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
@@ -95,6 +93,17 @@ pub async fn heartbeat(
             None
         }
     };
+    if let Some(n) = hb
+        .as_ref()
+        .and_then(|h| h.current_tasks.as_ref())
+        .map(Vec::len)
+        && n > crate::engine::MAX_HEARTBEAT_TASKS
+    {
+        return Err(ApiError::BadRequest(format!(
+            "Invalid Heartbeat payload: current_tasks lists {n} ids; at most {} are accepted",
+            crate::engine::MAX_HEARTBEAT_TASKS
+        )));
+    }
     if let Some(hb) = &hb
         && hb.worker_id != worker_id
     {
@@ -115,7 +124,7 @@ pub async fn heartbeat(
 pub struct PollQuery {
     /// Seconds to wait for a task (capped by the server).
     #[serde(default)]
-    timeout: Option<f64>,
+    timeout: Option<String>,
 }
 
 pub async fn next_task(
@@ -127,15 +136,9 @@ pub async fn next_task(
     state.auth.worker(&headers, Some(&worker_id), None)?;
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let max = state.engine.settings().max_poll_wait;
-    let wait = match query.timeout {
-        Some(t) if t.is_finite() && t >= 0.0 => Duration::from_secs_f64(t).min(max),
-        Some(_) => {
-            return Err(ApiError::BadRequest(
-                "timeout must be a non-negative number of seconds".into(),
-            ));
-        }
-        None => max,
-    };
+    let wait = crate::secs::wait_query("timeout", query.timeout.as_deref(), max)
+        .map_err(ApiError::BadRequest)?
+        .unwrap_or(max);
     match state.engine.next_task(&worker_id, wait).await {
         Ok(Some(task)) => Ok(axum::Json(task).into_response()),
         Ok(None) => Ok(StatusCode::NO_CONTENT.into_response()),

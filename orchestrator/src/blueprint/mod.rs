@@ -33,21 +33,36 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Most attempts a retry policy may allow.
+const MAX_ATTEMPTS: u32 = 1000;
+
 impl RetryPolicy {
-    fn from_file(file: Option<RetryFile>) -> Self {
+    fn from_file(file: Option<RetryFile>) -> Result<Self, String> {
         let d = Self::default();
-        let Some(f) = file else { return d };
-        Self {
-            max_attempts: f.max_attempts.unwrap_or(d.max_attempts).max(1),
-            initial_backoff: f
-                .initial_backoff_ms
-                .map(Duration::from_millis)
-                .unwrap_or(d.initial_backoff),
-            max_backoff: f
-                .max_backoff_ms
-                .map(Duration::from_millis)
-                .unwrap_or(d.max_backoff),
+        let Some(f) = file else { return Ok(d) };
+        let max_ms = (crate::secs::MAX_TIMEOUT_SECS * 1000.0) as u64;
+        let ms = |v: Option<u64>, field: &str, default: Duration| match v {
+            None => Ok(default),
+            Some(ms) if ms <= max_ms => Ok(Duration::from_millis(ms)),
+            Some(ms) => Err(format!(
+                "'retry.{field}' must be at most {max_ms} ms (30 days); got {ms}"
+            )),
+        };
+        let max_attempts = f.max_attempts.unwrap_or(d.max_attempts);
+        if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
+            return Err(format!(
+                "'retry.max_attempts' must be between 1 and {MAX_ATTEMPTS}; got {max_attempts}"
+            ));
         }
+        Ok(Self {
+            max_attempts,
+            initial_backoff: ms(
+                f.initial_backoff_ms,
+                "initial_backoff_ms",
+                d.initial_backoff,
+            )?,
+            max_backoff: ms(f.max_backoff_ms, "max_backoff_ms", d.max_backoff)?,
+        })
     }
 
     /// Delay before attempt `next_attempt` (2 = first retry).
@@ -139,13 +154,9 @@ pub struct BlueprintError {
 }
 
 fn secs(v: Option<f64>, what: &str) -> Result<Option<Duration>, String> {
-    match v {
-        None => Ok(None),
-        Some(s) if s.is_finite() && s > 0.0 => Ok(Some(Duration::from_secs_f64(s))),
-        Some(s) => Err(format!(
-            "{what} must be a positive number of seconds, got {s}"
-        )),
-    }
+    v.map(|s| crate::secs::timeout(what, s))
+        .transpose()
+        .map_err(|e| e.to_string())
 }
 
 fn compile_params(
@@ -202,7 +213,7 @@ fn compile_state(name: &str, file: &StateFile) -> Result<Action, String> {
                 params: compile_params(&d.params)?,
                 dispatch_timeout: secs(d.dispatch_timeout, "dispatch_timeout")?,
                 result_timeout: secs(d.result_timeout, "result_timeout")?,
-                retry: RetryPolicy::from_file(d.retry),
+                retry: RetryPolicy::from_file(d.retry)?,
             },
             on: d.on.clone(),
         });
@@ -221,7 +232,7 @@ fn compile_state(name: &str, file: &StateFile) -> Result<Action, String> {
                         .map_err(|e| format!("branch `{branch}`: {e}"))?,
                     dispatch_timeout: secs(p.dispatch_timeout, "dispatch_timeout")?,
                     result_timeout: secs(p.result_timeout, "result_timeout")?,
-                    retry: RetryPolicy::from_file(p.retry),
+                    retry: RetryPolicy::from_file(p.retry)?,
                 },
             );
         }

@@ -34,8 +34,19 @@ use workers::{WorkerRecord, WorkerView};
 /// Tunables of the engine.
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
-    /// A worker not heard from for this long is dropped and its tasks requeued.
+    /// A worker not heard from for this long is dropped and its tasks
+    /// requeued, unless it declares its heartbeat interval (then two
+    /// intervals plus [`TTL_MARGIN`]).
     pub worker_ttl: Duration,
+    /// Lease of a handed-out task whose blueprint and job set no result
+    /// timeout: past it, the task fails with `TIMEOUT_ERROR` (and is retried).
+    pub default_result_timeout: Duration,
+    /// A task handed out longer ago than this that the worker's heartbeat no
+    /// longer lists goes back to the queue.
+    pub unlisted_task_grace: Duration,
+    /// `ORCHESTRATOR_SECRET_KEY`: when set, every task handed out carries
+    /// `sig` (HMAC-SHA256 over the payload), as avtomatika's do.
+    pub task_secret: Option<String>,
     /// Longest a long-poll may wait.
     pub max_poll_wait: Duration,
     /// Transitions one job may take before it is failed as a runaway loop.
@@ -49,14 +60,23 @@ pub struct EngineSettings {
 impl Default for EngineSettings {
     fn default() -> Self {
         Self {
-            worker_ttl: Duration::from_secs(60),
+            worker_ttl: Duration::from_secs(35),
+            default_result_timeout: Duration::from_secs(3600),
+            unlisted_task_grace: Duration::from_secs(10),
+            task_secret: None,
             max_poll_wait: Duration::from_secs(30),
             max_transitions: 100,
-            sweep_interval: Duration::from_secs(5),
+            sweep_interval: Duration::from_secs(1),
             finished_jobs_in_memory: 10_000,
         }
     }
 }
+
+/// Most task ids a heartbeat may list; more is refused (400).
+pub const MAX_HEARTBEAT_TASKS: usize = 10_000;
+
+/// Added to two heartbeat intervals to make a worker's time to live.
+pub const TTL_MARGIN: Duration = Duration::from_secs(5);
 
 /// What a timer does when it fires.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,6 +216,22 @@ impl Engine {
                 .await
                 .map_err(|e| StorageError::Backend(e.to_string()))??
         };
+        let pending_hooks = {
+            let storage = storage.clone();
+            tokio::task::spawn_blocking(move || storage.pending_webhooks())
+                .await
+                .map_err(|e| StorageError::Backend(e.to_string()))??
+        };
+        if !pending_hooks.is_empty() {
+            tracing::info!(
+                "delivering {} end-of-job webhook(s) still pending from before the restart",
+                pending_hooks.len()
+            );
+        }
+        for pending in pending_hooks {
+            let hook = webhook::Webhook::from_pending(pending);
+            tokio::spawn(hook.deliver(engine.shared.http.clone(), engine.shared.writer.clone()));
+        }
         let count = unfinished.len();
         {
             let mut st = engine.lock();
@@ -232,7 +268,7 @@ impl Engine {
             self.shared.timer_wake.notify_one();
         }
         for hook in st.webhooks.drain(..) {
-            tokio::spawn(hook.deliver(self.shared.http.clone()));
+            tokio::spawn(hook.deliver(self.shared.http.clone(), self.shared.writer.clone()));
         }
     }
 
@@ -259,12 +295,8 @@ impl Engine {
             ("dispatch_timeout", new.dispatch_timeout),
             ("result_timeout", new.result_timeout),
         ] {
-            if let Some(v) = v
-                && !(v.is_finite() && v > 0.0)
-            {
-                return Err(CreateError::Invalid(format!(
-                    "'{name}' must be a positive number of seconds"
-                )));
+            if let Some(v) = v {
+                crate::secs::timeout(name, v).map_err(|e| CreateError::Invalid(e.to_string()))?;
             }
         }
         let (ack_tx, ack_rx) = oneshot::channel();
@@ -295,6 +327,7 @@ impl Engine {
             .writer
             .send(PersistMsg {
                 write: None,
+                webhook_done: None,
                 ack: Some(ack),
             })
             .is_ok()
@@ -340,6 +373,8 @@ impl Engine {
         tokio::select! {
             _ = notified => {}
             _ = tokio::time::sleep_until(deadline) => {}
+            // Shutting down: answer with the job as it is now.
+            _ = self.shared.stopping.cancelled() => {}
         }
     }
 
@@ -375,7 +410,7 @@ impl Engine {
 
     pub fn register_worker(&self, reg: &rxon::WorkerRegistration) {
         let mut st = self.lock();
-        machine::register_worker(&mut st, reg);
+        machine::register_worker(&self.shared, &mut st, reg);
         self.flush(&mut st);
     }
 
@@ -386,7 +421,7 @@ impl Engine {
         hb: Option<&rxon::Heartbeat>,
     ) -> Option<rxon::HeartbeatResponse> {
         let mut st = self.lock();
-        let response = machine::heartbeat(&mut st, worker_id, hb);
+        let response = machine::heartbeat(&self.shared, &mut st, worker_id, hb);
         self.flush(&mut st);
         response
     }
@@ -423,7 +458,7 @@ impl Engine {
                 let taken = machine::take_task(&self.shared, &mut st, worker_id);
                 self.flush(&mut st);
                 if let Some(payload) = taken {
-                    return Ok(Some(payload));
+                    return Ok(Some(self.signed(payload)));
                 }
                 wake
             };
@@ -433,6 +468,16 @@ impl Engine {
                 _ = self.shared.stopping.cancelled() => return Ok(None),
             }
         }
+    }
+
+    /// The payload with its orchestrator signature, when a secret is set.
+    fn signed(&self, mut payload: rxon::TaskPayload) -> rxon::TaskPayload {
+        if let Some(secret) = &self.shared.settings.task_secret
+            && let Ok(value) = serde_json::to_value(&payload)
+        {
+            payload.sig = Some(rxon::sign_task(&value, secret));
+        }
+        payload
     }
 
     pub fn submit_result(
@@ -504,6 +549,7 @@ pub(crate) fn job_write(job: &mut Job, events: Vec<JobEvent>) -> JobWrite {
     JobWrite {
         job: job.clone(),
         events,
+        webhook: None,
     }
 }
 

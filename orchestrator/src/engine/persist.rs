@@ -11,6 +11,8 @@ use crate::storage::{JobWrite, Storage};
 /// acknowledgement once it and everything before it is durable.
 pub struct PersistMsg {
     pub write: Option<JobWrite>,
+    /// A job whose webhook is done with (delivered or given up).
+    pub webhook_done: Option<uuid::Uuid>,
     pub ack: Option<oneshot::Sender<Result<(), String>>>,
 }
 
@@ -31,7 +33,8 @@ pub fn spawn_writer(
             let storage = storage.clone();
             let result = tokio::task::spawn_blocking(move || {
                 let writes: Vec<JobWrite> = msgs.iter().filter_map(|m| m.write.clone()).collect();
-                (storage.write(&writes), msgs)
+                let done: Vec<uuid::Uuid> = msgs.iter().filter_map(|m| m.webhook_done).collect();
+                (storage.write(&writes, &done), msgs)
             })
             .await;
             match result {

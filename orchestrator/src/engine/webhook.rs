@@ -1,12 +1,27 @@
-//! End-of-job webhooks: `POST <webhook_url>` with the job's outcome, retried
-//! with backoff (3 tries: now, +2 s, +4 s), each bounded to 10 s.
+//! End-of-job webhooks: `POST <webhook_url>` with the job's outcome.
+//!
+//! A webhook is stored with the job change that ended the job (see
+//! `machine::put`) and removed once delivered or given up, so one pending
+//! when the orchestrator stops (even by kill -9) is sent after the restart.
+//! Schedule: up to [`ATTEMPTS`] tries, at once and then after 2, 4, 8 and
+//! 16 s (about 30 s in all), each bounded to 10 s; a restart starts the
+//! schedule again. Delivery is at least once: a receiver may see a webhook
+//! twice if the orchestrator stopped right after delivering it.
 
 use std::time::Duration;
 
 use serde::Serialize;
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::persist::PersistMsg;
 use crate::job::{Job, JobError, Object};
+use crate::storage::PendingWebhook;
+
+/// Tries per delivery.
+pub const ATTEMPTS: u32 = 5;
+/// Pause before the second try; doubled for each further one.
+const FIRST_RETRY: Duration = Duration::from_secs(2);
 
 /// The body we send; `event` is `job_finished`, `job_failed`,
 /// `job_quarantined` or `job_cancelled`, as avtomatika names them.
@@ -24,50 +39,97 @@ pub struct WebhookBody {
 
 #[derive(Debug, Clone)]
 pub struct Webhook {
+    pub job_id: Uuid,
     pub url: String,
-    pub body: WebhookBody,
+    /// The JSON body.
+    pub body: String,
+    /// `job_finished`, … (for logs).
+    pub event: String,
 }
 
 impl Webhook {
     pub fn for_job(url: &str, job: &Job) -> Self {
+        let body = WebhookBody {
+            event: format!("job_{}", job.status),
+            job_id: job.id,
+            blueprint: job.blueprint.clone(),
+            status: job.status.to_string(),
+            current_state: job.current_state.clone(),
+            result: job.result.clone(),
+            error: job.error.clone(),
+            timestamp: chrono::Utc::now().timestamp(),
+        };
         Self {
+            job_id: job.id,
             url: url.to_string(),
-            body: WebhookBody {
-                event: format!("job_{}", job.status),
-                job_id: job.id,
-                blueprint: job.blueprint.clone(),
-                status: job.status.to_string(),
-                current_state: job.current_state.clone(),
-                result: job.result.clone(),
-                error: job.error.clone(),
-                timestamp: chrono::Utc::now().timestamp(),
-            },
+            body: serde_json::to_string(&body).unwrap_or_default(),
+            event: body.event,
         }
     }
 
-    pub async fn deliver(self, http: reqwest::Client) {
-        let mut delay = Duration::from_secs(2);
-        for attempt in 1..=3 {
-            match http.post(&self.url).json(&self.body).send().await {
+    /// What is stored until the webhook is delivered.
+    pub fn pending(&self) -> PendingWebhook {
+        PendingWebhook {
+            job_id: self.job_id,
+            url: self.url.clone(),
+            body: self.body.clone(),
+        }
+    }
+
+    /// A webhook stored before a restart.
+    pub fn from_pending(p: PendingWebhook) -> Self {
+        let event = serde_json::from_str::<serde_json::Value>(&p.body)
+            .ok()
+            .and_then(|v| v["event"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "job_ended".into());
+        Self {
+            job_id: p.job_id,
+            url: p.url,
+            body: p.body,
+            event,
+        }
+    }
+
+    /// Delivers with retries, then tells the writer it is done with.
+    pub async fn deliver(self, http: reqwest::Client, writer: mpsc::UnboundedSender<PersistMsg>) {
+        let job_id = self.job_id;
+        let mut delay = FIRST_RETRY;
+        let mut delivered = false;
+        for attempt in 1..=ATTEMPTS {
+            let sent = http
+                .post(&self.url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(self.body.clone())
+                .send()
+                .await;
+            match sent {
                 Ok(resp) if resp.status().is_success() => {
-                    tracing::info!(job_id = %self.body.job_id, "webhook {} delivered to {}", self.body.event, self.url);
-                    return;
+                    tracing::info!(%job_id, "webhook {} delivered to {}", self.event, self.url);
+                    delivered = true;
+                    break;
                 }
                 Ok(resp) => tracing::warn!(
-                    job_id = %self.body.job_id,
-                    "webhook to {} answered {} (attempt {attempt} of 3)",
+                    %job_id,
+                    "webhook to {} answered {} (attempt {attempt} of {ATTEMPTS})",
                     self.url,
                     resp.status()
                 ),
                 Err(e) => {
-                    tracing::warn!(job_id = %self.body.job_id, "webhook to {} failed: {e} (attempt {attempt} of 3)", self.url)
+                    tracing::warn!(%job_id, "webhook to {} failed: {e} (attempt {attempt} of {ATTEMPTS})", self.url)
                 }
             }
-            if attempt < 3 {
+            if attempt < ATTEMPTS {
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
         }
-        tracing::error!(job_id = %self.body.job_id, "webhook {} to {} not delivered; giving up", self.body.event, self.url);
+        if !delivered {
+            tracing::error!(%job_id, "webhook {} to {} not delivered after {ATTEMPTS} attempts; giving up", self.event, self.url);
+        }
+        let _ = writer.send(PersistMsg {
+            write: None,
+            webhook_done: Some(job_id),
+            ack: None,
+        });
     }
 }

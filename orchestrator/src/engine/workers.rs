@@ -1,13 +1,23 @@
 //! Registered workers, as the orchestrator sees them.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use uuid::Uuid;
+
+/// A task a worker took and has not answered yet.
+#[derive(Debug, Clone, Copy)]
+pub struct Held {
+    pub job: Uuid,
+    /// When it was handed out.
+    pub since: Instant,
+}
 
 /// One registered worker.
 #[derive(Debug, Clone)]
@@ -22,8 +32,14 @@ pub struct WorkerRecord {
     pub last_heartbeat_at: DateTime<Utc>,
     /// When it was last heard from (heartbeat, poll or result); drives expiry.
     pub last_seen: Instant,
-    /// Tasks it took and has not answered yet.
-    pub in_flight: BTreeSet<String>,
+    /// Not heard from for this long, it is dropped and its tasks run again.
+    pub ttl: Duration,
+    /// The process behind this id (`metadata.instance_id` of its
+    /// registration, when it sends one): a new one holds none of the old
+    /// one's tasks.
+    pub instance_id: Option<String>,
+    /// Tasks it took and has not answered yet, by task id.
+    pub in_flight: BTreeMap<String, Held>,
     /// Wakes this worker's long-polls when a task it can run is queued.
     pub wake: Arc<Notify>,
 }
@@ -42,7 +58,7 @@ impl WorkerRecord {
             status: self.status.clone(),
             registered_at: self.registered_at,
             last_heartbeat_at: self.last_heartbeat_at,
-            in_flight_tasks: self.in_flight.iter().cloned().collect(),
+            in_flight_tasks: self.in_flight.keys().cloned().collect(),
             capabilities: self.capabilities.clone(),
         }
     }

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use uuid::Uuid;
 
-use super::{JobFilter, JobWrite, Storage, StorageError};
+use super::{JobFilter, JobWrite, PendingWebhook, Storage, StorageError};
 use crate::job::{Job, JobEvent};
 
 #[derive(Default)]
@@ -17,6 +17,7 @@ pub struct MemoryStorage {
 struct Inner {
     jobs: HashMap<Uuid, Job>,
     events: HashMap<Uuid, Vec<JobEvent>>,
+    webhooks: Vec<PendingWebhook>,
 }
 
 impl MemoryStorage {
@@ -26,9 +27,12 @@ impl MemoryStorage {
 }
 
 impl Storage for MemoryStorage {
-    fn write(&self, writes: &[JobWrite]) -> Result<(), StorageError> {
+    fn write(&self, writes: &[JobWrite], delivered: &[Uuid]) -> Result<(), StorageError> {
         let mut inner = self.lock();
         for w in writes {
+            if let Some(hook) = &w.webhook {
+                inner.webhooks.push(hook.clone());
+            }
             let newer = inner
                 .jobs
                 .get(&w.job.id)
@@ -42,7 +46,12 @@ impl Storage for MemoryStorage {
                 .or_default()
                 .extend(w.events.iter().cloned());
         }
+        inner.webhooks.retain(|h| !delivered.contains(&h.job_id));
         Ok(())
+    }
+
+    fn pending_webhooks(&self) -> Result<Vec<PendingWebhook>, StorageError> {
+        Ok(self.lock().webhooks.clone())
     }
 
     fn get_job(&self, id: Uuid) -> Result<Option<Job>, StorageError> {

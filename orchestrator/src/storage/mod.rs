@@ -6,7 +6,7 @@
 //!
 //! Backends: [`memory::MemoryStorage`] (nothing survives a restart) and
 //! [`sqlite::SqliteStorage`] (one file, the default). The SQL schema
-//! (`jobs`, `job_events`) is plain enough for a PostgreSQL backend to follow.
+//! (`jobs`, `job_events`, `webhooks`) is plain enough for a PostgreSQL backend to follow.
 
 pub mod memory;
 pub mod sqlite;
@@ -23,11 +23,22 @@ pub enum StorageError {
     Corrupt(String),
 }
 
-/// One write: a job's new snapshot and the events that led to it.
+/// One write: a job's new snapshot and the events that led to it, and the
+/// end-of-job webhook it owes, stored in the same transaction.
 #[derive(Debug, Clone)]
 pub struct JobWrite {
     pub job: Job,
     pub events: Vec<JobEvent>,
+    pub webhook: Option<PendingWebhook>,
+}
+
+/// An end-of-job webhook not yet delivered (kept across restarts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingWebhook {
+    pub job_id: Uuid,
+    pub url: String,
+    /// The JSON body to POST.
+    pub body: String,
 }
 
 /// Filter of [`Storage::list_jobs`].
@@ -40,8 +51,12 @@ pub struct JobFilter {
 }
 
 pub trait Storage: Send + Sync + 'static {
-    /// Applies writes atomically, in order; a snapshot never replaces a newer one.
-    fn write(&self, writes: &[JobWrite]) -> Result<(), StorageError>;
+    /// Applies writes atomically, in order; a snapshot never replaces a newer
+    /// one. `delivered` names jobs whose webhook is done with (delivered or
+    /// given up), applied after the writes.
+    fn write(&self, writes: &[JobWrite], delivered: &[Uuid]) -> Result<(), StorageError>;
+    /// Webhooks stored and not yet delivered, oldest first.
+    fn pending_webhooks(&self) -> Result<Vec<PendingWebhook>, StorageError>;
     fn get_job(&self, id: Uuid) -> Result<Option<Job>, StorageError>;
     /// Newest first.
     fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, StorageError>;

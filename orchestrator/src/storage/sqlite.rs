@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
-use super::{JobFilter, JobWrite, Storage, StorageError};
+use super::{JobFilter, JobWrite, PendingWebhook, Storage, StorageError};
 use crate::job::{Job, JobEvent};
 
 const SCHEMA: &str = r#"
@@ -30,6 +30,12 @@ CREATE TABLE IF NOT EXISTS job_events (
     message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS job_events_job ON job_events (job_id, seq);
+CREATE TABLE IF NOT EXISTS webhooks (
+    job_id     TEXT PRIMARY KEY,
+    url        TEXT NOT NULL,
+    body       TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
 "#;
 
 pub struct SqliteStorage {
@@ -70,7 +76,7 @@ fn decode(body: String) -> Result<Job, StorageError> {
 }
 
 impl Storage for SqliteStorage {
-    fn write(&self, writes: &[JobWrite]) -> Result<(), StorageError> {
+    fn write(&self, writes: &[JobWrite], delivered: &[Uuid]) -> Result<(), StorageError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(backend)?;
         {
@@ -88,7 +94,24 @@ impl Storage for SqliteStorage {
                     "INSERT INTO job_events (job_id, at, event, message) VALUES (?1, ?2, ?3, ?4)",
                 )
                 .map_err(backend)?;
+            let mut hook = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO webhooks (job_id, url, body, created_at) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(backend)?;
+            let mut done = tx
+                .prepare_cached("DELETE FROM webhooks WHERE job_id = ?1")
+                .map_err(backend)?;
             for w in writes {
+                if let Some(h) = &w.webhook {
+                    hook.execute(params![
+                        h.job_id.to_string(),
+                        h.url,
+                        h.body,
+                        chrono::Utc::now().to_rfc3339()
+                    ])
+                    .map_err(backend)?;
+                }
                 let job = &w.job;
                 let body = serde_json::to_string(job).map_err(backend)?;
                 upsert
@@ -114,8 +137,33 @@ impl Storage for SqliteStorage {
                         .map_err(backend)?;
                 }
             }
+            for id in delivered {
+                done.execute([id.to_string()]).map_err(backend)?;
+            }
         }
         tx.commit().map_err(backend)
+    }
+
+    fn pending_webhooks(&self) -> Result<Vec<PendingWebhook>, StorageError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT job_id, url, body FROM webhooks ORDER BY created_at")
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(backend)?;
+        rows.map(|r| {
+            let (id, url, body) = r.map_err(backend)?;
+            let job_id = Uuid::parse_str(&id).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            Ok(PendingWebhook { job_id, url, body })
+        })
+        .collect()
     }
 
     fn get_job(&self, id: Uuid) -> Result<Option<Job>, StorageError> {
@@ -179,16 +227,35 @@ impl Storage for SqliteStorage {
 
     fn unfinished_jobs(&self) -> Result<Vec<Job>, StorageError> {
         let conn = self.lock();
-        let mut stmt = conn
+        let rows: Vec<(String, String)> = conn
             .prepare_cached(
-                "SELECT body FROM jobs WHERE status NOT IN ('finished', 'failed', 'quarantined', 'cancelled')
+                "SELECT id, body FROM jobs WHERE status NOT IN ('finished', 'failed', 'quarantined', 'cancelled')
                  ORDER BY created_at",
             )
+            .map_err(backend)?
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(backend)?
+            .collect::<Result<_, _>>()
             .map_err(backend)?;
-        let rows = stmt
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(backend)?;
-        rows.map(|r| r.map_err(backend).and_then(decode)).collect()
+        let mut jobs = Vec::with_capacity(rows.len());
+        for (id, body) in rows {
+            match decode(body) {
+                Ok(job) => jobs.push(job),
+                // An unreadable job cannot run: mark it failed so it is not
+                // tried again at every start, and say so.
+                Err(e) => {
+                    tracing::error!("stored job {id} is unreadable and is marked failed: {e}");
+                    conn.execute("UPDATE jobs SET status = 'failed' WHERE id = ?1", [&id])
+                        .map_err(backend)?;
+                    conn.execute(
+                        "INSERT INTO job_events (job_id, at, event, message) VALUES (?1, ?2, 'failed', ?3)",
+                        params![id, chrono::Utc::now().to_rfc3339(), format!("INVALID_JOB: the stored job is unreadable: {e}")],
+                    )
+                    .map_err(backend)?;
+                }
+            }
+        }
+        Ok(jobs)
     }
 
     fn describe(&self) -> String {

@@ -28,6 +28,8 @@ pub struct SandboxConfig {
     pub max_concurrent_tasks: usize,
     /// Most bytes of stdout (and of stderr) kept per task.
     pub output_capture_bytes: usize,
+    /// Most bytes a task's result may hand the host (see [`crate::limits`]).
+    pub max_result_bytes: usize,
     /// Use wasmtime's on-disk compilation cache (default location).
     pub compile_cache: bool,
 }
@@ -39,6 +41,7 @@ impl Default for SandboxConfig {
             memory_limit: 128 << 20,
             max_concurrent_tasks: 5,
             output_capture_bytes: 256 << 10,
+            max_result_bytes: crate::limits::DEFAULT_MAX_RESULT_BYTES,
             compile_cache: false,
         }
     }

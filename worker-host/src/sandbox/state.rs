@@ -2,7 +2,8 @@
 //!
 //! The WASI context grants nothing: no preopened directories, no environment
 //! variables, no arguments, no network, no stdin. Stdout and stderr go to
-//! bounded in-memory pipes that the host logs, tagged with the task id, when
+//! bounded in-memory buffers ([`CappedOutput`]: output beyond the cap is
+//! dropped, not an error) that the host logs, tagged with the task id, when
 //! the task ends.
 
 use std::time::Instant;
@@ -10,10 +11,10 @@ use std::time::Instant;
 use tokio::sync::watch;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{LogLevel, taskworker};
+use super::output::CappedOutput;
 
 /// Longest guest log message kept; longer ones are cut.
 const MAX_LOG_MESSAGE: usize = 4096;
@@ -32,8 +33,8 @@ pub struct TaskState {
     /// Identifies the task in every log line the plugin causes.
     pub task_id: String,
     /// Where stdout/stderr go; read after the task.
-    pub stdout: MemoryOutputPipe,
-    pub stderr: MemoryOutputPipe,
+    pub stdout: CappedOutput,
+    pub stderr: CappedOutput,
     /// Progress reports, read by whoever forwards them to the orchestrator.
     pub progress: watch::Sender<Option<Progress>>,
     /// When the task must be done; checked at every epoch tick.
@@ -51,8 +52,8 @@ impl TaskState {
         capture_bytes: usize,
         progress: watch::Sender<Option<Progress>>,
     ) -> Self {
-        let stdout = MemoryOutputPipe::new(capture_bytes);
-        let stderr = MemoryOutputPipe::new(capture_bytes);
+        let stdout = CappedOutput::new(capture_bytes);
+        let stderr = CappedOutput::new(capture_bytes);
         // Deliberately grants no capability: see the module docs.
         let mut builder = WasiCtx::builder();
         builder
@@ -144,6 +145,11 @@ impl MemoryCap {
             limit,
             exceeded: false,
         }
+    }
+
+    /// The cap, in bytes.
+    pub fn limit(&self) -> usize {
+        self.limit
     }
 }
 

@@ -1,4 +1,5 @@
-//! Runs one task in a fresh instance, bounded in time and memory.
+//! Runs one task in a fresh instance, bounded in time, memory and in how much
+//! data it may hand the host.
 //!
 //! One `Store` per attempt: a timeout or a trap is handled by dropping it, and
 //! nothing a task did can leak into the next one.
@@ -13,6 +14,7 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 use super::bindings::{Skill, Task, TaskPlugin, TaskPluginPre};
 use super::engine::SandboxEngine;
 use super::state::{Progress, TaskState};
+use crate::limits::{self, MAX_LOGGED_OUTPUT_LINES, for_log};
 use crate::outcome::{TaskOutcome, code_of};
 
 /// One task to run.
@@ -37,10 +39,27 @@ pub fn linker(engine: &SandboxEngine) -> anyhow::Result<Linker<TaskState>> {
     Ok(linker)
 }
 
+/// What runs in a store, for messages and bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Task,
+    Describe,
+}
+
+impl Call {
+    fn name(self) -> &'static str {
+        match self {
+            Call::Task => "task",
+            Call::Describe => "describe()",
+        }
+    }
+}
+
 fn new_store(
     engine: &SandboxEngine,
     task_id: &str,
     timeout: Duration,
+    transfer_limit: usize,
     progress: watch::Sender<Option<Progress>>,
 ) -> Store<TaskState> {
     let config = &engine.config;
@@ -53,6 +72,9 @@ fn new_store(
     );
     let mut store = Store::new(&engine.engine, state);
     store.limiter(|state| &mut state.limiter);
+    // Bounds every copy out of the guest (a call's result, a host call's
+    // arguments) before the host allocates for it.
+    store.set_hostcall_fuel(transfer_limit);
     // At every epoch tick: stop the guest if its deadline passed, else yield
     // to tokio so a busy guest never monopolises a runtime thread.
     store.epoch_deadline_callback(|mut ctx| {
@@ -67,14 +89,44 @@ fn new_store(
     store
 }
 
+/// The text of a wasmtime error without its wasm backtrace: every cause in
+/// the chain, so an exhausted store limit keeps its reason.
+fn error_text(error: &wasmtime::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        let first = text.lines().next().unwrap_or("").trim();
+        if first.is_empty() || first.starts_with("error while executing at wasm backtrace") {
+            continue;
+        }
+        if !parts.iter().any(|p| p == first) {
+            parts.push(first.to_string());
+        }
+    }
+    if parts.is_empty() {
+        "unknown error".into()
+    } else {
+        parts.join(": ")
+    }
+}
+
+/// wasmtime's message when a copy out of the guest exceeds the hostcall fuel.
+fn is_transfer_limit(error: &wasmtime::Error) -> bool {
+    error
+        .chain()
+        .any(|c| c.to_string().contains("fuel allocated for hostcalls"))
+}
+
 /// Why a sandboxed call did not return normally.
 fn classify_failure(
     store: &Store<TaskState>,
     error: Option<wasmtime::Error>,
     timeout: Duration,
-    memory_limit: usize,
+    transfer_limit: usize,
+    call: Call,
 ) -> TaskOutcome {
     let state = store.data();
+    let what = call.name();
     let timed_out = state.timed_out
         || error
             .as_ref()
@@ -83,7 +135,7 @@ fn classify_failure(
         return TaskOutcome::failed(
             error_code::TIMEOUT,
             format!(
-                "task exceeded its time limit of {} and was stopped",
+                "{what} exceeded its time limit of {} and was stopped",
                 fmt_duration(timeout)
             ),
         );
@@ -92,20 +144,28 @@ fn classify_failure(
         return TaskOutcome::failed(
             error_code::RESOURCE_EXHAUSTED,
             format!(
-                "task exceeded its memory limit of {} MiB and was stopped",
-                memory_limit >> 20
+                "{what} exceeded its memory limit of {} MiB and was stopped",
+                state.limiter.limit() >> 20
             ),
         );
     }
-    let trap = match error.as_ref().and_then(|e| e.downcast_ref::<Trap>()) {
+    let error = error.unwrap_or_else(|| wasmtime::format_err!("unknown error"));
+    if is_transfer_limit(&error) {
+        let answer = match call {
+            Call::Task => "its result (or one log or progress message)",
+            Call::Describe => "its description",
+        };
+        return TaskOutcome::failed(
+            error_code::RESOURCE_EXHAUSTED,
+            format!(
+                "{what} tried to hand the host more than {transfer_limit} bytes at once in {answer}; \
+                 the limit is {transfer_limit} bytes"
+            ),
+        );
+    }
+    let cause = match error.downcast_ref::<Trap>() {
         Some(trap) => trap.to_string(),
-        None => error
-            .map(|e| format!("{e:#}"))
-            .unwrap_or_default()
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_string(),
+        None => error_text(&error),
     };
     // The guest's last words (e.g. a Rust panic message) say why it crashed.
     let stderr = String::from_utf8_lossy(&state.stderr.contents()).to_string();
@@ -116,9 +176,9 @@ fn classify_failure(
         .collect();
     let last_words = lines[lines.len().saturating_sub(2)..].join(" ");
     let message = if last_words.is_empty() {
-        format!("plugin crashed: {trap}")
+        format!("plugin crashed: {cause}")
     } else {
-        format!("plugin crashed: {trap}: {last_words}")
+        format!("plugin crashed: {cause}: {}", for_log(&last_words))
     };
     TaskOutcome::failed(error_code::PERMANENT, message)
 }
@@ -131,16 +191,29 @@ fn fmt_duration(d: Duration) -> String {
     }
 }
 
-/// Logs what the guest wrote to stdout/stderr, tagged with the task id.
+/// Logs what the guest wrote to stdout/stderr, tagged with the task id; long
+/// lines are cut, and output beyond the capture buffer is counted.
 fn log_captured_output(store: &Store<TaskState>) {
     let state = store.data();
     for (stream, pipe) in [("stdout", &state.stdout), ("stderr", &state.stderr)] {
         let bytes = pipe.contents();
-        for line in String::from_utf8_lossy(&bytes)
-            .lines()
-            .filter(|l| !l.is_empty())
-        {
-            tracing::info!(task_id = %state.task_id, stream, "plugin {stream}: {line}");
+        let text = String::from_utf8_lossy(&bytes);
+        let mut lines = text.lines().filter(|l| !l.is_empty());
+        for line in lines.by_ref().take(MAX_LOGGED_OUTPUT_LINES) {
+            tracing::info!(task_id = %state.task_id, stream, "plugin {stream}: {}", for_log(line));
+        }
+        let more = lines.count();
+        if more > 0 {
+            tracing::info!(task_id = %state.task_id, stream, "plugin {stream}: {more} more line(s) not logged");
+        }
+        let dropped = pipe.dropped();
+        if dropped > 0 {
+            tracing::warn!(
+                task_id = %state.task_id,
+                stream,
+                "plugin wrote {dropped} bytes to {stream} beyond the {} bytes kept per task; they were dropped",
+                bytes.len()
+            );
         }
     }
 }
@@ -154,10 +227,11 @@ pub async fn run_task(
     progress: watch::Sender<Option<Progress>>,
 ) -> TaskOutcome {
     let timeout = engine.config.task_timeout;
+    let transfer_limit = engine.config.max_result_bytes;
     let Ok(_permit) = engine.instance_permits.acquire().await else {
         return TaskOutcome::failed(error_code::TRANSIENT, "the sandbox is shutting down");
     };
-    let mut store = new_store(engine, &input.task_id, timeout, progress);
+    let mut store = new_store(engine, &input.task_id, timeout, transfer_limit, progress);
     let task = Task {
         task_id: input.task_id.clone(),
         job_id: input.job_id.clone(),
@@ -175,11 +249,34 @@ pub async fn run_task(
     // that is blocked in a host call (e.g. sleeping).
     let result = tokio::time::timeout(timeout, call).await;
     log_captured_output(&store);
-    match result {
-        Ok(Ok(Ok(output))) => completed(output.status, &output.data),
-        Ok(Ok(Err(error))) => TaskOutcome::failed(code_of(error.kind), error.message),
-        Ok(Err(trap)) => classify_failure(&store, Some(trap), timeout, engine.config.memory_limit),
-        Err(_elapsed) => classify_failure(&store, None, timeout, engine.config.memory_limit),
+    let output = match result {
+        Ok(Ok(output)) => output,
+        Ok(Err(trap)) => {
+            return classify_failure(&store, Some(trap), timeout, transfer_limit, Call::Task);
+        }
+        Err(_elapsed) => {
+            return classify_failure(&store, None, timeout, transfer_limit, Call::Task);
+        }
+    };
+    drop(store);
+    match output {
+        Ok(output) => {
+            // Parsing up to `max_result_bytes` of JSON is CPU work: keep it off
+            // the runtime threads that heartbeats and polls share.
+            tokio::task::spawn_blocking(move || completed(output.status, &output.data))
+                .await
+                .unwrap_or_else(|e| {
+                    TaskOutcome::failed(
+                        error_code::PERMANENT,
+                        format!("result parsing failed: {e}"),
+                    )
+                })
+        }
+        Err(error) => TaskOutcome::Failed {
+            code: code_of(error.kind).to_string(),
+            message: error.message,
+            details: error.details,
+        },
     }
 }
 
@@ -193,6 +290,17 @@ fn completed(status: String, data: &str) -> TaskOutcome {
         return TaskOutcome::failed(
             error_code::CONTRACT_VIOLATION,
             "plugin returned status `failure` as a result; failures must be returned as task-error",
+        );
+    }
+    if !limits::is_status_name(&status) {
+        return TaskOutcome::failed(
+            error_code::CONTRACT_VIOLATION,
+            format!(
+                "plugin returned the status {:?} ({} bytes); a status is 1 to {} bytes of letters, digits, `_`, `-`, `.` or `:`",
+                limits::clip(&status, 80),
+                status.len(),
+                limits::MAX_STATUS_NAME
+            ),
         );
     }
     match serde_json::from_str::<serde_json::Value>(data) {
@@ -222,15 +330,17 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
-/// Asks a plugin for its skills, in a fresh instance bounded like a task.
+/// Asks a plugin for its skills, in a fresh instance bounded like a task and
+/// allowed to hand the host at most [`limits::MAX_DESCRIBE_BYTES`].
 pub async fn describe(
     engine: &SandboxEngine,
     pre: &TaskPluginPre<TaskState>,
 ) -> anyhow::Result<Vec<Skill>> {
     let timeout = engine.config.task_timeout.min(Duration::from_secs(10));
+    let limit = limits::MAX_DESCRIBE_BYTES;
     let (progress, _) = watch::channel(None);
     let _permit = engine.instance_permits.acquire().await?;
-    let mut store = new_store(engine, "describe", timeout, progress);
+    let mut store = new_store(engine, "describe", timeout, limit, progress);
     let call = async {
         let instance = pre.instantiate_async(&mut store).await?;
         instance
@@ -240,16 +350,13 @@ pub async fn describe(
     };
     let result = tokio::time::timeout(timeout, call).await;
     log_captured_output(&store);
-    match result {
-        Ok(Ok(skills)) => Ok(skills),
-        Ok(Err(trap)) => {
-            match classify_failure(&store, Some(trap), timeout, engine.config.memory_limit) {
-                TaskOutcome::Failed { message, .. } => {
-                    anyhow::bail!("describe() failed: {message}")
-                }
-                TaskOutcome::Completed { .. } => anyhow::bail!("describe() failed"),
-            }
-        }
-        Err(_) => anyhow::bail!("describe() did not return within {}", fmt_duration(timeout)),
+    let error = match result {
+        Ok(Ok(skills)) => return Ok(skills),
+        Ok(Err(trap)) => Some(trap),
+        Err(_) => None,
+    };
+    match classify_failure(&store, error, timeout, limit, Call::Describe) {
+        TaskOutcome::Failed { message, .. } => anyhow::bail!("{message}"),
+        TaskOutcome::Completed { .. } => anyhow::bail!("describe() failed"),
     }
 }

@@ -1,26 +1,30 @@
 //! The worker loop: register, heartbeat, long-poll, execute, submit.
 //!
 //! `max_concurrent_tasks` slots each poll for a task, run it in the sandbox and
-//! submit its result. A separate loop sends heartbeats. When the orchestrator
-//! is unreachable every loop backs off and retries; when it has forgotten this
-//! worker, the worker registers again. On shutdown the slots stop polling,
-//! finish what they run, submit those results and the worker says goodbye.
+//! submit its result. Heartbeats run on a thread of their own (with their own
+//! connection), so task work can never starve them. Registration is done by
+//! one background task ([`registration`]): a loop that finds the orchestrator
+//! forgot this worker asks for it and never waits on anyone's retries. On
+//! shutdown the slots stop polling, finish what they run, submit those
+//! results, and the worker says goodbye.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rxon::{Heartbeat, WorkerRegistration};
 use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 
+mod registration;
 mod tasks;
 
 pub use tasks::run_local;
 
-use crate::client::{ClientError, OrchestratorClient};
-use crate::plugin_store::{PluginSet, skill_info};
+use crate::client::OrchestratorClient;
+use crate::plugin_store::{Plugin, PluginSet, skill_info};
 use crate::sandbox::SandboxEngine;
+use registration::Registrations;
 
 /// How the worker behaves towards the orchestrator.
 #[derive(Debug, Clone)]
@@ -32,6 +36,9 @@ pub struct WorkerSettings {
     /// First retry delay after an orchestrator error; doubles up to `max_backoff`.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// The orchestrator's `ORCHESTRATOR_SECRET_KEY`: when set, every task
+    /// must carry a valid `sig`; unsigned or wrongly signed tasks are refused.
+    pub task_secret: Option<String>,
 }
 
 impl Default for WorkerSettings {
@@ -43,6 +50,7 @@ impl Default for WorkerSettings {
             poll_timeout: Duration::from_secs(30),
             min_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
+            task_secret: None,
         }
     }
 }
@@ -57,12 +65,17 @@ struct Inner {
     client: OrchestratorClient,
     engine: SandboxEngine,
     /// The plugins in service; swapped whole when the directory changes.
-    plugins: std::sync::RwLock<Arc<PluginSet>>,
+    plugins: RwLock<Arc<PluginSet>>,
+    /// The sets the orchestrator was told about at the last two successful
+    /// registrations: it may still hand out tasks for their skills, and
+    /// those run on the plugin they were offered with.
+    advertised: RwLock<[Arc<PluginSet>; 2]>,
     settings: WorkerSettings,
     /// Ids of the tasks running now, reported in heartbeats.
     in_flight: Mutex<BTreeSet<String>>,
-    /// Serialises re-registration so many loops noticing at once register once.
-    registration: tokio::sync::Mutex<u64>,
+    registrations: Registrations,
+    /// Tells this process apart from an earlier one with the same worker id.
+    instance_id: String,
 }
 
 /// Doubling delay between retries, reset by a success.
@@ -74,10 +87,13 @@ struct Backoff {
 
 impl Backoff {
     fn new(settings: &WorkerSettings) -> Self {
+        Self::between(settings.min_backoff, settings.max_backoff)
+    }
+    fn between(min: Duration, max: Duration) -> Self {
         Self {
-            next: settings.min_backoff,
-            min: settings.min_backoff,
-            max: settings.max_backoff,
+            next: min,
+            min,
+            max,
         }
     }
     fn next_delay(&mut self) -> Duration {
@@ -101,21 +117,42 @@ impl Worker {
             inner: Arc::new(Inner {
                 client,
                 engine,
-                plugins: std::sync::RwLock::new(Arc::new(plugins)),
+                plugins: RwLock::new(Arc::new(plugins)),
+                advertised: RwLock::new([Arc::default(), Arc::default()]),
                 settings,
                 in_flight: Mutex::new(BTreeSet::new()),
-                registration: tokio::sync::Mutex::new(0),
+                registrations: Registrations::new(),
+                instance_id: uuid::Uuid::new_v4().to_string(),
             }),
         }
     }
 
     /// The plugins in service now.
     pub fn plugins(&self) -> Arc<PluginSet> {
-        self.inner
-            .plugins
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        read(&self.inner.plugins).clone()
+    }
+
+    /// The plugin for `task_type`: the one in service, else the one the
+    /// orchestrator was last told about (a task offered before a deploy took
+    /// effect runs on the plugin it was offered with).
+    fn plugin_for(&self, task_type: &str) -> Option<Arc<Plugin>> {
+        if let Some(p) = self.plugins().get(task_type) {
+            return Some(p.clone());
+        }
+        let advertised = read(&self.inner.advertised);
+        advertised
+            .iter()
+            .find_map(|set| set.get(task_type).cloned())
+    }
+
+    fn advertise(&self, set: Arc<PluginSet>) {
+        let mut advertised = self
+            .inner
+            .advertised
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        advertised.swap(0, 1);
+        advertised[0] = set;
     }
 
     fn skills(&self) -> Vec<rxon::SkillInfo> {
@@ -129,9 +166,10 @@ impl Worker {
         hex_sha256(&serde_json::to_vec(&self.skills()).unwrap_or_default())
     }
 
-    /// Puts a new plugin set in service and tells the orchestrator about the
-    /// new skills. Tasks already running keep the plugin they started with.
-    pub async fn replace_plugins(&self, plugins: PluginSet, shutdown: &CancellationToken) {
+    /// Puts a new plugin set in service and asks for a registration with the
+    /// new skills (without waiting for it). Tasks already running keep the
+    /// plugin they started with.
+    pub async fn replace_plugins(&self, plugins: PluginSet, _shutdown: &CancellationToken) {
         let before = self.plugins().skill_names();
         *self
             .inner
@@ -144,16 +182,19 @@ impl Worker {
             after.join(", "),
             before.join(", ")
         );
-        let mut generation = self.inner.registration.lock().await;
-        if self.register_until_ok(shutdown).await {
-            *generation += 1;
-        }
+        self.inner.registrations.plugins_changed();
     }
 
     /// The registration message this worker sends.
     pub fn registration(&self) -> WorkerRegistration {
         let inner = &self.inner;
         let skills = self.skills();
+        let mut metadata = rxon::Object::new();
+        metadata.insert("instance_id".into(), inner.instance_id.clone().into());
+        metadata.insert(
+            "heartbeat_interval_seconds".into(),
+            serde_json::json!(inner.settings.heartbeat_interval.as_secs_f64()),
+        );
         WorkerRegistration {
             worker_id: inner.client.worker_id().to_string(),
             worker_type: inner.settings.worker_type.clone(),
@@ -181,7 +222,7 @@ impl Worker {
                 "wasmtime": "48"
             })),
             skills_hash: Some(self.skills_hash()),
-            metadata: None,
+            metadata: Some(metadata),
             security: None,
             timestamp: None,
         }
@@ -199,11 +240,14 @@ impl Worker {
         if self.plugins().is_empty() {
             tracing::warn!("no plugin loaded: this worker cannot serve any task");
         }
-        if !self.register_until_ok(&shutdown).await {
+        let registrar = tokio::spawn(self.clone().registrar(shutdown.clone()));
+        if !inner.registrations.wait_newer(0, &shutdown).await {
             tracing::info!("stopped before registering");
+            registrar.abort();
             return Ok(());
         }
-        let heartbeats = tokio::spawn(self.clone().heartbeat_loop(shutdown.clone()));
+        let stop_heartbeats = CancellationToken::new();
+        let heartbeats = self.spawn_heartbeat_thread(stop_heartbeats.clone())?;
         tracing::info!(
             "polling for tasks started ({} concurrent)",
             inner.settings.max_concurrent_tasks
@@ -217,59 +261,11 @@ impl Worker {
                 tracing::error!("a task slot ended abnormally: {e}");
             }
         }
-        heartbeats.abort();
+        stop_heartbeats.cancel();
+        let _ = tokio::task::spawn_blocking(move || heartbeats.join()).await;
+        registrar.abort();
         self.say_goodbye().await;
         Ok(())
-    }
-
-    /// Registers, retrying with backoff; false if shut down first.
-    async fn register_until_ok(&self, shutdown: &CancellationToken) -> bool {
-        let mut backoff = Backoff::new(&self.inner.settings);
-        loop {
-            match self.inner.client.register(&self.registration()).await {
-                Ok(response) => {
-                    if let Some(warning) = response.warning {
-                        tracing::warn!("orchestrator: {warning}");
-                    }
-                    tracing::info!(
-                        "registered with the orchestrator as {} ({})",
-                        self.inner.client.worker_id(),
-                        response.status
-                    );
-                    return true;
-                }
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    match &e {
-                        ClientError::Unauthorized { .. } => tracing::error!(
-                            "registration rejected: {e}; check WORKER_TOKEN/WORKER_ID. Retrying in {delay:?}"
-                        ),
-                        _ => tracing::warn!("registration failed: {e}; retrying in {delay:?}"),
-                    }
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return false,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
-    }
-
-    /// Registers again after the orchestrator forgot us; loops that notice at
-    /// the same time share one registration (`seen` is the generation they saw).
-    async fn reregister(&self, seen: u64, shutdown: &CancellationToken) {
-        let mut generation = self.inner.registration.lock().await;
-        if *generation != seen {
-            return;
-        }
-        tracing::warn!("the orchestrator does not know this worker any more; registering again");
-        if self.register_until_ok(shutdown).await {
-            *generation += 1;
-        }
-    }
-
-    async fn generation(&self) -> u64 {
-        *self.inner.registration.lock().await
     }
 
     fn heartbeat(&self, status: &str, full_sync: bool) -> Heartbeat {
@@ -297,38 +293,64 @@ impl Worker {
         }
     }
 
-    async fn heartbeat_loop(self, shutdown: CancellationToken) {
+    /// Heartbeats on a thread with its own runtime and HTTP connection, so
+    /// they keep their rhythm however busy the task slots are.
+    fn spawn_heartbeat_thread(
+        &self,
+        stop: CancellationToken,
+    ) -> anyhow::Result<std::thread::JoinHandle<()>> {
+        let worker = self.clone();
+        let client = self.inner.client.detached()?;
+        let thread = std::thread::Builder::new()
+            .name("heartbeat".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!("cannot start the heartbeat runtime: {e}");
+                        return;
+                    }
+                };
+                runtime.block_on(worker.heartbeat_loop(client, stop));
+            })?;
+        Ok(thread)
+    }
+
+    async fn heartbeat_loop(self, client: OrchestratorClient, stop: CancellationToken) {
         let mut full_sync = false;
         let mut backoff = Backoff::new(&self.inner.settings);
         let mut delay = self.inner.settings.heartbeat_interval;
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
             }
-            let seen = self.generation().await;
-            match self
-                .inner
-                .client
-                .heartbeat(&self.heartbeat("", full_sync))
-                .await
-            {
+            let seen = self.inner.registrations.done();
+            match client.heartbeat(&self.heartbeat("", full_sync)).await {
                 Ok(response) => {
-                    tracing::info!("heartbeat sent ({})", response.status);
+                    tracing::debug!("heartbeat sent ({})", response.status);
                     full_sync = response.require_full_sync.unwrap_or(false);
                     if response.require_registration == Some(true) {
-                        self.reregister(seen, &shutdown).await;
+                        self.inner.registrations.request(seen);
                     }
                     for task_id in response.cancel_task_ids.unwrap_or_default() {
                         tracing::warn!(
-                            task_id,
+                            task_id = %crate::limits::for_log(&task_id),
                             "orchestrator asked to cancel task; it will finish but its result will be ignored"
                         );
                     }
                     backoff.reset();
                     delay = self.inner.settings.heartbeat_interval;
                 }
-                Err(e) if e.needs_registration() => self.reregister(seen, &shutdown).await,
+                Err(e) if e.needs_registration() => {
+                    tracing::warn!(
+                        "the orchestrator does not know this worker any more; asking for a registration"
+                    );
+                    self.inner.registrations.request(seen);
+                }
                 Err(e) => {
                     delay = backoff
                         .next_delay()
@@ -342,18 +364,23 @@ impl Worker {
     async fn slot_loop(self, slot: usize, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(&self.inner.settings);
         loop {
-            let seen = self.generation().await;
+            let seen = self.inner.registrations.done();
             let polled = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 polled = self.inner.client.next_task(self.inner.settings.poll_timeout) => polled,
             };
             match polled {
-                Ok(Some(payload)) => {
+                Ok(Some(task)) => {
                     backoff.reset();
-                    self.handle_task(payload).await;
+                    self.handle_task(task).await;
                 }
                 Ok(None) => backoff.reset(),
-                Err(e) if e.needs_registration() => self.reregister(seen, &shutdown).await,
+                Err(e) if e.needs_registration() => {
+                    self.inner.registrations.request(seen);
+                    if !self.inner.registrations.wait_newer(seen, &shutdown).await {
+                        return;
+                    }
+                }
                 Err(e) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(slot, "polling failed: {e}; retrying in {delay:?}");
@@ -384,6 +411,10 @@ impl Worker {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn hex_sha256(bytes: &[u8]) -> String {

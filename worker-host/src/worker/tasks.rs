@@ -1,73 +1,103 @@
-//! One task, from the poll to the submitted result: sandboxed execution,
-//! progress events while it runs, and result delivery with retries.
+//! One task, from the poll to the submitted result: signature check,
+//! sandboxed execution, progress events while it runs, and result delivery
+//! with retries.
 
 use std::time::Duration;
 
-use rxon::{TaskPayload, WorkerEventPayload};
+use rxon::{TaskPayload, WorkerEventPayload, error_code};
 use tokio::sync::watch;
 
 use super::{Backoff, Worker, lock};
-use crate::client::ClientError;
+use crate::client::{ClientError, PolledTask};
+use crate::limits::{RESULT_ENVELOPE_BYTES, for_log};
 use crate::outcome::TaskOutcome;
 use crate::sandbox::state::Progress;
 use crate::sandbox::{SandboxEngine, TaskInput, task};
 
 impl Worker {
     /// Executes one task and submits its result.
-    pub(super) async fn handle_task(&self, payload: TaskPayload) {
+    pub(super) async fn handle_task(&self, task: PolledTask) {
         let inner = &self.inner;
+        let PolledTask { payload, raw } = task;
         let params = serde_json::Value::Object(payload.params.clone()).to_string();
         tracing::info!(
             task_id = %payload.task_id,
             job_id = %payload.job_id,
-            "received task {} ({}) for job {} with params {params}",
+            "received task {} ({}) for job {} with params {}",
             payload.task_id,
-            payload.task_type,
-            payload.job_id
+            for_log(&payload.task_type),
+            payload.job_id,
+            for_log(&params)
         );
+        if let Some(problem) = self.signature_problem(&payload, &raw) {
+            tracing::error!(
+                task_id = %payload.task_id,
+                "refusing task {}: {problem}",
+                payload.task_id
+            );
+            let outcome = TaskOutcome::failed(
+                error_code::SECURITY,
+                format!("the worker refused the task: {problem}"),
+            );
+            self.submit(&payload, outcome, Duration::ZERO).await;
+            return;
+        }
+        let Some(plugin) = self.plugin_for(&payload.task_type) else {
+            // Not ours (any more): leave it unreported; the orchestrator puts
+            // a task a worker does not list in its heartbeats back in the queue.
+            tracing::warn!(
+                task_id = %payload.task_id,
+                "this worker has no plugin for task type {}; not running task {} and leaving it to the orchestrator to hand to another worker",
+                for_log(&payload.task_type),
+                payload.task_id
+            );
+            return;
+        };
         lock(&inner.in_flight).insert(payload.task_id.clone());
         let started = std::time::Instant::now();
-        let outcome = self.execute(&payload, params).await;
+        let outcome = self.execute(&payload, &plugin, params).await;
         let elapsed = started.elapsed();
         match &outcome {
             TaskOutcome::Completed { status, data } => tracing::info!(
                 task_id = %payload.task_id,
                 "task {} done in {elapsed:.1?}: {status} {}",
                 payload.task_id,
-                serde_json::Value::Object(data.clone())
+                for_log(&serde_json::Value::Object(data.clone()).to_string())
             ),
-            TaskOutcome::Failed { code, message } => tracing::warn!(
+            TaskOutcome::Failed { code, message, .. } => tracing::warn!(
                 task_id = %payload.task_id,
-                "task {} failed in {elapsed:.1?}: {code}: {message}",
-                payload.task_id
+                "task {} failed in {elapsed:.1?}: {code}: {}",
+                payload.task_id,
+                for_log(message)
             ),
         }
-        let mut result =
-            outcome.into_result(&payload.job_id, &payload.task_id, inner.client.worker_id());
-        result.costs = Some(
-            [(
-                "execution_time_seconds".to_string(),
-                serde_json::json!(elapsed.as_secs_f64()),
-            )]
-            .into_iter()
-            .collect(),
-        );
-        self.submit_with_retries(&result).await;
+        self.submit(&payload, outcome, elapsed).await;
         lock(&inner.in_flight).remove(&payload.task_id);
     }
 
-    async fn execute(&self, payload: &TaskPayload, params: String) -> TaskOutcome {
-        let inner = &self.inner;
-        let plugins = self.plugins();
-        let Some(plugin) = plugins.get(&payload.task_type) else {
-            return TaskOutcome::failed(
-                rxon::error_code::PERMANENT,
-                format!(
-                    "this worker has no plugin for task type {}",
-                    payload.task_type
-                ),
-            );
-        };
+    /// Why the task's `sig` is not acceptable, when this worker was given
+    /// the orchestrator's secret.
+    fn signature_problem(&self, payload: &TaskPayload, raw: &serde_json::Value) -> Option<String> {
+        let secret = self.inner.settings.task_secret.as_deref()?;
+        match rxon::verify_task(raw, secret) {
+            Ok(()) => None,
+            Err(rxon::SignError::MissingSignature) => Some(
+                "it carries no orchestrator signature (`sig`), and this worker requires one (ORCHESTRATOR_SECRET_KEY is set)"
+                    .into(),
+            ),
+            Err(_) => Some(format!(
+                "its orchestrator signature (`sig` {:?}) does not match; is ORCHESTRATOR_SECRET_KEY the same on both sides?",
+                for_log(payload.sig.as_deref().unwrap_or_default())
+            )),
+        }
+    }
+
+    async fn execute(
+        &self,
+        payload: &TaskPayload,
+        plugin: &crate::plugin_store::Plugin,
+        params: String,
+    ) -> TaskOutcome {
         let input = TaskInput {
             task_id: payload.task_id.clone(),
             job_id: payload.job_id.clone(),
@@ -76,7 +106,7 @@ impl Worker {
         };
         let (progress_tx, progress_rx) = watch::channel(None);
         let forwarder = tokio::spawn(self.clone().forward_progress(payload.clone(), progress_rx));
-        let outcome = task::run_task(&inner.engine, &plugin.pre, &input, progress_tx).await;
+        let outcome = task::run_task(&self.inner.engine, &plugin.pre, &input, progress_tx).await;
         forwarder.abort();
         outcome
     }
@@ -120,37 +150,81 @@ impl Worker {
         }
     }
 
-    async fn submit_with_retries(&self, result: &rxon::TaskResult) {
-        let mut backoff = Backoff {
-            next: Duration::from_secs(1),
-            min: Duration::from_secs(1),
-            max: Duration::from_secs(16),
+    /// Turns an outcome into a signed result and submits it, retrying while
+    /// the orchestrator is unreachable. A result too large to send becomes a
+    /// `RESOURCE_EXHAUSTED_ERROR` failure that names the sizes.
+    async fn submit(&self, payload: &TaskPayload, outcome: TaskOutcome, elapsed: Duration) {
+        let worker_id = self.inner.client.worker_id().to_string();
+        let limit = self.inner.engine.config.max_result_bytes + RESULT_ENVELOPE_BYTES;
+        let build = |outcome: TaskOutcome| {
+            let mut result = outcome.into_result(&payload.job_id, &payload.task_id, &worker_id);
+            result.costs = Some(
+                [(
+                    "execution_time_seconds".to_string(),
+                    serde_json::json!(elapsed.as_secs_f64()),
+                )]
+                .into_iter()
+                .collect(),
+            );
+            result
         };
-        for attempt in 1..=6 {
-            match self.inner.client.submit_result(result).await {
+        let mut result = build(outcome);
+        let mut replaced = false;
+        let mut backoff = Backoff::between(Duration::from_secs(1), Duration::from_secs(16));
+        let task_id = payload.task_id.as_str();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let sent = match self.inner.client.encode_signed(result.clone()).await {
+                Ok(body) if body.len() > limit && !replaced => Err(ClientError::PayloadTooLarge {
+                    bytes: body.len(),
+                    message: format!("results may take at most {limit} bytes once encoded"),
+                }),
+                Ok(body) => self.inner.client.submit_encoded_result(body).await,
+                Err(e) => Err(e),
+            };
+            match sent {
                 Ok(response) if response.status == "ignored" => {
                     tracing::warn!(
-                        task_id = %result.task_id,
-                        "orchestrator ignored the result of task {}: {} {}",
-                        result.task_id,
+                        task_id,
+                        "orchestrator ignored the result of task {task_id}: {} {}",
                         response.reason.unwrap_or_default(),
-                        response.message.unwrap_or_default()
+                        for_log(&response.message.unwrap_or_default())
                     );
                     return;
                 }
                 Ok(_) => {
-                    tracing::info!(task_id = %result.task_id, "result of task {} accepted", result.task_id);
+                    tracing::info!(task_id, "result of task {task_id} accepted");
                     return;
+                }
+                Err(ClientError::PayloadTooLarge { bytes, message }) if !replaced => {
+                    let why = format!(
+                        "the task's result is {bytes} bytes once encoded, too large to deliver ({message}); \
+                         results may hand the host at most {} bytes",
+                        self.inner.engine.config.max_result_bytes
+                    );
+                    tracing::error!(
+                        task_id,
+                        "task {task_id}: {why}; reporting a failure instead"
+                    );
+                    result = build(TaskOutcome::failed(error_code::RESOURCE_EXHAUSTED, why));
+                    replaced = true;
                 }
                 Err(e @ (ClientError::Unreachable { .. } | ClientError::Http { .. }))
                     if attempt < 6 =>
                 {
                     let delay = backoff.next_delay();
-                    tracing::warn!(task_id = %result.task_id, "submitting the result failed: {e}; retry {attempt} in {delay:?}");
+                    tracing::warn!(
+                        task_id,
+                        "submitting the result failed: {e}; retry {attempt} in {delay:?}"
+                    );
                     tokio::time::sleep(delay).await;
                 }
                 Err(e) => {
-                    tracing::error!(task_id = %result.task_id, "result of task {} lost: {e}", result.task_id);
+                    tracing::error!(
+                        task_id,
+                        "result of task {task_id} not delivered: {e}; the orchestrator will hand the task out again once this worker stops listing it"
+                    );
                     return;
                 }
             }

@@ -115,24 +115,32 @@ pub(crate) fn hand_out(
         .and_then(|bp| spec_of(bp, &job.current_state, job.tasks[idx].branch.as_deref()))
         .and_then(|spec| spec.result_timeout);
     let result_timeout = task_timeout(spec_timeout, job.result_timeout);
+    // Every handed-out task has a lease: its result timeout, else the default.
+    let lease = result_timeout.unwrap_or(shared.settings.default_result_timeout);
     let task = &mut job.tasks[idx];
     task.worker_id = Some(worker_id.to_string());
     task.picked_up_at = Some(now);
     job.task_worker_id = Some(worker_id.to_string());
     let task = job.tasks[idx].clone();
     if let Some(w) = st.workers.get_mut(worker_id) {
-        w.in_flight.insert(task.task_id.clone());
-    }
-    let deadline = result_timeout.map(|t| {
-        st.add_timer(
-            Instant::now() + t,
-            Timer::ResultTimeout {
+        w.in_flight.insert(
+            task.task_id.clone(),
+            Held {
                 job: job.id,
-                task_id: task.task_id.clone(),
+                since: Instant::now(),
             },
         );
-        Value::from(now.timestamp() + t.as_secs_f64().ceil() as i64)
-    });
+    }
+    st.add_timer(
+        Instant::now() + lease,
+        Timer::ResultTimeout {
+            job: job.id,
+            task_id: task.task_id.clone(),
+        },
+    );
+    // The deadline is sent only when the blueprint or the job asked for one.
+    let deadline =
+        result_timeout.map(|t| Value::from(now.timestamp() + t.as_secs_f64().ceil() as i64));
     tracing::info!(
         job_id = %job.id,
         "job {}: task {} ({}) dispatched to worker {worker_id}",

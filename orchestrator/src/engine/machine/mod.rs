@@ -7,7 +7,7 @@
 //! - [`timers`]: timeouts, worker expiry, recovery;
 //! - [`workers`]: registration, heartbeats, events, cancel.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::persist::PersistMsg;
-use super::workers::WorkerRecord;
+use super::workers::{Held, WorkerRecord};
 use super::{CancelError, EngineState, NewJob, Queued, Shared, Timer, event, job_write};
 use crate::blueprint::{Action, Blueprint, TaskSpec};
 use crate::job::{Job, JobError, JobEvent, JobStatus, Object, StateVisit, TaskRecord};
@@ -40,6 +40,8 @@ pub mod own_code {
     pub const UNHANDLED_STATUS: &str = "UNHANDLED_STATUS";
     pub const BLUEPRINT_ERROR: &str = "BLUEPRINT_ERROR";
     pub const CANCELLED: &str = "CANCELLED";
+    /// A stored job that cannot run (out-of-range values, unreadable).
+    pub const INVALID_JOB: &str = "INVALID_JOB";
 }
 
 pub(crate) fn new_task_id() -> String {
@@ -55,6 +57,7 @@ pub(crate) fn commit(
     let write = job_write(job, events);
     st.outbox.push(PersistMsg {
         write: Some(write),
+        webhook_done: None,
         ack,
     });
 }
@@ -70,8 +73,24 @@ pub(crate) fn put(st: &mut EngineState, mut job: Job) {
             waiters.notify_waiters();
         }
         if let (Some(url), false) = (&job.webhook_url, job.webhook_sent) {
-            st.webhooks
-                .push(super::webhook::Webhook::for_job(url, &job));
+            let hook = super::webhook::Webhook::for_job(url, &job);
+            // Stored with the job change that ended the job (its write is
+            // still in the outbox), so a restart cannot lose it.
+            let pending = hook.pending();
+            match st
+                .outbox
+                .iter_mut()
+                .rev()
+                .find_map(|m| m.write.as_mut().filter(|w| w.job.id == job.id))
+            {
+                Some(write) => write.webhook = Some(pending),
+                None => st.outbox.push(PersistMsg {
+                    write: Some(super::job_write(&mut job, Vec::new())),
+                    webhook_done: None,
+                    ack: None,
+                }),
+            }
+            st.webhooks.push(hook);
             job.webhook_sent = true;
         }
         if !job.retired {
@@ -277,8 +296,10 @@ pub(crate) fn advance(
     }
 }
 
+/// A task's timeout: its blueprint state's own, else the job's (a stored
+/// value out of bounds counts as none; recovery fails such jobs).
 pub(crate) fn task_timeout(own: Option<Duration>, job_default: Option<f64>) -> Option<Duration> {
-    own.or_else(|| job_default.map(Duration::from_secs_f64))
+    own.or_else(|| crate::secs::stored(job_default))
 }
 
 pub(crate) fn eval_params(spec: &TaskSpec, ctx: &Value) -> Result<Object, String> {

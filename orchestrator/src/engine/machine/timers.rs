@@ -88,11 +88,10 @@ pub(crate) fn fire(shared: &Shared, st: &mut EngineState, timer: Timer) {
 
 pub(crate) fn sweep_workers(shared: &Shared, st: &mut EngineState) {
     let now = Instant::now();
-    let ttl = shared.settings.worker_ttl;
     let dead: Vec<String> = st
         .workers
         .values()
-        .filter(|w| now.duration_since(w.last_seen) > ttl)
+        .filter(|w| now.saturating_duration_since(w.last_seen) > w.ttl)
         .map(|w| w.worker_id.clone())
         .collect();
     for worker_id in dead {
@@ -100,50 +99,52 @@ pub(crate) fn sweep_workers(shared: &Shared, st: &mut EngineState) {
             continue;
         };
         tracing::warn!(
-            "worker {worker_id} has not been heard from for {ttl:?}; dropping it and requeueing its {} task(s)",
+            "worker {worker_id} has not been heard from for {:?}; dropping it and requeueing its {} task(s)",
+            worker.ttl,
             worker.in_flight.len()
         );
-        requeue_tasks_of(shared, st, &worker, "its worker stopped heartbeating");
+        requeue_held(
+            shared,
+            st,
+            &worker.in_flight,
+            "its worker stopped heartbeating",
+        );
     }
 }
 
-/// Puts the tasks a worker held back in the queue, under new task ids.
-pub(crate) fn requeue_tasks_of(
+/// Puts tasks a worker held back in the queue, under new task ids (a late
+/// result for the old id is then ignored as stale).
+pub(crate) fn requeue_held(
     shared: &Shared,
     st: &mut EngineState,
-    worker: &WorkerRecord,
+    held: &BTreeMap<String, Held>,
     why: &str,
 ) {
-    let job_ids: BTreeSet<Uuid> = st
-        .jobs
-        .values()
-        .filter(|j| {
-            !j.status.is_terminal()
-                && j.tasks
-                    .iter()
-                    .any(|t| worker.in_flight.contains(&t.task_id))
-        })
-        .map(|j| j.id)
-        .collect();
+    let job_ids: BTreeSet<Uuid> = held.values().map(|h| h.job).collect();
     for id in job_ids {
         let Some(mut job) = take(st, id) else {
             continue;
         };
+        if job.status.is_terminal() {
+            put(st, job);
+            continue;
+        }
         let mut events = Vec::new();
         for idx in 0..job.tasks.len() {
-            if !worker.in_flight.contains(&job.tasks[idx].task_id)
-                || job.tasks[idx].result.is_some()
-            {
+            if !held.contains_key(&job.tasks[idx].task_id) || job.tasks[idx].result.is_some() {
                 continue;
             }
             let old = std::mem::replace(&mut job.tasks[idx].task_id, new_task_id());
+            tracing::info!(job_id = %job.id, "task {old} requeued as {}: {why}", job.tasks[idx].task_id);
             events.push(event(
                 "task_requeued",
                 format!("task {old} requeued as {}: {why}", job.tasks[idx].task_id),
             ));
             requeue(shared, st, &mut job, idx, &mut events);
         }
-        commit(st, &mut job, events, None);
+        if !events.is_empty() {
+            commit(st, &mut job, events, None);
+        }
         put(st, job);
     }
 }
@@ -151,6 +152,27 @@ pub(crate) fn requeue_tasks_of(
 /// Puts a job loaded from storage back to work after a restart.
 pub(crate) fn recover(shared: &Shared, st: &mut EngineState, mut job: Job) {
     let mut events = vec![event("recovered", "orchestrator restarted; job resumed")];
+    // A stored job whose bounds are out of range (written by an older
+    // version, or edited by hand) fails with a clear error, once.
+    for (name, v) in [
+        ("dispatch_timeout", job.dispatch_timeout),
+        ("result_timeout", job.result_timeout),
+    ] {
+        if let Some(Err(e)) = v.map(|v| crate::secs::timeout(name, v)) {
+            let msg = format!("the stored job is invalid: {e}");
+            end_failed(
+                st,
+                &mut job,
+                JobStatus::Failed,
+                own_code::INVALID_JOB,
+                &msg,
+                &mut events,
+            );
+            commit(st, &mut job, events, None);
+            put(st, job);
+            return;
+        }
+    }
     match job.status {
         JobStatus::Pending | JobStatus::Running => {
             job.tasks.clear();

@@ -70,21 +70,60 @@ pub(crate) fn waiting_reason(st: &EngineState, job: &Job) -> Option<String> {
     }
 }
 
-pub(crate) fn register_worker(st: &mut EngineState, reg: &rxon::WorkerRegistration) {
+/// The liveness a worker gets: two of the heartbeat intervals it declares
+/// (`metadata.heartbeat_interval_seconds`) plus a margin, else the default.
+fn worker_ttl(shared: &Shared, reg: &rxon::WorkerRegistration) -> Duration {
+    reg.metadata
+        .as_ref()
+        .and_then(|m| m.get("heartbeat_interval_seconds"))
+        .and_then(Value::as_f64)
+        .and_then(|s| crate::secs::timeout("heartbeat_interval_seconds", s).ok())
+        .map(|interval| (interval * 2 + super::super::TTL_MARGIN).min(Duration::from_secs(3600)))
+        .unwrap_or(shared.settings.worker_ttl)
+}
+
+pub(crate) fn register_worker(
+    shared: &Shared,
+    st: &mut EngineState,
+    reg: &rxon::WorkerRegistration,
+) {
     let now = Utc::now();
     let previous = st.workers.remove(&reg.worker_id);
+    let instance_id = reg
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get("instance_id"))
+        .and_then(Value::as_str)
+        .map(|s| rxon::text::clip(s, 128).into_owned());
     let names: Vec<&str> = reg
         .supported_skills
         .iter()
         .map(|s| s.name.as_str())
         .collect();
+    let ttl = worker_ttl(shared, reg);
     tracing::info!(
-        "worker {} registered{} (type {}), offering {}",
+        "worker {} registered{} (type {}), offering {}; considered gone after {ttl:?} without a heartbeat",
         reg.worker_id,
         if previous.is_some() { " again" } else { "" },
-        reg.worker_type,
-        names.join(", ")
+        rxon::text::for_log(&reg.worker_type),
+        rxon::text::for_log(&names.join(", "))
     );
+    // A new process behind the same id holds none of the old one's tasks.
+    let restarted = previous.as_ref().is_some_and(|p| {
+        p.instance_id.is_some() && p.instance_id != instance_id && !p.in_flight.is_empty()
+    });
+    let mut in_flight = BTreeMap::new();
+    if let Some(p) = &previous {
+        if restarted {
+            tracing::warn!(
+                "worker {} restarted (new instance); its {} unfinished task(s) go back to the queue",
+                reg.worker_id,
+                p.in_flight.len()
+            );
+        } else {
+            in_flight = p.in_flight.clone();
+        }
+    }
     let record = WorkerRecord {
         worker_id: reg.worker_id.clone(),
         worker_type: reg.worker_type.clone(),
@@ -94,12 +133,12 @@ pub(crate) fn register_worker(st: &mut EngineState, reg: &rxon::WorkerRegistrati
         registered_at: previous.as_ref().map(|p| p.registered_at).unwrap_or(now),
         last_heartbeat_at: now,
         last_seen: Instant::now(),
-        in_flight: previous
-            .as_ref()
-            .map(|p| p.in_flight.clone())
-            .unwrap_or_default(),
+        ttl,
+        instance_id,
+        in_flight,
         wake: previous
-            .map(|p| p.wake)
+            .as_ref()
+            .map(|p| p.wake.clone())
             .unwrap_or_else(|| Arc::new(tokio::sync::Notify::new())),
     };
     // Tasks already waiting for one of its skills can go now.
@@ -110,15 +149,20 @@ pub(crate) fn register_worker(st: &mut EngineState, reg: &rxon::WorkerRegistrati
         record.wake.notify_one();
     }
     st.workers.insert(reg.worker_id.clone(), record);
+    if let (true, Some(p)) = (restarted, previous) {
+        requeue_held(shared, st, &p.in_flight, "its worker restarted");
+    }
 }
 
 pub(crate) fn heartbeat(
+    shared: &Shared,
     st: &mut EngineState,
     worker_id: &str,
     hb: Option<&rxon::Heartbeat>,
 ) -> Option<rxon::HeartbeatResponse> {
     let worker = st.workers.get_mut(worker_id)?;
-    worker.last_seen = Instant::now();
+    let now = Instant::now();
+    worker.last_seen = now;
     worker.last_heartbeat_at = Utc::now();
     let Some(hb) = hb else {
         return Some(rxon::HeartbeatResponse {
@@ -126,27 +170,50 @@ pub(crate) fn heartbeat(
             ..Default::default()
         });
     };
-    if worker.status != hb.status {
-        tracing::info!("worker {worker_id} is {}", hb.status);
+    let status = rxon::text::clip(&hb.status, 64).into_owned();
+    if worker.status != status {
+        tracing::info!("worker {worker_id} is {status}");
     } else {
-        tracing::debug!("heartbeat from worker {worker_id} ({})", hb.status);
+        tracing::debug!("heartbeat from worker {worker_id} ({status})");
     }
-    worker.status = hb.status.clone();
+    worker.status = status;
     if let Some(skills) = &hb.supported_skills {
         worker.skills = skills.clone();
     }
-    let reported: Vec<String> = hb.current_tasks.clone().unwrap_or_default();
+    let Some(reported) = hb.current_tasks.as_ref() else {
+        return Some(rxon::HeartbeatResponse {
+            status: "ok".into(),
+            ..Default::default()
+        });
+    };
+    let reported: BTreeSet<&str> = reported.iter().map(String::as_str).collect();
+    // Tasks it lists that it does not hold (ended, cancelled, taken back): stop them.
     let cancel: Vec<String> = reported
-        .into_iter()
-        .filter(|task_id| {
-            !st.jobs.values().any(|j| {
-                !j.status.is_terminal()
-                    && j.tasks
-                        .iter()
-                        .any(|t| &t.task_id == task_id && t.result.is_none())
-            })
-        })
+        .iter()
+        .filter(|id| !worker.in_flight.contains_key(**id))
+        .map(|id| id.to_string())
         .collect();
+    // Tasks it holds but no longer lists (a result lost on the way, a task it
+    // could not run): back to the queue, once they had time to arrive.
+    let grace = shared.settings.unlisted_task_grace;
+    let lost: BTreeMap<String, Held> = worker
+        .in_flight
+        .iter()
+        .filter(|(id, held)| {
+            !reported.contains(id.as_str()) && now.saturating_duration_since(held.since) > grace
+        })
+        .map(|(id, held)| (id.clone(), *held))
+        .collect();
+    for id in lost.keys() {
+        worker.in_flight.remove(id);
+    }
+    if !lost.is_empty() {
+        tracing::warn!(
+            "worker {worker_id} no longer lists {} task(s) it was handed; they go back to the queue",
+            lost.len()
+        );
+        requeue_held(shared, st, &lost, "its worker no longer reports it");
+    }
     Some(rxon::HeartbeatResponse {
         status: "ok".into(),
         cancel_task_ids: (!cancel.is_empty()).then_some(cancel),

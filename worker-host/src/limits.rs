@@ -1,0 +1,68 @@
+//! Every bound on what a plugin supplies, in one place. README "Writing a
+//! plugin" lists them; crossing one gives a named error or a log line that
+//! names the limit.
+//!
+//! Sizes a plugin hands to the host are checked *while* wasmtime copies them
+//! out of the guest (its per-call "hostcall fuel"), so an oversize answer is
+//! refused before the host allocates for it.
+
+/// Most skills one plugin may declare.
+pub const MAX_SKILLS_PER_PLUGIN: usize = 64;
+/// Most bytes of one `describe()` answer (all its strings together).
+pub const MAX_DESCRIBE_BYTES: usize = 256 << 10;
+/// Skill names: 1 to this many bytes of `[A-Za-z0-9_.-]`.
+pub const MAX_SKILL_NAME: usize = 128;
+/// Longest skill version.
+pub const MAX_SKILL_VERSION: usize = 64;
+/// Longest skill description.
+pub const MAX_SKILL_DESCRIPTION: usize = 4096;
+/// Largest input or output JSON Schema of one skill.
+pub const MAX_SCHEMA_BYTES: usize = 64 << 10;
+/// Most custom statuses one skill may declare.
+pub const MAX_OUTPUT_STATUSES: usize = 32;
+/// Result statuses: 1 to this many bytes of `[A-Za-z0-9_.:-]`.
+pub const MAX_STATUS_NAME: usize = 64;
+/// Most bytes all the skills of one worker may take in its registration; a
+/// plugin that would push the total over it is not loaded.
+pub const MAX_ADVERTISED_BYTES: usize = 512 << 10;
+/// Default most bytes a task's result may hand the host (status and data, or
+/// error message and details), chosen so the signed result stays under the
+/// 1 MiB body limit of our orchestrator and of avtomatika (aiohttp's default).
+pub const DEFAULT_MAX_RESULT_BYTES: usize = 1_000_000;
+/// Room for the result's envelope (ids, signature, costs) and JSON escaping.
+pub const RESULT_ENVELOPE_BYTES: usize = 48 << 10;
+/// Most captured output lines logged per stream and task.
+pub const MAX_LOGGED_OUTPUT_LINES: usize = 200;
+
+pub use rxon::text::{clip, for_log};
+
+/// Whether `s` is a valid skill name.
+pub fn is_skill_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_SKILL_NAME
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// Whether `s` is a valid result status.
+pub fn is_status_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_STATUS_NAME
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_bounded() {
+        assert!(is_status_name("needs_review"));
+        assert!(!is_status_name(""));
+        assert!(!is_status_name(&"x".repeat(MAX_STATUS_NAME + 1)));
+        assert!(!is_status_name("has space"));
+        assert!(is_skill_name("echo_task"));
+        assert!(!is_skill_name("echo task"));
+    }
+}
