@@ -31,6 +31,8 @@ pub const MAX_ADVERTISED_BYTES: usize = 512 << 10;
 pub const DEFAULT_MAX_RESULT_BYTES: usize = 1_000_000;
 /// Room for the result's envelope (ids, signature, costs) and JSON escaping.
 pub const RESULT_ENVELOPE_BYTES: usize = 48 << 10;
+/// Most live resource handles (WASI streams, pollables, …) one task may hold.
+pub const MAX_HANDLES: usize = 10_000;
 /// Most captured output lines logged per stream and task.
 pub const MAX_LOGGED_OUTPUT_LINES: usize = 200;
 

@@ -13,6 +13,11 @@
 //! | `panic` | panics (a trap) |
 //! | `sleep` | sleeps `params.ms` milliseconds |
 //! | `counter` | bumps a global counter and returns it (1 in a fresh instance) |
+//! | `big_result` | returns data holding a string of `params.bytes` bytes |
+//! | `big_error` | fails with a message of `params.bytes` bytes |
+//! | `big_status` | returns a custom status of `params.bytes` bytes |
+//! | `print_flood` | prints `params.bytes` bytes to stdout, then succeeds |
+//! | `leak_handles` | creates WASI handles without end (stopped by the handle limit) |
 
 use std::time::Duration;
 
@@ -34,7 +39,16 @@ const SKILLS: &[(&str, &str)] = &[
     ("panic", "Panics"),
     ("sleep", "Sleeps params.ms milliseconds"),
     ("counter", "Bumps a global counter and returns it"),
+    ("big_result", "Returns params.bytes bytes of data"),
+    ("big_error", "Fails with a message of params.bytes bytes"),
+    ("big_status", "Returns a status of params.bytes bytes"),
+    ("print_flood", "Prints params.bytes bytes to stdout"),
+    ("leak_handles", "Creates WASI handles without end"),
 ];
+
+fn bytes_param(params: &Value) -> usize {
+    params["bytes"].as_u64().unwrap_or(1 << 20) as usize
+}
 
 static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -123,6 +137,28 @@ impl Guest for ChaosTask {
                 let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                 ok(json!({ "count": n }))
             }
+            "big_result" => ok(json!({ "blob": "x".repeat(bytes_param(&params)) })),
+            "big_error" => Err(TaskError {
+                kind: ErrorKind::Transient,
+                message: "e".repeat(bytes_param(&params)),
+                details: None,
+            }),
+            "big_status" => Ok(TaskOutput {
+                status: "s".repeat(bytes_param(&params)),
+                data: "{}".into(),
+            }),
+            "print_flood" => {
+                let line = "y".repeat(1023);
+                let mut left = bytes_param(&params);
+                while left > 0 {
+                    println!("{line}");
+                    left = left.saturating_sub(1024);
+                }
+                ok(json!({ "printed": bytes_param(&params) }))
+            }
+            "leak_handles" => loop {
+                std::mem::forget(wasip2::clocks::monotonic_clock::subscribe_duration(1 << 40));
+            },
             other => Err(TaskError {
                 kind: ErrorKind::Permanent,
                 message: format!("chaos_task does not serve {other}"),

@@ -75,6 +75,7 @@ fn new_store(
     // Bounds every copy out of the guest (a call's result, a host call's
     // arguments) before the host allocates for it.
     store.set_hostcall_fuel(transfer_limit);
+    store.set_max_component_handles(limits::MAX_HANDLES);
     // At every epoch tick: stop the guest if its deadline passed, else yield
     // to tokio so a busy guest never monopolises a runtime thread.
     store.epoch_deadline_callback(|mut ctx| {
@@ -167,6 +168,15 @@ fn classify_failure(
         Some(trap) => trap.to_string(),
         None => error_text(&error),
     };
+    if cause.contains("handle limit exceeded") {
+        return TaskOutcome::failed(
+            error_code::RESOURCE_EXHAUSTED,
+            format!(
+                "{what} exceeded the limit of {} live handles and was stopped: {cause}",
+                limits::MAX_HANDLES
+            ),
+        );
+    }
     // The guest's last words (e.g. a Rust panic message) say why it crashed.
     let stderr = String::from_utf8_lossy(&state.stderr.contents()).to_string();
     let lines: Vec<&str> = stderr
