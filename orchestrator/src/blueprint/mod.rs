@@ -145,6 +145,22 @@ impl Blueprint {
     }
 }
 
+/// A TOML error with the line it is on, so the field is named.
+fn toml_problem(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+            format!(
+                "line {line_no} (`{}`): {}",
+                rxon::text::clip(line, 120),
+                e.message()
+            )
+        }
+        None => e.message().to_string(),
+    }
+}
+
 /// A blueprint problem: which file, which state, what.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{file}: {problem}")]
@@ -261,8 +277,8 @@ pub fn parse(source: &str, text: &str) -> Result<Blueprint, BlueprintError> {
         file: source.to_string(),
         problem,
     };
-    let file: BlueprintFile =
-        toml::from_str(text).map_err(|e| err(format!("not a valid blueprint: {}", e.message())))?;
+    let file: BlueprintFile = toml::from_str(text)
+        .map_err(|e| err(format!("not a valid blueprint: {}", toml_problem(text, &e))))?;
     if file.name.trim().is_empty() {
         return Err(err("`name` is empty".into()));
     }

@@ -553,10 +553,16 @@ pub(crate) fn job_write(job: &mut Job, events: Vec<JobEvent>) -> JobWrite {
     }
 }
 
+/// A history entry; its text (which may quote what a worker sent) is cut
+/// to [`MAX_EVENT_TEXT`] bytes.
 pub(crate) fn event(kind: &str, message: impl Into<String>) -> JobEvent {
+    let message: String = message.into();
     JobEvent {
         at: Utc::now(),
         event: kind.to_string(),
-        message: message.into(),
+        message: rxon::text::clip(&message, MAX_EVENT_TEXT).into_owned(),
     }
 }
+
+/// Longest text of one history entry.
+pub const MAX_EVENT_TEXT: usize = 4096;

@@ -83,6 +83,30 @@ impl Proc {
         child.wait().ok()
     }
 
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Peak resident memory (VmHWM) in KiB, from /proc.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()
@@ -171,6 +195,10 @@ impl Stack {
     }
 
     pub fn start_orchestrator(&mut self) {
+        self.start_orchestrator_with(|_| {});
+    }
+
+    pub fn start_orchestrator_with(&mut self, configure: impl FnOnce(&mut Command)) {
         let mut cmd = Command::new(binary("orchestrator"));
         cmd.args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .arg("--storage")
@@ -183,6 +211,7 @@ impl Stack {
             .env("CLIENT_TOKEN", CLIENT_TOKEN)
             .env("GLOBAL_WORKER_TOKEN", WORKER_TOKEN)
             .env("RUST_LOG", "info");
+        configure(&mut cmd);
         let n = std::fs::read_dir(self.dir.path()).unwrap().count();
         self.orchestrator = Some(Proc::spawn(
             "orchestrator",
@@ -192,12 +221,24 @@ impl Stack {
     }
 
     pub fn start_worker(&mut self) {
+        self.worker = Some(self.spawn_worker(WORKER_ID, "worker.log", |_| {}));
+    }
+
+    /// A worker host process with the stack's settings (`WORKER_ID`
+    /// `worker_id`, 1 s heartbeats, 5 slots, the stack's plugins directory),
+    /// adjusted by `configure`.
+    pub fn spawn_worker(
+        &self,
+        worker_id: &str,
+        log_name: &str,
+        configure: impl FnOnce(&mut Command),
+    ) -> Proc {
         let mut cmd = Command::new(binary("worker-host"));
         cmd.env(
             "ORCHESTRATOR_URL",
             format!("http://localhost:{}", self.port),
         )
-        .env("WORKER_ID", WORKER_ID)
+        .env("WORKER_ID", worker_id)
         .env("WORKER_TOKEN", WORKER_TOKEN)
         .env("RUST_LOG", "info")
         .args([
@@ -210,11 +251,73 @@ impl Stack {
         ])
         .arg("--plugins-dir")
         .arg(self.dir.path().join("plugins"));
-        self.worker = Some(Proc::spawn(
-            "worker-host",
-            cmd,
-            self.dir.path().join("worker.log"),
-        ));
+        configure(&mut cmd);
+        Proc::spawn("worker-host", cmd, self.dir.path().join(log_name))
+    }
+
+    /// Adds a blueprint file before the orchestrator starts.
+    pub fn add_blueprint(&self, name: &str, toml: &str) {
+        std::fs::write(
+            self.dir
+                .path()
+                .join("blueprints")
+                .join(format!("{name}.toml")),
+            toml,
+        )
+        .unwrap();
+    }
+
+    /// Copies a plugin component into the stack's plugins directory.
+    pub fn add_plugin(&self, path: &str) {
+        let path = Path::new(path);
+        std::fs::copy(
+            path,
+            self.dir
+                .path()
+                .join("plugins")
+                .join(path.file_name().unwrap()),
+        )
+        .unwrap();
+    }
+
+    /// A job created with `{"initial_data": data, ...options}`: status and body.
+    pub async fn try_create(&self, endpoint: &str, body: Value) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!("{}/api/v1{endpoint}", self.base))
+            .header("X-Client-Token", CLIENT_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The worker as `GET /api/v1/workers` lists it.
+    pub async fn worker_view(&self, worker_id: &str) -> Option<Value> {
+        let (_, workers) = self.get("/api/v1/workers").await;
+        workers
+            .as_array()?
+            .iter()
+            .find(|w| w["worker_id"] == worker_id)
+            .cloned()
+    }
+
+    /// Waits until `worker_id` heartbeats again (its `last_heartbeat_at` moves).
+    pub async fn wait_heartbeat(&self, worker_id: &str) {
+        let before = self
+            .worker_view(worker_id)
+            .await
+            .map(|w| w["last_heartbeat_at"].clone());
+        wait_until("a fresh heartbeat", Duration::from_secs(20), || async {
+            let now = self
+                .worker_view(worker_id)
+                .await
+                .map(|w| w["last_heartbeat_at"].clone());
+            now.is_some() && now != before
+        })
+        .await;
     }
 
     /// Orchestrator up and the worker registered.

@@ -175,15 +175,29 @@ impl Worker {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let sent = match self.inner.client.encode_signed(result.clone()).await {
-                Ok(body) if body.len() > limit && !replaced => Err(ClientError::PayloadTooLarge {
-                    bytes: body.len(),
-                    message: format!("results may take at most {limit} bytes once encoded"),
-                }),
-                Ok(body) => self.inner.client.submit_encoded_result(body).await,
-                Err(e) => Err(e),
+            let body = match self.inner.client.encode_signed(result.clone()).await {
+                Ok(body) => body,
+                Err(e) => {
+                    tracing::error!(task_id, "result of task {task_id} cannot be encoded: {e}");
+                    return;
+                }
             };
-            match sent {
+            if body.len() > limit && !replaced {
+                let why = format!(
+                    "the task's result is {} bytes once encoded; results may take at most {limit} bytes \
+                     (the plugin may hand the host {} bytes, plus room for the envelope)",
+                    body.len(),
+                    self.inner.engine.config.max_result_bytes
+                );
+                tracing::error!(
+                    task_id,
+                    "task {task_id}: {why}; reporting a failure instead"
+                );
+                result = build(TaskOutcome::failed(error_code::RESOURCE_EXHAUSTED, why));
+                replaced = true;
+                continue;
+            }
+            match self.inner.client.submit_encoded_result(body).await {
                 Ok(response) if response.status == "ignored" => {
                     tracing::warn!(
                         task_id,
@@ -197,11 +211,11 @@ impl Worker {
                     tracing::info!(task_id, "result of task {task_id} accepted");
                     return;
                 }
+                // Retrying the same body cannot help: report why instead.
                 Err(ClientError::PayloadTooLarge { bytes, message }) if !replaced => {
                     let why = format!(
-                        "the task's result is {bytes} bytes once encoded, too large to deliver ({message}); \
-                         results may hand the host at most {} bytes",
-                        self.inner.engine.config.max_result_bytes
+                        "the orchestrator refused the task's {bytes}-byte result as too large (413: {message}); \
+                         make the result smaller, or raise the orchestrator's body limit and lower this worker's --max-result-bytes to match"
                     );
                     tracing::error!(
                         task_id,

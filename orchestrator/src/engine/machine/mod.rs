@@ -150,7 +150,7 @@ pub(crate) fn create(
         retired: false,
     };
     let initial = serde_json::to_string(&job.initial_data).unwrap_or_default();
-    tracing::info!(job_id = %id, "job {id} started ({}) with initial data {initial}", bp.name);
+    tracing::info!(job_id = %id, "job {id} started ({}) with initial data {}", bp.name, rxon::text::for_log(&initial));
     let mut events = vec![event(
         "created",
         format!("job created from blueprint {}", bp.name),
@@ -192,7 +192,7 @@ pub(crate) fn advance(
                 job.finished_at = Some(Utc::now());
                 job.error = None;
                 let result = Value::Object(job.result.clone().unwrap_or_default());
-                tracing::info!(job_id = %job.id, "job {} completed in state {}: result {result}", job.id, job.current_state);
+                tracing::info!(job_id = %job.id, "job {} completed in state {}: result {}", job.id, job.current_state, rxon::text::for_log(&result.to_string()));
                 events.push(event(
                     "finished",
                     format!("finished in state {}", job.current_state),
@@ -391,7 +391,7 @@ pub(crate) fn end_failed(
         message: message.to_string(),
     });
     forget_tasks(st, job);
-    tracing::warn!(job_id = %job.id, "job {} {status}: {code}: {message}", job.id);
+    tracing::warn!(job_id = %job.id, "job {} {status}: {}: {}", job.id, rxon::text::for_log(code), rxon::text::for_log(message));
     events.push(event(status.as_str(), format!("{code}: {message}")));
 }
 

@@ -3,7 +3,10 @@
 use super::*;
 
 pub(crate) fn ignored(reason: &str, message: String) -> rxon::ResultResponse {
-    tracing::warn!("result ignored ({reason}): {message}");
+    tracing::warn!(
+        "result ignored ({reason}): {}",
+        rxon::text::for_log(&message)
+    );
     rxon::ResultResponse {
         status: "ignored".into(),
         transition: None,
@@ -97,7 +100,7 @@ pub(crate) fn apply_result_to(
     release(st, worker_id, &result.task_id);
     let status = result.status().to_string();
     let mut events = Vec::new();
-    tracing::info!(job_id = %job.id, "job {}: result of task {} from worker {worker_id}: {status}", job.id, result.task_id);
+    tracing::info!(job_id = %job.id, "job {}: result of task {} from worker {worker_id}: {}", job.id, result.task_id, rxon::text::for_log(&status));
     let transition = if status == rxon::status::FAILURE {
         let error = result.error.clone().unwrap_or(rxon::TaskErrorInfo {
             code: error_code::TRANSIENT.into(),
@@ -275,7 +278,7 @@ pub(crate) fn task_failed(
             task.task_id, task.attempt
         ),
     ));
-    tracing::warn!(job_id = %job.id, "job {}: task {} (attempt {}) failed: {code}: {message}", job.id, task.task_id, task.attempt);
+    tracing::warn!(job_id = %job.id, "job {}: task {} (attempt {}) failed: {}: {}", job.id, task.task_id, task.attempt, rxon::text::for_log(code), rxon::text::for_log(message));
     let class = classify(code);
     if matches!(class, FailureClass::Retry) && task.attempt < spec_retry.max_attempts {
         task.attempt += 1;
