@@ -20,6 +20,9 @@ use support::*;
 
 const TOKEN: &str = "compat-worker-token";
 const CLIENT: &str = "compat-client-token";
+/// `ORCHESTRATOR_SECRET_KEY`, set on both sides as in production: the
+/// orchestrator signs every task (`sig`) and the worker refuses unsigned ones.
+const SECRET: &str = "compat-secret";
 
 /// The venv's python, or `None` (after a loud message) when PyPI was unreachable.
 fn venv_python(name: &str) -> Option<PathBuf> {
@@ -132,14 +135,20 @@ fn start_avtomatika(dir: &Path, port: u16) -> Proc {
         .env("API_PORT", port.to_string())
         .env("CLIENT_TOKEN", CLIENT)
         .env("GLOBAL_WORKER_TOKEN", TOKEN)
-        .env("ORCHESTRATOR_SECRET_KEY", "compat-secret")
+        .env("ORCHESTRATOR_SECRET_KEY", SECRET)
         .env("LOG_FORMAT", "text")
         .env("DETAILED_API_RESPONSES", "true")
         .env("WATCHER_INTERVAL_SECONDS", "2");
     Proc::spawn("avtomatika", cmd, dir.join("avtomatika.log"))
 }
 
-fn start_our_worker(dir: &Path, port: u16, id: &str, with_chaos: bool) -> Proc {
+fn start_our_worker(
+    dir: &Path,
+    port: u16,
+    id: &str,
+    with_chaos: bool,
+    secret: Option<&str>,
+) -> Proc {
     let plugins = dir.join(format!("plugins-{id}"));
     std::fs::create_dir_all(&plugins).unwrap();
     let mut files = vec![plugin_fixtures::ECHO_TASK, plugin_fixtures::FAILING_TASK];
@@ -161,10 +170,19 @@ fn start_our_worker(dir: &Path, port: u16, id: &str, with_chaos: bool) -> Proc {
             "--plugins-dir",
         ])
         .arg(&plugins);
+    if let Some(secret) = secret {
+        cmd.env("ORCHESTRATOR_SECRET_KEY", secret);
+    }
     Proc::spawn(id, cmd, dir.join(format!("{id}.log")))
 }
 
-fn start_python_worker(dir: &Path, port: u16, id: &str, prefix: &str) -> Proc {
+fn start_python_worker(
+    dir: &Path,
+    port: u16,
+    id: &str,
+    prefix: &str,
+    secret: Option<&str>,
+) -> Proc {
     let python = venv_python("venv-worker").unwrap();
     let mut cmd = Command::new(python);
     cmd.arg(repo().join("tests/compat/python_worker.py"))
@@ -173,6 +191,11 @@ fn start_python_worker(dir: &Path, port: u16, id: &str, prefix: &str) -> Proc {
         .env("WORKER_TOKEN", TOKEN)
         .env("HEARTBEAT_INTERVAL", "1")
         .env("PY_SKILL_PREFIX", prefix);
+    if let Some(secret) = secret {
+        // The SDK verifies `sig` when it has the secret (REQUIRE_TASK_SIGNATURE
+        // defaults to true, so an unsigned task is dropped).
+        cmd.env("ORCHESTRATOR_SECRET_KEY", secret);
+    }
     Proc::spawn(id, cmd, dir.join(format!("{id}.log")))
 }
 
@@ -217,7 +240,7 @@ end = "finished"
     ),
 ];
 
-fn start_our_orchestrator(dir: &Path, port: u16) -> Proc {
+fn start_our_orchestrator(dir: &Path, port: u16, secret: Option<&str>) -> Proc {
     let blueprints = dir.join("blueprints");
     std::fs::create_dir_all(&blueprints).unwrap();
     std::fs::copy(
@@ -239,6 +262,9 @@ fn start_our_orchestrator(dir: &Path, port: u16) -> Proc {
     .arg(&blueprints)
     .env("CLIENT_TOKEN", CLIENT)
     .env("GLOBAL_WORKER_TOKEN", TOKEN);
+    if let Some(secret) = secret {
+        cmd.env("ORCHESTRATOR_SECRET_KEY", secret);
+    }
     let n = std::fs::read_dir(dir).unwrap().count();
     Proc::spawn(
         "orchestrator",
@@ -257,7 +283,8 @@ async fn our_worker_host_serves_the_real_avtomatika_orchestrator() {
     let _avtomatika = start_avtomatika(dir.path(), port);
     let api = Http::new(port);
     api.wait_up().await;
-    let _worker = start_our_worker(dir.path(), port, "wasm-worker-1", true);
+    // Production configuration: our worker verifies avtomatika's `sig`.
+    let worker = start_our_worker(dir.path(), port, "wasm-worker-1", true, Some(SECRET));
     api.wait_worker("wasm-worker-1").await;
 
     for n in 1..=3u64 {
@@ -321,6 +348,9 @@ async fn our_worker_host_serves_the_real_avtomatika_orchestrator() {
             .contains("schema_validation_failed"),
         "{job}"
     );
+    // Every task carried a valid signature.
+    let log = worker.log_text();
+    assert!(!log.contains("refusing task"), "{log}");
 }
 
 #[tokio::test]
@@ -330,10 +360,11 @@ async fn the_real_python_sdk_worker_serves_our_orchestrator() {
     }
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut orchestrator = start_our_orchestrator(dir.path(), port);
+    // Production configuration: we sign, the SDK requires and verifies `sig`.
+    let mut orchestrator = start_our_orchestrator(dir.path(), port, Some(SECRET));
     let api = Http::new(port);
     api.wait_up().await;
-    let _py = start_python_worker(dir.path(), port, "py-worker-1", "");
+    let py = start_python_worker(dir.path(), port, "py-worker-1", "", Some(SECRET));
     api.wait_worker("py-worker-1").await;
 
     let id = api
@@ -385,7 +416,7 @@ async fn the_real_python_sdk_worker_serves_our_orchestrator() {
     // A restarted orchestrator (memory storage) has forgotten the worker: the SDK
     // gets "Worker not found" on its next heartbeat and registers again.
     assert!(orchestrator.stop().unwrap().success());
-    let _orchestrator2 = start_our_orchestrator(dir.path(), port);
+    let _orchestrator2 = start_our_orchestrator(dir.path(), port, Some(SECRET));
     api.wait_up().await;
     api.wait_worker("py-worker-1").await;
     let id = api
@@ -394,6 +425,11 @@ async fn the_real_python_sdk_worker_serves_our_orchestrator() {
     assert_eq!(
         api.terminal(&id).await["result"]["processed_message"],
         "again again"
+    );
+    let log = py.log_text();
+    assert!(
+        !log.contains("missing mandatory orchestrator signature"),
+        "the SDK refused a task:\n{log}"
     );
 }
 
@@ -404,11 +440,12 @@ async fn a_mixed_fleet_routes_tasks_by_declared_skills() {
     }
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let _orchestrator = start_our_orchestrator(dir.path(), port);
+    // The defaults: no orchestrator secret anywhere.
+    let _orchestrator = start_our_orchestrator(dir.path(), port, None);
     let api = Http::new(port);
     api.wait_up().await;
-    let _wasm = start_our_worker(dir.path(), port, "wasm-worker-1", false);
-    let _py = start_python_worker(dir.path(), port, "py-worker-1", "py_");
+    let _wasm = start_our_worker(dir.path(), port, "wasm-worker-1", false, None);
+    let _py = start_python_worker(dir.path(), port, "py-worker-1", "py_", None);
     api.wait_worker("wasm-worker-1").await;
     api.wait_worker("py-worker-1").await;
 

@@ -634,3 +634,45 @@ async fn shutdown_answers_waiting_clients_at_once() {
     assert_eq!(status, 200);
     assert_eq!(job["status"], "waiting_for_worker", "{job}");
 }
+
+#[tokio::test]
+async fn with_an_orchestrator_secret_tasks_are_signed_and_a_mismatch_is_refused() {
+    let mut stack = Stack::new();
+    stack.start_orchestrator_with(|cmd| {
+        cmd.env("ORCHESTRATOR_SECRET_KEY", "the-secret");
+    });
+    stack.wait_ready().await;
+    // The same secret: tasks verify and run.
+    stack.worker = Some(stack.spawn_worker(WORKER_ID, "worker.log", |cmd| {
+        cmd.env("ORCHESTRATOR_SECRET_KEY", "the-secret");
+    }));
+    stack.wait_worker().await;
+    assert_still_serving(&stack, WORKER_ID).await;
+    stack.worker.as_mut().unwrap().stop();
+
+    // Another secret: the task is refused and reported as SECURITY_ERROR.
+    stack.worker = Some(stack.spawn_worker(WORKER_ID, "worker-wrong.log", |cmd| {
+        cmd.env("ORCHESTRATOR_SECRET_KEY", "not-the-secret");
+    }));
+    stack.wait_worker().await;
+    let id = stack.create("/jobs/test", echo_body("forged?", 1)).await;
+    let job = ended_with(&stack, &id, "quarantined", "SECURITY_ERROR").await;
+    let message = job["error"]["message"].as_str().unwrap();
+    assert!(message.contains("does not match"), "{message}");
+    assert!(stack.logs().1.contains("refusing task"));
+    stack.worker.as_mut().unwrap().stop();
+
+    // An orchestrator without the secret sends unsigned tasks: refused too.
+    stack.orchestrator.as_mut().unwrap().stop();
+    stack.start_orchestrator();
+    stack.wait_ready().await;
+    stack.worker = Some(stack.spawn_worker(WORKER_ID, "worker-unsigned.log", |cmd| {
+        cmd.env("ORCHESTRATOR_SECRET_KEY", "the-secret");
+    }));
+    stack.wait_worker().await;
+    let id = stack.create("/jobs/test", echo_body("unsigned", 1)).await;
+    let job = ended_with(&stack, &id, "quarantined", "SECURITY_ERROR").await;
+    let message = job["error"]["message"].as_str().unwrap();
+    assert!(message.contains("no orchestrator signature"), "{message}");
+    assert_no_panic(&stack);
+}
