@@ -473,3 +473,30 @@ async fn a_mixed_fleet_routes_tasks_by_declared_skills() {
         "{text}"
     );
 }
+
+/// The control for the signed run above: the SDK given the secret really
+/// checks, so an unsigned task from an orchestrator without it is dropped.
+#[tokio::test]
+async fn the_python_sdk_with_the_secret_refuses_unsigned_tasks() {
+    if venv_python("venv-worker").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _orchestrator = start_our_orchestrator(dir.path(), port, None);
+    let api = Http::new(port);
+    api.wait_up().await;
+    let py = start_python_worker(dir.path(), port, "py-worker-1", "", Some(SECRET));
+    api.wait_worker("py-worker-1").await;
+    api.create("/jobs/test", json!({"message": "unsigned", "multiply": 1}))
+        .await;
+    wait_until(
+        "the SDK to refuse the task",
+        Duration::from_secs(30),
+        || async {
+            py.log_text()
+                .contains("missing mandatory orchestrator signature")
+        },
+    )
+    .await;
+}
