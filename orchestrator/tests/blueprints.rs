@@ -78,13 +78,15 @@ fn golden_errors() {
     );
     let got = err("name = \"b\"\napi_endpoint = \"/x\"\nstates = 3\n");
     assert!(
-        got.starts_with("bp.toml: not a valid blueprint: invalid type"),
+        got.starts_with("bp.toml: not a valid blueprint: line 3 (`states = 3`): invalid type"),
         "{got}"
     );
     let got =
         err("name = \"b\"\napi_endpoint = \"/x\"\nstart = \"a\"\n[states.a]\nend = \"finished\"\n");
     assert!(
-        got.starts_with("bp.toml: not a valid blueprint: unknown field `start`"),
+        got.starts_with(
+            "bp.toml: not a valid blueprint: line 3 (`start = \"a\"`): unknown field `start`"
+        ),
         "{got}"
     );
 }

@@ -80,9 +80,10 @@ async fn oversize_answers_fail_with_named_codes_and_the_worker_serves_on() {
     );
     stack.start().await;
 
+    // 20 MiB answers (within the 128 MiB memory cap): refused while copying.
     for skill in ["big_result", "big_error"] {
         let id = stack
-            .create(&format!("/jobs/chaos/{skill}"), json!({"bytes": 8 << 20}))
+            .create(&format!("/jobs/chaos/{skill}"), json!({"bytes": 20 << 20}))
             .await;
         let job = ended_with(&stack, &id, "quarantined", "RESOURCE_EXHAUSTED_ERROR").await;
         let message = job["error"]["message"].as_str().unwrap();
@@ -120,10 +121,11 @@ async fn oversize_answers_fail_with_named_codes_and_the_worker_serves_on() {
     assert_eq!(job["result"]["blob"].as_str().unwrap().len(), 990_000);
     let peak = stack.worker.as_ref().unwrap().peak_rss_kib().unwrap();
     eprintln!(
-        "worker peak RSS after near-limit results: {} MiB",
+        "worker peak RSS (VmHWM) after the oversize and near-limit answers: {} MiB",
         peak / 1024
     );
-    assert!(peak < 400 * 1024, "worker peak RSS {peak} KiB");
+    // The bound documented in docs/benchmarks.md (debug build).
+    assert!(peak < 300 * 1024, "worker peak RSS {peak} KiB");
 
     // Plugin text in the host's logs is cut.
     let (orchestrator_log, worker_log) = stack.logs();

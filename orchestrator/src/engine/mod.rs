@@ -128,7 +128,8 @@ impl EngineState {
         self.seq
     }
 
-    pub fn add_timer(&mut self, at: Instant, timer: Timer) {
+    /// Adds a timer; the key removes it again (see [`Self::drop_lease`]).
+    pub fn add_timer(&mut self, at: Instant, timer: Timer) -> (Instant, u64) {
         let seq = self.next_seq();
         if self
             .timers
@@ -138,6 +139,25 @@ impl EngineState {
             self.timers_changed = true;
         }
         self.timers.insert((at, seq), timer);
+        (at, seq)
+    }
+
+    /// Forgets that `worker` holds `task_id`, and the lease timer with it
+    /// (so answered tasks do not keep timers until their lease would end).
+    pub fn release(&mut self, worker: &str, task_id: &str) {
+        if let Some(held) = self
+            .workers
+            .get_mut(worker)
+            .and_then(|w| w.in_flight.remove(task_id))
+        {
+            self.drop_lease(&held);
+        }
+    }
+
+    pub fn drop_lease(&mut self, held: &workers::Held) {
+        if let Some(key) = held.lease {
+            self.timers.remove(&key);
+        }
     }
 }
 

@@ -17,6 +17,8 @@ pub struct Held {
     pub job: Uuid,
     /// When it was handed out.
     pub since: Instant,
+    /// Key of its result-timeout timer.
+    pub lease: Option<(Instant, u64)>,
 }
 
 /// One registered worker.

@@ -331,7 +331,7 @@ impl Worker {
             let seen = self.inner.registrations.done();
             match client.heartbeat(&self.heartbeat("", full_sync)).await {
                 Ok(response) => {
-                    tracing::debug!("heartbeat sent ({})", response.status);
+                    tracing::info!("heartbeat sent ({})", response.status);
                     full_sync = response.require_full_sync.unwrap_or(false);
                     if response.require_registration == Some(true) {
                         self.inner.registrations.request(seen);

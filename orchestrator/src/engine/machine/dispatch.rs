@@ -122,22 +122,23 @@ pub(crate) fn hand_out(
     task.picked_up_at = Some(now);
     job.task_worker_id = Some(worker_id.to_string());
     let task = job.tasks[idx].clone();
-    if let Some(w) = st.workers.get_mut(worker_id) {
-        w.in_flight.insert(
-            task.task_id.clone(),
-            Held {
-                job: job.id,
-                since: Instant::now(),
-            },
-        );
-    }
-    st.add_timer(
+    let lease = st.add_timer(
         Instant::now() + lease,
         Timer::ResultTimeout {
             job: job.id,
             task_id: task.task_id.clone(),
         },
     );
+    if let Some(w) = st.workers.get_mut(worker_id) {
+        w.in_flight.insert(
+            task.task_id.clone(),
+            Held {
+                job: job.id,
+                since: Instant::now(),
+                lease: Some(lease),
+            },
+        );
+    }
     // The deadline is sent only when the blueprint or the job asked for one.
     let deadline =
         result_timeout.map(|t| Value::from(now.timestamp() + t.as_secs_f64().ceil() as i64));

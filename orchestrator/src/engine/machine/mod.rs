@@ -399,8 +399,8 @@ pub(crate) fn end_failed(
 /// skipped lazily when popped).
 pub(crate) fn forget_tasks(st: &mut EngineState, job: &Job) {
     for task in &job.tasks {
-        if let Some(w) = task.worker_id.as_ref().and_then(|w| st.workers.get_mut(w)) {
-            w.in_flight.remove(&task.task_id);
+        if let Some(w) = &task.worker_id {
+            st.release(w, &task.task_id);
         }
     }
 }

@@ -143,9 +143,7 @@ pub(crate) fn apply_result_to(
 }
 
 pub(crate) fn release(st: &mut EngineState, worker_id: &str, task_id: &str) {
-    if let Some(w) = st.workers.get_mut(worker_id) {
-        w.in_flight.remove(task_id);
-    }
+    st.release(worker_id, task_id);
 }
 
 pub(crate) fn task_succeeded(

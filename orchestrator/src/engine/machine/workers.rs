@@ -207,6 +207,9 @@ pub(crate) fn heartbeat(
     for id in lost.keys() {
         worker.in_flight.remove(id);
     }
+    for held in lost.values() {
+        st.drop_lease(held);
+    }
     if !lost.is_empty() {
         tracing::warn!(
             "worker {worker_id} no longer lists {} task(s) it was handed; they go back to the queue",
