@@ -14,6 +14,10 @@ use worker_host::outcome::TaskOutcome;
 use worker_host::plugin_store::{Plugin, PluginError, PluginLoader};
 use worker_host::sandbox::{SandboxConfig, SandboxEngine, TaskInput, task};
 
+/// What plugins return or declare, when they are hostile.
+#[path = "sandbox/hostile.rs"]
+mod hostile;
+
 fn engine(timeout: Duration, memory_mb: usize) -> SandboxEngine {
     SandboxEngine::new(SandboxConfig {
         task_timeout: timeout,

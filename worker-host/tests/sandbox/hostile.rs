@@ -2,27 +2,20 @@
 //! they *return* or *declare* is bounded, refused before it is copied, and
 //! reported with a named error; the sandbox goes on serving afterwards.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::Path;
 use std::time::Duration;
 
 use plugin_fixtures::{BLOATED_TASK, CHAOS_TASK, ECHO_TASK, IMPOSTOR_TASK};
 use serde_json::json;
-use tokio::sync::watch;
 use worker_host::limits;
 use worker_host::outcome::TaskOutcome;
 use worker_host::plugin_store::{Plugin, PluginError, PluginLoader, PluginSet};
-use worker_host::sandbox::{SandboxConfig, SandboxEngine, TaskInput, task};
+use worker_host::sandbox::SandboxEngine;
+
+use super::{failure, run};
 
 fn engine() -> SandboxEngine {
-    SandboxEngine::new(SandboxConfig {
-        task_timeout: Duration::from_secs(20),
-        memory_limit: 128 << 20,
-        max_concurrent_tasks: 2,
-        ..SandboxConfig::default()
-    })
-    .unwrap()
+    super::engine(Duration::from_secs(20), 128)
 }
 
 async fn load(engine: &SandboxEngine, path: &str) -> Result<Plugin, PluginError> {
@@ -30,29 +23,6 @@ async fn load(engine: &SandboxEngine, path: &str) -> Result<Plugin, PluginError>
         .unwrap()
         .load_file(Path::new(path))
         .await
-}
-
-async fn run(
-    engine: &SandboxEngine,
-    plugin: &Plugin,
-    skill: &str,
-    params: serde_json::Value,
-) -> TaskOutcome {
-    let input = TaskInput {
-        task_id: "t-1".into(),
-        job_id: "j-1".into(),
-        task_type: skill.into(),
-        params: params.to_string(),
-    };
-    let (tx, _rx) = watch::channel(None);
-    task::run_task(engine, &plugin.pre, &input, tx).await
-}
-
-fn failure(outcome: &TaskOutcome) -> (&str, &str) {
-    match outcome {
-        TaskOutcome::Failed { code, message, .. } => (code, message),
-        other => panic!("expected a failure, got {other:?}"),
-    }
 }
 
 /// The sandbox still runs an ordinary task after the hostile one.
