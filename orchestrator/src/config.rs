@@ -79,6 +79,13 @@ struct FileConfig {
     worker_ttl_seconds: Option<f64>,
     default_result_timeout_seconds: Option<f64>,
     require_signatures: Option<bool>,
+    max_connections: Option<usize>,
+    header_read_timeout_seconds: Option<f64>,
+    max_workers: Option<usize>,
+    max_skills_per_worker: Option<usize>,
+    #[serde(default)]
+    webhook_allowed_hosts: Vec<String>,
+    max_concurrent_webhooks: Option<usize>,
     orchestrator_secret_key: Option<String>,
     #[serde(default)]
     clients: BTreeMap<String, TokenEntry>,
@@ -131,6 +138,15 @@ pub struct Config {
     pub require_signatures: bool,
     /// Signs handed-out tasks when set.
     pub orchestrator_secret: Option<String>,
+    /// Connection cap and timeouts of the HTTP server.
+    pub serve: crate::api::ServeLimits,
+    /// Most registered workers, and most skills one may declare.
+    pub max_workers: usize,
+    pub max_skills_per_worker: usize,
+    /// Webhook egress: hosts or addresses (`127.0.0.1`, `10.0.0.0/8`,
+    /// `hooks.internal`) allowed although private, and the delivery cap.
+    pub webhook_allowed_hosts: Vec<String>,
+    pub max_concurrent_webhooks: usize,
 }
 
 /// Default liveness of a worker that does not declare its heartbeat
@@ -214,8 +230,53 @@ impl Config {
                 .orchestrator_secret
                 .or(file.orchestrator_secret_key)
                 .filter(|s| !s.is_empty()),
+            serve: crate::api::ServeLimits {
+                max_connections: bounded(
+                    "max_connections",
+                    file.max_connections,
+                    1024,
+                    1..=1_000_000,
+                )?,
+                header_read_timeout: crate::secs::timeout(
+                    "header_read_timeout_seconds",
+                    file.header_read_timeout_seconds.unwrap_or(20.0),
+                )?,
+                ..crate::api::ServeLimits::default()
+            },
+            max_workers: bounded("max_workers", file.max_workers, 1000, 1..=1_000_000)?,
+            max_skills_per_worker: bounded(
+                "max_skills_per_worker",
+                file.max_skills_per_worker,
+                1024,
+                1..=100_000,
+            )?,
+            webhook_allowed_hosts: file.webhook_allowed_hosts,
+            max_concurrent_webhooks: bounded(
+                "max_concurrent_webhooks",
+                file.max_concurrent_webhooks,
+                64,
+                1..=10_000,
+            )?,
         })
     }
+}
+
+/// A count from the config file, within `range`.
+fn bounded(
+    name: &str,
+    value: Option<usize>,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+) -> anyhow::Result<usize> {
+    let v = value.unwrap_or(default);
+    if !range.contains(&v) {
+        bail!(
+            "{name} must be between {} and {}, not {v}",
+            range.start(),
+            range.end()
+        );
+    }
+    Ok(v)
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {

@@ -8,11 +8,13 @@
 //! - [`storage`]: durable storage (SQLite, in-memory) behind a trait.
 //! - [`api`]: the HTTP API (client and worker), errors and auth.
 //! - [`config`]: configuration file, CLI and environment.
+//! - [`egress`]: where webhooks may connect (private addresses refused).
 //! - [`secs`]: durations from outside, parsed once into bounded values.
 
 pub mod api;
 pub mod blueprint;
 pub mod config;
+pub mod egress;
 pub mod engine;
 pub mod job;
 pub mod secs;

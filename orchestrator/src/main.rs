@@ -40,6 +40,10 @@ async fn run() -> anyhow::Result<()> {
         worker_ttl: config.worker_ttl,
         default_result_timeout: config.default_result_timeout,
         task_secret: config.orchestrator_secret.clone(),
+        max_workers: config.max_workers,
+        max_skills_per_worker: config.max_skills_per_worker,
+        webhook_allowed_hosts: config.webhook_allowed_hosts.clone(),
+        max_concurrent_webhooks: config.max_concurrent_webhooks,
         ..EngineSettings::default()
     };
     if settings.task_secret.is_some() {
@@ -84,7 +88,7 @@ async fn run() -> anyhow::Result<()> {
     );
     tracing::info!("workers connect to {base} (RXON worker API under /_worker)");
     let stopping = engine.clone();
-    api::serve(listener, app, async move {
+    api::serve::serve(listener, app, config.serve.clone(), async move {
         shutdown_signal().await;
         // Idle long-polls and `?wait=` clients would hold the graceful
         // shutdown for up to 60 s: they are answered at once.

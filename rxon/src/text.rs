@@ -19,6 +19,15 @@ pub fn clip(s: &str, max: usize) -> Cow<'_, str> {
     Cow::Owned(format!("{}… ({} more bytes cut)", &s[..end], s.len() - end))
 }
 
+/// Longest preview of job data (params, results) in an INFO line; the whole
+/// value is logged at DEBUG only.
+pub const PREVIEW: usize = 256;
+
+/// Job data for an INFO line: [`clip`] at [`PREVIEW`].
+pub fn preview(s: &str) -> Cow<'_, str> {
+    clip(s, PREVIEW)
+}
+
 /// Peer text for a log line: [`clip`] at [`MAX_LOGGED_TEXT`].
 pub fn for_log(s: &str) -> Cow<'_, str> {
     clip(s, MAX_LOGGED_TEXT)

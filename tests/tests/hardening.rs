@@ -563,7 +563,16 @@ async fn webhook_receiver(port: u16) -> std::sync::Arc<std::sync::Mutex<Vec<Valu
 #[tokio::test]
 async fn webhooks_pending_when_the_orchestrator_is_killed_are_delivered_after_restart() {
     let mut stack = Stack::new();
-    stack.start().await;
+    // Loopback is refused by the webhook egress rule unless allowed.
+    let config = stack.dir.path().join("hooks.toml");
+    std::fs::write(&config, "webhook_allowed_hosts = [\"127.0.0.1\"]\n").unwrap();
+    let with_config = |cmd: &mut std::process::Command| {
+        cmd.arg("--config").arg(&config);
+    };
+    stack.start_orchestrator_with(with_config);
+    stack.wait_ready().await;
+    stack.start_worker();
+    stack.wait_worker().await;
     let hook_port = free_port();
     let url = format!("http://127.0.0.1:{hook_port}/hook");
     let mut ids = Vec::new();
@@ -588,7 +597,7 @@ async fn webhooks_pending_when_the_orchestrator_is_killed_are_delivered_after_re
     .await;
     stack.orchestrator.as_mut().unwrap().kill9();
     let got = webhook_receiver(hook_port).await;
-    stack.start_orchestrator();
+    stack.start_orchestrator_with(with_config);
     stack.wait_ready().await;
     wait_until(
         "all webhooks delivered",

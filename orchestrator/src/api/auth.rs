@@ -18,11 +18,14 @@ pub const HEADER_CLIENT_TOKEN_LEGACY: &str = "x-avtomatika-token";
 /// How long a seen message nonce is remembered (a bit over the clock skew).
 const REPLAY_WINDOW: Duration = Duration::from_secs(65);
 
-/// Credentials the orchestrator accepts.
+/// Credentials the orchestrator accepts. Every secret is compared in
+/// constant time, as SHA-256 digests (so neither content nor length leaks).
 #[derive(Debug, Default)]
 pub struct Auth {
     /// Client token → client name.
     pub clients: HashMap<String, String>,
+    /// The same, as (digest of the token, client name), scanned whole.
+    client_digests: Vec<(Digest, String)>,
     /// Accepted from any worker that has no token of its own.
     pub global_worker_token: Option<String>,
     /// Worker id → its own token (the global token is then refused for it).
@@ -39,7 +42,12 @@ impl Auth {
         worker_tokens: HashMap<String, String>,
         require_signatures: bool,
     ) -> Self {
+        let client_digests = clients
+            .iter()
+            .map(|(token, name)| (digest(token), name.clone()))
+            .collect();
         Self {
+            client_digests,
             clients,
             global_worker_token,
             worker_tokens,
@@ -54,11 +62,44 @@ impl Auth {
             .get(HEADER_CLIENT_TOKEN)
             .or_else(|| headers.get(HEADER_CLIENT_TOKEN_LEGACY))
             .ok_or_else(|| ApiError::Unauthorized("Missing X-Client-Token header".into()))?;
-        let token = token.to_str().unwrap_or_default();
-        self.clients
-            .get(token)
+        let given = digest(token.to_str().unwrap_or_default());
+        // Every entry is compared, so the time does not say which matched.
+        let mut found = None;
+        for (known, name) in &self.client_digests {
+            if digest_eq(known, &given) {
+                found = Some(name);
+            }
+        }
+        found
             .cloned()
             .ok_or_else(|| ApiError::Unauthorized("Unauthorized: Invalid token".into()))
+    }
+
+    /// Whether the headers carry a worker token we know (the global one or
+    /// any worker's own), before the body that names the worker is read.
+    pub fn known_worker_token(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let token = headers
+            .get(rxon::HEADER_WORKER_TOKEN)
+            .and_then(|t| t.to_str().ok())
+            .ok_or_else(|| {
+                ApiError::Forbidden("Unauthorized: Missing X-Worker-Token header".into())
+            })?;
+        let given = digest(token);
+        let mut known = false;
+        for secret in self
+            .global_worker_token
+            .iter()
+            .chain(self.worker_tokens.values())
+        {
+            known |= digest_eq(&digest(secret), &given);
+        }
+        if known {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(
+                "Unauthorized: No valid token found".into(),
+            ))
+        }
     }
 
     /// Authenticates a worker; returns its id and the secret it signs with.
@@ -204,10 +245,19 @@ pub enum Replay {
     Allowed,
 }
 
+type Digest = [u8; 32];
+
+fn digest(s: &str) -> Digest {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(s.as_bytes()).into()
+}
+
+/// Constant-time comparison of two digests.
+fn digest_eq(a: &Digest, b: &Digest) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Constant-time comparison of two secrets (of any lengths).
 fn constant_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    digest_eq(&digest(a), &digest(b))
 }

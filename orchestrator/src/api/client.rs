@@ -33,7 +33,7 @@ pub async fn create_job(
     let owner = state.auth.client(&headers)?;
     let raw = body::bytes(raw)?;
     let body = body::json_object(&raw)?.unwrap_or_default();
-    let new = parse_create(body, &blueprint.name, owner)?;
+    let new = parse_create(body, &blueprint.name, owner, state.engine.egress())?;
     let id = state.engine.create_job(new).await.map_err(|e| match e {
         CreateError::Invalid(m) => ApiError::BadRequest(m),
         CreateError::Storage(m) => ApiError::Internal(m),
@@ -46,7 +46,12 @@ pub async fn create_job(
 }
 
 /// `{"initial_data": {...}, options…}`, or a flat body that is the initial data.
-fn parse_create(mut body: Object, blueprint: &str, owner: String) -> Result<NewJob, ApiError> {
+fn parse_create(
+    mut body: Object,
+    blueprint: &str,
+    owner: String,
+    egress: &crate::egress::EgressPolicy,
+) -> Result<NewJob, ApiError> {
     let structured = body.contains_key("initial_data");
     let mut new = NewJob {
         blueprint: blueprint.to_string(),
@@ -73,7 +78,10 @@ fn parse_create(mut body: Object, blueprint: &str, owner: String) -> Result<NewJ
     new.result_timeout = seconds("result_timeout", body.remove("result_timeout"))?;
     new.webhook_url = match body.remove("webhook_url") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.starts_with("http://") || s.starts_with("https://") => Some(s),
+        Some(Value::String(s)) => {
+            crate::egress::check_webhook_url(&s, egress).map_err(ApiError::BadRequest)?;
+            Some(s)
+        }
         Some(_) => {
             return Err(ApiError::BadRequest(
                 "'webhook_url' must be an http(s) URL".into(),

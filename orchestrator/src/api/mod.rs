@@ -3,12 +3,17 @@
 //! - [`client`]: `/api[/<version>]/...` for clients (token in `X-Client-Token`).
 //! - [`worker`]: `/_worker/...` for workers (RXON).
 //! - [`auth`], [`body`], [`error`]: credentials, request bodies, the error shape.
+//! - [`serve`]: the server loop (connection cap, header and idle timeouts).
 
 pub mod auth;
 pub mod body;
 pub mod client;
 pub mod error;
+mod guard;
+pub mod serve;
 pub mod worker;
+
+pub use serve::ServeLimits;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -93,6 +98,11 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        // Credentials are checked from the headers before any body is read.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::authenticate_first,
+        ))
         .layer(axum::middleware::map_response(add_version_header))
         .with_state(state)
 }
@@ -120,12 +130,12 @@ async fn add_version_header(mut response: Response) -> Response {
 }
 
 /// Serves the API on `listener` until `shutdown` resolves.
+/// Serves the API on `listener` with the default [`ServeLimits`] until
+/// `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve::serve(listener, app, ServeLimits::default(), shutdown).await
 }

@@ -53,7 +53,17 @@ pub async fn register(
             reg.worker_id
         )));
     }
-    state.engine.register_worker(&reg);
+    let max_skills = state.engine.settings().max_skills_per_worker;
+    if reg.supported_skills.len() > max_skills {
+        return Err(ApiError::BadRequest(format!(
+            "Invalid WorkerRegistration payload: {} skills declared; at most {max_skills} are accepted (max_skills_per_worker)",
+            reg.supported_skills.len()
+        )));
+    }
+    state
+        .engine
+        .register_worker(&reg)
+        .map_err(ApiError::TooMany)?;
     let warning = headers
         .get(rxon::HEADER_RXON_VERSION)
         .and_then(|v| v.to_str().ok())
@@ -93,6 +103,17 @@ pub async fn heartbeat(
             None
         }
     };
+    if let Some(n) = hb
+        .as_ref()
+        .and_then(|h| h.supported_skills.as_ref())
+        .map(Vec::len)
+        && n > state.engine.settings().max_skills_per_worker
+    {
+        return Err(ApiError::BadRequest(format!(
+            "Invalid Heartbeat payload: {n} skills declared; at most {} are accepted (max_skills_per_worker)",
+            state.engine.settings().max_skills_per_worker
+        )));
+    }
     if let Some(n) = hb
         .as_ref()
         .and_then(|h| h.current_tasks.as_ref())

@@ -47,6 +47,14 @@ pub struct EngineSettings {
     /// `ORCHESTRATOR_SECRET_KEY`: when set, every task handed out carries
     /// `sig` (HMAC-SHA256 over the payload), as avtomatika's do.
     pub task_secret: Option<String>,
+    /// Most registered workers; a new id past it gets 429.
+    pub max_workers: usize,
+    /// Most skills one worker may declare (400 past it).
+    pub max_skills_per_worker: usize,
+    /// Webhook egress: private addresses allowed besides public ones.
+    pub webhook_allowed_hosts: Vec<String>,
+    /// Most webhook requests in flight at once.
+    pub max_concurrent_webhooks: usize,
     /// Longest a long-poll may wait.
     pub max_poll_wait: Duration,
     /// Transitions one job may take before it is failed as a runaway loop.
@@ -64,6 +72,10 @@ impl Default for EngineSettings {
             default_result_timeout: Duration::from_secs(3600),
             unlisted_task_grace: Duration::from_secs(10),
             task_secret: None,
+            max_workers: 1000,
+            max_skills_per_worker: 1024,
+            webhook_allowed_hosts: Vec::new(),
+            max_concurrent_webhooks: 64,
             max_poll_wait: Duration::from_secs(30),
             max_transitions: 100,
             sweep_interval: Duration::from_secs(1),
@@ -171,6 +183,10 @@ pub(crate) struct Shared {
     pub http: reqwest::Client,
     /// Cancelled when the server stops: long-polls answer at once.
     pub stopping: tokio_util::sync::CancellationToken,
+    /// Where webhooks may connect.
+    pub egress: Arc<crate::egress::EgressPolicy>,
+    /// One permit per webhook request in flight.
+    pub webhook_permits: Arc<tokio::sync::Semaphore>,
 }
 
 /// Handle to the engine; cheap to clone.
@@ -208,6 +224,12 @@ impl Engine {
         settings: EngineSettings,
     ) -> Result<Self, StorageError> {
         let (writer, _writer_handle) = persist::spawn_writer(storage.clone());
+        let egress = Arc::new(crate::egress::EgressPolicy::new(
+            &settings.webhook_allowed_hosts,
+        ));
+        let webhook_permits = Arc::new(tokio::sync::Semaphore::new(
+            settings.max_concurrent_webhooks.max(1),
+        ));
         let shared = Arc::new(Shared {
             state: Mutex::new(EngineState {
                 keep_finished: settings.finished_jobs_in_memory,
@@ -222,8 +244,15 @@ impl Engine {
             timer_wake: Notify::new(),
             settings,
             stopping: tokio_util::sync::CancellationToken::new(),
+            egress: egress.clone(),
+            webhook_permits,
+            // Webhooks: each attempt bounded, no redirects followed, and only
+            // addresses the egress policy allows (checked after resolution).
             http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
+                .timeout(webhook::ATTEMPT_TIMEOUT)
+                .connect_timeout(Duration::from_secs(5))
+                .redirect(reqwest::redirect::Policy::none())
+                .dns_resolver(Arc::new(crate::egress::PolicyResolver(egress.clone())))
                 .build()
                 .map_err(|e| {
                     StorageError::Backend(format!("cannot build the webhook HTTP client: {e}"))
@@ -250,7 +279,7 @@ impl Engine {
         }
         for pending in pending_hooks {
             let hook = webhook::Webhook::from_pending(pending);
-            tokio::spawn(hook.deliver(engine.shared.http.clone(), engine.shared.writer.clone()));
+            tokio::spawn(hook.deliver(engine.shared.clone()));
         }
         let count = unfinished.len();
         {
@@ -288,7 +317,7 @@ impl Engine {
             self.shared.timer_wake.notify_one();
         }
         for hook in st.webhooks.drain(..) {
-            tokio::spawn(hook.deliver(self.shared.http.clone(), self.shared.writer.clone()));
+            tokio::spawn(hook.deliver(self.shared.clone()));
         }
     }
 
@@ -428,10 +457,24 @@ impl Engine {
 
     // ----- workers -----
 
-    pub fn register_worker(&self, reg: &rxon::WorkerRegistration) {
+    /// Registers a worker; `Err` when a new id would pass `max_workers`.
+    pub fn register_worker(&self, reg: &rxon::WorkerRegistration) -> Result<(), String> {
         let mut st = self.lock();
+        let max = self.shared.settings.max_workers;
+        if !st.workers.contains_key(&reg.worker_id) && st.workers.len() >= max {
+            return Err(format!(
+                "Too many workers: {max} are registered (max_workers); worker {} was not registered",
+                rxon::text::clip(&reg.worker_id, 128)
+            ));
+        }
         machine::register_worker(&self.shared, &mut st, reg);
         self.flush(&mut st);
+        Ok(())
+    }
+
+    /// Where webhooks may connect.
+    pub fn egress(&self) -> &crate::egress::EgressPolicy {
+        &self.shared.egress
     }
 
     /// Applies a heartbeat; `None` if the worker is not registered.

@@ -11,15 +11,17 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::Shared;
 use super::persist::PersistMsg;
 use crate::job::{Job, JobError, Object};
 use crate::storage::PendingWebhook;
 
 /// Tries per delivery.
 pub const ATTEMPTS: u32 = 5;
+/// Bound of one try (connect, send, answer).
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause before the second try; doubled for each further one.
 const FIRST_RETRY: Duration = Duration::from_secs(2);
 
@@ -90,13 +92,33 @@ impl Webhook {
         }
     }
 
-    /// Delivers with retries, then tells the writer it is done with.
-    pub async fn deliver(self, http: reqwest::Client, writer: mpsc::UnboundedSender<PersistMsg>) {
+    /// Delivers with retries (at most `max_concurrent_webhooks` requests in
+    /// flight), then tells the writer it is done with. A target the egress
+    /// policy refuses is given up at once, with a log line saying why.
+    pub(crate) async fn deliver(self, shared: std::sync::Arc<Shared>) {
         let job_id = self.job_id;
         let mut delay = FIRST_RETRY;
         let mut delivered = false;
+        let refused = match reqwest::Url::parse(&self.url) {
+            Ok(url) => crate::egress::literal_ip(&url)
+                .filter(|ip| {
+                    !shared
+                        .egress
+                        .allows(url.host_str().unwrap_or_default(), *ip)
+                })
+                .map(|ip| format!("{ip} is a loopback, private, link-local or metadata address")),
+            Err(e) => Some(format!("not a URL: {e}")),
+        };
+        if let Some(why) = refused {
+            tracing::error!(%job_id, "webhook {} to {} refused: {why}; allow it with webhook_allowed_hosts", self.event, self.url);
+            return self.done(&shared);
+        }
         for attempt in 1..=ATTEMPTS {
-            let sent = http
+            let Ok(_permit) = shared.webhook_permits.acquire().await else {
+                return;
+            };
+            let sent = shared
+                .http
                 .post(&self.url)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(self.body.clone())
@@ -115,9 +137,13 @@ impl Webhook {
                     resp.status()
                 ),
                 Err(e) => {
-                    tracing::warn!(%job_id, "webhook to {} failed: {e} (attempt {attempt} of {ATTEMPTS})", self.url)
+                    let cause = std::error::Error::source(&e)
+                        .map(|s| format!(": {s}"))
+                        .unwrap_or_default();
+                    tracing::warn!(%job_id, "webhook to {} failed: {e}{cause} (attempt {attempt} of {ATTEMPTS})", self.url)
                 }
             }
+            drop(_permit);
             if attempt < ATTEMPTS {
                 tokio::time::sleep(delay).await;
                 delay *= 2;
@@ -126,9 +152,14 @@ impl Webhook {
         if !delivered {
             tracing::error!(%job_id, "webhook {} to {} not delivered after {ATTEMPTS} attempts; giving up", self.event, self.url);
         }
-        let _ = writer.send(PersistMsg {
+        self.done(&shared);
+    }
+
+    /// Tells the writer this webhook is done with (delivered or given up).
+    fn done(&self, shared: &Shared) {
+        let _ = shared.writer.send(PersistMsg {
             write: None,
-            webhook_done: Some(job_id),
+            webhook_done: Some(self.job_id),
             ack: None,
         });
     }

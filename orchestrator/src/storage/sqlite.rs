@@ -190,8 +190,9 @@ impl Storage for SqliteStorage {
                 params![
                     filter.owner,
                     filter.status.map(|s| s.as_str()),
-                    filter.limit as i64,
-                    filter.offset as i64
+                    filter.limit.min(i64::MAX as usize) as i64,
+                    // Past i64::MAX SQLite would read a negative offset as none.
+                    filter.offset.min(i64::MAX as usize) as i64
                 ],
                 |r| r.get::<_, String>(0),
             )

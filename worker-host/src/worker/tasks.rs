@@ -27,8 +27,9 @@ impl Worker {
             payload.task_id,
             for_log(&payload.task_type),
             payload.job_id,
-            for_log(&params)
+            rxon::text::preview(&params)
         );
+        tracing::debug!(task_id = %payload.task_id, "params of task {}: {params}", payload.task_id);
         if let Some(problem) = self.signature_problem(&payload, &raw) {
             tracing::error!(
                 task_id = %payload.task_id,
@@ -58,12 +59,16 @@ impl Worker {
         let outcome = self.execute(&payload, &plugin, params).await;
         let elapsed = started.elapsed();
         match &outcome {
-            TaskOutcome::Completed { status, data } => tracing::info!(
-                task_id = %payload.task_id,
-                "task {} done in {elapsed:.1?}: {status} {}",
-                payload.task_id,
-                for_log(&serde_json::Value::Object(data.clone()).to_string())
-            ),
+            TaskOutcome::Completed { status, data } => {
+                let data = serde_json::Value::Object(data.clone()).to_string();
+                tracing::info!(
+                    task_id = %payload.task_id,
+                    "task {} done in {elapsed:.1?}: {status} {}",
+                    payload.task_id,
+                    rxon::text::preview(&data)
+                );
+                tracing::debug!(task_id = %payload.task_id, "data of task {}: {data}", payload.task_id);
+            }
             TaskOutcome::Failed { code, message, .. } => tracing::warn!(
                 task_id = %payload.task_id,
                 "task {} failed in {elapsed:.1?}: {code}: {}",

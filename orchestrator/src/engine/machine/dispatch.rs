@@ -65,13 +65,12 @@ pub(crate) fn take_task(
     st: &mut EngineState,
     worker_id: &str,
 ) -> Option<rxon::TaskPayload> {
-    let skills: Vec<String> = st
-        .workers
-        .get(worker_id)?
-        .skills
-        .iter()
-        .map(|s| s.name.clone())
-        .collect();
+    let worker = st.workers.get(worker_id)?;
+    // A worker that said goodbye gets nothing more (its poll raced the goodbye).
+    if worker.status == "offline" {
+        return None;
+    }
+    let skills: Vec<String> = worker.skills.iter().map(|s| s.name.clone()).collect();
     loop {
         let mut best: Option<(u64, &str)> = None;
         for skill in &skills {

@@ -150,7 +150,8 @@ pub(crate) fn create(
         retired: false,
     };
     let initial = serde_json::to_string(&job.initial_data).unwrap_or_default();
-    tracing::info!(job_id = %id, "job {id} started ({}) with initial data {}", bp.name, rxon::text::for_log(&initial));
+    tracing::info!(job_id = %id, "job {id} started ({}) with initial data {}", bp.name, rxon::text::preview(&initial));
+    tracing::debug!(job_id = %id, "initial data of job {id}: {initial}");
     let mut events = vec![event(
         "created",
         format!("job created from blueprint {}", bp.name),
@@ -192,7 +193,8 @@ pub(crate) fn advance(
                 job.finished_at = Some(Utc::now());
                 job.error = None;
                 let result = Value::Object(job.result.clone().unwrap_or_default());
-                tracing::info!(job_id = %job.id, "job {} completed in state {}: result {}", job.id, job.current_state, rxon::text::for_log(&result.to_string()));
+                tracing::info!(job_id = %job.id, "job {} completed in state {}: result {}", job.id, job.current_state, rxon::text::preview(&result.to_string()));
+                tracing::debug!(job_id = %job.id, "result of job {}: {result}", job.id);
                 events.push(event(
                     "finished",
                     format!("finished in state {}", job.current_state),

@@ -194,13 +194,19 @@ pub(crate) fn heartbeat(
         .map(|id| id.to_string())
         .collect();
     // Tasks it holds but no longer lists (a result lost on the way, a task it
-    // could not run): back to the queue, once they had time to arrive.
-    let grace = shared.settings.unlisted_task_grace;
+    // could not run): back to the queue, once they had time to arrive. A
+    // goodbye (`offline`) returns them at once: a poll answered while the
+    // worker was stopping delivered a task it will never run.
+    let grace = if hb.status == "offline" {
+        Duration::ZERO
+    } else {
+        shared.settings.unlisted_task_grace
+    };
     let lost: BTreeMap<String, Held> = worker
         .in_flight
         .iter()
         .filter(|(id, held)| {
-            !reported.contains(id.as_str()) && now.saturating_duration_since(held.since) > grace
+            !reported.contains(id.as_str()) && now.saturating_duration_since(held.since) >= grace
         })
         .map(|(id, held)| (id.clone(), *held))
         .collect();

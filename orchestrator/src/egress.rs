@@ -1,0 +1,209 @@
+//! Where the orchestrator may connect on a client's behalf (webhooks).
+//!
+//! Public addresses are allowed. Loopback, private, link-local, unique-local,
+//! unspecified, shared (CGNAT), multicast, documentation and cloud-metadata
+//! addresses (127/8, 10/8, 172.16/12, 192.168/16, 169.254/16 with
+//! 169.254.169.254, 100.64/10, 0/8, ::1, fc00::/7 with fd00:ec2::254,
+//! fe80::/10, and IPv4-mapped forms of all of these) are refused unless the
+//! operator allows them by address, network or host name
+//! (`webhook_allowed_hosts`). The check is made on the addresses a name
+//! resolves to, by the resolver the HTTP client connects with, so a name
+//! cannot resolve to one address when checked and another when used.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+/// Longest webhook URL.
+pub const MAX_URL_LEN: usize = 2048;
+
+/// What the operator allows besides public addresses.
+#[derive(Debug, Clone, Default)]
+pub struct EgressPolicy {
+    nets: Vec<IpNet>,
+    hosts: Vec<String>,
+}
+
+impl EgressPolicy {
+    /// From `webhook_allowed_hosts`: addresses (`127.0.0.1`), networks
+    /// (`10.0.0.0/8`) or host names (`hooks.internal`).
+    pub fn new(allowed: &[String]) -> Self {
+        let mut policy = Self::default();
+        for entry in allowed {
+            let entry = entry.trim();
+            if let Ok(net) = entry.parse::<IpNet>() {
+                policy.nets.push(net);
+            } else if let Ok(ip) = entry.parse::<IpAddr>() {
+                policy.nets.push(IpNet::from(ip));
+            } else {
+                policy.hosts.push(entry.to_ascii_lowercase());
+            }
+        }
+        policy
+    }
+
+    /// Whether connecting to `ip` (reached as `host`) is allowed.
+    pub fn allows(&self, host: &str, ip: IpAddr) -> bool {
+        is_public(ip)
+            || self.nets.iter().any(|n| n.contains(&ip))
+            || self
+                .hosts
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(host.trim_end_matches('.')))
+    }
+}
+
+/// Whether `ip` is an ordinary public address.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_public_v4(v4),
+            None => is_public_v6(v6),
+        },
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, ..] = ip.octets();
+    !(ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || ip.is_documentation()
+        || a == 0
+        || (a == 100 && (64..128).contains(&b)))
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    let first = ip.segments()[0];
+    !(ip.is_loopback()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        || (first & 0xfe00) == 0xfc00
+        || (first & 0xffc0) == 0xfe80
+        || (first == 0x2001 && ip.segments()[1] == 0x0db8))
+}
+
+/// Checks a webhook URL when a job is created: http(s), a host, no control
+/// characters, at most [`MAX_URL_LEN`] bytes, and, for an address literal,
+/// an address the policy allows. Names are checked when resolved.
+pub fn check_webhook_url(raw: &str, policy: &EgressPolicy) -> Result<reqwest::Url, String> {
+    if raw.len() > MAX_URL_LEN {
+        return Err(format!("'webhook_url' is longer than {MAX_URL_LEN} bytes"));
+    }
+    if raw.chars().any(char::is_control) || raw.contains(' ') {
+        return Err("'webhook_url' must not contain spaces or control characters".into());
+    }
+    let url = reqwest::Url::parse(raw).map_err(|e| format!("'webhook_url' is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("'webhook_url' must be an http(s) URL".into());
+    }
+    let host = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or("'webhook_url' has no host")?;
+    if let Some(ip) = literal_ip(&url)
+        && !policy.allows(host, ip)
+    {
+        return Err(format!(
+            "'webhook_url' points at {ip}, a loopback, private, link-local or metadata address; \
+             the operator may allow it with webhook_allowed_hosts"
+        ));
+    }
+    Ok(url)
+}
+
+/// The address of a URL whose host is an address literal.
+pub fn literal_ip(url: &reqwest::Url) -> Option<IpAddr> {
+    let host = url.host_str()?;
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
+}
+
+/// A DNS resolver that keeps only the addresses the policy allows.
+pub struct PolicyResolver(pub Arc<EgressPolicy>);
+
+impl reqwest::dns::Resolve for PolicyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.0.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = all
+                .iter()
+                .copied()
+                .filter(|a| policy.allows(&host, a.ip()))
+                .collect();
+            if allowed.is_empty() {
+                let found: Vec<String> = all.iter().map(|a| a.ip().to_string()).collect();
+                return Err(format!(
+                    "egress refused: {host} resolves to {} only (loopback, private, link-local or metadata); \
+                     the operator may allow it with webhook_allowed_hosts",
+                    found.join(", ")
+                )
+                .into());
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_and_metadata_addresses_are_refused_unless_allowed() {
+        let none = EgressPolicy::default();
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fd00:ec2::254",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!none.allows("h", ip.parse().unwrap()), "{ip}");
+        }
+        assert!(none.allows("h", "93.184.216.34".parse().unwrap()));
+        let some = EgressPolicy::new(&[
+            "127.0.0.1".into(),
+            "10.0.0.0/8".into(),
+            "hooks.internal".into(),
+        ]);
+        assert!(some.allows("x", "127.0.0.1".parse().unwrap()));
+        assert!(some.allows("x", "10.9.9.9".parse().unwrap()));
+        assert!(some.allows("hooks.internal", "192.168.0.5".parse().unwrap()));
+        assert!(!some.allows("x", "192.168.0.5".parse().unwrap()));
+    }
+
+    #[test]
+    fn webhook_urls_are_checked_at_creation() {
+        let p = EgressPolicy::default();
+        for bad in [
+            "ftp://example.com/x",
+            "http://",
+            "http://example.com/a\r\nInjected: 1",
+            "http://127.0.0.1:8080/hook",
+            "http://169.254.169.254/latest",
+            "not a url",
+        ] {
+            assert!(check_webhook_url(bad, &p).is_err(), "{bad:?}");
+        }
+        assert!(check_webhook_url("https://example.com/hook", &p).is_ok());
+        let allow = EgressPolicy::new(&["127.0.0.1".into()]);
+        assert!(check_webhook_url("http://127.0.0.1:8080/hook", &allow).is_ok());
+    }
+}
