@@ -40,7 +40,13 @@ struct Server {
 }
 
 async fn server() -> Server {
-    let engine: Engine = common::engine_with(FLOW, EngineSettings::default()).await;
+    // The webhook test's receiver is on loopback, which the egress rule
+    // refuses unless the operator allows it.
+    let settings = EngineSettings {
+        webhook_allowed_hosts: vec!["127.0.0.1".into()],
+        ..EngineSettings::default()
+    };
+    let engine: Engine = common::engine_with(FLOW, settings).await;
     let clients = HashMap::from([
         (CLIENT.to_string(), "alice".to_string()),
         (OTHER_CLIENT.to_string(), "bob".to_string()),

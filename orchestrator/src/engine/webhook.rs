@@ -137,9 +137,13 @@ impl Webhook {
                     resp.status()
                 ),
                 Err(e) => {
-                    let cause = std::error::Error::source(&e)
-                        .map(|s| format!(": {s}"))
-                        .unwrap_or_default();
+                    // The whole chain: an egress refusal sits a few levels down.
+                    let mut cause = String::new();
+                    let mut source = std::error::Error::source(&e);
+                    while let Some(s) = source {
+                        cause.push_str(&format!(": {s}"));
+                        source = s.source();
+                    }
                     tracing::warn!(%job_id, "webhook to {} failed: {e}{cause} (attempt {attempt} of {ATTEMPTS})", self.url)
                 }
             }

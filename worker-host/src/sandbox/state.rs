@@ -17,7 +17,7 @@ use super::bindings::{LogLevel, taskworker};
 use super::output::CappedOutput;
 
 /// Longest guest log message kept; longer ones are cut.
-const MAX_LOG_MESSAGE: usize = 4096;
+const MAX_LOG_MESSAGE: usize = rxon::text::MAX_LOGGED_TEXT;
 /// Guest log lines emitted per task before the rest are dropped.
 const MAX_LOG_LINES: u32 = 1000;
 
