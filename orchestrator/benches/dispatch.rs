@@ -81,7 +81,7 @@ fn dispatch_path(c: &mut Criterion) {
                 json!({"worker_id": "w", "supported_skills": [{"name": "echo_task"}]}),
             )
             .unwrap();
-            engine.register_worker(&reg);
+            engine.register_worker(&reg).expect("registered");
             engine
         });
         group.bench_function(name, |b| b.to_async(&rt).iter(|| one_job(&engine)));

@@ -54,7 +54,7 @@ pub fn register(engine: &Engine, worker: &str, skills: &[&str]) {
         "supported_skills": skills.iter().map(|s| json!({"name": s})).collect::<Vec<_>>(),
     }))
     .unwrap();
-    engine.register_worker(&reg);
+    engine.register_worker(&reg).expect("registered");
 }
 
 /// Polls without waiting.
