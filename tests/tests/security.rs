@@ -82,8 +82,8 @@ async fn register(stack: &Stack, worker: &str, skills: usize) -> (u16, Value) {
 #[tokio::test]
 async fn a_heartbeat_listing_many_tasks_does_not_hold_up_clients() {
     let stack = orchestrator_with("").await;
-    // Jobs waiting for a task type nobody serves.
-    for _ in 0..300 {
+    // 2,000 jobs waiting for a task type nobody serves.
+    for _ in 0..2000 {
         stack.create("/jobs/ghost", json!({})).await;
     }
     assert_eq!(register(&stack, "flooder", 1).await.0, 200);
