@@ -143,6 +143,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     println!("{}", serde_json::to_string_pretty(&outcome.to_json())?);
     Ok(match outcome {
         TaskOutcome::Completed { .. } => ExitCode::SUCCESS,
+        TaskOutcome::Cancelled => ExitCode::from(2),
         TaskOutcome::Failed { code, message, .. } => {
             eprintln!("task failed: {code}: {message}");
             ExitCode::from(2)

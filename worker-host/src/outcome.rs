@@ -18,6 +18,9 @@ pub enum TaskOutcome {
         message: String,
         details: Option<String>,
     },
+    /// The orchestrator asked to stop it (its job was cancelled); the store
+    /// was dropped. The worker reports nothing for it.
+    Cancelled,
 }
 
 impl TaskOutcome {
@@ -34,12 +37,14 @@ impl TaskOutcome {
         match self {
             Self::Completed { status, .. } => status,
             Self::Failed { .. } => rxon::status::FAILURE,
+            Self::Cancelled => rxon::status::CANCELLED,
         }
     }
 
     /// The outcome as the JSON the local `run` mode prints.
     pub fn to_json(&self) -> Value {
         match self {
+            Self::Cancelled => serde_json::json!({ "status": rxon::status::CANCELLED }),
             Self::Completed { status, data } => {
                 serde_json::json!({ "status": status, "data": data })
             }
@@ -57,6 +62,7 @@ impl TaskOutcome {
     /// Fills the outcome part of an RXON result.
     pub fn into_result(self, job_id: &str, task_id: &str, worker_id: &str) -> rxon::TaskResult {
         let (status, data, error) = match self {
+            Self::Cancelled => (rxon::status::CANCELLED.to_string(), None, None),
             Self::Completed { status, data } => (status, Some(data), None),
             Self::Failed {
                 code,

@@ -18,6 +18,7 @@
 //! | `big_status` | returns a custom status of `params.bytes` bytes |
 //! | `print_flood` | prints `params.bytes` bytes to stdout, then succeeds |
 //! | `leak_handles` | creates WASI handles without end (stopped by the handle limit) |
+//! | `progress_sleep` | reports progress 0.5 "halfway", then sleeps `params.ms` |
 
 use std::time::Duration;
 
@@ -44,6 +45,7 @@ const SKILLS: &[(&str, &str)] = &[
     ("big_status", "Returns a status of params.bytes bytes"),
     ("print_flood", "Prints params.bytes bytes to stdout"),
     ("leak_handles", "Creates WASI handles without end"),
+    ("progress_sleep", "Reports progress, then sleeps params.ms"),
 ];
 
 fn bytes_param(params: &Value) -> usize {
@@ -155,6 +157,12 @@ impl Guest for ChaosTask {
                     left = left.saturating_sub(1024);
                 }
                 ok(json!({ "printed": bytes_param(&params) }))
+            }
+            "progress_sleep" => {
+                taskworker::plugin::host::progress(0.5, "halfway");
+                let ms = params["ms"].as_u64().unwrap_or(3000);
+                std::thread::sleep(Duration::from_millis(ms));
+                ok(json!({ "slept_ms": ms }))
             }
             "leak_handles" => loop {
                 std::mem::forget(wasip2::clocks::monotonic_clock::subscribe_duration(1 << 40));

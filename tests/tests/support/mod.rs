@@ -241,14 +241,10 @@ impl Stack {
         .env("WORKER_ID", worker_id)
         .env("WORKER_TOKEN", WORKER_TOKEN)
         .env("RUST_LOG", "info")
-        .args([
-            "--worker-type",
-            "test-worker",
-            "--max-concurrent-tasks",
-            "5",
-            "--heartbeat-interval",
-            "1",
-        ])
+        // Settings by environment, so `configure` can override them with flags.
+        .env("MAX_CONCURRENT_TASKS", "5")
+        .env("HEARTBEAT_INTERVAL", "1")
+        .args(["--worker-type", "test-worker"])
         .arg("--plugins-dir")
         .arg(self.dir.path().join("plugins"));
         configure(&mut cmd);

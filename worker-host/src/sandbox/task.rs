@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use rxon::error_code;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use wasmtime::component::Linker;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
@@ -236,9 +237,25 @@ pub async fn run_task(
     input: &TaskInput,
     progress: watch::Sender<Option<Progress>>,
 ) -> TaskOutcome {
+    run_task_until(engine, pre, input, progress, &CancellationToken::new()).await
+}
+
+/// [`run_task`], stopped (its store dropped) as soon as `cancel` fires:
+/// [`TaskOutcome::Cancelled`].
+pub async fn run_task_until(
+    engine: &SandboxEngine,
+    pre: &TaskPluginPre<TaskState>,
+    input: &TaskInput,
+    progress: watch::Sender<Option<Progress>>,
+    cancel: &CancellationToken,
+) -> TaskOutcome {
     let timeout = engine.config.task_timeout;
     let transfer_limit = engine.config.max_result_bytes;
-    let Ok(_permit) = engine.instance_permits.acquire().await else {
+    let permit = tokio::select! {
+        p = engine.instance_permits.acquire() => p,
+        _ = cancel.cancelled() => return TaskOutcome::Cancelled,
+    };
+    let Ok(_permit) = permit else {
         return TaskOutcome::failed(error_code::TRANSIENT, "the sandbox is shutting down");
     };
     let mut store = new_store(engine, &input.task_id, timeout, transfer_limit, progress);
@@ -257,7 +274,14 @@ pub async fn run_task(
     };
     // The epoch callback stops running guest code; this also bounds a guest
     // that is blocked in a host call (e.g. sleeping).
-    let result = tokio::time::timeout(timeout, call).await;
+    let result = tokio::select! {
+        r = tokio::time::timeout(timeout, call) => r,
+        _ = cancel.cancelled() => {
+            // Dropping the call future and the store stops the guest.
+            log_captured_output(&store);
+            return TaskOutcome::Cancelled;
+        }
+    };
     log_captured_output(&store);
     let output = match result {
         Ok(Ok(output)) => output,
@@ -367,6 +391,8 @@ pub async fn describe(
     };
     match classify_failure(&store, error, timeout, limit, Call::Describe) {
         TaskOutcome::Failed { message, .. } => anyhow::bail!("{message}"),
-        TaskOutcome::Completed { .. } => anyhow::bail!("describe() failed"),
+        TaskOutcome::Completed { .. } | TaskOutcome::Cancelled => {
+            anyhow::bail!("describe() failed")
+        }
     }
 }

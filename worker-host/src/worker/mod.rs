@@ -8,7 +8,7 @@
 //! shutdown the slots stop polling, finish what they run, submit those
 //! results, and the worker says goodbye.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -71,12 +71,19 @@ struct Inner {
     /// those run on the plugin they were offered with.
     advertised: RwLock<[Arc<PluginSet>; 2]>,
     settings: WorkerSettings,
-    /// Ids of the tasks running now, reported in heartbeats.
-    in_flight: Mutex<BTreeSet<String>>,
+    /// The tasks running now (reported in heartbeats), each with the token
+    /// that stops it when the orchestrator asks.
+    in_flight: Mutex<BTreeMap<String, CancellationToken>>,
+    /// Wakes the heartbeat loop when a task starts (it beats faster then).
+    task_started: tokio::sync::Notify,
     registrations: Registrations,
     /// Tells this process apart from an earlier one with the same worker id.
     instance_id: String,
 }
+
+/// Most time between heartbeats while a task runs: a cancelled job's task
+/// is stopped within about this long.
+pub const BUSY_HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Doubling delay between retries, reset by a success.
 struct Backoff {
@@ -120,7 +127,8 @@ impl Worker {
                 plugins: RwLock::new(Arc::new(plugins)),
                 advertised: RwLock::new([Arc::default(), Arc::default()]),
                 settings,
-                in_flight: Mutex::new(BTreeSet::new()),
+                in_flight: Mutex::new(BTreeMap::new()),
+                task_started: tokio::sync::Notify::new(),
                 registrations: Registrations::new(),
                 instance_id: uuid::Uuid::new_v4().to_string(),
             }),
@@ -270,7 +278,7 @@ impl Worker {
 
     fn heartbeat(&self, status: &str, full_sync: bool) -> Heartbeat {
         let inner = &self.inner;
-        let current: Vec<String> = lock(&inner.in_flight).iter().cloned().collect();
+        let current: Vec<String> = lock(&inner.in_flight).keys().cloned().collect();
         let status = if status.is_empty() {
             if current.len() < inner.settings.max_concurrent_tasks {
                 "idle"
@@ -319,15 +327,32 @@ impl Worker {
         Ok(thread)
     }
 
+    /// The pause before the next heartbeat: the interval, or at most
+    /// [`BUSY_HEARTBEAT`] while tasks run (so a cancel reaches them soon).
+    fn heartbeat_pause(&self, base: Duration) -> Duration {
+        if lock(&self.inner.in_flight).is_empty() {
+            base
+        } else {
+            base.min(BUSY_HEARTBEAT)
+        }
+    }
+
     async fn heartbeat_loop(self, client: OrchestratorClient, stop: CancellationToken) {
         let mut full_sync = false;
         let mut backoff = Backoff::new(&self.inner.settings);
         let mut delay = self.inner.settings.heartbeat_interval;
+        let mut last = tokio::time::Instant::now();
         loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
+            // Re-evaluated when a task starts: busy workers beat faster.
+            loop {
+                let due = last + self.heartbeat_pause(delay);
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep_until(due) => break,
+                    _ = self.inner.task_started.notified() => {}
+                }
             }
+            last = tokio::time::Instant::now();
             let seen = self.inner.registrations.done();
             match client.heartbeat(&self.heartbeat("", full_sync)).await {
                 Ok(response) => {
@@ -337,10 +362,13 @@ impl Worker {
                         self.inner.registrations.request(seen);
                     }
                     for task_id in response.cancel_task_ids.unwrap_or_default() {
-                        tracing::warn!(
-                            task_id = %crate::limits::for_log(&task_id),
-                            "orchestrator asked to cancel task; it will finish but its result will be ignored"
-                        );
+                        if let Some(token) = lock(&self.inner.in_flight).get(&task_id) {
+                            tracing::warn!(
+                                task_id = %task_id,
+                                "the orchestrator cancelled task {task_id}; stopping it"
+                            );
+                            token.cancel();
+                        }
                     }
                     backoff.reset();
                     delay = self.inner.settings.heartbeat_interval;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use rxon::{TaskPayload, WorkerEventPayload, error_code};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::{Backoff, Worker, lock};
 use crate::client::{ClientError, PolledTask};
@@ -54,11 +55,23 @@ impl Worker {
             );
             return;
         };
-        lock(&inner.in_flight).insert(payload.task_id.clone());
+        let cancel = CancellationToken::new();
+        lock(&inner.in_flight).insert(payload.task_id.clone(), cancel.clone());
+        inner.task_started.notify_one();
         let started = std::time::Instant::now();
-        let outcome = self.execute(&payload, &plugin, params).await;
+        let outcome = self.execute(&payload, &plugin, params, &cancel).await;
         let elapsed = started.elapsed();
         match &outcome {
+            TaskOutcome::Cancelled => {
+                // The job was cancelled: the orchestrator ignores any result.
+                tracing::warn!(
+                    task_id = %payload.task_id,
+                    "task {} stopped after {elapsed:.1?}: its job was cancelled; its slot is free",
+                    payload.task_id
+                );
+                lock(&inner.in_flight).remove(&payload.task_id);
+                return;
+            }
             TaskOutcome::Completed { status, data } => {
                 let data = serde_json::Value::Object(data.clone()).to_string();
                 tracing::info!(
@@ -102,6 +115,7 @@ impl Worker {
         payload: &TaskPayload,
         plugin: &crate::plugin_store::Plugin,
         params: String,
+        cancel: &CancellationToken,
     ) -> TaskOutcome {
         let input = TaskInput {
             task_id: payload.task_id.clone(),
@@ -111,7 +125,9 @@ impl Worker {
         };
         let (progress_tx, progress_rx) = watch::channel(None);
         let forwarder = tokio::spawn(self.clone().forward_progress(payload.clone(), progress_rx));
-        let outcome = task::run_task(&self.inner.engine, &plugin.pre, &input, progress_tx).await;
+        let outcome =
+            task::run_task_until(&self.inner.engine, &plugin.pre, &input, progress_tx, cancel)
+                .await;
         forwarder.abort();
         outcome
     }

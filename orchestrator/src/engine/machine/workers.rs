@@ -14,6 +14,9 @@ pub(crate) fn cancel(st: &mut EngineState, id: Uuid, owner: &str) -> Result<(), 
     } else {
         job.status = JobStatus::Cancelled;
         job.finished_at = Some(Utc::now());
+        // The worker running it is no longer its holder: its next heartbeat
+        // lists the task and is answered with `cancel_task_ids`.
+        forget_tasks(st, &job);
         job.error = Some(JobError {
             code: own_code::CANCELLED.into(),
             message: "cancelled by the client".into(),
