@@ -106,3 +106,53 @@ async fn a_tasks_progress_shows_on_its_job_while_it_runs() {
     let job = stack.finished(&id).await;
     assert_eq!(job["status"], "finished", "{job}");
 }
+
+#[tokio::test]
+async fn a_plugins_secret_reaches_it_but_never_the_workers_log() {
+    const SECRET: &str = "s3cr3t-9f8e7d";
+    let mut stack = Stack::new();
+    stack.add_plugin(plugin_fixtures::CHAOS_TASK);
+    let plugins = stack.dir.path().join("plugins");
+    std::fs::write(
+        plugins.join("chaos_task.toml"),
+        "[config]\nsecret_keys = [\"api_key\"]\n",
+    )
+    .unwrap();
+    let policy = stack.dir.path().join("policy.toml");
+    std::fs::write(&policy, "# values come from the environment\n").unwrap();
+    stack.add_blueprint(
+        "read_secret",
+        r#"
+name = "read_secret"
+api_endpoint = "/jobs/read-secret"
+api_version = "v1"
+[states.start]
+start = true
+dispatch.task = "read_config"
+dispatch.params.key = "'api_key'"
+dispatch.params.print = true
+dispatch.on = { success = "done" }
+[states.done]
+end = "finished"
+"#,
+    );
+    stack.start_orchestrator();
+    stack.wait_ready().await;
+    stack.worker = Some(stack.spawn_worker(WORKER_ID, "worker.log", |cmd| {
+        cmd.arg("--policy")
+            .arg(&policy)
+            .env("PLUGIN_CHAOS_TASK_API_KEY", SECRET);
+    }));
+    stack.wait_worker().await;
+    let id = stack.create("/jobs/read-secret", json!({})).await;
+    let job = stack.finished(&id).await;
+    assert_eq!(job["status"], "finished", "{job}");
+    assert_eq!(job["result"]["found"], true, "{job}");
+    assert_eq!(job["result"]["length"], SECRET.len());
+    let (_, log) = stack.logs();
+    assert!(
+        log.contains("config api_key = Some(\"[redacted]\")"),
+        "{log}"
+    );
+    assert!(!log.contains(SECRET), "the secret is in the worker's log");
+}

@@ -83,6 +83,11 @@ pub struct ServeArgs {
     /// Log format: `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// The operator's policy file: what plugin manifests may be granted
+    /// (read-only directories, config values); see README "What a plugin
+    /// may do". Without one, manifests may only tighten limits.
+    #[arg(long, env = "WORKER_POLICY")]
+    pub policy: Option<PathBuf>,
     /// The orchestrator's secret (as avtomatika names it): when set, every task
     /// must carry a valid orchestrator signature (`sig`); others are refused
     /// and reported as SECURITY_ERROR.

@@ -11,7 +11,9 @@
 //! - once per task: [`sandbox::task`] (fresh store and instance, time and memory
 //!   bounds, captured output) producing a [`outcome::TaskOutcome`].
 //!
-//! Every bound on what a plugin supplies is in [`limits`].
+//! Every bound on what a plugin supplies is in [`limits`]; what a plugin may
+//! do besides compute (config, read-only directories, tighter limits) is
+//! declared in its manifest and capped by the operator's policy ([`grants`]).
 //!
 //! Around that: [`client`] speaks the worker protocol, [`worker`] is the
 //! register/heartbeat/poll/execute/submit loop, [`plugin_watch`] reloads the
@@ -20,6 +22,7 @@
 
 pub mod client;
 pub mod config;
+pub mod grants;
 pub mod limits;
 pub mod outcome;
 pub mod plugin_store;

@@ -43,7 +43,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         args.worker_id
     );
     let engine = SandboxEngine::new(args.sandbox.to_config(args.max_concurrent_tasks)?)?;
-    let loader = std::sync::Arc::new(PluginLoader::new(engine.clone())?);
+    let policy = match &args.policy {
+        Some(path) => worker_host::grants::Policy::load(path)?,
+        None => worker_host::grants::Policy::default(),
+    };
+    let loader = std::sync::Arc::new(PluginLoader::with_policy(engine.clone(), policy)?);
     let plugins = loader
         .load_dir(
             &args.plugins_dir,

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use wasmtime::component::{Component, Linker};
 
+use crate::grants::{self, Grants, Policy};
 use crate::limits;
 use crate::sandbox::bindings::{Skill, TaskPluginPre};
 use crate::sandbox::state::TaskState;
@@ -39,12 +40,18 @@ pub enum PluginError {
     Describe { path: PathBuf, reason: String },
     #[error("{path} declares more than a plugin may: {reason}")]
     OverLimit { path: PathBuf, reason: String },
+    #[error("{path}: its manifest asks for more than this worker grants: {reason}")]
+    Grant { path: PathBuf, reason: String },
 }
 
 /// One loaded plugin.
 pub struct Plugin {
     /// The file it came from.
     pub path: PathBuf,
+    /// What its manifest was granted (nothing without one).
+    pub grants: Grants,
+    /// Its own cap on concurrent tasks, when its manifest sets one.
+    pub slots: Option<Arc<tokio::sync::Semaphore>>,
     /// Linked and type-checked, ready for a fresh instance per task.
     pub pre: TaskPluginPre<TaskState>,
     /// What the plugin says it serves.
@@ -128,24 +135,36 @@ impl PluginSet {
     }
 }
 
-/// Compiles and checks plugins for one engine.
+/// Compiles and checks plugins for one engine, under one policy.
 pub struct PluginLoader {
     engine: SandboxEngine,
     linker: Linker<TaskState>,
+    policy: Policy,
 }
 
 impl PluginLoader {
+    /// A loader granting nothing beyond the sandbox (no policy).
     pub fn new(engine: SandboxEngine) -> anyhow::Result<Self> {
+        Self::with_policy(engine, Policy::default())
+    }
+
+    /// A loader whose plugins may get what `policy` allows their manifests.
+    pub fn with_policy(engine: SandboxEngine, policy: Policy) -> anyhow::Result<Self> {
         let linker = task::linker(&engine).context("building the plugin linker")?;
-        Ok(Self { engine, linker })
+        Ok(Self {
+            engine,
+            linker,
+            policy,
+        })
     }
 
     pub fn engine(&self) -> &SandboxEngine {
         &self.engine
     }
 
-    /// Loads one `.wasm` file.
+    /// Loads one `.wasm` file (and its manifest, `<name>.toml`, if any).
     pub async fn load_file(&self, path: &Path) -> Result<Plugin, PluginError> {
+        let grants = self.grants_for(path)?;
         let bytes = tokio::fs::read(path)
             .await
             .map_err(|source| PluginError::Read {
@@ -194,11 +213,40 @@ impl PluginLoader {
             path: path_buf.clone(),
             reason,
         })?;
+        let slots = grants
+            .max_concurrent_tasks
+            .map(|n| Arc::new(tokio::sync::Semaphore::new(n)));
         Ok(Plugin {
             path: path_buf,
+            grants,
+            slots,
             pre,
             skills,
         })
+    }
+
+    /// The manifest beside `path`, resolved against the policy.
+    fn grants_for(&self, path: &Path) -> Result<Grants, PluginError> {
+        let refused = |reason: String| PluginError::Grant {
+            path: path.to_owned(),
+            reason,
+        };
+        let Some(manifest) = grants::read_manifest(path).map_err(refused)? else {
+            return Ok(Grants::default());
+        };
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let config = &self.engine.config;
+        grants::resolve(
+            &name,
+            &manifest,
+            &self.policy,
+            config.task_timeout,
+            config.memory_limit,
+        )
+        .map_err(refused)
     }
 
     /// Loads every `*.wasm` in `dir`; broken files are logged and skipped.

@@ -17,10 +17,11 @@ use crate::worker::Worker;
 /// produces several events).
 const SETTLE: Duration = Duration::from_millis(500);
 
+/// A plugin (`.wasm`) or its manifest (`.toml`) changed.
 fn touches_wasm(paths: &[PathBuf]) -> bool {
     paths
         .iter()
-        .any(|p| p.extension().is_some_and(|e| e == "wasm"))
+        .any(|p| p.extension().is_some_and(|e| e == "wasm" || e == "toml"))
 }
 
 /// Runs until `shutdown`; logs and gives up if the directory cannot be watched.

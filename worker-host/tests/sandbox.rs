@@ -18,6 +18,10 @@ use worker_host::sandbox::{SandboxConfig, SandboxEngine, TaskInput, task};
 #[path = "sandbox/hostile.rs"]
 mod hostile;
 
+/// What plugin manifests are granted under a policy.
+#[path = "sandbox/grants.rs"]
+mod grants;
+
 fn engine(timeout: Duration, memory_mb: usize) -> SandboxEngine {
     SandboxEngine::new(SandboxConfig {
         task_timeout: timeout,

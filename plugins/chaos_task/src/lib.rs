@@ -19,12 +19,30 @@
 //! | `print_flood` | prints `params.bytes` bytes to stdout, then succeeds |
 //! | `leak_handles` | creates WASI handles without end (stopped by the handle limit) |
 //! | `progress_sleep` | reports progress 0.5 "halfway", then sleeps `params.ms` |
+//! | `read_config` | reads config key `params.key` (wasi:config) and, if asked, prints it |
+//! | `write_file` | tries to write `params.path` |
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 wit_bindgen::generate!({ path: "../../wit", world: "task-plugin" });
+
+/// `wasi:config/store`, the standard interface for configuration.
+mod config {
+    wit_bindgen::generate!({
+        inline: r#"
+            package wasi:config@0.2.0-rc.1;
+            interface store {
+                variant error { upstream(string), io(string) }
+                get: func(key: string) -> result<option<string>, error>;
+                get-all: func() -> result<list<tuple<string, string>>, error>;
+            }
+            world imports { import store; }
+        "#,
+        world: "imports",
+    });
+}
 
 use exports::taskworker::plugin::handler::{Guest, Skill, Task, TaskError, TaskOutput};
 use taskworker::plugin::types::ErrorKind;
@@ -46,6 +64,8 @@ const SKILLS: &[(&str, &str)] = &[
     ("print_flood", "Prints params.bytes bytes to stdout"),
     ("leak_handles", "Creates WASI handles without end"),
     ("progress_sleep", "Reports progress, then sleeps params.ms"),
+    ("read_config", "Reads config key params.key"),
+    ("write_file", "Tries to write params.path"),
 ];
 
 fn bytes_param(params: &Value) -> usize {
@@ -163,6 +183,22 @@ impl Guest for ChaosTask {
                 let ms = params["ms"].as_u64().unwrap_or(3000);
                 std::thread::sleep(Duration::from_millis(ms));
                 ok(json!({ "slept_ms": ms }))
+            }
+            "read_config" => {
+                let key = params["key"].as_str().unwrap_or("");
+                let value = config::wasi::config::store::get(key).ok().flatten();
+                if params["print"].as_bool() == Some(true) {
+                    println!("config {key} = {value:?}");
+                    eprintln!("config {key} = {value:?}");
+                }
+                ok(json!({ "key": key, "found": value.is_some(), "length": value.map(|v| v.len()) }))
+            }
+            "write_file" => {
+                let path = params["path"].as_str().unwrap_or("/tmp/x");
+                match std::fs::write(path, b"written by chaos_task") {
+                    Ok(()) => ok(json!({ "written": true })),
+                    Err(e) => ok(json!({ "written": false, "error": e.to_string() })),
+                }
             }
             "leak_handles" => loop {
                 std::mem::forget(wasip2::clocks::monotonic_clock::subscribe_duration(1 << 40));

@@ -11,7 +11,8 @@ use std::time::Instant;
 use tokio::sync::watch;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_config::WasiConfigVariables;
 
 use super::bindings::{LogLevel, taskworker};
 use super::output::CappedOutput;
@@ -41,6 +42,10 @@ pub struct TaskState {
     pub deadline: Instant,
     /// Set when the epoch callback stopped the guest at its deadline.
     pub timed_out: bool,
+    /// Config values the plugin was granted (`wasi:config/store`).
+    pub config: WasiConfigVariables,
+    /// Secret values, cut out of every line the host logs for this task.
+    pub secrets: Vec<String>,
     log_lines: u32,
 }
 
@@ -51,10 +56,12 @@ impl TaskState {
         memory_limit: usize,
         capture_bytes: usize,
         progress: watch::Sender<Option<Progress>>,
+        grants: &crate::grants::Grants,
     ) -> Self {
         let stdout = CappedOutput::new(capture_bytes);
         let stderr = CappedOutput::new(capture_bytes);
-        // Deliberately grants no capability: see the module docs.
+        // Grants nothing but what the plugin's manifest was granted (see the
+        // module docs and `crate::grants`).
         let mut builder = WasiCtx::builder();
         builder
             .stdout(stdout.clone())
@@ -62,6 +69,11 @@ impl TaskState {
             .allow_ip_name_lookup(false)
             .allow_tcp(false)
             .allow_udp(false);
+        for (host, guest) in &grants.dirs {
+            if let Err(e) = builder.preopened_dir(host, guest, FsPerms::ReadOnly) {
+                tracing::warn!(task_id = %task_id, "cannot open {} for the plugin: {e}", host.display());
+            }
+        }
         let wasi = builder.build();
         Self {
             wasi,
@@ -73,8 +85,21 @@ impl TaskState {
             progress,
             deadline,
             timed_out: false,
+            config: grants
+                .config
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            secrets: grants.secrets.clone(),
             log_lines: 0,
         }
+    }
+}
+
+impl TaskState {
+    /// `text` with the plugin's secret values cut out.
+    pub fn redact(&self, text: &str) -> String {
+        crate::grants::redact(&self.secrets, text)
     }
 }
 
@@ -98,7 +123,7 @@ impl taskworker::plugin::host::Host for TaskState {
             }
             return;
         }
-        let message = truncate(&message, MAX_LOG_MESSAGE);
+        let message = self.redact(truncate(&message, MAX_LOG_MESSAGE));
         let task_id = &self.task_id;
         match level {
             LogLevel::Trace => tracing::trace!(task_id, "plugin: {message}"),

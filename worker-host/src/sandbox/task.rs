@@ -15,6 +15,7 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 use super::bindings::{Skill, Task, TaskPlugin, TaskPluginPre};
 use super::engine::SandboxEngine;
 use super::state::{Progress, TaskState};
+use crate::grants::Grants;
 use crate::limits::{self, MAX_LOGGED_OUTPUT_LINES, for_log};
 use crate::outcome::{TaskOutcome, code_of};
 
@@ -37,6 +38,10 @@ pub fn linker(engine: &SandboxEngine) -> anyhow::Result<Linker<TaskState>> {
         &mut linker,
         |state| state,
     )?;
+    // Config a plugin was granted; without a manifest, every key is absent.
+    wasmtime_wasi_config::add_to_linker(&mut linker, |state: &mut TaskState| {
+        wasmtime_wasi_config::WasiConfig::from(&state.config)
+    })?;
     Ok(linker)
 }
 
@@ -62,14 +67,16 @@ fn new_store(
     timeout: Duration,
     transfer_limit: usize,
     progress: watch::Sender<Option<Progress>>,
+    grants: &Grants,
 ) -> Store<TaskState> {
     let config = &engine.config;
     let state = TaskState::new(
         task_id.to_string(),
         Instant::now() + timeout,
-        config.memory_limit,
+        grants.memory_limit.unwrap_or(config.memory_limit),
         config.output_capture_bytes,
         progress,
+        grants,
     );
     let mut store = Store::new(&engine.engine, state);
     store.limiter(|state| &mut state.limiter);
@@ -189,7 +196,10 @@ fn classify_failure(
     let message = if last_words.is_empty() {
         format!("plugin crashed: {cause}")
     } else {
-        format!("plugin crashed: {cause}: {}", for_log(&last_words))
+        format!(
+            "plugin crashed: {cause}: {}",
+            for_log(&state.redact(&last_words))
+        )
     };
     TaskOutcome::failed(error_code::PERMANENT, message)
 }
@@ -211,7 +221,7 @@ fn log_captured_output(store: &Store<TaskState>) {
         let text = String::from_utf8_lossy(&bytes);
         let mut lines = text.lines().filter(|l| !l.is_empty());
         for line in lines.by_ref().take(MAX_LOGGED_OUTPUT_LINES) {
-            tracing::info!(task_id = %state.task_id, stream, "plugin {stream}: {}", for_log(line));
+            tracing::info!(task_id = %state.task_id, stream, "plugin {stream}: {}", for_log(&state.redact(line)));
         }
         let more = lines.count();
         if more > 0 {
@@ -237,7 +247,15 @@ pub async fn run_task(
     input: &TaskInput,
     progress: watch::Sender<Option<Progress>>,
 ) -> TaskOutcome {
-    run_task_until(engine, pre, input, progress, &CancellationToken::new()).await
+    run_task_until(
+        engine,
+        pre,
+        input,
+        progress,
+        &CancellationToken::new(),
+        &Grants::default(),
+    )
+    .await
 }
 
 /// [`run_task`], stopped (its store dropped) as soon as `cancel` fires:
@@ -248,8 +266,9 @@ pub async fn run_task_until(
     input: &TaskInput,
     progress: watch::Sender<Option<Progress>>,
     cancel: &CancellationToken,
+    grants: &Grants,
 ) -> TaskOutcome {
-    let timeout = engine.config.task_timeout;
+    let timeout = grants.timeout.unwrap_or(engine.config.task_timeout);
     let transfer_limit = engine.config.max_result_bytes;
     let permit = tokio::select! {
         p = engine.instance_permits.acquire() => p,
@@ -258,7 +277,14 @@ pub async fn run_task_until(
     let Ok(_permit) = permit else {
         return TaskOutcome::failed(error_code::TRANSIENT, "the sandbox is shutting down");
     };
-    let mut store = new_store(engine, &input.task_id, timeout, transfer_limit, progress);
+    let mut store = new_store(
+        engine,
+        &input.task_id,
+        timeout,
+        transfer_limit,
+        progress,
+        grants,
+    );
     let task = Task {
         task_id: input.task_id.clone(),
         job_id: input.job_id.clone(),
@@ -308,8 +334,8 @@ pub async fn run_task_until(
         }
         Err(error) => TaskOutcome::Failed {
             code: code_of(error.kind).to_string(),
-            message: error.message,
-            details: error.details,
+            message: grants.redact(&error.message),
+            details: error.details.map(|d| grants.redact(&d)),
         },
     }
 }
@@ -374,7 +400,14 @@ pub async fn describe(
     let limit = limits::MAX_DESCRIBE_BYTES;
     let (progress, _) = watch::channel(None);
     let _permit = engine.instance_permits.acquire().await?;
-    let mut store = new_store(engine, "describe", timeout, limit, progress);
+    let mut store = new_store(
+        engine,
+        "describe",
+        timeout,
+        limit,
+        progress,
+        &Grants::default(),
+    );
     let call = async {
         let instance = pre.instantiate_async(&mut store).await?;
         instance

@@ -123,11 +123,25 @@ impl Worker {
             task_type: payload.task_type.clone(),
             params,
         };
+        // The plugin's own cap on concurrent tasks, if its manifest sets one.
+        let _slot = match &plugin.slots {
+            Some(slots) => tokio::select! {
+                permit = slots.clone().acquire_owned() => permit.ok(),
+                _ = cancel.cancelled() => return TaskOutcome::Cancelled,
+            },
+            None => None,
+        };
         let (progress_tx, progress_rx) = watch::channel(None);
         let forwarder = tokio::spawn(self.clone().forward_progress(payload.clone(), progress_rx));
-        let outcome =
-            task::run_task_until(&self.inner.engine, &plugin.pre, &input, progress_tx, cancel)
-                .await;
+        let outcome = task::run_task_until(
+            &self.inner.engine,
+            &plugin.pre,
+            &input,
+            progress_tx,
+            cancel,
+            &plugin.grants,
+        )
+        .await;
         forwarder.abort();
         outcome
     }
@@ -281,5 +295,13 @@ pub async fn run_local(
         params: params.into(),
     };
     let (progress, _) = watch::channel(None);
-    task::run_task(engine, &plugin.pre, &input, progress).await
+    task::run_task_until(
+        engine,
+        &plugin.pre,
+        &input,
+        progress,
+        &CancellationToken::new(),
+        &plugin.grants,
+    )
+    .await
 }

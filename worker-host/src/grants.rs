@@ -1,0 +1,304 @@
+//! What a plugin may do besides compute: declared per plugin in a manifest
+//! beside its `.wasm`, capped by the worker operator's policy, checked when
+//! the plugin loads. A plugin without a manifest gets nothing.
+//!
+//! Manifest (`<plugin>.toml`, every key optional, unknown keys refused):
+//!
+//! ```toml
+//! [limits]                      # tighter than the worker's, never looser
+//! timeout_seconds = 30
+//! memory_mb = 64
+//! max_concurrent_tasks = 2
+//!
+//! [config]                      # keys read through wasi:config/store
+//! keys = ["api_url"]
+//! secret_keys = ["api_key"]     # never logged; cut out of host log lines
+//!
+//! [[files]]                     # read-only directories
+//! host = "/srv/models"
+//! guest = "/models"
+//! ```
+//!
+//! Policy (`--policy worker-policy.toml`; without one, no plugin may have
+//! files or config):
+//!
+//! ```toml
+//! allowed_dirs = ["/srv"]       # host directories (and below) manifests may map
+//! [config.http_fetch_task]      # values per plugin; also PLUGIN_<PLUGIN>_<KEY> env vars
+//! api_key = "…"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A plugin's manifest, as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    #[serde(default)]
+    pub limits: ManifestLimits,
+    #[serde(default)]
+    pub config: ManifestConfig,
+    #[serde(default)]
+    pub files: Vec<ManifestDir>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestLimits {
+    pub timeout_seconds: Option<f64>,
+    pub memory_mb: Option<usize>,
+    pub max_concurrent_tasks: Option<usize>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestConfig {
+    #[serde(default)]
+    pub keys: Vec<String>,
+    #[serde(default)]
+    pub secret_keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestDir {
+    pub host: PathBuf,
+    pub guest: String,
+}
+
+/// The worker operator's policy.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Host directories (and everything below) a manifest may map read-only.
+    #[serde(default)]
+    pub allowed_dirs: Vec<PathBuf>,
+    /// Config values per plugin name.
+    #[serde(default)]
+    pub config: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Policy {
+    /// Reads a policy file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read the policy {}: {e}", path.display()))?;
+        toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("policy {}: {}", path.display(), e.message()))
+    }
+
+    /// The value of `key` for `plugin`: the policy file's, else the
+    /// environment's `PLUGIN_<PLUGIN>_<KEY>` (upper case, other characters `_`).
+    fn value(&self, plugin: &str, key: &str) -> Option<String> {
+        self.config
+            .get(plugin)
+            .and_then(|c| c.get(key).cloned())
+            .or_else(|| std::env::var(env_name(plugin, key)).ok())
+    }
+}
+
+/// `PLUGIN_<PLUGIN>_<KEY>`.
+pub fn env_name(plugin: &str, key: &str) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    format!("PLUGIN_{}_{}", clean(plugin), clean(key))
+}
+
+/// What one plugin was granted, resolved against the policy.
+#[derive(Debug, Default, Clone)]
+pub struct Grants {
+    /// Config values it may read (only declared keys that have a value).
+    pub config: Vec<(String, String)>,
+    /// Values never to show in logs.
+    pub secrets: Vec<String>,
+    /// Read-only directories: (host, guest).
+    pub dirs: Vec<(PathBuf, String)>,
+    pub timeout: Option<Duration>,
+    pub memory_limit: Option<usize>,
+    pub max_concurrent_tasks: Option<usize>,
+}
+
+impl Grants {
+    /// Text for a log line or an error message, with secret values cut out.
+    pub fn redact(&self, text: &str) -> String {
+        redact(&self.secrets, text)
+    }
+}
+
+/// `text` with every value of `secrets` replaced by `[redacted]`.
+pub fn redact(secrets: &[String], text: &str) -> String {
+    let mut out = text.to_string();
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        out = out.replace(secret.as_str(), "[redacted]");
+    }
+    out
+}
+
+/// Most config keys, directories and key length a manifest may declare.
+const MAX_KEYS: usize = 64;
+const MAX_DIRS: usize = 16;
+
+/// Checks `manifest` of plugin `name` against `policy` and the worker's own
+/// limits; the error names the grant refused.
+pub fn resolve(
+    name: &str,
+    manifest: &Manifest,
+    policy: &Policy,
+    worker_timeout: Duration,
+    worker_memory: usize,
+) -> Result<Grants, String> {
+    let mut grants = Grants::default();
+    let l = &manifest.limits;
+    if let Some(t) = l.timeout_seconds {
+        if !(t.is_finite() && t > 0.0) || Duration::from_secs_f64(t.min(1e9)) > worker_timeout {
+            return Err(format!(
+                "limits.timeout_seconds = {t}: must be positive and at most the worker's {worker_timeout:?}"
+            ));
+        }
+        grants.timeout = Some(Duration::from_secs_f64(t));
+    }
+    if let Some(mb) = l.memory_mb {
+        if mb == 0 || mb.saturating_mul(1 << 20) > worker_memory {
+            return Err(format!(
+                "limits.memory_mb = {mb}: must be 1 to the worker's {} MiB",
+                worker_memory >> 20
+            ));
+        }
+        grants.memory_limit = Some(mb << 20);
+    }
+    if let Some(n) = l.max_concurrent_tasks {
+        if n == 0 {
+            return Err("limits.max_concurrent_tasks = 0: must be at least 1".into());
+        }
+        grants.max_concurrent_tasks = Some(n);
+    }
+    let c = &manifest.config;
+    if c.keys.len() + c.secret_keys.len() > MAX_KEYS {
+        return Err(format!("config: more than {MAX_KEYS} keys"));
+    }
+    for (key, secret) in c
+        .keys
+        .iter()
+        .map(|k| (k, false))
+        .chain(c.secret_keys.iter().map(|k| (k, true)))
+    {
+        if key.is_empty() || key.len() > 128 {
+            return Err(format!("config key {key:?}: 1 to 128 bytes"));
+        }
+        match policy.value(name, key) {
+            Some(value) => {
+                if secret {
+                    grants.secrets.push(value.clone());
+                }
+                grants.config.push((key.clone(), value));
+            }
+            None => tracing::warn!(
+                "plugin {name}: config key {key} has no value (set [config.{name}] {key} in the policy, or {})",
+                env_name(name, key)
+            ),
+        }
+    }
+    if manifest.files.len() > MAX_DIRS {
+        return Err(format!("files: more than {MAX_DIRS} directories"));
+    }
+    for dir in &manifest.files {
+        let host = std::fs::canonicalize(&dir.host).map_err(|e| {
+            format!(
+                "files: host directory {} cannot be opened: {e}",
+                dir.host.display()
+            )
+        })?;
+        let allowed = policy
+            .allowed_dirs
+            .iter()
+            .any(|a| std::fs::canonicalize(a).is_ok_and(|a| host.starts_with(a)));
+        if !allowed {
+            return Err(format!(
+                "files: {} is not under a directory the worker's policy allows (allowed_dirs)",
+                host.display()
+            ));
+        }
+        let guest_ok = dir.guest.starts_with('/')
+            && !Path::new(&dir.guest)
+                .components()
+                .any(|c| matches!(c, Component::ParentDir));
+        if !guest_ok {
+            return Err(format!(
+                "files: guest path {:?} must be absolute, without `..`",
+                dir.guest
+            ));
+        }
+        grants.dirs.push((host, dir.guest.clone()));
+    }
+    Ok(grants)
+}
+
+/// The manifest beside `wasm` (`x.wasm` → `x.toml`), if there is one.
+pub fn read_manifest(wasm: &Path) -> Result<Option<Manifest>, String> {
+    let path = wasm.with_extension("toml");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str(&text)
+            .map(Some)
+            .map_err(|e| format!("manifest {}: {}", path.display(), e.message())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("manifest {}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(text: &str) -> Manifest {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn a_manifest_asking_for_more_than_the_policy_is_refused_naming_the_grant() {
+        let policy = Policy::default();
+        let big = manifest("[limits]\nmemory_mb = 4096\n");
+        let err = resolve("p", &big, &policy, Duration::from_secs(60), 128 << 20).unwrap_err();
+        assert!(err.contains("limits.memory_mb"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let files = manifest(&format!(
+            "[[files]]\nhost = {:?}\nguest = \"/data\"\n",
+            dir.path()
+        ));
+        let err = resolve("p", &files, &policy, Duration::from_secs(60), 128 << 20).unwrap_err();
+        assert!(err.contains("allowed_dirs"), "{err}");
+        let ok_policy = Policy {
+            allowed_dirs: vec![dir.path().to_path_buf()],
+            ..Policy::default()
+        };
+        let g = resolve("p", &files, &ok_policy, Duration::from_secs(60), 128 << 20).unwrap();
+        assert_eq!(g.dirs.len(), 1);
+        assert!(toml::from_str::<Manifest>("[net]\nx = 1\n").is_err());
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let policy: Policy =
+            toml::from_str("[config.p]\napi_key = \"s3cr3t\"\nurl = \"u\"\n").unwrap();
+        let m = manifest("[config]\nkeys = [\"url\"]\nsecret_keys = [\"api_key\"]\n");
+        let g = resolve("p", &m, &policy, Duration::from_secs(60), 128 << 20).unwrap();
+        assert_eq!(g.config.len(), 2);
+        assert_eq!(g.redact("key=s3cr3t!"), "key=[redacted]!");
+        assert_eq!(
+            env_name("http-fetch", "api.key"),
+            "PLUGIN_HTTP_FETCH_API_KEY"
+        );
+    }
+}
