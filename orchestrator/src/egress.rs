@@ -1,16 +1,12 @@
 //! Where the orchestrator may connect on a client's behalf (webhooks).
 //!
-//! Public addresses are allowed. Loopback, private, link-local, unique-local,
-//! unspecified, shared (CGNAT), multicast, documentation and cloud-metadata
-//! addresses (127/8, 10/8, 172.16/12, 192.168/16, 169.254/16 with
-//! 169.254.169.254, 100.64/10, 0/8, ::1, fc00::/7 with fd00:ec2::254,
-//! fe80::/10, and IPv4-mapped forms of all of these) are refused unless the
-//! operator allows them by address, network or host name
+//! Public addresses are allowed ([`addr_policy::is_public`]); the others are
+//! refused unless the operator allows them by address, network or host name
 //! (`webhook_allowed_hosts`). The check is made on the addresses a name
 //! resolves to, by the resolver the HTTP client connects with, so a name
 //! cannot resolve to one address when checked and another when used.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -54,39 +50,7 @@ impl EgressPolicy {
     }
 }
 
-/// Whether `ip` is an ordinary public address.
-pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => is_public_v4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => is_public_v4(v4),
-            None => is_public_v6(v6),
-        },
-    }
-}
-
-fn is_public_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, ..] = ip.octets();
-    !(ip.is_loopback()
-        || ip.is_private()
-        || ip.is_link_local()
-        || ip.is_unspecified()
-        || ip.is_broadcast()
-        || ip.is_multicast()
-        || ip.is_documentation()
-        || a == 0
-        || (a == 100 && (64..128).contains(&b)))
-}
-
-fn is_public_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
-    !(ip.is_loopback()
-        || ip.is_unspecified()
-        || ip.is_multicast()
-        || (first & 0xfe00) == 0xfc00
-        || (first & 0xffc0) == 0xfe80
-        || (first == 0x2001 && ip.segments()[1] == 0x0db8))
-}
+pub use addr_policy::is_public;
 
 /// Checks a webhook URL when a job is created: http(s), a host, no control
 /// characters, at most [`MAX_URL_LEN`] bytes, and, for an address literal,

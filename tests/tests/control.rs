@@ -10,28 +10,11 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use support::*;
 
-fn flow(skill: &str) -> String {
-    format!(
-        r#"
-name = "ctl_{skill}"
-api_endpoint = "/jobs/ctl/{skill}"
-api_version = "v1"
-[states.start]
-start = true
-dispatch.task = "{skill}"
-dispatch.params.ms = "initial.ms"
-dispatch.on = {{ success = "done" }}
-[states.done]
-end = "finished"
-"#
-    )
-}
-
 async fn chaos_stack(slots: &str) -> Stack {
     let mut stack = Stack::new();
     stack.add_plugin(plugin_fixtures::CHAOS_TASK);
-    stack.add_blueprint("ctl_spin_forever", &flow("spin_forever"));
-    stack.add_blueprint("ctl_progress_sleep", &flow("progress_sleep"));
+    stack.add_blueprint("one_spin_forever", &one_task_flow("spin_forever"));
+    stack.add_blueprint("one_progress_sleep", &one_task_flow("progress_sleep"));
     stack.start_orchestrator();
     stack.wait_ready().await;
     // 15 s heartbeats: a cancel must not wait for them.
@@ -50,7 +33,7 @@ async fn chaos_stack(slots: &str) -> Stack {
 #[tokio::test]
 async fn cancelling_a_job_stops_its_running_task_and_frees_the_slot() {
     let stack = chaos_stack("1").await;
-    let id = stack.create("/jobs/ctl/spin_forever", json!({})).await;
+    let id = stack.create("/jobs/one/spin_forever", json!({})).await;
     wait_until("the task to run", Duration::from_secs(20), || async {
         stack.logs().1.contains("received task")
     })
@@ -94,7 +77,7 @@ async fn cancelling_a_job_stops_its_running_task_and_frees_the_slot() {
 async fn a_tasks_progress_shows_on_its_job_while_it_runs() {
     let stack = chaos_stack("2").await;
     let id = stack
-        .create("/jobs/ctl/progress_sleep", json!({"ms": 4000}))
+        .create("/jobs/one/progress_sleep", json!({"ms": 4000}))
         .await;
     wait_until("the progress to show", Duration::from_secs(10), || async {
         let (_, job) = stack.get(&format!("/api/v1/jobs/{id}")).await;

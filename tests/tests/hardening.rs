@@ -12,29 +12,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::*;
 
-/// A flow that runs one `chaos_task` skill once (no retries).
-fn chaos_flow(skill: &str) -> String {
-    format!(
-        r#"
-name = "chaos_{skill}"
-api_endpoint = "/jobs/chaos/{skill}"
-api_version = "v1"
-[states.start]
-start = true
-dispatch.task = "{skill}"
-dispatch.params.bytes = "initial.bytes"
-dispatch.params.ms = "initial.ms"
-dispatch.on = {{ success = "done" }}
-dispatch.retry = {{ max_attempts = 1 }}
-[states.done]
-end = "finished"
-"#
-    )
-}
-
 fn add_chaos_flows(stack: &Stack, skills: &[&str]) {
     for skill in skills {
-        stack.add_blueprint(&format!("chaos_{skill}"), &chaos_flow(skill));
+        stack.add_blueprint(&format!("one_{skill}"), &one_task_flow(skill));
     }
 }
 
@@ -83,14 +63,14 @@ async fn oversize_answers_fail_with_named_codes_and_the_worker_serves_on() {
     // 20 MiB answers (within the 128 MiB memory cap): refused while copying.
     for skill in ["big_result", "big_error"] {
         let id = stack
-            .create(&format!("/jobs/chaos/{skill}"), json!({"bytes": 20 << 20}))
+            .create(&format!("/jobs/one/{skill}"), json!({"bytes": 20 << 20}))
             .await;
         let job = ended_with(&stack, &id, "quarantined", "RESOURCE_EXHAUSTED_ERROR").await;
         let message = job["error"]["message"].as_str().unwrap();
         assert!(message.contains("the limit is 1000000 bytes"), "{message}");
     }
     let id = stack
-        .create("/jobs/chaos/big_status", json!({"bytes": 200_000}))
+        .create("/jobs/one/big_status", json!({"bytes": 200_000}))
         .await;
     let job = ended_with(&stack, &id, "quarantined", "CONTRACT_VIOLATION_ERROR").await;
     assert!(
@@ -98,14 +78,14 @@ async fn oversize_answers_fail_with_named_codes_and_the_worker_serves_on() {
         "{job}"
     );
 
-    let id = stack.create("/jobs/chaos/leak_handles", json!({})).await;
+    let id = stack.create("/jobs/one/leak_handles", json!({})).await;
     let job = ended_with(&stack, &id, "quarantined", "RESOURCE_EXHAUSTED_ERROR").await;
     let message = job["error"]["message"].as_str().unwrap();
     assert!(message.contains("handle limit exceeded"), "{message}");
 
     // Printing far beyond the capture buffer: the task goes on.
     let id = stack
-        .create("/jobs/chaos/print_flood", json!({"bytes": 4 << 20}))
+        .create("/jobs/one/print_flood", json!({"bytes": 4 << 20}))
         .await;
     let job = stack.finished(&id).await;
     assert_eq!(job["status"], "finished", "{job}");
@@ -114,7 +94,7 @@ async fn oversize_answers_fail_with_named_codes_and_the_worker_serves_on() {
 
     // A result just under the limit is delivered, within a bounded RSS.
     let id = stack
-        .create("/jobs/chaos/big_result", json!({"bytes": 990_000}))
+        .create("/jobs/one/big_result", json!({"bytes": 990_000}))
         .await;
     let job = stack.finished(&id).await;
     assert_eq!(job["status"], "finished", "{job}");
@@ -154,7 +134,7 @@ async fn a_result_the_orchestrator_refuses_as_too_large_fails_the_task_at_once()
     stack.wait_worker().await;
 
     let id = stack
-        .create("/jobs/chaos/big_result", json!({"bytes": 500_000}))
+        .create("/jobs/one/big_result", json!({"bytes": 500_000}))
         .await;
     let job = ended_with(&stack, &id, "quarantined", "RESOURCE_EXHAUSTED_ERROR").await;
     let message = job["error"]["message"].as_str().unwrap();
@@ -434,7 +414,7 @@ async fn a_stored_job_with_out_of_range_values_fails_once_and_the_rest_runs() {
 async fn five_held_tasks(stack: &Stack) -> Vec<String> {
     let mut ids = Vec::new();
     for _ in 0..5 {
-        ids.push(stack.create("/jobs/chaos/sleep", json!({"ms": 6000})).await);
+        ids.push(stack.create("/jobs/one/sleep", json!({"ms": 6000})).await);
     }
     wait_until(
         "the worker to hold all five",

@@ -17,6 +17,13 @@
 //! [[files]]                     # read-only directories
 //! host = "/srv/models"
 //! guest = "/models"
+//!
+//! [http]                        # outbound HTTP through wasi:http
+//! allowed_origins = ["https://api.example.com", "http://127.0.0.1:8081"]
+//! max_request_bytes = 1048576   # defaults: 1 MiB, 10 MiB, 10 s, 4
+//! max_response_bytes = 10485760
+//! timeout_seconds = 10
+//! max_connections = 4
 //! ```
 //!
 //! Policy (`--policy worker-policy.toml`; without one, no plugin may have
@@ -24,6 +31,7 @@
 //!
 //! ```toml
 //! allowed_dirs = ["/srv"]       # host directories (and below) manifests may map
+//! allowed_origins = ["https://*.example.com", "http://127.0.0.1:*"]
 //! [config.http_fetch_task]      # values per plugin; also PLUGIN_<PLUGIN>_<KEY> env vars
 //! api_key = "…"
 //! ```
@@ -33,6 +41,8 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::sandbox::http::{HttpGrant, Origin};
 
 /// A plugin's manifest, as written.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -44,6 +54,18 @@ pub struct Manifest {
     pub config: ManifestConfig,
     #[serde(default)]
     pub files: Vec<ManifestDir>,
+    #[serde(default)]
+    pub http: Option<ManifestHttp>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestHttp {
+    pub allowed_origins: Vec<String>,
+    pub max_request_bytes: Option<u64>,
+    pub max_response_bytes: Option<u64>,
+    pub timeout_seconds: Option<f64>,
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -80,6 +102,9 @@ pub struct Policy {
     /// Config values per plugin name.
     #[serde(default)]
     pub config: BTreeMap<String, BTreeMap<String, String>>,
+    /// Origins (patterns) a manifest's outbound HTTP may fall within.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
 }
 
 impl Policy {
@@ -129,6 +154,10 @@ pub struct Grants {
     pub timeout: Option<Duration>,
     pub memory_limit: Option<usize>,
     pub max_concurrent_tasks: Option<usize>,
+    /// Outbound HTTP, when granted.
+    pub http: Option<std::sync::Arc<HttpGrant>>,
+    /// The plugin's name (its file name without `.wasm`), for logs.
+    pub plugin: String,
 }
 
 impl Grants {
@@ -160,7 +189,13 @@ pub fn resolve(
     worker_timeout: Duration,
     worker_memory: usize,
 ) -> Result<Grants, String> {
-    let mut grants = Grants::default();
+    let mut grants = Grants {
+        plugin: name.to_string(),
+        ..Grants::default()
+    };
+    if let Some(http) = &manifest.http {
+        grants.http = Some(std::sync::Arc::new(resolve_http(http, policy)?));
+    }
     let l = &manifest.limits;
     if let Some(t) = l.timeout_seconds {
         if !(t.is_finite() && t > 0.0) || Duration::from_secs_f64(t.min(1e9)) > worker_timeout {
@@ -244,6 +279,52 @@ pub fn resolve(
         grants.dirs.push((host, dir.guest.clone()));
     }
     Ok(grants)
+}
+
+/// Bounds of outbound HTTP grants.
+const MAX_HTTP_BYTES: u64 = 256 << 20;
+const MAX_HTTP_CONNECTIONS: usize = 64;
+
+fn resolve_http(http: &ManifestHttp, policy: &Policy) -> Result<HttpGrant, String> {
+    let wider: Vec<Origin> = policy
+        .allowed_origins
+        .iter()
+        .map(|o| Origin::parse(o))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("the policy's allowed_origins: {e}"))?;
+    let mut origins = Vec::new();
+    for text in &http.allowed_origins {
+        let origin = Origin::parse(text).map_err(|e| format!("http.allowed_origins: {e}"))?;
+        if !wider.iter().any(|w| origin.within(w)) {
+            return Err(format!(
+                "http.allowed_origins: {text} is not within the worker's policy (allowed_origins)"
+            ));
+        }
+        origins.push(origin);
+    }
+    let bytes = |v: Option<u64>, default: u64, name: &str| match v {
+        None => Ok(default),
+        Some(n) if (1..=MAX_HTTP_BYTES).contains(&n) => Ok(n),
+        Some(n) => Err(format!("http.{name} = {n}: must be 1 to {MAX_HTTP_BYTES}")),
+    };
+    let timeout = match http.timeout_seconds {
+        None => Duration::from_secs(10),
+        Some(t) if t.is_finite() && t > 0.0 && t <= 3600.0 => Duration::from_secs_f64(t),
+        Some(t) => return Err(format!("http.timeout_seconds = {t}: must be 0 to 3600")),
+    };
+    let max_connections = http.max_connections.unwrap_or(4);
+    if !(1..=MAX_HTTP_CONNECTIONS).contains(&max_connections) {
+        return Err(format!(
+            "http.max_connections = {max_connections}: must be 1 to {MAX_HTTP_CONNECTIONS}"
+        ));
+    }
+    Ok(HttpGrant {
+        origins,
+        max_request_bytes: bytes(http.max_request_bytes, 1 << 20, "max_request_bytes")?,
+        max_response_bytes: bytes(http.max_response_bytes, 10 << 20, "max_response_bytes")?,
+        timeout,
+        max_connections,
+    })
 }
 
 /// The manifest beside `wasm` (`x.wasm` → `x.toml`), if there is one.

@@ -22,6 +22,10 @@ mod hostile;
 #[path = "sandbox/grants.rs"]
 mod grants;
 
+/// Outbound HTTP under a grant.
+#[path = "sandbox/http.rs"]
+mod http;
+
 fn engine(timeout: Duration, memory_mb: usize) -> SandboxEngine {
     SandboxEngine::new(SandboxConfig {
         task_timeout: timeout,

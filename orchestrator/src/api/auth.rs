@@ -78,12 +78,7 @@ impl Auth {
     /// Whether the headers carry a worker token we know (the global one or
     /// any worker's own), before the body that names the worker is read.
     pub fn known_worker_token(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let token = headers
-            .get(rxon::HEADER_WORKER_TOKEN)
-            .and_then(|t| t.to_str().ok())
-            .ok_or_else(|| {
-                ApiError::Forbidden("Unauthorized: Missing X-Worker-Token header".into())
-            })?;
+        let token = worker_token(headers)?;
         let given = digest(token);
         let mut known = false;
         for secret in self
@@ -111,12 +106,7 @@ impl Auth {
         path_id: Option<&str>,
         body_id: Option<&str>,
     ) -> Result<(String, String), ApiError> {
-        let token = headers
-            .get(rxon::HEADER_WORKER_TOKEN)
-            .and_then(|t| t.to_str().ok())
-            .ok_or_else(|| {
-                ApiError::Forbidden("Unauthorized: Missing X-Worker-Token header".into())
-            })?;
+        let token = worker_token(headers)?;
         let header_id = headers
             .get(rxon::HEADER_WORKER_ID)
             .and_then(|v| v.to_str().ok());
@@ -243,6 +233,14 @@ pub enum Replay {
     /// Heartbeat: idempotent, and the avtomatika SDK sends byte-identical
     /// heartbeats within one second; a copy only refreshes liveness.
     Allowed,
+}
+
+/// The `X-Worker-Token` header.
+fn worker_token(headers: &HeaderMap) -> Result<&str, ApiError> {
+    headers
+        .get(rxon::HEADER_WORKER_TOKEN)
+        .and_then(|t| t.to_str().ok())
+        .ok_or_else(|| ApiError::Forbidden("Unauthorized: Missing X-Worker-Token header".into()))
 }
 
 type Digest = [u8; 32];

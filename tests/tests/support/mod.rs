@@ -411,6 +411,27 @@ impl Stack {
     }
 }
 
+/// A flow that runs one task of `skill` once (no retries), passing the
+/// job's `bytes` and `ms` as params; at `/api/v1/jobs/one/<skill>`.
+pub fn one_task_flow(skill: &str) -> String {
+    format!(
+        r#"
+name = "one_{skill}"
+api_endpoint = "/jobs/one/{skill}"
+api_version = "v1"
+[states.start]
+start = true
+dispatch.task = "{skill}"
+dispatch.params.bytes = "initial.bytes"
+dispatch.params.ms = "initial.ms"
+dispatch.on = {{ success = "done" }}
+dispatch.retry = {{ max_attempts = 1 }}
+[states.done]
+end = "finished"
+"#
+    )
+}
+
 pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
 where
     F: FnMut() -> Fut,

@@ -8,6 +8,7 @@
 
 pub mod bindings;
 pub mod engine;
+pub mod http;
 pub mod output;
 pub mod state;
 pub mod task;

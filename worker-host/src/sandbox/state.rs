@@ -46,6 +46,9 @@ pub struct TaskState {
     pub config: WasiConfigVariables,
     /// Secret values, cut out of every line the host logs for this task.
     pub secrets: Vec<String>,
+    http_ctx: wasmtime_wasi_http::WasiHttpCtx,
+    /// Outbound HTTP: the plugin's grant (none: every request denied).
+    http_hooks: super::http::OutboundHttp,
     log_lines: u32,
 }
 
@@ -79,7 +82,7 @@ impl TaskState {
             wasi,
             table: ResourceTable::new(),
             limiter: MemoryCap::new(memory_limit),
-            task_id,
+            task_id: task_id.clone(),
             stdout,
             stderr,
             progress,
@@ -91,6 +94,16 @@ impl TaskState {
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect(),
             secrets: grants.secrets.clone(),
+            http_ctx: wasmtime_wasi_http::WasiHttpCtx::new(),
+            http_hooks: super::http::OutboundHttp {
+                grant: grants.http.clone(),
+                task_id: task_id.clone(),
+                plugin: grants.plugin.clone(),
+                deadline,
+                connections: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                    grants.http.as_ref().map_or(1, |h| h.max_connections),
+                )),
+            },
             log_lines: 0,
         }
     }
@@ -100,6 +113,16 @@ impl TaskState {
     /// `text` with the plugin's secret values cut out.
     pub fn redact(&self, text: &str) -> String {
         crate::grants::redact(&self.secrets, text)
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for TaskState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http_ctx,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
+        }
     }
 }
 

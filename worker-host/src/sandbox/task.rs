@@ -38,6 +38,8 @@ pub fn linker(engine: &SandboxEngine) -> anyhow::Result<Linker<TaskState>> {
         &mut linker,
         |state| state,
     )?;
+    // Outbound HTTP, checked per request against the plugin's grant.
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     // Config a plugin was granted; without a manifest, every key is absent.
     wasmtime_wasi_config::add_to_linker(&mut linker, |state: &mut TaskState| {
         wasmtime_wasi_config::WasiConfig::from(&state.config)
