@@ -8,6 +8,7 @@
 
 pub mod bindings;
 pub mod engine;
+/// Outbound HTTP (`wasi:http`) under a plugin's grant.
 pub mod http;
 pub mod output;
 pub mod state;
