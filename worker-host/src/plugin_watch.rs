@@ -73,7 +73,7 @@ pub async fn watch(
         }
         tracing::info!("plugins directory {} changed; reloading", dir.display());
         match loader.load_dir(&dir, &worker.plugins()).await {
-            Ok(set) => worker.replace_plugins(set, &shutdown).await,
+            Ok(set) => worker.replace_plugins(set),
             Err(e) => {
                 tracing::error!("reloading plugins failed: {e:#}; keeping the ones in service")
             }

@@ -177,7 +177,7 @@ impl Worker {
     /// Puts a new plugin set in service and asks for a registration with the
     /// new skills (without waiting for it). Tasks already running keep the
     /// plugin they started with.
-    pub async fn replace_plugins(&self, plugins: PluginSet, _shutdown: &CancellationToken) {
+    pub fn replace_plugins(&self, plugins: PluginSet) {
         let before = self.plugins().skill_names();
         *self
             .inner
