@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use orchestrator::engine::EngineSettings;
+use orchestrator::engine::{Engine, EngineSettings};
 use orchestrator::job::JobStatus;
 use serde_json::json;
 
@@ -390,4 +390,122 @@ async fn ended_jobs_leave_memory_but_stay_readable_from_storage() {
         assert_eq!(j.status, JobStatus::Finished);
         assert_eq!(j.result.unwrap()["n"], n);
     }
+}
+
+fn register_instance(engine: &Engine, worker: &str, instance: &str, interval_secs: f64) {
+    let reg: rxon::WorkerRegistration = serde_json::from_value(json!({
+        "worker_id": worker,
+        "worker_type": "test",
+        "supported_skills": [{"name": "echo"}],
+        "metadata": {"instance_id": instance, "heartbeat_interval_seconds": interval_secs},
+    }))
+    .unwrap();
+    engine.register_worker(&reg).unwrap();
+}
+
+fn heartbeat(
+    engine: &Engine,
+    worker: &str,
+    status: &str,
+    tasks: &[&str],
+) -> rxon::HeartbeatResponse {
+    let hb: rxon::Heartbeat = serde_json::from_value(
+        json!({"worker_id": worker, "status": status, "current_tasks": tasks}),
+    )
+    .unwrap();
+    engine.heartbeat(worker, Some(&hb)).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_jobs_queued_task_is_never_handed_out() {
+    let engine = engine(ECHO_FLOW).await;
+    let id = create(&engine, json!({})).await;
+    engine.cancel_job(id, "default").unwrap();
+    register(&engine, "a", &["echo"]);
+    assert!(poll(&engine, "a").await.is_none());
+    assert_eq!(job(&engine, id).await.status, JobStatus::Cancelled);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_instance_of_a_worker_gets_none_of_the_old_ones_tasks() {
+    let engine = engine(ECHO_FLOW).await;
+    register_instance(&engine, "w", "first", 15.0);
+    let id = create(&engine, json!({})).await;
+    let old = poll(&engine, "w").await.unwrap();
+    // The same id, a new process: the task goes back to the queue at once.
+    register_instance(&engine, "w", "second", 15.0);
+    let again = poll(&engine, "w").await.unwrap();
+    assert_ne!(again.task_id, old.task_id);
+    let r = engine.submit_result("w", &success(&old, "success", json!({})));
+    assert_eq!(r.reason.as_deref(), Some("stale_task"));
+    engine.submit_result("w", &success(&again, "success", json!({})));
+    assert_eq!(job(&engine, id).await.status, JobStatus::Finished);
+    // Re-registering as the same instance (a plugin reload) keeps its tasks.
+    let id2 = create(&engine, json!({})).await;
+    let held = poll(&engine, "w").await.unwrap();
+    register_instance(&engine, "w", "second", 15.0);
+    assert!(poll(&engine, "w").await.is_none());
+    engine.submit_result("w", &success(&held, "success", json!({})));
+    assert_eq!(job(&engine, id2).await.status, JobStatus::Finished);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_the_worker_stops_listing_goes_back_after_the_grace_and_at_once_on_goodbye() {
+    let engine = engine(ECHO_FLOW).await;
+    register_instance(&engine, "w", "i", 1.0);
+    create(&engine, json!({})).await;
+    let t = poll(&engine, "w").await.unwrap();
+    // Just handed out: not listed yet is fine.
+    heartbeat(&engine, "w", "busy", &[]);
+    assert!(poll(&engine, "w").await.is_none());
+    tokio::time::advance(Duration::from_secs(11)).await;
+    heartbeat(&engine, "w", "idle", &[]);
+    let again = poll(&engine, "w").await.unwrap();
+    assert_ne!(again.task_id, t.task_id);
+    // A goodbye returns what it does not list at once; nothing more is handed out.
+    create(&engine, json!({})).await;
+    heartbeat(&engine, "w", "offline", &[]);
+    assert!(poll(&engine, "w").await.is_none());
+    register(&engine, "other", &["echo"]);
+    assert!(poll(&engine, "other").await.is_some());
+    assert!(poll(&engine, "other").await.is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_declaring_its_heartbeat_interval_is_dropped_after_two_of_them() {
+    let engine = engine(ECHO_FLOW).await;
+    register_instance(&engine, "w", "i", 2.0);
+    create(&engine, json!({})).await;
+    poll(&engine, "w").await.unwrap();
+    // 2 × 2 s + 5 s = 9 s; checked every second.
+    tokio::time::advance(Duration::from_secs(8)).await;
+    settle().await;
+    assert!(engine.is_registered("w"));
+    tokio::time::advance(Duration::from_secs(3)).await;
+    settle().await;
+    assert!(!engine.is_registered("w"));
+    register(&engine, "other", &["echo"]);
+    assert!(poll(&engine, "other").await.is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_without_a_result_timeout_still_has_a_lease() {
+    let settings = EngineSettings {
+        default_result_timeout: Duration::from_secs(60),
+        worker_ttl: Duration::from_secs(3600),
+        ..EngineSettings::default()
+    };
+    let engine = engine_with(ECHO_FLOW, settings).await;
+    register(&engine, "a", &["echo"]);
+    let id = create(&engine, json!({})).await;
+    let t = poll(&engine, "a").await.unwrap();
+    assert!(
+        t.deadline.is_none(),
+        "no deadline is sent for the default lease"
+    );
+    tokio::time::advance(Duration::from_secs(61)).await;
+    settle().await;
+    let j = job(&engine, id).await;
+    let last = j.tasks[0].last_error.clone().unwrap();
+    assert_eq!(last.code, "TIMEOUT_ERROR", "{j:?}");
 }
