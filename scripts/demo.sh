@@ -21,8 +21,11 @@ mkdir -p "$RUN"
 rm -f "$RUN"/demo.db*
 pids=()
 cleanup() {
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    # Newest first: the worker says goodbye while the orchestrator still listens.
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+        kill -TERM "${pids[$i]}" 2>/dev/null || true
+        wait "${pids[$i]}" 2>/dev/null || true
+    done
     echo "==> stopped the orchestrator and the worker (logs in $RUN/)"
 }
 trap cleanup EXIT
