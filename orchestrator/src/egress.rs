@@ -124,23 +124,9 @@ mod tests {
 
     #[test]
     fn private_and_metadata_addresses_are_refused_unless_allowed() {
+        // The address classes themselves are tested in `addr-policy`.
         let none = EgressPolicy::default();
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "0.0.0.0",
-            "100.64.0.1",
-            "::1",
-            "fd00:ec2::254",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-            "::ffff:10.0.0.1",
-        ] {
-            assert!(!none.allows("h", ip.parse().unwrap()), "{ip}");
-        }
+        assert!(!none.allows("h", "169.254.169.254".parse().unwrap()));
         assert!(none.allows("h", "93.184.216.34".parse().unwrap()));
         let some = EgressPolicy::new(&[
             "127.0.0.1".into(),
