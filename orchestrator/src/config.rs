@@ -12,6 +12,12 @@
 //! default_result_timeout_seconds = 3600    # lease of a task with no result_timeout of its own
 //! require_signatures = true
 //! orchestrator_secret_key = "…"            # signs tasks (`sig`); or ORCHESTRATOR_SECRET_KEY
+//! max_connections = 1024
+//! header_read_timeout_seconds = 20         # also the idle timeout of keep-alive connections
+//! max_workers = 1000
+//! max_skills_per_worker = 1024
+//! webhook_allowed_hosts = ["127.0.0.1", "10.0.0.0/8", "hooks.internal"]
+//! max_concurrent_webhooks = 64
 //!
 //! [clients.default]
 //! token = "test-client-token"

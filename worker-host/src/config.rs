@@ -107,6 +107,10 @@ pub struct RunArgs {
     /// Params as a JSON object.
     #[arg(long, default_value = "{}")]
     pub params: String,
+    /// The policy a manifest beside the plugin is checked against (as for
+    /// `serve`); without one, the manifest may only tighten limits.
+    #[arg(long, env = "WORKER_POLICY")]
+    pub policy: Option<PathBuf>,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
 }

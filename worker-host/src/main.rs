@@ -109,15 +109,20 @@ async fn wait_for_signal(shutdown: CancellationToken) {
 async fn load_one(
     path: &std::path::Path,
     sandbox: SandboxEngine,
+    policy: Option<&std::path::Path>,
 ) -> anyhow::Result<worker_host::plugin_store::Plugin> {
-    let loader = PluginLoader::new(sandbox)?;
+    let policy = match policy {
+        Some(p) => worker_host::grants::Policy::load(p)?,
+        None => worker_host::grants::Policy::default(),
+    };
+    let loader = PluginLoader::with_policy(sandbox, policy)?;
     Ok(loader.load_file(path).await?)
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     telemetry::init(false);
     let engine = SandboxEngine::new(args.sandbox.to_config(1)?)?;
-    let plugin = load_one(&args.plugin, engine.clone()).await?;
+    let plugin = load_one(&args.plugin, engine.clone(), args.policy.as_deref()).await?;
     let task = match (&args.task, plugin.skills.as_slice()) {
         (Some(task), _) => task.clone(),
         (None, [only]) => only.name.clone(),
@@ -158,7 +163,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 async fn describe(path: std::path::PathBuf) -> anyhow::Result<ExitCode> {
     telemetry::init(false);
     let engine = SandboxEngine::new(worker_host::sandbox::SandboxConfig::default())?;
-    let plugin = load_one(&path, engine).await?;
+    let plugin = load_one(&path, engine, None).await?;
     let skills: Vec<rxon::SkillInfo> = plugin.skills.iter().map(skill_info).collect();
     println!("{}", serde_json::to_string_pretty(&skills)?);
     Ok(ExitCode::SUCCESS)
