@@ -82,7 +82,7 @@ pub fn check_webhook_url(raw: &str, policy: &EgressPolicy) -> Result<reqwest::Ur
 }
 
 /// The address of a URL whose host is an address literal.
-pub fn literal_ip(url: &reqwest::Url) -> Option<IpAddr> {
+fn literal_ip(url: &reqwest::Url) -> Option<IpAddr> {
     let host = url.host_str()?;
     host.trim_start_matches('[')
         .trim_end_matches(']')

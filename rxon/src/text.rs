@@ -28,6 +28,37 @@ pub fn preview(s: &str) -> Cow<'_, str> {
     clip(s, PREVIEW)
 }
 
+/// A value as JSON for an INFO line: at most [`PREVIEW`] bytes, written
+/// without serializing (or copying) the rest of the value.
+pub fn json_preview<T: serde::Serialize + ?Sized>(value: &T) -> String {
+    /// Keeps the first bytes, then stops the serializer with an error.
+    struct Prefix(Vec<u8>);
+    impl std::io::Write for Prefix {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let room = PREVIEW + 4 - self.0.len();
+            self.0.extend_from_slice(&buf[..buf.len().min(room)]);
+            if buf.len() > room {
+                return Err(std::io::Error::other("preview full"));
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut out = Prefix(Vec::with_capacity(PREVIEW + 4));
+    let complete = serde_json::to_writer(&mut out, value).is_ok();
+    let text = String::from_utf8_lossy(&out.0);
+    if complete && text.len() <= PREVIEW {
+        return text.into_owned();
+    }
+    let mut end = PREVIEW.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… (cut)", &text[..end])
+}
+
 /// Peer text for a log line: [`clip`] at [`MAX_LOGGED_TEXT`].
 pub fn for_log(s: &str) -> Cow<'_, str> {
     clip(s, MAX_LOGGED_TEXT)
@@ -41,5 +72,17 @@ mod tests {
     fn clip_cuts_on_a_char_boundary_and_says_how_much() {
         assert_eq!(clip("short", 10), "short");
         assert_eq!(clip("ééé", 3), "é… (4 more bytes cut)");
+    }
+
+    #[test]
+    fn json_preview_stops_after_the_preview() {
+        assert_eq!(json_preview(&serde_json::json!({"a": 1})), r#"{"a":1}"#);
+        let big = serde_json::json!({"blob": "x".repeat(10_000)});
+        let p = json_preview(&big);
+        assert!(
+            p.starts_with(r#"{"blob":"xxx"#) && p.ends_with("… (cut)"),
+            "{p}"
+        );
+        assert!(p.len() <= PREVIEW + 12, "{}", p.len());
     }
 }

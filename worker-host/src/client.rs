@@ -9,8 +9,8 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use rxon::{
     HEADER_RXON_VERSION, HEADER_WORKER_ID, HEADER_WORKER_TOKEN, Heartbeat, HeartbeatResponse,
-    PROTOCOL_VERSION, RegisterResponse, ResultResponse, TaskPayload, TaskResult,
-    WorkerEventPayload, WorkerRegistration, path,
+    PROTOCOL_VERSION, RegisterResponse, ResultResponse, TaskPayload, WorkerEventPayload,
+    WorkerRegistration, path,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -143,19 +143,7 @@ impl OrchestratorClient {
         if status == StatusCode::NO_CONTENT {
             return Ok(None);
         }
-        let body = response
-            .bytes()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                url: self.base.clone(),
-                source,
-            })?;
-        if body.len() > MAX_ANSWER_BYTES {
-            return Err(ClientError::Decode(format!(
-                "the answer is {} bytes; at most {MAX_ANSWER_BYTES} are accepted",
-                body.len()
-            )));
-        }
+        let body = self.read_bounded(response).await?;
         if status.is_success() {
             let decode_error = |e: serde_json::Error| {
                 ClientError::Decode(format!(
@@ -184,6 +172,37 @@ impl OrchestratorClient {
             }
             _ => ClientError::Http { status, message },
         })
+    }
+
+    /// The answer's body, refused (before it is read whole) when it is
+    /// larger than [`MAX_ANSWER_BYTES`].
+    async fn read_bounded(&self, mut response: reqwest::Response) -> Result<Vec<u8>, ClientError> {
+        let too_large = |n: u64| {
+            ClientError::Decode(format!(
+                "the answer is at least {n} bytes; at most {MAX_ANSWER_BYTES} are accepted"
+            ))
+        };
+        if let Some(n) = response.content_length()
+            && n > MAX_ANSWER_BYTES as u64
+        {
+            return Err(too_large(n));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) =
+            response
+                .chunk()
+                .await
+                .map_err(|source| ClientError::Unreachable {
+                    url: self.base.clone(),
+                    source,
+                })?
+        {
+            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(too_large((body.len() + chunk.len()) as u64));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
     async fn post_signed<T: Serialize, R: DeserializeOwned>(
@@ -265,10 +284,6 @@ impl OrchestratorClient {
             .send_raw(request, 0)
             .await?
             .map(|(payload, raw)| PolledTask { payload, raw }))
-    }
-
-    pub async fn submit_result(&self, result: &TaskResult) -> Result<ResultResponse, ClientError> {
-        self.post_signed(Method::POST, path::RESULT, result).await
     }
 
     /// Submits a result encoded with [`Self::encode_signed`].

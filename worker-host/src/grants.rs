@@ -329,15 +329,31 @@ fn resolve_http(http: &ManifestHttp, policy: &Policy) -> Result<HttpGrant, Strin
 
 /// The manifest beside `wasm` (`x.wasm` → `x.toml`), if there is one.
 pub fn read_manifest(wasm: &Path) -> Result<Option<Manifest>, String> {
+    use std::io::Read;
     let path = wasm.with_extension("toml");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => toml::from_str(&text)
-            .map(Some)
-            .map_err(|e| format!("manifest {}: {}", path.display(), e.message())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("manifest {}: {e}", path.display())),
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("manifest {}: {e}", path.display())),
+    };
+    // Read at most one byte past the limit: a larger file is refused unread.
+    let mut text = String::new();
+    file.take(MAX_MANIFEST_BYTES as u64 + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("manifest {}: {e}", path.display()))?;
+    if text.len() > MAX_MANIFEST_BYTES {
+        return Err(format!(
+            "manifest {} is larger than {MAX_MANIFEST_BYTES} bytes",
+            path.display()
+        ));
     }
+    toml::from_str(&text)
+        .map(Some)
+        .map_err(|e| format!("manifest {}: {}", path.display(), e.message()))
 }
+
+/// Largest manifest read.
+const MAX_MANIFEST_BYTES: usize = 64 << 10;
 
 #[cfg(test)]
 mod tests {

@@ -53,13 +53,14 @@ pub async fn register(
             reg.worker_id
         )));
     }
-    let max_skills = state.engine.settings().max_skills_per_worker;
-    if reg.supported_skills.len() > max_skills {
-        return Err(ApiError::BadRequest(format!(
-            "Invalid WorkerRegistration payload: {} skills declared; at most {max_skills} are accepted (max_skills_per_worker)",
-            reg.supported_skills.len()
-        )));
-    }
+    let n = reg.supported_skills.len();
+    at_most(
+        "WorkerRegistration",
+        n,
+        state.engine.settings().max_skills_per_worker,
+        &format!("{n} skills declared"),
+        " (max_skills_per_worker)",
+    )?;
     state
         .engine
         .register_worker(&reg)
@@ -103,27 +104,25 @@ pub async fn heartbeat(
             None
         }
     };
-    if let Some(n) = hb
-        .as_ref()
-        .and_then(|h| h.supported_skills.as_ref())
-        .map(Vec::len)
-        && n > state.engine.settings().max_skills_per_worker
-    {
-        return Err(ApiError::BadRequest(format!(
-            "Invalid Heartbeat payload: {n} skills declared; at most {} are accepted (max_skills_per_worker)",
-            state.engine.settings().max_skills_per_worker
-        )));
-    }
-    if let Some(n) = hb
-        .as_ref()
-        .and_then(|h| h.current_tasks.as_ref())
-        .map(Vec::len)
-        && n > crate::engine::MAX_HEARTBEAT_TASKS
-    {
-        return Err(ApiError::BadRequest(format!(
-            "Invalid Heartbeat payload: current_tasks lists {n} ids; at most {} are accepted",
-            crate::engine::MAX_HEARTBEAT_TASKS
-        )));
+    if let Some(hb) = &hb {
+        if let Some(n) = hb.supported_skills.as_ref().map(Vec::len) {
+            at_most(
+                "Heartbeat",
+                n,
+                state.engine.settings().max_skills_per_worker,
+                &format!("{n} skills declared"),
+                " (max_skills_per_worker)",
+            )?;
+        }
+        if let Some(n) = hb.current_tasks.as_ref().map(Vec::len) {
+            at_most(
+                "Heartbeat",
+                n,
+                crate::engine::MAX_HEARTBEAT_TASKS,
+                &format!("current_tasks lists {n} ids"),
+                "",
+            )?;
+        }
     }
     if let Some(hb) = &hb
         && hb.worker_id != worker_id
@@ -213,4 +212,20 @@ pub async fn events(
         .worker_event(&worker_id, &event)
         .map_err(ApiError::Forbidden)?;
     Ok(axum::Json(json!({"status": "event_accepted"})).into_response())
+}
+
+/// A 400 when a worker message lists more than `max` items.
+fn at_most(
+    payload: &str,
+    n: usize,
+    max: usize,
+    counted: &str,
+    setting: &str,
+) -> Result<(), ApiError> {
+    if n <= max {
+        return Ok(());
+    }
+    Err(ApiError::BadRequest(format!(
+        "Invalid {payload} payload: {counted}; at most {max} are accepted{setting}"
+    )))
 }

@@ -99,18 +99,10 @@ impl Webhook {
         let job_id = self.job_id;
         let mut delay = FIRST_RETRY;
         let mut delivered = false;
-        let refused = match reqwest::Url::parse(&self.url) {
-            Ok(url) => crate::egress::literal_ip(&url)
-                .filter(|ip| {
-                    !shared
-                        .egress
-                        .allows(url.host_str().unwrap_or_default(), *ip)
-                })
-                .map(|ip| format!("{ip} is a loopback, private, link-local or metadata address")),
-            Err(e) => Some(format!("not a URL: {e}")),
-        };
-        if let Some(why) = refused {
-            tracing::error!(%job_id, "webhook {} to {} refused: {why}; allow it with webhook_allowed_hosts", self.event, self.url);
+        // Checked again (the policy may have changed since a stored webhook
+        // was accepted); names are checked when resolved.
+        if let Err(why) = crate::egress::check_webhook_url(&self.url, &shared.egress) {
+            tracing::error!(%job_id, "webhook {} to {} refused: {why}", self.event, self.url);
             return self.done(&shared);
         }
         for attempt in 1..=ATTEMPTS {

@@ -45,21 +45,26 @@ impl Origin {
         if rest.contains('/') || rest.is_empty() {
             return Err(bad());
         }
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') && h.ends_with(']') => {
-                let port = if p == "*" {
-                    None
-                } else {
-                    Some(p.parse::<u16>().map_err(|_| bad())?)
-                };
-                (h, port)
+        // `[v6]` or `[v6]:port`, else `host` or `host:port`.
+        let (host, port) = match rest.strip_prefix('[') {
+            Some(v6) => {
+                let (host, after) = v6.split_once(']').ok_or_else(bad)?;
+                if !after.is_empty() && !after.starts_with(':') {
+                    return Err(bad());
+                }
+                (host, after.strip_prefix(':'))
             }
-            _ => (rest, Some(if scheme == "https" { 443 } else { 80 })),
+            None => match rest.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (rest, None),
+            },
         };
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
+        let port = match port {
+            Some("*") => None,
+            Some(p) => Some(p.parse::<u16>().map_err(|_| bad())?),
+            None => Some(if scheme == "https" { 443 } else { 80 }),
+        };
+        let host = host.to_ascii_lowercase();
         if host.is_empty() {
             return Err(bad());
         }
@@ -337,6 +342,8 @@ mod tests {
         assert!(!l.allows("http", "127.0.0.1", 8082));
         assert!(Origin::parse("ftp://x").is_err());
         assert!(Origin::parse("https://x/path").is_err());
+        assert_eq!(Origin::parse("http://[::1]").unwrap().port, Some(80));
+        assert_eq!(Origin::parse("http://[::1]:8080").unwrap().host, "::1");
         let any_port = Origin::parse("http://127.0.0.1:*").unwrap();
         assert!(l.within(&any_port));
         assert!(!any_port.within(&l));

@@ -73,14 +73,16 @@ impl Worker {
                 return;
             }
             TaskOutcome::Completed { status, data } => {
-                let data = serde_json::Value::Object(data.clone()).to_string();
                 tracing::info!(
                     task_id = %payload.task_id,
                     "task {} done in {elapsed:.1?}: {status} {}",
                     payload.task_id,
-                    rxon::text::preview(&data)
+                    rxon::text::json_preview(data)
                 );
-                tracing::debug!(task_id = %payload.task_id, "data of task {}: {data}", payload.task_id);
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    let data = serde_json::to_string(data).unwrap_or_default();
+                    tracing::debug!(task_id = %payload.task_id, "data of task {}: {data}", payload.task_id);
+                }
             }
             TaskOutcome::Failed { code, message, .. } => tracing::warn!(
                 task_id = %payload.task_id,

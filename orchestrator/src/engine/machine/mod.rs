@@ -149,9 +149,11 @@ pub(crate) fn create(
         webhook_sent: false,
         retired: false,
     };
-    let initial = serde_json::to_string(&job.initial_data).unwrap_or_default();
-    tracing::info!(job_id = %id, "job {id} started ({}) with initial data {}", bp.name, rxon::text::preview(&initial));
-    tracing::debug!(job_id = %id, "initial data of job {id}: {initial}");
+    tracing::info!(job_id = %id, "job {id} started ({}) with initial data {}", bp.name, rxon::text::json_preview(&job.initial_data));
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let initial = serde_json::to_string(&job.initial_data).unwrap_or_default();
+        tracing::debug!(job_id = %id, "initial data of job {id}: {initial}");
+    }
     let mut events = vec![event(
         "created",
         format!("job created from blueprint {}", bp.name),
@@ -192,9 +194,13 @@ pub(crate) fn advance(
                 job.status = JobStatus::Finished;
                 job.finished_at = Some(Utc::now());
                 job.error = None;
-                let result = Value::Object(job.result.clone().unwrap_or_default());
-                tracing::info!(job_id = %job.id, "job {} completed in state {}: result {}", job.id, job.current_state, rxon::text::preview(&result.to_string()));
-                tracing::debug!(job_id = %job.id, "result of job {}: {result}", job.id);
+                let empty = Object::new();
+                let result = job.result.as_ref().unwrap_or(&empty);
+                tracing::info!(job_id = %job.id, "job {} completed in state {}: result {}", job.id, job.current_state, rxon::text::json_preview(result));
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    let result = serde_json::to_string(result).unwrap_or_default();
+                    tracing::debug!(job_id = %job.id, "result of job {}: {result}", job.id);
+                }
                 events.push(event(
                     "finished",
                     format!("finished in state {}", job.current_state),

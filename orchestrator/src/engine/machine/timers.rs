@@ -112,14 +112,18 @@ pub(crate) fn sweep_workers(shared: &Shared, st: &mut EngineState) {
     }
 }
 
-/// Puts tasks a worker held back in the queue, under new task ids (a late
-/// result for the old id is then ignored as stale).
+/// Puts tasks a worker held (already taken out of its in-flight map) back in
+/// the queue, under new task ids (a late result for the old id is then
+/// ignored as stale), and drops their leases.
 pub(crate) fn requeue_held(
     shared: &Shared,
     st: &mut EngineState,
     held: &BTreeMap<String, Held>,
     why: &str,
 ) {
+    for h in held.values() {
+        st.drop_lease(h);
+    }
     let job_ids: BTreeSet<Uuid> = held.values().map(|h| h.job).collect();
     for id in job_ids {
         let Some(mut job) = take(st, id) else {

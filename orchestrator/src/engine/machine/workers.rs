@@ -207,18 +207,10 @@ pub(crate) fn heartbeat(
     };
     let lost: BTreeMap<String, Held> = worker
         .in_flight
-        .iter()
-        .filter(|(id, held)| {
+        .extract_if(.., |id, held| {
             !reported.contains(id.as_str()) && now.saturating_duration_since(held.since) >= grace
         })
-        .map(|(id, held)| (id.clone(), *held))
         .collect();
-    for id in lost.keys() {
-        worker.in_flight.remove(id);
-    }
-    for held in lost.values() {
-        st.drop_lease(held);
-    }
     if !lost.is_empty() {
         tracing::warn!(
             "worker {worker_id} no longer lists {} task(s) it was handed; they go back to the queue",
