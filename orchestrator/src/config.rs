@@ -19,8 +19,14 @@
 //! webhook_allowed_hosts = ["127.0.0.1", "10.0.0.0/8", "hooks.internal"]
 //! max_concurrent_webhooks = 64
 //!
+//! max_plugin_bytes = 67108864              # largest plugin component uploaded
+//!
 //! [clients.default]
 //! token = "test-client-token"
+//!
+//! [clients.ci]
+//! token = "deploy-token"
+//! deploy = true                            # may upload plugins and blueprints
 //!
 //! [workers.local-test-worker]
 //! token = "its-own-token"
@@ -61,6 +67,10 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub client_tokens: Vec<String>,
+    /// A client token that may also deploy plugins and blueprints (its
+    /// client is named `deployer`).
+    #[arg(long, env = "DEPLOY_TOKEN", hide_env_values = true)]
+    pub deploy_token: Option<String>,
     /// Token any worker without its own may use.
     #[arg(long, env = "GLOBAL_WORKER_TOKEN", hide_env_values = true)]
     pub worker_token: Option<String>,
@@ -92,6 +102,7 @@ struct FileConfig {
     #[serde(default)]
     webhook_allowed_hosts: Vec<String>,
     max_concurrent_webhooks: Option<usize>,
+    max_plugin_bytes: Option<usize>,
     orchestrator_secret_key: Option<String>,
     #[serde(default)]
     clients: BTreeMap<String, TokenEntry>,
@@ -103,6 +114,9 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct TokenEntry {
     token: String,
+    /// Clients only: may deploy plugins and blueprints.
+    #[serde(default)]
+    deploy: bool,
 }
 
 /// Where jobs are kept.
@@ -134,6 +148,10 @@ pub struct Config {
     pub json_logs: bool,
     /// Client token → client name.
     pub clients: HashMap<String, String>,
+    /// Names of the clients that may deploy.
+    pub deployers: std::collections::HashSet<String>,
+    /// Largest plugin component accepted.
+    pub max_plugin_bytes: usize,
     pub global_worker_token: Option<String>,
     pub worker_tokens: HashMap<String, String>,
     pub max_body_bytes: usize,
@@ -179,11 +197,21 @@ impl Config {
             .or(file.storage)
             .unwrap_or_else(|| "sqlite:data/orchestrator.db".into())
             .parse()?;
+        let mut deployers: std::collections::HashSet<String> = file
+            .clients
+            .iter()
+            .filter(|(_, entry)| entry.deploy)
+            .map(|(name, _)| name.clone())
+            .collect();
         let mut clients: HashMap<String, String> = file
             .clients
             .into_iter()
             .map(|(name, entry)| (entry.token, name))
             .collect();
+        if let Some(token) = cli.deploy_token.filter(|t| !t.is_empty()) {
+            clients.insert(token, "deployer".into());
+            deployers.insert("deployer".into());
+        }
         for token in cli.client_tokens.into_iter().filter(|t| !t.is_empty()) {
             clients.insert(token, "default".into());
         }
@@ -222,6 +250,13 @@ impl Config {
                 .unwrap_or_else(|| "blueprints".into()),
             json_logs: log_format == "json",
             clients,
+            deployers,
+            max_plugin_bytes: bounded(
+                "max_plugin_bytes",
+                file.max_plugin_bytes,
+                crate::registry::DEFAULT_MAX_PLUGIN_BYTES,
+                1024..=(1 << 30),
+            )?,
             global_worker_token,
             worker_tokens,
             max_body_bytes: file.max_body_bytes.unwrap_or(crate::api::DEFAULT_MAX_BODY),

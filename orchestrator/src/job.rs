@@ -133,6 +133,10 @@ pub struct JobEvent {
 pub struct Job {
     pub id: Uuid,
     pub blueprint: String,
+    /// The blueprint version the job runs on to its end (0: stored before
+    /// versions existed; the current one is used).
+    #[serde(default)]
+    pub blueprint_version: u32,
     /// Name of the client that created it; only that client sees it.
     pub owner: String,
     pub status: JobStatus,

@@ -26,11 +26,12 @@ async fn run() -> anyhow::Result<()> {
     let config = Config::resolve(Cli::parse())?;
     telemetry::init(config.json_logs);
     let blueprints = blueprint::load_dir(&config.blueprints_dir)?;
-    anyhow::ensure!(
-        !blueprints.is_empty(),
-        "no blueprint (*.toml) found in {}",
-        config.blueprints_dir.display()
-    );
+    if blueprints.is_empty() {
+        tracing::warn!(
+            "no blueprint (*.toml) in {}: deploy one with PUT /api/v1/blueprints/<name> or add a file there",
+            config.blueprints_dir.display()
+        );
+    }
     let storage: Arc<dyn Storage> = match &config.storage {
         StorageConfig::Memory => Arc::new(MemoryStorage::default()),
         StorageConfig::Sqlite(path) => Arc::new(SqliteStorage::open(path)?),
@@ -44,6 +45,7 @@ async fn run() -> anyhow::Result<()> {
         max_skills_per_worker: config.max_skills_per_worker,
         webhook_allowed_hosts: config.webhook_allowed_hosts.clone(),
         max_concurrent_webhooks: config.max_concurrent_webhooks,
+        max_plugin_bytes: config.max_plugin_bytes,
         ..EngineSettings::default()
     };
     if settings.task_secret.is_some() {
@@ -55,7 +57,8 @@ async fn run() -> anyhow::Result<()> {
         config.global_worker_token.clone(),
         config.worker_tokens.clone(),
         config.require_signatures,
-    );
+    )
+    .with_deployers(config.deployers.iter().cloned());
     let state = AppState {
         engine: engine.clone(),
         auth: Arc::new(auth),
@@ -87,6 +90,10 @@ async fn run() -> anyhow::Result<()> {
         "clients authenticate with the header X-Client-Token: <token> (X-Avtomatika-Token is accepted too)"
     );
     tracing::info!("workers connect to {base} (RXON worker API under /_worker)");
+    tokio::spawn(blueprint::watch::watch(
+        engine.clone(),
+        config.blueprints_dir.clone(),
+    ));
     let stopping = engine.clone();
     api::serve::serve(listener, app, config.serve.clone(), async move {
         shutdown_signal().await;

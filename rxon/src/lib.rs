@@ -9,8 +9,10 @@
 //! - [`signing`]: canonical JSON and the HMAC-SHA256 message signature.
 //! - [`codes`]: error codes and header names.
 //! - [`text`]: peer-supplied text cut for logs.
+//! - [`deploy`]: plugin deployment (our extension; stock workers never see it).
 
 pub mod codes;
+pub mod deploy;
 pub mod model;
 pub mod signing;
 pub mod text;

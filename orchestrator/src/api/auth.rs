@@ -32,6 +32,8 @@ pub struct Auth {
     pub worker_tokens: HashMap<String, String>,
     /// Whether worker messages must be signed (as avtomatika 1.0b30 requires).
     pub require_signatures: bool,
+    /// Client names that may deploy plugins and blueprints.
+    deployers: std::collections::HashSet<String>,
     seen: Mutex<SeenNonces>,
 }
 
@@ -52,7 +54,27 @@ impl Auth {
             global_worker_token,
             worker_tokens,
             require_signatures,
+            deployers: Default::default(),
             seen: Mutex::default(),
+        }
+    }
+
+    /// Lets these clients (by name) deploy.
+    pub fn with_deployers(mut self, names: impl IntoIterator<Item = String>) -> Self {
+        self.deployers = names.into_iter().collect();
+        self
+    }
+
+    /// The client name for the request's token, if that client may deploy
+    /// (403 otherwise).
+    pub fn deployer(&self, headers: &HeaderMap) -> Result<String, ApiError> {
+        let name = self.client(headers)?;
+        if self.deployers.contains(&name) {
+            Ok(name)
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "Forbidden: client {name} may not deploy (give it `deploy = true` under [clients.{name}], or use DEPLOY_TOKEN)"
+            )))
         }
     }
 

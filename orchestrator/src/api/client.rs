@@ -172,7 +172,7 @@ pub struct GetQuery {
 
 pub async fn get_job(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    JobId(id): JobId,
     headers: HeaderMap,
     query: Result<Query<GetQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -234,7 +234,7 @@ pub async fn list_jobs(
 
 pub async fn cancel_job(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    JobId(id): JobId,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let owner = state.auth.client(&headers)?;
@@ -255,7 +255,7 @@ pub async fn cancel_job(
 
 pub async fn job_history(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    JobId(id): JobId,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let owner = state.auth.client(&headers)?;
@@ -291,8 +291,31 @@ pub async fn list_blueprints(
                 "start": b.start,
                 "states": b.states.keys().collect::<Vec<_>>(),
                 "task_types": b.task_types(),
+                "version": b.version,
             })
         })
         .collect();
     Ok(axum::Json(list).into_response())
 }
+
+/// The `{id}` of a job route, whether or not the route also has `{version}`.
+pub struct JobId(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for JobId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        let Path(mut params) =
+            Path::<std::collections::HashMap<String, String>>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        params
+            .remove("id")
+            .map(JobId)
+            .ok_or_else(|| ApiError::NotFound("Job not found".into()))
+    }
+}
+

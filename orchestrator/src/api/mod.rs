@@ -8,14 +8,15 @@
 pub mod auth;
 pub mod body;
 pub mod client;
+pub mod deploy;
 pub mod error;
 mod guard;
 pub mod serve;
 pub mod worker;
+pub mod worker_plugins;
 
 pub use serve::ServeLimits;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::Router;
@@ -23,8 +24,9 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, Method, Uri};
+use axum::response::IntoResponse;
 use axum::response::Response;
-use axum::routing::{get, patch, post};
+use axum::routing::{delete, get, patch, post, put};
 
 use crate::engine::Engine;
 use auth::Auth;
@@ -41,32 +43,16 @@ pub struct AppState {
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;
 
 /// The whole API as a router (used by `main` and by in-process tests).
+///
+/// Client routes are served under `/api` and `/api/<version>` for every
+/// version some blueprint is mounted under; create-job endpoints are looked
+/// up in the blueprint catalog on each request (see [`create_job`]), so a
+/// blueprint deployed at run time serves at once.
 pub fn router(state: AppState, max_body: usize) -> Router {
-    let mut versions: BTreeSet<String> = BTreeSet::new();
+    let max_upload = state.engine.registry().max_plugin_bytes + (256 << 10);
     let mut app = Router::new();
-    for bp in state.engine.blueprints() {
-        versions.insert(
-            bp.api_version
-                .clone()
-                .map(|v| format!("/api/{v}"))
-                .unwrap_or_else(|| "/api".into()),
-        );
-        let path = bp.create_path.clone();
-        app = app.route(
-            &path,
-            post(
-                move |State(s): State<AppState>,
-                      headers: HeaderMap,
-                      raw: Result<Bytes, BytesRejection>| {
-                    let bp = bp.clone();
-                    async move { client::create_job(s, bp, headers, raw).await }
-                },
-            ),
-        );
-    }
-    versions.insert("/api".into());
-    for prefix in versions {
-        app = app
+    for prefix in ["/api", "/api/{version}"] {
+        let client = Router::new()
             .route(&format!("{prefix}/jobs"), get(client::list_jobs))
             .route(&format!("{prefix}/jobs/{{id}}"), get(client::get_job))
             .route(
@@ -81,51 +67,156 @@ pub fn router(state: AppState, max_body: usize) -> Router {
             .route(
                 &format!("{prefix}/blueprints"),
                 get(client::list_blueprints),
-            );
+            )
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                known_api_version,
+            ));
+        app = app.merge(client);
     }
-    app.route("/_worker/workers/register", post(worker::register))
-        .route("/_worker/workers/{worker_id}", patch(worker::heartbeat))
-        .route(
-            "/_worker/workers/{worker_id}/tasks/next",
-            get(worker::next_task),
-        )
-        .route("/_worker/tasks/result", post(worker::result))
-        .route("/_worker/events", post(worker::events))
-        .route(
-            "/_public/status",
-            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-        )
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(max_body))
-        // Credentials are checked from the headers before any body is read.
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            guard::authenticate_first,
-        ))
-        .layer(axum::middleware::map_response(add_version_header))
-        .with_state(state)
+    app.route(
+        "/api/v1/plugins",
+        post(deploy::upload_plugin)
+            .get(deploy::list_plugins)
+            .layer(DefaultBodyLimit::max(max_upload)),
+    )
+    .route("/api/v1/plugins/{name}", delete(deploy::delete_plugin))
+    .route(
+        "/api/v1/plugins/{name}/rollback",
+        post(deploy::rollback_plugin),
+    )
+    .route(
+        "/api/v1/blueprints/{name}",
+        put(deploy::put_blueprint)
+            .get(deploy::get_blueprint)
+            .layer(DefaultBodyLimit::max(
+                crate::blueprint::catalog::MAX_BLUEPRINT_BYTES,
+            )),
+    )
+    .route("/_worker/workers/register", post(worker::register))
+    .route("/_worker/workers/{worker_id}", patch(worker::heartbeat))
+    .route(
+        "/_worker/workers/{worker_id}/tasks/next",
+        get(worker::next_task),
+    )
+    .route("/_worker/tasks/result", post(worker::result))
+    .route("/_worker/events", post(worker::events))
+    .route(rxon::deploy::PLUGINS_PATH, get(worker_plugins::desired))
+    .route(
+        &format!("{}/{{sha256}}", rxon::deploy::PLUGINS_PATH),
+        get(worker_plugins::component),
+    )
+    .route(
+        "/_public/status",
+        get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+    )
+    .fallback(not_found)
+    .method_not_allowed_fallback(method_not_allowed)
+    .layer(DefaultBodyLimit::max(max_body))
+    // Credentials are checked from the headers before any body is read.
+    .layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        guard::authenticate_first,
+    ))
+    .layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        add_headers,
+    ))
+    .with_state(state)
 }
 
-async fn not_found(uri: Uri) -> ApiError {
-    ApiError::NotFound(format!("Not found: {}", uri.path()))
+/// `/api/<version>/...` answers only for versions some blueprint uses (and
+/// `v1`, where the deploy endpoints live).
+async fn known_api_version(
+    State(state): State<AppState>,
+    params: axum::extract::RawPathParams,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let unknown = params.iter().find(|(k, v)| {
+        *k == "version" && *v != "v1" && !state.engine.catalog().serves_api_version(v)
+    });
+    match unknown {
+        Some(_) => ApiError::NotFound(format!("Not found: {}", request.uri().path())).into_response(),
+        None => next.run(request).await,
+    }
 }
 
-async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
-    if method == Method::POST && uri.path().starts_with("/api/") {
-        return ApiError::NotFound(format!(
+/// Requests no fixed route serves: `POST` to a blueprint's create-job
+/// endpoint (looked up now, so new blueprints serve at once), else 404.
+async fn not_found(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    if let Some(created) = create_job(&state, &method, &uri, headers, raw).await {
+        return created;
+    }
+    Err(ApiError::NotFound(format!("Not found: {}", uri.path())))
+}
+
+/// A fixed route with another method; a create-job endpoint may share its
+/// path (e.g. `/api/v1/jobs/test` and `GET /api/v1/jobs/{id}`).
+async fn method_not_allowed(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    if let Some(created) = create_job(&state, &method, &uri, headers, raw).await {
+        return created;
+    }
+    Err(ApiError::MethodNotAllowed(format!(
+        "Method {method} is not allowed on {}",
+        uri.path()
+    )))
+}
+
+/// `POST` to a create-job endpoint: the job is created (`Some`); a `POST`
+/// under `/api/` that no blueprint serves is a 404 naming the list.
+async fn create_job(
+    state: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Option<Result<Response, ApiError>> {
+    if method != Method::POST {
+        return None;
+    }
+    if let Some(bp) = state.engine.catalog().by_path(uri.path()) {
+        return Some(client::create_job(state.clone(), bp, headers, raw).await);
+    }
+    uri.path().starts_with("/api/").then(|| {
+        Err(ApiError::NotFound(format!(
             "Not found: no blueprint serves POST {}; GET /api/<version>/blueprints lists them",
             uri.path()
-        ));
-    }
-    ApiError::MethodNotAllowed(format!("Method {method} is not allowed on {}", uri.path()))
+        )))
+    })
 }
 
-async fn add_version_header(mut response: Response) -> Response {
-    response.headers_mut().insert(
+/// Every answer names the protocol version; answers to workers also carry
+/// the revision of the desired plugin set.
+async fn add_headers(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let to_worker = request.uri().path().starts_with("/_worker/");
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
         rxon::HEADER_RXON_VERSION,
         HeaderValue::from_static(rxon::PROTOCOL_VERSION),
     );
+    if to_worker
+        && let Ok(v) = HeaderValue::from_str(&state.engine.registry().revision())
+    {
+        headers.insert(rxon::deploy::HEADER_PLUGINS_REVISION, v);
+    }
     response
 }
 

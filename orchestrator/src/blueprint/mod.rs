@@ -4,8 +4,12 @@
 //! - [`expr`]: expressions for params and conditions.
 //! - this module: the validated, compiled [`Blueprint`] and the loader.
 
+pub mod catalog;
 pub mod expr;
 pub mod model;
+pub mod watch;
+
+pub use catalog::Catalog;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -120,6 +124,13 @@ pub struct Blueprint {
     pub states: BTreeMap<String, State>,
     /// Where it was loaded from (for messages).
     pub source: String,
+    /// Its number among the versions of its name (1, 2, …; 0 until numbered).
+    pub version: u32,
+    /// The TOML it was parsed from.
+    pub text: String,
+    /// `file:<path>` or `api:<client>`.
+    pub origin: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl Blueprint {
@@ -277,6 +288,13 @@ pub fn parse(source: &str, text: &str) -> Result<Blueprint, BlueprintError> {
         file: source.to_string(),
         problem,
     };
+    if text.len() > catalog::MAX_BLUEPRINT_BYTES {
+        return Err(err(format!(
+            "the blueprint is {} bytes; at most {} are accepted (MAX_BLUEPRINT_BYTES)",
+            text.len(),
+            catalog::MAX_BLUEPRINT_BYTES
+        )));
+    }
     let file: BlueprintFile = toml::from_str(text)
         .map_err(|e| err(format!("not a valid blueprint: {}", toml_problem(text, &e))))?;
     if file.name.trim().is_empty() {
@@ -382,7 +400,32 @@ pub fn parse(source: &str, text: &str) -> Result<Blueprint, BlueprintError> {
         start: starts[0].clone(),
         states,
         source: source.to_string(),
+        version: 0,
+        text: text.to_string(),
+        origin: source.to_string(),
+        created_at: chrono::Utc::now(),
     })
+}
+
+/// A blueprint file's text, refused unread past [`catalog::MAX_BLUEPRINT_BYTES`].
+pub fn read_bounded(path: &Path) -> Result<String, BlueprintError> {
+    use std::io::Read;
+    let err = |problem: String| BlueprintError {
+        file: path.display().to_string(),
+        problem,
+    };
+    let file = std::fs::File::open(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    let mut text = String::new();
+    file.take(catalog::MAX_BLUEPRINT_BYTES as u64 + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| err(format!("cannot read: {e}")))?;
+    if text.len() > catalog::MAX_BLUEPRINT_BYTES {
+        return Err(err(format!(
+            "larger than {} bytes (MAX_BLUEPRINT_BYTES)",
+            catalog::MAX_BLUEPRINT_BYTES
+        )));
+    }
+    Ok(text)
 }
 
 /// Loads every `*.toml` in `dir`; any broken blueprint is an error naming it.
@@ -400,11 +443,9 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Blueprint>, BlueprintError> {
     let mut out: Vec<Blueprint> = Vec::new();
     for path in files {
         let source = path.display().to_string();
-        let text = std::fs::read_to_string(&path).map_err(|e| BlueprintError {
-            file: source.clone(),
-            problem: format!("cannot read: {e}"),
-        })?;
-        let bp = parse(&source, &text)?;
+        let text = read_bounded(&path)?;
+        let mut bp = parse(&source, &text)?;
+        bp.origin = format!("file:{source}");
         if let Some(other) = out
             .iter()
             .find(|b| b.name == bp.name || b.create_path == bp.create_path)

@@ -11,6 +11,7 @@
 //! - [`workers`]: the worker registry.
 //! - [`persist`]: the ordered, batching storage writer.
 
+pub mod deploy;
 pub(crate) mod machine;
 pub mod persist;
 pub mod webhook;
@@ -25,7 +26,8 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::blueprint::Blueprint;
+use crate::blueprint::{Blueprint, Catalog};
+use crate::registry::PluginRegistry;
 use crate::job::{Job, JobEvent, JobStatus, Object};
 use crate::storage::{JobFilter, JobWrite, Storage, StorageError};
 use persist::PersistMsg;
@@ -59,6 +61,8 @@ pub struct EngineSettings {
     pub max_poll_wait: Duration,
     /// Transitions one job may take before it is failed as a runaway loop.
     pub max_transitions: u32,
+    /// Largest plugin component accepted by the registry.
+    pub max_plugin_bytes: usize,
     /// How often worker liveness is checked.
     pub sweep_interval: Duration,
     /// Ended jobs kept in memory for fast reads; older ones are read from storage.
@@ -79,6 +83,7 @@ impl Default for EngineSettings {
             max_poll_wait: Duration::from_secs(30),
             max_transitions: 100,
             sweep_interval: Duration::from_secs(1),
+            max_plugin_bytes: crate::registry::DEFAULT_MAX_PLUGIN_BYTES,
             finished_jobs_in_memory: 10_000,
         }
     }
@@ -173,9 +178,17 @@ impl EngineState {
     }
 }
 
+impl Shared {
+    /// The blueprint version `job` runs on.
+    pub(crate) fn blueprint_of(&self, job: &Job) -> Option<Arc<Blueprint>> {
+        self.catalog.get(&job.blueprint, job.blueprint_version)
+    }
+}
+
 pub(crate) struct Shared {
     pub state: Mutex<EngineState>,
-    pub blueprints: HashMap<String, Arc<Blueprint>>,
+    pub catalog: Arc<Catalog>,
+    pub registry: Arc<PluginRegistry>,
     pub storage: Arc<dyn Storage>,
     pub writer: mpsc::UnboundedSender<PersistMsg>,
     pub timer_wake: Notify,
@@ -223,6 +236,12 @@ impl Engine {
         storage: Arc<dyn Storage>,
         settings: EngineSettings,
     ) -> Result<Self, StorageError> {
+        let rows = {
+            let storage = storage.clone();
+            tokio::task::spawn_blocking(move || storage.registry_rows())
+                .await
+                .map_err(|e| StorageError::Backend(e.to_string()))??
+        };
         let (writer, _writer_handle) = persist::spawn_writer(storage.clone());
         let egress = Arc::new(crate::egress::EgressPolicy::new(
             &settings.webhook_allowed_hosts,
@@ -235,10 +254,8 @@ impl Engine {
                 keep_finished: settings.finished_jobs_in_memory,
                 ..EngineState::default()
             }),
-            blueprints: blueprints
-                .into_iter()
-                .map(|b| (b.name.clone(), Arc::new(b)))
-                .collect(),
+            catalog: Arc::new(Catalog::default()),
+            registry: Arc::new(PluginRegistry::from_rows(&rows, settings.max_plugin_bytes)),
             storage: storage.clone(),
             writer,
             timer_wake: Notify::new(),
@@ -259,6 +276,7 @@ impl Engine {
                 })?,
         });
         let engine = Self { shared };
+        engine.install_blueprints(&rows.blueprints, blueprints).await?;
         let unfinished = {
             let storage = storage.clone();
             tokio::task::spawn_blocking(move || storage.unfinished_jobs())
@@ -321,14 +339,26 @@ impl Engine {
         }
     }
 
+    /// The version of `name` new jobs use.
     pub fn blueprint(&self, name: &str) -> Option<Arc<Blueprint>> {
-        self.shared.blueprints.get(name).cloned()
+        self.shared.catalog.current(name)
     }
 
+    /// The current version of every blueprint.
     pub fn blueprints(&self) -> Vec<Arc<Blueprint>> {
-        let mut all: Vec<_> = self.shared.blueprints.values().cloned().collect();
-        all.sort_by(|a, b| a.name.cmp(&b.name));
-        all
+        self.shared.catalog.all_current()
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.shared.catalog
+    }
+
+    pub fn registry(&self) -> &PluginRegistry {
+        &self.shared.registry
+    }
+
+    pub fn storage(&self) -> Arc<dyn Storage> {
+        self.shared.storage.clone()
     }
 
     pub fn settings(&self) -> &EngineSettings {
@@ -510,6 +540,9 @@ impl Engine {
         wait: Duration,
     ) -> Result<Option<rxon::TaskPayload>, ()> {
         let deadline = Instant::now() + wait.min(self.shared.settings.max_poll_wait);
+        // A deploy ends the wait: the answer carries the new plugins revision.
+        let mut deploys = self.shared.registry.subscribe();
+        deploys.borrow_and_update();
         loop {
             let wake = {
                 let mut st = self.lock();
@@ -529,6 +562,7 @@ impl Engine {
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep_until(deadline) => return Ok(None),
                 _ = self.shared.stopping.cancelled() => return Ok(None),
+                _ = deploys.changed() => return Ok(None),
             }
         }
     }

@@ -44,6 +44,30 @@ pub struct WorkerRecord {
     pub in_flight: BTreeMap<String, Held>,
     /// Wakes this worker's long-polls when a task it can run is queued.
     pub wake: Arc<Notify>,
+    /// Registry plugins it runs or could not load (from its registration).
+    pub plugins: Vec<rxon::deploy::PluginReport>,
+}
+
+/// The plugin reports in a registration's metadata, bounded: at most
+/// [`rxon::deploy::MAX_PLUGINS`], error texts cut; malformed ones are dropped.
+pub fn plugin_reports(metadata: Option<&rxon::Object>) -> Vec<rxon::deploy::PluginReport> {
+    let Some(Value::Array(items)) = metadata.and_then(|m| m.get(rxon::deploy::METADATA_PLUGINS))
+    else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .take(rxon::deploy::MAX_PLUGINS)
+        .filter_map(|v| serde_json::from_value::<rxon::deploy::PluginReport>(v.clone()).ok())
+        .filter(|r| rxon::deploy::is_plugin_name(&r.name))
+        .map(|mut r| {
+            r.sha256 = rxon::text::clip(&r.sha256, 64).into_owned();
+            r.error = r
+                .error
+                .map(|e| rxon::text::clip(&e, rxon::deploy::MAX_REPORT_ERROR).into_owned());
+            r
+        })
+        .collect()
 }
 
 impl WorkerRecord {
@@ -62,6 +86,7 @@ impl WorkerRecord {
             last_heartbeat_at: self.last_heartbeat_at,
             in_flight_tasks: self.in_flight.keys().cloned().collect(),
             capabilities: self.capabilities.clone(),
+            plugins: self.plugins.clone(),
         }
     }
 }
@@ -80,4 +105,7 @@ pub struct WorkerView {
     pub in_flight_tasks: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<Value>,
+    /// Registry plugins it runs or could not load.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<rxon::deploy::PluginReport>,
 }

@@ -5,7 +5,10 @@ use std::sync::Mutex;
 
 use uuid::Uuid;
 
-use super::{JobFilter, JobWrite, PendingWebhook, Storage, StorageError};
+use super::{
+    BlueprintRow, JobFilter, JobWrite, PendingWebhook, PluginVersionRow, RegistryRows,
+    RegistryStorage, Storage, StorageError,
+};
 use crate::job::{Job, JobEvent};
 
 #[derive(Default)]
@@ -18,6 +21,8 @@ struct Inner {
     jobs: HashMap<Uuid, Job>,
     events: HashMap<Uuid, Vec<JobEvent>>,
     webhooks: Vec<PendingWebhook>,
+    registry: RegistryRows,
+    components: HashMap<String, Vec<u8>>,
 }
 
 impl MemoryStorage {
@@ -93,5 +98,38 @@ impl Storage for MemoryStorage {
 
     fn describe(&self) -> String {
         "in-memory storage (nothing survives a restart)".into()
+    }
+}
+
+impl RegistryStorage for MemoryStorage {
+    fn registry_rows(&self) -> Result<RegistryRows, StorageError> {
+        Ok(self.lock().registry.clone())
+    }
+
+    fn put_plugin(&self, row: &PluginVersionRow, component: &[u8]) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        inner
+            .components
+            .entry(row.sha256.clone())
+            .or_insert_with(|| component.to_vec());
+        inner.registry.plugins.push(row.clone());
+        drop(inner);
+        self.set_plugin_current(&row.name, Some(row.version))
+    }
+
+    fn set_plugin_current(&self, name: &str, version: Option<u32>) -> Result<(), StorageError> {
+        let current = &mut self.lock().registry.current;
+        current.retain(|(n, _)| n != name);
+        current.push((name.to_string(), version));
+        Ok(())
+    }
+
+    fn plugin_component(&self, sha256: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.lock().components.get(sha256).cloned())
+    }
+
+    fn put_blueprint(&self, row: &BlueprintRow) -> Result<(), StorageError> {
+        self.lock().registry.blueprints.push(row.clone());
+        Ok(())
     }
 }

@@ -6,10 +6,13 @@
 //!
 //! Backends: [`memory::MemoryStorage`] (nothing survives a restart) and
 //! [`sqlite::SqliteStorage`] (one file, the default). The SQL schema
-//! (`jobs`, `job_events`, `webhooks`) is plain enough for a PostgreSQL backend to follow.
+//! (`jobs`, `job_events`, `webhooks`, and the deploy tables of [`registry`]) is plain enough for a PostgreSQL backend to follow.
 
 pub mod memory;
+pub mod registry;
 pub mod sqlite;
+
+pub use registry::{BlueprintRow, PluginVersionRow, RegistryRows, RegistryStorage};
 
 use uuid::Uuid;
 
@@ -50,7 +53,7 @@ pub struct JobFilter {
     pub offset: usize,
 }
 
-pub trait Storage: Send + Sync + 'static {
+pub trait Storage: RegistryStorage + Send + Sync + 'static {
     /// Applies writes atomically, in order; a snapshot never replaces a newer
     /// one. `delivered` names jobs whose webhook is done with (delivered or
     /// given up), applied after the writes.

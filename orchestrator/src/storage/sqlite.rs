@@ -7,6 +7,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
 use super::{JobFilter, JobWrite, PendingWebhook, Storage, StorageError};
+
+mod registry;
 use crate::job::{Job, JobEvent};
 
 const SCHEMA: &str = r#"
@@ -35,6 +37,32 @@ CREATE TABLE IF NOT EXISTS webhooks (
     url        TEXT NOT NULL,
     body       TEXT NOT NULL,
     created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS plugin_components (
+    sha256 TEXT PRIMARY KEY,
+    bytes  BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS plugin_versions (
+    name        TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    sha256      TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    manifest    TEXT,
+    uploaded_at TEXT NOT NULL,
+    uploaded_by TEXT NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS plugin_current (
+    name    TEXT PRIMARY KEY,
+    version INTEGER
+);
+CREATE TABLE IF NOT EXISTS blueprint_versions (
+    name       TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    text       TEXT NOT NULL,
+    origin     TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (name, version)
 );
 "#;
 

@@ -109,8 +109,8 @@ pub(crate) fn hand_out(
     };
     let now = Utc::now();
     let spec_timeout = shared
-        .blueprints
-        .get(&job.blueprint)
+        .blueprint_of(&job)
+        .as_ref()
         .and_then(|bp| spec_of(bp, &job.current_state, job.tasks[idx].branch.as_deref()))
         .and_then(|spec| spec.result_timeout);
     let result_timeout = task_timeout(spec_timeout, job.result_timeout);

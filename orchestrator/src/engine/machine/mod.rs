@@ -122,6 +122,7 @@ pub(crate) fn create(
     let mut job = Job {
         id,
         blueprint: bp.name.clone(),
+        blueprint_version: bp.version,
         owner: new.owner,
         status: JobStatus::Pending,
         current_state: bp.start.clone(),
@@ -170,7 +171,7 @@ pub(crate) fn advance(
     job: &mut Job,
     events: &mut Vec<JobEvent>,
 ) {
-    let Some(bp) = shared.blueprints.get(&job.blueprint).cloned() else {
+    let Some(bp) = shared.blueprint_of(job) else {
         let msg = format!("blueprint {} is not loaded", job.blueprint);
         return blueprint_error(st, job, &msg, events);
     };
@@ -435,8 +436,8 @@ pub(crate) fn requeue(
     events: &mut Vec<JobEvent>,
 ) {
     let own = shared
-        .blueprints
-        .get(&job.blueprint)
+        .blueprint_of(job)
+        .as_ref()
         .and_then(|bp| spec_of(bp, &job.current_state, job.tasks[idx].branch.as_deref()))
         .and_then(|s| s.dispatch_timeout);
     let timeout = task_timeout(own, job.dispatch_timeout);

@@ -155,7 +155,7 @@ pub(crate) fn task_succeeded(
     data: Object,
     events: &mut Vec<JobEvent>,
 ) -> &'static str {
-    let Some(bp) = shared.blueprints.get(&job.blueprint).cloned() else {
+    let Some(bp) = shared.blueprint_of(job) else {
         return "unknown_blueprint";
     };
     let Some(state) = bp.state(&job.current_state) else {
@@ -258,7 +258,7 @@ pub(crate) fn task_failed(
     message: &str,
     events: &mut Vec<JobEvent>,
 ) {
-    let bp = shared.blueprints.get(&job.blueprint).cloned();
+    let bp = shared.blueprint_of(job);
     let spec_retry = bp
         .as_ref()
         .and_then(|bp| spec_of(bp, &job.current_state, job.tasks[idx].branch.as_deref()))

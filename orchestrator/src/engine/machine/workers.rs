@@ -143,6 +143,7 @@ pub(crate) fn register_worker(
             .as_ref()
             .map(|p| p.wake.clone())
             .unwrap_or_else(|| Arc::new(tokio::sync::Notify::new())),
+        plugins: crate::engine::workers::plugin_reports(reg.metadata.as_ref()),
     };
     // Tasks already waiting for one of its skills can go now.
     if names

@@ -1,0 +1,322 @@
+//! Deploys through the client API (a client token with the deploy right):
+//!
+//! - `POST /api/v1/plugins`: upload a plugin version (multipart: `name`,
+//!   `plugin` (the `.wasm`), optional `manifest`; or the raw `.wasm` with
+//!   `?name=`).
+//! - `GET /api/v1/plugins`: names, versions, hashes, skills, and per worker
+//!   the version it runs or why it could not load it (any client token).
+//! - `POST /api/v1/plugins/{name}/rollback` (`{"version": N}` or empty for
+//!   the previous one) and `DELETE /api/v1/plugins/{name}`.
+//! - `PUT /api/v1/blueprints/{name}` (the TOML) and
+//!   `GET /api/v1/blueprints/{name}[?version=N]`.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::{AppState, body};
+use crate::engine::deploy::BlueprintDeployError;
+use crate::registry::{DeployError, MAX_MANIFEST_BYTES};
+
+impl From<DeployError> for ApiError {
+    fn from(e: DeployError) -> Self {
+        match e {
+            DeployError::Invalid(m) => ApiError::BadRequest(m),
+            DeployError::NotFound(m) => ApiError::NotFound(m),
+            DeployError::Storage(e) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<BlueprintDeployError> for ApiError {
+    fn from(e: BlueprintDeployError) -> Self {
+        match e {
+            BlueprintDeployError::Invalid(e) => ApiError::BadRequest(e.to_string()),
+            BlueprintDeployError::Storage(e) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct UploadQuery {
+    name: Option<String>,
+}
+
+/// An upload, however it was sent.
+struct Upload {
+    name: Option<String>,
+    component: Option<Vec<u8>>,
+    manifest: Option<String>,
+}
+
+pub async fn upload_plugin(
+    State(state): State<AppState>,
+    query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let by = state.auth.deployer(request.headers())?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let max = state.engine.registry().max_plugin_bytes;
+    let multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let upload = if multipart {
+        let form = Multipart::from_request(request, &state)
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("Invalid multipart body: {}", e.body_text())))?;
+        read_form(form, max).await?
+    } else {
+        let raw = body::bytes(Bytes::from_request(request, &state).await)?;
+        Upload {
+            name: None,
+            component: Some(raw.to_vec()),
+            manifest: None,
+        }
+    };
+    let name = upload.name.or(query.name).ok_or_else(|| {
+        ApiError::BadRequest(
+            "Name the plugin: a multipart field `name`, or `?name=` with a raw body".into(),
+        )
+    })?;
+    let component = upload.component.ok_or_else(|| {
+        ApiError::BadRequest("No component: send the .wasm as the multipart field `plugin`".into())
+    })?;
+    let row = state
+        .engine
+        .registry()
+        .upload(state.engine.storage(), &name, component, upload.manifest, &by)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({
+            "name": row.name,
+            "version": row.version,
+            "sha256": row.sha256,
+            "size": row.size,
+            "uploaded_at": row.uploaded_at,
+            "revision": state.engine.registry().revision(),
+        })),
+    )
+        .into_response())
+}
+
+/// Reads the form's fields, each within its bound, before anything is parsed.
+async fn read_form(mut form: Multipart, max: usize) -> Result<Upload, ApiError> {
+    let mut upload = Upload {
+        name: None,
+        component: None,
+        manifest: None,
+    };
+    let bad = |e: axum::extract::multipart::MultipartError| {
+        ApiError::BadRequest(format!("Invalid multipart body: {}", e.body_text()))
+    };
+    while let Some(mut field) = form.next_field().await.map_err(bad)? {
+        let field_name = field.name().unwrap_or_default().to_string();
+        let limit = match field_name.as_str() {
+            "name" => 256,
+            "plugin" | "wasm" => max,
+            "manifest" => MAX_MANIFEST_BYTES,
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "Unknown multipart field {:?}: send `name`, `plugin` and optionally `manifest`",
+                    rxon::text::clip(other, 64)
+                )));
+            }
+        };
+        let mut data = Vec::new();
+        while let Some(chunk) = field.chunk().await.map_err(bad)? {
+            if data.len() + chunk.len() > limit {
+                return Err(ApiError::PayloadTooLarge(format!(
+                    "multipart field `{field_name}` is larger than {limit} bytes"
+                )));
+            }
+            data.extend_from_slice(&chunk);
+        }
+        let text = |data: Vec<u8>| {
+            String::from_utf8(data).map_err(|_| {
+                ApiError::BadRequest(format!("multipart field `{field_name}` is not UTF-8"))
+            })
+        };
+        match field_name.as_str() {
+            "name" => upload.name = Some(text(data)?.trim().to_string()),
+            "manifest" => upload.manifest = Some(text(data)?),
+            _ => upload.component = Some(data),
+        }
+    }
+    Ok(upload)
+}
+
+pub async fn list_plugins(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.auth.client(&headers)?;
+    let registry = state.engine.registry();
+    let workers = state.engine.workers();
+    let plugins: Vec<Value> = registry
+        .listing()
+        .into_iter()
+        .map(|p| {
+            let current = p
+                .current_version
+                .and_then(|v| p.versions.iter().find(|r| r.version == v));
+            // The skills come from the workers that run the current version.
+            let mut skills: Vec<&rxon::SkillInfo> = Vec::new();
+            let mut on_workers = Vec::new();
+            for w in &workers {
+                let Some(report) = w.plugins.iter().find(|r| r.name == p.name) else {
+                    continue;
+                };
+                on_workers.push(json!({
+                    "worker_id": w.worker_id,
+                    "version": report.version,
+                    "sha256": report.sha256,
+                    "state": report.state,
+                    "running_version": report.running_version,
+                    "error": report.error,
+                }));
+                if report.state == rxon::deploy::PluginState::Running
+                    && current.is_some_and(|c| c.sha256 == report.sha256)
+                    && skills.is_empty()
+                {
+                    skills = w.skills.iter().collect();
+                }
+            }
+            json!({
+                "name": p.name,
+                "current_version": p.current_version,
+                "sha256": current.map(|c| &c.sha256),
+                "skills": skills,
+                "versions": p.versions.iter().map(|r| json!({
+                    "version": r.version,
+                    "sha256": r.sha256,
+                    "size": r.size,
+                    "has_manifest": r.manifest.is_some(),
+                    "uploaded_at": r.uploaded_at,
+                    "uploaded_by": r.uploaded_by,
+                })).collect::<Vec<_>>(),
+                "workers": on_workers,
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({"revision": registry.revision(), "plugins": plugins})).into_response())
+}
+
+pub async fn rollback_plugin(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    state.auth.deployer(&headers)?;
+    let raw = body::bytes(raw)?;
+    let to = match body::json_object(&raw)? {
+        None => None,
+        Some(obj) => match obj.get("version") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_u64()
+                    .and_then(|v| u32::try_from(v).ok())
+                    .ok_or_else(|| {
+                        ApiError::BadRequest("`version` must be a positive integer".into())
+                    })?,
+            ),
+        },
+    };
+    let registry = state.engine.registry();
+    let version = registry.rollback(state.engine.storage(), &name, to).await?;
+    Ok(axum::Json(json!({
+        "name": name,
+        "current_version": version,
+        "revision": registry.revision(),
+    }))
+    .into_response())
+}
+
+pub async fn delete_plugin(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.auth.deployer(&headers)?;
+    let registry = state.engine.registry();
+    registry.remove(state.engine.storage(), &name).await?;
+    Ok(axum::Json(json!({
+        "name": name,
+        "current_version": null,
+        "revision": registry.revision(),
+    }))
+    .into_response())
+}
+
+pub async fn put_blueprint(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let by = state.auth.deployer(&headers)?;
+    let raw = body::bytes(raw)?;
+    let text = std::str::from_utf8(&raw)
+        .map_err(|_| ApiError::BadRequest("The blueprint is not UTF-8 text".into()))?;
+    let source = format!("blueprint {}", rxon::text::clip(&name, 128));
+    let mut bp = crate::blueprint::parse(&source, text)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if bp.name != name {
+        return Err(ApiError::BadRequest(format!(
+            "{source}: the file says name = {:?}; PUT it to /api/v1/blueprints/{}",
+            rxon::text::clip(&bp.name, 128),
+            rxon::text::clip(&bp.name, 128)
+        )));
+    }
+    bp.origin = format!("api:{by}");
+    let bp = state.engine.deploy_blueprint(bp).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({
+            "name": bp.name,
+            "version": bp.version,
+            "endpoint": bp.create_path,
+        })),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct VersionQuery {
+    version: Option<u32>,
+}
+
+pub async fn get_blueprint(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<VersionQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    state.auth.client(&headers)?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let catalog = state.engine.catalog();
+    let bp = match query.version {
+        Some(v) => catalog.get(&name, v.max(1)),
+        None => catalog.current(&name),
+    }
+    .ok_or_else(|| ApiError::NotFound(format!("No blueprint {name} (version {:?})", query.version)))?;
+    Ok(axum::Json(json!({
+        "name": bp.name,
+        "version": bp.version,
+        "current_version": catalog.current(&name).map(|c| c.version),
+        "endpoint": bp.create_path,
+        "origin": bp.origin,
+        "created_at": bp.created_at,
+        "text": bp.text,
+        "versions": catalog.versions(&name),
+    }))
+    .into_response())
+}

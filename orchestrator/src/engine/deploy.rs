@@ -1,0 +1,91 @@
+//! Blueprint versions: read from storage at start, deployed from files and
+//! from the API, each stored before it takes effect.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+
+use super::Engine;
+use crate::blueprint::{self, Blueprint, BlueprintError};
+use crate::storage::{BlueprintRow, StorageError};
+
+/// Why a blueprint deploy was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BlueprintDeployError {
+    #[error("{0}")]
+    Invalid(#[from] BlueprintError),
+    #[error("{0}")]
+    Storage(#[from] StorageError),
+}
+
+impl Engine {
+    /// At start: the stored versions, then those of the files that differ
+    /// from every stored version of their name.
+    pub(super) async fn install_blueprints(
+        &self,
+        stored: &[BlueprintRow],
+        files: Vec<Blueprint>,
+    ) -> Result<(), StorageError> {
+        let catalog = &self.shared.catalog;
+        for row in stored {
+            let source = format!("{} v{} (stored)", row.name, row.version);
+            match blueprint::parse(&source, &row.text) {
+                Ok(mut bp) => {
+                    bp.version = row.version;
+                    bp.origin = row.origin.clone();
+                    bp.created_at = row.created_at;
+                    catalog.install(bp);
+                }
+                Err(e) => tracing::error!("a stored blueprint no longer loads: {e}"),
+            }
+        }
+        for bp in files {
+            if catalog.has_text(&bp.name, &bp.text) {
+                continue;
+            }
+            match self.deploy_blueprint(bp).await {
+                Ok(bp) if bp.version > 1 => tracing::info!(
+                    "blueprint {} changed on disk since it was stored: now version {}",
+                    bp.name,
+                    bp.version
+                ),
+                Ok(_) => {}
+                Err(BlueprintDeployError::Storage(e)) => return Err(e),
+                Err(e) => tracing::error!("blueprint not loaded: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores `bp` as the next version of its name and makes it the one new
+    /// jobs use. A refused blueprint changes nothing.
+    pub async fn deploy_blueprint(
+        &self,
+        bp: Blueprint,
+    ) -> Result<Arc<Blueprint>, BlueprintDeployError> {
+        let catalog = &self.shared.catalog;
+        let _one_at_a_time = catalog.deploys.lock().await;
+        let mut bp = catalog.prepare(bp)?;
+        bp.created_at = Utc::now();
+        let row = BlueprintRow {
+            name: bp.name.clone(),
+            version: bp.version,
+            text: bp.text.clone(),
+            origin: bp.origin.clone(),
+            created_at: bp.created_at,
+        };
+        let storage = self.shared.storage.clone();
+        tokio::task::spawn_blocking(move || storage.put_blueprint(&row))
+            .await
+            .map_err(|e| StorageError::Backend(e.to_string()))??;
+        let bp = catalog.install(bp);
+        tracing::info!(
+            "blueprint {} v{} in service (POST {}), from {}",
+            bp.name,
+            bp.version,
+            bp.create_path,
+            bp.origin
+        );
+        Ok(bp)
+    }
+}

@@ -1,0 +1,55 @@
+//! What deploys store: plugin versions (components kept by SHA-256, so a
+//! component uploaded twice is stored once) and blueprint versions.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::StorageError;
+
+/// One uploaded version of a plugin (the component itself is stored apart,
+/// by its hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PluginVersionRow {
+    pub name: String,
+    pub version: u32,
+    pub sha256: String,
+    pub size: u64,
+    #[serde(skip)]
+    pub manifest: Option<String>,
+    pub uploaded_at: DateTime<Utc>,
+    /// The client that uploaded it.
+    pub uploaded_by: String,
+}
+
+/// One version of a blueprint, as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlueprintRow {
+    pub name: String,
+    pub version: u32,
+    /// The TOML.
+    pub text: String,
+    /// Where it came from: `api:<client>` or `file:<path>`.
+    pub origin: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Everything deploys stored, as read at start.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryRows {
+    pub plugins: Vec<PluginVersionRow>,
+    /// Plugin name → the version offered (`None`: deleted, offered no more).
+    pub current: Vec<(String, Option<u32>)>,
+    pub blueprints: Vec<BlueprintRow>,
+}
+
+/// Durable deploys; implemented by every [`super::Storage`].
+pub trait RegistryStorage {
+    fn registry_rows(&self) -> Result<RegistryRows, StorageError>;
+    /// Stores a new version (and its component, unless a version with the
+    /// same hash has it already) and makes it the one offered.
+    fn put_plugin(&self, row: &PluginVersionRow, component: &[u8]) -> Result<(), StorageError>;
+    /// Which version of `name` is offered (`None`: none).
+    fn set_plugin_current(&self, name: &str, version: Option<u32>) -> Result<(), StorageError>;
+    fn plugin_component(&self, sha256: &str) -> Result<Option<Vec<u8>>, StorageError>;
+    fn put_blueprint(&self, row: &BlueprintRow) -> Result<(), StorageError>;
+}
