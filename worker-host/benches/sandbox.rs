@@ -41,9 +41,13 @@ fn plugin_load(c: &mut Criterion) {
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(20));
+    let cache_dir = tempfile::tempdir().unwrap();
     for (name, cache) in [
-        ("compile from .wasm", false),
-        ("from compilation cache", true),
+        ("compile from .wasm", None),
+        (
+            "from compilation cache",
+            Some(cache_dir.path().to_path_buf()),
+        ),
     ] {
         let engine = SandboxEngine::new(SandboxConfig {
             compile_cache: cache,

@@ -57,6 +57,9 @@ pub struct OrchestratorClient {
     base: String,
     worker_id: String,
     token: String,
+    /// The last plugins revision the orchestrator announced (our
+    /// orchestrator only; see [`rxon::deploy`]), shared by every clone.
+    revision: std::sync::Arc<tokio::sync::watch::Sender<Option<String>>>,
 }
 
 /// Current Unix time in seconds.
@@ -74,7 +77,32 @@ impl OrchestratorClient {
             base: base_url.trim_end_matches('/').to_string(),
             worker_id: worker_id.to_string(),
             token: token.to_string(),
+            revision: std::sync::Arc::new(tokio::sync::watch::Sender::new(None)),
         })
+    }
+
+    /// Follows the plugins revision the orchestrator announces (stays `None`
+    /// against an orchestrator without a plugin registry, e.g. avtomatika).
+    pub fn plugin_revisions(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.revision.subscribe()
+    }
+
+    fn note_revision(&self, response: &reqwest::Response) {
+        let Some(value) = response
+            .headers()
+            .get(rxon::deploy::HEADER_PLUGINS_REVISION)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return;
+        };
+        let value: &str = &crate::limits::clip(value, 64);
+        self.revision.send_if_modified(|r| {
+            let changed = r.as_deref() != Some(value);
+            if changed {
+                *r = Some(value.to_string());
+            }
+            changed
+        });
     }
 
     fn http() -> anyhow::Result<reqwest::Client> {
@@ -139,11 +167,12 @@ impl OrchestratorClient {
                 url: self.base.clone(),
                 source,
             })?;
+        self.note_revision(&response);
         let status = response.status();
         if status == StatusCode::NO_CONTENT {
             return Ok(None);
         }
-        let body = self.read_bounded(response).await?;
+        let body = self.read_bounded(response, MAX_ANSWER_BYTES).await?;
         if status.is_success() {
             let decode_error = |e: serde_json::Error| {
                 ClientError::Decode(format!(
@@ -175,15 +204,19 @@ impl OrchestratorClient {
     }
 
     /// The answer's body, refused (before it is read whole) when it is
-    /// larger than [`MAX_ANSWER_BYTES`].
-    async fn read_bounded(&self, mut response: reqwest::Response) -> Result<Vec<u8>, ClientError> {
+    /// larger than `max` bytes.
+    async fn read_bounded(
+        &self,
+        mut response: reqwest::Response,
+        max: usize,
+    ) -> Result<Vec<u8>, ClientError> {
         let too_large = |n: u64| {
             ClientError::Decode(format!(
-                "the answer is at least {n} bytes; at most {MAX_ANSWER_BYTES} are accepted"
+                "the answer is at least {n} bytes; at most {max} are accepted"
             ))
         };
         if let Some(n) = response.content_length()
-            && n > MAX_ANSWER_BYTES as u64
+            && n > max as u64
         {
             return Err(too_large(n));
         }
@@ -197,7 +230,7 @@ impl OrchestratorClient {
                     source,
                 })?
         {
-            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            if body.len() + chunk.len() > max {
                 return Err(too_large((body.len() + chunk.len()) as u64));
             }
             body.extend_from_slice(&chunk);
@@ -296,5 +329,47 @@ impl OrchestratorClient {
 
     pub async fn send_event(&self, event: &WorkerEventPayload) -> Result<Value, ClientError> {
         self.post_signed(Method::POST, path::EVENTS, event).await
+    }
+
+    /// The plugins the orchestrator wants this worker host to run.
+    pub async fn desired_plugins(&self) -> Result<rxon::deploy::DesiredPlugins, ClientError> {
+        let request = self
+            .request(Method::GET, rxon::deploy::PLUGINS_PATH)
+            .timeout(Duration::from_secs(30));
+        self.send_raw(request, 0)
+            .await?
+            .map(|(desired, _)| desired)
+            .ok_or_else(|| ClientError::Decode("empty answer".into()))
+    }
+
+    /// Downloads a component of `size` bytes (as listed; at most `max`).
+    pub async fn download_plugin(
+        &self,
+        sha256: &str,
+        size: u64,
+        max: usize,
+    ) -> Result<Vec<u8>, ClientError> {
+        let response = self
+            .request(Method::GET, &rxon::deploy::blob_path(sha256))
+            .timeout(Duration::from_secs(300))
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = self
+                .read_bounded(response, 64 << 10)
+                .await
+                .unwrap_or_default();
+            return Err(ClientError::Http {
+                status,
+                message: crate::limits::for_log(&String::from_utf8_lossy(&body)).into_owned(),
+            });
+        }
+        let limit = usize::try_from(size).unwrap_or(usize::MAX).min(max);
+        self.read_bounded(response, limit).await
     }
 }

@@ -93,8 +93,36 @@ pub struct ServeArgs {
     /// and reported as SECURITY_ERROR.
     #[arg(long, env = "ORCHESTRATOR_SECRET_KEY", hide_env_values = true)]
     pub orchestrator_secret: Option<String>,
+    /// Where compiled plugins (`compiled/`) and components deployed through
+    /// the orchestrator (`components/`) are kept, so a restart neither
+    /// compiles nor downloads again [default: $XDG_CACHE_HOME/worker-host,
+    /// else ~/.cache/worker-host].
+    #[arg(long, env = "WORKER_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Keep nothing on disk: compile every plugin at every start.
+    #[arg(long, env = "NO_COMPILE_CACHE")]
+    pub no_compile_cache: bool,
+    /// Largest plugin component downloaded from the orchestrator's registry.
+    #[arg(long, env = "MAX_PLUGIN_BYTES", default_value_t = 64 << 20)]
+    pub max_plugin_bytes: usize,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+}
+
+impl ServeArgs {
+    /// The cache directory, unless caching is off.
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        if self.no_compile_cache {
+            return None;
+        }
+        self.cache_dir.clone().or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .map(|base| base.join("worker-host"))
+        })
+    }
 }
 
 #[derive(Debug, Clone, Args)]

@@ -347,9 +347,17 @@ pub fn read_manifest(wasm: &Path) -> Result<Option<Manifest>, String> {
             path.display()
         ));
     }
-    toml::from_str(&text)
-        .map(Some)
-        .map_err(|e| format!("manifest {}: {}", path.display(), e.message()))
+    parse_manifest(&text, &path.display().to_string()).map(Some)
+}
+
+/// A manifest's text; `source` names it in errors.
+pub fn parse_manifest(text: &str, source: &str) -> Result<Manifest, String> {
+    if text.len() > MAX_MANIFEST_BYTES {
+        return Err(format!(
+            "manifest {source} is larger than {MAX_MANIFEST_BYTES} bytes"
+        ));
+    }
+    toml::from_str(text).map_err(|e| format!("manifest {source}: {}", e.message()))
 }
 
 /// Largest manifest read.

@@ -42,18 +42,34 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         "invalid worker id {:?}: use 1-128 letters, digits, `_` or `-`",
         args.worker_id
     );
-    let engine = SandboxEngine::new(args.sandbox.to_config(args.max_concurrent_tasks)?)?;
+    let cache_dir = args.cache_dir();
+    let engine = SandboxEngine::new(worker_host::sandbox::SandboxConfig {
+        compile_cache: cache_dir.as_ref().map(|d| d.join("compiled")),
+        ..args.sandbox.to_config(args.max_concurrent_tasks)?
+    })?;
+    match &cache_dir {
+        Some(dir) => tracing::info!("compiled plugins are cached in {}", dir.display()),
+        None => tracing::info!("no compiled-code cache: plugins are compiled at every start"),
+    }
     let policy = match &args.policy {
         Some(path) => worker_host::grants::Policy::load(path)?,
         None => worker_host::grants::Policy::default(),
     };
     let loader = std::sync::Arc::new(PluginLoader::with_policy(engine.clone(), policy)?);
-    let plugins = loader
-        .load_dir(
-            &args.plugins_dir,
-            &worker_host::plugin_store::PluginSet::default(),
-        )
-        .await?;
+    let plugins = if args.plugins_dir.is_dir() {
+        loader
+            .load_dir(
+                &args.plugins_dir,
+                &worker_host::plugin_store::PluginSet::default(),
+            )
+            .await?
+    } else {
+        tracing::warn!(
+            "no plugins directory at {}: serving only plugins deployed through the orchestrator",
+            args.plugins_dir.display()
+        );
+        worker_host::plugin_store::PluginSet::default()
+    };
     let client = OrchestratorClient::new(&args.orchestrator_url, &args.worker_id, &token)?;
     let settings = WorkerSettings {
         worker_type: args.worker_type.clone(),
@@ -66,6 +82,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let worker = Worker::new(client, engine, plugins, settings);
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
+    tokio::spawn(worker_host::worker::pull::run(
+        worker.clone(),
+        loader.clone(),
+        worker_host::worker::pull::PullSettings {
+            components_dir: cache_dir.as_ref().map(|d| d.join("components")),
+            max_plugin_bytes: args.max_plugin_bytes,
+        },
+        shutdown.clone(),
+    ));
     tokio::spawn(worker_host::plugin_watch::watch(
         worker.clone(),
         loader,

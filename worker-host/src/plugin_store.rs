@@ -56,6 +56,16 @@ pub struct Plugin {
     pub pre: TaskPluginPre<TaskState>,
     /// What the plugin says it serves.
     pub skills: Vec<Skill>,
+    /// Which registry version it is, when the orchestrator deployed it.
+    pub registry: Option<RegistryRef>,
+}
+
+/// A plugin version from the orchestrator's registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryRef {
+    pub name: String,
+    pub version: u32,
+    pub sha256: String,
 }
 
 /// Every loaded plugin, by the skill names they serve.
@@ -89,6 +99,17 @@ impl PluginSet {
         })
     }
 
+    /// Each plugin once, in skill order.
+    pub fn plugins(&self) -> Vec<Arc<Plugin>> {
+        let mut out: Vec<Arc<Plugin>> = Vec::new();
+        for p in self.by_skill.values() {
+            if !out.iter().any(|o| Arc::ptr_eq(o, p)) {
+                out.push(p.clone());
+            }
+        }
+        out
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_skill.is_empty()
     }
@@ -103,6 +124,11 @@ impl PluginSet {
     /// the registration over [`limits::MAX_ADVERTISED_BYTES`]. A refused
     /// plugin adds none of its skills.
     pub fn insert(&mut self, plugin: Plugin) -> Result<(), String> {
+        self.insert_shared(Arc::new(plugin))
+    }
+
+    /// [`Self::insert`] for a plugin already shared (e.g. with another set).
+    pub fn insert_shared(&mut self, plugin: Arc<Plugin>) -> Result<(), String> {
         for skill in &plugin.skills {
             if let Some(existing) = self.by_skill.get(&skill.name) {
                 return Err(format!(
@@ -127,7 +153,6 @@ impl PluginSet {
             ));
         }
         self.advertised_bytes += bytes;
-        let plugin = Arc::new(plugin);
         for skill in &plugin.skills {
             self.by_skill.insert(skill.name.clone(), plugin.clone());
         }
@@ -140,6 +165,8 @@ pub struct PluginLoader {
     engine: SandboxEngine,
     linker: Linker<TaskState>,
     policy: Policy,
+    /// Held while compiling.
+    compiling: tokio::sync::Mutex<()>,
 }
 
 impl PluginLoader {
@@ -155,6 +182,7 @@ impl PluginLoader {
             engine,
             linker,
             policy,
+            compiling: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -164,14 +192,38 @@ impl PluginLoader {
 
     /// Loads one `.wasm` file (and its manifest, `<name>.toml`, if any).
     pub async fn load_file(&self, path: &Path) -> Result<Plugin, PluginError> {
-        let grants = self.grants_for(path)?;
+        let refused = |reason: String| PluginError::Grant {
+            path: path.to_owned(),
+            reason,
+        };
+        let manifest = grants::read_manifest(path).map_err(refused)?;
         let bytes = tokio::fs::read(path)
             .await
             .map_err(|source| PluginError::Read {
                 path: path.to_owned(),
                 source,
             })?;
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.load_bytes(path, &name, bytes, manifest.as_ref(), None)
+            .await
+    }
+
+    /// Loads a component: checks, compiles (or takes the compiled code from
+    /// the cache), links, describes. `path` names it in messages; `name`
+    /// keys its configuration in the policy.
+    pub async fn load_bytes(
+        &self,
+        path: &Path,
+        name: &str,
+        bytes: Vec<u8>,
+        manifest: Option<&grants::Manifest>,
+        registry: Option<RegistryRef>,
+    ) -> Result<Plugin, PluginError> {
         let path_buf = path.to_owned();
+        let grants = self.grants_for(path, name, manifest)?;
         if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
             return Err(PluginError::NotWasm { path: path_buf });
         }
@@ -179,18 +231,7 @@ impl PluginLoader {
         if bytes[4..8] == [1, 0, 0, 0] {
             return Err(PluginError::CoreModule { path: path_buf });
         }
-        let engine = self.engine.engine.clone();
-        // Compiling is CPU-bound: keep it off the async runtime's threads.
-        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
-            .await
-            .map_err(|e| PluginError::Invalid {
-                path: path_buf.clone(),
-                reason: e.to_string(),
-            })?
-            .map_err(|e| PluginError::Invalid {
-                path: path_buf.clone(),
-                reason: format!("{e:#}"),
-            })?;
+        let component = self.compile(path, bytes).await?;
         let instance_pre =
             self.linker
                 .instantiate_pre(&component)
@@ -222,31 +263,76 @@ impl PluginLoader {
             slots,
             pre,
             skills,
+            registry,
         })
     }
 
-    /// The manifest beside `path`, resolved against the policy.
-    fn grants_for(&self, path: &Path) -> Result<Grants, PluginError> {
-        let refused = |reason: String| PluginError::Grant {
-            path: path.to_owned(),
-            reason,
+    /// Compiles off the async threads, one component at a time (so the
+    /// cache's counters say whether this one came from the cache), and says
+    /// in the log which it was.
+    async fn compile(&self, path: &Path, bytes: Vec<u8>) -> Result<Component, PluginError> {
+        let _one_at_a_time = self.compiling.lock().await;
+        let engine = self.engine.engine.clone();
+        let cache = self.engine.cache.clone();
+        let hits_before = cache.as_ref().map(|c| c.cache_hits());
+        let size = bytes.len();
+        let started = std::time::Instant::now();
+        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
+            .await
+            .map_err(|e| PluginError::Invalid {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?
+            .map_err(|e| PluginError::Invalid {
+                path: path.to_owned(),
+                reason: format!("{e:#}"),
+            })?;
+        let took = started.elapsed();
+        let from_cache = match (&cache, hits_before) {
+            (Some(c), Some(before)) => c.cache_hits() > before,
+            _ => false,
         };
-        let Some(manifest) = grants::read_manifest(path).map_err(refused)? else {
+        if from_cache {
+            tracing::info!(
+                "{}: compiled code loaded from the cache in {took:.1?}, no compile ({size} bytes)",
+                path.display()
+            );
+        } else {
+            tracing::info!(
+                "{}: compiled in {took:.1?} ({size} bytes){}",
+                path.display(),
+                if cache.is_some() {
+                    "; cached for the next start"
+                } else {
+                    ""
+                }
+            );
+        }
+        Ok(component)
+    }
+
+    /// The manifest's grants, resolved against the policy.
+    fn grants_for(
+        &self,
+        path: &Path,
+        name: &str,
+        manifest: Option<&grants::Manifest>,
+    ) -> Result<Grants, PluginError> {
+        let Some(manifest) = manifest else {
             return Ok(Grants::default());
         };
-        let name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
         let config = &self.engine.config;
         grants::resolve(
-            &name,
-            &manifest,
+            name,
+            manifest,
             &self.policy,
             config.task_timeout,
             config.memory_limit,
         )
-        .map_err(refused)
+        .map_err(|reason| PluginError::Grant {
+            path: path.to_owned(),
+            reason,
+        })
     }
 
     /// Loads every `*.wasm` in `dir`; broken files are logged and skipped.

@@ -98,6 +98,8 @@ pub struct JobView {
     pub job_id: Uuid,
     pub blueprint: String,
     pub blueprint_name: String,
+    /// The blueprint version the job runs on (it keeps it to its end).
+    pub blueprint_version: u32,
     pub status: JobStatus,
     pub current_state: String,
     pub initial_data: Object,
@@ -128,6 +130,7 @@ pub fn view(job: Job, waiting_reason: Option<String>) -> JobView {
         id: job.id,
         job_id: job.id,
         blueprint_name: job.blueprint.clone(),
+        blueprint_version: job.blueprint_version,
         attempts: current.map(|t| t.attempt).unwrap_or(job.attempts),
         current_task_id: current.map(|t| t.task_id.clone()),
         current_task_type: current.map(|t| t.task_type.clone()),
@@ -318,4 +321,3 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for JobId {
             .ok_or_else(|| ApiError::NotFound("Job not found".into()))
     }
 }
-

@@ -70,7 +70,9 @@ pub async fn upload_plugin(
     let upload = if multipart {
         let form = Multipart::from_request(request, &state)
             .await
-            .map_err(|e| ApiError::BadRequest(format!("Invalid multipart body: {}", e.body_text())))?;
+            .map_err(|e| {
+                ApiError::BadRequest(format!("Invalid multipart body: {}", e.body_text()))
+            })?;
         read_form(form, max).await?
     } else {
         let raw = body::bytes(Bytes::from_request(request, &state).await)?;
@@ -91,7 +93,13 @@ pub async fn upload_plugin(
     let row = state
         .engine
         .registry()
-        .upload(state.engine.storage(), &name, component, upload.manifest, &by)
+        .upload(
+            state.engine.storage(),
+            &name,
+            component,
+            upload.manifest,
+            &by,
+        )
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -217,19 +225,16 @@ pub async fn rollback_plugin(
 ) -> Result<Response, ApiError> {
     state.auth.deployer(&headers)?;
     let raw = body::bytes(raw)?;
-    let to = match body::json_object(&raw)? {
-        None => None,
-        Some(obj) => match obj.get("version") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(
-                v.as_u64()
-                    .and_then(|v| u32::try_from(v).ok())
-                    .ok_or_else(|| {
-                        ApiError::BadRequest("`version` must be a positive integer".into())
-                    })?,
-            ),
-        },
-    };
+    let to =
+        match body::json_object(&raw)? {
+            None => None,
+            Some(obj) => match obj.get("version") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(v.as_u64().and_then(|v| u32::try_from(v).ok()).ok_or_else(
+                    || ApiError::BadRequest("`version` must be a positive integer".into()),
+                )?),
+            },
+        };
     let registry = state.engine.registry();
     let version = registry.rollback(state.engine.storage(), &name, to).await?;
     Ok(axum::Json(json!({
@@ -267,8 +272,8 @@ pub async fn put_blueprint(
     let text = std::str::from_utf8(&raw)
         .map_err(|_| ApiError::BadRequest("The blueprint is not UTF-8 text".into()))?;
     let source = format!("blueprint {}", rxon::text::clip(&name, 128));
-    let mut bp = crate::blueprint::parse(&source, text)
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let mut bp =
+        crate::blueprint::parse(&source, text).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     if bp.name != name {
         return Err(ApiError::BadRequest(format!(
             "{source}: the file says name = {:?}; PUT it to /api/v1/blueprints/{}",
@@ -307,7 +312,9 @@ pub async fn get_blueprint(
         Some(v) => catalog.get(&name, v.max(1)),
         None => catalog.current(&name),
     }
-    .ok_or_else(|| ApiError::NotFound(format!("No blueprint {name} (version {:?})", query.version)))?;
+    .ok_or_else(|| {
+        ApiError::NotFound(format!("No blueprint {name} (version {:?})", query.version))
+    })?;
     Ok(axum::Json(json!({
         "name": bp.name,
         "version": bp.version,

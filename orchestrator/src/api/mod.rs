@@ -137,7 +137,9 @@ async fn known_api_version(
         *k == "version" && *v != "v1" && !state.engine.catalog().serves_api_version(v)
     });
     match unknown {
-        Some(_) => ApiError::NotFound(format!("Not found: {}", request.uri().path())).into_response(),
+        Some(_) => {
+            ApiError::NotFound(format!("Not found: {}", request.uri().path())).into_response()
+        }
         None => next.run(request).await,
     }
 }
@@ -212,9 +214,7 @@ async fn add_headers(
         rxon::HEADER_RXON_VERSION,
         HeaderValue::from_static(rxon::PROTOCOL_VERSION),
     );
-    if to_worker
-        && let Ok(v) = HeaderValue::from_str(&state.engine.registry().revision())
-    {
+    if to_worker && let Ok(v) = HeaderValue::from_str(&state.engine.registry().revision()) {
         headers.insert(rxon::deploy::HEADER_PLUGINS_REVISION, v);
     }
     response

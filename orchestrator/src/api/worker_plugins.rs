@@ -37,7 +37,10 @@ pub async fn component(
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .ok_or_else(|| ApiError::NotFound(format!("No plugin component with sha256 {sha256}")))?;
     Ok((
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/wasm"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/wasm"),
+        )],
         Body::from(bytes),
     )
         .into_response())

@@ -194,10 +194,16 @@ mod tests {
         assert_eq!(c.current("a").unwrap().version, 2);
         assert_eq!(c.get("a", 1).unwrap().create_path, "/api/v1/jobs/a");
         assert_eq!(c.get("a", 0).unwrap().version, 2);
-        assert!(c.by_path("/api/v1/jobs/a").is_none(), "the old endpoint is retired");
+        assert!(
+            c.by_path("/api/v1/jobs/a").is_none(),
+            "the old endpoint is retired"
+        );
         assert_eq!(c.by_path("/api/v1/jobs/a2").unwrap().version, 2);
         assert_eq!(c.versions("a").len(), 2);
         let clash = c.prepare(bp("b", "/jobs/a2", "finished")).unwrap_err();
-        assert!(clash.problem.contains("already served by blueprint `a`"), "{clash}");
+        assert!(
+            clash.problem.contains("already served by blueprint `a`"),
+            "{clash}"
+        );
     }
 }

@@ -27,8 +27,8 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::blueprint::{Blueprint, Catalog};
-use crate::registry::PluginRegistry;
 use crate::job::{Job, JobEvent, JobStatus, Object};
+use crate::registry::PluginRegistry;
 use crate::storage::{JobFilter, JobWrite, Storage, StorageError};
 use persist::PersistMsg;
 use workers::{WorkerRecord, WorkerView};
@@ -276,7 +276,9 @@ impl Engine {
                 })?,
         });
         let engine = Self { shared };
-        engine.install_blueprints(&rows.blueprints, blueprints).await?;
+        engine
+            .install_blueprints(&rows.blueprints, blueprints)
+            .await?;
         let unfinished = {
             let storage = storage.clone();
             tokio::task::spawn_blocking(move || storage.unfinished_jobs())

@@ -315,5 +315,7 @@ fn check_manifest(text: &str) -> Result<(), DeployError> {
     }
     toml::from_str::<toml::Table>(text)
         .map(|_| ())
-        .map_err(|e| DeployError::Invalid(format!("the manifest is not valid TOML: {}", e.message())))
+        .map_err(|e| {
+            DeployError::Invalid(format!("the manifest is not valid TOML: {}", e.message()))
+        })
 }

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 pub const CLIENT_TOKEN: &str = "test-client-token";
 pub const WORKER_TOKEN: &str = "test-worker-token";
+pub const DEPLOY_TOKEN: &str = "test-deploy-token";
 pub const WORKER_ID: &str = "local-test-worker";
 
 /// The repository root.
@@ -209,6 +210,7 @@ impl Stack {
             .arg("--blueprints-dir")
             .arg(self.dir.path().join("blueprints"))
             .env("CLIENT_TOKEN", CLIENT_TOKEN)
+            .env("DEPLOY_TOKEN", DEPLOY_TOKEN)
             .env("GLOBAL_WORKER_TOKEN", WORKER_TOKEN)
             .env("RUST_LOG", "info");
         configure(&mut cmd);
@@ -244,6 +246,8 @@ impl Stack {
         // Settings by environment, so `configure` can override them with flags.
         .env("MAX_CONCURRENT_TASKS", "5")
         .env("HEARTBEAT_INTERVAL", "1")
+        // Compiled code and deployed components of this stack only.
+        .env("WORKER_CACHE_DIR", self.dir.path().join("cache"))
         .args(["--worker-type", "test-worker"])
         .arg("--plugins-dir")
         .arg(self.dir.path().join("plugins"));

@@ -30,8 +30,10 @@ pub struct SandboxConfig {
     pub output_capture_bytes: usize,
     /// Most bytes a task's result may hand the host (see [`crate::limits`]).
     pub max_result_bytes: usize,
-    /// Use wasmtime's on-disk compilation cache (default location).
-    pub compile_cache: bool,
+    /// Directory of wasmtime's on-disk cache of compiled code (keyed by the
+    /// component's bytes, the engine's settings and wasmtime's version);
+    /// `None` compiles every time.
+    pub compile_cache: Option<std::path::PathBuf>,
 }
 
 impl Default for SandboxConfig {
@@ -42,7 +44,7 @@ impl Default for SandboxConfig {
             max_concurrent_tasks: 5,
             output_capture_bytes: 256 << 10,
             max_result_bytes: crate::limits::DEFAULT_MAX_RESULT_BYTES,
-            compile_cache: false,
+            compile_cache: None,
         }
     }
 }
@@ -54,6 +56,9 @@ pub struct SandboxEngine {
     pub config: Arc<SandboxConfig>,
     /// Whether the pooling allocator is in use (false: on-demand fallback).
     pub pooling: bool,
+    /// The compiled-code cache, when one is configured (its hit counter
+    /// tells a load from the cache from a compile).
+    pub cache: Option<wasmtime::Cache>,
     /// One permit per instance the pool holds: taken before instantiating,
     /// so a burst waits for a slot instead of failing to allocate.
     pub instance_permits: Arc<tokio::sync::Semaphore>,
@@ -63,8 +68,22 @@ impl SandboxEngine {
     /// Builds the engine and starts its epoch ticker (a thread that lives as
     /// long as the engine does).
     pub fn new(config: SandboxConfig) -> anyhow::Result<Self> {
+        let cache = match &config.compile_cache {
+            Some(dir) => {
+                let mut cache_config = wasmtime::CacheConfig::new();
+                cache_config.with_directory(dir);
+                Some(
+                    wasmtime::Cache::new(cache_config)
+                        .map_err(anyhow::Error::from)
+                        .with_context(|| {
+                            format!("opening the compiled-code cache in {}", dir.display())
+                        })?,
+                )
+            }
+            None => None,
+        };
         let (engine, pooling) = match Engine::new(&base_config(
-            &config,
+            cache.clone(),
             Some(pool_config(&config)),
         )?) {
             Ok(engine) => (engine, true),
@@ -72,7 +91,7 @@ impl SandboxEngine {
                 tracing::warn!(
                     "could not reserve the instance pool ({e:#}); falling back to on-demand allocation"
                 );
-                (Engine::new(&base_config(&config, None)?)?, false)
+                (Engine::new(&base_config(cache.clone(), None)?)?, false)
             }
         };
         start_epoch_ticker(&engine);
@@ -83,12 +102,13 @@ impl SandboxEngine {
             )),
             config: Arc::new(config),
             pooling,
+            cache,
         })
     }
 }
 
 fn base_config(
-    sandbox: &SandboxConfig,
+    cache: Option<wasmtime::Cache>,
     pool: Option<PoolingAllocationConfig>,
 ) -> anyhow::Result<Config> {
     let mut config = Config::new();
@@ -97,11 +117,8 @@ fn base_config(
     if let Some(pool) = pool {
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
-    if sandbox.compile_cache {
-        let cache = wasmtime::Cache::new(wasmtime::CacheConfig::new())
-            .map_err(anyhow::Error::from)
-            .context("opening wasmtime's compilation cache")?;
-        config.cache(Some(cache));
+    if cache.is_some() {
+        config.cache(cache);
     }
     Ok(config)
 }

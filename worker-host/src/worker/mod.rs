@@ -16,6 +16,7 @@ use rxon::{Heartbeat, WorkerRegistration};
 use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 
+pub mod pull;
 mod registration;
 mod tasks;
 
@@ -64,8 +65,13 @@ pub struct Worker {
 struct Inner {
     client: OrchestratorClient,
     engine: SandboxEngine,
-    /// The plugins in service; swapped whole when the directory changes.
+    /// The plugins in service: the registry's, then the directory's; swapped
+    /// whole when either changes.
     plugins: RwLock<Arc<PluginSet>>,
+    /// The plugins directory's set, and the registry's plugins with what
+    /// this worker reports about them.
+    local: RwLock<Arc<PluginSet>>,
+    remote: RwLock<pull::Deployed>,
     /// The sets the orchestrator was told about at the last two successful
     /// registrations: it may still hand out tasks for their skills, and
     /// those run on the plugin they were offered with.
@@ -124,6 +130,8 @@ impl Worker {
             inner: Arc::new(Inner {
                 client,
                 engine,
+                local: RwLock::new(Arc::new(plugins.clone())),
+                remote: RwLock::new(pull::Deployed::default()),
                 plugins: RwLock::new(Arc::new(plugins)),
                 advertised: RwLock::new([Arc::default(), Arc::default()]),
                 settings,
@@ -174,16 +182,40 @@ impl Worker {
         hex_sha256(&serde_json::to_vec(&self.skills()).unwrap_or_default())
     }
 
-    /// Puts a new plugin set in service and asks for a registration with the
-    /// new skills (without waiting for it). Tasks already running keep the
-    /// plugin they started with.
+    /// Puts a new set from the plugins directory in service and asks for a
+    /// registration with the new skills (without waiting for it). Tasks
+    /// already running keep the plugin they started with.
     pub fn replace_plugins(&self, plugins: PluginSet) {
+        *write(&self.inner.local) = Arc::new(plugins);
+        self.recombine();
+    }
+
+    /// Puts the registry's plugins in service (see [`pull`]).
+    fn replace_deployed(&self, deployed: pull::Deployed) {
+        *write(&self.inner.remote) = deployed;
+        self.recombine();
+    }
+
+    /// The set in service: the registry's plugins first (the fleet's
+    /// choice), then the directory's; a skill both offer stays with the
+    /// registry's plugin.
+    fn recombine(&self) {
         let before = self.plugins().skill_names();
-        *self
-            .inner
-            .plugins
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = Arc::new(plugins);
+        let mut set = PluginSet::default();
+        for plugin in read(&self.inner.remote).plugins.iter() {
+            if let Err(why) = set.insert_shared(plugin.clone()) {
+                tracing::error!(
+                    "deployed plugin {} not served: {why}",
+                    plugin.path.display()
+                );
+            }
+        }
+        for plugin in read(&self.inner.local).plugins() {
+            if let Err(why) = set.insert_shared(plugin.clone()) {
+                tracing::error!("plugin {} not served: {why}", plugin.path.display());
+            }
+        }
+        *write(&self.inner.plugins) = Arc::new(set);
         let after = self.plugins().skill_names();
         tracing::info!(
             "plugins reloaded; supported tasks: {} (before: {})",
@@ -199,6 +231,13 @@ impl Worker {
         let skills = self.skills();
         let mut metadata = rxon::Object::new();
         metadata.insert("instance_id".into(), inner.instance_id.clone().into());
+        let reports = read(&inner.remote).reports.clone();
+        if !reports.is_empty() {
+            metadata.insert(
+                rxon::deploy::METADATA_PLUGINS.into(),
+                serde_json::to_value(reports).unwrap_or_default(),
+            );
+        }
         metadata.insert(
             "heartbeat_interval_seconds".into(),
             serde_json::json!(inner.settings.heartbeat_interval.as_secs_f64()),
@@ -246,7 +285,10 @@ impl Worker {
             self.plugins().skill_names().join(", ")
         );
         if self.plugins().is_empty() {
-            tracing::warn!("no plugin loaded: this worker cannot serve any task");
+            tracing::warn!(
+                "no plugin loaded yet: this worker serves tasks once plugins are deployed \
+                 (through the orchestrator's plugin registry, or into the plugins directory)"
+            );
         }
         let registrar = tokio::spawn(self.clone().registrar(shutdown.clone()));
         if !inner.registrations.wait_newer(0, &shutdown).await {
@@ -439,6 +481,10 @@ impl Worker {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {

@@ -4,9 +4,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 
 use super::{SqliteStorage, backend};
-use crate::storage::{
-    BlueprintRow, PluginVersionRow, RegistryRows, RegistryStorage, StorageError,
-};
+use crate::storage::{BlueprintRow, PluginVersionRow, RegistryRows, RegistryStorage, StorageError};
 
 fn time(s: String) -> Result<DateTime<Utc>, StorageError> {
     DateTime::parse_from_rfc3339(&s)
