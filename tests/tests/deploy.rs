@@ -301,7 +301,18 @@ async fn a_new_version_deployed_under_load_fails_no_job_and_rolls_back() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 201, "raw upload of v2");
+    let uploaded = Instant::now();
     wait_all_run(&stack, &ids, "echo_task", 2).await;
+    let took = uploaded.elapsed();
+    let in_flight = created.load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!(
+        "v2 reached both workers {took:?} after the upload ({in_flight} jobs created so far)"
+    );
+    assert!(in_flight < 1000, "the switch happened under load");
+    assert!(
+        took < Duration::from_secs(2),
+        "v2 took {took:?} to reach every worker under load"
+    );
     let mut during = Vec::new();
     for c in clients {
         during.extend(c.await.unwrap());
@@ -621,4 +632,77 @@ async fn blueprints_deployed_through_the_api_take_new_jobs_and_leave_running_one
     assert_eq!(after["versions"].as_array().unwrap().len(), 3);
     let (_, brand) = stack.get("/api/v1/blueprints/brand_new").await;
     assert_eq!(brand["origin"], "api:deployer");
+}
+
+#[tokio::test]
+async fn a_version_a_worker_cannot_run_is_reported_and_the_previous_one_stays() {
+    let mut stack = empty_stack();
+    stack.start_orchestrator();
+    stack.wait_ready().await;
+    stack.start_worker();
+    wait_registered(&stack, &[WORKER_ID]).await;
+    let echo = std::fs::read(plugin_fixtures::ECHO_TASK).unwrap();
+    assert_eq!(
+        upload(&stack, DEPLOY_TOKEN, "echo_task", &echo).await.0,
+        201
+    );
+    wait_all_run(&stack, &[WORKER_ID], "echo_task", 1).await;
+
+    // v2 asks (in its manifest) for outbound HTTP, which this worker's
+    // policy (none) does not grant.
+    let manifest = "[http]\nallowed_origins = [\"https://example.com\"]\n";
+    let (content_type, body) = multipart("echo_task", &echo, Some(manifest));
+    let resp = stack
+        .http
+        .post(format!("{}/api/v1/plugins", stack.base))
+        .header("X-Client-Token", DEPLOY_TOKEN)
+        .header("Content-Type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let failed = |listing: &Value| {
+        listing["plugins"][0]["workers"]
+            .as_array()
+            .and_then(|ws| ws.iter().find(|w| w["worker_id"] == WORKER_ID).cloned())
+            .filter(|w| w["state"] == "failed" && w["version"] == 2)
+    };
+    wait_until(
+        "the worker to report v2 as failed",
+        Duration::from_secs(30),
+        || async { failed(&stack.get("/api/v1/plugins").await.1).is_some() },
+    )
+    .await;
+    let (_, listing) = stack.get("/api/v1/plugins").await;
+    let report = failed(&listing).unwrap();
+    assert_eq!(report["running_version"], 1, "{report}");
+    let error = report["error"].as_str().unwrap();
+    assert!(error.contains("https://example.com"), "{error}");
+    let id = stack.create("/jobs/test", echo_body("kept", 1)).await;
+    assert_eq!(
+        stack.finished(&id).await["result"]["processed_message"],
+        "kept"
+    );
+    let log = stack.worker.as_ref().unwrap().log_text();
+    assert!(log.contains("cannot run plugin echo_task v2"), "{log}");
+    assert!(log.contains("v1 stays in service"), "{log}");
+
+    // The registry survives a restart of the orchestrator, and the worker
+    // reports again when it re-registers.
+    stack.orchestrator.as_mut().unwrap().stop();
+    stack.start_orchestrator();
+    stack.wait_ready().await;
+    let (_, listing) = stack.get("/api/v1/plugins").await;
+    assert_eq!(listing["plugins"][0]["current_version"], 2, "{listing}");
+    assert_eq!(
+        listing["plugins"][0]["versions"].as_array().unwrap().len(),
+        2
+    );
+    wait_until(
+        "the report after the restart",
+        Duration::from_secs(30),
+        || async { failed(&stack.get("/api/v1/plugins").await.1).is_some() },
+    )
+    .await;
 }
