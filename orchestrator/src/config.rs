@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:8080"
-//! storage = "sqlite:data/orchestrator.db"   # or "memory"
+//! storage = "sqlite:data/orchestrator.db"   # or "postgres://user@host/db", or "memory"
 //! blueprints_dir = "blueprints"
 //! log_format = "text"                        # or "json"
 //! global_worker_token = "test-worker-token"
@@ -53,7 +53,8 @@ pub struct Cli {
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, env = "LISTEN_ADDR")]
     pub listen: Option<SocketAddr>,
-    /// `sqlite:<path>` or `memory` [default: sqlite:data/orchestrator.db].
+    /// `sqlite:<path>`, `postgres://user@host/db` or `memory`
+    /// [default: sqlite:data/orchestrator.db].
     #[arg(long, env = "STORAGE")]
     pub storage: Option<String>,
     /// Directory of blueprint files (`*.toml`) [default: blueprints].
@@ -124,6 +125,8 @@ struct TokenEntry {
 pub enum StorageConfig {
     Memory,
     Sqlite(PathBuf),
+    /// A `postgres://` (or `postgresql://`) URL.
+    Postgres(String),
 }
 
 impl std::str::FromStr for StorageConfig {
@@ -131,9 +134,14 @@ impl std::str::FromStr for StorageConfig {
     fn from_str(s: &str) -> anyhow::Result<Self> {
         match s {
             "memory" => Ok(Self::Memory),
+            _ if s.starts_with("postgres://") || s.starts_with("postgresql://") => {
+                Ok(Self::Postgres(s.to_string()))
+            }
             _ => match s.strip_prefix("sqlite:") {
                 Some(path) if !path.is_empty() => Ok(Self::Sqlite(PathBuf::from(path))),
-                _ => bail!("storage must be `memory` or `sqlite:<path>`, not {s:?}"),
+                _ => {
+                    bail!("storage must be `memory`, `sqlite:<path>` or `postgres://…`, not {s:?}")
+                }
             },
         }
     }
@@ -399,7 +407,7 @@ token = "w1-token"
         .to_string();
         assert_eq!(
             err,
-            "storage must be `memory` or `sqlite:<path>`, not \"redis\""
+            "storage must be `memory`, `sqlite:<path>` or `postgres://…`, not \"redis\""
         );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");

@@ -38,11 +38,16 @@ impl JobStatus {
         Self::Cancelled,
     ];
 
+    /// The statuses a job ends in.
+    pub const TERMINAL: [JobStatus; 4] = [
+        Self::Finished,
+        Self::Failed,
+        Self::Quarantined,
+        Self::Cancelled,
+    ];
+
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            Self::Finished | Self::Failed | Self::Quarantined | Self::Cancelled
-        )
+        Self::TERMINAL.contains(&self)
     }
 
     pub fn as_str(self) -> &'static str {

@@ -8,7 +8,9 @@ use clap::Parser;
 use orchestrator::api::{self, AppState, auth::Auth};
 use orchestrator::config::{Cli, Config, StorageConfig};
 use orchestrator::engine::{Engine, EngineSettings};
-use orchestrator::storage::{Storage, memory::MemoryStorage, sqlite::SqliteStorage};
+use orchestrator::storage::{
+    Storage, memory::MemoryStorage, postgres::PostgresStorage, sqlite::SqliteStorage,
+};
 use orchestrator::{blueprint, telemetry};
 
 #[tokio::main]
@@ -35,6 +37,10 @@ async fn run() -> anyhow::Result<()> {
     let storage: Arc<dyn Storage> = match &config.storage {
         StorageConfig::Memory => Arc::new(MemoryStorage::default()),
         StorageConfig::Sqlite(path) => Arc::new(SqliteStorage::open(path)?),
+        StorageConfig::Postgres(url) => {
+            let url = url.clone();
+            Arc::new(tokio::task::spawn_blocking(move || PostgresStorage::open(&url)).await??)
+        }
     };
     tracing::info!("storage: {}", storage.describe());
     let settings = EngineSettings {

@@ -12,7 +12,15 @@ use support::*;
 
 #[tokio::test]
 async fn main_flow_and_the_plans_additional_tests() {
-    let mut stack = Stack::new();
+    main_flow(Stack::new()).await;
+}
+
+#[tokio::test]
+async fn main_flow_and_the_plans_additional_tests_on_postgres() {
+    main_flow(Stack::on_postgres().await).await;
+}
+
+async fn main_flow(mut stack: Stack) {
     stack.start().await;
 
     // The scenario's curl: old header, flat body.
@@ -199,7 +207,15 @@ async fn troubleshooting_cases_are_easy() {
 
 #[tokio::test]
 async fn accepted_jobs_survive_an_orchestrator_restart() {
-    let mut stack = Stack::new();
+    survives_a_restart(Stack::new()).await;
+}
+
+#[tokio::test]
+async fn accepted_jobs_survive_an_orchestrator_restart_on_postgres() {
+    survives_a_restart(Stack::on_postgres().await).await;
+}
+
+async fn survives_a_restart(mut stack: Stack) {
     stack.start_orchestrator();
     stack.wait_ready().await;
     // No worker yet: the jobs are accepted and wait.

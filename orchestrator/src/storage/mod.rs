@@ -4,11 +4,14 @@
 //! a [`Storage`]; on start it reloads the jobs that had not finished. Finished
 //! jobs are read back from storage when asked for.
 //!
-//! Backends: [`memory::MemoryStorage`] (nothing survives a restart) and
-//! [`sqlite::SqliteStorage`] (one file, the default). The SQL schema
-//! (`jobs`, `job_events`, `webhooks`, and the deploy tables of [`registry`]) is plain enough for a PostgreSQL backend to follow.
+//! Backends: [`memory::MemoryStorage`] (nothing survives a restart),
+//! [`sqlite::SqliteStorage`] (one file, the default) and
+//! [`postgres::PostgresStorage`] (one orchestrator instance per database, for
+//! now). Both SQL backends hold the same tables: `jobs`, `job_events`,
+//! `webhooks`, and the deploy tables of [`registry`].
 
 pub mod memory;
+pub mod postgres;
 pub mod registry;
 pub mod sqlite;
 

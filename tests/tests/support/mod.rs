@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod pg;
+
 pub const CLIENT_TOKEN: &str = "test-client-token";
 pub const WORKER_TOKEN: &str = "test-worker-token";
 pub const DEPLOY_TOKEN: &str = "test-deploy-token";
@@ -140,6 +142,11 @@ pub struct Stack {
     pub orchestrator: Option<Proc>,
     pub worker: Option<Proc>,
     pub http: reqwest::Client,
+    /// `--storage` of the orchestrator: a SQLite file in `dir` unless
+    /// [`Stack::on_postgres`] gave it a database.
+    pub storage: String,
+    /// Dropped after the processes (fields drop in order).
+    pub database: Option<pg::TestDatabase>,
 }
 
 pub const GHOST_FLOW: &str = r#"
@@ -188,11 +195,22 @@ impl Stack {
         Self {
             base: format!("http://127.0.0.1:{port}"),
             port,
+            storage: format!("sqlite:{}", dir.path().join("orchestrator.db").display()),
+            database: None,
             dir,
             orchestrator: None,
             worker: None,
             http: reqwest::Client::new(),
         }
+    }
+
+    /// The same stack on a PostgreSQL database of its own.
+    pub async fn on_postgres() -> Self {
+        let mut stack = Self::new();
+        let db = pg::TestDatabase::create().await;
+        stack.storage = db.url.clone();
+        stack.database = Some(db);
+        stack
     }
 
     pub fn start_orchestrator(&mut self) {
@@ -203,10 +221,7 @@ impl Stack {
         let mut cmd = Command::new(binary("orchestrator"));
         cmd.args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .arg("--storage")
-            .arg(format!(
-                "sqlite:{}",
-                self.dir.path().join("orchestrator.db").display()
-            ))
+            .arg(&self.storage)
             .arg("--blueprints-dir")
             .arg(self.dir.path().join("blueprints"))
             .env("CLIENT_TOKEN", CLIENT_TOKEN)

@@ -1,0 +1,130 @@
+//! The deploy tables of [`PostgresStorage`].
+
+use super::{PostgresStorage, backend};
+use crate::storage::{BlueprintRow, PluginVersionRow, RegistryRows, RegistryStorage, StorageError};
+
+impl RegistryStorage for PostgresStorage {
+    fn registry_rows(&self) -> Result<RegistryRows, StorageError> {
+        let mut client = self.lock();
+        let mut rows = RegistryRows::default();
+        for r in client
+            .query(
+                "SELECT name, version, sha256, size, manifest, uploaded_at, uploaded_by
+                 FROM plugin_versions ORDER BY name, version",
+                &[],
+            )
+            .map_err(backend)?
+        {
+            rows.plugins.push(PluginVersionRow {
+                name: r.get(0),
+                version: r.get::<_, i32>(1).max(0) as u32,
+                sha256: r.get(2),
+                size: r.get::<_, i64>(3).max(0) as u64,
+                manifest: r.get(4),
+                uploaded_at: r.get(5),
+                uploaded_by: r.get(6),
+            });
+        }
+        rows.current = client
+            .query(
+                "SELECT name, version FROM plugin_current ORDER BY name",
+                &[],
+            )
+            .map_err(backend)?
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    r.get::<_, Option<i32>>(1).map(|v| v.max(0) as u32),
+                )
+            })
+            .collect();
+        for r in client
+            .query(
+                "SELECT name, version, text, origin, created_at FROM blueprint_versions
+                 ORDER BY name, version",
+                &[],
+            )
+            .map_err(backend)?
+        {
+            rows.blueprints.push(BlueprintRow {
+                name: r.get(0),
+                version: r.get::<_, i32>(1).max(0) as u32,
+                text: r.get(2),
+                origin: r.get(3),
+                created_at: r.get(4),
+            });
+        }
+        Ok(rows)
+    }
+
+    fn put_plugin(&self, row: &PluginVersionRow, component: &[u8]) -> Result<(), StorageError> {
+        let mut client = self.lock();
+        let mut tx = client.transaction().map_err(backend)?;
+        tx.execute(
+            "INSERT INTO plugin_components (sha256, bytes) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&row.sha256, &component],
+        )
+        .map_err(backend)?;
+        tx.execute(
+            "INSERT INTO plugin_versions (name, version, sha256, size, manifest, uploaded_at, uploaded_by)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &row.name,
+                &(row.version as i32),
+                &row.sha256,
+                &(row.size as i64),
+                &row.manifest,
+                &row.uploaded_at,
+                &row.uploaded_by,
+            ],
+        )
+        .map_err(backend)?;
+        tx.execute(
+            "INSERT INTO plugin_current (name, version) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET version = excluded.version",
+            &[&row.name, &(row.version as i32)],
+        )
+        .map_err(backend)?;
+        tx.commit().map_err(backend)
+    }
+
+    fn set_plugin_current(&self, name: &str, version: Option<u32>) -> Result<(), StorageError> {
+        self.lock()
+            .execute(
+                "INSERT INTO plugin_current (name, version) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET version = excluded.version",
+                &[&name, &version.map(|v| v as i32)],
+            )
+            .map(|_| ())
+            .map_err(backend)
+    }
+
+    fn plugin_component(&self, sha256: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self
+            .lock()
+            .query_opt(
+                "SELECT bytes FROM plugin_components WHERE sha256 = $1",
+                &[&sha256],
+            )
+            .map_err(backend)?
+            .map(|r| r.get(0)))
+    }
+
+    fn put_blueprint(&self, row: &BlueprintRow) -> Result<(), StorageError> {
+        self.lock()
+            .execute(
+                "INSERT INTO blueprint_versions (name, version, text, origin, created_at)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    &row.name,
+                    &(row.version as i32),
+                    &row.text,
+                    &row.origin,
+                    &row.created_at,
+                ],
+            )
+            .map(|_| ())
+            .map_err(backend)
+    }
+}
