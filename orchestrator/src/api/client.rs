@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::error::ApiError;
 use super::{AppState, body};
 use crate::blueprint::Blueprint;
-use crate::engine::{CancelError, CreateError, NewJob};
+use crate::engine::{EngineError, NewJob};
 use crate::job::{Job, JobError, JobStatus, Object, StateVisit};
 use crate::storage::JobFilter;
 
@@ -34,10 +34,7 @@ pub async fn create_job(
     let raw = body::bytes(raw)?;
     let body = body::json_object(&raw)?.unwrap_or_default();
     let new = parse_create(body, &blueprint.name, owner, state.engine.egress())?;
-    let id = state.engine.create_job(new).await.map_err(|e| match e {
-        CreateError::Invalid(m) => ApiError::BadRequest(m),
-        CreateError::Storage(m) => ApiError::Internal(m),
-    })?;
+    let id = state.engine.create_job(new).await?;
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(json!({"status": "accepted", "job_id": id})),
@@ -244,7 +241,7 @@ pub async fn cancel_job(
     let id = parse_id(&id)?;
     match state.engine.cancel_job(id, &owner) {
         Ok(()) => Ok(axum::Json(json!({"status": "cancelled", "job_id": id})).into_response()),
-        Err(CancelError::NotFound) => {
+        Err(EngineError::JobNotFound) => {
             // Ended jobs leave memory eventually; look in storage too.
             let job = owned_job(&state, id, &owner).await?;
             Err(ApiError::Conflict(format!(
@@ -252,7 +249,7 @@ pub async fn cancel_job(
                 job.status
             )))
         }
-        Err(e @ CancelError::AlreadyEnded(_)) => Err(ApiError::Conflict(e.to_string())),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -69,3 +69,18 @@ impl IntoResponse for ApiError {
             .into_response()
     }
 }
+
+impl From<crate::engine::EngineError> for ApiError {
+    fn from(e: crate::engine::EngineError) -> Self {
+        use crate::engine::EngineError as E;
+        let message = e.to_string();
+        match e {
+            E::InvalidJob(_) => Self::BadRequest(message),
+            E::JobNotFound | E::UnknownWorker(_) => Self::NotFound(message),
+            E::AlreadyEnded(_) => Self::Conflict(message),
+            E::NotAssigned(_) => Self::Forbidden(message),
+            E::TooManyWorkers(_) => Self::TooMany(message),
+            E::Storage(_) => Self::Internal(message),
+        }
+    }
+}

@@ -61,10 +61,7 @@ pub async fn register(
         &format!("{n} skills declared"),
         " (max_skills_per_worker)",
     )?;
-    state
-        .engine
-        .register_worker(&reg)
-        .map_err(ApiError::TooMany)?;
+    state.engine.register_worker(&reg)?;
     let warning = headers
         .get(rxon::HEADER_RXON_VERSION)
         .and_then(|v| v.to_str().ok())
@@ -159,12 +156,9 @@ pub async fn next_task(
     let wait = crate::secs::wait_query("timeout", query.timeout.as_deref(), max)
         .map_err(ApiError::BadRequest)?
         .unwrap_or(max);
-    match state.engine.next_task(&worker_id, wait).await {
-        Ok(Some(task)) => Ok(axum::Json(task).into_response()),
-        Ok(None) => Ok(StatusCode::NO_CONTENT.into_response()),
-        Err(()) => Err(ApiError::NotFound(format!(
-            "Worker not found: {worker_id} is not registered; register first"
-        ))),
+    match state.engine.next_task(&worker_id, wait).await? {
+        Some(task) => Ok(axum::Json(task).into_response()),
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
 }
 
@@ -207,10 +201,7 @@ pub async fn events(
             event.worker_id
         )));
     }
-    state
-        .engine
-        .worker_event(&worker_id, &event)
-        .map_err(ApiError::Forbidden)?;
+    state.engine.worker_event(&worker_id, &event)?;
     Ok(axum::Json(json!({"status": "event_accepted"})).into_response())
 }
 

@@ -12,6 +12,7 @@
 //! - [`persist`]: the ordered, batching storage writer.
 
 pub mod deploy;
+pub mod error;
 pub(crate) mod machine;
 pub mod persist;
 pub mod webhook;
@@ -27,9 +28,10 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::blueprint::{Blueprint, Catalog};
-use crate::job::{Job, JobEvent, JobStatus, Object};
+use crate::job::{Job, JobEvent, Object};
 use crate::registry::PluginRegistry;
 use crate::storage::{JobFilter, JobWrite, Storage, StorageError};
+pub use error::EngineError;
 use persist::PersistMsg;
 use workers::{WorkerRecord, WorkerView};
 
@@ -208,15 +210,6 @@ pub struct Engine {
     pub(crate) shared: Arc<Shared>,
 }
 
-/// Why a job could not be created.
-#[derive(Debug, thiserror::Error)]
-pub enum CreateError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("could not store the job: {0}")]
-    Storage(String),
-}
-
 /// Options of a new job besides its data.
 #[derive(Debug, Clone, Default)]
 pub struct NewJob {
@@ -303,7 +296,7 @@ impl Engine {
         }
         let count = unfinished.len();
         {
-            let mut st = engine.lock();
+            let mut st = engine.tx();
             let now = Instant::now();
             st.add_timer(
                 now + engine.shared.settings.sweep_interval,
@@ -312,7 +305,6 @@ impl Engine {
             for job in unfinished {
                 machine::recover(&engine.shared, &mut st, job);
             }
-            engine.flush(&mut st);
         }
         if count > 0 {
             tracing::info!("recovered {count} unfinished job(s) from storage");
@@ -325,9 +317,18 @@ impl Engine {
         self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sends queued writes to the writer (keeps their order) and wakes the
-    /// timer loop if needed. Call before releasing the lock.
-    pub(crate) fn flush(&self, st: &mut EngineState) {
+    /// The engine lock for one event: see [`Tx`].
+    pub(crate) fn tx(&self) -> Tx<'_> {
+        Tx {
+            engine: self,
+            st: self.lock(),
+        }
+    }
+
+    /// Sends queued writes to the writer (keeps their order), wakes the
+    /// timer loop if needed and starts owed webhooks; [`Tx`] calls it when
+    /// it is dropped.
+    fn flush(&self, st: &mut EngineState) {
         for msg in st.outbox.drain(..) {
             if self.shared.writer.send(msg).is_err() {
                 tracing::error!("the storage writer is gone; a job change was not saved");
@@ -368,29 +369,29 @@ impl Engine {
     }
 
     /// Creates a job and starts it; returns once it is durably stored.
-    pub async fn create_job(&self, new: NewJob) -> Result<Uuid, CreateError> {
-        let blueprint = self
-            .blueprint(&new.blueprint)
-            .ok_or_else(|| CreateError::Invalid(format!("unknown blueprint {}", new.blueprint)))?;
+    pub async fn create_job(&self, new: NewJob) -> Result<Uuid, EngineError> {
+        let blueprint = self.blueprint(&new.blueprint).ok_or_else(|| {
+            EngineError::InvalidJob(format!("unknown blueprint {}", new.blueprint))
+        })?;
         for (name, v) in [
             ("dispatch_timeout", new.dispatch_timeout),
             ("result_timeout", new.result_timeout),
         ] {
             if let Some(v) = v {
-                crate::secs::timeout(name, v).map_err(|e| CreateError::Invalid(e.to_string()))?;
+                crate::secs::timeout(name, v)
+                    .map_err(|e| EngineError::InvalidJob(e.to_string()))?;
             }
         }
         let (ack_tx, ack_rx) = oneshot::channel();
         let id = Uuid::new_v4();
         {
-            let mut st = self.lock();
+            let mut st = self.tx();
             machine::create(&self.shared, &mut st, id, &blueprint, new, ack_tx);
-            self.flush(&mut st);
         }
         match ack_rx.await {
             Ok(Ok(())) => Ok(id),
-            Ok(Err(e)) => Err(CreateError::Storage(e)),
-            Err(_) => Err(CreateError::Storage("the storage writer stopped".into())),
+            Ok(Err(e)) => Err(EngineError::Storage(e)),
+            Err(_) => Err(EngineError::Storage("the storage writer stopped".into())),
         }
     }
 
@@ -432,7 +433,7 @@ impl Engine {
     pub async fn wait_for_job(&self, id: Uuid, wait: Duration) {
         let deadline = Instant::now() + wait;
         let notify = {
-            let mut st = self.lock();
+            let mut st = self.tx();
             match st.jobs.get(&id) {
                 Some(job) if !job.status.is_terminal() => {
                     st.job_waiters.entry(id).or_default().clone()
@@ -474,11 +475,8 @@ impl Engine {
     }
 
     /// Cancels a job that has not ended; `Err` says why not.
-    pub fn cancel_job(&self, id: Uuid, owner: &str) -> Result<(), CancelError> {
-        let mut st = self.lock();
-        let result = machine::cancel(&mut st, id, owner);
-        self.flush(&mut st);
-        result
+    pub fn cancel_job(&self, id: Uuid, owner: &str) -> Result<(), EngineError> {
+        machine::cancel(&mut self.tx(), id, owner)
     }
 
     /// Why a waiting job waits, e.g. no worker offers its task type.
@@ -490,17 +488,16 @@ impl Engine {
     // ----- workers -----
 
     /// Registers a worker; `Err` when a new id would pass `max_workers`.
-    pub fn register_worker(&self, reg: &rxon::WorkerRegistration) -> Result<(), String> {
-        let mut st = self.lock();
+    pub fn register_worker(&self, reg: &rxon::WorkerRegistration) -> Result<(), EngineError> {
+        let mut st = self.tx();
         let max = self.shared.settings.max_workers;
         if !st.workers.contains_key(&reg.worker_id) && st.workers.len() >= max {
-            return Err(format!(
+            return Err(EngineError::TooManyWorkers(format!(
                 "Too many workers: {max} are registered (max_workers); worker {} was not registered",
                 rxon::text::clip(&reg.worker_id, 128)
-            ));
+            )));
         }
         machine::register_worker(&self.shared, &mut st, reg);
-        self.flush(&mut st);
         Ok(())
     }
 
@@ -515,10 +512,7 @@ impl Engine {
         worker_id: &str,
         hb: Option<&rxon::Heartbeat>,
     ) -> Option<rxon::HeartbeatResponse> {
-        let mut st = self.lock();
-        let response = machine::heartbeat(&self.shared, &mut st, worker_id, hb);
-        self.flush(&mut st);
-        response
+        machine::heartbeat(&self.shared, &mut self.tx(), worker_id, hb)
     }
 
     pub fn workers(&self) -> Vec<WorkerView> {
@@ -540,26 +534,25 @@ impl Engine {
         &self,
         worker_id: &str,
         wait: Duration,
-    ) -> Result<Option<rxon::TaskPayload>, ()> {
+    ) -> Result<Option<rxon::TaskPayload>, EngineError> {
         let deadline = Instant::now() + wait.min(self.shared.settings.max_poll_wait);
         // A deploy ends the wait: the answer carries the new plugins revision.
         let mut deploys = self.shared.registry.subscribe();
         deploys.borrow_and_update();
         loop {
-            let wake = {
-                let mut st = self.lock();
+            let (taken, wake) = {
+                let mut st = self.tx();
                 let Some(worker) = st.workers.get_mut(worker_id) else {
-                    return Err(());
+                    return Err(EngineError::UnknownWorker(worker_id.to_string()));
                 };
                 worker.last_seen = Instant::now();
                 let wake = worker.wake.clone();
-                let taken = machine::take_task(&self.shared, &mut st, worker_id);
-                self.flush(&mut st);
-                if let Some(payload) = taken {
-                    return Ok(Some(self.signed(payload)));
-                }
-                wake
+                (machine::take_task(&self.shared, &mut st, worker_id), wake)
             };
+            // Signed once the lock is released.
+            if let Some(payload) = taken {
+                return Ok(Some(self.signed(payload)));
+            }
             tokio::select! {
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep_until(deadline) => return Ok(None),
@@ -584,10 +577,7 @@ impl Engine {
         worker_id: &str,
         result: &rxon::TaskResult,
     ) -> rxon::ResultResponse {
-        let mut st = self.lock();
-        let response = machine::apply_result(&self.shared, &mut st, worker_id, result);
-        self.flush(&mut st);
-        response
+        machine::apply_result(&self.shared, &mut self.tx(), worker_id, result)
     }
 
     /// A worker event; `progress` updates the job. `Err` names a forbidden target.
@@ -595,11 +585,8 @@ impl Engine {
         &self,
         worker_id: &str,
         event: &rxon::WorkerEventPayload,
-    ) -> Result<(), String> {
-        let mut st = self.lock();
-        let result = machine::worker_event(&mut st, worker_id, event);
-        self.flush(&mut st);
-        result
+    ) -> Result<(), EngineError> {
+        machine::worker_event(&mut self.tx(), worker_id, event).map_err(EngineError::NotAssigned)
     }
 
     async fn timer_loop(self) {
@@ -619,7 +606,7 @@ impl Engine {
                 return;
             }
             let now = Instant::now();
-            let mut st = self.lock();
+            let mut st = self.tx();
             while let Some(entry) = st.timers.first_entry() {
                 if entry.key().0 > now {
                     break;
@@ -627,18 +614,36 @@ impl Engine {
                 let timer = entry.remove();
                 machine::fire(&self.shared, &mut st, timer);
             }
-            self.flush(&mut st);
         }
     }
 }
 
-/// Why a cancel was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum CancelError {
-    #[error("Job not found")]
-    NotFound,
-    #[error("Job already ended with status {0}")]
-    AlreadyEnded(JobStatus),
+/// The engine lock, held for one event. Whatever the event changed is sent
+/// on when it is dropped, while the lock is still held (so writes keep
+/// their order): the storage writes, the timer loop's wake-up, the
+/// webhooks. Nothing to forget at the end of a handler.
+pub(crate) struct Tx<'a> {
+    engine: &'a Engine,
+    st: MutexGuard<'a, EngineState>,
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = EngineState;
+    fn deref(&self) -> &EngineState {
+        &self.st
+    }
+}
+
+impl std::ops::DerefMut for Tx<'_> {
+    fn deref_mut(&mut self) -> &mut EngineState {
+        &mut self.st
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        self.engine.flush(&mut self.st);
+    }
 }
 
 /// Helper to build a write for a changed job.

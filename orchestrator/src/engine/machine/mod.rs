@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::persist::PersistMsg;
 use super::workers::{Held, WorkerRecord};
-use super::{CancelError, EngineState, NewJob, Queued, Shared, Timer, event, job_write};
+use super::{EngineError, EngineState, NewJob, Queued, Shared, Timer, event, job_write};
 use crate::blueprint::{Action, Blueprint, TaskSpec};
 use crate::job::{Job, JobError, JobEvent, JobStatus, Object, StateVisit, TaskRecord};
 

@@ -3,14 +3,14 @@
 
 use super::*;
 
-pub(crate) fn cancel(st: &mut EngineState, id: Uuid, owner: &str) -> Result<(), CancelError> {
+pub(crate) fn cancel(st: &mut EngineState, id: Uuid, owner: &str) -> Result<(), EngineError> {
     let Some(mut job) = take(st, id) else {
-        return Err(CancelError::NotFound);
+        return Err(EngineError::JobNotFound);
     };
     let result = if job.owner != owner {
-        Err(CancelError::NotFound)
+        Err(EngineError::JobNotFound)
     } else if job.status.is_terminal() {
-        Err(CancelError::AlreadyEnded(job.status))
+        Err(EngineError::AlreadyEnded(job.status))
     } else {
         job.status = JobStatus::Cancelled;
         job.finished_at = Some(Utc::now());

@@ -1,0 +1,29 @@
+//! What the engine refuses, typed; the API maps each variant to one status
+//! in one place (`impl From<EngineError> for ApiError`).
+
+use crate::job::JobStatus;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EngineError {
+    /// 400: the job cannot be created as asked.
+    #[error("{0}")]
+    InvalidJob(String),
+    /// 404.
+    #[error("Job not found")]
+    JobNotFound,
+    /// 409.
+    #[error("Job already ended with status {0}")]
+    AlreadyEnded(JobStatus),
+    /// 404: the worker must register (again).
+    #[error("Worker not found: {0} is not registered; register first")]
+    UnknownWorker(String),
+    /// 403: a worker acting on a task or job that is not its own.
+    #[error("{0}")]
+    NotAssigned(String),
+    /// 429: `max_workers` reached.
+    #[error("{0}")]
+    TooManyWorkers(String),
+    /// 500.
+    #[error("could not store the job: {0}")]
+    Storage(String),
+}
