@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::blueprint::{Blueprint, Catalog};
-use crate::job::{Job, JobEvent, Object};
+use crate::job::{Job, JobEvent, JobStatus, Object};
 use crate::registry::PluginRegistry;
 use crate::storage::{JobFilter, JobWrite, Storage, StorageError};
 pub use error::EngineError;
@@ -657,13 +657,66 @@ pub(crate) fn job_write(job: &mut Job, events: Vec<JobEvent>) -> JobWrite {
     }
 }
 
+/// What a history entry records; [`EventKind::as_str`] is its name in the
+/// job history (`GET /jobs/{id}/history`) and in storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Created,
+    TaskQueued,
+    TaskDispatched,
+    TaskRequeued,
+    TaskResult,
+    TaskFailed,
+    RetryScheduled,
+    RetriesExhausted,
+    Transition,
+    Progress,
+    Recovered,
+    Finished,
+    Failed,
+    Quarantined,
+    Cancelled,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::TaskQueued => "task_queued",
+            Self::TaskDispatched => "task_dispatched",
+            Self::TaskRequeued => "task_requeued",
+            Self::TaskResult => "task_result",
+            Self::TaskFailed => "task_failed",
+            Self::RetryScheduled => "retry_scheduled",
+            Self::RetriesExhausted => "retries_exhausted",
+            Self::Transition => "transition",
+            Self::Progress => "progress",
+            Self::Recovered => "recovered",
+            Self::Finished => "finished",
+            Self::Failed => "failed",
+            Self::Quarantined => "quarantined",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// The entry of a job that ended with `status` other than `finished`.
+    pub fn ended(status: JobStatus) -> Self {
+        match status {
+            JobStatus::Quarantined => Self::Quarantined,
+            JobStatus::Cancelled => Self::Cancelled,
+            JobStatus::Finished => Self::Finished,
+            _ => Self::Failed,
+        }
+    }
+}
+
 /// A history entry; its text (which may quote what a worker sent) is cut
 /// to [`MAX_EVENT_TEXT`] bytes.
-pub(crate) fn event(kind: &str, message: impl Into<String>) -> JobEvent {
+pub(crate) fn event(kind: EventKind, message: impl Into<String>) -> JobEvent {
     let message: String = message.into();
     JobEvent {
         at: Utc::now(),
-        event: kind.to_string(),
+        event: kind.as_str().to_string(),
         message: rxon::text::clip(&message, MAX_EVENT_TEXT).into_owned(),
     }
 }

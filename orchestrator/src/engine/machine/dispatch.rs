@@ -54,7 +54,7 @@ pub(crate) fn enqueue(
         tracing::info!(job_id = %job.id, "job {}: task {task_id} ({task_type}){attempt_note} queued for {offered} worker(s)", job.id);
     }
     events.push(event(
-        "task_queued",
+        EventKind::TaskQueued,
         format!("task {task_id} ({task_type}){attempt_note} queued"),
     ));
 }
@@ -147,7 +147,7 @@ pub(crate) fn hand_out(
         job.id, task.task_id, task.task_type
     );
     let events = vec![event(
-        "task_dispatched",
+        EventKind::TaskDispatched,
         format!(
             "task {} ({}) taken by worker {worker_id}",
             task.task_id, task.task_type

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::persist::PersistMsg;
 use super::workers::{Held, WorkerRecord};
-use super::{EngineError, EngineState, NewJob, Queued, Shared, Timer, event, job_write};
+use super::{EngineError, EngineState, EventKind, NewJob, Queued, Shared, Timer, event, job_write};
 use crate::blueprint::{Action, Blueprint, TaskSpec};
 use crate::job::{Job, JobError, JobEvent, JobStatus, Object, StateVisit, TaskRecord};
 
@@ -156,7 +156,7 @@ pub(crate) fn create(
         tracing::debug!(job_id = %id, "initial data of job {id}: {initial}");
     }
     let mut events = vec![event(
-        "created",
+        EventKind::Created,
         format!("job created from blueprint {}", bp.name),
     )];
     advance(shared, st, &mut job, &mut events);
@@ -203,7 +203,7 @@ pub(crate) fn advance(
                     tracing::debug!(job_id = %job.id, "result of job {}: {result}", job.id);
                 }
                 events.push(event(
-                    "finished",
+                    EventKind::Finished,
                     format!("finished in state {}", job.current_state),
                 ));
                 return;
@@ -221,7 +221,7 @@ pub(crate) fn advance(
                     job.id, job.current_state, error.code, error.message
                 );
                 events.push(event(
-                    "failed",
+                    EventKind::Failed,
                     format!(
                         "failed in state {}: {}: {}",
                         job.current_state, error.code, error.message
@@ -347,7 +347,7 @@ pub(crate) fn enter_state(
         last.outcome = outcome.map(str::to_string);
     }
     events.push(event(
-        "transition",
+        EventKind::Transition,
         format!(
             "{} → {to}{}",
             job.current_state,
@@ -401,7 +401,10 @@ pub(crate) fn end_failed(
     });
     forget_tasks(st, job);
     tracing::warn!(job_id = %job.id, "job {} {status}: {}: {}", job.id, rxon::text::for_log(code), rxon::text::for_log(message));
-    events.push(event(status.as_str(), format!("{code}: {message}")));
+    events.push(event(
+        EventKind::ended(status),
+        format!("{code}: {message}"),
+    ));
 }
 
 /// Drops a job's tasks from workers' in-flight sets (queue entries are

@@ -126,14 +126,14 @@ pub(crate) fn apply_result_to(
             message: format!("worker {worker_id} cancelled the task"),
         });
         events.push(event(
-            "cancelled",
+            EventKind::Cancelled,
             format!("worker {worker_id} cancelled task {}", result.task_id),
         ));
         "cancelled_handled"
     } else {
         let data = result.data.clone().unwrap_or_default();
         events.push(event(
-            "task_result",
+            EventKind::TaskResult,
             format!("task {} returned {status}", result.task_id),
         ));
         task_succeeded(shared, st, job, idx, &status, data, &mut events)
@@ -270,7 +270,7 @@ pub(crate) fn task_failed(
         message: message.into(),
     });
     events.push(event(
-        "task_failed",
+        EventKind::TaskFailed,
         format!(
             "task {} (attempt {}) failed: {code}: {message}",
             task.task_id, task.attempt
@@ -296,7 +296,7 @@ pub(crate) fn task_failed(
             },
         );
         events.push(event(
-            "retry_scheduled",
+            EventKind::RetryScheduled,
             format!(
                 "attempt {attempt} of {} in {delay:?} as task {task_id}",
                 spec_retry.max_attempts
@@ -325,7 +325,7 @@ pub(crate) fn task_failed(
             forget_tasks(st, job);
             if attempts > 1 {
                 events.push(event(
-                    "retries_exhausted",
+                    EventKind::RetriesExhausted,
                     format!("giving up after {attempts} attempts"),
                 ));
             }

@@ -141,7 +141,7 @@ pub(crate) fn requeue_held(
             let old = std::mem::replace(&mut job.tasks[idx].task_id, new_task_id());
             tracing::info!(job_id = %job.id, "task {old} requeued as {}: {why}", job.tasks[idx].task_id);
             events.push(event(
-                "task_requeued",
+                EventKind::TaskRequeued,
                 format!("task {old} requeued as {}: {why}", job.tasks[idx].task_id),
             ));
             requeue(shared, st, &mut job, idx, &mut events);
@@ -155,7 +155,10 @@ pub(crate) fn requeue_held(
 
 /// Puts a job loaded from storage back to work after a restart.
 pub(crate) fn recover(shared: &Shared, st: &mut EngineState, mut job: Job) {
-    let mut events = vec![event("recovered", "orchestrator restarted; job resumed")];
+    let mut events = vec![event(
+        EventKind::Recovered,
+        "orchestrator restarted; job resumed",
+    )];
     // A stored job whose bounds are out of range (written by an older
     // version, or edited by hand) fails with a clear error, once.
     for (name, v) in [

@@ -22,7 +22,7 @@ pub(crate) fn cancel(st: &mut EngineState, id: Uuid, owner: &str) -> Result<(), 
             message: "cancelled by the client".into(),
         });
         tracing::info!(job_id = %job.id, "job {} cancelled by its client", job.id);
-        let events = vec![event("cancelled", "cancelled by the client")];
+        let events = vec![event(EventKind::Cancelled, "cancelled by the client")];
         commit(st, &mut job, events, None);
         Ok(())
     };
@@ -256,7 +256,7 @@ pub(crate) fn worker_event(
                 st,
                 &mut job,
                 vec![event(
-                    "progress",
+                    EventKind::Progress,
                     Value::Object(ev.payload.clone()).to_string(),
                 )],
                 None,
