@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark on this machine, in one invocation, same harness:
 #   1. our orchestrator (SQLite) + 2 worker hosts with echo_task (work_ms=0)
-#   2. our orchestrator (in-memory) + 2 worker hosts
-#   3. the real avtomatika 1.0b30 orchestrator + 2 avtomatika-worker 1.0b20 echo workers
-# Same N jobs, same C in flight, same number of workers (5 task slots each).
-# Prints one table with the ratio. Not part of the tests.
+#   2. the same, the client following jobs with `?wait=` instead of polling
+#   3. our orchestrator (PostgreSQL, one instance) + 2 worker hosts, when
+#      PostgreSQL is reachable (BENCH_POSTGRES_URL, default the machine's)
+#   4. our orchestrator (in-memory) + 2 worker hosts
+#   5. the real avtomatika 1.0b30 orchestrator + 2 avtomatika-worker 1.0b20 echo workers
+# Same N jobs, same C in flight, same number of workers (5 task slots each),
+# the same client polling GET /jobs/{id} for both systems (backoff 0.5 → 20 ms).
+# Each run reports jobs/s, latency percentiles and CPU µs per job of the
+# orchestrator and of the workers (from /proc), and the pickup latency of an
+# idle queue (one job at a time: created → dispatched). Prints one table.
+# Not part of the tests.
 #
 #   JOBS=2000 CONCURRENCY=50 ./scripts/bench-compare.sh
 set -euo pipefail
@@ -14,7 +21,7 @@ CONCURRENCY="${CONCURRENCY:-50}"
 PORT="${PORT:-18480}"
 RUN=".run/bench"
 mkdir -p "$RUN"
-rm -f "$RUN"/*.log "$RUN"/*.db* "$RUN"/results.jsonl
+rm -f "$RUN"/*.log "$RUN"/*.db* "$RUN"/results.jsonl "$RUN"/pickup.jsonl
 
 ./scripts/setup.sh
 ./scripts/compat-venvs.sh
@@ -40,8 +47,22 @@ wait_workers() {
     echo "workers did not register" >&2; return 1
 }
 
+PICKUP_JOBS="${PICKUP_JOBS:-200}"
+
+# loadgen over the processes started last: the orchestrator, then the workers.
+measure() {
+    local label=$1 follow=$2
+    local workers
+    workers=$(IFS=,; echo "${pids[*]:1}")
+    ./target/release/loadgen --url "http://127.0.0.1:${PORT}" --token bench-client --jobs "$JOBS" \
+        --concurrency "$CONCURRENCY" --follow "$follow" --label "$label" --json \
+        --orchestrator-pid "${pids[0]}" --worker-pids "$workers" | tee -a "$RUN/results.txt" | grep '^{' >>"$RUN/results.jsonl"
+    ./target/release/loadgen --url "http://127.0.0.1:${PORT}" --token bench-client --jobs "$PICKUP_JOBS" \
+        --concurrency 1 --follow "$follow" --label "$label-idle" --pickup --json | tee -a "$RUN/results.txt" | grep '^{' >>"$RUN/pickup.jsonl"
+}
+
 run_ours() {
-    local label=$1 storage=$2
+    local label=$1 storage=$2 follow=${3:-poll}
     echo "==> $label"
     CLIENT_TOKEN=bench-client GLOBAL_WORKER_TOKEN=bench-worker RUST_LOG=warn \
         ./target/release/orchestrator --listen "127.0.0.1:${PORT}" --storage "$storage" >"$RUN/$label-orchestrator.log" 2>&1 &
@@ -53,8 +74,7 @@ run_ours() {
         pids+=($!)
     done
     wait_workers
-    ./target/release/loadgen --url "http://127.0.0.1:${PORT}" --token bench-client --jobs "$JOBS" \
-        --concurrency "$CONCURRENCY" --follow wait --label "$label" --json | tee -a "$RUN/results.txt" | grep '^{' >>"$RUN/results.jsonl"
+    measure "$label" "$follow"
     ps -o rss= -p "${pids[0]}" | awk '{printf "    orchestrator RSS after the run: %.1f MiB\n", $1/1024}'
     stop_all
 }
@@ -73,24 +93,43 @@ run_avtomatika() {
         pids+=($!)
     done
     wait_workers
-    ./target/release/loadgen --url "http://127.0.0.1:${PORT}" --token bench-client --jobs "$JOBS" \
-        --concurrency "$CONCURRENCY" --follow poll --label "$label" --json | tee -a "$RUN/results.txt" | grep '^{' >>"$RUN/results.jsonl"
+    measure "$label" poll
     stop_all
 }
 
 run_ours "ours-sqlite" "sqlite:$RUN/bench.db"
+rm -f "$RUN"/bench.db*
+run_ours "ours-sqlite-wait" "sqlite:$RUN/bench.db" wait
+PG_ADMIN="${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
+PG_DB="bench_$$"
+if command -v psql >/dev/null && psql "$PG_ADMIN" -qc "CREATE DATABASE $PG_DB" 2>/dev/null; then
+    run_ours "ours-postgres" "${PG_ADMIN%/*}/$PG_DB"
+    psql "$PG_ADMIN" -qc "DROP DATABASE $PG_DB WITH (FORCE)" || true
+else
+    echo "==> skipping PostgreSQL (psql missing or $PG_ADMIN unreachable)"
+fi
 run_ours "ours-memory" "memory"
 run_avtomatika
 
-python3 - "$RUN/results.jsonl" <<'PY'
+python3 - "$RUN/results.jsonl" "$RUN/pickup.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
+pickups = {r["label"][:-len("-idle")]: r for r in map(json.loads, open(sys.argv[2]))}
 base = next((r for r in rows if r["label"].startswith("avtomatika")), None)
+def cpu(r):
+    o, w = r.get("cpu_us_orchestrator"), r.get("cpu_us_workers")
+    return (o, w, o + w) if o is not None and w is not None else (None, None, None)
+fmt = lambda v: "-" if v is None else f"{v:,.0f}"
 print()
-print(f"| run | jobs | in flight | finished | jobs/s | p50 ms | p95 ms | p99 ms | vs avtomatika |")
-print(f"|---|---|---|---|---|---|---|---|---|")
+print("| run | jobs | in flight | finished | jobs/s | p50 ms | p95 ms | p99 ms | CPU µs/job orchestrator | workers | total | idle pickup p50 / p99 ms | jobs/s vs avtomatika | CPU/job vs avtomatika |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
+    o, w, t = cpu(r)
+    bt = cpu(base)[2] if base else None
     ratio = f'{r["jobs_per_s"] / base["jobs_per_s"]:.1f}x' if base and base["jobs_per_s"] else "-"
+    cpu_ratio = f'1/{bt / t:.1f}' if t and bt else "-"
+    p = pickups.get(r["label"], {})
+    pick = f'{p["pickup_p50_ms"]:.2f} / {p["pickup_p99_ms"]:.2f}' if p.get("pickup_p50_ms") is not None else "-"
     print(f'| {r["label"]} | {r["jobs"]} | {r["concurrency"]} | {r["finished"]} | {r["jobs_per_s"]:.1f} | '
-          f'{r["p50_ms"]:.1f} | {r["p95_ms"]:.1f} | {r["p99_ms"]:.1f} | {ratio} |')
+          f'{r["p50_ms"]:.1f} | {r["p95_ms"]:.1f} | {r["p99_ms"]:.1f} | {fmt(o)} | {fmt(w)} | {fmt(t)} | {pick} | {ratio} | {cpu_ratio} |')
 PY

@@ -3,8 +3,15 @@
 //! jobs/s, create→terminal latency percentiles and every outcome.
 //!
 //! Following a job: with `--follow wait` (our orchestrator) one
-//! `GET /jobs/{id}?wait=30` per job; with `--follow poll` (avtomatika, which
-//! has no server-side wait) a GET every `--poll-ms`.
+//! `GET /jobs/{id}?wait=30` per job; with `--follow poll` (any orchestrator,
+//! the same way for both systems) GETs with a backoff from 0.5 ms doubling
+//! to `--poll-ms`.
+//!
+//! CPU per job: with `--orchestrator-pid` and `--worker-pids`, the user +
+//! system time those processes spent during the run (from `/proc/<pid>/stat`,
+//! all threads), divided by the jobs finished. `--pickup` also reads each
+//! job's history and reports how long its first task waited between the
+//! job's creation and its dispatch to a worker (server timestamps).
 //!
 //! ```text
 //! loadgen --url http://127.0.0.1:8080 --token test-client-token --jobs 2000 --concurrency 50
@@ -61,11 +68,69 @@ struct Args {
     /// Print the report as one JSON line too.
     #[arg(long)]
     json: bool,
+    /// The orchestrator's process id(s), for CPU per job (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    orchestrator_pid: Vec<u32>,
+    /// The workers' process ids, for CPU per job (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    worker_pids: Vec<u32>,
+    /// Report the pickup latency: job created → first task dispatched.
+    #[arg(long)]
+    pickup: bool,
+}
+
+/// CPU time (user + system, all threads) of `pids` so far, in µs; `None`
+/// when a process cannot be read.
+fn cpu_micros(pids: &[u32]) -> Option<f64> {
+    // USER_HZ: 100 on every Linux this runs on (the kernel's ABI for /proc).
+    const TICK_MICROS: f64 = 10_000.0;
+    let mut total = 0.0;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which may hold spaces) in parentheses.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+        let utime: f64 = fields.get(11)?.parse().ok()?;
+        let stime: f64 = fields.get(12)?.parse().ok()?;
+        total += (utime + stime) * TICK_MICROS;
+    }
+    Some(total)
 }
 
 struct Outcome {
     status: String,
     latency: Duration,
+    /// Creation → first task dispatched (with `--pickup`).
+    pickup: Option<Duration>,
+}
+
+/// From a job's history: the time between `created` and the first
+/// `task_dispatched`.
+async fn pickup_of(
+    http: &reqwest::Client,
+    args: &Args,
+    prefix: &str,
+    id: &str,
+) -> Option<Duration> {
+    let history: Value = http
+        .get(format!("{}{prefix}/jobs/{id}/history", args.url))
+        .header("X-Client-Token", &args.token)
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let at = |kind: &str| {
+        history
+            .as_array()?
+            .iter()
+            .find(|e| e["event"] == kind)
+            .and_then(|e| chrono::DateTime::parse_from_rfc3339(e["at"].as_str()?).ok())
+    };
+    let (created, dispatched) = (at("created")?, at("task_dispatched")?);
+    (dispatched - created).to_std().ok()
 }
 
 async fn run_job(http: &reqwest::Client, args: &Args, n: usize) -> anyhow::Result<Outcome> {
@@ -90,6 +155,7 @@ async fn run_job(http: &reqwest::Client, args: &Args, n: usize) -> anyhow::Resul
         .rsplit_once("/jobs/")
         .map(|(p, _)| p)
         .unwrap_or("/api/v1");
+    let mut backoff = Duration::from_micros(500);
     loop {
         let url = match args.follow {
             Follow::Wait => format!("{}{prefix}/jobs/{id}?wait=30", args.url),
@@ -104,19 +170,27 @@ async fn run_job(http: &reqwest::Client, args: &Args, n: usize) -> anyhow::Resul
             .await?;
         let st = job["status"].as_str().unwrap_or("unknown").to_string();
         if ["finished", "failed", "quarantined", "cancelled"].contains(&st.as_str()) {
+            let latency = started.elapsed();
+            let pickup = match args.pickup {
+                true => pickup_of(http, args, prefix, &id).await,
+                false => None,
+            };
             return Ok(Outcome {
                 status: st,
-                latency: started.elapsed(),
+                latency,
+                pickup,
             });
         }
         if Instant::now() > deadline {
             return Ok(Outcome {
                 status: format!("timed_out({st})"),
                 latency: started.elapsed(),
+                pickup: None,
             });
         }
         if let Follow::Poll = args.follow {
-            tokio::time::sleep(Duration::from_millis(args.poll_ms)).await;
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(args.poll_ms.max(1)));
         }
     }
 }
@@ -136,6 +210,10 @@ async fn main() -> anyhow::Result<()> {
         .pool_max_idle_per_host(args.concurrency * 2)
         .build()?;
     let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let cpu_before = (
+        cpu_micros(&args.orchestrator_pid),
+        cpu_micros(&args.worker_pids),
+    );
     let started = Instant::now();
     let mut handles = Vec::with_capacity(args.jobs);
     for n in 0..args.jobs {
@@ -148,12 +226,14 @@ async fn main() -> anyhow::Result<()> {
         }));
     }
     let mut latencies = Vec::new();
+    let mut pickups = Vec::new();
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
     for h in handles {
         match h.await? {
             Ok(o) => {
                 if o.status == "finished" {
                     latencies.push(o.latency);
+                    pickups.extend(o.pickup);
                 }
                 *outcomes.entry(o.status).or_default() += 1;
             }
@@ -161,7 +241,12 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let elapsed = started.elapsed();
+    let cpu_after = (
+        cpu_micros(&args.orchestrator_pid),
+        cpu_micros(&args.worker_pids),
+    );
     latencies.sort();
+    pickups.sort();
     let finished = latencies.len();
     let rate = finished as f64 / elapsed.as_secs_f64();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -170,6 +255,31 @@ async fn main() -> anyhow::Result<()> {
         percentile(&latencies, 0.95),
         percentile(&latencies, 0.99),
     );
+    let per_job = |before: Option<f64>, after: Option<f64>| match (before, after) {
+        (Some(b), Some(a)) if finished > 0 => Some((a - b) / finished as f64),
+        _ => None,
+    };
+    let cpu_orchestrator = per_job(cpu_before.0, cpu_after.0);
+    let cpu_workers = per_job(cpu_before.1, cpu_after.1);
+    let pickup = (!pickups.is_empty()).then(|| {
+        (
+            ms(percentile(&pickups, 0.50)),
+            ms(percentile(&pickups, 0.99)),
+        )
+    });
+    if let (Some(o), Some(w)) = (cpu_orchestrator, cpu_workers) {
+        println!(
+            "{:<28} CPU per job: orchestrator {o:.0} µs, workers {w:.0} µs, total {:.0} µs",
+            args.label,
+            o + w
+        );
+    }
+    if let Some((p50, p99)) = pickup {
+        println!(
+            "{:<28} pickup (created → dispatched): p50={p50:.2}ms p99={p99:.2}ms",
+            args.label
+        );
+    }
     println!(
         "{:<28} jobs={} concurrency={} finished={} elapsed={:.2}s rate={:.1} jobs/s p50={:.1}ms p95={:.1}ms p99={:.1}ms outcomes={:?}",
         args.label,
@@ -188,7 +298,9 @@ async fn main() -> anyhow::Result<()> {
             "{}",
             json!({"label": args.label, "jobs": args.jobs, "concurrency": args.concurrency, "finished": finished,
                    "elapsed_s": elapsed.as_secs_f64(), "jobs_per_s": rate, "p50_ms": ms(p50), "p95_ms": ms(p95),
-                   "p99_ms": ms(p99), "outcomes": outcomes})
+                   "p99_ms": ms(p99), "outcomes": outcomes, "cpu_us_orchestrator": cpu_orchestrator,
+                   "cpu_us_workers": cpu_workers, "pickup_p50_ms": pickup.map(|p| p.0),
+                   "pickup_p99_ms": pickup.map(|p| p.1)})
         );
     }
     if finished != args.jobs {
