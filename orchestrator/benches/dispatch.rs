@@ -56,7 +56,7 @@ async fn one_job(engine: &Engine) {
         "data": {"processed_message": "Hello World Hello World Hello World"}
     }))
     .unwrap();
-    let r = engine.submit_result("w", &result);
+    let r = engine.submit_result("w", &result).await.unwrap();
     assert_eq!(r.status, "accepted");
 }
 
@@ -81,7 +81,7 @@ fn dispatch_path(c: &mut Criterion) {
                 json!({"worker_id": "w", "supported_skills": [{"name": "echo_task"}]}),
             )
             .unwrap();
-            engine.register_worker(&reg).expect("registered");
+            engine.register_worker(&reg).await.expect("registered");
             engine
         });
         group.bench_function(name, |b| b.to_async(&rt).iter(|| one_job(&engine)));

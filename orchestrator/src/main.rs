@@ -52,6 +52,10 @@ async fn run() -> anyhow::Result<()> {
         webhook_allowed_hosts: config.webhook_allowed_hosts.clone(),
         max_concurrent_webhooks: config.max_concurrent_webhooks,
         max_plugin_bytes: config.max_plugin_bytes,
+        shared_database: match &config.storage {
+            StorageConfig::Postgres(url) => Some(url.clone()),
+            _ => None,
+        },
         ..EngineSettings::default()
     };
     if settings.task_secret.is_some() {

@@ -31,7 +31,7 @@ end = "failed"
 #[tokio::test(start_paused = true)]
 async fn params_are_built_with_types_and_defaults_and_the_result_finishes_the_job() {
     let engine = engine(ECHO_FLOW).await;
-    register(&engine, "w1", &["echo"]);
+    register(&engine, "w1", &["echo"]).await;
     let id = create(&engine, json!({"message": "yo"})).await;
     let task = poll(&engine, "w1").await.unwrap();
     assert_eq!(task.job_id, id.to_string());
@@ -40,7 +40,7 @@ async fn params_are_built_with_types_and_defaults_and_the_result_finishes_the_jo
         serde_json::Value::Object(task.params.clone()),
         json!({"message": "yo", "n": 2})
     );
-    let r = engine.submit_result("w1", &success(&task, "success", json!({"out": "yo yo"})));
+    let r = engine.submit_result("w1", &success(&task, "success", json!({"out": "yo yo"}))).await.unwrap();
     assert_eq!(r.status, "accepted");
     let job = job(&engine, id).await;
     assert_eq!(job.status, JobStatus::Finished);
@@ -52,10 +52,10 @@ async fn params_are_built_with_types_and_defaults_and_the_result_finishes_the_jo
 #[tokio::test(start_paused = true)]
 async fn transient_failures_retry_with_exponential_backoff_then_take_the_failure_path() {
     let engine = engine(ECHO_FLOW).await;
-    register(&engine, "w1", &["echo"]);
+    register(&engine, "w1", &["echo"]).await;
     let id = create(&engine, json!({})).await;
     let first = poll(&engine, "w1").await.unwrap();
-    engine.submit_result("w1", &failure(&first, "TRANSIENT_ERROR", "flaky"));
+    engine.submit_result("w1", &failure(&first, "TRANSIENT_ERROR", "flaky")).await.unwrap();
     assert_eq!(job(&engine, id).await.status, JobStatus::AwaitingRetry);
     // Backoff 1 s: nothing before, the retry after.
     tokio::time::sleep(Duration::from_millis(990)).await;
@@ -63,7 +63,7 @@ async fn transient_failures_retry_with_exponential_backoff_then_take_the_failure
     tokio::time::sleep(Duration::from_millis(20)).await;
     let second = poll(&engine, "w1").await.expect("retry after 1 s");
     assert_ne!(second.task_id, first.task_id, "a retry gets a new task id");
-    engine.submit_result("w1", &failure(&second, "TIMEOUT_ERROR", "slow"));
+    engine.submit_result("w1", &failure(&second, "TIMEOUT_ERROR", "slow")).await.unwrap();
     // Backoff doubles: 2 s.
     tokio::time::sleep(Duration::from_millis(1990)).await;
     assert!(poll(&engine, "w1").await.is_none());
@@ -71,7 +71,7 @@ async fn transient_failures_retry_with_exponential_backoff_then_take_the_failure
     let third = poll(&engine, "w1").await.expect("retry after 2 s");
     let j = job(&engine, id).await;
     assert_eq!(j.tasks[0].attempt, 3);
-    engine.submit_result("w1", &failure(&third, "TRANSIENT_ERROR", "still flaky"));
+    engine.submit_result("w1", &failure(&third, "TRANSIENT_ERROR", "still flaky")).await.unwrap();
     let j = job(&engine, id).await;
     assert_eq!(j.status, JobStatus::Failed);
     assert_eq!(j.current_state, "failed");
@@ -82,7 +82,7 @@ async fn transient_failures_retry_with_exponential_backoff_then_take_the_failure
     );
     assert_eq!(j.attempts, 3);
     // The stale first task's late result changes nothing.
-    let r = engine.submit_result("w1", &success(&first, "success", json!({})));
+    let r = engine.submit_result("w1", &success(&first, "success", json!({}))).await.unwrap();
     assert_eq!(r.status, "ignored");
 }
 
@@ -99,13 +99,13 @@ dispatch.retry = { max_attempts = 2, initial_backoff_ms = 10 }
 end = "finished"
 "#;
     let engine = engine(states).await;
-    register(&engine, "w", &["t"]);
+    register(&engine, "w", &["t"]).await;
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "w").await.unwrap();
-    engine.submit_result("w", &failure(&t, "TRANSIENT_ERROR", "boom"));
+    engine.submit_result("w", &failure(&t, "TRANSIENT_ERROR", "boom")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     let t = poll(&engine, "w").await.unwrap();
-    engine.submit_result("w", &failure(&t, "TRANSIENT_ERROR", "boom"));
+    engine.submit_result("w", &failure(&t, "TRANSIENT_ERROR", "boom")).await.unwrap();
     let j = job(&engine, id).await;
     assert_eq!(j.status, JobStatus::Quarantined);
     assert!(
@@ -117,7 +117,7 @@ end = "finished"
 
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "w").await.unwrap();
-    engine.submit_result("w", &failure(&t, "PERMANENT_ERROR", "broken"));
+    engine.submit_result("w", &failure(&t, "PERMANENT_ERROR", "broken")).await.unwrap();
     let j = job(&engine, id).await;
     assert_eq!(j.status, JobStatus::Quarantined);
     assert_eq!(j.error.unwrap().code, "PERMANENT_ERROR");
@@ -126,13 +126,13 @@ end = "finished"
 #[tokio::test(start_paused = true)]
 async fn invalid_input_takes_the_failure_path_without_retrying() {
     let engine = engine(ECHO_FLOW).await;
-    register(&engine, "w", &["echo"]);
+    register(&engine, "w", &["echo"]).await;
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "w").await.unwrap();
     engine.submit_result(
         "w",
         &failure(&t, "INVALID_INPUT_ERROR", "n must be a number"),
-    );
+    ).await.unwrap();
     let j = job(&engine, id).await;
     assert_eq!(j.status, JobStatus::Failed);
     assert_eq!(j.current_state, "failed");
@@ -142,10 +142,10 @@ async fn invalid_input_takes_the_failure_path_without_retrying() {
 #[tokio::test(start_paused = true)]
 async fn custom_statuses_follow_their_transition_and_unknown_ones_fail_clearly() {
     let engine = engine(ECHO_FLOW).await;
-    register(&engine, "w", &["echo"]);
+    register(&engine, "w", &["echo"]).await;
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "w").await.unwrap();
-    engine.submit_result("w", &success(&t, "needs_review", json!({"score": 3})));
+    engine.submit_result("w", &success(&t, "needs_review", json!({"score": 3}))).await.unwrap();
     let j = job(&engine, id).await;
     assert_eq!(
         (j.status, j.current_state.as_str()),
@@ -154,7 +154,7 @@ async fn custom_statuses_follow_their_transition_and_unknown_ones_fail_clearly()
 
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "w").await.unwrap();
-    engine.submit_result("w", &success(&t, "weird", json!({})));
+    engine.submit_result("w", &success(&t, "weird", json!({}))).await.unwrap();
     let j = job(&engine, id).await;
     assert_eq!(j.status, JobStatus::Failed);
     let e = j.error.unwrap();
@@ -170,17 +170,17 @@ async fn a_job_waits_for_a_worker_and_says_why_then_runs_when_one_registers() {
     let j = job(&engine, id).await;
     assert_eq!(j.status, JobStatus::WaitingForWorker);
     assert_eq!(
-        engine.waiting_reason(&j).unwrap(),
+        engine.waiting_reason(&j).await.unwrap(),
         "no registered worker offers task type echo"
     );
-    register(&engine, "w", &["other"]);
+    register(&engine, "w", &["other"]).await;
     assert_eq!(
-        engine.waiting_reason(&j).unwrap(),
+        engine.waiting_reason(&j).await.unwrap(),
         "no registered worker offers task type echo"
     );
-    register(&engine, "w2", &["echo"]);
+    register(&engine, "w2", &["echo"]).await;
     let t = poll(&engine, "w2").await.unwrap();
-    engine.submit_result("w2", &success(&t, "success", json!({})));
+    engine.submit_result("w2", &success(&t, "success", json!({}))).await.unwrap();
     assert_eq!(job(&engine, id).await.status, JobStatus::Finished);
 }
 
@@ -227,7 +227,7 @@ end = "finished"
 end = "failed"
 "#;
     let engine = engine(states).await;
-    register(&engine, "w", &["t"]);
+    register(&engine, "w", &["t"]).await;
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "w").await.unwrap();
     assert!(
@@ -242,12 +242,12 @@ end = "failed"
     // The late answer to the first attempt is stale.
     assert_eq!(
         engine
-            .submit_result("w", &success(&t, "success", json!({})))
+            .submit_result("w", &success(&t, "success", json!({}))).await.unwrap()
             .reason
             .as_deref(),
         Some("stale_task")
     );
-    engine.submit_result("w", &success(&t2, "success", json!({"ok": true})));
+    engine.submit_result("w", &success(&t2, "success", json!({"ok": true}))).await.unwrap();
     assert_eq!(job(&engine, id).await.status, JobStatus::Finished);
 }
 
@@ -259,23 +259,23 @@ async fn a_silent_worker_loses_its_lease_and_the_task_goes_to_another() {
         ..EngineSettings::default()
     };
     let engine = engine_with(ECHO_FLOW, settings).await;
-    register(&engine, "dies", &["echo"]);
+    register(&engine, "dies", &["echo"]).await;
     let id = create(&engine, json!({})).await;
     let lost = poll(&engine, "dies").await.unwrap();
-    register(&engine, "lives", &["echo"]);
+    register(&engine, "lives", &["echo"]).await;
     // "lives" keeps heartbeating; "dies" does not.
     for _ in 0..32 {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        engine.heartbeat("lives", None).unwrap();
+        engine.heartbeat("lives", None).await.unwrap().unwrap();
     }
     settle().await;
     assert!(!engine.is_registered("dies"));
     let again = poll(&engine, "lives").await.expect("requeued");
     assert_eq!(again.job_id, lost.job_id);
     assert_ne!(again.task_id, lost.task_id);
-    let r = engine.submit_result("dies", &success(&lost, "success", json!({})));
+    let r = engine.submit_result("dies", &success(&lost, "success", json!({}))).await.unwrap();
     assert_eq!(r.status, "ignored");
-    engine.submit_result("lives", &success(&again, "success", json!({})));
+    engine.submit_result("lives", &success(&again, "success", json!({}))).await.unwrap();
     let j = job(&engine, id).await;
     assert_eq!(j.status, JobStatus::Finished);
     assert_eq!(j.task_worker_id.as_deref(), Some("lives"));
@@ -284,11 +284,11 @@ async fn a_silent_worker_loses_its_lease_and_the_task_goes_to_another() {
 #[tokio::test(start_paused = true)]
 async fn only_the_assigned_worker_may_complete_a_task() {
     let engine = engine(ECHO_FLOW).await;
-    register(&engine, "a", &["echo"]);
-    register(&engine, "b", &["echo"]);
+    register(&engine, "a", &["echo"]).await;
+    register(&engine, "b", &["echo"]).await;
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "a").await.unwrap();
-    let r = engine.submit_result("b", &success(&t, "success", json!({})));
+    let r = engine.submit_result("b", &success(&t, "success", json!({}))).await.unwrap();
     assert_eq!(
         (r.status.as_str(), r.reason.as_deref()),
         ("ignored", Some("worker_mismatch"))
@@ -299,18 +299,18 @@ async fn only_the_assigned_worker_may_complete_a_task() {
 #[tokio::test(start_paused = true)]
 async fn cancelled_jobs_ignore_late_results() {
     let engine = engine(ECHO_FLOW).await;
-    register(&engine, "a", &["echo"]);
+    register(&engine, "a", &["echo"]).await;
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "a").await.unwrap();
-    engine.cancel_job(id, "default").unwrap();
-    let r = engine.submit_result("a", &success(&t, "success", json!({})));
+    engine.cancel_job(id, "default").await.unwrap();
+    let r = engine.submit_result("a", &success(&t, "success", json!({}))).await.unwrap();
     assert_eq!(r.reason.as_deref(), Some("job_cancelled"));
     assert_eq!(job(&engine, id).await.status, JobStatus::Cancelled);
     let hb: rxon::Heartbeat = serde_json::from_value(
         json!({"worker_id": "a", "status": "busy", "current_tasks": [t.task_id]}),
     )
     .unwrap();
-    let resp = engine.heartbeat("a", Some(&hb)).unwrap();
+    let resp = engine.heartbeat("a", Some(&hb)).await.unwrap().unwrap();
     assert_eq!(resp.cancel_task_ids, Some(vec![t.task_id.clone()]));
 }
 
@@ -333,8 +333,8 @@ end = "finished"
 end = "failed"
 "#;
     let engine = engine(states).await;
-    register(&engine, "wl", &["l"]);
-    register(&engine, "wr", &["r"]);
+    register(&engine, "wl", &["l"]).await;
+    register(&engine, "wr", &["r"]).await;
     for (x, expected) in [(3, "small"), (30, "big")] {
         let id = create(&engine, json!({"x": x})).await;
         assert_eq!(
@@ -345,13 +345,13 @@ end = "failed"
         let r = poll(&engine, "wr").await.unwrap();
         assert_eq!(l.params["x"], x);
         assert_eq!(r.params["y"], 5);
-        let resp = engine.submit_result("wl", &success(&l, "success", json!({"v": x})));
+        let resp = engine.submit_result("wl", &success(&l, "success", json!({"v": x}))).await.unwrap();
         assert_eq!(resp.transition.as_deref(), Some("parallel_branch_accepted"));
         assert_eq!(
             job(&engine, id).await.status,
             JobStatus::WaitingForParallelTasks
         );
-        engine.submit_result("wr", &success(&r, "success", json!({"v": 5})));
+        engine.submit_result("wr", &success(&r, "success", json!({"v": 5}))).await.unwrap();
         let j = job(&engine, id).await;
         assert_eq!(
             (j.status, j.current_state.as_str()),
@@ -371,12 +371,12 @@ async fn ended_jobs_leave_memory_but_stay_readable_from_storage() {
         ..EngineSettings::default()
     };
     let engine = engine_with(ECHO_FLOW, settings).await;
-    register(&engine, "w", &["echo"]);
+    register(&engine, "w", &["echo"]).await;
     let mut ids = Vec::new();
     for n in 0..5 {
         let id = create(&engine, json!({"n": n})).await;
         let t = poll(&engine, "w").await.unwrap();
-        engine.submit_result("w", &success(&t, "success", json!({"n": n})));
+        engine.submit_result("w", &success(&t, "success", json!({"n": n}))).await.unwrap();
         ids.push(id);
     }
     assert_eq!(
@@ -392,7 +392,7 @@ async fn ended_jobs_leave_memory_but_stay_readable_from_storage() {
     }
 }
 
-fn register_instance(engine: &Engine, worker: &str, instance: &str, interval_secs: f64) {
+async fn register_instance(engine: &Engine, worker: &str, instance: &str, interval_secs: f64) {
     let reg: rxon::WorkerRegistration = serde_json::from_value(json!({
         "worker_id": worker,
         "worker_type": "test",
@@ -400,10 +400,10 @@ fn register_instance(engine: &Engine, worker: &str, instance: &str, interval_sec
         "metadata": {"instance_id": instance, "heartbeat_interval_seconds": interval_secs},
     }))
     .unwrap();
-    engine.register_worker(&reg).unwrap();
+    engine.register_worker(&reg).await.unwrap();
 }
 
-fn heartbeat(
+async fn heartbeat(
     engine: &Engine,
     worker: &str,
     status: &str,
@@ -413,15 +413,15 @@ fn heartbeat(
         json!({"worker_id": worker, "status": status, "current_tasks": tasks}),
     )
     .unwrap();
-    engine.heartbeat(worker, Some(&hb)).unwrap()
+    engine.heartbeat(worker, Some(&hb)).await.unwrap().unwrap()
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_jobs_queued_task_is_never_handed_out() {
     let engine = engine(ECHO_FLOW).await;
     let id = create(&engine, json!({})).await;
-    engine.cancel_job(id, "default").unwrap();
-    register(&engine, "a", &["echo"]);
+    engine.cancel_job(id, "default").await.unwrap();
+    register(&engine, "a", &["echo"]).await;
     assert!(poll(&engine, "a").await.is_none());
     assert_eq!(job(&engine, id).await.status, JobStatus::Cancelled);
 }
@@ -429,44 +429,44 @@ async fn a_cancelled_jobs_queued_task_is_never_handed_out() {
 #[tokio::test(start_paused = true)]
 async fn a_new_instance_of_a_worker_gets_none_of_the_old_ones_tasks() {
     let engine = engine(ECHO_FLOW).await;
-    register_instance(&engine, "w", "first", 15.0);
+    register_instance(&engine, "w", "first", 15.0).await;
     let id = create(&engine, json!({})).await;
     let old = poll(&engine, "w").await.unwrap();
     // The same id, a new process: the task goes back to the queue at once.
-    register_instance(&engine, "w", "second", 15.0);
+    register_instance(&engine, "w", "second", 15.0).await;
     let again = poll(&engine, "w").await.unwrap();
     assert_ne!(again.task_id, old.task_id);
-    let r = engine.submit_result("w", &success(&old, "success", json!({})));
+    let r = engine.submit_result("w", &success(&old, "success", json!({}))).await.unwrap();
     assert_eq!(r.reason.as_deref(), Some("stale_task"));
-    engine.submit_result("w", &success(&again, "success", json!({})));
+    engine.submit_result("w", &success(&again, "success", json!({}))).await.unwrap();
     assert_eq!(job(&engine, id).await.status, JobStatus::Finished);
     // Re-registering as the same instance (a plugin reload) keeps its tasks.
     let id2 = create(&engine, json!({})).await;
     let held = poll(&engine, "w").await.unwrap();
-    register_instance(&engine, "w", "second", 15.0);
+    register_instance(&engine, "w", "second", 15.0).await;
     assert!(poll(&engine, "w").await.is_none());
-    engine.submit_result("w", &success(&held, "success", json!({})));
+    engine.submit_result("w", &success(&held, "success", json!({}))).await.unwrap();
     assert_eq!(job(&engine, id2).await.status, JobStatus::Finished);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_task_the_worker_stops_listing_goes_back_after_the_grace_and_at_once_on_goodbye() {
     let engine = engine(ECHO_FLOW).await;
-    register_instance(&engine, "w", "i", 1.0);
+    register_instance(&engine, "w", "i", 1.0).await;
     create(&engine, json!({})).await;
     let t = poll(&engine, "w").await.unwrap();
     // Just handed out: not listed yet is fine.
-    heartbeat(&engine, "w", "busy", &[]);
+    heartbeat(&engine, "w", "busy", &[]).await;
     assert!(poll(&engine, "w").await.is_none());
     tokio::time::advance(Duration::from_secs(11)).await;
-    heartbeat(&engine, "w", "idle", &[]);
+    heartbeat(&engine, "w", "idle", &[]).await;
     let again = poll(&engine, "w").await.unwrap();
     assert_ne!(again.task_id, t.task_id);
     // A goodbye returns what it does not list at once; nothing more is handed out.
     create(&engine, json!({})).await;
-    heartbeat(&engine, "w", "offline", &[]);
+    heartbeat(&engine, "w", "offline", &[]).await;
     assert!(poll(&engine, "w").await.is_none());
-    register(&engine, "other", &["echo"]);
+    register(&engine, "other", &["echo"]).await;
     assert!(poll(&engine, "other").await.is_some());
     assert!(poll(&engine, "other").await.is_some());
 }
@@ -474,7 +474,7 @@ async fn a_task_the_worker_stops_listing_goes_back_after_the_grace_and_at_once_o
 #[tokio::test(start_paused = true)]
 async fn a_worker_declaring_its_heartbeat_interval_is_dropped_after_two_of_them() {
     let engine = engine(ECHO_FLOW).await;
-    register_instance(&engine, "w", "i", 2.0);
+    register_instance(&engine, "w", "i", 2.0).await;
     create(&engine, json!({})).await;
     poll(&engine, "w").await.unwrap();
     // 2 × 2 s + 5 s = 9 s; checked every second.
@@ -484,7 +484,7 @@ async fn a_worker_declaring_its_heartbeat_interval_is_dropped_after_two_of_them(
     tokio::time::advance(Duration::from_secs(3)).await;
     settle().await;
     assert!(!engine.is_registered("w"));
-    register(&engine, "other", &["echo"]);
+    register(&engine, "other", &["echo"]).await;
     assert!(poll(&engine, "other").await.is_some());
 }
 
@@ -496,7 +496,7 @@ async fn a_task_without_a_result_timeout_still_has_a_lease() {
         ..EngineSettings::default()
     };
     let engine = engine_with(ECHO_FLOW, settings).await;
-    register(&engine, "a", &["echo"]);
+    register(&engine, "a", &["echo"]).await;
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "a").await.unwrap();
     assert!(

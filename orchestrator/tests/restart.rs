@@ -38,12 +38,12 @@ fn accepted_jobs_survive_a_restart_and_finish() {
             for n in 0..20 {
                 ids.push(create(&engine, json!({"n": n})).await);
             }
-            register(&engine, "w", &["echo"]);
+            register(&engine, "w", &["echo"]).await;
             let done = poll(&engine, "w").await.unwrap();
             engine.submit_result(
                 "w",
                 &success(&done, "success", json!({"n": done.params["n"]})),
-            );
+            ).await.unwrap();
             let _taken_and_lost = poll(&engine, "w").await.unwrap();
             engine.sync_storage().await;
             (ids, done.job_id.clone())
@@ -65,13 +65,13 @@ fn accepted_jobs_survive_a_restart_and_finish() {
             };
             assert_eq!(job.status, expected, "job {id}");
         }
-        register(&engine, "w2", &["echo"]);
+        register(&engine, "w2", &["echo"]).await;
         let mut served = 0;
         while let Some(task) = poll(&engine, "w2").await {
             engine.submit_result(
                 "w2",
                 &success(&task, "success", json!({"n": task.params["n"]})),
-            );
+            ).await.unwrap();
             served += 1;
         }
         assert_eq!(

@@ -157,7 +157,9 @@ impl Auth {
     }
 
     /// Checks a signed worker message: timestamp, signature, signer and, if
-    /// `replay` is `Rejected`, that the same message was not seen in the last 65 s.
+    /// `replay` is `Rejected`, that the same message was not seen here in the
+    /// last 65 s. Returns the message's replay key then (instances sharing
+    /// a database also check it there).
     pub fn verify_message(
         &self,
         body: &Value,
@@ -165,13 +167,13 @@ impl Auth {
         secret: &str,
         exclude: &[&str],
         replay: Replay,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Option<String>, ApiError> {
         let obj = body
             .as_object()
             .ok_or_else(|| ApiError::BadRequest("Invalid JSON body".into()))?;
         let security = obj.get("security");
         if !self.require_signatures && security.is_none() {
-            return Ok(());
+            return Ok(None);
         }
         let timestamp = obj
             .get("timestamp")
@@ -197,7 +199,7 @@ impl Auth {
             )));
         }
         if replay == Replay::Allowed {
-            return Ok(());
+            return Ok(None);
         }
         let nonce = ["event_id", "nonce", "message_id"]
             .iter()
@@ -212,7 +214,8 @@ impl Auth {
         self.seen
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .check_and_remember(key, Instant::now())
+            .check_and_remember(key.clone(), Instant::now())?;
+        Ok(Some(key))
     }
 }
 

@@ -189,7 +189,7 @@ pub async fn get_job(
         }
         _ => job,
     };
-    let reason = state.engine.waiting_reason(&job);
+    let reason = state.engine.waiting_reason(&job).await;
     Ok(axum::Json(view(job, reason)).into_response())
 }
 
@@ -239,7 +239,7 @@ pub async fn cancel_job(
 ) -> Result<Response, ApiError> {
     let owner = state.auth.client(&headers)?;
     let id = parse_id(&id)?;
-    match state.engine.cancel_job(id, &owner) {
+    match state.engine.cancel_job(id, &owner).await {
         Ok(()) => Ok(axum::Json(json!({"status": "cancelled", "job_id": id})).into_response()),
         Err(EngineError::JobNotFound) => {
             // Ended jobs leave memory eventually; look in storage too.
@@ -272,7 +272,7 @@ pub async fn list_workers(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     state.auth.client(&headers)?;
-    Ok(axum::Json(state.engine.workers()).into_response())
+    Ok(axum::Json(state.engine.workers().await).into_response())
 }
 
 pub async fn list_blueprints(

@@ -167,7 +167,7 @@ pub async fn list_plugins(
 ) -> Result<Response, ApiError> {
     state.auth.client(&headers)?;
     let registry = state.engine.registry();
-    let workers = state.engine.workers();
+    let workers = state.engine.workers().await;
     let plugins: Vec<Value> = registry
         .listing()
         .into_iter()

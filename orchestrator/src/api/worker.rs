@@ -13,7 +13,7 @@ use super::error::ApiError;
 use super::{AppState, body};
 
 /// Reads, authenticates and verifies a signed worker message.
-fn signed_body(
+async fn signed_body(
     state: &AppState,
     headers: &HeaderMap,
     raw: Result<Bytes, BytesRejection>,
@@ -28,9 +28,16 @@ fn signed_body(
     let body_id = obj.get("worker_id").and_then(Value::as_str);
     let (worker_id, secret) = state.auth.worker(headers, path_id, body_id)?;
     let value = Value::Object(obj);
-    state
+    let key = state
         .auth
         .verify_message(&value, &worker_id, &secret, exclude, replay)?;
+    if let Some(key) = key
+        && !state.engine.remember_nonce(&key).await?
+    {
+        return Err(ApiError::Forbidden(
+            "Duplicate message detected (replay attack)".into(),
+        ));
+    }
     Ok(Some((worker_id, value)))
 }
 
@@ -39,7 +46,7 @@ pub async fn register(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (worker_id, value) = signed_body(&state, &headers, raw, None, &[], Replay::Rejected)?
+    let (worker_id, value) = signed_body(&state, &headers, raw, None, &[], Replay::Rejected).await?
         .ok_or_else(|| {
             ApiError::BadRequest("Invalid WorkerRegistration payload: empty body".into())
         })?;
@@ -61,7 +68,7 @@ pub async fn register(
         &format!("{n} skills declared"),
         " (max_skills_per_worker)",
     )?;
-    state.engine.register_worker(&reg)?;
+    state.engine.register_worker(&reg).await?;
     let warning = headers
         .get(rxon::HEADER_RXON_VERSION)
         .and_then(|v| v.to_str().ok())
@@ -93,7 +100,7 @@ pub async fn heartbeat(
         Some(&worker_id),
         &[],
         Replay::Allowed,
-    )?;
+    ).await?;
     let hb = match signed {
         Some((_, value)) => Some(body::typed::<rxon::Heartbeat>(value, "Heartbeat")?),
         None => {
@@ -129,7 +136,7 @@ pub async fn heartbeat(
             hb.worker_id
         )));
     }
-    match state.engine.heartbeat(&worker_id, hb.as_ref()) {
+    match state.engine.heartbeat(&worker_id, hb.as_ref()).await? {
         Some(response) => Ok(axum::Json(response).into_response()),
         None => Err(ApiError::NotFound(format!(
             "Worker not found: {worker_id} is not registered; register again"
@@ -167,7 +174,7 @@ pub async fn result(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (worker_id, value) = signed_body(&state, &headers, raw, None, &[], Replay::Rejected)?
+    let (worker_id, value) = signed_body(&state, &headers, raw, None, &[], Replay::Rejected).await?
         .ok_or_else(|| ApiError::BadRequest("Invalid TaskResult payload: empty body".into()))?;
     let result: rxon::TaskResult = body::typed(value, "TaskResult")?;
     if let Some(claimed) = &result.worker_id
@@ -177,7 +184,7 @@ pub async fn result(
             "Forbidden: Authenticated worker '{worker_id}' cannot submit results for another worker '{claimed}'."
         )));
     }
-    Ok(axum::Json(state.engine.submit_result(&worker_id, &result)).into_response())
+    Ok(axum::Json(state.engine.submit_result(&worker_id, &result).await?).into_response())
 }
 
 pub async fn events(
@@ -192,7 +199,7 @@ pub async fn events(
         None,
         &["bubbling_chain"],
         Replay::Rejected,
-    )?
+    ).await?
     .ok_or_else(|| ApiError::BadRequest("Invalid event payload: empty body".into()))?;
     let event: rxon::WorkerEventPayload = body::typed(value, "event")?;
     if event.worker_id != worker_id {
@@ -201,7 +208,7 @@ pub async fn events(
             event.worker_id
         )));
     }
-    state.engine.worker_event(&worker_id, &event)?;
+    state.engine.worker_event(&worker_id, &event).await?;
     Ok(axum::Json(json!({"status": "event_accepted"})).into_response())
 }
 

@@ -14,6 +14,7 @@
 pub mod deploy;
 pub mod error;
 pub(crate) mod machine;
+pub(crate) mod shared_db;
 pub mod persist;
 pub mod webhook;
 pub mod workers;
@@ -65,6 +66,9 @@ pub struct EngineSettings {
     pub max_transitions: u32,
     /// Largest plugin component accepted by the registry.
     pub max_plugin_bytes: usize,
+    /// Several instances on one PostgreSQL database: its URL. The database
+    /// is then the source of truth (see [`shared_db`]).
+    pub shared_database: Option<String>,
     /// How often worker liveness is checked.
     pub sweep_interval: Duration,
     /// Ended jobs kept in memory for fast reads; older ones are read from storage.
@@ -86,6 +90,7 @@ impl Default for EngineSettings {
             max_transitions: 100,
             sweep_interval: Duration::from_secs(1),
             max_plugin_bytes: crate::registry::DEFAULT_MAX_PLUGIN_BYTES,
+            shared_database: None,
             finished_jobs_in_memory: 10_000,
         }
     }
@@ -191,6 +196,8 @@ pub(crate) struct Shared {
     pub state: Mutex<EngineState>,
     pub catalog: Arc<Catalog>,
     pub registry: Arc<PluginRegistry>,
+    /// Set when several instances share a PostgreSQL database.
+    pub db: Option<Arc<shared_db::SharedDb>>,
     pub storage: Arc<dyn Storage>,
     pub writer: mpsc::UnboundedSender<PersistMsg>,
     pub timer_wake: Notify,
@@ -235,6 +242,14 @@ impl Engine {
                 .await
                 .map_err(|e| StorageError::Backend(e.to_string()))??
         };
+        let db = match &settings.shared_database {
+            Some(url) => Some(
+                shared_db::SharedDb::connect(url)
+                    .await
+                    .map_err(|e| StorageError::Backend(e.to_string()))?,
+            ),
+            None => None,
+        };
         let (writer, _writer_handle) = persist::spawn_writer(storage.clone());
         let egress = Arc::new(crate::egress::EgressPolicy::new(
             &settings.webhook_allowed_hosts,
@@ -249,6 +264,7 @@ impl Engine {
             }),
             catalog: Arc::new(Catalog::default()),
             registry: Arc::new(PluginRegistry::from_rows(&rows, settings.max_plugin_bytes)),
+            db: db.clone(),
             storage: storage.clone(),
             writer,
             timer_wake: Notify::new(),
@@ -272,6 +288,14 @@ impl Engine {
         engine
             .install_blueprints(&rows.blueprints, blueprints)
             .await?;
+        if let Some(db) = &db {
+            tracing::info!(
+                "several instances may share this database: the queue, timers, leases and workers live in it"
+            );
+            tokio::spawn(db.clone().listen());
+            tokio::spawn(db.clone().maintenance_loop(engine.shared.clone()));
+            return Ok(engine);
+        }
         let unfinished = {
             let storage = storage.clone();
             tokio::task::spawn_blocking(move || storage.unfinished_jobs())
@@ -382,8 +406,12 @@ impl Engine {
                     .map_err(|e| EngineError::InvalidJob(e.to_string()))?;
             }
         }
-        let (ack_tx, ack_rx) = oneshot::channel();
         let id = Uuid::new_v4();
+        if let Some(db) = &self.shared.db {
+            db.create(&self.shared, id, &blueprint, new).await?;
+            return Ok(id);
+        }
+        let (ack_tx, ack_rx) = oneshot::channel();
         {
             let mut st = self.tx();
             machine::create(&self.shared, &mut st, id, &blueprint, new, ack_tx);
@@ -420,6 +448,12 @@ impl Engine {
 
     /// A job, from memory or storage.
     pub async fn get_job(&self, id: Uuid) -> Result<Option<Job>, StorageError> {
+        if let Some(db) = &self.shared.db {
+            return db
+                .get_job(id)
+                .await
+                .map_err(|e| StorageError::Backend(e.to_string()));
+        }
         if let Some(job) = self.lock().jobs.get(&id) {
             return Ok(Some(job.clone()));
         }
@@ -432,6 +466,21 @@ impl Engine {
     /// Waits up to `wait` for the job to reach a terminal status.
     pub async fn wait_for_job(&self, id: Uuid, wait: Duration) {
         let deadline = Instant::now() + wait;
+        if let Some(db) = &self.shared.db {
+            loop {
+                let ended = db.jobs.notified();
+                match db.get_job(id).await {
+                    Ok(Some(job)) if !job.status.is_terminal() => {}
+                    _ => return,
+                }
+                tokio::select! {
+                    _ = ended => {}
+                    _ = tokio::time::sleep(shared_db::FALLBACK_POLL) => {}
+                    _ = tokio::time::sleep_until(deadline) => return,
+                    _ = self.shared.stopping.cancelled() => return,
+                }
+            }
+        }
         let notify = {
             let mut st = self.tx();
             match st.jobs.get(&id) {
@@ -475,12 +524,18 @@ impl Engine {
     }
 
     /// Cancels a job that has not ended; `Err` says why not.
-    pub fn cancel_job(&self, id: Uuid, owner: &str) -> Result<(), EngineError> {
+    pub async fn cancel_job(&self, id: Uuid, owner: &str) -> Result<(), EngineError> {
+        if let Some(db) = &self.shared.db {
+            return db.cancel(&self.shared, id, owner).await;
+        }
         machine::cancel(&mut self.tx(), id, owner)
     }
 
     /// Why a waiting job waits, e.g. no worker offers its task type.
-    pub fn waiting_reason(&self, job: &Job) -> Option<String> {
+    pub async fn waiting_reason(&self, job: &Job) -> Option<String> {
+        if let Some(db) = &self.shared.db {
+            return db.waiting_reason(job).await.ok().flatten();
+        }
         let st = self.lock();
         machine::waiting_reason(&st, job)
     }
@@ -488,7 +543,10 @@ impl Engine {
     // ----- workers -----
 
     /// Registers a worker; `Err` when a new id would pass `max_workers`.
-    pub fn register_worker(&self, reg: &rxon::WorkerRegistration) -> Result<(), EngineError> {
+    pub async fn register_worker(&self, reg: &rxon::WorkerRegistration) -> Result<(), EngineError> {
+        if let Some(db) = &self.shared.db {
+            return db.register(&self.shared, reg).await?;
+        }
         let mut st = self.tx();
         let max = self.shared.settings.max_workers;
         if !st.workers.contains_key(&reg.worker_id) && st.workers.len() >= max {
@@ -501,21 +559,40 @@ impl Engine {
         Ok(())
     }
 
+    /// Records a worker message's replay key; false when an instance
+    /// sharing the database saw it already (one instance alone checks in
+    /// memory, in [`crate::api::auth::Auth`]).
+    pub async fn remember_nonce(&self, key: &str) -> Result<bool, EngineError> {
+        match &self.shared.db {
+            Some(db) => Ok(db.remember_nonce(key).await?),
+            None => Ok(true),
+        }
+    }
+
     /// Where webhooks may connect.
     pub fn egress(&self) -> &crate::egress::EgressPolicy {
         &self.shared.egress
     }
 
     /// Applies a heartbeat; `None` if the worker is not registered.
-    pub fn heartbeat(
+    pub async fn heartbeat(
         &self,
         worker_id: &str,
         hb: Option<&rxon::Heartbeat>,
-    ) -> Option<rxon::HeartbeatResponse> {
-        machine::heartbeat(&self.shared, &mut self.tx(), worker_id, hb)
+    ) -> Result<Option<rxon::HeartbeatResponse>, EngineError> {
+        if let Some(db) = &self.shared.db {
+            return Ok(db.heartbeat(&self.shared, worker_id, hb).await?);
+        }
+        Ok(machine::heartbeat(&self.shared, &mut self.tx(), worker_id, hb))
     }
 
-    pub fn workers(&self) -> Vec<WorkerView> {
+    pub async fn workers(&self) -> Vec<WorkerView> {
+        if let Some(db) = &self.shared.db {
+            return db.worker_views().await.unwrap_or_else(|e| {
+                tracing::error!("cannot read the workers: {e}");
+                Vec::new()
+            });
+        }
         self.lock().workers.values().map(|w| w.view()).collect()
     }
 
@@ -539,6 +616,21 @@ impl Engine {
         // A deploy ends the wait: the answer carries the new plugins revision.
         let mut deploys = self.shared.registry.subscribe();
         deploys.borrow_and_update();
+        if let Some(db) = &self.shared.db {
+            loop {
+                let queued = db.tasks.notified();
+                if let Some(payload) = db.take(&self.shared, worker_id).await? {
+                    return Ok(Some(self.signed(payload)));
+                }
+                tokio::select! {
+                    _ = queued => {}
+                    _ = tokio::time::sleep(shared_db::FALLBACK_POLL) => {}
+                    _ = tokio::time::sleep_until(deadline) => return Ok(None),
+                    _ = self.shared.stopping.cancelled() => return Ok(None),
+                    _ = deploys.changed() => return Ok(None),
+                }
+            }
+        }
         loop {
             let (taken, wake) = {
                 let mut st = self.tx();
@@ -572,22 +664,34 @@ impl Engine {
         payload
     }
 
-    pub fn submit_result(
+    pub async fn submit_result(
         &self,
         worker_id: &str,
         result: &rxon::TaskResult,
-    ) -> rxon::ResultResponse {
-        machine::apply_result(&self.shared, &mut self.tx(), worker_id, result)
+    ) -> Result<rxon::ResultResponse, EngineError> {
+        if let Some(db) = &self.shared.db {
+            return Ok(db.apply_result(&self.shared, worker_id, result).await?);
+        }
+        Ok(machine::apply_result(
+            &self.shared,
+            &mut self.tx(),
+            worker_id,
+            result,
+        ))
     }
 
     /// A worker event; `progress` updates the job. `Err` names a forbidden target.
-    pub fn worker_event(
+    pub async fn worker_event(
         &self,
         worker_id: &str,
         event: &rxon::WorkerEventPayload,
     ) -> Result<(), EngineError> {
+        if let Some(db) = &self.shared.db {
+            return db.worker_event(&self.shared, worker_id, event).await;
+        }
         machine::worker_event(&mut self.tx(), worker_id, event).map_err(EngineError::NotAssigned)
     }
+
 
     async fn timer_loop(self) {
         loop {

@@ -17,7 +17,10 @@ use crate::job::{Job, JobEvent, JobStatus};
 mod registry;
 
 /// The migrations, in order: (version, SQL).
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_init.sql")),
+    (2, include_str!("../../migrations/postgres/0002_shared_engine.sql")),
+];
 
 pub struct PostgresStorage {
     /// Never dropped: the blocking client owns a small runtime that may not

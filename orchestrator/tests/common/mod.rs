@@ -47,14 +47,14 @@ pub async fn job(engine: &Engine, id: Uuid) -> Job {
     engine.get_job(id).await.unwrap().unwrap()
 }
 
-pub fn register(engine: &Engine, worker: &str, skills: &[&str]) {
+pub async fn register(engine: &Engine, worker: &str, skills: &[&str]) {
     let reg: rxon::WorkerRegistration = serde_json::from_value(json!({
         "worker_id": worker,
         "worker_type": "test",
         "supported_skills": skills.iter().map(|s| json!({"name": s})).collect::<Vec<_>>(),
     }))
     .unwrap();
-    engine.register_worker(&reg).expect("registered");
+    engine.register_worker(&reg).await.expect("registered");
 }
 
 /// Polls without waiting.

@@ -1,0 +1,569 @@
+//! Several orchestrator instances on one PostgreSQL database: the database
+//! is the source of truth for jobs, the task queue, timers, task leases,
+//! worker registrations and replay nonces, and any instance serves any
+//! client or worker.
+//!
+//! - Every event (create, take, result, heartbeat, timer, cancel…) is one
+//!   transaction that locks the rows it touches, runs the same state machine
+//!   as the in-memory engine over them ([`scratch`]), and writes back what
+//!   changed; a job is written as a compare-and-set on its version.
+//! - Workers claim queue entries with `FOR UPDATE SKIP LOCKED`; timers are
+//!   claimed the same way by whichever instance sees them due first (the
+//!   database's clock decides); expired workers likewise.
+//! - `LISTEN/NOTIFY` wakes long-polls and `?wait=` on every instance (a
+//!   hint: they also look again every [`FALLBACK_POLL`]).
+
+mod scratch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_postgres::{AsyncMessage, NoTls};
+use uuid::Uuid;
+
+use super::workers::WorkerView;
+use super::{EngineError, EngineState, Shared, machine};
+use crate::job::Job;
+use scratch::{AfterCommit, Scratch, StoredWorker};
+
+/// How often long-polls and waiters look again without a notification.
+pub const FALLBACK_POLL: Duration = Duration::from_millis(500);
+/// How often each instance looks for due timers and expired workers.
+const TICK: Duration = Duration::from_millis(100);
+/// Attempts of one event that meets a conflict or a deadlock.
+const ATTEMPTS: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DbError {
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("database pool: {0}")]
+    Pool(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+}
+
+impl DbError {
+    /// Worth running the event again: a concurrent writer won.
+    fn is_retryable(&self) -> bool {
+        match self {
+            Self::Conflict(_) => true,
+            Self::Db(e) => e.code().is_some_and(|c| {
+                *c == tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED
+                    || *c == tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
+            }),
+            _ => false,
+        }
+    }
+}
+
+impl From<DbError> for EngineError {
+    fn from(e: DbError) -> Self {
+        EngineError::Storage(e.to_string())
+    }
+}
+
+/// The shared-database side of an engine.
+pub(crate) struct SharedDb {
+    pool: Pool,
+    /// Woken by `NOTIFY tasks` (a task was queued somewhere).
+    pub tasks: Notify,
+    /// Woken by `NOTIFY jobs` (a job ended somewhere).
+    pub jobs: Notify,
+    url: String,
+}
+
+impl SharedDb {
+    pub(crate) async fn connect(url: &str) -> Result<Arc<Self>, DbError> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| DbError::Pool(e.to_string()))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .build()
+            .map_err(|e| DbError::Pool(e.to_string()))?;
+        Ok(Arc::new(Self {
+            pool,
+            tasks: Notify::new(),
+            jobs: Notify::new(),
+            url: url.to_string(),
+        }))
+    }
+
+    /// Listens for notifications; reconnects when the connection drops.
+    pub(crate) async fn listen(self: Arc<Self>) {
+        loop {
+            match tokio_postgres::connect(&self.url, NoTls).await {
+                Ok((client, mut connection)) => {
+                    let mut messages =
+                        futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                    // The connection must be polled for the LISTEN to complete.
+                    let listened = {
+                        let listen = client.batch_execute("LISTEN tasks; LISTEN jobs");
+                        let mut listen = std::pin::pin!(listen);
+                        loop {
+                            tokio::select! {
+                                r = &mut listen => break r.is_ok(),
+                                m = messages.next() => if m.is_none() { break false },
+                            }
+                        }
+                    };
+                    if !listened {
+                        tracing::warn!("cannot LISTEN for notifications; retrying");
+                    }
+                    while let Some(message) = messages.next().await {
+                        match message {
+                            Ok(AsyncMessage::Notification(n)) => match n.channel() {
+                                "tasks" => self.tasks.notify_waiters(),
+                                "jobs" => self.jobs.notify_waiters(),
+                                _ => {}
+                            },
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!("LISTEN connection lost: {e}");
+                                break;
+                            }
+                        }
+                    }
+                    drop(client);
+                }
+                Err(e) => tracing::warn!("cannot open the LISTEN connection: {e}"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Runs one event: `f` over the scratch state of `jobs` and `workers`,
+    /// retried on conflicts. `pre` runs first in the same transaction (to
+    /// claim a row) and returns the jobs to lock.
+    async fn event<R: Send>(
+        &self,
+        shared: &Arc<Shared>,
+        jobs: &[Uuid],
+        workers: &[String],
+        mut f: impl FnMut(&mut EngineState) -> R + Send,
+    ) -> Result<R, DbError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_event(shared, jobs, workers, None, &mut f).await {
+                Err(e) if e.is_retryable() && attempt < ATTEMPTS => {
+                    tracing::debug!("retrying an engine event: {e}");
+                    tokio::time::sleep(Duration::from_millis(2 * attempt as u64)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_event<R: Send>(
+        &self,
+        shared: &Arc<Shared>,
+        jobs: &[Uuid],
+        workers: &[String],
+        fired: Option<i64>,
+        f: &mut (impl FnMut(&mut EngineState) -> R + Send),
+    ) -> Result<R, DbError> {
+        let mut client = self.pool.get().await.map_err(|e| DbError::Pool(e.to_string()))?;
+        let tx = client.transaction().await?;
+        let mut scratch =
+            Scratch::load(&tx, jobs, workers, fired, shared.settings.finished_jobs_in_memory)
+                .await?;
+        let r = f(&mut scratch.st);
+        let after = scratch.apply(&tx).await?;
+        tx.commit().await?;
+        self.after_commit(shared, after).await;
+        Ok(r)
+    }
+
+    async fn after_commit(&self, shared: &Arc<Shared>, after: AfterCommit) {
+        if after.queued || after.ended {
+            if let Ok(client) = self.pool.get().await {
+                let mut sql = String::new();
+                if after.queued {
+                    sql.push_str("NOTIFY tasks;");
+                }
+                if after.ended {
+                    sql.push_str("NOTIFY jobs;");
+                }
+                let _ = client.batch_execute(&sql).await;
+            }
+        }
+        for hook in after.webhooks {
+            tokio::spawn(hook.deliver(shared.clone()));
+        }
+    }
+
+    pub(crate) async fn create(
+        &self,
+        shared: &Arc<Shared>,
+        id: Uuid,
+        bp: &Arc<crate::blueprint::Blueprint>,
+        new: super::NewJob,
+    ) -> Result<(), DbError> {
+        self.event(shared, &[], &[], |st| {
+            let (ack, _) = tokio::sync::oneshot::channel();
+            machine::create(shared, st, id, bp, new.clone(), ack);
+        })
+        .await
+    }
+
+    /// Claims the oldest queued task this worker can run, if any.
+    pub(crate) async fn take(&self, shared: &Arc<Shared>, worker_id: &str) -> Result<Option<rxon::TaskPayload>, EngineError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_take(shared, worker_id).await {
+                Err(TakeError::Db(e)) if e.is_retryable() && attempt < ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_millis(2 * attempt as u64)).await;
+                }
+                Err(TakeError::Db(e)) => return Err(e.into()),
+                Err(TakeError::Engine(e)) => return Err(e),
+                Ok(Some(Some(payload))) => return Ok(Some(payload)),
+                // A stale entry (the job moved on): take the next one.
+                Ok(Some(None)) => continue,
+                Ok(None) => return Ok(None),
+            }
+        }
+    }
+
+    async fn try_take(
+        &self,
+        shared: &Arc<Shared>,
+        worker_id: &str,
+    ) -> Result<Option<Option<rxon::TaskPayload>>, TakeError> {
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| TakeError::Db(DbError::Pool(e.to_string())))?;
+        let tx = client.transaction().await.map_err(DbError::from)?;
+        let row = tx
+            .query_opt(
+                "UPDATE workers SET last_seen = now() WHERE id = $1 RETURNING record",
+                &[&worker_id],
+            )
+            .await
+            .map_err(DbError::from)?;
+        let Some(row) = row else {
+            return Err(TakeError::Engine(EngineError::UnknownWorker(
+                worker_id.to_string(),
+            )));
+        };
+        let stored: StoredWorker = serde_json::from_value(row.get(0))
+            .map_err(|e| DbError::Corrupt(e.to_string()))?;
+        if stored.status == "offline" {
+            tx.commit().await.map_err(DbError::from)?;
+            return Ok(None);
+        }
+        let skills: Vec<String> = stored.skills.iter().map(|s| s.name.clone()).collect();
+        let claimed = tx
+            .query_opt(
+                "DELETE FROM task_queue WHERE seq = (
+                     SELECT seq FROM task_queue WHERE task_type = ANY($1)
+                     ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED)
+                 RETURNING seq, job_id, task_id, task_type",
+                &[&skills],
+            )
+            .await
+            .map_err(DbError::from)?;
+        let Some(claimed) = claimed else {
+            tx.commit().await.map_err(DbError::from)?;
+            return Ok(None);
+        };
+        let (seq, job, task_id, task_type): (i64, Uuid, String, String) =
+            (claimed.get(0), claimed.get(1), claimed.get(2), claimed.get(3));
+        let mut scratch = Scratch::load(
+            &tx,
+            &[job],
+            &[worker_id.to_string()],
+            None,
+            shared.settings.finished_jobs_in_memory,
+        )
+        .await?;
+        scratch.st.queues.entry(task_type).or_default().push_back(super::Queued {
+            job,
+            task_id,
+            seq: seq as u64,
+        });
+        let payload = machine::take_task(shared, &mut scratch.st, worker_id);
+        // A stale entry is consumed, not put back.
+        scratch.st.queues.clear();
+        let after = scratch.apply(&tx).await?;
+        tx.commit().await.map_err(DbError::from)?;
+        self.after_commit(shared, after).await;
+        Ok(Some(payload))
+    }
+
+    /// The job of a task result (to lock it first).
+    pub(crate) async fn apply_result(
+        &self,
+        shared: &Arc<Shared>,
+        worker_id: &str,
+        result: &rxon::TaskResult,
+    ) -> Result<rxon::ResultResponse, DbError> {
+        let jobs: Vec<Uuid> = Uuid::parse_str(&result.job_id).into_iter().collect();
+        self.event(shared, &jobs, &[worker_id.to_string()], |st| {
+            machine::apply_result(shared, st, worker_id, result)
+        })
+        .await
+    }
+
+    /// The jobs a worker's leases point at.
+    async fn jobs_of(&self, worker_id: &str) -> Result<Vec<Uuid>, DbError> {
+        let client = self.pool.get().await.map_err(|e| DbError::Pool(e.to_string()))?;
+        Ok(client
+            .query(
+                "SELECT DISTINCT job_id FROM task_leases WHERE worker_id = $1",
+                &[&worker_id],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    pub(crate) async fn heartbeat(
+        &self,
+        shared: &Arc<Shared>,
+        worker_id: &str,
+        hb: Option<&rxon::Heartbeat>,
+    ) -> Result<Option<rxon::HeartbeatResponse>, DbError> {
+        let jobs = self.jobs_of(worker_id).await?;
+        self.event(shared, &jobs, &[worker_id.to_string()], |st| {
+            machine::heartbeat(shared, st, worker_id, hb)
+        })
+        .await
+    }
+
+    pub(crate) async fn register(
+        &self,
+        shared: &Arc<Shared>,
+        reg: &rxon::WorkerRegistration,
+    ) -> Result<Result<(), EngineError>, DbError> {
+        let max = shared.settings.max_workers;
+        {
+            let client = self.pool.get().await.map_err(|e| DbError::Pool(e.to_string()))?;
+            let known = client
+                .query_opt("SELECT 1 FROM workers WHERE id = $1", &[&reg.worker_id])
+                .await?
+                .is_some();
+            let count: i64 = client
+                .query_one("SELECT count(*) FROM workers", &[])
+                .await?
+                .get(0);
+            if !known && count as usize >= max {
+                return Ok(Err(EngineError::TooManyWorkers(format!(
+                    "Too many workers: {max} are registered (max_workers); worker {} was not registered",
+                    rxon::text::clip(&reg.worker_id, 128)
+                ))));
+            }
+        }
+        let jobs = self.jobs_of(&reg.worker_id).await?;
+        self.event(shared, &jobs, &[reg.worker_id.clone()], |st| {
+            machine::register_worker(shared, st, reg)
+        })
+        .await?;
+        Ok(Ok(()))
+    }
+
+    pub(crate) async fn cancel(&self, shared: &Arc<Shared>, id: Uuid, owner: &str) -> Result<(), EngineError> {
+        self.event(shared, &[id], &[], |st| machine::cancel(st, id, owner))
+            .await?
+    }
+
+    pub(crate) async fn worker_event(
+        &self,
+        shared: &Arc<Shared>,
+        worker_id: &str,
+        event: &rxon::WorkerEventPayload,
+    ) -> Result<(), EngineError> {
+        let jobs: Vec<Uuid> = event
+            .target_job_id
+            .as_deref()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .into_iter()
+            .collect();
+        self.event(shared, &jobs, &[worker_id.to_string()], |st| {
+            machine::worker_event(st, worker_id, event)
+        })
+        .await?
+        .map_err(EngineError::NotAssigned)
+    }
+
+    pub(crate) async fn get_job(&self, id: Uuid) -> Result<Option<Job>, DbError> {
+        let client = self.pool.get().await.map_err(|e| DbError::Pool(e.to_string()))?;
+        let row = client
+            .query_opt("SELECT body FROM jobs WHERE id = $1", &[&id])
+            .await?;
+        row.map(|r| {
+            serde_json::from_str(r.get::<_, &str>(0)).map_err(|e| DbError::Corrupt(e.to_string()))
+        })
+        .transpose()
+    }
+
+    pub(crate) async fn workers(&self) -> Result<Vec<super::workers::WorkerRecord>, DbError> {
+        let client = self.pool.get().await.map_err(|e| DbError::Pool(e.to_string()))?;
+        let now = chrono::Utc::now();
+        let mono = Instant::now();
+        let mut out = Vec::new();
+        for row in client
+            .query("SELECT record, last_seen FROM workers ORDER BY id", &[])
+            .await?
+        {
+            if let Ok(stored) = serde_json::from_value::<StoredWorker>(row.get(0)) {
+                out.push(stored.record(scratch::instant_of(row.get(1), now, mono)));
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn worker_views(&self) -> Result<Vec<WorkerView>, DbError> {
+        Ok(self.workers().await?.iter().map(|w| w.view()).collect())
+    }
+
+    /// Records a message nonce; false when it was seen already.
+    pub(crate) async fn remember_nonce(&self, key: &str) -> Result<bool, DbError> {
+        let client = self.pool.get().await.map_err(|e| DbError::Pool(e.to_string()))?;
+        let n = client
+            .execute(
+                "INSERT INTO seen_nonces (key) VALUES ($1) ON CONFLICT DO NOTHING",
+                &[&key],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Fires due timers and drops expired workers, on every instance; each
+    /// row is claimed by exactly one.
+    pub(crate) async fn maintenance_loop(self: Arc<Self>, shared: Arc<Shared>) {
+        let mut last_prune = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(TICK) => {}
+                _ = shared.stopping.cancelled() => return,
+            }
+            loop {
+                match self.fire_one(&shared).await {
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    Err(e) => {
+                        tracing::warn!("firing a timer failed: {e}");
+                        break;
+                    }
+                }
+            }
+            if let Err(e) = self.expire_workers(&shared).await {
+                tracing::warn!("expiring workers failed: {e}");
+            }
+            if last_prune.elapsed() > Duration::from_secs(10) {
+                last_prune = Instant::now();
+                if let Ok(client) = self.pool.get().await {
+                    let _ = client
+                        .execute(
+                            "DELETE FROM seen_nonces WHERE seen_at < now() - interval '70 seconds'",
+                            &[],
+                        )
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Fires one due timer; false when none is due.
+    async fn fire_one(&self, shared: &Arc<Shared>) -> Result<bool, DbError> {
+        let mut client = self.pool.get().await.map_err(|e| DbError::Pool(e.to_string()))?;
+        let tx = client.transaction().await?;
+        let Some(row) = tx
+            .query_opt(
+                "SELECT id, kind, job_id, task_id FROM timers WHERE due_at <= now()
+                 ORDER BY due_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+                &[],
+            )
+            .await?
+        else {
+            return Ok(false);
+        };
+        let (id, kind, job, task_id): (i64, String, Uuid, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        let mut scratch = Scratch::load(
+            &tx,
+            &[job],
+            &[],
+            Some(id),
+            shared.settings.finished_jobs_in_memory,
+        )
+        .await?;
+        if let Some(timer) = scratch::timer_of(&kind, job, task_id) {
+            machine::fire(shared, &mut scratch.st, timer);
+        }
+        let after = scratch.apply(&tx).await?;
+        tx.execute("DELETE FROM timers WHERE id = $1", &[&id]).await?;
+        tx.commit().await?;
+        self.after_commit(shared, after).await;
+        Ok(true)
+    }
+
+    /// Drops workers not heard from within their time to live, requeueing
+    /// what they held.
+    async fn expire_workers(&self, shared: &Arc<Shared>) -> Result<(), DbError> {
+        let client = self.pool.get().await.map_err(|e| DbError::Pool(e.to_string()))?;
+        let expired: Vec<String> = client
+            .query(
+                "SELECT id FROM workers WHERE last_seen < now() - ttl_ms * interval '1 millisecond'",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        drop(client);
+        for worker_id in expired {
+            let jobs = self.jobs_of(&worker_id).await?;
+            self.event(shared, &jobs, &[worker_id.clone()], |st| {
+                machine::sweep_workers(shared, st);
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Why a waiting job waits (no worker offers its task type).
+    pub(crate) async fn waiting_reason(&self, job: &Job) -> Result<Option<String>, DbError> {
+        let mut st = EngineState::default();
+        for w in self.workers().await? {
+            st.workers.insert(w.worker_id.clone(), w);
+        }
+        Ok(machine::waiting_reason(&st, job))
+    }
+}
+
+enum TakeError {
+    Db(DbError),
+    Engine(EngineError),
+}
+
+impl From<DbError> for TakeError {
+    fn from(e: DbError) -> Self {
+        Self::Db(e)
+    }
+}
+
+impl From<tokio_postgres::Error> for TakeError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Db(e.into())
+    }
+}
