@@ -54,7 +54,11 @@ const MAX_ANSWER_BYTES: usize = 16 << 20;
 #[derive(Clone)]
 pub struct OrchestratorClient {
     http: reqwest::Client,
-    base: String,
+    /// The orchestrator URLs (several instances sharing a database); the
+    /// one in use is `bases[current]`, and an unreachable one hands over to
+    /// the next.
+    bases: std::sync::Arc<[String]>,
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     worker_id: String,
     token: String,
     /// The last plugins revision the orchestrator announced (our
@@ -71,14 +75,50 @@ pub fn unix_now() -> i64 {
 }
 
 impl OrchestratorClient {
+    /// `base_url`: one orchestrator URL, or several separated by commas
+    /// (instances sharing one database; tried in turn when one is down).
     pub fn new(base_url: &str, worker_id: &str, token: &str) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            base_url.split(',').any(|b| !b.trim().is_empty()),
+            "no orchestrator URL given"
+        );
         Ok(Self {
             http: Self::http()?,
-            base: base_url.trim_end_matches('/').to_string(),
+            bases: base_url
+                .split(',')
+                .map(|b| b.trim().trim_end_matches('/').to_string())
+                .filter(|b| !b.is_empty())
+                .collect(),
+            current: Default::default(),
             worker_id: worker_id.to_string(),
             token: token.to_string(),
             revision: std::sync::Arc::new(tokio::sync::watch::Sender::new(None)),
         })
+    }
+
+    /// The URL in use, after moving on to the next orchestrator URL (when
+    /// there are several): called when the one in use cannot be reached.
+    fn failed_over(&self) -> String {
+        let failed = self.base_url().to_string();
+        if self.bases.len() > 1 {
+            let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+            if self
+                .current
+                .compare_exchange(
+                    i,
+                    (i + 1) % self.bases.len(),
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                tracing::warn!(
+                    "cannot reach the orchestrator at {failed}; trying {} next",
+                    self.base_url()
+                );
+            }
+        }
+        failed
     }
 
     /// Follows the plugins revision the orchestrator announces (stays `None`
@@ -122,7 +162,7 @@ impl OrchestratorClient {
     }
 
     pub fn base_url(&self) -> &str {
-        &self.base
+        &self.bases[self.current.load(std::sync::atomic::Ordering::Relaxed) % self.bases.len()]
     }
 
     pub fn worker_id(&self) -> &str {
@@ -131,7 +171,7 @@ impl OrchestratorClient {
 
     fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         self.http
-            .request(method, format!("{}{}", self.base, path))
+            .request(method, format!("{}{}", self.base_url(), path))
             .header(HEADER_WORKER_TOKEN, &self.token)
             .header(HEADER_WORKER_ID, &self.worker_id)
             .header(HEADER_RXON_VERSION, PROTOCOL_VERSION)
@@ -164,7 +204,7 @@ impl OrchestratorClient {
             .send()
             .await
             .map_err(|source| ClientError::Unreachable {
-                url: self.base.clone(),
+                url: self.failed_over(),
                 source,
             })?;
         self.note_revision(&response);
@@ -226,7 +266,7 @@ impl OrchestratorClient {
                 .chunk()
                 .await
                 .map_err(|source| ClientError::Unreachable {
-                    url: self.base.clone(),
+                    url: self.failed_over(),
                     source,
                 })?
         {
@@ -355,7 +395,7 @@ impl OrchestratorClient {
             .send()
             .await
             .map_err(|source| ClientError::Unreachable {
-                url: self.base.clone(),
+                url: self.failed_over(),
                 source,
             })?;
         let status = response.status();

@@ -144,6 +144,9 @@ pub struct EngineState {
     pub retired: VecDeque<Uuid>,
     /// How many of those to keep (from the settings).
     pub keep_finished: usize,
+    /// This state holds only the workers an event touches (a shared
+    /// database): whether anyone offers a task type is not known here.
+    pub partial_workers: bool,
 }
 
 impl EngineState {
@@ -469,6 +472,8 @@ impl Engine {
         if let Some(db) = &self.shared.db {
             loop {
                 let ended = db.jobs.notified();
+                tokio::pin!(ended);
+                ended.as_mut().enable();
                 match db.get_job(id).await {
                     Ok(Some(job)) if !job.status.is_terminal() => {}
                     _ => return,
@@ -618,7 +623,10 @@ impl Engine {
         deploys.borrow_and_update();
         if let Some(db) = &self.shared.db {
             loop {
+                // Registered before looking, so a task queued meanwhile wakes it.
                 let queued = db.tasks.notified();
+                tokio::pin!(queued);
+                queued.as_mut().enable();
                 if let Some(payload) = db.take(&self.shared, worker_id).await? {
                     return Ok(Some(self.signed(payload)));
                 }

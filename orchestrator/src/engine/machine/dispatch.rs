@@ -44,7 +44,9 @@ pub(crate) fn enqueue(
     } else {
         String::new()
     };
-    if offered == 0 {
+    if st.partial_workers {
+        tracing::debug!(job_id = %job.id, "job {}: task {task_id} ({task_type}){attempt_note} queued", job.id);
+    } else if offered == 0 {
         tracing::warn!(
             job_id = %job.id,
             "job {}: task {task_id} ({task_type}){attempt_note} is waiting: no registered worker offers task type {task_type}",

@@ -185,6 +185,8 @@ impl SharedDb {
         let r = f(&mut scratch.st);
         let after = scratch.apply(&tx).await?;
         tx.commit().await?;
+        // Back to the pool before taking another for the notification.
+        drop(client);
         self.after_commit(shared, after).await;
         Ok(r)
     }
@@ -250,14 +252,14 @@ impl SharedDb {
             .get()
             .await
             .map_err(|e| TakeError::Db(DbError::Pool(e.to_string())))?;
-        let tx = client.transaction().await.map_err(DbError::from)?;
-        let row = tx
+        let row = client
             .query_opt(
                 "UPDATE workers SET last_seen = now() WHERE id = $1 RETURNING record",
                 &[&worker_id],
             )
             .await
             .map_err(DbError::from)?;
+        let tx = client.transaction().await.map_err(DbError::from)?;
         let Some(row) = row else {
             return Err(TakeError::Engine(EngineError::UnknownWorker(
                 worker_id.to_string(),
@@ -304,6 +306,7 @@ impl SharedDb {
         scratch.st.queues.clear();
         let after = scratch.apply(&tx).await?;
         tx.commit().await.map_err(DbError::from)?;
+        drop(client);
         self.after_commit(shared, after).await;
         Ok(Some(payload))
     }
@@ -316,10 +319,23 @@ impl SharedDb {
         result: &rxon::TaskResult,
     ) -> Result<rxon::ResultResponse, DbError> {
         let jobs: Vec<Uuid> = Uuid::parse_str(&result.job_id).into_iter().collect();
+        self.touch(worker_id).await?;
         self.event(shared, &jobs, &[worker_id.to_string()], |st| {
             machine::apply_result(shared, st, worker_id, result)
         })
         .await
+    }
+
+    /// The worker was heard from (outside any event's transaction).
+    async fn touch(&self, worker_id: &str) -> Result<(), DbError> {
+        let client = self.pool.get().await.map_err(|e| DbError::Pool(e.to_string()))?;
+        client
+            .execute(
+                "UPDATE workers SET last_seen = now() WHERE id = $1",
+                &[&worker_id],
+            )
+            .await?;
+        Ok(())
     }
 
     /// The jobs a worker's leases point at.
@@ -513,6 +529,8 @@ impl SharedDb {
         let after = scratch.apply(&tx).await?;
         tx.execute("DELETE FROM timers WHERE id = $1", &[&id]).await?;
         tx.commit().await?;
+        // Back to the pool before taking another for the notification.
+        drop(client);
         self.after_commit(shared, after).await;
         Ok(true)
     }

@@ -146,6 +146,7 @@ impl Scratch {
         let mono = Instant::now();
         let mut st = EngineState {
             keep_finished: keep_finished.max(jobs.len() + 1),
+            partial_workers: true,
             ..EngineState::default()
         };
         let mut ids: Vec<Uuid> = jobs.to_vec();
@@ -389,7 +390,9 @@ impl Scratch {
         for (id, w) in &self.st.workers {
             let stored = StoredWorker::of(w);
             let last_seen = utc_of(w.last_seen, self.now, self.mono);
-            if self.workers.get(id) != Some(&stored) || w.last_seen > self.mono {
+            // Liveness alone (`last_seen`) is touched outside events, so
+            // that events of one worker do not queue on its row.
+            if self.workers.get(id) != Some(&stored) {
                 let record =
                     serde_json::to_value(&stored).map_err(|e| DbError::Corrupt(e.to_string()))?;
                 tx.execute(

@@ -114,8 +114,10 @@ impl RegistryStorage for PostgresStorage {
     fn put_blueprint(&self, row: &BlueprintRow) -> Result<(), StorageError> {
         self.lock()
             .execute(
+                // Instances starting together from the same files store the
+                // same first version once.
                 "INSERT INTO blueprint_versions (name, version, text, origin, created_at)
-                 VALUES ($1, $2, $3, $4, $5)",
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name, version) DO NOTHING",
                 &[
                     &row.name,
                     &(row.version as i32),

@@ -1,0 +1,192 @@
+//! Two orchestrator processes on one PostgreSQL database, two worker hosts
+//! that know both: jobs created through both instances finish exactly once,
+//! and kill -9 of one instance in the middle loses none and strands none.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+/// Creates an echo job through `base`; the id when it answered 202.
+async fn try_create(http: &reqwest::Client, base: &str, n: usize) -> Option<String> {
+    let resp = http
+        .post(format!("{base}/api/v1/jobs/test"))
+        .header("X-Client-Token", CLIENT_TOKEN)
+        .json(&serde_json::json!({"message": format!("job{n}"), "multiply": 1}))
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await
+        .ok()?;
+    if resp.status().as_u16() != 202 {
+        return None;
+    }
+    let v: Value = resp.json().await.ok()?;
+    v["job_id"].as_str().map(str::to_string)
+}
+
+/// The last lines of a log.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+async fn db(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_finish_every_job_once_even_when_one_is_killed() {
+    let mut a = Stack::on_postgres().await;
+    let mut b = Stack::new();
+    b.storage = a.storage.clone();
+    let url = a.storage.clone();
+    a.start_orchestrator();
+    a.wait_ready().await;
+    b.start_orchestrator();
+    b.wait_ready().await;
+    let both = format!("{},{}", a.base, b.base);
+    let both_reversed = format!("{},{}", b.base, a.base);
+    let mut w1 = a.spawn_worker("cluster-w1", "w1.log", |c| {
+        c.env("ORCHESTRATOR_URL", &both);
+    });
+    let mut w2 = a.spawn_worker("cluster-w2", "w2.log", |c| {
+        c.env("ORCHESTRATOR_URL", &both_reversed);
+    });
+    // Registered through one instance, seen by the other.
+    wait_until("both workers, seen from B", Duration::from_secs(60), || async {
+        let (_, workers) = b.get("/api/v1/workers").await;
+        let ids: BTreeSet<String> = workers
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|w| w["worker_id"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.contains("cluster-w1") && ids.contains("cluster-w2")
+    })
+    .await;
+
+    // 2,000 jobs through both instances' client APIs, 20 at a time.
+    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let bases = Arc::new([a.base.clone(), b.base.clone()]);
+    let mut creators = Vec::new();
+    for _ in 0..20 {
+        let (accepted, next, bases) = (accepted.clone(), next.clone(), bases.clone());
+        creators.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if n >= 2000 {
+                    return;
+                }
+                // Alternate instances; when one is down, the other.
+                let first = n % 2;
+                for base in [&bases[first], &bases[1 - first]] {
+                    if let Some(id) = try_create(&http, base, n).await {
+                        accepted.lock().unwrap().push(id);
+                        break;
+                    }
+                }
+            }
+        }));
+    }
+    wait_until("600 accepted jobs", Duration::from_secs(120), || async {
+        accepted.lock().unwrap().len() >= 600
+    })
+    .await;
+    a.orchestrator.as_mut().unwrap().kill9();
+    for c in creators {
+        c.await.unwrap();
+    }
+    let accepted: Vec<String> = accepted.lock().unwrap().clone();
+    assert!(
+        accepted.len() >= 1900,
+        "only {} jobs accepted\nB log:\n{}",
+        accepted.len(),
+        tail(&b.logs().0)
+    );
+
+    // Every accepted job ends, through the surviving instance.
+    let client = db(&url).await;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let open: i64 = client
+            .query_one(
+                "SELECT count(*) FROM jobs WHERE status NOT IN ('finished', 'failed', 'quarantined', 'cancelled')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if open == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} jobs are stuck\nB log:\n{}\nw1 log:\n{}",
+            tail(&b.logs().0),
+            tail(&w1.log_text())
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let rows = client
+        .query("SELECT id::text, status FROM jobs", &[])
+        .await
+        .unwrap();
+    let finished: BTreeSet<String> = rows
+        .iter()
+        .filter(|r| r.get::<_, &str>(1) == "finished")
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        finished.len(),
+        rows.len(),
+        "every job (accepted or not answered) finished"
+    );
+    for id in &accepted {
+        assert!(finished.contains(id), "accepted job {id} did not finish");
+    }
+    let twice: i64 = client
+        .query_one(
+            "SELECT count(*) FROM (SELECT job_id FROM job_events WHERE event = 'finished'
+             GROUP BY job_id HAVING count(*) > 1) t",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(twice, 0, "no job finished twice");
+    // The result is the job's own.
+    let (status, job) = b.get(&format!("/api/v1/jobs/{}", accepted[0])).await;
+    assert_eq!(status, 200);
+    assert!(
+        job["result"]["processed_message"]
+            .as_str()
+            .unwrap()
+            .starts_with("job"),
+        "{job}"
+    );
+    let left = client
+        .query_one("SELECT count(*) FROM task_queue", &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(left, 0, "nothing left in the queue");
+    w1.stop();
+    w2.stop();
+    for log in [w1.log_text(), w2.log_text(), b.logs().0] {
+        assert!(!log.contains("panicked"), "{log}");
+    }
+}
