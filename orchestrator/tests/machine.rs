@@ -40,7 +40,10 @@ async fn params_are_built_with_types_and_defaults_and_the_result_finishes_the_jo
         serde_json::Value::Object(task.params.clone()),
         json!({"message": "yo", "n": 2})
     );
-    let r = engine.submit_result("w1", &success(&task, "success", json!({"out": "yo yo"}))).await.unwrap();
+    let r = engine
+        .submit_result("w1", &success(&task, "success", json!({"out": "yo yo"})))
+        .await
+        .unwrap();
     assert_eq!(r.status, "accepted");
     let job = job(&engine, id).await;
     assert_eq!(job.status, JobStatus::Finished);
@@ -55,7 +58,10 @@ async fn transient_failures_retry_with_exponential_backoff_then_take_the_failure
     register(&engine, "w1", &["echo"]).await;
     let id = create(&engine, json!({})).await;
     let first = poll(&engine, "w1").await.unwrap();
-    engine.submit_result("w1", &failure(&first, "TRANSIENT_ERROR", "flaky")).await.unwrap();
+    engine
+        .submit_result("w1", &failure(&first, "TRANSIENT_ERROR", "flaky"))
+        .await
+        .unwrap();
     assert_eq!(job(&engine, id).await.status, JobStatus::AwaitingRetry);
     // Backoff 1 s: nothing before, the retry after.
     tokio::time::sleep(Duration::from_millis(990)).await;
@@ -63,7 +69,10 @@ async fn transient_failures_retry_with_exponential_backoff_then_take_the_failure
     tokio::time::sleep(Duration::from_millis(20)).await;
     let second = poll(&engine, "w1").await.expect("retry after 1 s");
     assert_ne!(second.task_id, first.task_id, "a retry gets a new task id");
-    engine.submit_result("w1", &failure(&second, "TIMEOUT_ERROR", "slow")).await.unwrap();
+    engine
+        .submit_result("w1", &failure(&second, "TIMEOUT_ERROR", "slow"))
+        .await
+        .unwrap();
     // Backoff doubles: 2 s.
     tokio::time::sleep(Duration::from_millis(1990)).await;
     assert!(poll(&engine, "w1").await.is_none());
@@ -71,7 +80,10 @@ async fn transient_failures_retry_with_exponential_backoff_then_take_the_failure
     let third = poll(&engine, "w1").await.expect("retry after 2 s");
     let j = job(&engine, id).await;
     assert_eq!(j.tasks[0].attempt, 3);
-    engine.submit_result("w1", &failure(&third, "TRANSIENT_ERROR", "still flaky")).await.unwrap();
+    engine
+        .submit_result("w1", &failure(&third, "TRANSIENT_ERROR", "still flaky"))
+        .await
+        .unwrap();
     let j = job(&engine, id).await;
     assert_eq!(j.status, JobStatus::Failed);
     assert_eq!(j.current_state, "failed");
@@ -82,7 +94,10 @@ async fn transient_failures_retry_with_exponential_backoff_then_take_the_failure
     );
     assert_eq!(j.attempts, 3);
     // The stale first task's late result changes nothing.
-    let r = engine.submit_result("w1", &success(&first, "success", json!({}))).await.unwrap();
+    let r = engine
+        .submit_result("w1", &success(&first, "success", json!({})))
+        .await
+        .unwrap();
     assert_eq!(r.status, "ignored");
 }
 
@@ -102,10 +117,16 @@ end = "finished"
     register(&engine, "w", &["t"]).await;
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "w").await.unwrap();
-    engine.submit_result("w", &failure(&t, "TRANSIENT_ERROR", "boom")).await.unwrap();
+    engine
+        .submit_result("w", &failure(&t, "TRANSIENT_ERROR", "boom"))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     let t = poll(&engine, "w").await.unwrap();
-    engine.submit_result("w", &failure(&t, "TRANSIENT_ERROR", "boom")).await.unwrap();
+    engine
+        .submit_result("w", &failure(&t, "TRANSIENT_ERROR", "boom"))
+        .await
+        .unwrap();
     let j = job(&engine, id).await;
     assert_eq!(j.status, JobStatus::Quarantined);
     assert!(
@@ -117,7 +138,10 @@ end = "finished"
 
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "w").await.unwrap();
-    engine.submit_result("w", &failure(&t, "PERMANENT_ERROR", "broken")).await.unwrap();
+    engine
+        .submit_result("w", &failure(&t, "PERMANENT_ERROR", "broken"))
+        .await
+        .unwrap();
     let j = job(&engine, id).await;
     assert_eq!(j.status, JobStatus::Quarantined);
     assert_eq!(j.error.unwrap().code, "PERMANENT_ERROR");
@@ -129,10 +153,13 @@ async fn invalid_input_takes_the_failure_path_without_retrying() {
     register(&engine, "w", &["echo"]).await;
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "w").await.unwrap();
-    engine.submit_result(
-        "w",
-        &failure(&t, "INVALID_INPUT_ERROR", "n must be a number"),
-    ).await.unwrap();
+    engine
+        .submit_result(
+            "w",
+            &failure(&t, "INVALID_INPUT_ERROR", "n must be a number"),
+        )
+        .await
+        .unwrap();
     let j = job(&engine, id).await;
     assert_eq!(j.status, JobStatus::Failed);
     assert_eq!(j.current_state, "failed");
@@ -145,7 +172,10 @@ async fn custom_statuses_follow_their_transition_and_unknown_ones_fail_clearly()
     register(&engine, "w", &["echo"]).await;
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "w").await.unwrap();
-    engine.submit_result("w", &success(&t, "needs_review", json!({"score": 3}))).await.unwrap();
+    engine
+        .submit_result("w", &success(&t, "needs_review", json!({"score": 3})))
+        .await
+        .unwrap();
     let j = job(&engine, id).await;
     assert_eq!(
         (j.status, j.current_state.as_str()),
@@ -154,7 +184,10 @@ async fn custom_statuses_follow_their_transition_and_unknown_ones_fail_clearly()
 
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "w").await.unwrap();
-    engine.submit_result("w", &success(&t, "weird", json!({}))).await.unwrap();
+    engine
+        .submit_result("w", &success(&t, "weird", json!({})))
+        .await
+        .unwrap();
     let j = job(&engine, id).await;
     assert_eq!(j.status, JobStatus::Failed);
     let e = j.error.unwrap();
@@ -180,7 +213,10 @@ async fn a_job_waits_for_a_worker_and_says_why_then_runs_when_one_registers() {
     );
     register(&engine, "w2", &["echo"]).await;
     let t = poll(&engine, "w2").await.unwrap();
-    engine.submit_result("w2", &success(&t, "success", json!({}))).await.unwrap();
+    engine
+        .submit_result("w2", &success(&t, "success", json!({})))
+        .await
+        .unwrap();
     assert_eq!(job(&engine, id).await.status, JobStatus::Finished);
 }
 
@@ -242,12 +278,17 @@ end = "failed"
     // The late answer to the first attempt is stale.
     assert_eq!(
         engine
-            .submit_result("w", &success(&t, "success", json!({}))).await.unwrap()
+            .submit_result("w", &success(&t, "success", json!({})))
+            .await
+            .unwrap()
             .reason
             .as_deref(),
         Some("stale_task")
     );
-    engine.submit_result("w", &success(&t2, "success", json!({"ok": true}))).await.unwrap();
+    engine
+        .submit_result("w", &success(&t2, "success", json!({"ok": true})))
+        .await
+        .unwrap();
     assert_eq!(job(&engine, id).await.status, JobStatus::Finished);
 }
 
@@ -273,9 +314,15 @@ async fn a_silent_worker_loses_its_lease_and_the_task_goes_to_another() {
     let again = poll(&engine, "lives").await.expect("requeued");
     assert_eq!(again.job_id, lost.job_id);
     assert_ne!(again.task_id, lost.task_id);
-    let r = engine.submit_result("dies", &success(&lost, "success", json!({}))).await.unwrap();
+    let r = engine
+        .submit_result("dies", &success(&lost, "success", json!({})))
+        .await
+        .unwrap();
     assert_eq!(r.status, "ignored");
-    engine.submit_result("lives", &success(&again, "success", json!({}))).await.unwrap();
+    engine
+        .submit_result("lives", &success(&again, "success", json!({})))
+        .await
+        .unwrap();
     let j = job(&engine, id).await;
     assert_eq!(j.status, JobStatus::Finished);
     assert_eq!(j.task_worker_id.as_deref(), Some("lives"));
@@ -288,7 +335,10 @@ async fn only_the_assigned_worker_may_complete_a_task() {
     register(&engine, "b", &["echo"]).await;
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "a").await.unwrap();
-    let r = engine.submit_result("b", &success(&t, "success", json!({}))).await.unwrap();
+    let r = engine
+        .submit_result("b", &success(&t, "success", json!({})))
+        .await
+        .unwrap();
     assert_eq!(
         (r.status.as_str(), r.reason.as_deref()),
         ("ignored", Some("worker_mismatch"))
@@ -303,7 +353,10 @@ async fn cancelled_jobs_ignore_late_results() {
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "a").await.unwrap();
     engine.cancel_job(id, "default").await.unwrap();
-    let r = engine.submit_result("a", &success(&t, "success", json!({}))).await.unwrap();
+    let r = engine
+        .submit_result("a", &success(&t, "success", json!({})))
+        .await
+        .unwrap();
     assert_eq!(r.reason.as_deref(), Some("job_cancelled"));
     assert_eq!(job(&engine, id).await.status, JobStatus::Cancelled);
     let hb: rxon::Heartbeat = serde_json::from_value(
@@ -345,13 +398,19 @@ end = "failed"
         let r = poll(&engine, "wr").await.unwrap();
         assert_eq!(l.params["x"], x);
         assert_eq!(r.params["y"], 5);
-        let resp = engine.submit_result("wl", &success(&l, "success", json!({"v": x}))).await.unwrap();
+        let resp = engine
+            .submit_result("wl", &success(&l, "success", json!({"v": x})))
+            .await
+            .unwrap();
         assert_eq!(resp.transition.as_deref(), Some("parallel_branch_accepted"));
         assert_eq!(
             job(&engine, id).await.status,
             JobStatus::WaitingForParallelTasks
         );
-        engine.submit_result("wr", &success(&r, "success", json!({"v": 5}))).await.unwrap();
+        engine
+            .submit_result("wr", &success(&r, "success", json!({"v": 5})))
+            .await
+            .unwrap();
         let j = job(&engine, id).await;
         assert_eq!(
             (j.status, j.current_state.as_str()),
@@ -376,7 +435,10 @@ async fn ended_jobs_leave_memory_but_stay_readable_from_storage() {
     for n in 0..5 {
         let id = create(&engine, json!({"n": n})).await;
         let t = poll(&engine, "w").await.unwrap();
-        engine.submit_result("w", &success(&t, "success", json!({"n": n}))).await.unwrap();
+        engine
+            .submit_result("w", &success(&t, "success", json!({"n": n})))
+            .await
+            .unwrap();
         ids.push(id);
     }
     assert_eq!(
@@ -436,16 +498,25 @@ async fn a_new_instance_of_a_worker_gets_none_of_the_old_ones_tasks() {
     register_instance(&engine, "w", "second", 15.0).await;
     let again = poll(&engine, "w").await.unwrap();
     assert_ne!(again.task_id, old.task_id);
-    let r = engine.submit_result("w", &success(&old, "success", json!({}))).await.unwrap();
+    let r = engine
+        .submit_result("w", &success(&old, "success", json!({})))
+        .await
+        .unwrap();
     assert_eq!(r.reason.as_deref(), Some("stale_task"));
-    engine.submit_result("w", &success(&again, "success", json!({}))).await.unwrap();
+    engine
+        .submit_result("w", &success(&again, "success", json!({})))
+        .await
+        .unwrap();
     assert_eq!(job(&engine, id).await.status, JobStatus::Finished);
     // Re-registering as the same instance (a plugin reload) keeps its tasks.
     let id2 = create(&engine, json!({})).await;
     let held = poll(&engine, "w").await.unwrap();
     register_instance(&engine, "w", "second", 15.0).await;
     assert!(poll(&engine, "w").await.is_none());
-    engine.submit_result("w", &success(&held, "success", json!({}))).await.unwrap();
+    engine
+        .submit_result("w", &success(&held, "success", json!({})))
+        .await
+        .unwrap();
     assert_eq!(job(&engine, id2).await.status, JobStatus::Finished);
 }
 

@@ -40,10 +40,13 @@ fn accepted_jobs_survive_a_restart_and_finish() {
             }
             register(&engine, "w", &["echo"]).await;
             let done = poll(&engine, "w").await.unwrap();
-            engine.submit_result(
-                "w",
-                &success(&done, "success", json!({"n": done.params["n"]})),
-            ).await.unwrap();
+            engine
+                .submit_result(
+                    "w",
+                    &success(&done, "success", json!({"n": done.params["n"]})),
+                )
+                .await
+                .unwrap();
             let _taken_and_lost = poll(&engine, "w").await.unwrap();
             engine.sync_storage().await;
             (ids, done.job_id.clone())
@@ -68,10 +71,13 @@ fn accepted_jobs_survive_a_restart_and_finish() {
         register(&engine, "w2", &["echo"]).await;
         let mut served = 0;
         while let Some(task) = poll(&engine, "w2").await {
-            engine.submit_result(
-                "w2",
-                &success(&task, "success", json!({"n": task.params["n"]})),
-            ).await.unwrap();
+            engine
+                .submit_result(
+                    "w2",
+                    &success(&task, "success", json!({"n": task.params["n"]})),
+                )
+                .await
+                .unwrap();
             served += 1;
         }
         assert_eq!(

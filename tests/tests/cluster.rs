@@ -63,18 +63,22 @@ async fn two_instances_finish_every_job_once_even_when_one_is_killed() {
         c.env("ORCHESTRATOR_URL", &both_reversed);
     });
     // Registered through one instance, seen by the other.
-    wait_until("both workers, seen from B", Duration::from_secs(60), || async {
-        let (_, workers) = b.get("/api/v1/workers").await;
-        let ids: BTreeSet<String> = workers
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|w| w["worker_id"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        ids.contains("cluster-w1") && ids.contains("cluster-w2")
-    })
+    wait_until(
+        "both workers, seen from B",
+        Duration::from_secs(60),
+        || async {
+            let (_, workers) = b.get("/api/v1/workers").await;
+            let ids: BTreeSet<String> = workers
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|w| w["worker_id"].as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            ids.contains("cluster-w1") && ids.contains("cluster-w2")
+        },
+    )
     .await;
 
     // 2,000 jobs through both instances' client APIs, 20 at a time.
@@ -184,6 +188,21 @@ async fn two_instances_finish_every_job_once_even_when_one_is_killed() {
         .unwrap()
         .get::<_, i64>(0);
     assert_eq!(left, 0, "nothing left in the queue");
+    // The worker that used the dead instance went on through the other.
+    let w1_log = w1.log_text();
+    assert!(
+        w1_log.contains(&format!(
+            "cannot reach the orchestrator at {}; trying {} next",
+            a.base, b.base
+        )),
+        "{}",
+        tail(&w1_log)
+    );
+    eprintln!(
+        "{} jobs accepted ({} in all), every one finished once",
+        accepted.len(),
+        rows.len()
+    );
     w1.stop();
     w2.stop();
     for log in [w1.log_text(), w2.log_text(), b.logs().0] {

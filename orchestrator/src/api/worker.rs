@@ -46,7 +46,8 @@ pub async fn register(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (worker_id, value) = signed_body(&state, &headers, raw, None, &[], Replay::Rejected).await?
+    let (worker_id, value) = signed_body(&state, &headers, raw, None, &[], Replay::Rejected)
+        .await?
         .ok_or_else(|| {
             ApiError::BadRequest("Invalid WorkerRegistration payload: empty body".into())
         })?;
@@ -100,7 +101,8 @@ pub async fn heartbeat(
         Some(&worker_id),
         &[],
         Replay::Allowed,
-    ).await?;
+    )
+    .await?;
     let hb = match signed {
         Some((_, value)) => Some(body::typed::<rxon::Heartbeat>(value, "Heartbeat")?),
         None => {
@@ -174,7 +176,8 @@ pub async fn result(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (worker_id, value) = signed_body(&state, &headers, raw, None, &[], Replay::Rejected).await?
+    let (worker_id, value) = signed_body(&state, &headers, raw, None, &[], Replay::Rejected)
+        .await?
         .ok_or_else(|| ApiError::BadRequest("Invalid TaskResult payload: empty body".into()))?;
     let result: rxon::TaskResult = body::typed(value, "TaskResult")?;
     if let Some(claimed) = &result.worker_id
@@ -199,7 +202,8 @@ pub async fn events(
         None,
         &["bubbling_chain"],
         Replay::Rejected,
-    ).await?
+    )
+    .await?
     .ok_or_else(|| ApiError::BadRequest("Invalid event payload: empty body".into()))?;
     let event: rxon::WorkerEventPayload = body::typed(value, "event")?;
     if event.worker_id != worker_id {

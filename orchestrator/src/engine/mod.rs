@@ -14,8 +14,8 @@
 pub mod deploy;
 pub mod error;
 pub(crate) mod machine;
-pub(crate) mod shared_db;
 pub mod persist;
+pub(crate) mod shared_db;
 pub mod webhook;
 pub mod workers;
 
@@ -588,7 +588,12 @@ impl Engine {
         if let Some(db) = &self.shared.db {
             return Ok(db.heartbeat(&self.shared, worker_id, hb).await?);
         }
-        Ok(machine::heartbeat(&self.shared, &mut self.tx(), worker_id, hb))
+        Ok(machine::heartbeat(
+            &self.shared,
+            &mut self.tx(),
+            worker_id,
+            hb,
+        ))
     }
 
     pub async fn workers(&self) -> Vec<WorkerView> {
@@ -699,7 +704,6 @@ impl Engine {
         }
         machine::worker_event(&mut self.tx(), worker_id, event).map_err(EngineError::NotAssigned)
     }
-
 
     async fn timer_loop(self) {
         loop {

@@ -19,7 +19,10 @@ mod registry;
 /// The migrations, in order: (version, SQL).
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
-    (2, include_str!("../../migrations/postgres/0002_shared_engine.sql")),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_shared_engine.sql"),
+    ),
 ];
 
 pub struct PostgresStorage {

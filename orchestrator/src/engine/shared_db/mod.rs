@@ -177,11 +177,20 @@ impl SharedDb {
         fired: Option<i64>,
         f: &mut (impl FnMut(&mut EngineState) -> R + Send),
     ) -> Result<R, DbError> {
-        let mut client = self.pool.get().await.map_err(|e| DbError::Pool(e.to_string()))?;
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| DbError::Pool(e.to_string()))?;
         let tx = client.transaction().await?;
-        let mut scratch =
-            Scratch::load(&tx, jobs, workers, fired, shared.settings.finished_jobs_in_memory)
-                .await?;
+        let mut scratch = Scratch::load(
+            &tx,
+            jobs,
+            workers,
+            fired,
+            shared.settings.finished_jobs_in_memory,
+        )
+        .await?;
         let r = f(&mut scratch.st);
         let after = scratch.apply(&tx).await?;
         tx.commit().await?;
@@ -192,18 +201,6 @@ impl SharedDb {
     }
 
     async fn after_commit(&self, shared: &Arc<Shared>, after: AfterCommit) {
-        if after.queued || after.ended {
-            if let Ok(client) = self.pool.get().await {
-                let mut sql = String::new();
-                if after.queued {
-                    sql.push_str("NOTIFY tasks;");
-                }
-                if after.ended {
-                    sql.push_str("NOTIFY jobs;");
-                }
-                let _ = client.batch_execute(&sql).await;
-            }
-        }
         for hook in after.webhooks {
             tokio::spawn(hook.deliver(shared.clone()));
         }
@@ -224,7 +221,11 @@ impl SharedDb {
     }
 
     /// Claims the oldest queued task this worker can run, if any.
-    pub(crate) async fn take(&self, shared: &Arc<Shared>, worker_id: &str) -> Result<Option<rxon::TaskPayload>, EngineError> {
+    pub(crate) async fn take(
+        &self,
+        shared: &Arc<Shared>,
+        worker_id: &str,
+    ) -> Result<Option<rxon::TaskPayload>, EngineError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -265,8 +266,8 @@ impl SharedDb {
                 worker_id.to_string(),
             )));
         };
-        let stored: StoredWorker = serde_json::from_value(row.get(0))
-            .map_err(|e| DbError::Corrupt(e.to_string()))?;
+        let stored: StoredWorker =
+            serde_json::from_value(row.get(0)).map_err(|e| DbError::Corrupt(e.to_string()))?;
         if stored.status == "offline" {
             tx.commit().await.map_err(DbError::from)?;
             return Ok(None);
@@ -286,8 +287,12 @@ impl SharedDb {
             tx.commit().await.map_err(DbError::from)?;
             return Ok(None);
         };
-        let (seq, job, task_id, task_type): (i64, Uuid, String, String) =
-            (claimed.get(0), claimed.get(1), claimed.get(2), claimed.get(3));
+        let (seq, job, task_id, task_type): (i64, Uuid, String, String) = (
+            claimed.get(0),
+            claimed.get(1),
+            claimed.get(2),
+            claimed.get(3),
+        );
         let mut scratch = Scratch::load(
             &tx,
             &[job],
@@ -296,11 +301,16 @@ impl SharedDb {
             shared.settings.finished_jobs_in_memory,
         )
         .await?;
-        scratch.st.queues.entry(task_type).or_default().push_back(super::Queued {
-            job,
-            task_id,
-            seq: seq as u64,
-        });
+        scratch
+            .st
+            .queues
+            .entry(task_type)
+            .or_default()
+            .push_back(super::Queued {
+                job,
+                task_id,
+                seq: seq as u64,
+            });
         let payload = machine::take_task(shared, &mut scratch.st, worker_id);
         // A stale entry is consumed, not put back.
         scratch.st.queues.clear();
@@ -328,7 +338,11 @@ impl SharedDb {
 
     /// The worker was heard from (outside any event's transaction).
     async fn touch(&self, worker_id: &str) -> Result<(), DbError> {
-        let client = self.pool.get().await.map_err(|e| DbError::Pool(e.to_string()))?;
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| DbError::Pool(e.to_string()))?;
         client
             .execute(
                 "UPDATE workers SET last_seen = now() WHERE id = $1",
@@ -340,7 +354,11 @@ impl SharedDb {
 
     /// The jobs a worker's leases point at.
     async fn jobs_of(&self, worker_id: &str) -> Result<Vec<Uuid>, DbError> {
-        let client = self.pool.get().await.map_err(|e| DbError::Pool(e.to_string()))?;
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| DbError::Pool(e.to_string()))?;
         Ok(client
             .query(
                 "SELECT DISTINCT job_id FROM task_leases WHERE worker_id = $1",
@@ -372,7 +390,11 @@ impl SharedDb {
     ) -> Result<Result<(), EngineError>, DbError> {
         let max = shared.settings.max_workers;
         {
-            let client = self.pool.get().await.map_err(|e| DbError::Pool(e.to_string()))?;
+            let client = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| DbError::Pool(e.to_string()))?;
             let known = client
                 .query_opt("SELECT 1 FROM workers WHERE id = $1", &[&reg.worker_id])
                 .await?
@@ -389,14 +411,19 @@ impl SharedDb {
             }
         }
         let jobs = self.jobs_of(&reg.worker_id).await?;
-        self.event(shared, &jobs, &[reg.worker_id.clone()], |st| {
+        self.event(shared, &jobs, std::slice::from_ref(&reg.worker_id), |st| {
             machine::register_worker(shared, st, reg)
         })
         .await?;
         Ok(Ok(()))
     }
 
-    pub(crate) async fn cancel(&self, shared: &Arc<Shared>, id: Uuid, owner: &str) -> Result<(), EngineError> {
+    pub(crate) async fn cancel(
+        &self,
+        shared: &Arc<Shared>,
+        id: Uuid,
+        owner: &str,
+    ) -> Result<(), EngineError> {
         self.event(shared, &[id], &[], |st| machine::cancel(st, id, owner))
             .await?
     }
@@ -421,7 +448,11 @@ impl SharedDb {
     }
 
     pub(crate) async fn get_job(&self, id: Uuid) -> Result<Option<Job>, DbError> {
-        let client = self.pool.get().await.map_err(|e| DbError::Pool(e.to_string()))?;
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| DbError::Pool(e.to_string()))?;
         let row = client
             .query_opt("SELECT body FROM jobs WHERE id = $1", &[&id])
             .await?;
@@ -432,7 +463,11 @@ impl SharedDb {
     }
 
     pub(crate) async fn workers(&self) -> Result<Vec<super::workers::WorkerRecord>, DbError> {
-        let client = self.pool.get().await.map_err(|e| DbError::Pool(e.to_string()))?;
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| DbError::Pool(e.to_string()))?;
         let now = chrono::Utc::now();
         let mono = Instant::now();
         let mut out = Vec::new();
@@ -453,7 +488,11 @@ impl SharedDb {
 
     /// Records a message nonce; false when it was seen already.
     pub(crate) async fn remember_nonce(&self, key: &str) -> Result<bool, DbError> {
-        let client = self.pool.get().await.map_err(|e| DbError::Pool(e.to_string()))?;
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| DbError::Pool(e.to_string()))?;
         let n = client
             .execute(
                 "INSERT INTO seen_nonces (key) VALUES ($1) ON CONFLICT DO NOTHING",
@@ -501,7 +540,11 @@ impl SharedDb {
 
     /// Fires one due timer; false when none is due.
     async fn fire_one(&self, shared: &Arc<Shared>) -> Result<bool, DbError> {
-        let mut client = self.pool.get().await.map_err(|e| DbError::Pool(e.to_string()))?;
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| DbError::Pool(e.to_string()))?;
         let tx = client.transaction().await?;
         let Some(row) = tx
             .query_opt(
@@ -527,7 +570,8 @@ impl SharedDb {
             machine::fire(shared, &mut scratch.st, timer);
         }
         let after = scratch.apply(&tx).await?;
-        tx.execute("DELETE FROM timers WHERE id = $1", &[&id]).await?;
+        tx.execute("DELETE FROM timers WHERE id = $1", &[&id])
+            .await?;
         tx.commit().await?;
         // Back to the pool before taking another for the notification.
         drop(client);
@@ -538,7 +582,11 @@ impl SharedDb {
     /// Drops workers not heard from within their time to live, requeueing
     /// what they held.
     async fn expire_workers(&self, shared: &Arc<Shared>) -> Result<(), DbError> {
-        let client = self.pool.get().await.map_err(|e| DbError::Pool(e.to_string()))?;
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| DbError::Pool(e.to_string()))?;
         let expired: Vec<String> = client
             .query(
                 "SELECT id FROM workers WHERE last_seen < now() - ttl_ms * interval '1 millisecond'",
@@ -551,7 +599,7 @@ impl SharedDb {
         drop(client);
         for worker_id in expired {
             let jobs = self.jobs_of(&worker_id).await?;
-            self.event(shared, &jobs, &[worker_id.clone()], |st| {
+            self.event(shared, &jobs, std::slice::from_ref(&worker_id), |st| {
                 machine::sweep_workers(shared, st);
             })
             .await?;

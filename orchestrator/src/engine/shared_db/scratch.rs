@@ -366,7 +366,10 @@ impl Scratch {
         for w in self.st.workers.values() {
             for (task_id, held) in &w.in_flight {
                 now_leased.insert((task_id.clone(), w.worker_id.clone()));
-                if !self.leases.contains(&(task_id.clone(), w.worker_id.clone())) {
+                if !self
+                    .leases
+                    .contains(&(task_id.clone(), w.worker_id.clone()))
+                {
                     let since = utc_of(held.since, self.now, self.mono);
                     tx.execute(
                         "INSERT INTO task_leases (task_id, job_id, worker_id, since) VALUES ($1, $2, $3, $4)
@@ -406,8 +409,16 @@ impl Scratch {
         }
         for id in self.workers.keys() {
             if !self.st.workers.contains_key(id) {
-                tx.execute("DELETE FROM workers WHERE id = $1", &[id]).await?;
+                tx.execute("DELETE FROM workers WHERE id = $1", &[id])
+                    .await?;
             }
+        }
+        // Delivered to every listening instance when the transaction commits.
+        if after.queued {
+            tx.batch_execute("NOTIFY tasks").await?;
+        }
+        if after.ended {
+            tx.batch_execute("NOTIFY jobs").await?;
         }
         after.webhooks = std::mem::take(&mut self.st.webhooks);
         Ok(after)
