@@ -209,3 +209,75 @@ async fn two_instances_finish_every_job_once_even_when_one_is_killed() {
         assert!(!log.contains("panicked"), "{log}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploys_through_one_instance_reach_workers_of_the_other() {
+    let mut a = Stack::on_postgres().await;
+    let mut b = Stack::new();
+    b.storage = a.storage.clone();
+    a.start_orchestrator();
+    a.wait_ready().await;
+    b.start_orchestrator();
+    b.wait_ready().await;
+    // A worker that only knows B, with no plugins of its own.
+    for entry in std::fs::read_dir(b.dir.path().join("plugins")).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    let mut worker = b.spawn_worker("only-b", "only-b.log", |_| {});
+    // A plugin and a blueprint deployed through A.
+    let echo = std::fs::read(plugin_fixtures::ECHO_TASK).unwrap();
+    let resp = a
+        .http
+        .post(format!("{}/api/v1/plugins?name=echo_task", a.base))
+        .header("X-Client-Token", DEPLOY_TOKEN)
+        .header("Content-Type", "application/wasm")
+        .body(echo)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let flow = one_task_flow("echo_task")
+        .replace("one_echo_task", "via_a")
+        .replace("/jobs/one/echo_task", "/jobs/via-a")
+        .replace(
+            "dispatch.params.bytes = \"initial.bytes\"",
+            "dispatch.params.message = \"'from A'\"",
+        )
+        .replace("dispatch.params.ms = \"initial.ms\"\n", "");
+    let resp = a
+        .http
+        .put(format!("{}/api/v1/blueprints/via_a", a.base))
+        .header("X-Client-Token", DEPLOY_TOKEN)
+        .body(flow)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    wait_until(
+        "the worker of B to serve echo_task",
+        Duration::from_secs(30),
+        || async {
+            b.worker_view("only-b")
+                .await
+                .is_some_and(|w| w["supported_skills"] == serde_json::json!(["echo_task"]))
+        },
+    )
+    .await;
+    // Within about a second B takes the blueprint from the database.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let id = loop {
+        let (status, v) = b.try_create("/jobs/via-a", serde_json::json!({})).await;
+        if status == 202 {
+            break v["job_id"].as_str().unwrap().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B does not serve /jobs/via-a: {status} {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let job = b.finished(&id).await;
+    assert_eq!(job["result"]["processed_message"], "from A", "{job}");
+    worker.stop();
+    assert!(!worker.log_text().contains("panicked"));
+}

@@ -117,6 +117,14 @@ impl Catalog {
             .unwrap_or_default()
     }
 
+    /// Whether version `version` of `name` is here.
+    pub fn has_version(&self, name: &str, version: u32) -> bool {
+        self.read()
+            .by_name
+            .get(name)
+            .is_some_and(|v| v.all.contains_key(&version))
+    }
+
     /// Whether some version of `name` was written exactly as `text`.
     pub fn has_text(&self, name: &str, text: &str) -> bool {
         self.read()

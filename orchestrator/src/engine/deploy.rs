@@ -57,6 +57,39 @@ impl Engine {
         Ok(())
     }
 
+    /// Takes what other instances sharing the database deployed: plugin
+    /// versions and which is offered, and blueprint versions not here yet.
+    pub(super) async fn refresh_deploys(&self) -> Result<(), StorageError> {
+        let storage = self.shared.storage.clone();
+        let rows = tokio::task::spawn_blocking(move || storage.registry_rows())
+            .await
+            .map_err(|e| StorageError::Backend(e.to_string()))??;
+        self.shared.registry.reload(&rows);
+        let catalog = &self.shared.catalog;
+        let _one_at_a_time = catalog.deploys.lock().await;
+        for row in &rows.blueprints {
+            if catalog.has_version(&row.name, row.version) {
+                continue;
+            }
+            let source = format!("{} v{} (stored)", row.name, row.version);
+            match blueprint::parse(&source, &row.text) {
+                Ok(mut bp) => {
+                    bp.version = row.version;
+                    bp.origin = row.origin.clone();
+                    bp.created_at = row.created_at;
+                    let bp = catalog.install(bp);
+                    tracing::info!(
+                        "blueprint {} v{} deployed through another instance; now in service here",
+                        bp.name,
+                        bp.version
+                    );
+                }
+                Err(e) => tracing::error!("a stored blueprint does not load: {e}"),
+            }
+        }
+        Ok(())
+    }
+
     /// Stores `bp` as the next version of its name and makes it the one new
     /// jobs use. A refused blueprint changes nothing.
     pub async fn deploy_blueprint(

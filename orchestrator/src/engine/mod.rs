@@ -297,6 +297,20 @@ impl Engine {
             );
             tokio::spawn(db.clone().listen());
             tokio::spawn(db.clone().maintenance_loop(engine.shared.clone()));
+            // Deploys made through another instance take effect here within
+            // a second.
+            let refresher = engine.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = refresher.shared.stopping.cancelled() => return,
+                    }
+                    if let Err(e) = refresher.refresh_deploys().await {
+                        tracing::warn!("cannot read deploys from the database: {e}");
+                    }
+                }
+            });
             return Ok(engine);
         }
         let unfinished = {

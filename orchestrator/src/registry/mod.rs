@@ -96,6 +96,15 @@ impl PluginRegistry {
         registry
     }
 
+    /// Takes the stored state (another instance sharing the database may
+    /// have deployed); publishes a new revision if the desired set changed.
+    pub fn reload(&self, rows: &RegistryRows) {
+        let fresh = Self::from_rows(rows, self.max_plugin_bytes);
+        let plugins = std::mem::take(&mut *fresh.lock());
+        *self.lock() = plugins;
+        self.publish();
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
         self.plugins.lock().unwrap_or_else(|p| p.into_inner())
     }
