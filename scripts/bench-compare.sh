@@ -97,6 +97,31 @@ run_avtomatika() {
     stop_all
 }
 
+run_ours_two() {
+    local label=$1 storage=$2
+    local port2=$((PORT + 1))
+    echo "==> $label"
+    for p in "$PORT" "$port2"; do
+        CLIENT_TOKEN=bench-client GLOBAL_WORKER_TOKEN=bench-worker RUST_LOG=warn \
+            ./target/release/orchestrator --listen "127.0.0.1:$p" --storage "$storage" >"$RUN/$label-orchestrator-$p.log" 2>&1 &
+        pids+=($!)
+        wait_http "http://127.0.0.1:$p/_public/status"
+    done
+    local urls="http://127.0.0.1:${PORT},http://127.0.0.1:${port2}"
+    for i in 1 2; do
+        ORCHESTRATOR_URL="$urls" WORKER_ID="bench-wasm-$i" WORKER_TOKEN=bench-worker RUST_LOG=warn \
+            ./target/release/worker-host --plugins-dir dist/plugins --max-concurrent-tasks 5 >"$RUN/$label-worker-$i.log" 2>&1 &
+        pids+=($!)
+    done
+    wait_workers
+    ./target/release/loadgen --url "$urls" --token bench-client --jobs "$JOBS" \
+        --concurrency "$CONCURRENCY" --follow poll --label "$label" --json \
+        --orchestrator-pid "${pids[0]},${pids[1]}" --worker-pids "${pids[2]},${pids[3]}" | tee -a "$RUN/results.txt" | grep '^{' >>"$RUN/results.jsonl"
+    ./target/release/loadgen --url "$urls" --token bench-client --jobs "$PICKUP_JOBS" \
+        --concurrency 1 --follow poll --label "$label-idle" --pickup --json | tee -a "$RUN/results.txt" | grep '^{' >>"$RUN/pickup.jsonl"
+    stop_all
+}
+
 run_ours "ours-sqlite" "sqlite:$RUN/bench.db"
 rm -f "$RUN"/bench.db*
 run_ours "ours-sqlite-wait" "sqlite:$RUN/bench.db" wait
@@ -104,6 +129,9 @@ PG_ADMIN="${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
 PG_DB="bench_$$"
 if command -v psql >/dev/null && psql "$PG_ADMIN" -qc "CREATE DATABASE $PG_DB" 2>/dev/null; then
     run_ours "ours-postgres" "${PG_ADMIN%/*}/$PG_DB"
+    psql "$PG_ADMIN" -qc "DROP DATABASE $PG_DB WITH (FORCE)" || true
+    psql "$PG_ADMIN" -qc "CREATE DATABASE $PG_DB"
+    run_ours_two "ours-postgres-x2" "${PG_ADMIN%/*}/$PG_DB"
     psql "$PG_ADMIN" -qc "DROP DATABASE $PG_DB WITH (FORCE)" || true
 else
     echo "==> skipping PostgreSQL (psql missing or $PG_ADMIN unreachable)"

@@ -39,9 +39,10 @@ enum Follow {
     about = "Drives test_flow jobs through an orchestrator and reports throughput and latency"
 )]
 struct Args {
-    /// Orchestrator base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    url: String,
+    /// Orchestrator base URL; several, comma-separated, for instances
+    /// sharing a database (job n goes to URL n mod count).
+    #[arg(long, default_value = "http://127.0.0.1:8080", value_delimiter = ',')]
+    url: Vec<String>,
     /// Client token (sent as X-Client-Token).
     #[arg(long, default_value = "test-client-token")]
     token: String,
@@ -110,11 +111,12 @@ struct Outcome {
 async fn pickup_of(
     http: &reqwest::Client,
     args: &Args,
+    base: &str,
     prefix: &str,
     id: &str,
 ) -> Option<Duration> {
     let history: Value = http
-        .get(format!("{}{prefix}/jobs/{id}/history", args.url))
+        .get(format!("{base}{prefix}/jobs/{id}/history"))
         .header("X-Client-Token", &args.token)
         .send()
         .await
@@ -135,9 +137,10 @@ async fn pickup_of(
 
 async fn run_job(http: &reqwest::Client, args: &Args, n: usize) -> anyhow::Result<Outcome> {
     let started = Instant::now();
+    let base = args.url[n % args.url.len()].trim_end_matches('/');
     let body = json!({"initial_data": {"message": "bench", "multiply": (n % 5) + 1, "work_ms": 0}});
     let resp = http
-        .post(format!("{}{}", args.url, args.endpoint))
+        .post(format!("{base}{}", args.endpoint))
         .header("X-Client-Token", &args.token)
         .json(&body)
         .send()
@@ -158,8 +161,8 @@ async fn run_job(http: &reqwest::Client, args: &Args, n: usize) -> anyhow::Resul
     let mut backoff = Duration::from_micros(500);
     loop {
         let url = match args.follow {
-            Follow::Wait => format!("{}{prefix}/jobs/{id}?wait=30", args.url),
-            Follow::Poll => format!("{}{prefix}/jobs/{id}", args.url),
+            Follow::Wait => format!("{base}{prefix}/jobs/{id}?wait=30"),
+            Follow::Poll => format!("{base}{prefix}/jobs/{id}"),
         };
         let job: Value = http
             .get(url)
@@ -172,7 +175,7 @@ async fn run_job(http: &reqwest::Client, args: &Args, n: usize) -> anyhow::Resul
         if ["finished", "failed", "quarantined", "cancelled"].contains(&st.as_str()) {
             let latency = started.elapsed();
             let pickup = match args.pickup {
-                true => pickup_of(http, args, prefix, &id).await,
+                true => pickup_of(http, args, base, prefix, &id).await,
                 false => None,
             };
             return Ok(Outcome {
