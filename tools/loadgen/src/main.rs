@@ -124,8 +124,10 @@ async fn pickup_of(
         .json()
         .await
         .ok()?;
+    // Ours: {"events": [...]}; a bare list otherwise.
+    let events = history.get("events").unwrap_or(&history);
     let at = |kind: &str| {
-        history
+        events
             .as_array()?
             .iter()
             .find(|e| e["event"] == kind)

@@ -32,6 +32,8 @@ use scratch::{AfterCommit, Scratch, StoredWorker};
 
 /// How often long-polls and waiters look again without a notification.
 pub const FALLBACK_POLL: Duration = Duration::from_millis(500);
+/// Notifications of events this close together go out as one.
+const NOTIFY_COALESCE: Duration = Duration::from_millis(2);
 /// How often each instance looks for due timers and expired workers.
 const TICK: Duration = Duration::from_millis(100);
 /// Attempts of one event that meets a conflict or a deadlock.
@@ -77,6 +79,8 @@ pub(crate) struct SharedDb {
     /// Woken by `NOTIFY jobs` (a job ended somewhere).
     pub jobs: Notify,
     url: String,
+    /// Asks the notifier to tell the other instances (`tasks`, `jobs`).
+    notices: tokio::sync::mpsc::UnboundedSender<&'static str>,
 }
 
 impl SharedDb {
@@ -95,12 +99,41 @@ impl SharedDb {
             .max_size(16)
             .build()
             .map_err(|e| DbError::Pool(e.to_string()))?;
-        Ok(Arc::new(Self {
+        let (notices, requests) = tokio::sync::mpsc::unbounded_channel();
+        let db = Arc::new(Self {
             pool,
             tasks: Notify::new(),
             jobs: Notify::new(),
             url: url.to_string(),
-        }))
+            notices,
+        });
+        tokio::spawn(db.clone().notifier(requests));
+        Ok(db)
+    }
+
+    /// Sends `NOTIFY` for what events asked, coalesced: one per channel per
+    /// [`NOTIFY_COALESCE`], from outside the events' transactions (a `NOTIFY`
+    /// in a transaction serializes commits on the server).
+    async fn notifier(
+        self: Arc<Self>,
+        mut requests: tokio::sync::mpsc::UnboundedReceiver<&'static str>,
+    ) {
+        while let Some(first) = requests.recv().await {
+            tokio::time::sleep(NOTIFY_COALESCE).await;
+            let mut channels = std::collections::BTreeSet::from([first]);
+            while let Ok(more) = requests.try_recv() {
+                channels.insert(more);
+            }
+            let sql: String = channels.iter().map(|c| format!("NOTIFY {c};")).collect();
+            match self.pool.get().await {
+                Ok(client) => {
+                    if let Err(e) = client.batch_execute(&sql).await {
+                        tracing::debug!("NOTIFY failed: {e}");
+                    }
+                }
+                Err(e) => tracing::debug!("NOTIFY failed: {e}"),
+            }
+        }
     }
 
     /// Listens for notifications; reconnects when the connection drops.
@@ -201,6 +234,15 @@ impl SharedDb {
     }
 
     async fn after_commit(&self, shared: &Arc<Shared>, after: AfterCommit) {
+        // Waiters here at once; other instances through the database.
+        if after.queued {
+            self.tasks.notify_waiters();
+            let _ = self.notices.send("tasks");
+        }
+        if after.ended {
+            self.jobs.notify_waiters();
+            let _ = self.notices.send("jobs");
+        }
         for hook in after.webhooks {
             tokio::spawn(hook.deliver(shared.clone()));
         }

@@ -413,13 +413,6 @@ impl Scratch {
                     .await?;
             }
         }
-        // Delivered to every listening instance when the transaction commits.
-        if after.queued {
-            tx.batch_execute("NOTIFY tasks").await?;
-        }
-        if after.ended {
-            tx.batch_execute("NOTIFY jobs").await?;
-        }
         after.webhooks = std::mem::take(&mut self.st.webhooks);
         Ok(after)
     }
