@@ -297,7 +297,11 @@ impl SharedDb {
             .map_err(|e| TakeError::Db(DbError::Pool(e.to_string())))?;
         let row = client
             .query_opt(
-                "UPDATE workers SET last_seen = now() WHERE id = $1 RETURNING record",
+                &client
+                    .prepare_cached(
+                        "UPDATE workers SET last_seen = now() WHERE id = $1 RETURNING record",
+                    )
+                    .await?,
                 &[&worker_id],
             )
             .await
@@ -317,10 +321,13 @@ impl SharedDb {
         let skills: Vec<String> = stored.skills.iter().map(|s| s.name.clone()).collect();
         let claimed = tx
             .query_opt(
-                "DELETE FROM task_queue WHERE seq = (
+                &tx.prepare_cached(
+                    "DELETE FROM task_queue WHERE seq = (
                      SELECT seq FROM task_queue WHERE task_type = ANY($1)
                      ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED)
                  RETURNING seq, job_id, task_id, task_type",
+                )
+                .await?,
                 &[&skills],
             )
             .await
@@ -387,7 +394,9 @@ impl SharedDb {
             .map_err(|e| DbError::Pool(e.to_string()))?;
         client
             .execute(
-                "UPDATE workers SET last_seen = now() WHERE id = $1",
+                &client
+                    .prepare_cached("UPDATE workers SET last_seen = now() WHERE id = $1")
+                    .await?,
                 &[&worker_id],
             )
             .await?;
@@ -403,7 +412,9 @@ impl SharedDb {
             .map_err(|e| DbError::Pool(e.to_string()))?;
         Ok(client
             .query(
-                "SELECT DISTINCT job_id FROM task_leases WHERE worker_id = $1",
+                &client
+                    .prepare_cached("SELECT DISTINCT job_id FROM task_leases WHERE worker_id = $1")
+                    .await?,
                 &[&worker_id],
             )
             .await?
@@ -438,11 +449,21 @@ impl SharedDb {
                 .await
                 .map_err(|e| DbError::Pool(e.to_string()))?;
             let known = client
-                .query_opt("SELECT 1 FROM workers WHERE id = $1", &[&reg.worker_id])
+                .query_opt(
+                    &client
+                        .prepare_cached("SELECT 1 FROM workers WHERE id = $1")
+                        .await?,
+                    &[&reg.worker_id],
+                )
                 .await?
                 .is_some();
             let count: i64 = client
-                .query_one("SELECT count(*) FROM workers", &[])
+                .query_one(
+                    &client
+                        .prepare_cached("SELECT count(*) FROM workers")
+                        .await?,
+                    &[],
+                )
                 .await?
                 .get(0);
             if !known && count as usize >= max {
@@ -496,7 +517,12 @@ impl SharedDb {
             .await
             .map_err(|e| DbError::Pool(e.to_string()))?;
         let row = client
-            .query_opt("SELECT body FROM jobs WHERE id = $1", &[&id])
+            .query_opt(
+                &client
+                    .prepare_cached("SELECT body FROM jobs WHERE id = $1")
+                    .await?,
+                &[&id],
+            )
             .await?;
         row.map(|r| {
             serde_json::from_str(r.get::<_, &str>(0)).map_err(|e| DbError::Corrupt(e.to_string()))
@@ -514,7 +540,12 @@ impl SharedDb {
         let mono = Instant::now();
         let mut out = Vec::new();
         for row in client
-            .query("SELECT record, last_seen FROM workers ORDER BY id", &[])
+            .query(
+                &client
+                    .prepare_cached("SELECT record, last_seen FROM workers ORDER BY id")
+                    .await?,
+                &[],
+            )
             .await?
         {
             if let Ok(stored) = serde_json::from_value::<StoredWorker>(row.get(0)) {
@@ -537,7 +568,11 @@ impl SharedDb {
             .map_err(|e| DbError::Pool(e.to_string()))?;
         let n = client
             .execute(
-                "INSERT INTO seen_nonces (key) VALUES ($1) ON CONFLICT DO NOTHING",
+                &client
+                    .prepare_cached(
+                        "INSERT INTO seen_nonces (key) VALUES ($1) ON CONFLICT DO NOTHING",
+                    )
+                    .await?,
                 &[&key],
             )
             .await?;
@@ -570,9 +605,8 @@ impl SharedDb {
                 last_prune = Instant::now();
                 if let Ok(client) = self.pool.get().await {
                     let _ = client
-                        .execute(
+                        .batch_execute(
                             "DELETE FROM seen_nonces WHERE seen_at < now() - interval '70 seconds'",
-                            &[],
                         )
                         .await;
                 }
@@ -590,8 +624,11 @@ impl SharedDb {
         let tx = client.transaction().await?;
         let Some(row) = tx
             .query_opt(
-                "SELECT id, kind, job_id, task_id FROM timers WHERE due_at <= now()
+                &tx.prepare_cached(
+                    "SELECT id, kind, job_id, task_id FROM timers WHERE due_at <= now()
                  ORDER BY due_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+                )
+                .await?,
                 &[],
             )
             .await?
@@ -612,8 +649,12 @@ impl SharedDb {
             machine::fire(shared, &mut scratch.st, timer);
         }
         let after = scratch.apply(&tx).await?;
-        tx.execute("DELETE FROM timers WHERE id = $1", &[&id])
-            .await?;
+        tx.execute(
+            &tx.prepare_cached("DELETE FROM timers WHERE id = $1")
+                .await?,
+            &[&id],
+        )
+        .await?;
         tx.commit().await?;
         // Back to the pool before taking another for the notification.
         drop(client);
@@ -631,7 +672,7 @@ impl SharedDb {
             .map_err(|e| DbError::Pool(e.to_string()))?;
         let expired: Vec<String> = client
             .query(
-                "SELECT id FROM workers WHERE last_seen < now() - ttl_ms * interval '1 millisecond'",
+                &client.prepare_cached("SELECT id FROM workers WHERE last_seen < now() - ttl_ms * interval '1 millisecond'").await?,
                 &[],
             )
             .await?

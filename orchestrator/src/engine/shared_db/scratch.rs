@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use deadpool_postgres::Transaction;
 use tokio::time::Instant;
-use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use super::super::workers::{Held, WorkerRecord};
@@ -155,7 +155,10 @@ impl Scratch {
         let mut versions = HashMap::new();
         for row in tx
             .query(
-                "SELECT body FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                &tx.prepare_cached(
+                    "SELECT body FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                )
+                .await?,
                 &[&ids],
             )
             .await?
@@ -171,7 +174,10 @@ impl Scratch {
         let mut max_id = 0i64;
         for row in tx
             .query(
-                "SELECT id, due_at, kind, job_id, task_id FROM timers WHERE job_id = ANY($1)",
+                &tx.prepare_cached(
+                    "SELECT id, due_at, kind, job_id, task_id FROM timers WHERE job_id = ANY($1)",
+                )
+                .await?,
                 &[&loaded],
             )
             .await?
@@ -192,8 +198,11 @@ impl Scratch {
         st.seq = max_id.max(0) as u64 + 1;
         let lease_rows = tx
             .query(
-                "SELECT task_id, job_id, worker_id, since FROM task_leases
+                &tx.prepare_cached(
+                    "SELECT task_id, job_id, worker_id, since FROM task_leases
                  WHERE job_id = ANY($1) OR worker_id = ANY($2)",
+                )
+                .await?,
                 &[&loaded, &workers],
             )
             .await?;
@@ -203,7 +212,8 @@ impl Scratch {
         let mut stored_workers = HashMap::new();
         for row in tx
             .query(
-                "SELECT record, last_seen FROM workers WHERE id = ANY($1)",
+                &tx.prepare_cached("SELECT record, last_seen FROM workers WHERE id = ANY($1)")
+                    .await?,
                 &[&holders],
             )
             .await?
@@ -262,8 +272,8 @@ impl Scratch {
             events.extend(write.events.into_iter().map(|e| (id, e)));
             if let Some(hook) = write.webhook {
                 tx.execute(
-                    "INSERT INTO webhooks (job_id, url, body, created_at) VALUES ($1, $2, $3, now())
-                     ON CONFLICT (job_id) DO UPDATE SET url = excluded.url, body = excluded.body",
+                    &tx.prepare_cached("INSERT INTO webhooks (job_id, url, body, created_at) VALUES ($1, $2, $3, now())
+                     ON CONFLICT (job_id) DO UPDATE SET url = excluded.url, body = excluded.body").await?,
                     &[&hook.job_id, &hook.url, &hook.body],
                 )
                 .await?;
@@ -278,8 +288,8 @@ impl Scratch {
                 Some(expected) => {
                     let n = tx
                         .execute(
-                            "UPDATE jobs SET status = $2, updated_at = $3, version = $4, body = $5
-                             WHERE id = $1 AND version = $6",
+                            &tx.prepare_cached("UPDATE jobs SET status = $2, updated_at = $3, version = $4, body = $5
+                             WHERE id = $1 AND version = $6").await?,
                             &[
                                 id,
                                 &status,
@@ -296,8 +306,8 @@ impl Scratch {
                 }
                 None => {
                     tx.execute(
-                        "INSERT INTO jobs (id, blueprint, owner, status, created_at, updated_at, version, body)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                        &tx.prepare_cached("INSERT INTO jobs (id, blueprint, owner, status, created_at, updated_at, version, body)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)").await?,
                         &[
                             id,
                             &job.blueprint,
@@ -315,7 +325,10 @@ impl Scratch {
         }
         for (id, e) in &events {
             tx.execute(
-                "INSERT INTO job_events (job_id, at, event, message) VALUES ($1, $2, $3, $4)",
+                &tx.prepare_cached(
+                    "INSERT INTO job_events (job_id, at, event, message) VALUES ($1, $2, $3, $4)",
+                )
+                .await?,
                 &[id, &e.at, &e.event, &e.message],
             )
             .await?;
@@ -331,7 +344,10 @@ impl Scratch {
                 .map(|t| t.task_type.clone())
                 .unwrap_or_default();
             tx.execute(
-                "INSERT INTO task_queue (job_id, task_id, task_type) VALUES ($1, $2, $3)",
+                &tx.prepare_cached(
+                    "INSERT INTO task_queue (job_id, task_id, task_type) VALUES ($1, $2, $3)",
+                )
+                .await?,
                 &[&queued.job, &queued.task_id, &task_type],
             )
             .await?;
@@ -345,7 +361,7 @@ impl Scratch {
             if let Some((job, kind, task_id)) = timer_row(timer) {
                 let due = utc_of(key.0, self.now, self.mono);
                 tx.execute(
-                    "INSERT INTO timers (due_at, job_id, kind, task_id) VALUES ($1, $2, $3, $4)",
+                    &tx.prepare_cached("INSERT INTO timers (due_at, job_id, kind, task_id) VALUES ($1, $2, $3, $4)").await?,
                     &[&due, &job, &kind, &task_id],
                 )
                 .await?;
@@ -358,8 +374,12 @@ impl Scratch {
             .map(|(_, id)| *id)
             .collect();
         if !dropped.is_empty() {
-            tx.execute("DELETE FROM timers WHERE id = ANY($1)", &[&dropped])
-                .await?;
+            tx.execute(
+                &tx.prepare_cached("DELETE FROM timers WHERE id = ANY($1)")
+                    .await?,
+                &[&dropped],
+            )
+            .await?;
         }
         // Leases taken and released; registrations changed or dropped.
         let mut now_leased = BTreeSet::new();
@@ -372,9 +392,9 @@ impl Scratch {
                 {
                     let since = utc_of(held.since, self.now, self.mono);
                     tx.execute(
-                        "INSERT INTO task_leases (task_id, job_id, worker_id, since) VALUES ($1, $2, $3, $4)
+                        &tx.prepare_cached("INSERT INTO task_leases (task_id, job_id, worker_id, since) VALUES ($1, $2, $3, $4)
                          ON CONFLICT (task_id) DO UPDATE SET job_id = excluded.job_id,
-                             worker_id = excluded.worker_id, since = excluded.since",
+                             worker_id = excluded.worker_id, since = excluded.since").await?,
                         &[task_id, &held.job, &w.worker_id, &since],
                     )
                     .await?;
@@ -384,7 +404,10 @@ impl Scratch {
         for (task_id, worker) in &self.leases {
             if !now_leased.contains(&(task_id.clone(), worker.clone())) {
                 tx.execute(
-                    "DELETE FROM task_leases WHERE task_id = $1 AND worker_id = $2",
+                    &tx.prepare_cached(
+                        "DELETE FROM task_leases WHERE task_id = $1 AND worker_id = $2",
+                    )
+                    .await?,
                     &[task_id, worker],
                 )
                 .await?;
@@ -399,9 +422,9 @@ impl Scratch {
                 let record =
                     serde_json::to_value(&stored).map_err(|e| DbError::Corrupt(e.to_string()))?;
                 tx.execute(
-                    "INSERT INTO workers (id, record, last_seen, ttl_ms) VALUES ($1, $2, $3, $4)
+                    &tx.prepare_cached("INSERT INTO workers (id, record, last_seen, ttl_ms) VALUES ($1, $2, $3, $4)
                      ON CONFLICT (id) DO UPDATE SET record = excluded.record,
-                         last_seen = GREATEST(workers.last_seen, excluded.last_seen), ttl_ms = excluded.ttl_ms",
+                         last_seen = GREATEST(workers.last_seen, excluded.last_seen), ttl_ms = excluded.ttl_ms").await?,
                     &[id, &record, &last_seen, &(stored.ttl_ms as i64)],
                 )
                 .await?;
@@ -409,8 +432,12 @@ impl Scratch {
         }
         for id in self.workers.keys() {
             if !self.st.workers.contains_key(id) {
-                tx.execute("DELETE FROM workers WHERE id = $1", &[id])
-                    .await?;
+                tx.execute(
+                    &tx.prepare_cached("DELETE FROM workers WHERE id = $1")
+                        .await?,
+                    &[id],
+                )
+                .await?;
             }
         }
         after.webhooks = std::mem::take(&mut self.st.webhooks);
