@@ -28,15 +28,8 @@ impl Engine {
     ) -> Result<(), StorageError> {
         let catalog = &self.shared.catalog;
         for row in stored {
-            let source = format!("{} v{} (stored)", row.name, row.version);
-            match blueprint::parse(&source, &row.text) {
-                Ok(mut bp) => {
-                    bp.version = row.version;
-                    bp.origin = row.origin.clone();
-                    bp.created_at = row.created_at;
-                    catalog.install(bp);
-                }
-                Err(e) => tracing::error!("a stored blueprint no longer loads: {e}"),
+            if let Some(bp) = stored_version(row) {
+                catalog.install(bp);
             }
         }
         for bp in files {
@@ -71,20 +64,13 @@ impl Engine {
             if catalog.has_version(&row.name, row.version) {
                 continue;
             }
-            let source = format!("{} v{} (stored)", row.name, row.version);
-            match blueprint::parse(&source, &row.text) {
-                Ok(mut bp) => {
-                    bp.version = row.version;
-                    bp.origin = row.origin.clone();
-                    bp.created_at = row.created_at;
-                    let bp = catalog.install(bp);
-                    tracing::info!(
-                        "blueprint {} v{} deployed through another instance; now in service here",
-                        bp.name,
-                        bp.version
-                    );
-                }
-                Err(e) => tracing::error!("a stored blueprint does not load: {e}"),
+            if let Some(bp) = stored_version(row) {
+                let bp = catalog.install(bp);
+                tracing::info!(
+                    "blueprint {} v{} deployed through another instance; now in service here",
+                    bp.name,
+                    bp.version
+                );
             }
         }
         Ok(())
@@ -120,5 +106,23 @@ impl Engine {
             bp.origin
         );
         Ok(bp)
+    }
+}
+
+/// A stored version as a blueprint (its number, origin and time kept); a
+/// version that no longer loads is logged and skipped.
+fn stored_version(row: &BlueprintRow) -> Option<Blueprint> {
+    let source = format!("{} v{} (stored)", row.name, row.version);
+    match blueprint::parse(&source, &row.text) {
+        Ok(mut bp) => {
+            bp.version = row.version;
+            bp.origin = row.origin.clone();
+            bp.created_at = row.created_at;
+            Some(bp)
+        }
+        Err(e) => {
+            tracing::error!("a stored blueprint does not load: {e}");
+            None
+        }
     }
 }
