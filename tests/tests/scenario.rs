@@ -275,3 +275,102 @@ async fn a_plugin_dropped_into_the_directory_is_served_without_a_restart() {
         "still still"
     );
 }
+
+/// Reads an SSE stream until `done` holds for the text so far (or 30 s).
+async fn read_stream(mut resp: reqwest::Response, done: impl Fn(&str) -> bool) -> String {
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done(&text) {
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .expect("the stream went quiet")
+            .unwrap()
+            .expect("the stream ended");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    text
+}
+
+#[tokio::test]
+async fn create_and_wait_in_one_request_and_a_stream_of_job_updates() {
+    let mut stack = Stack::new();
+    stack.start().await;
+    let post = |path: &str, body: serde_json::Value| {
+        stack
+            .http
+            .post(format!("{}{path}", stack.base))
+            .header("X-Client-Token", CLIENT_TOKEN)
+            .json(&body)
+            .send()
+    };
+    // Done in time: 200 with the finished job.
+    let resp = post("/api/v1/jobs/test?wait=20", echo_body("Hi", 2))
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let job: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(job["status"], "finished", "{job}");
+    assert_eq!(job["result"]["processed_message"], "Hi Hi");
+    // Not done in time (no worker offers the task): the usual 202.
+    let resp = post("/api/v1/jobs/ghost?wait=0.3", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let accepted: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(accepted["status"], "accepted");
+    let resp = post("/api/v1/jobs/test?wait=forever", echo_body("x", 1))
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+
+    // The update stream: every change of the client's jobs, as they happen.
+    let open = |query: &str| {
+        stack
+            .http
+            .get(format!("{}/api/v1/jobs/stream{query}", stack.base))
+            .header("X-Client-Token", CLIENT_TOKEN)
+            .send()
+    };
+    let all = open("").await.unwrap();
+    assert_eq!(all.status().as_u16(), 200);
+    assert_eq!(
+        all.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        ids.push(stack.create("/jobs/test", echo_body("s", n)).await);
+    }
+    let text = read_stream(all, |t| {
+        ids.iter().all(|id| {
+            t.contains(&format!(
+                "\"job_id\":\"{id}\",\"blueprint\":\"test_flow\",\"status\":\"finished\""
+            ))
+        })
+    })
+    .await;
+    assert!(text.contains("event: job"), "{text}");
+    // Filtered by id: a waiting job (no worker offers its task) is followed;
+    // another job's changes stay out; cancelling it shows up.
+    let (_, waiting) = stack.try_create("/jobs/ghost", json!({})).await;
+    let waiting = waiting["job_id"].as_str().unwrap().to_string();
+    let one = open(&format!("?ids={waiting}")).await.unwrap();
+    let other = stack.create("/jobs/test", echo_body("other", 1)).await;
+    stack.finished(&other).await;
+    let resp = stack
+        .http
+        .post(format!("{}/api/v1/jobs/{waiting}/cancel", stack.base))
+        .header("X-Client-Token", CLIENT_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let text = read_stream(one, |t| t.contains("\"status\":\"cancelled\"")).await;
+    assert!(text.contains(&waiting), "{text}");
+    assert!(
+        !text.contains(&other),
+        "another job leaked into a filtered stream: {text}"
+    );
+    let resp = open("?ids=not-a-uuid").await.unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+}

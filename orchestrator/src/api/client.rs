@@ -24,17 +24,34 @@ use crate::storage::JobFilter;
 const MAX_JOB_WAIT: Duration = Duration::from_secs(60);
 
 /// `POST /api/<version><endpoint>` of one blueprint.
+///
+/// With `?wait=<seconds>` (at most 60) it answers once the job has ended:
+/// `200` with the job as `GET /jobs/{id}` shows it, or, if it has not ended
+/// in time, the usual `202` (then follow it as any job).
 pub async fn create_job(
     state: AppState,
     blueprint: Arc<Blueprint>,
+    query: Option<&str>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let owner = state.auth.client(&headers)?;
+    let wait = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("wait="));
+    let wait = crate::secs::wait_query("wait", wait, MAX_JOB_WAIT).map_err(ApiError::BadRequest)?;
     let raw = body::bytes(raw)?;
     let body = body::json_object(&raw)?.unwrap_or_default();
-    let new = parse_create(body, &blueprint.name, owner, state.engine.egress())?;
+    let new = parse_create(body, &blueprint.name, owner.clone(), state.engine.egress())?;
     let id = state.engine.create_job(new).await?;
+    if let Some(wait) = wait.filter(|w| !w.is_zero()) {
+        state.engine.wait_for_job(id, wait).await;
+        let job = owned_job(&state, id, &owner).await?;
+        if job.status.is_terminal() {
+            return Ok(axum::Json(view(job, None)).into_response());
+        }
+    }
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(json!({"status": "accepted", "job_id": id})),

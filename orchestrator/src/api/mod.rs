@@ -12,6 +12,7 @@ pub mod deploy;
 pub mod error;
 mod guard;
 pub mod serve;
+pub mod stream;
 pub mod worker;
 pub mod worker_plugins;
 
@@ -55,6 +56,7 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         let client = Router::new()
             .route(&format!("{prefix}/jobs"), get(client::list_jobs))
             .route(&format!("{prefix}/jobs/{{id}}"), get(client::get_job))
+            .route(&format!("{prefix}/jobs/stream"), get(stream::job_updates))
             .route(
                 &format!("{prefix}/jobs/{{id}}/cancel"),
                 post(client::cancel_job),
@@ -190,7 +192,7 @@ async fn create_job(
         return None;
     }
     if let Some(bp) = state.engine.catalog().by_path(uri.path()) {
-        return Some(client::create_job(state.clone(), bp, headers, raw).await);
+        return Some(client::create_job(state.clone(), bp, uri.query(), headers, raw).await);
     }
     uri.path().starts_with("/api/").then(|| {
         Err(ApiError::NotFound(format!(

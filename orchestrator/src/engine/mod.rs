@@ -96,6 +96,37 @@ impl Default for EngineSettings {
     }
 }
 
+/// Job changes kept for slow update streams; one that falls further behind
+/// is told how many it missed.
+pub const UPDATES_BUFFER: usize = 4096;
+/// Most update streams open at once (429 past it).
+pub const MAX_UPDATE_STREAMS: usize = 256;
+
+/// A job's new status, as `GET /jobs/stream` sends it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JobUpdate {
+    pub job_id: Uuid,
+    #[serde(skip)]
+    pub owner: String,
+    pub blueprint: String,
+    pub status: JobStatus,
+    pub current_state: String,
+    pub updated_at: chrono::DateTime<Utc>,
+}
+
+impl JobUpdate {
+    pub fn of(job: &Job) -> Self {
+        Self {
+            job_id: job.id,
+            owner: job.owner.clone(),
+            blueprint: job.blueprint.clone(),
+            status: job.status,
+            current_state: job.current_state.clone(),
+            updated_at: job.updated_at,
+        }
+    }
+}
+
 /// Most task ids a heartbeat may list; more is refused (400).
 pub const MAX_HEARTBEAT_TASKS: usize = 10_000;
 
@@ -201,6 +232,10 @@ pub(crate) struct Shared {
     pub registry: Arc<PluginRegistry>,
     /// Set when several instances share a PostgreSQL database.
     pub db: Option<Arc<shared_db::SharedDb>>,
+    /// Every job change made here, for `GET /jobs/stream`.
+    pub updates: tokio::sync::broadcast::Sender<JobUpdate>,
+    /// One permit per open update stream.
+    pub stream_permits: Arc<tokio::sync::Semaphore>,
     pub storage: Arc<dyn Storage>,
     pub writer: mpsc::UnboundedSender<PersistMsg>,
     pub timer_wake: Notify,
@@ -268,6 +303,8 @@ impl Engine {
             catalog: Arc::new(Catalog::default()),
             registry: Arc::new(PluginRegistry::from_rows(&rows, settings.max_plugin_bytes)),
             db: db.clone(),
+            updates: tokio::sync::broadcast::Sender::new(UPDATES_BUFFER),
+            stream_permits: Arc::new(tokio::sync::Semaphore::new(MAX_UPDATE_STREAMS)),
             storage: storage.clone(),
             writer,
             timer_wake: Notify::new(),
@@ -370,6 +407,11 @@ impl Engine {
     /// timer loop if needed and starts owed webhooks; [`Tx`] calls it when
     /// it is dropped.
     fn flush(&self, st: &mut EngineState) {
+        if self.shared.updates.receiver_count() > 0 {
+            for write in st.outbox.iter().filter_map(|m| m.write.as_ref()) {
+                let _ = self.shared.updates.send(JobUpdate::of(&write.job));
+            }
+        }
         for msg in st.outbox.drain(..) {
             if self.shared.writer.send(msg).is_err() {
                 tracing::error!("the storage writer is gone; a job change was not saved");
@@ -399,6 +441,22 @@ impl Engine {
 
     pub fn registry(&self) -> &PluginRegistry {
         &self.shared.registry
+    }
+
+    /// Job changes from now on (made by this instance).
+    pub fn subscribe_updates(&self) -> tokio::sync::broadcast::Receiver<JobUpdate> {
+        self.shared.updates.subscribe()
+    }
+
+    /// A permit to hold while an update stream is open; `None` past
+    /// [`MAX_UPDATE_STREAMS`].
+    pub fn stream_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.shared.stream_permits.clone().try_acquire_owned().ok()
+    }
+
+    /// Cancelled when the server begins to stop.
+    pub fn stopping(&self) -> tokio_util::sync::CancellationToken {
+        self.shared.stopping.clone()
     }
 
     pub fn storage(&self) -> Arc<dyn Storage> {

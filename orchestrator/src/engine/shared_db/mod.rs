@@ -234,6 +234,11 @@ impl SharedDb {
     }
 
     async fn after_commit(&self, shared: &Arc<Shared>, after: AfterCommit) {
+        if shared.updates.receiver_count() > 0 {
+            for update in after.updates {
+                let _ = shared.updates.send(update);
+            }
+        }
         // Waiters here at once; other instances through the database.
         if after.queued {
             self.tasks.notify_waiters();

@@ -127,6 +127,8 @@ pub(super) struct Scratch {
 #[derive(Default)]
 pub(super) struct AfterCommit {
     pub webhooks: Vec<Webhook>,
+    /// The jobs written, for the update stream.
+    pub updates: Vec<super::super::JobUpdate>,
     pub queued: bool,
     pub ended: bool,
 }
@@ -281,6 +283,7 @@ impl Scratch {
             last.insert(id, write.job);
         }
         for (id, job) in &last {
+            after.updates.push(super::super::JobUpdate::of(job));
             let body = serde_json::to_string(job).map_err(|e| DbError::Corrupt(e.to_string()))?;
             let status = job.status.as_str();
             after.ended |= job.status.is_terminal();

@@ -1,0 +1,93 @@
+//! `GET /api/<v>/jobs/stream[?ids=a,b,…]`: Server-Sent Events, one `job`
+//! event per change of the caller's jobs (all of them, or the ids listed),
+//! for clients following many jobs without polling each. A client that falls
+//! more than [`UPDATES_BUFFER`] changes behind gets a `lagged` event with the
+//! number it missed (then it should re-read the jobs it follows). Streams
+//! end when the server stops. With several instances on one database, a
+//! stream carries the changes made through its instance.
+//!
+//! [`UPDATES_BUFFER`]: crate::engine::UPDATES_BUFFER
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::engine::MAX_UPDATE_STREAMS;
+
+/// Most job ids one stream may follow by name.
+pub const MAX_STREAM_IDS: usize = 1000;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamQuery {
+    ids: Option<String>,
+}
+
+pub async fn job_updates(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let owner = state.auth.client(&headers)?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let ids = match query.ids.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(list) => {
+            let ids: Vec<&str> = list.split(',').collect();
+            if ids.len() > MAX_STREAM_IDS {
+                return Err(ApiError::BadRequest(format!(
+                    "`ids` lists {} jobs; a stream follows at most {MAX_STREAM_IDS}",
+                    ids.len()
+                )));
+            }
+            let parsed: Result<HashSet<Uuid>, _> =
+                ids.iter().map(|s| Uuid::parse_str(s.trim())).collect();
+            Some(parsed.map_err(|_| {
+                ApiError::BadRequest("`ids` must be job ids separated by commas".into())
+            })?)
+        }
+    };
+    let permit = state.engine.stream_permit().ok_or_else(|| {
+        ApiError::TooMany(format!(
+            "Too many update streams are open (at most {MAX_UPDATE_STREAMS}); poll the jobs instead or try later"
+        ))
+    })?;
+    let updates = state.engine.subscribe_updates();
+    let stopping = state.engine.stopping();
+    let stream = futures_util::stream::unfold((updates, permit), move |(mut updates, permit)| {
+        let (owner, ids, stopping) = (owner.clone(), ids.clone(), stopping.clone());
+        async move {
+            loop {
+                let next = tokio::select! {
+                    n = updates.recv() => n,
+                    _ = stopping.cancelled() => return None,
+                };
+                let event = match next {
+                    Ok(u)
+                        if u.owner == owner
+                            && ids.as_ref().is_none_or(|s| s.contains(&u.job_id)) =>
+                    {
+                        Event::default().event("job").json_data(&u).ok()?
+                    }
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(n)) => {
+                        Event::default().event("lagged").data(n.to_string())
+                    }
+                    Err(RecvError::Closed) => return None,
+                };
+                return Some((Ok::<_, Infallible>(event), (updates, permit)));
+            }
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
