@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark on this machine, in one invocation, same harness:
 #   1. our orchestrator (SQLite) + 2 worker hosts with echo_task (work_ms=0)
-#   2. the same, the client following jobs with `?wait=` instead of polling
+#   2. the same, the client following jobs with `?wait=` instead of polling,
+#      and creating with `?wait=` (one request per job)
 #   3. our orchestrator (PostgreSQL, one instance) + 2 worker hosts, when
 #      PostgreSQL is reachable (BENCH_POSTGRES_URL, default the machine's)
 #   4. our orchestrator (in-memory) + 2 worker hosts
@@ -125,6 +126,8 @@ run_ours_two() {
 run_ours "ours-sqlite" "sqlite:$RUN/bench.db"
 rm -f "$RUN"/bench.db*
 run_ours "ours-sqlite-wait" "sqlite:$RUN/bench.db" wait
+rm -f "$RUN"/bench.db*
+run_ours "ours-sqlite-create-wait" "sqlite:$RUN/bench.db" create-wait
 PG_ADMIN="${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
 PG_DB="bench_$$"
 if command -v psql >/dev/null && psql "$PG_ADMIN" -qc "CREATE DATABASE $PG_DB" 2>/dev/null; then

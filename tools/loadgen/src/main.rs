@@ -30,8 +30,11 @@ use tokio::sync::Semaphore;
 enum Follow {
     /// Server-side wait (`?wait=`), our orchestrator.
     Wait,
-    /// Client-side polling, for avtomatika.
+    /// Client-side polling, the same for any orchestrator.
     Poll,
+    /// Create and wait in one request (`POST …?wait=30`), our orchestrator;
+    /// a job not done by then is followed with `?wait=`.
+    CreateWait,
 }
 
 #[derive(Debug, Parser)]
@@ -142,7 +145,10 @@ async fn run_job(http: &reqwest::Client, args: &Args, n: usize) -> anyhow::Resul
     let base = args.url[n % args.url.len()].trim_end_matches('/');
     let body = json!({"initial_data": {"message": "bench", "multiply": (n % 5) + 1, "work_ms": 0}});
     let resp = http
-        .post(format!("{base}{}", args.endpoint))
+        .post(match args.follow {
+            Follow::CreateWait => format!("{base}{}?wait=30", args.endpoint),
+            _ => format!("{base}{}", args.endpoint),
+        })
         .header("X-Client-Token", &args.token)
         .json(&body)
         .send()
@@ -150,6 +156,15 @@ async fn run_job(http: &reqwest::Client, args: &Args, n: usize) -> anyhow::Resul
         .context("create")?;
     let status = resp.status();
     let created: Value = resp.json().await.context("create body")?;
+    if status.as_u16() == 200
+        && let Follow::CreateWait = args.follow
+    {
+        return Ok(Outcome {
+            status: created["status"].as_str().unwrap_or("unknown").to_string(),
+            latency: started.elapsed(),
+            pickup: None,
+        });
+    }
     if status.as_u16() != 202 {
         bail!("create answered {status}: {created}");
     }
@@ -163,7 +178,7 @@ async fn run_job(http: &reqwest::Client, args: &Args, n: usize) -> anyhow::Resul
     let mut backoff = Duration::from_micros(500);
     loop {
         let url = match args.follow {
-            Follow::Wait => format!("{base}{prefix}/jobs/{id}?wait=30"),
+            Follow::Wait | Follow::CreateWait => format!("{base}{prefix}/jobs/{id}?wait=30"),
             Follow::Poll => format!("{base}{prefix}/jobs/{id}"),
         };
         let job: Value = http
