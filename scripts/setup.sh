@@ -24,9 +24,13 @@ if [ "${1:-}" = "--with-cargo-component" ]; then
 fi
 
 echo "==> building the plugins (plugins/, wasm32-wasip2)"
-cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml
+# Into the directory the test fixtures build into (tests/fixtures/build.rs),
+# with the same settings, so the plugins are compiled once for both.
+PLUGINS_OUT=target/plugin-fixtures
+env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_TARGET -u CARGO_TARGET_DIR \
+    cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml --target-dir "$PLUGINS_OUT"
 mkdir -p dist/plugins
-cp plugins/target/wasm32-wasip2/release/echo_task.wasm plugins/target/wasm32-wasip2/release/failing_task.wasm dist/plugins/
+cp "$PLUGINS_OUT"/wasm32-wasip2/release/echo_task.wasm "$PLUGINS_OUT"/wasm32-wasip2/release/failing_task.wasm dist/plugins/
 
 echo "==> building orchestrator and worker-host"
 cargo build --bins
