@@ -24,11 +24,11 @@ if [ "${1:-}" = "--with-cargo-component" ]; then
 fi
 
 echo "==> building the plugins (plugins/, wasm32-wasip2)"
-# Into the directory the test fixtures build into (tests/fixtures/build.rs),
-# with the same settings, so the plugins are compiled once for both.
+# Through the test fixtures' build script (tests/fixtures/build.rs), which
+# builds the plugin workspace into target/plugin-fixtures: the tests then find
+# it built, and nothing is compiled twice.
 PLUGINS_OUT=target/plugin-fixtures
-env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_TARGET -u CARGO_TARGET_DIR \
-    cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml --target-dir "$PLUGINS_OUT"
+cargo build -p plugin-fixtures
 mkdir -p dist/plugins
 cp "$PLUGINS_OUT"/wasm32-wasip2/release/echo_task.wasm "$PLUGINS_OUT"/wasm32-wasip2/release/failing_task.wasm dist/plugins/
 
