@@ -192,6 +192,21 @@ impl OrchestratorClient {
         Ok(value)
     }
 
+    /// Sends; an orchestrator that cannot be reached hands over to the
+    /// next URL (see [`Self::failed_over`]).
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        request
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.failed_over(),
+                source,
+            })
+    }
+
     /// Sends; a success is decoded as `R` (and also returned as JSON), an
     /// error becomes the matching [`ClientError`]. `sent` is the body size,
     /// for the 413 message.
@@ -200,13 +215,7 @@ impl OrchestratorClient {
         request: reqwest::RequestBuilder,
         sent: usize,
     ) -> Result<Option<(R, Value)>, ClientError> {
-        let response = request
-            .send()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                url: self.failed_over(),
-                source,
-            })?;
+        let response = self.send(request).await?;
         self.note_revision(&response);
         let status = response.status();
         if status == StatusCode::NO_CONTENT {
@@ -390,14 +399,11 @@ impl OrchestratorClient {
         max: usize,
     ) -> Result<Vec<u8>, ClientError> {
         let response = self
-            .request(Method::GET, &rxon::deploy::blob_path(sha256))
-            .timeout(Duration::from_secs(300))
-            .send()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                url: self.failed_over(),
-                source,
-            })?;
+            .send(
+                self.request(Method::GET, &rxon::deploy::blob_path(sha256))
+                    .timeout(Duration::from_secs(300)),
+            )
+            .await?;
         let status = response.status();
         if !status.is_success() {
             let body = self

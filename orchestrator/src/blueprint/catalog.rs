@@ -95,8 +95,10 @@ impl Catalog {
 
     /// Whether some blueprint's current version is mounted under `/api/{version}`.
     pub fn serves_api_version(&self, version: &str) -> bool {
-        self.all_current()
-            .iter()
+        self.read()
+            .by_name
+            .values()
+            .filter_map(Versions::current)
             .any(|b| b.api_version.as_deref() == Some(version))
     }
 

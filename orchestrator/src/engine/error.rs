@@ -27,3 +27,13 @@ pub enum EngineError {
     #[error("could not store the job: {0}")]
     Storage(String),
 }
+
+impl EngineError {
+    /// A new worker id past `max_workers`.
+    pub fn too_many_workers(max: usize, worker_id: &str) -> Self {
+        Self::TooManyWorkers(format!(
+            "Too many workers: {max} are registered (max_workers); worker {} was not registered",
+            rxon::text::clip(worker_id, 128)
+        ))
+    }
+}

@@ -622,15 +622,12 @@ impl Engine {
     /// Registers a worker; `Err` when a new id would pass `max_workers`.
     pub async fn register_worker(&self, reg: &rxon::WorkerRegistration) -> Result<(), EngineError> {
         if let Some(db) = &self.shared.db {
-            return db.register(&self.shared, reg).await?;
+            return db.register(&self.shared, reg).await;
         }
         let mut st = self.tx();
         let max = self.shared.settings.max_workers;
         if !st.workers.contains_key(&reg.worker_id) && st.workers.len() >= max {
-            return Err(EngineError::TooManyWorkers(format!(
-                "Too many workers: {max} are registered (max_workers); worker {} was not registered",
-                rxon::text::clip(&reg.worker_id, 128)
-            )));
+            return Err(EngineError::too_many_workers(max, &reg.worker_id));
         }
         machine::register_worker(&self.shared, &mut st, reg);
         Ok(())

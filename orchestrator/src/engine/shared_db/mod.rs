@@ -136,6 +136,14 @@ impl SharedDb {
         }
     }
 
+    /// A connection from the pool.
+    async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| DbError::Pool(e.to_string()))
+    }
+
     /// Listens for notifications; reconnects when the connection drops.
     pub(crate) async fn listen(self: Arc<Self>) {
         loop {
@@ -210,11 +218,7 @@ impl SharedDb {
         fired: Option<i64>,
         f: &mut (impl FnMut(&mut EngineState) -> R + Send),
     ) -> Result<R, DbError> {
-        let mut client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| DbError::Pool(e.to_string()))?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let mut scratch = Scratch::load(
             &tx,
@@ -229,11 +233,11 @@ impl SharedDb {
         tx.commit().await?;
         // Back to the pool before taking another for the notification.
         drop(client);
-        self.after_commit(shared, after).await;
+        self.after_commit(shared, after);
         Ok(r)
     }
 
-    async fn after_commit(&self, shared: &Arc<Shared>, after: AfterCommit) {
+    fn after_commit(&self, shared: &Arc<Shared>, after: AfterCommit) {
         if shared.updates.receiver_count() > 0 {
             for update in after.updates {
                 let _ = shared.updates.send(update);
@@ -295,11 +299,7 @@ impl SharedDb {
         shared: &Arc<Shared>,
         worker_id: &str,
     ) -> Result<Option<Option<rxon::TaskPayload>>, TakeError> {
-        let mut client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| TakeError::Db(DbError::Pool(e.to_string())))?;
+        let mut client = self.client().await?;
         let row = client
             .query_opt(
                 &client
@@ -371,7 +371,7 @@ impl SharedDb {
         let after = scratch.apply(&tx).await?;
         tx.commit().await.map_err(DbError::from)?;
         drop(client);
-        self.after_commit(shared, after).await;
+        self.after_commit(shared, after);
         Ok(Some(payload))
     }
 
@@ -392,11 +392,7 @@ impl SharedDb {
 
     /// The worker was heard from (outside any event's transaction).
     async fn touch(&self, worker_id: &str) -> Result<(), DbError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| DbError::Pool(e.to_string()))?;
+        let client = self.client().await?;
         client
             .execute(
                 &client
@@ -408,13 +404,25 @@ impl SharedDb {
         Ok(())
     }
 
+    /// Whether `worker_id` is registered, and how many workers are.
+    async fn registered(&self, worker_id: &str) -> Result<(bool, usize), DbError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                &client
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM workers WHERE id = $1), count(*) FROM workers",
+                    )
+                    .await?,
+                &[&worker_id],
+            )
+            .await?;
+        Ok((row.get(0), row.get::<_, i64>(1).max(0) as usize))
+    }
+
     /// The jobs a worker's leases point at.
     async fn jobs_of(&self, worker_id: &str) -> Result<Vec<Uuid>, DbError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| DbError::Pool(e.to_string()))?;
+        let client = self.client().await?;
         Ok(client
             .query(
                 &client
@@ -445,45 +453,18 @@ impl SharedDb {
         &self,
         shared: &Arc<Shared>,
         reg: &rxon::WorkerRegistration,
-    ) -> Result<Result<(), EngineError>, DbError> {
+    ) -> Result<(), EngineError> {
         let max = shared.settings.max_workers;
-        {
-            let client = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| DbError::Pool(e.to_string()))?;
-            let known = client
-                .query_opt(
-                    &client
-                        .prepare_cached("SELECT 1 FROM workers WHERE id = $1")
-                        .await?,
-                    &[&reg.worker_id],
-                )
-                .await?
-                .is_some();
-            let count: i64 = client
-                .query_one(
-                    &client
-                        .prepare_cached("SELECT count(*) FROM workers")
-                        .await?,
-                    &[],
-                )
-                .await?
-                .get(0);
-            if !known && count as usize >= max {
-                return Ok(Err(EngineError::TooManyWorkers(format!(
-                    "Too many workers: {max} are registered (max_workers); worker {} was not registered",
-                    rxon::text::clip(&reg.worker_id, 128)
-                ))));
-            }
+        let (known, count) = self.registered(&reg.worker_id).await?;
+        if !known && count >= max {
+            return Err(EngineError::too_many_workers(max, &reg.worker_id));
         }
         let jobs = self.jobs_of(&reg.worker_id).await?;
         self.event(shared, &jobs, std::slice::from_ref(&reg.worker_id), |st| {
             machine::register_worker(shared, st, reg)
         })
         .await?;
-        Ok(Ok(()))
+        Ok(())
     }
 
     pub(crate) async fn cancel(
@@ -516,11 +497,7 @@ impl SharedDb {
     }
 
     pub(crate) async fn get_job(&self, id: Uuid) -> Result<Option<Job>, DbError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| DbError::Pool(e.to_string()))?;
+        let client = self.client().await?;
         let row = client
             .query_opt(
                 &client
@@ -536,11 +513,7 @@ impl SharedDb {
     }
 
     pub(crate) async fn workers(&self) -> Result<Vec<super::workers::WorkerRecord>, DbError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| DbError::Pool(e.to_string()))?;
+        let client = self.client().await?;
         let now = chrono::Utc::now();
         let mono = Instant::now();
         let mut out = Vec::new();
@@ -566,11 +539,7 @@ impl SharedDb {
 
     /// Records a message nonce; false when it was seen already.
     pub(crate) async fn remember_nonce(&self, key: &str) -> Result<bool, DbError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| DbError::Pool(e.to_string()))?;
+        let client = self.client().await?;
         let n = client
             .execute(
                 &client
@@ -621,11 +590,7 @@ impl SharedDb {
 
     /// Fires one due timer; false when none is due.
     async fn fire_one(&self, shared: &Arc<Shared>) -> Result<bool, DbError> {
-        let mut client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| DbError::Pool(e.to_string()))?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let Some(row) = tx
             .query_opt(
@@ -663,18 +628,14 @@ impl SharedDb {
         tx.commit().await?;
         // Back to the pool before taking another for the notification.
         drop(client);
-        self.after_commit(shared, after).await;
+        self.after_commit(shared, after);
         Ok(true)
     }
 
     /// Drops workers not heard from within their time to live, requeueing
     /// what they held.
     async fn expire_workers(&self, shared: &Arc<Shared>) -> Result<(), DbError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| DbError::Pool(e.to_string()))?;
+        let client = self.client().await?;
         let expired: Vec<String> = client
             .query(
                 &client.prepare_cached("SELECT id FROM workers WHERE last_seen < now() - ttl_ms * interval '1 millisecond'").await?,
