@@ -12,7 +12,10 @@
 # Each run reports jobs/s, latency percentiles and CPU µs per job of the
 # orchestrator and of the workers (from /proc), and the pickup latency of an
 # idle queue (one job at a time: created → dispatched). Prints one table.
-# Not part of the tests.
+# Our worker hosts take tasks over the task channel (WebSocket); the row
+# `ours-sqlite-http` runs them with --no-task-channel (HTTP long-poll, as
+# before the channel existed). ROWS="ours-sqlite avtomatika" runs only the
+# rows whose label starts with one of those words. Not part of the tests.
 #
 #   JOBS=2000 CONCURRENCY=50 ./scripts/bench-compare.sh
 set -euo pipefail
@@ -62,8 +65,16 @@ measure() {
         --concurrency 1 --follow "$follow" --label "$label-idle" --pickup --json | tee -a "$RUN/results.txt" | grep '^{' >>"$RUN/pickup.jsonl"
 }
 
+# Whether the row `label` is selected by ROWS (all rows when ROWS is empty).
+wanted() {
+    [ -z "${ROWS:-}" ] && return 0
+    for w in $ROWS; do [ "$1" = "$w" ] || [[ "$1" == "$w"-* && "$w" == avtomatika ]] && return 0; done
+    return 1
+}
+
 run_ours() {
-    local label=$1 storage=$2 follow=${3:-poll}
+    local label=$1 storage=$2 follow=${3:-poll} channel=${4:-}
+    wanted "$label" || return 0
     echo "==> $label"
     CLIENT_TOKEN=bench-client GLOBAL_WORKER_TOKEN=bench-worker RUST_LOG=warn \
         ./target/release/orchestrator --listen "127.0.0.1:${PORT}" --storage "$storage" >"$RUN/$label-orchestrator.log" 2>&1 &
@@ -71,7 +82,7 @@ run_ours() {
     wait_http "http://127.0.0.1:${PORT}/_public/status"
     for i in 1 2; do
         ORCHESTRATOR_URL="http://127.0.0.1:${PORT}" WORKER_ID="bench-wasm-$i" WORKER_TOKEN=bench-worker RUST_LOG=warn \
-            ./target/release/worker-host --plugins-dir dist/plugins --max-concurrent-tasks 5 >"$RUN/$label-worker-$i.log" 2>&1 &
+            ./target/release/worker-host --plugins-dir dist/plugins --max-concurrent-tasks 5 $channel >"$RUN/$label-worker-$i.log" 2>&1 &
         pids+=($!)
     done
     wait_workers
@@ -82,6 +93,7 @@ run_ours() {
 
 run_avtomatika() {
     local label=avtomatika-1.0b30
+    wanted "$label" || return 0
     echo "==> $label"
     API_HOST=127.0.0.1 API_PORT="$PORT" CLIENT_TOKEN=bench-client GLOBAL_WORKER_TOKEN=bench-worker \
         LOG_FORMAT=text LOG_LEVEL=WARNING RATE_LIMITING_ENABLED=false \
@@ -101,6 +113,7 @@ run_avtomatika() {
 run_ours_two() {
     local label=$1 storage=$2
     local port2=$((PORT + 1))
+    wanted "$label" || return 0
     echo "==> $label"
     for p in "$PORT" "$port2"; do
         CLIENT_TOKEN=bench-client GLOBAL_WORKER_TOKEN=bench-worker RUST_LOG=warn \
@@ -123,6 +136,8 @@ run_ours_two() {
     stop_all
 }
 
+run_ours "ours-sqlite-http" "sqlite:$RUN/bench.db" poll --no-task-channel
+rm -f "$RUN"/bench.db*
 run_ours "ours-sqlite" "sqlite:$RUN/bench.db"
 rm -f "$RUN"/bench.db*
 run_ours "ours-sqlite-wait" "sqlite:$RUN/bench.db" wait
@@ -130,7 +145,7 @@ rm -f "$RUN"/bench.db*
 run_ours "ours-sqlite-create-wait" "sqlite:$RUN/bench.db" create-wait
 PG_ADMIN="${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
 PG_DB="bench_$$"
-if command -v psql >/dev/null && psql "$PG_ADMIN" -qc "CREATE DATABASE $PG_DB" 2>/dev/null; then
+if { wanted ours-postgres || wanted ours-postgres-x2; } && command -v psql >/dev/null && psql "$PG_ADMIN" -qc "CREATE DATABASE $PG_DB" 2>/dev/null; then
     run_ours "ours-postgres" "${PG_ADMIN%/*}/$PG_DB"
     psql "$PG_ADMIN" -qc "DROP DATABASE $PG_DB WITH (FORCE)" || true
     psql "$PG_ADMIN" -qc "CREATE DATABASE $PG_DB"

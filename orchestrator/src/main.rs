@@ -69,11 +69,8 @@ async fn run() -> anyhow::Result<()> {
         config.require_signatures,
     )
     .with_deployers(config.deployers.iter().cloned());
-    let state = AppState {
-        engine: engine.clone(),
-        auth: Arc::new(auth),
-    };
-    let app = api::router(state, config.max_body_bytes);
+    let state = AppState::new(engine.clone(), auth, config.max_body_bytes);
+    let app = api::router(state);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -57,13 +56,7 @@ async fn server() -> Server {
         HashMap::from([("vip".to_string(), "vip-token".to_string())]),
         true,
     );
-    let app = api::router(
-        AppState {
-            engine,
-            auth: Arc::new(auth),
-        },
-        4096,
-    );
+    let app = api::router(AppState::new(engine, auth, 4096));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(api::serve(listener, app.clone(), std::future::pending()));

@@ -10,7 +10,9 @@
 //! - [`codes`]: error codes and header names.
 //! - [`text`]: peer-supplied text cut for logs.
 //! - [`deploy`]: plugin deployment (our extension; stock workers never see it).
+//! - [`channel`]: the persistent worker channel (our extension, negotiated).
 
+pub mod channel;
 pub mod codes;
 pub mod deploy;
 pub mod model;

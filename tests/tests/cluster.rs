@@ -10,25 +10,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use support::*;
-
-/// Creates an echo job through `base`; the id when it answered 202.
-async fn try_create(http: &reqwest::Client, base: &str, n: usize) -> Option<String> {
-    let resp = http
-        .post(format!("{base}/api/v1/jobs/test"))
-        .header("X-Client-Token", CLIENT_TOKEN)
-        .json(&serde_json::json!({"message": format!("job{n}"), "multiply": 1}))
-        .timeout(Duration::from_secs(3))
-        .send()
-        .await
-        .ok()?;
-    if resp.status().as_u16() != 202 {
-        return None;
-    }
-    let v: Value = resp.json().await.ok()?;
-    v["job_id"].as_str().map(str::to_string)
-}
 
 /// The last lines of a log.
 fn tail(log: &str) -> String {
@@ -98,7 +80,7 @@ async fn two_instances_finish_every_job_once_even_when_one_is_killed() {
                 // Alternate instances; when one is down, the other.
                 let first = n % 2;
                 for base in [&bases[first], &bases[1 - first]] {
-                    if let Some(id) = try_create(&http, base, n).await {
+                    if let Some(id) = try_create_echo(&http, base, n).await {
                         accepted.lock().unwrap().push(id);
                         break;
                     }

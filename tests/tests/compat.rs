@@ -351,6 +351,19 @@ async fn our_worker_host_serves_the_real_avtomatika_orchestrator() {
     // Every task carried a valid signature.
     let log = worker.log_text();
     assert!(!log.contains("refusing task"), "{log}");
+    // avtomatika serves /_worker/ws/{id} but not our channel: the worker
+    // fell back to the long-poll (and said so) once, and never reopened it.
+    assert_eq!(
+        log.matches("the orchestrator offers no task channel")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        log.contains("taking tasks by HTTP long-poll instead"),
+        "{log}"
+    );
+    assert!(!log.contains("task channel open"), "{log}");
 }
 
 #[tokio::test]

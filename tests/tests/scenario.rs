@@ -374,3 +374,79 @@ async fn create_and_wait_in_one_request_and_a_stream_of_job_updates() {
     let resp = open("?ids=not-a-uuid").await.unwrap();
     assert_eq!(resp.status().as_u16(), 400);
 }
+
+/// Workers take tasks over the persistent channel; `kill -9` of the
+/// orchestrator in the middle of a load: they reopen it by themselves once
+/// it is back, and every accepted job finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_reopen_the_task_channel_after_an_orchestrator_kill() {
+    use std::sync::{Arc, Mutex};
+    let mut stack = Stack::new();
+    stack.start().await;
+    let mut w2 = stack.spawn_worker("channel-w2", "w2.log", |_| {});
+    let both_open = |n: usize, stack: &Stack, w2: &support::Proc| {
+        let (orchestrator, w1) = stack.logs();
+        w1.matches("task channel open").count() >= n
+            && w2.log_text().matches("task channel open").count() >= n
+            && orchestrator.contains(&format!("worker {WORKER_ID} opened its task channel"))
+            && orchestrator.contains("worker channel-w2 opened its task channel")
+    };
+    wait_until("both task channels", Duration::from_secs(60), || async {
+        both_open(1, &stack, &w2)
+    })
+    .await;
+
+    // 12 clients create jobs until 600 are accepted; the orchestrator is
+    // killed after 200 and started again on the same database.
+    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut creators = Vec::new();
+    for _ in 0..12 {
+        let (accepted, next, base) = (accepted.clone(), next.clone(), stack.base.clone());
+        creators.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            while accepted.lock().unwrap().len() < 600 {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                match try_create_echo(&http, &base, n).await {
+                    Some(id) => accepted.lock().unwrap().push(id),
+                    None => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        }));
+    }
+    wait_until("200 accepted jobs", Duration::from_secs(60), || async {
+        accepted.lock().unwrap().len() >= 200
+    })
+    .await;
+    stack.orchestrator.as_mut().unwrap().kill9();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stack.start_orchestrator();
+    stack.wait_ready().await;
+    for c in creators {
+        c.await.unwrap();
+    }
+    // Reopened by both workers, on the new process.
+    wait_until(
+        "both task channels again",
+        Duration::from_secs(60),
+        || async { both_open(2, &stack, &w2) },
+    )
+    .await;
+    let accepted: Vec<String> = accepted.lock().unwrap().clone();
+    for id in &accepted {
+        let job = stack.finished(id).await;
+        assert_eq!(job["status"], "finished", "{job}");
+        assert_eq!(job["result"]["multiplied_by"], 1, "{job}");
+    }
+    // The tasks went over the channel: no worker fell back to polling.
+    let (_, w1_log) = stack.logs();
+    for log in [&w1_log, &w2.log_text()] {
+        assert!(!log.contains("by HTTP long-poll instead"), "{log}");
+        assert!(!log.contains("panicked"), "{log}");
+    }
+    eprintln!(
+        "{} jobs accepted around the kill; all finished",
+        accepted.len()
+    );
+    w2.stop();
+}

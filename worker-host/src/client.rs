@@ -47,6 +47,25 @@ pub struct PolledTask {
     pub raw: Value,
 }
 
+/// The error for an answer with `status` and `message` (`sent`: the size
+/// of the request's body, for the 413 message).
+fn answer_error(status: StatusCode, message: String, sent: usize) -> ClientError {
+    let message = crate::limits::for_log(&message).into_owned();
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ClientError::PayloadTooLarge {
+            bytes: sent,
+            message,
+        },
+        StatusCode::NOT_FOUND if message.to_lowercase().contains("not found") => {
+            ClientError::UnknownWorker { message }
+        }
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+            ClientError::Unauthorized { status, message }
+        }
+        _ => ClientError::Http { status, message },
+    }
+}
+
 /// Most bytes of an orchestrator answer we read (errors are cut for logs).
 const MAX_ANSWER_BYTES: usize = 16 << 20;
 
@@ -64,6 +83,9 @@ pub struct OrchestratorClient {
     /// The last plugins revision the orchestrator announced (our
     /// orchestrator only; see [`rxon::deploy`]), shared by every clone.
     revision: std::sync::Arc<tokio::sync::watch::Sender<Option<String>>>,
+    /// The task channel while it is open (shared by every clone): results,
+    /// heartbeats and events go through it, else over HTTP.
+    link: std::sync::Arc<std::sync::RwLock<Option<crate::channel::Link>>>,
 }
 
 /// Current Unix time in seconds.
@@ -93,12 +115,13 @@ impl OrchestratorClient {
             worker_id: worker_id.to_string(),
             token: token.to_string(),
             revision: std::sync::Arc::new(tokio::sync::watch::Sender::new(None)),
+            link: Default::default(),
         })
     }
 
     /// The URL in use, after moving on to the next orchestrator URL (when
     /// there are several): called when the one in use cannot be reached.
-    fn failed_over(&self) -> String {
+    pub(crate) fn failed_over(&self) -> String {
         let failed = self.base_url().to_string();
         if self.bases.len() > 1 {
             let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
@@ -128,13 +151,18 @@ impl OrchestratorClient {
     }
 
     fn note_revision(&self, response: &reqwest::Response) {
-        let Some(value) = response
+        if let Some(value) = response
             .headers()
             .get(rxon::deploy::HEADER_PLUGINS_REVISION)
             .and_then(|v| v.to_str().ok())
-        else {
-            return;
-        };
+        {
+            self.note_revision_value(value);
+        }
+    }
+
+    /// A plugins revision announced by the orchestrator (an answer's header
+    /// or a channel frame).
+    pub fn note_revision_value(&self, value: &str) {
         let value: &str = &crate::limits::clip(value, 64);
         self.revision.send_if_modified(|r| {
             let changed = r.as_deref() != Some(value);
@@ -167,6 +195,54 @@ impl OrchestratorClient {
 
     pub fn worker_id(&self) -> &str {
         &self.worker_id
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Routes results, heartbeats and events through `link` (or, with
+    /// `None`, over HTTP again).
+    pub fn set_link(&self, link: Option<crate::channel::Link>) {
+        *self.link.write().unwrap_or_else(|p| p.into_inner()) = link;
+    }
+
+    /// Whether the task channel is open.
+    pub fn has_link(&self) -> bool {
+        self.link
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Sends request `kind` through the task channel when it is open;
+    /// `None` when it is not (or closed before answering): send over HTTP.
+    async fn via_link<R: DeserializeOwned>(
+        &self,
+        kind: &str,
+        body: &[u8],
+    ) -> Option<Result<R, ClientError>> {
+        let link = self
+            .link
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        let (status, value) = link.request(kind, body).await?;
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+        if status.is_success() {
+            return Some(R::deserialize(&value).map_err(|e| {
+                ClientError::Decode(format!(
+                    "{e}: {}",
+                    crate::limits::for_log(&value.to_string())
+                ))
+            }));
+        }
+        let message = value
+            .get("error")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| value.to_string());
+        Some(Err(answer_error(status, message, body.len())))
     }
 
     fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
@@ -236,20 +312,7 @@ impl OrchestratorClient {
         let message = serde_json::from_slice::<rxon::ErrorBody>(&body)
             .map(|b| b.error)
             .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-        let message = crate::limits::for_log(&message).into_owned();
-        Err(match status {
-            StatusCode::PAYLOAD_TOO_LARGE => ClientError::PayloadTooLarge {
-                bytes: sent,
-                message,
-            },
-            StatusCode::NOT_FOUND if message.to_lowercase().contains("not found") => {
-                ClientError::UnknownWorker { message }
-            }
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                ClientError::Unauthorized { status, message }
-            }
-            _ => ClientError::Http { status, message },
-        })
+        Err(answer_error(status, message, sent))
     }
 
     /// The answer's body, refused (before it is read whole) when it is
@@ -298,6 +361,23 @@ impl OrchestratorClient {
         self.post_body(method, path, body).await
     }
 
+    /// Sends a signed message through the task channel as `kind`, or posts
+    /// it when the channel is not open.
+    async fn deliver_signed<T: Serialize, R: DeserializeOwned>(
+        &self,
+        kind: &str,
+        method: Method,
+        path: &str,
+        message: &T,
+    ) -> Result<R, ClientError> {
+        let body = serde_json::to_vec(&self.sign(message)?)
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        if let Some(answer) = self.via_link(kind, &body).await {
+            return answer;
+        }
+        self.post_body(method, path, body).await
+    }
+
     /// Posts an encoded body (see [`Self::encode_signed`]).
     pub async fn post_body<R: DeserializeOwned>(
         &self,
@@ -341,7 +421,12 @@ impl OrchestratorClient {
 
     pub async fn heartbeat(&self, heartbeat: &Heartbeat) -> Result<HeartbeatResponse, ClientError> {
         let response: Value = self
-            .post_signed(Method::PATCH, &path::heartbeat(&self.worker_id), heartbeat)
+            .deliver_signed(
+                "heartbeat",
+                Method::PATCH,
+                &path::heartbeat(&self.worker_id),
+                heartbeat,
+            )
             .await?;
         // avtomatika answers `null` for a worker it does not know.
         if response.is_null() {
@@ -373,11 +458,15 @@ impl OrchestratorClient {
         &self,
         body: Vec<u8>,
     ) -> Result<ResultResponse, ClientError> {
+        if let Some(answer) = self.via_link("result", &body).await {
+            return answer;
+        }
         self.post_body(Method::POST, path::RESULT, body).await
     }
 
     pub async fn send_event(&self, event: &WorkerEventPayload) -> Result<Value, ClientError> {
-        self.post_signed(Method::POST, path::EVENTS, event).await
+        self.deliver_signed("event", Method::POST, path::EVENTS, event)
+            .await
     }
 
     /// The plugins the orchestrator wants this worker host to run.

@@ -80,6 +80,11 @@ pub struct ServeArgs {
     /// Seconds one long-poll may wait for a task.
     #[arg(long, env = "POLL_TIMEOUT", default_value_t = 30.0)]
     pub poll_timeout: f64,
+    /// Take tasks by HTTP long-poll only, never over the persistent task
+    /// channel (the worker otherwise opens it when the orchestrator offers
+    /// it, and polls over HTTP when it does not).
+    #[arg(long, env = "NO_TASK_CHANNEL")]
+    pub no_task_channel: bool,
     /// Log format: `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: String,

@@ -15,11 +15,13 @@
 //! do besides compute (config, read-only directories, tighter limits) is
 //! declared in its manifest and capped by the operator's policy ([`grants`]).
 //!
-//! Around that: [`client`] speaks the worker protocol, [`worker`] is the
+//! Around that: [`client`] speaks the worker protocol (over HTTP, and over
+//! the persistent task [`channel`] when the orchestrator offers it), [`worker`] is the
 //! register/heartbeat/poll/execute/submit loop, [`plugin_watch`] reloads the
 //! plugins directory when it changes (hot deployment), [`config`] is the CLI, and
 //! [`telemetry`] sets up logs.
 
+pub mod channel;
 pub mod client;
 pub mod config;
 pub mod grants;

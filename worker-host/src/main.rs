@@ -77,6 +77,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         heartbeat_interval: seconds("--heartbeat-interval", args.heartbeat_interval)?,
         poll_timeout: seconds("--poll-timeout", args.poll_timeout)?,
         task_secret: args.orchestrator_secret.clone().filter(|s| !s.is_empty()),
+        task_channel: !args.no_task_channel,
         ..WorkerSettings::default()
     };
     let worker = Worker::new(client, engine, plugins, settings);

@@ -53,15 +53,23 @@ impl From<crate::storage::StorageError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let message = match &self {
+impl ApiError {
+    /// The message the peer gets (an internal error's detail is logged,
+    /// not sent).
+    pub fn public_message(&self) -> String {
+        match self {
             Self::Internal(detail) => {
                 tracing::error!("internal error: {detail}");
                 "Internal server error; see the orchestrator's log".to_string()
             }
             other => other.to_string(),
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let message = self.public_message();
         (
             self.status(),
             axum::Json(rxon::ErrorBody { error: message }),

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod channel;
 pub mod client;
 pub mod deploy;
 pub mod error;
@@ -38,6 +39,22 @@ use error::ApiError;
 pub struct AppState {
     pub engine: Engine,
     pub auth: Arc<Auth>,
+    /// The open worker channels.
+    pub channels: Arc<channel::Sessions>,
+    /// Largest request body (and channel frame).
+    pub max_body: usize,
+}
+
+impl AppState {
+    /// `max_body`: the largest request body (and channel frame) accepted.
+    pub fn new(engine: Engine, auth: Auth, max_body: usize) -> Self {
+        Self {
+            engine,
+            auth: Arc::new(auth),
+            channels: Default::default(),
+            max_body,
+        }
+    }
 }
 
 /// Default largest request body: 1 MiB.
@@ -49,7 +66,8 @@ pub const DEFAULT_MAX_BODY: usize = 1 << 20;
 /// version some blueprint is mounted under; create-job endpoints are looked
 /// up in the blueprint catalog on each request (see [`create_job`]), so a
 /// blueprint deployed at run time serves at once.
-pub fn router(state: AppState, max_body: usize) -> Router {
+pub fn router(state: AppState) -> Router {
+    let max_body = state.max_body;
     let max_upload = state.engine.registry().max_plugin_bytes + (256 << 10);
     let mut app = Router::new();
     for prefix in ["/api", "/api/{version}"] {
@@ -103,6 +121,7 @@ pub fn router(state: AppState, max_body: usize) -> Router {
     )
     .route("/_worker/tasks/result", post(worker::result))
     .route("/_worker/events", post(worker::events))
+    .route("/_worker/ws/{worker_id}", get(channel::open))
     .route(rxon::deploy::PLUGINS_PATH, get(worker_plugins::desired))
     .route(
         &format!("{}/{{sha256}}", rxon::deploy::PLUGINS_PATH),

@@ -22,7 +22,21 @@ async fn signed_body(
     replay: Replay,
 ) -> Result<Option<(String, Value)>, ApiError> {
     let raw = body::bytes(raw)?;
-    let Some(obj) = body::json_object(&raw)? else {
+    let obj = body::json_object(&raw)?;
+    signed_object(state, headers, obj, path_id, exclude, replay).await
+}
+
+/// Authenticates and verifies a signed worker message already parsed (an
+/// HTTP body, or the body of a channel frame).
+pub(super) async fn signed_object(
+    state: &AppState,
+    headers: &HeaderMap,
+    obj: Option<serde_json::Map<String, Value>>,
+    path_id: Option<&str>,
+    exclude: &[&str],
+    replay: Replay,
+) -> Result<Option<(String, Value)>, ApiError> {
+    let Some(obj) = obj else {
         return Ok(None);
     };
     let body_id = obj.get("worker_id").and_then(Value::as_str);
@@ -94,19 +108,24 @@ pub async fn heartbeat(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let signed = signed_body(
-        &state,
-        &headers,
-        raw,
-        Some(&worker_id),
-        &[],
-        Replay::Allowed,
-    )
-    .await?;
+    let raw = body::bytes(raw)?;
+    let obj = body::json_object(&raw)?;
+    let response = accept_heartbeat(&state, &headers, &worker_id, obj).await?;
+    Ok(axum::Json(response).into_response())
+}
+
+/// A heartbeat (`None`: an empty body, which only refreshes the TTL).
+pub(super) async fn accept_heartbeat(
+    state: &AppState,
+    headers: &HeaderMap,
+    worker_id: &str,
+    obj: Option<serde_json::Map<String, Value>>,
+) -> Result<rxon::HeartbeatResponse, ApiError> {
+    let signed = signed_object(state, headers, obj, Some(worker_id), &[], Replay::Allowed).await?;
     let hb = match signed {
         Some((_, value)) => Some(body::typed::<rxon::Heartbeat>(value, "Heartbeat")?),
         None => {
-            state.auth.worker(&headers, Some(&worker_id), None)?;
+            state.auth.worker(headers, Some(worker_id), None)?;
             None
         }
     };
@@ -138,12 +157,15 @@ pub async fn heartbeat(
             hb.worker_id
         )));
     }
-    match state.engine.heartbeat(&worker_id, hb.as_ref()).await? {
-        Some(response) => Ok(axum::Json(response).into_response()),
-        None => Err(ApiError::NotFound(format!(
-            "Worker not found: {worker_id} is not registered; register again"
-        ))),
-    }
+    state
+        .engine
+        .heartbeat(worker_id, hb.as_ref())
+        .await?
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "Worker not found: {worker_id} is not registered; register again"
+            ))
+        })
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,7 +198,18 @@ pub async fn result(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (worker_id, value) = signed_body(&state, &headers, raw, None, &[], Replay::Rejected)
+    let raw = body::bytes(raw)?;
+    let obj = body::json_object(&raw)?;
+    Ok(axum::Json(accept_result(&state, &headers, obj).await?).into_response())
+}
+
+/// A task result (`TaskResult`).
+pub(super) async fn accept_result(
+    state: &AppState,
+    headers: &HeaderMap,
+    obj: Option<serde_json::Map<String, Value>>,
+) -> Result<rxon::ResultResponse, ApiError> {
+    let (worker_id, value) = signed_object(state, headers, obj, None, &[], Replay::Rejected)
         .await?
         .ok_or_else(|| ApiError::BadRequest("Invalid TaskResult payload: empty body".into()))?;
     let result: rxon::TaskResult = body::typed(value, "TaskResult")?;
@@ -187,7 +220,7 @@ pub async fn result(
             "Forbidden: Authenticated worker '{worker_id}' cannot submit results for another worker '{claimed}'."
         )));
     }
-    Ok(axum::Json(state.engine.submit_result(&worker_id, &result).await?).into_response())
+    Ok(state.engine.submit_result(&worker_id, &result).await?)
 }
 
 pub async fn events(
@@ -195,10 +228,21 @@ pub async fn events(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (worker_id, value) = signed_body(
-        &state,
-        &headers,
-        raw,
+    let raw = body::bytes(raw)?;
+    let obj = body::json_object(&raw)?;
+    Ok(axum::Json(accept_event(&state, &headers, obj).await?).into_response())
+}
+
+/// A worker event (`WorkerEventPayload`, e.g. progress).
+pub(super) async fn accept_event(
+    state: &AppState,
+    headers: &HeaderMap,
+    obj: Option<serde_json::Map<String, Value>>,
+) -> Result<Value, ApiError> {
+    let (worker_id, value) = signed_object(
+        state,
+        headers,
+        obj,
         None,
         &["bubbling_chain"],
         Replay::Rejected,
@@ -213,7 +257,7 @@ pub async fn events(
         )));
     }
     state.engine.worker_event(&worker_id, &event).await?;
-    Ok(axum::Json(json!({"status": "event_accepted"})).into_response())
+    Ok(json!({"status": "event_accepted"}))
 }
 
 /// A 400 when a worker message lists more than `max` items.

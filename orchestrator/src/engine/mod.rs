@@ -178,7 +178,22 @@ pub struct EngineState {
     /// This state holds only the workers an event touches (a shared
     /// database): whether anyone offers a task type is not known here.
     pub partial_workers: bool,
+    /// Tasks taken from their workers (job cancelled or ended while they
+    /// ran), told to the workers' channels once the change is made.
+    pub stops: Vec<TaskStop>,
 }
+
+/// A running task its worker should stop (see [`EngineState::stops`]).
+#[derive(Debug, Clone)]
+pub struct TaskStop {
+    pub worker_id: String,
+    pub task_id: String,
+    pub job_id: Uuid,
+}
+
+/// Stop notices buffered for slow channel sessions (a session that lags
+/// behind loses some; its worker's next heartbeat still learns of them).
+pub const STOPS_BUFFER: usize = 1024;
 
 impl EngineState {
     pub fn next_seq(&mut self) -> u64 {
@@ -220,6 +235,16 @@ impl EngineState {
 }
 
 impl Shared {
+    /// Tells the channel sessions listening which tasks to stop.
+    pub(crate) fn send_stops(&self, stops: &mut Vec<TaskStop>) {
+        for stop in stops.drain(..) {
+            if self.stops.receiver_count() == 0 {
+                break;
+            }
+            let _ = self.stops.send(stop);
+        }
+    }
+
     /// The blueprint version `job` runs on.
     pub(crate) fn blueprint_of(&self, job: &Job) -> Option<Arc<Blueprint>> {
         self.catalog.get(&job.blueprint, job.blueprint_version)
@@ -234,6 +259,8 @@ pub(crate) struct Shared {
     pub db: Option<Arc<shared_db::SharedDb>>,
     /// Every job change made here, for `GET /jobs/stream`.
     pub updates: tokio::sync::broadcast::Sender<JobUpdate>,
+    /// Tasks to stop, for the workers' channels.
+    pub stops: tokio::sync::broadcast::Sender<TaskStop>,
     /// One permit per open update stream.
     pub stream_permits: Arc<tokio::sync::Semaphore>,
     pub storage: Arc<dyn Storage>,
@@ -304,6 +331,7 @@ impl Engine {
             registry: Arc::new(PluginRegistry::from_rows(&rows, settings.max_plugin_bytes)),
             db: db.clone(),
             updates: tokio::sync::broadcast::Sender::new(UPDATES_BUFFER),
+            stops: tokio::sync::broadcast::Sender::new(STOPS_BUFFER),
             stream_permits: Arc::new(tokio::sync::Semaphore::new(MAX_UPDATE_STREAMS)),
             storage: storage.clone(),
             writer,
@@ -412,6 +440,7 @@ impl Engine {
                 let _ = self.shared.updates.send(JobUpdate::of(&write.job));
             }
         }
+        self.shared.send_stops(&mut st.stops);
         for msg in st.outbox.drain(..) {
             if self.shared.writer.send(msg).is_err() {
                 tracing::error!("the storage writer is gone; a job change was not saved");
@@ -441,6 +470,12 @@ impl Engine {
 
     pub fn registry(&self) -> &PluginRegistry {
         &self.shared.registry
+    }
+
+    /// Tasks their workers should stop, from now on (decided by this
+    /// instance).
+    pub fn subscribe_stops(&self) -> tokio::sync::broadcast::Receiver<TaskStop> {
+        self.shared.stops.subscribe()
     }
 
     /// Job changes from now on (made by this instance).

@@ -466,6 +466,24 @@ where
     panic!("timed out waiting for {what}");
 }
 
+/// Creates echo job `n` through `base` (3 s at most); the id when it
+/// answered 202, `None` otherwise (e.g. the orchestrator is down).
+pub async fn try_create_echo(http: &reqwest::Client, base: &str, n: usize) -> Option<String> {
+    let resp = http
+        .post(format!("{base}/api/v1/jobs/test"))
+        .header("X-Client-Token", CLIENT_TOKEN)
+        .json(&json!({"message": format!("job{n}"), "multiply": 1}))
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await
+        .ok()?;
+    if resp.status().as_u16() != 202 {
+        return None;
+    }
+    let v: Value = resp.json().await.ok()?;
+    v["job_id"].as_str().map(str::to_string)
+}
+
 pub fn echo_body(message: &str, multiply: u64) -> Value {
     json!({"message": message, "multiply": multiply})
 }

@@ -16,6 +16,7 @@ use rxon::{Heartbeat, WorkerRegistration};
 use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 
+mod channel;
 pub mod pull;
 mod registration;
 mod tasks;
@@ -40,6 +41,9 @@ pub struct WorkerSettings {
     /// The orchestrator's `ORCHESTRATOR_SECRET_KEY`: when set, every task
     /// must carry a valid `sig`; unsigned or wrongly signed tasks are refused.
     pub task_secret: Option<String>,
+    /// Take tasks over the persistent task channel when the orchestrator
+    /// offers it (else, and when `false`, by HTTP long-poll).
+    pub task_channel: bool,
 }
 
 impl Default for WorkerSettings {
@@ -52,6 +56,7 @@ impl Default for WorkerSettings {
             min_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
             task_secret: None,
+            task_channel: true,
         }
     }
 }
@@ -82,6 +87,10 @@ struct Inner {
     in_flight: Mutex<BTreeMap<String, CancellationToken>>,
     /// Wakes the heartbeat loop when a task starts (it beats faster then).
     task_started: tokio::sync::Notify,
+    /// One permit per task slot (tasks taken over the channel hold one).
+    slots: Arc<tokio::sync::Semaphore>,
+    /// A slot became free (the channel offers it again).
+    slot_freed: tokio::sync::Notify,
     registrations: Registrations,
     /// Tells this process apart from an earlier one with the same worker id.
     instance_id: String,
@@ -126,6 +135,7 @@ impl Worker {
         plugins: PluginSet,
         settings: WorkerSettings,
     ) -> Self {
+        let slots = settings.max_concurrent_tasks.max(1);
         Self {
             inner: Arc::new(Inner {
                 client,
@@ -137,6 +147,8 @@ impl Worker {
                 settings,
                 in_flight: Mutex::new(BTreeMap::new()),
                 task_started: tokio::sync::Notify::new(),
+                slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+                slot_freed: tokio::sync::Notify::new(),
                 registrations: Registrations::new(),
                 instance_id: uuid::Uuid::new_v4().to_string(),
             }),
@@ -298,18 +310,10 @@ impl Worker {
         }
         let stop_heartbeats = CancellationToken::new();
         let heartbeats = self.spawn_heartbeat_thread(stop_heartbeats.clone())?;
-        tracing::info!(
-            "polling for tasks started ({} concurrent)",
-            inner.settings.max_concurrent_tasks
-        );
-        let mut slots = Vec::new();
-        for slot in 0..inner.settings.max_concurrent_tasks.max(1) {
-            slots.push(tokio::spawn(self.clone().slot_loop(slot, shutdown.clone())));
-        }
-        for slot in slots {
-            if let Err(e) = slot.await {
-                tracing::error!("a task slot ended abnormally: {e}");
-            }
+        if inner.settings.task_channel {
+            self.serve_channel(&shutdown).await;
+        } else {
+            self.poll_over_http(&shutdown).await;
         }
         stop_heartbeats.cancel();
         let _ = tokio::task::spawn_blocking(move || heartbeats.join()).await;
@@ -427,6 +431,24 @@ impl Worker {
                         .min(self.inner.settings.heartbeat_interval);
                     tracing::warn!("heartbeat failed: {e}; retrying in {delay:?}");
                 }
+            }
+        }
+    }
+
+    /// Takes tasks by HTTP long-poll, one poll per slot, until `shutdown`;
+    /// returns when every slot finished its task.
+    async fn poll_over_http(&self, shutdown: &CancellationToken) {
+        tracing::info!(
+            "polling for tasks started ({} concurrent)",
+            self.inner.settings.max_concurrent_tasks
+        );
+        let mut slots = Vec::new();
+        for slot in 0..self.inner.settings.max_concurrent_tasks.max(1) {
+            slots.push(tokio::spawn(self.clone().slot_loop(slot, shutdown.clone())));
+        }
+        for slot in slots {
+            if let Err(e) = slot.await {
+                tracing::error!("a task slot ended abnormally: {e}");
             }
         }
     }

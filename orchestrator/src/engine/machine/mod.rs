@@ -20,7 +20,9 @@ use uuid::Uuid;
 
 use super::persist::PersistMsg;
 use super::workers::{Held, WorkerRecord};
-use super::{EngineError, EngineState, EventKind, NewJob, Queued, Shared, Timer, event, job_write};
+use super::{
+    EngineError, EngineState, EventKind, NewJob, Queued, Shared, TaskStop, Timer, event, job_write,
+};
 use crate::blueprint::{Action, Blueprint, TaskSpec};
 use crate::job::{Job, JobError, JobEvent, JobStatus, Object, StateVisit, TaskRecord};
 
@@ -409,9 +411,18 @@ pub(crate) fn end_failed(
 
 /// Drops a job's tasks from workers' in-flight sets (queue entries are
 /// skipped lazily when popped).
+/// Takes the job's running tasks from their workers, who are told to stop
+/// them (through their channels at once, else at their next heartbeat).
 pub(crate) fn forget_tasks(st: &mut EngineState, job: &Job) {
     for task in &job.tasks {
         if let Some(w) = &task.worker_id {
+            if task.result.is_none() {
+                st.stops.push(TaskStop {
+                    worker_id: w.clone(),
+                    task_id: task.task_id.clone(),
+                    job_id: job.id,
+                });
+            }
             st.release(w, &task.task_id);
         }
     }

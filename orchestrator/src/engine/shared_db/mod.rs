@@ -237,7 +237,8 @@ impl SharedDb {
         Ok(r)
     }
 
-    fn after_commit(&self, shared: &Arc<Shared>, after: AfterCommit) {
+    fn after_commit(&self, shared: &Arc<Shared>, mut after: AfterCommit) {
+        shared.send_stops(&mut after.stops);
         if shared.updates.receiver_count() > 0 {
             for update in after.updates {
                 let _ = shared.updates.send(update);

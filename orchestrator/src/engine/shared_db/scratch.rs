@@ -131,6 +131,7 @@ pub(super) struct AfterCommit {
     pub updates: Vec<super::super::JobUpdate>,
     pub queued: bool,
     pub ended: bool,
+    pub stops: Vec<super::super::TaskStop>,
 }
 
 impl Scratch {
@@ -264,7 +265,10 @@ impl Scratch {
     /// Writes what the event changed. Fails with [`DbError::Conflict`] when
     /// a job changed under us (then the caller retries the whole event).
     pub async fn apply(mut self, tx: &Transaction<'_>) -> Result<AfterCommit, DbError> {
-        let mut after = AfterCommit::default();
+        let mut after = AfterCommit {
+            stops: std::mem::take(&mut self.st.stops),
+            ..AfterCommit::default()
+        };
         // Jobs: the last snapshot of each, its history, its webhook.
         let mut last: BTreeMap<Uuid, Job> = BTreeMap::new();
         let mut events: Vec<(Uuid, crate::job::JobEvent)> = Vec::new();

@@ -1,0 +1,250 @@
+//! Taking tasks over the persistent task channel ([`crate::channel`]).
+//!
+//! The worker opens the channel, offers its free slots as credits, runs
+//! each pushed task on a slot of its own and offers the slot again when the
+//! task is done. Results, heartbeats and progress go through the channel
+//! while it is open ([`crate::client`] routes them), and over HTTP when it
+//! is not. A lost channel is reopened with a growing delay; tasks running
+//! meanwhile carry on and deliver their results over HTTP. An orchestrator
+//! that does not offer the channel (e.g. avtomatika) is polled over HTTP.
+
+use futures_util::{SinkExt, StreamExt};
+use rxon::channel::{CLOSE_UNKNOWN_WORKER, OrchestratorFrame};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use super::{Backoff, Worker, lock};
+use crate::channel::{ConnectError, Link, SILENCE_LIMIT, Socket};
+use crate::client::PolledTask;
+use crate::limits::for_log;
+
+/// Frames queued for the channel's writer.
+const OUTBOX: usize = 256;
+
+/// How a channel session ended.
+enum Ended {
+    Shutdown,
+    /// The orchestrator forgot this worker: register, then reopen.
+    Unregistered,
+    Lost,
+}
+
+impl Worker {
+    /// Serves tasks over the channel (reopened when lost) until `shutdown`,
+    /// or by HTTP long-poll if the orchestrator does not offer it. Returns
+    /// once every task taken has finished.
+    pub(super) async fn serve_channel(&self, shutdown: &CancellationToken) {
+        let inner = &self.inner;
+        let mut backoff = Backoff::new(&inner.settings);
+        loop {
+            let seen = inner.registrations.done();
+            let client = &inner.client;
+            let opened = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                opened = crate::channel::connect(client.base_url(), client.worker_id(), client.token()) => opened,
+            };
+            let ended = match opened {
+                Ok(socket) => {
+                    backoff.reset();
+                    tracing::info!(
+                        "task channel open to {}; polling for tasks started ({} concurrent, pushed over the channel)",
+                        client.base_url(),
+                        inner.settings.max_concurrent_tasks
+                    );
+                    self.channel_session(socket, shutdown).await
+                }
+                Err(e @ ConnectError::NotOffered(_)) => {
+                    tracing::info!("{e}; taking tasks by HTTP long-poll instead");
+                    self.poll_over_http(shutdown).await;
+                    break;
+                }
+                Err(ConnectError::UnknownWorker(_)) => Ended::Unregistered,
+                Err(e @ (ConnectError::Failed(_) | ConnectError::Unreachable(_))) => {
+                    if matches!(e, ConnectError::Unreachable(_)) {
+                        client.failed_over();
+                    }
+                    let delay = backoff.next_delay();
+                    tracing::warn!("cannot open the task channel: {e}; retrying in {delay:?}");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    continue;
+                }
+            };
+            match ended {
+                Ended::Shutdown => break,
+                Ended::Unregistered => {
+                    tracing::warn!(
+                        "the orchestrator does not know this worker any more; registering before reopening the task channel"
+                    );
+                    inner.registrations.request(seen);
+                    if !inner.registrations.wait_newer(seen, shutdown).await {
+                        break;
+                    }
+                }
+                Ended::Lost => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!("task channel lost; reopening in {delay:?}");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        // Every slot back: the tasks taken have finished and reported.
+        let all = inner.settings.max_concurrent_tasks.max(1) as u32;
+        let _ = inner.slots.acquire_many(all).await;
+    }
+
+    async fn channel_session(&self, socket: Socket, shutdown: &CancellationToken) -> Ended {
+        let inner = &self.inner;
+        let (sink, mut stream) = socket.split();
+        let (out, outbox) = mpsc::channel::<Message>(OUTBOX);
+        let link = Link::new(out.clone());
+        inner.client.set_link(Some(link.clone()));
+        let writer = tokio::spawn(write_frames(sink, outbox));
+        // Credits the orchestrator holds and has not spent.
+        let mut offered: usize = 0;
+        let ended = loop {
+            let free = inner.slots.available_permits();
+            if free > offered {
+                let frame = format!(r#"{{"type":"ready","slots":{}}}"#, free - offered);
+                if !link.send(frame).await {
+                    break Ended::Lost;
+                }
+                offered = free;
+            }
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => break Ended::Shutdown,
+                _ = inner.slot_freed.notified() => continue,
+                message = tokio::time::timeout(SILENCE_LIMIT, stream.next()) => message,
+            };
+            let text = match message {
+                Err(_) => {
+                    tracing::warn!("nothing heard on the task channel for {SILENCE_LIMIT:?}");
+                    break Ended::Lost;
+                }
+                Ok(None) => break Ended::Lost,
+                Ok(Some(Err(e))) => {
+                    tracing::warn!("the task channel failed: {e}");
+                    break Ended::Lost;
+                }
+                Ok(Some(Ok(Message::Text(text)))) => text,
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    let (code, reason) = frame
+                        .map(|f| (u16::from(f.code), f.reason.to_string()))
+                        .unwrap_or_default();
+                    tracing::info!(
+                        "the orchestrator closed the task channel ({code}: {})",
+                        for_log(&reason)
+                    );
+                    break if code == CLOSE_UNKNOWN_WORKER {
+                        Ended::Unregistered
+                    } else {
+                        Ended::Lost
+                    };
+                }
+                Ok(Some(Ok(_))) => continue,
+            };
+            match self.take_frame(text.as_str(), &link) {
+                Ok(Some(())) => offered = offered.saturating_sub(1),
+                Ok(None) => {}
+                Err(why) => {
+                    tracing::error!("unusable frame on the task channel ({why}); reopening it");
+                    break Ended::Lost;
+                }
+            }
+        };
+        inner.client.set_link(None);
+        link.close();
+        if matches!(ended, Ended::Shutdown) {
+            let _ = out.send(Message::Close(None)).await;
+        }
+        drop(out);
+        drop(link);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
+        ended
+    }
+
+    /// Acts on one frame; `Some` when it was a task.
+    fn take_frame(&self, text: &str, link: &Link) -> Result<Option<()>, String> {
+        let mut value: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if value.get("type").and_then(Value::as_str) == Some("task") {
+            let raw = value
+                .get_mut("task")
+                .map(Value::take)
+                .ok_or("a task frame without its task")?;
+            let payload = serde_json::from_value(raw.clone()).map_err(|e| e.to_string())?;
+            self.start_task(PolledTask { payload, raw });
+            return Ok(Some(()));
+        }
+        match serde_json::from_value::<OrchestratorFrame>(value).map_err(|e| e.to_string())? {
+            OrchestratorFrame::Reply { id, status, body } => link.complete(id, (status, body)),
+            OrchestratorFrame::Cancel { task_id, .. } => {
+                if let Some(token) = lock(&self.inner.in_flight).get(&task_id) {
+                    tracing::warn!(
+                        task_id = %task_id,
+                        "the orchestrator cancelled task {task_id}; stopping it"
+                    );
+                    token.cancel();
+                }
+            }
+            OrchestratorFrame::Plugins { revision } => {
+                self.inner.client.note_revision_value(&revision)
+            }
+            OrchestratorFrame::Task { .. } => {}
+        }
+        Ok(None)
+    }
+
+    /// Runs a pushed task on a slot of its own.
+    fn start_task(&self, task: PolledTask) {
+        let slots = self.inner.slots.clone();
+        let permit = slots.clone().try_acquire_owned();
+        let worker = self.clone();
+        tokio::spawn(async move {
+            let _permit = match permit {
+                Ok(p) => p,
+                Err(_) => {
+                    tracing::warn!(
+                        "the orchestrator pushed more tasks than this worker offered; task {} waits for a slot",
+                        task.payload.task_id
+                    );
+                    match slots.acquire_owned().await {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    }
+                }
+            };
+            worker.handle_task(task).await;
+            drop(_permit);
+            worker.inner.slot_freed.notify_one();
+        });
+    }
+}
+
+/// Writes queued frames, flushing once per batch (results that finish
+/// together leave in one write).
+async fn write_frames(
+    mut sink: futures_util::stream::SplitSink<Socket, Message>,
+    mut outbox: mpsc::Receiver<Message>,
+) {
+    while let Some(first) = outbox.recv().await {
+        if sink.feed(first).await.is_err() {
+            return;
+        }
+        while let Ok(more) = outbox.try_recv() {
+            if sink.feed(more).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = sink.close().await;
+}
