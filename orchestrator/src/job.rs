@@ -132,6 +132,57 @@ pub struct JobEvent {
     pub at: DateTime<Utc>,
     pub event: String,
     pub message: String,
+    /// The task attempt the event is about (queued, dispatched, result,
+    /// failure, requeue), for timelines and metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskRef>,
+}
+
+impl JobEvent {
+    /// The task reference as stored (a JSON text column).
+    pub fn task_json(&self) -> Option<String> {
+        self.task
+            .as_ref()
+            .and_then(|t| serde_json::to_string(t).ok())
+    }
+
+    /// The stored task reference (an unreadable one is left out).
+    pub fn task_from_json(text: Option<String>) -> Option<TaskRef> {
+        text.and_then(|t| serde_json::from_str(&t).ok())
+    }
+}
+
+/// A task attempt as a history entry names it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRef {
+    pub task_id: String,
+    pub task_type: String,
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
+    /// From dispatch to this event (results and failures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// `success` (or the status the task returned), or the error code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+}
+
+impl TaskRef {
+    /// `task` as it is now; with an outcome, its duration since dispatch.
+    pub fn of(task: &TaskRecord, outcome: Option<&str>) -> Self {
+        let duration_ms = outcome
+            .and(task.picked_up_at)
+            .map(|at| (Utc::now() - at).num_milliseconds().max(0) as u64);
+        Self {
+            task_id: task.task_id.clone(),
+            task_type: task.task_type.clone(),
+            attempt: task.attempt,
+            worker_id: task.worker_id.clone(),
+            duration_ms,
+            outcome: outcome.map(str::to_string),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

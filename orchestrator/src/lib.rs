@@ -17,6 +17,7 @@ pub mod config;
 pub mod egress;
 pub mod engine;
 pub mod job;
+pub mod metrics;
 pub mod registry;
 pub mod secs;
 pub mod storage;

@@ -13,6 +13,11 @@ use orchestrator::storage::{
 };
 use orchestrator::{blueprint, telemetry};
 
+/// mimalloc: a job's many small JSON allocations cost about half as much
+/// as with the system allocator (see docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     match run().await {
@@ -69,6 +74,7 @@ async fn run() -> anyhow::Result<()> {
         config.require_signatures,
     )
     .with_deployers(config.deployers.iter().cloned());
+    orchestrator::metrics::install();
     let state = AppState::new(engine.clone(), auth, config.max_body_bytes);
     let app = api::router(state);
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -139,3 +139,253 @@ end = "finished"
     );
     assert!(!log.contains(SECRET), "the secret is in the worker's log");
 }
+
+/// Runs `taskctl` against the stack; stdout, stderr and success.
+fn taskctl(stack: &Stack, args: &[&str]) -> (String, String, bool) {
+    let out = std::process::Command::new(binary("taskctl"))
+        .args(args)
+        .env("TASKCTL_URL", &stack.base)
+        .env("TASKCTL_TOKEN", CLIENT_TOKEN)
+        .env(
+            "TASKCTL_CONFIG",
+            stack.dir.path().join("no-such-config.toml"),
+        )
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.success(),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_submits_waits_lists_and_cancels() {
+    let stack = chaos_stack("2").await;
+    // The acceptance line, as written: the finished job is printed.
+    let (out, err, ok) = taskctl(
+        &stack,
+        &[
+            "jobs",
+            "submit",
+            "test",
+            "--data",
+            r#"{"message":"Hello World","multiply":3}"#,
+            "--wait",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("status     finished"), "{out}");
+    assert!(out.contains("Hello World Hello World Hello World"), "{out}");
+    // --json parses, and is the job.
+    let (out, err, ok) = taskctl(
+        &stack,
+        &[
+            "--json",
+            "jobs",
+            "submit",
+            "test",
+            "--data",
+            r#"{"message":"hi","multiply":2}"#,
+            "--wait",
+        ],
+    );
+    assert!(ok, "{err}");
+    let job: serde_json::Value = serde_json::from_str(&out).expect("--json output parses");
+    assert_eq!(job["status"], "finished");
+    assert_eq!(job["result"]["processed_message"], "hi hi");
+    let id = job["job_id"].as_str().unwrap().to_string();
+    for args in [
+        vec!["--json", "jobs", "get", id.as_str()],
+        vec!["--json", "jobs", "history", id.as_str()],
+        vec!["--json", "jobs", "list", "--blueprint", "test_flow"],
+        vec!["--json", "workers"],
+        vec!["--json", "blueprints"],
+        vec!["--json", "plugins", "list"],
+    ] {
+        let (out, err, ok) = taskctl(&stack, &args);
+        assert!(ok, "{args:?}: {err}");
+        serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"));
+    }
+    // Tables for people.
+    let (out, _, _) = taskctl(&stack, &["jobs", "list", "--status", "finished"]);
+    assert!(out.starts_with("JOB"), "{out}");
+    assert_eq!(out.lines().count(), 3, "two finished jobs: {out}");
+    let (out, _, _) = taskctl(&stack, &["workers"]);
+    assert!(out.contains(WORKER_ID) && out.contains("0/2"), "{out}");
+    // Submit without waiting, then cancel from the CLI.
+    let (out, err, ok) = taskctl(&stack, &["jobs", "submit", "one_spin_forever"]);
+    assert!(ok, "{err}");
+    let id = out.split_whitespace().nth(1).unwrap().to_string();
+    let (out, err, ok) = taskctl(&stack, &["jobs", "cancel", &id]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), format!("job {id} cancelled"));
+    // Errors are clear and fail the command.
+    let (_, err, ok) = taskctl(&stack, &["jobs", "submit", "nope"]);
+    assert!(!ok);
+    assert!(err.contains("no blueprint named \"nope\""), "{err}");
+    let (_, err, ok) = taskctl(&stack, &["jobs", "cancel", &id]);
+    assert!(!ok);
+    assert!(
+        err.contains("409") && err.contains("already ended with status cancelled"),
+        "{err}"
+    );
+    let (_, err, ok) = taskctl(&stack, &["jobs", "submit", "test", "--data", "{oops"]);
+    assert!(!ok && err.contains("--data is not JSON"), "{err}");
+}
+
+/// The value of the first sample of `series` whose labels contain every
+/// `label` (`name="value"`), from a Prometheus text page.
+fn sample(page: &str, series: &str, labels: &[&str]) -> Option<f64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(series) && l[series.len()..].starts_with(['{', ' ']))
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_of_both_binaries_move_with_the_work() {
+    let mut stack = Stack::new();
+    stack.start_orchestrator();
+    stack.wait_ready().await;
+    let metrics_port = free_port();
+    stack.worker = Some(stack.spawn_worker(WORKER_ID, "worker.log", |cmd| {
+        cmd.args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")]);
+    }));
+    stack.wait_worker().await;
+    let scrape = |url: String| {
+        let http = stack.http.clone();
+        async move {
+            let resp = http.get(url).send().await.unwrap();
+            assert_eq!(resp.status().as_u16(), 200);
+            assert!(
+                resp.headers()["content-type"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("text/plain")
+            );
+            resp.text().await.unwrap()
+        }
+    };
+    let orchestrator_url = format!("{}/metrics", stack.base);
+    let worker_url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let created = |page: &str| {
+        sample(
+            page,
+            "orchestrator_jobs_created_total",
+            &[r#"blueprint="test_flow""#],
+        )
+        .unwrap_or(0.0)
+    };
+    let before = scrape(orchestrator_url.clone()).await;
+    // Ten echo jobs and one that fails for good (failing_flow: 4 attempts).
+    let mut ids = Vec::new();
+    for n in 1..=10 {
+        ids.push(stack.create("/jobs/test", echo_body("m", n)).await);
+    }
+    let failing = stack.create("/jobs/failing", json!({"message": "x"})).await;
+    for id in &ids {
+        assert_eq!(stack.finished(id).await["status"], "finished");
+    }
+    let failed = stack.finished(&failing).await;
+    assert_ne!(failed["status"], "finished", "{failed}");
+    let page = scrape(orchestrator_url.clone()).await;
+    assert_eq!(created(&page) - created(&before), 10.0, "{page}");
+    let ended = sample(
+        &page,
+        "orchestrator_jobs_ended_total",
+        &[r#"blueprint="test_flow""#, r#"status="finished""#],
+    );
+    assert_eq!(ended, Some(10.0), "{page}");
+    assert!(
+        sample(
+            &page,
+            "orchestrator_job_duration_seconds_count",
+            &[r#"status="finished""#]
+        ) >= Some(10.0),
+        "{page}"
+    );
+    assert_eq!(
+        sample(
+            &page,
+            "orchestrator_task_results_total",
+            &[r#"task_type="echo_task""#, r#"outcome="success""#]
+        ),
+        Some(10.0),
+        "{page}"
+    );
+    assert!(
+        sample(
+            &page,
+            "orchestrator_task_results_total",
+            &[r#"task_type="failing_task""#]
+        ) >= Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        sample(&page, "orchestrator_workers", &[]),
+        Some(1.0),
+        "{page}"
+    );
+    assert!(
+        sample(
+            &page,
+            "orchestrator_http_request_duration_seconds_count",
+            &[
+                r#"route="/api/v1/jobs/test""#,
+                r#"method="POST""#,
+                r#"status="202""#
+            ]
+        ) >= Some(10.0),
+        "{page}"
+    );
+    assert!(
+        page.contains(r#"route="/api/{version}/jobs/{id}""#),
+        "job reads are one series, not one per id: {page}"
+    );
+    let worker = scrape(worker_url.clone()).await;
+    assert_eq!(
+        sample(
+            &worker,
+            "worker_tasks_total",
+            &[
+                r#"plugin="echo_task""#,
+                r#"skill="echo_task""#,
+                r#"outcome="success""#
+            ]
+        ),
+        Some(10.0),
+        "{worker}"
+    );
+    assert!(
+        sample(&worker, "worker_sandbox_instantiate_seconds_count", &[]) >= Some(11.0),
+        "{worker}"
+    );
+    assert!(
+        sample(
+            &worker,
+            "worker_plugin_loads_total",
+            &[r#"outcome="compiled""#]
+        ) >= Some(2.0)
+            || sample(
+                &worker,
+                "worker_plugin_loads_total",
+                &[r#"outcome="cached""#]
+            ) >= Some(2.0),
+        "{worker}"
+    );
+    assert_eq!(
+        sample(&worker, "worker_task_channel_open", &[]),
+        Some(1.0),
+        "{worker}"
+    );
+    // The last result may still be on its way back when the job ends.
+    wait_until("no task in flight", Duration::from_secs(10), || async {
+        let page = scrape(worker_url.clone()).await;
+        sample(&page, "worker_tasks_in_flight", &[]) == Some(0.0)
+    })
+    .await;
+}

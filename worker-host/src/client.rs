@@ -401,7 +401,12 @@ impl OrchestratorClient {
     pub async fn encode_signed<T: Serialize + Send + 'static>(
         &self,
         message: T,
+        small: bool,
     ) -> Result<Vec<u8>, ClientError> {
+        if small {
+            return serde_json::to_vec(&self.sign(&message)?)
+                .map_err(|e| ClientError::Decode(e.to_string()));
+        }
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             serde_json::to_vec(&this.sign(&message)?)

@@ -85,6 +85,10 @@ pub struct ServeArgs {
     /// it, and polls over HTTP when it does not).
     #[arg(long, env = "NO_TASK_CHANNEL")]
     pub no_task_channel: bool,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (e.g.
+    /// `127.0.0.1:9464`); off when not given.
+    #[arg(long, env = "METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Log format: `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: String,

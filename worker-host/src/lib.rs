@@ -26,6 +26,7 @@ pub mod client;
 pub mod config;
 pub mod grants;
 pub mod limits;
+pub mod metrics;
 pub mod outcome;
 pub mod plugin_store;
 pub mod plugin_watch;

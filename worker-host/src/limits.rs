@@ -35,6 +35,44 @@ pub const RESULT_ENVELOPE_BYTES: usize = 48 << 10;
 pub const MAX_HANDLES: usize = 10_000;
 /// Most captured output lines logged per stream and task.
 pub const MAX_LOGGED_OUTPUT_LINES: usize = 200;
+/// JSON up to this size is parsed, signed and encoded on the async thread
+/// that has it; larger JSON moves to a blocking thread first (the hop costs
+/// more than the work for small documents).
+pub const INLINE_JSON_BYTES: usize = 64 << 10;
+
+/// Whether the JSON text of the object `o` is at most `limit` bytes, give
+/// or take escapes and number widths; stops walking once past it.
+pub fn json_within(o: &serde_json::Map<String, serde_json::Value>, limit: usize) -> bool {
+    fn walk(v: &serde_json::Value, left: &mut isize) {
+        match v {
+            serde_json::Value::String(s) => *left -= s.len() as isize + 2,
+            serde_json::Value::Array(a) => {
+                *left -= 2 + a.len() as isize;
+                for x in a {
+                    if *left < 0 {
+                        return;
+                    }
+                    walk(x, left);
+                }
+            }
+            serde_json::Value::Object(o) => fields(o, left),
+            _ => *left -= 24,
+        }
+    }
+    fn fields(o: &serde_json::Map<String, serde_json::Value>, left: &mut isize) {
+        *left -= 2;
+        for (k, x) in o {
+            if *left < 0 {
+                return;
+            }
+            *left -= k.len() as isize + 4;
+            walk(x, left);
+        }
+    }
+    let mut left = limit as isize;
+    fields(o, &mut left);
+    left >= 0
+}
 
 pub use rxon::text::{clip, for_log};
 
@@ -66,5 +104,22 @@ mod tests {
         assert!(!is_status_name("has space"));
         assert!(is_skill_name("echo_task"));
         assert!(!is_skill_name("echo task"));
+    }
+}
+
+#[cfg(test)]
+mod json_size_tests {
+    #[test]
+    fn json_within_compares_the_encoded_size() {
+        let small = serde_json::json!({"a": "x".repeat(100), "b": [1, 2, 3]});
+        let small = small.as_object().unwrap();
+        let len = serde_json::to_string(small).unwrap().len();
+        assert!(super::json_within(small, len + 100));
+        assert!(!super::json_within(small, len / 2));
+        let deep = serde_json::json!({"k": [{"s": "y".repeat(70_000)}]});
+        assert!(!super::json_within(
+            deep.as_object().unwrap(),
+            super::INLINE_JSON_BYTES
+        ));
     }
 }

@@ -222,6 +222,24 @@ impl PluginLoader {
         manifest: Option<&grants::Manifest>,
         registry: Option<RegistryRef>,
     ) -> Result<Plugin, PluginError> {
+        let loaded = self
+            .load_checked(path, name, bytes, manifest, registry)
+            .await;
+        if loaded.is_err() {
+            crate::metrics::counter!("worker_plugin_loads_total", "outcome" => "failed")
+                .increment(1);
+        }
+        loaded
+    }
+
+    async fn load_checked(
+        &self,
+        path: &Path,
+        name: &str,
+        bytes: Vec<u8>,
+        manifest: Option<&grants::Manifest>,
+        registry: Option<RegistryRef>,
+    ) -> Result<Plugin, PluginError> {
         let path_buf = path.to_owned();
         let grants = self.grants_for(path, name, manifest)?;
         if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
@@ -292,6 +310,11 @@ impl PluginLoader {
             (Some(c), Some(before)) => c.cache_hits() > before,
             _ => false,
         };
+        crate::metrics::counter!(
+            "worker_plugin_loads_total",
+            "outcome" => if from_cache { "cached" } else { "compiled" }
+        )
+        .increment(1);
         if from_cache {
             tracing::info!(
                 "{}: compiled code loaded from the cache in {took:.1?}, no compile ({size} bytes)",

@@ -214,6 +214,9 @@ pub async fn get_job(
 pub struct ListQuery {
     #[serde(default)]
     status: Option<String>,
+    /// Only jobs of this blueprint.
+    #[serde(default)]
+    blueprint: Option<String>,
     #[serde(default)]
     limit: Option<usize>,
     #[serde(default)]
@@ -241,6 +244,7 @@ pub async fn list_jobs(
         .list_jobs(JobFilter {
             owner: Some(owner),
             status,
+            blueprint: query.blueprint.filter(|b| !b.is_empty()),
             limit,
             offset,
         })

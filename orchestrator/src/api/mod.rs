@@ -131,8 +131,11 @@ pub fn router(state: AppState) -> Router {
         "/_public/status",
         get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
     )
+    .route("/metrics", get(metrics))
+    .route("/_public/metrics", get(metrics))
     .fallback(not_found)
     .method_not_allowed_fallback(method_not_allowed)
+    .layer(axum::middleware::from_fn(crate::metrics::track_http))
     .layer(DefaultBodyLimit::max(max_body))
     // Credentials are checked from the headers before any body is read.
     .layer(axum::middleware::from_fn_with_state(
@@ -211,7 +214,13 @@ async fn create_job(
         return None;
     }
     if let Some(bp) = state.engine.catalog().by_path(uri.path()) {
-        return Some(client::create_job(state.clone(), bp, uri.query(), headers, raw).await);
+        let label = crate::metrics::RouteLabel(bp.create_path.clone());
+        let mut answer = client::create_job(state.clone(), bp, uri.query(), headers, raw).await;
+        match &mut answer {
+            Ok(response) => response.extensions_mut().insert(label),
+            Err(_) => None,
+        };
+        return Some(answer);
     }
     uri.path().starts_with("/api/").then(|| {
         Err(ApiError::NotFound(format!(
@@ -219,6 +228,20 @@ async fn create_job(
             uri.path()
         )))
     })
+}
+
+/// `GET /metrics` (and `/_public/metrics`, avtomatika's path): Prometheus
+/// text format; see [`crate::metrics`].
+async fn metrics(State(state): State<AppState>) -> Response {
+    let text = crate::metrics::render(state.engine.metrics_snapshot().await);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// Every answer names the protocol version; answers to workers also carry

@@ -435,6 +435,11 @@ impl Engine {
     /// timer loop if needed and starts owed webhooks; [`Tx`] calls it when
     /// it is dropped.
     fn flush(&self, st: &mut EngineState) {
+        let mut observed = Vec::new();
+        for write in st.outbox.iter().filter_map(|m| m.write.as_ref()) {
+            crate::metrics::observations(write, &mut observed);
+        }
+        crate::metrics::record(observed);
         if self.shared.updates.receiver_count() > 0 {
             for write in st.outbox.iter().filter_map(|m| m.write.as_ref()) {
                 let _ = self.shared.updates.send(JobUpdate::of(&write.job));
@@ -710,6 +715,35 @@ impl Engine {
         self.lock().workers.values().map(|w| w.view()).collect()
     }
 
+    /// Queues, tasks held and workers now, for a metrics scrape.
+    pub async fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+        if let Some(db) = &self.shared.db {
+            return db.metrics_snapshot().await.unwrap_or_else(|e| {
+                tracing::error!("cannot read the queues for metrics: {e}");
+                crate::metrics::Snapshot::default()
+            });
+        }
+        let st = self.lock();
+        let now = Utc::now();
+        let queues = st
+            .queues
+            .iter()
+            .map(|(task_type, queue)| {
+                let oldest = queue.front().and_then(|q| {
+                    let job = st.jobs.get(&q.job)?;
+                    let task = job.tasks.iter().find(|t| t.task_id == q.task_id)?;
+                    Some((now - task.queued_at).num_milliseconds().max(0) as f64 / 1e3)
+                });
+                (task_type.clone(), queue.len(), oldest.or(Some(0.0)))
+            })
+            .collect();
+        crate::metrics::Snapshot {
+            queues,
+            in_flight: st.workers.values().map(|w| w.in_flight.len()).sum(),
+            workers: st.workers.len(),
+        }
+    }
+
     /// Jobs held in memory (active ones plus the most recently ended).
     pub fn jobs_in_memory(&self) -> usize {
         self.lock().jobs.len()
@@ -899,6 +933,29 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    pub const ALL: [EventKind; 15] = [
+        Self::Created,
+        Self::TaskQueued,
+        Self::TaskDispatched,
+        Self::TaskRequeued,
+        Self::TaskResult,
+        Self::TaskFailed,
+        Self::RetryScheduled,
+        Self::RetriesExhausted,
+        Self::Transition,
+        Self::Progress,
+        Self::Recovered,
+        Self::Finished,
+        Self::Failed,
+        Self::Quarantined,
+        Self::Cancelled,
+    ];
+
+    /// The kind named `name` in a history entry.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Created => "created",
@@ -938,6 +995,19 @@ pub(crate) fn event(kind: EventKind, message: impl Into<String>) -> JobEvent {
         at: Utc::now(),
         event: kind.as_str().to_string(),
         message: rxon::text::clip(&message, MAX_EVENT_TEXT).into_owned(),
+        task: None,
+    }
+}
+
+/// A history entry about a task attempt (see [`crate::job::TaskRef`]).
+pub(crate) fn task_event(
+    kind: EventKind,
+    message: impl Into<String>,
+    task: crate::job::TaskRef,
+) -> JobEvent {
+    JobEvent {
+        task: Some(task),
+        ..event(kind, message)
     }
 }
 

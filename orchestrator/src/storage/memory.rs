@@ -70,6 +70,7 @@ impl Storage for MemoryStorage {
             .values()
             .filter(|j| filter.owner.as_ref().is_none_or(|o| &j.owner == o))
             .filter(|j| filter.status.is_none_or(|s| j.status == s))
+            .filter(|j| filter.blueprint.as_ref().is_none_or(|b| &j.blueprint == b))
             .collect();
         jobs.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
         Ok(jobs

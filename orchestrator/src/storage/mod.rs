@@ -52,6 +52,7 @@ pub struct PendingWebhook {
 pub struct JobFilter {
     pub owner: Option<String>,
     pub status: Option<JobStatus>,
+    pub blueprint: Option<String>,
     pub limit: usize,
     pub offset: usize,
 }

@@ -23,6 +23,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         2,
         include_str!("../../migrations/postgres/0002_shared_engine.sql"),
     ),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_event_task.sql"),
+    ),
 ];
 
 pub struct PostgresStorage {
@@ -114,7 +118,7 @@ impl Storage for PostgresStorage {
             )
             .map_err(backend)?;
         let event = tx
-            .prepare("INSERT INTO job_events (job_id, at, event, message) VALUES ($1, $2, $3, $4)")
+            .prepare("INSERT INTO job_events (job_id, at, event, message, task) VALUES ($1, $2, $3, $4, $5)")
             .map_err(backend)?;
         let hook = tx
             .prepare(
@@ -144,7 +148,8 @@ impl Storage for PostgresStorage {
             )
             .map_err(backend)?;
             for e in &w.events {
-                tx.execute(&event, &[&job.id, &e.at, &e.event, &e.message])
+                let task = crate::job::JobEvent::task_json(e);
+                tx.execute(&event, &[&job.id, &e.at, &e.event, &e.message, &task])
                     .map_err(backend)?;
             }
         }
@@ -187,12 +192,14 @@ impl Storage for PostgresStorage {
             .lock()
             .query(
                 "SELECT body FROM jobs WHERE ($1::TEXT IS NULL OR owner = $1) AND ($2::TEXT IS NULL OR status = $2)
+                 AND ($5::TEXT IS NULL OR blueprint = $5)
                  ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4",
                 &[
                     &filter.owner,
                     &status,
                     &(filter.limit.min(i64::MAX as usize) as i64),
                     &(filter.offset.min(i64::MAX as usize) as i64),
+                    &filter.blueprint,
                 ],
             )
             .map_err(backend)?;
@@ -203,7 +210,7 @@ impl Storage for PostgresStorage {
         let rows = self
             .lock()
             .query(
-                "SELECT at, event, message FROM job_events WHERE job_id = $1 ORDER BY seq",
+                "SELECT at, event, message, task FROM job_events WHERE job_id = $1 ORDER BY seq",
                 &[&id],
             )
             .map_err(backend)?;
@@ -213,6 +220,7 @@ impl Storage for PostgresStorage {
                 at: r.get::<_, DateTime<Utc>>(0),
                 event: r.get(1),
                 message: r.get(2),
+                task: JobEvent::task_from_json(r.get(3)),
             })
             .collect())
     }

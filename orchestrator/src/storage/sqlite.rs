@@ -88,6 +88,19 @@ impl SqliteStorage {
         )
         .map_err(backend)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
+        // Added after the first release: history entries name their task.
+        let has_task: bool = conn
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('job_events') WHERE name = 'task'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(backend)?
+            > 0;
+        if !has_task {
+            conn.execute_batch("ALTER TABLE job_events ADD COLUMN task TEXT")
+                .map_err(backend)?;
+        }
         Ok(Self {
             conn: Mutex::new(conn),
             path: path.display().to_string(),
@@ -119,7 +132,7 @@ impl Storage for SqliteStorage {
                 .map_err(backend)?;
             let mut event = tx
                 .prepare_cached(
-                    "INSERT INTO job_events (job_id, at, event, message) VALUES (?1, ?2, ?3, ?4)",
+                    "INSERT INTO job_events (job_id, at, event, message, task) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(backend)?;
             let mut hook = tx
@@ -160,7 +173,8 @@ impl Storage for SqliteStorage {
                             job.id.to_string(),
                             e.at.to_rfc3339(),
                             e.event,
-                            e.message
+                            e.message,
+                            JobEvent::task_json(e)
                         ])
                         .map_err(backend)?;
                 }
@@ -210,6 +224,7 @@ impl Storage for SqliteStorage {
         let mut stmt = conn
             .prepare_cached(
                 "SELECT body FROM jobs WHERE (?1 IS NULL OR owner = ?1) AND (?2 IS NULL OR status = ?2)
+                 AND (?5 IS NULL OR blueprint = ?5)
                  ORDER BY created_at DESC, id DESC LIMIT ?3 OFFSET ?4",
             )
             .map_err(backend)?;
@@ -220,7 +235,8 @@ impl Storage for SqliteStorage {
                     filter.status.map(|s| s.as_str()),
                     filter.limit.min(i64::MAX as usize) as i64,
                     // Past i64::MAX SQLite would read a negative offset as none.
-                    filter.offset.min(i64::MAX as usize) as i64
+                    filter.offset.min(i64::MAX as usize) as i64,
+                    filter.blueprint
                 ],
                 |r| r.get::<_, String>(0),
             )
@@ -232,7 +248,7 @@ impl Storage for SqliteStorage {
         let conn = self.lock();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT at, event, message FROM job_events WHERE job_id = ?1 ORDER BY seq",
+                "SELECT at, event, message, task FROM job_events WHERE job_id = ?1 ORDER BY seq",
             )
             .map_err(backend)?;
         let rows = stmt
@@ -241,15 +257,21 @@ impl Storage for SqliteStorage {
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
                 ))
             })
             .map_err(backend)?;
         rows.map(|r| {
-            let (at, event, message) = r.map_err(backend)?;
+            let (at, event, message, task) = r.map_err(backend)?;
             let at = chrono::DateTime::parse_from_rfc3339(&at)
                 .map_err(|e| StorageError::Corrupt(e.to_string()))?
                 .with_timezone(&chrono::Utc);
-            Ok(JobEvent { at, event, message })
+            Ok(JobEvent {
+                at,
+                event,
+                message,
+                task: JobEvent::task_from_json(task),
+            })
         })
         .collect()
     }

@@ -294,7 +294,10 @@ pub async fn run_task_until(
         params: input.params.clone(),
     };
     let call = async {
+        let started = std::time::Instant::now();
         let instance = pre.instantiate_async(&mut store).await?;
+        crate::metrics::histogram!("worker_sandbox_instantiate_seconds")
+            .record(started.elapsed().as_secs_f64());
         instance
             .taskworker_plugin_handler()
             .call_execute(&mut store, &task)
@@ -322,9 +325,12 @@ pub async fn run_task_until(
     };
     drop(store);
     match output {
+        Ok(output) if output.data.len() <= crate::limits::INLINE_JSON_BYTES => {
+            completed(output.status, &output.data)
+        }
         Ok(output) => {
             // Parsing up to `max_result_bytes` of JSON is CPU work: keep it off
-            // the runtime threads that heartbeats and polls share.
+            // the runtime threads the task channel and polls share.
             tokio::task::spawn_blocking(move || completed(output.status, &output.data))
                 .await
                 .unwrap_or_else(|e| {

@@ -106,6 +106,7 @@ impl Worker {
         let (out, outbox) = mpsc::channel::<Message>(OUTBOX);
         let link = Link::new(out.clone());
         inner.client.set_link(Some(link.clone()));
+        crate::metrics::gauge!("worker_task_channel_open").set(1.0);
         let writer = tokio::spawn(write_frames(sink, outbox));
         // Credits the orchestrator holds and has not spent.
         let mut offered: usize = 0;
@@ -160,6 +161,7 @@ impl Worker {
             }
         };
         inner.client.set_link(None);
+        crate::metrics::gauge!("worker_task_channel_open").set(0.0);
         link.close();
         if matches!(ended, Ended::Shutdown) {
             let _ = out.send(Message::Close(None)).await;
@@ -178,7 +180,8 @@ impl Worker {
                 .get_mut("task")
                 .map(Value::take)
                 .ok_or("a task frame without its task")?;
-            let payload = serde_json::from_value(raw.clone()).map_err(|e| e.to_string())?;
+            let payload = serde::Deserialize::deserialize(&raw)
+                .map_err(|e: serde_json::Error| e.to_string())?;
             self.start_task(PolledTask { payload, raw });
             return Ok(Some(()));
         }

@@ -56,11 +56,34 @@ impl Worker {
             return;
         };
         let cancel = CancellationToken::new();
-        lock(&inner.in_flight).insert(payload.task_id.clone(), cancel.clone());
+        let running = {
+            let mut in_flight = lock(&inner.in_flight);
+            in_flight.insert(payload.task_id.clone(), cancel.clone());
+            in_flight.len()
+        };
+        crate::metrics::gauge!("worker_tasks_in_flight").set(running as f64);
         inner.task_started.notify_one();
         let started = std::time::Instant::now();
         let outcome = self.execute(&payload, &plugin, params, &cancel).await;
         let elapsed = started.elapsed();
+        let labels = [
+            ("plugin", crate::metrics::plugin_label(&plugin)),
+            ("skill", payload.task_type.clone()),
+        ];
+        crate::metrics::histogram!("worker_task_duration_seconds", &labels)
+            .record(elapsed.as_secs_f64());
+        let outcome_label = match &outcome {
+            TaskOutcome::Cancelled => "cancelled".to_string(),
+            TaskOutcome::Completed { status, .. } => status.clone(),
+            TaskOutcome::Failed { code, .. } => code.clone(),
+        };
+        crate::metrics::counter!(
+            "worker_tasks_total",
+            "plugin" => labels[0].1.clone(),
+            "skill" => labels[1].1.clone(),
+            "outcome" => crate::limits::clip(&outcome_label, 64).into_owned()
+        )
+        .increment(1);
         match &outcome {
             TaskOutcome::Cancelled => {
                 // The job was cancelled: the orchestrator ignores any result.
@@ -69,7 +92,7 @@ impl Worker {
                     "task {} stopped after {elapsed:.1?}: its job was cancelled; its slot is free",
                     payload.task_id
                 );
-                lock(&inner.in_flight).remove(&payload.task_id);
+                self.task_ended(&payload.task_id);
                 return;
             }
             TaskOutcome::Completed { status, data } => {
@@ -92,7 +115,16 @@ impl Worker {
             ),
         }
         self.submit(&payload, outcome, elapsed).await;
-        lock(&inner.in_flight).remove(&payload.task_id);
+        self.task_ended(&payload.task_id);
+    }
+
+    fn task_ended(&self, task_id: &str) {
+        let running = {
+            let mut in_flight = lock(&self.inner.in_flight);
+            in_flight.remove(task_id);
+            in_flight.len()
+        };
+        crate::metrics::gauge!("worker_tasks_in_flight").set(running as f64);
     }
 
     /// Why the task's `sig` is not acceptable, when this worker was given
@@ -134,29 +166,34 @@ impl Worker {
             None => None,
         };
         let (progress_tx, progress_rx) = watch::channel(None);
-        let forwarder = tokio::spawn(self.clone().forward_progress(payload.clone(), progress_rx));
-        let outcome = task::run_task_until(
+        let run = task::run_task_until(
             &self.inner.engine,
             &plugin.pre,
             &input,
             progress_tx,
             cancel,
             &plugin.grants,
-        )
-        .await;
-        forwarder.abort();
-        outcome
+        );
+        // The forwarder never ends; it is polled alongside the task (no task
+        // of its own to spawn) and dropped with it.
+        let forward = self.forward_progress(payload, progress_rx);
+        tokio::select! {
+            biased;
+            outcome = run => outcome,
+            _ = forward => unreachable_outcome(),
+        }
     }
 
     /// Sends the task's latest progress as an RXON `progress` event at most
-    /// once a second while it runs; fast tasks send none.
+    /// once a second while it runs; fast tasks send none. Never returns.
     async fn forward_progress(
-        self,
-        payload: TaskPayload,
+        &self,
+        payload: &TaskPayload,
         mut rx: watch::Receiver<Option<Progress>>,
     ) {
+        // First look after a second (no timer is armed before that).
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.tick().await;
         loop {
             tick.tick().await;
             if !rx.has_changed().unwrap_or(false) {
@@ -212,7 +249,11 @@ impl Worker {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let body = match self.inner.client.encode_signed(result.clone()).await {
+            let small = result
+                .data
+                .as_ref()
+                .is_none_or(|d| crate::limits::json_within(d, crate::limits::INLINE_JSON_BYTES));
+            let body = match self.inner.client.encode_signed(result.clone(), small).await {
                 Ok(body) => body,
                 Err(e) => {
                     tracing::error!(task_id, "result of task {task_id} cannot be encoded: {e}");
@@ -281,6 +322,15 @@ impl Worker {
             }
         }
     }
+}
+
+/// The forwarder "ending" (it cannot): a permanent failure, so a future
+/// change that lets it end is noticed.
+fn unreachable_outcome() -> TaskOutcome {
+    TaskOutcome::failed(
+        error_code::PERMANENT,
+        "internal error: the progress forwarder stopped",
+    )
 }
 
 /// Runs one task locally (the `run` subcommand); no orchestrator involved.

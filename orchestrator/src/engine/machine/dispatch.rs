@@ -25,6 +25,7 @@ pub(crate) fn enqueue(
         });
     let (task_id, task_type, attempt) =
         (task.task_id.clone(), task.task_type.clone(), task.attempt);
+    let queued = crate::job::TaskRef::of(task, None);
     if let Some(timeout) = dispatch_timeout {
         st.add_timer(
             Instant::now() + timeout,
@@ -55,9 +56,10 @@ pub(crate) fn enqueue(
     } else {
         tracing::info!(job_id = %job.id, "job {}: task {task_id} ({task_type}){attempt_note} queued for {offered} worker(s)", job.id);
     }
-    events.push(event(
+    events.push(task_event(
         EventKind::TaskQueued,
         format!("task {task_id} ({task_type}){attempt_note} queued"),
+        queued,
     ));
 }
 
@@ -148,12 +150,13 @@ pub(crate) fn hand_out(
         "job {}: task {} ({}) dispatched to worker {worker_id}",
         job.id, task.task_id, task.task_type
     );
-    let events = vec![event(
+    let events = vec![task_event(
         EventKind::TaskDispatched,
         format!(
             "task {} ({}) taken by worker {worker_id}",
             task.task_id, task.task_type
         ),
+        crate::job::TaskRef::of(&task, None),
     )];
     commit(st, &mut job, events, None);
     let payload = rxon::TaskPayload {

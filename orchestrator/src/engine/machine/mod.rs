@@ -22,6 +22,7 @@ use super::persist::PersistMsg;
 use super::workers::{Held, WorkerRecord};
 use super::{
     EngineError, EngineState, EventKind, NewJob, Queued, Shared, TaskStop, Timer, event, job_write,
+    task_event,
 };
 use crate::blueprint::{Action, Blueprint, TaskSpec};
 use crate::job::{Job, JobError, JobEvent, JobStatus, Object, StateVisit, TaskRecord};

@@ -125,16 +125,18 @@ pub(crate) fn apply_result_to(
             code: own_code::CANCELLED.into(),
             message: format!("worker {worker_id} cancelled the task"),
         });
-        events.push(event(
+        events.push(task_event(
             EventKind::Cancelled,
             format!("worker {worker_id} cancelled task {}", result.task_id),
+            crate::job::TaskRef::of(&job.tasks[idx], Some(rxon::status::CANCELLED)),
         ));
         "cancelled_handled"
     } else {
         let data = result.data.clone().unwrap_or_default();
-        events.push(event(
+        events.push(task_event(
             EventKind::TaskResult,
             format!("task {} returned {status}", result.task_id),
+            crate::job::TaskRef::of(&job.tasks[idx], Some(&status)),
         ));
         task_succeeded(shared, st, job, idx, &status, data, &mut events)
     };
@@ -269,12 +271,13 @@ pub(crate) fn task_failed(
         code: code.into(),
         message: message.into(),
     });
-    events.push(event(
+    events.push(task_event(
         EventKind::TaskFailed,
         format!(
             "task {} (attempt {}) failed: {code}: {message}",
             task.task_id, task.attempt
         ),
+        crate::job::TaskRef::of(task, Some(code)),
     ));
     tracing::warn!(job_id = %job.id, "job {}: task {} (attempt {}) failed: {}: {}", job.id, task.task_id, task.attempt, rxon::text::for_log(code), rxon::text::for_log(message));
     let class = classify(code);

@@ -140,9 +140,12 @@ pub(crate) fn requeue_held(
             }
             let old = std::mem::replace(&mut job.tasks[idx].task_id, new_task_id());
             tracing::info!(job_id = %job.id, "task {old} requeued as {}: {why}", job.tasks[idx].task_id);
-            events.push(event(
+            let mut lost = crate::job::TaskRef::of(&job.tasks[idx], Some("lost"));
+            lost.task_id = old.clone();
+            events.push(task_event(
                 EventKind::TaskRequeued,
                 format!("task {old} requeued as {}: {why}", job.tasks[idx].task_id),
+                lost,
             ));
             requeue(shared, st, &mut job, idx, &mut events);
         }

@@ -239,6 +239,7 @@ impl SharedDb {
 
     fn after_commit(&self, shared: &Arc<Shared>, mut after: AfterCommit) {
         shared.send_stops(&mut after.stops);
+        crate::metrics::record(std::mem::take(&mut after.observed));
         if shared.updates.receiver_count() > 0 {
             for update in after.updates {
                 let _ = shared.updates.send(update);
@@ -532,6 +533,31 @@ impl SharedDb {
             }
         }
         Ok(out)
+    }
+
+    /// Queue depths, tasks held and workers, for a metrics scrape.
+    pub(crate) async fn metrics_snapshot(&self) -> Result<crate::metrics::Snapshot, DbError> {
+        let client = self.client().await?;
+        let queues = client
+            .query(
+                "SELECT task_type, count(*) FROM task_queue GROUP BY task_type",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as usize, None))
+            .collect();
+        let count = |sql: &'static str| async {
+            client
+                .query_one(sql, &[])
+                .await
+                .map(|r| r.get::<_, i64>(0) as usize)
+        };
+        Ok(crate::metrics::Snapshot {
+            queues,
+            in_flight: count("SELECT count(*) FROM task_leases").await?,
+            workers: count("SELECT count(*) FROM workers").await?,
+        })
     }
 
     pub(crate) async fn worker_views(&self) -> Result<Vec<WorkerView>, DbError> {

@@ -132,6 +132,7 @@ pub(super) struct AfterCommit {
     pub queued: bool,
     pub ended: bool,
     pub stops: Vec<super::super::TaskStop>,
+    pub observed: Vec<crate::metrics::Observation>,
 }
 
 impl Scratch {
@@ -274,6 +275,7 @@ impl Scratch {
         let mut events: Vec<(Uuid, crate::job::JobEvent)> = Vec::new();
         for msg in std::mem::take(&mut self.st.outbox) {
             let Some(write) = msg.write else { continue };
+            crate::metrics::observations(&write, &mut after.observed);
             let id = write.job.id;
             events.extend(write.events.into_iter().map(|e| (id, e)));
             if let Some(hook) = write.webhook {
@@ -333,10 +335,10 @@ impl Scratch {
         for (id, e) in &events {
             tx.execute(
                 &tx.prepare_cached(
-                    "INSERT INTO job_events (job_id, at, event, message) VALUES ($1, $2, $3, $4)",
+                    "INSERT INTO job_events (job_id, at, event, message, task) VALUES ($1, $2, $3, $4, $5)",
                 )
                 .await?,
-                &[id, &e.at, &e.event, &e.message],
+                &[id, &e.at, &e.event, &e.message, &crate::job::JobEvent::task_json(e)],
             )
             .await?;
         }
