@@ -350,29 +350,20 @@ impl OrchestratorClient {
         Ok(body)
     }
 
-    async fn post_signed<T: Serialize, R: DeserializeOwned>(
-        &self,
-        method: Method,
-        path: &str,
-        message: &T,
-    ) -> Result<R, ClientError> {
-        let body = serde_json::to_vec(&self.sign(message)?)
-            .map_err(|e| ClientError::Decode(e.to_string()))?;
-        self.post_body(method, path, body).await
-    }
-
-    /// Sends a signed message through the task channel as `kind`, or posts
-    /// it when the channel is not open.
+    /// Signs and sends a message: through the task channel as `kind` when
+    /// one is given and the channel is open, else by HTTP to `path`.
     async fn deliver_signed<T: Serialize, R: DeserializeOwned>(
         &self,
-        kind: &str,
+        kind: Option<&str>,
         method: Method,
         path: &str,
         message: &T,
     ) -> Result<R, ClientError> {
         let body = serde_json::to_vec(&self.sign(message)?)
             .map_err(|e| ClientError::Decode(e.to_string()))?;
-        if let Some(answer) = self.via_link(kind, &body).await {
+        if let Some(kind) = kind
+            && let Some(answer) = self.via_link(kind, &body).await
+        {
             return answer;
         }
         self.post_body(method, path, body).await
@@ -420,14 +411,14 @@ impl OrchestratorClient {
         &self,
         registration: &WorkerRegistration,
     ) -> Result<RegisterResponse, ClientError> {
-        self.post_signed(Method::POST, path::REGISTER, registration)
+        self.deliver_signed(None, Method::POST, path::REGISTER, registration)
             .await
     }
 
     pub async fn heartbeat(&self, heartbeat: &Heartbeat) -> Result<HeartbeatResponse, ClientError> {
         let response: Value = self
             .deliver_signed(
-                "heartbeat",
+                Some("heartbeat"),
                 Method::PATCH,
                 &path::heartbeat(&self.worker_id),
                 heartbeat,
@@ -470,7 +461,7 @@ impl OrchestratorClient {
     }
 
     pub async fn send_event(&self, event: &WorkerEventPayload) -> Result<Value, ClientError> {
-        self.deliver_signed("event", Method::POST, path::EVENTS, event)
+        self.deliver_signed(Some("event"), Method::POST, path::EVENTS, event)
             .await
     }
 

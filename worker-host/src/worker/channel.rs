@@ -22,6 +22,9 @@ use crate::limits::for_log;
 
 /// Frames queued for the channel's writer.
 const OUTBOX: usize = 256;
+/// Most time without a frame from this end (the orchestrator closes a
+/// channel silent for 60 s).
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// How a channel session ended.
 enum Ended {
@@ -110,6 +113,10 @@ impl Worker {
         let writer = tokio::spawn(write_frames(sink, outbox));
         // Credits the orchestrator holds and has not spent.
         let mut offered: usize = 0;
+        // An unsolicited pong now and then tells the orchestrator this end is
+        // alive however long the heartbeat interval (it closes silent channels).
+        let mut keepalive = tokio::time::interval(KEEPALIVE);
+        keepalive.reset();
         let ended = loop {
             let free = inner.slots.available_permits();
             if free > offered {
@@ -122,6 +129,12 @@ impl Worker {
             let message = tokio::select! {
                 _ = shutdown.cancelled() => break Ended::Shutdown,
                 _ = inner.slot_freed.notified() => continue,
+                _ = keepalive.tick() => {
+                    if out.send(Message::Pong(Default::default())).await.is_err() {
+                        break Ended::Lost;
+                    }
+                    continue;
+                }
                 message = tokio::time::timeout(SILENCE_LIMIT, stream.next()) => message,
             };
             let text = match message {
