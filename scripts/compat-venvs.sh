@@ -4,6 +4,7 @@
 # different orjson versions, hence two venvs):
 #   target/compat/venv-orchestrator : avtomatika==1.0b30 (+ rxon 1.0b17)
 #   target/compat/venv-worker       : avtomatika-worker==1.0b20 (+ rxon 1.0b17)
+#   target/compat/venv-tools        : openapi-spec-validator (checks our OpenAPI 3.1 document)
 # Safe to run again (skips a venv whose packages are already there). If PyPI
 # cannot be reached it says so loudly and writes target/compat/SKIPPED, which
 # makes the compatibility tests skip with that message instead of failing.
@@ -31,7 +32,9 @@ make_venv() {
 if ! make_venv venv-orchestrator "avtomatika==1.0b30 rxon==1.0b17" \
         "import importlib.metadata as m; assert m.version('avtomatika') == '1.0b30'" \
    || ! make_venv venv-worker "avtomatika-worker==1.0b20 rxon==1.0b17" \
-        "import importlib.metadata as m; assert m.version('avtomatika-worker') == '1.0b20'"; then
+        "import importlib.metadata as m; assert m.version('avtomatika-worker') == '1.0b20'" \
+   || ! make_venv venv-tools "openapi-spec-validator==0.7.2" \
+        "import openapi_spec_validator"; then
     if ! python3 -m pip download --no-deps -q -d "$DIR/probe" rxon==1.0b17 >/dev/null 2>&1; then
         msg="PyPI cannot be reached: the avtomatika compatibility tests are SKIPPED"
         echo "!!!!!!!!!! $msg !!!!!!!!!!" >&2

@@ -11,7 +11,7 @@ use uuid::Uuid;
 pub type Object = Map<String, Value>;
 
 /// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     Pending,
@@ -85,7 +85,7 @@ impl FromStr for JobStatus {
 }
 
 /// Why a job failed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobError {
     pub code: String,
     pub message: String,
@@ -117,7 +117,7 @@ pub struct TaskRecord {
 }
 
 /// One state the job went through.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StateVisit {
     pub state: String,
     pub entered_at: DateTime<Utc>,
@@ -127,7 +127,7 @@ pub struct StateVisit {
 }
 
 /// Something that happened to a job (its history).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobEvent {
     pub at: DateTime<Utc>,
     pub event: String,
@@ -153,7 +153,7 @@ impl JobEvent {
 }
 
 /// A task attempt as a history entry names it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskRef {
     pub task_id: String,
     pub task_type: String,

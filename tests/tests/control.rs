@@ -1,5 +1,6 @@
-//! Steering running tasks, with real processes: a client's cancel stops the
-//! WASM task on the worker, and a task's progress reaches the job.
+//! Seeing and steering the platform, with real processes: a client's cancel
+//! stops the WASM task on the worker, a task's progress reaches the job, the
+//! CLI, the metrics of both binaries, and the OpenAPI document.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -388,4 +389,78 @@ async fn metrics_of_both_binaries_move_with_the_work() {
         sample(&page, "worker_tasks_in_flight", &[]) == Some(0.0)
     })
     .await;
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_valid_3_1_and_covers_every_client_endpoint() {
+    let mut stack = Stack::new();
+    stack.start_orchestrator();
+    stack.wait_ready().await;
+    // Public: it describes the API, not its data.
+    let resp = stack
+        .http
+        .get(format!("{}/api/openapi.json", stack.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let doc: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut expected = vec![
+        ("get", "/api/v1/jobs".to_string()),
+        ("get", "/api/v1/jobs/{id}".into()),
+        ("post", "/api/v1/jobs/{id}/cancel".into()),
+        ("get", "/api/v1/jobs/{id}/history".into()),
+        ("get", "/api/v1/jobs/stream".into()),
+        ("get", "/api/v1/workers".into()),
+        ("get", "/api/v1/blueprints".into()),
+        ("get", "/api/v1/blueprints/{name}".into()),
+        ("put", "/api/v1/blueprints/{name}".into()),
+        ("get", "/api/v1/plugins".into()),
+        ("post", "/api/v1/plugins".into()),
+        ("post", "/api/v1/plugins/{name}/rollback".into()),
+        ("delete", "/api/v1/plugins/{name}".into()),
+    ];
+    // One create operation per blueprint served.
+    let (_, blueprints) = stack.get("/api/v1/blueprints").await;
+    for bp in blueprints.as_array().unwrap() {
+        expected.push(("post", bp["endpoint"].as_str().unwrap().to_string()));
+    }
+    for (method, path) in &expected {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} is not in the document"
+        );
+    }
+    // Checked by a real validator (openapi-spec-validator, from PyPI).
+    let python = repo().join("target/compat/venv-tools/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run ./scripts/compat-venvs.sh",
+        python.display()
+    );
+    let file = stack.dir.path().join("openapi.json");
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let out = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import json, sys\nfrom openapi_spec_validator import validate\nvalidate(json.load(open(sys.argv[1])))",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The page that renders it.
+    let page = stack
+        .http
+        .get(format!("{}/api/docs", stack.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(page.text().await.unwrap().contains("/api/openapi.json"));
 }

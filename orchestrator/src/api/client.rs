@@ -106,7 +106,7 @@ fn parse_create(
 }
 
 /// A job as clients see it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobView {
     pub id: Uuid,
     pub job_id: Uuid,
@@ -116,10 +116,13 @@ pub struct JobView {
     pub blueprint_version: u32,
     pub status: JobStatus,
     pub current_state: String,
+    #[schema(value_type = Object)]
     pub initial_data: Object,
     /// Data of the most recent task.
+    #[schema(value_type = Option<Object>)]
     pub result: Option<Object>,
     /// Data of each state's task.
+    #[schema(value_type = Object)]
     pub results: Object,
     pub error: Option<JobError>,
     /// Error message alone, as avtomatika names it.
@@ -130,6 +133,8 @@ pub struct JobView {
     pub attempts: u32,
     pub current_task_id: Option<String>,
     pub current_task_type: Option<String>,
+    /// The task's last progress report: `{"progress": 0..1, "message": …}`.
+    #[schema(value_type = Option<Object>)]
     pub progress: Option<Value>,
     /// Why the job is waiting, while it waits.
     pub waiting_reason: Option<String>,
@@ -187,6 +192,12 @@ pub struct GetQuery {
     wait: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs",
+    summary = "One of your jobs",
+    params(("id" = String, Path, description = "The job id"),
+           ("wait" = Option<f64>, Query, description = "Seconds (at most 60) to wait for the job to end before answering")),
+    responses((status = 200, description = "The job", body = JobView),
+              (status = 404, description = "No such job of yours", body = super::openapi::ErrorBody), (status = 400, description = "Bad request (the error names the field)", body = super::openapi::ErrorBody), (status = 401, description = "No client token", body = super::openapi::ErrorBody), (status = 403, description = "Unknown token", body = super::openapi::ErrorBody)))]
 pub async fn get_job(
     State(state): State<AppState>,
     JobId(id): JobId,
@@ -223,6 +234,13 @@ pub struct ListQuery {
     offset: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs",
+    summary = "Your jobs, newest first",
+    params(("status" = Option<String>, Query, description = "Only jobs with this status"),
+           ("blueprint" = Option<String>, Query, description = "Only jobs of this blueprint"),
+           ("limit" = Option<usize>, Query, description = "At most this many (1-1000, default 50)"),
+           ("offset" = Option<usize>, Query, description = "Skip this many")),
+    responses((status = 200, description = "`{\"jobs\": [...], \"limit\": n, \"offset\": n}`", body = super::openapi::JobList), (status = 400, description = "Bad request (the error names the field)", body = super::openapi::ErrorBody), (status = 401, description = "No client token", body = super::openapi::ErrorBody), (status = 403, description = "Unknown token", body = super::openapi::ErrorBody)))]
 pub async fn list_jobs(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -253,6 +271,12 @@ pub async fn list_jobs(
     Ok(axum::Json(json!({"jobs": jobs, "limit": limit, "offset": offset})).into_response())
 }
 
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs",
+    summary = "Cancel a job that has not ended (its running task is stopped)",
+    params(("id" = String, Path, description = "The job id")),
+    responses((status = 200, description = "Cancelled", body = Object),
+              (status = 404, description = "No such job of yours", body = super::openapi::ErrorBody),
+              (status = 409, description = "The job already ended", body = super::openapi::ErrorBody), (status = 400, description = "Bad request (the error names the field)", body = super::openapi::ErrorBody), (status = 401, description = "No client token", body = super::openapi::ErrorBody), (status = 403, description = "Unknown token", body = super::openapi::ErrorBody)))]
 pub async fn cancel_job(
     State(state): State<AppState>,
     JobId(id): JobId,
@@ -274,6 +298,11 @@ pub async fn cancel_job(
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/history", tag = "jobs",
+    summary = "A job's history: every event, with the task attempt it is about",
+    params(("id" = String, Path, description = "The job id")),
+    responses((status = 200, description = "`{\"job_id\": …, \"events\": [...]}`", body = super::openapi::JobHistory),
+              (status = 404, description = "No such job of yours", body = super::openapi::ErrorBody), (status = 400, description = "Bad request (the error names the field)", body = super::openapi::ErrorBody), (status = 401, description = "No client token", body = super::openapi::ErrorBody), (status = 403, description = "Unknown token", body = super::openapi::ErrorBody)))]
 pub async fn job_history(
     State(state): State<AppState>,
     JobId(id): JobId,
@@ -288,6 +317,9 @@ pub async fn job_history(
     Ok(axum::Json(json!({"job_id": id, "events": events})).into_response())
 }
 
+#[utoipa::path(get, path = "/api/v1/workers", tag = "workers",
+    summary = "Registered workers: skills, status, heartbeat, tasks in flight, plugin versions",
+    responses((status = 200, description = "The workers", body = Vec<Object>), (status = 400, description = "Bad request (the error names the field)", body = super::openapi::ErrorBody), (status = 401, description = "No client token", body = super::openapi::ErrorBody), (status = 403, description = "Unknown token", body = super::openapi::ErrorBody)))]
 pub async fn list_workers(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -296,6 +328,9 @@ pub async fn list_workers(
     Ok(axum::Json(state.engine.workers().await).into_response())
 }
 
+#[utoipa::path(get, path = "/api/v1/blueprints", tag = "blueprints",
+    summary = "The blueprints served: name, create endpoint, states, task types, version",
+    responses((status = 200, description = "The blueprints", body = Vec<Object>), (status = 400, description = "Bad request (the error names the field)", body = super::openapi::ErrorBody), (status = 401, description = "No client token", body = super::openapi::ErrorBody), (status = 403, description = "Unknown token", body = super::openapi::ErrorBody)))]
 pub async fn list_blueprints(
     State(state): State<AppState>,
     headers: HeaderMap,

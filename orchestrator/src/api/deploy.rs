@@ -54,6 +54,13 @@ struct Upload {
     manifest: Option<String>,
 }
 
+#[utoipa::path(post, path = "/api/v1/plugins", tag = "deploys",
+    summary = "Upload a plugin component as its next version (deploy right needed)",
+    description = "multipart/form-data with `name`, `plugin` (the .wasm) and optionally `manifest` (TOML); or the raw component with `?name=`.",
+    params(("name" = Option<String>, Query, description = "The plugin's name, for a raw upload")),
+    request_body(content = Vec<u8>, content_type = "multipart/form-data"),
+    responses((status = 201, description = "Stored and offered to the workers", body = Object),
+              (status = 413, description = "Larger than max_plugin_bytes", body = super::openapi::ErrorBody), (status = 400, description = "Bad request (the error names the field)", body = super::openapi::ErrorBody), (status = 401, description = "No client token", body = super::openapi::ErrorBody), (status = 403, description = "Unknown token", body = super::openapi::ErrorBody)))]
 pub async fn upload_plugin(
     State(state): State<AppState>,
     query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
@@ -161,6 +168,9 @@ async fn read_form(mut form: Multipart, max: usize) -> Result<Upload, ApiError> 
     Ok(upload)
 }
 
+#[utoipa::path(get, path = "/api/v1/plugins", tag = "deploys",
+    summary = "Plugins: versions, hashes, skills, and what each worker runs",
+    responses((status = 200, description = "The plugins", body = Vec<Object>), (status = 400, description = "Bad request (the error names the field)", body = super::openapi::ErrorBody), (status = 401, description = "No client token", body = super::openapi::ErrorBody), (status = 403, description = "Unknown token", body = super::openapi::ErrorBody)))]
 pub async fn list_plugins(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -217,6 +227,12 @@ pub async fn list_plugins(
     Ok(axum::Json(json!({"revision": registry.revision(), "plugins": plugins})).into_response())
 }
 
+#[utoipa::path(post, path = "/api/v1/plugins/{name}/rollback", tag = "deploys",
+    summary = "Back to the previous version, or to `{\"version\": N}`",
+    params(("name" = String, Path, description = "The plugin")),
+    request_body(content = Object, description = "Optional `{\"version\": N}`"),
+    responses((status = 200, description = "The version now offered", body = Object),
+              (status = 404, description = "No such plugin or version", body = super::openapi::ErrorBody), (status = 400, description = "Bad request (the error names the field)", body = super::openapi::ErrorBody), (status = 401, description = "No client token", body = super::openapi::ErrorBody), (status = 403, description = "Unknown token", body = super::openapi::ErrorBody)))]
 pub async fn rollback_plugin(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -245,6 +261,11 @@ pub async fn rollback_plugin(
     .into_response())
 }
 
+#[utoipa::path(delete, path = "/api/v1/plugins/{name}", tag = "deploys",
+    summary = "Stop offering a plugin",
+    params(("name" = String, Path, description = "The plugin")),
+    responses((status = 200, description = "No longer offered", body = Object),
+              (status = 404, description = "No such plugin", body = super::openapi::ErrorBody), (status = 400, description = "Bad request (the error names the field)", body = super::openapi::ErrorBody), (status = 401, description = "No client token", body = super::openapi::ErrorBody), (status = 403, description = "Unknown token", body = super::openapi::ErrorBody)))]
 pub async fn delete_plugin(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -261,6 +282,11 @@ pub async fn delete_plugin(
     .into_response())
 }
 
+#[utoipa::path(put, path = "/api/v1/blueprints/{name}", tag = "deploys",
+    summary = "Deploy a blueprint (TOML) as its next version; running jobs keep theirs",
+    params(("name" = String, Path, description = "The blueprint")),
+    request_body(content = String, content_type = "application/toml"),
+    responses((status = 201, description = "Stored; new jobs use it", body = Object), (status = 400, description = "Bad request (the error names the field)", body = super::openapi::ErrorBody), (status = 401, description = "No client token", body = super::openapi::ErrorBody), (status = 403, description = "Unknown token", body = super::openapi::ErrorBody)))]
 pub async fn put_blueprint(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -299,6 +325,12 @@ pub struct VersionQuery {
     version: Option<u32>,
 }
 
+#[utoipa::path(get, path = "/api/v1/blueprints/{name}", tag = "blueprints",
+    summary = "A blueprint's TOML source and version",
+    params(("name" = String, Path, description = "The blueprint"),
+           ("version" = Option<u32>, Query, description = "That version instead of the current one")),
+    responses((status = 200, description = "The blueprint", body = Object),
+              (status = 404, description = "No such blueprint or version", body = super::openapi::ErrorBody), (status = 400, description = "Bad request (the error names the field)", body = super::openapi::ErrorBody), (status = 401, description = "No client token", body = super::openapi::ErrorBody), (status = 403, description = "Unknown token", body = super::openapi::ErrorBody)))]
 pub async fn get_blueprint(
     State(state): State<AppState>,
     Path(name): Path<String>,

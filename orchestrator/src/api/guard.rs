@@ -15,7 +15,10 @@ pub async fn authenticate_first(
     next: Next,
 ) -> Response {
     let path = request.uri().path();
-    let checked = if path.starts_with("/api/") || path == "/api" {
+    let public = matches!(path, "/api/openapi.json" | "/api/docs");
+    let checked = if public {
+        Ok(())
+    } else if path.starts_with("/api/") || path == "/api" {
         state.auth.client(request.headers()).map(|_| ())
     } else if path.starts_with("/_worker/") {
         state.auth.known_worker_token(request.headers())

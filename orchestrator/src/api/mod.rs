@@ -12,6 +12,7 @@ pub mod client;
 pub mod deploy;
 pub mod error;
 mod guard;
+pub mod openapi;
 pub mod serve;
 pub mod stream;
 pub mod worker;
@@ -131,6 +132,8 @@ pub fn router(state: AppState) -> Router {
         "/_public/status",
         get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
     )
+    .route("/api/openapi.json", get(openapi::json))
+    .route("/api/docs", get(openapi::page))
     .route("/metrics", get(metrics))
     .route("/_public/metrics", get(metrics))
     .fallback(not_found)

@@ -31,6 +31,11 @@ pub struct StreamQuery {
     ids: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/jobs/stream", tag = "jobs",
+    summary = "Server-Sent Events: every change of your jobs (`event: job`)",
+    params(("ids" = Option<String>, Query, description = "Only these job ids (comma-separated, at most 1000)")),
+    responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
+              (status = 503, description = "Too many streams open", body = super::openapi::ErrorBody), (status = 400, description = "Bad request (the error names the field)", body = super::openapi::ErrorBody), (status = 401, description = "No client token", body = super::openapi::ErrorBody), (status = 403, description = "Unknown token", body = super::openapi::ErrorBody)))]
 pub async fn job_updates(
     State(state): State<AppState>,
     headers: HeaderMap,
