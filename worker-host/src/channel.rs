@@ -100,16 +100,24 @@ pub async fn connect(base_url: &str, worker_id: &str, token: &str) -> Result<Soc
                 .map(|b| b.error)
                 .unwrap_or_else(|_| body.to_string());
             let message = for_log(&message).into_owned();
-            Err(match status.as_u16() {
-                404 if message.contains("Worker not found") => ConnectError::UnknownWorker(message),
-                404 | 405 | 501 => ConnectError::NotOffered(format!("{status}: {message}")),
-                _ => ConnectError::Failed(format!("{status}: {message}")),
-            })
+            Err(refusal(status.as_u16(), message))
         }
         Ok(Err(e @ (tungstenite::Error::Io(_) | tungstenite::Error::Tls(_)))) => Err(
             ConnectError::Unreachable(format!("cannot reach {url}: {e}")),
         ),
         Ok(Err(e)) => Err(ConnectError::Failed(format!("cannot open {url}: {e}"))),
+    }
+}
+
+/// What an answer other than the upgrade means.
+fn refusal(status: u16, message: String) -> ConnectError {
+    match status {
+        404 if message.contains("Worker not found") => ConnectError::UnknownWorker(message),
+        // Passing trouble (credentials fail the long-poll too): retry.
+        401 | 403 | 429 | 502 | 503 | 504 => ConnectError::Failed(format!("{status}: {message}")),
+        // Anything else (404, 405, 400, 426, or a proxy answering the
+        // upgrade with a page) means no channel here.
+        _ => ConnectError::NotOffered(format!("{status}: {message}")),
     }
 }
 
@@ -170,5 +178,31 @@ impl Link {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Reply>>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ConnectError, refusal};
+
+    #[test]
+    fn refusals_say_whether_to_retry_register_or_poll_instead() {
+        let is = |status, message: &str| refusal(status, message.to_string());
+        assert!(matches!(
+            is(404, "Worker not found: w1 is not registered"),
+            ConnectError::UnknownWorker(_)
+        ));
+        for status in [404, 405, 400, 426, 200, 501] {
+            assert!(
+                matches!(is(status, "nope"), ConnectError::NotOffered(_)),
+                "{status}"
+            );
+        }
+        for status in [401, 403, 429, 502, 503, 504] {
+            assert!(
+                matches!(is(status, "later"), ConnectError::Failed(_)),
+                "{status}"
+            );
+        }
     }
 }
