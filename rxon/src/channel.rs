@@ -40,6 +40,11 @@ pub fn path(worker_id: &str) -> String {
     format!("/_worker/ws/{worker_id}")
 }
 
+/// Header of the upgrade answer: the largest frame the orchestrator reads
+/// (its body limit). A worker answers a larger request itself with a 413,
+/// as the HTTP endpoint would, instead of sending it (and losing the channel).
+pub const HEADER_MAX_FRAME: &str = "X-Max-Frame-Bytes";
+
 /// Most task credits a worker may hold on one channel.
 pub const MAX_CREDITS: u32 = 1024;
 

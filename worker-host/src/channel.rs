@@ -55,7 +55,12 @@ pub enum ConnectError {
 }
 
 /// Opens the channel at `base_url` (`http[s]://…`) as `worker_id`.
-pub async fn connect(base_url: &str, worker_id: &str, token: &str) -> Result<Socket, ConnectError> {
+/// `Ok`: the socket, and the largest frame the orchestrator reads.
+pub async fn connect(
+    base_url: &str,
+    worker_id: &str,
+    token: &str,
+) -> Result<(Socket, usize), ConnectError> {
     let url = format!(
         "{}{}",
         base_url
@@ -83,7 +88,15 @@ pub async fn connect(base_url: &str, worker_id: &str, token: &str) -> Result<Soc
         Err(_) => Err(ConnectError::Unreachable(format!(
             "opening {url} timed out after {CONNECT_TIMEOUT:?}"
         ))),
-        Ok(Ok((socket, _))) => Ok(socket),
+        Ok(Ok((socket, response))) => {
+            let max = response
+                .headers()
+                .get(rxon::channel::HEADER_MAX_FRAME)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(MAX_FRAME_BYTES);
+            Ok((socket, max))
+        }
         Ok(Err(tungstenite::Error::Protocol(
             tungstenite::error::ProtocolError::SecWebSocketSubProtocolError(e),
         ))) => Err(ConnectError::NotOffered(format!(
@@ -130,14 +143,17 @@ pub type Reply = (u16, Value);
 #[derive(Clone)]
 pub struct Link {
     out: mpsc::Sender<Message>,
+    /// The largest frame the orchestrator reads.
+    max_frame: usize,
     pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>,
     next: Arc<AtomicU64>,
 }
 
 impl Link {
-    pub fn new(out: mpsc::Sender<Message>) -> Self {
+    pub fn new(out: mpsc::Sender<Message>, max_frame: usize) -> Self {
         Self {
             out,
+            max_frame,
             pending: Default::default(),
             next: Default::default(),
         }
@@ -148,6 +164,17 @@ impl Link {
     pub async fn request(&self, kind: &str, body: &[u8]) -> Option<Reply> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let frame = rxon::channel::request_frame(kind, id, body)?;
+        if frame.len() > self.max_frame {
+            // What the HTTP endpoint would answer; the channel stays open.
+            return Some((
+                413,
+                serde_json::json!({"error": format!(
+                    "Request body is too large: a {}-byte frame, and the orchestrator reads at most {} bytes",
+                    frame.len(),
+                    self.max_frame
+                )}),
+            ));
+        }
         let (tx, rx) = oneshot::channel();
         self.lock().insert(id, tx);
         if self.out.send(Message::Text(frame.into())).await.is_err() {

@@ -132,14 +132,19 @@ pub async fn open(
             ))
         })?;
     let max = state.max_body;
-    Ok(upgrade
+    let mut response = upgrade
         .protocols([SUBPROTOCOL])
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| async move {
             session(state, headers, worker_id, socket).await;
             drop(permit);
-        }))
+        });
+    response.headers_mut().insert(
+        rxon::channel::HEADER_MAX_FRAME,
+        axum::http::HeaderValue::from(max),
+    );
+    Ok(response)
 }
 
 async fn session(state: AppState, headers: HeaderMap, worker_id: String, socket: WebSocket) {

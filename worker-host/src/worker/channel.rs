@@ -49,14 +49,14 @@ impl Worker {
                 opened = crate::channel::connect(client.base_url(), client.worker_id(), client.token()) => opened,
             };
             let ended = match opened {
-                Ok(socket) => {
+                Ok((socket, max_frame)) => {
                     backoff.reset();
                     tracing::info!(
                         "task channel open to {}; polling for tasks started ({} concurrent, pushed over the channel)",
                         client.base_url(),
                         inner.settings.max_concurrent_tasks
                     );
-                    self.channel_session(socket, shutdown).await
+                    self.channel_session(socket, max_frame, shutdown).await
                 }
                 Err(e @ ConnectError::NotOffered(_)) => {
                     tracing::info!("{e}; taking tasks by HTTP long-poll instead");
@@ -103,11 +103,16 @@ impl Worker {
         let _ = inner.slots.acquire_many(all).await;
     }
 
-    async fn channel_session(&self, socket: Socket, shutdown: &CancellationToken) -> Ended {
+    async fn channel_session(
+        &self,
+        socket: Socket,
+        max_frame: usize,
+        shutdown: &CancellationToken,
+    ) -> Ended {
         let inner = &self.inner;
         let (sink, mut stream) = socket.split();
         let (out, outbox) = mpsc::channel::<Message>(OUTBOX);
-        let link = Link::new(out.clone());
+        let link = Link::new(out.clone(), max_frame);
         inner.client.set_link(Some(link.clone()));
         crate::metrics::gauge!("worker_task_channel_open").set(1.0);
         let writer = tokio::spawn(write_frames(sink, outbox));
