@@ -207,14 +207,6 @@ impl OrchestratorClient {
         *self.link.write().unwrap_or_else(|p| p.into_inner()) = link;
     }
 
-    /// Whether the task channel is open.
-    pub fn has_link(&self) -> bool {
-        self.link
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
-    }
-
     /// Sends request `kind` through the task channel when it is open;
     /// `None` when it is not (or closed before answering): send over HTTP.
     async fn via_link<R: DeserializeOwned>(

@@ -254,9 +254,7 @@ async fn read_frames(
         );
         tokio::spawn(async move {
             let reply = answer(&state, &headers, &worker_id, kind, body).await;
-            if let Ok(text) = serde_json::to_string(&reply(id)) {
-                let _ = out.send(Message::Text(text.into())).await;
-            }
+            let _ = out.send(self::frame(&reply(id))).await;
             drop(permit);
         });
     }
@@ -424,10 +422,10 @@ impl Notices {
             tokio::select! {
                 notice = self.stops.recv() => match notice {
                     Ok(stop) if stop.worker_id == self.worker_id => {
-                        return frame(&OrchestratorFrame::Cancel {
+                        return Some(frame(&OrchestratorFrame::Cancel {
                             task_id: stop.task_id,
                             job_id: stop.job_id.to_string(),
-                        });
+                        }));
                     }
                     Ok(_) => {}
                     Err(RecvError::Lagged(n)) => {
@@ -443,7 +441,7 @@ impl Notices {
                 changed = self.revisions.changed() => {
                     changed.ok()?;
                     let revision = self.revisions.borrow_and_update().clone();
-                    return frame(&OrchestratorFrame::Plugins { revision });
+                    return Some(frame(&OrchestratorFrame::Plugins { revision }));
                 }
                 _ = self.ping.tick() => return Some(Message::Ping(Default::default())),
             }
@@ -451,21 +449,20 @@ impl Notices {
     }
 }
 
-fn frame(frame: &OrchestratorFrame) -> Option<Message> {
+/// A frame as a text message (our own types always encode; were one not
+/// to, a ping goes instead and the error is logged).
+fn frame(frame: &OrchestratorFrame) -> Message {
     match serde_json::to_string(frame) {
-        Ok(text) => Some(Message::Text(text.into())),
+        Ok(text) => Message::Text(text.into()),
         Err(e) => {
             tracing::error!("cannot encode a channel frame: {e}");
-            Some(Message::Ping(Default::default()))
+            Message::Ping(Default::default())
         }
     }
 }
 
 async fn send(out: &mpsc::Sender<Message>, message: &OrchestratorFrame) -> bool {
-    match frame(message) {
-        Some(message) => out.send(message).await.is_ok(),
-        None => true,
-    }
+    out.send(frame(message)).await.is_ok()
 }
 
 /// Writes queued frames, flushing once per batch.

@@ -70,9 +70,8 @@ impl Worker {
                     }
                     let delay = backoff.next_delay();
                     tracing::warn!("cannot open the task channel: {e}; retrying in {delay:?}");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(delay) => {}
+                    if !pause(delay, shutdown).await {
+                        break;
                     }
                     continue;
                 }
@@ -91,9 +90,8 @@ impl Worker {
                 Ended::Lost => {
                     let delay = backoff.next_delay();
                     tracing::warn!("task channel lost; reopening in {delay:?}");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(delay) => {}
+                    if !pause(delay, shutdown).await {
+                        break;
                     }
                 }
             }
@@ -245,6 +243,14 @@ impl Worker {
             drop(_permit);
             worker.inner.slot_freed.notify_one();
         });
+    }
+}
+
+/// Waits `delay`; false when `shutdown` came first.
+async fn pause(delay: std::time::Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(delay) => true,
     }
 }
 
