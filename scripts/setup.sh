@@ -4,15 +4,27 @@
 # Safe to run again. Used by demo.sh and test.sh.
 #   --with-cargo-component   also install cargo-component (the tests build the
 #                            plugins with it too; the first install takes ~10 min)
+#   --with-browser           also install Debian's chromium and chromium-driver
+#                            (the dashboard's browser tests; first time only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+with_component=false
+with_browser=false
+for arg in "$@"; do
+    case "$arg" in
+        --with-cargo-component) with_component=true ;;
+        --with-browser) with_browser=true ;;
+        *) echo "setup.sh: unknown option $arg (known: --with-cargo-component, --with-browser)" >&2; exit 2 ;;
+    esac
+done
 
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
     echo "==> installing the wasm32-wasip2 target"
     rustup target add wasm32-wasip2
 fi
 
-if [ "${1:-}" = "--with-cargo-component" ]; then
+if $with_component; then
     if ! rustup target list --installed | grep -qx wasm32-wasip1; then
         echo "==> installing the wasm32-wasip1 target (cargo-component builds for it)"
         rustup target add wasm32-wasip1
@@ -21,6 +33,14 @@ if [ "${1:-}" = "--with-cargo-component" ]; then
         echo "==> installing cargo-component (first time only; takes a while)"
         cargo install cargo-component --locked
     fi
+fi
+
+if $with_browser && { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; }; then
+    echo "==> installing Chromium and chromedriver (Debian's chromium, chromium-driver; first time only)"
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    install() { $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
+    install || { $sudo apt-get update -q && install; }
 fi
 
 echo "==> building the plugins (plugins/, wasm32-wasip2)"

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-./scripts/setup.sh --with-cargo-component
+./scripts/setup.sh --with-cargo-component --with-browser
 # Python venvs with the real avtomatika packages, for the compatibility tests.
 ./scripts/compat-venvs.sh
 echo "==> building the benchmarks (they are measured with cargo bench, not run as tests)"

@@ -7,6 +7,7 @@
 //! - [`engine`]: the state machine, task queues, workers, timers.
 //! - [`storage`]: durable storage (SQLite, in-memory) behind a trait.
 //! - [`api`]: the HTTP API (client and worker), errors and auth.
+//! - [`ui`]: the web dashboard at `/` (assets compiled in).
 //! - [`config`]: configuration file, CLI and environment.
 //! - [`egress`]: where webhooks may connect (private addresses refused).
 //! - [`secs`]: durations from outside, parsed once into bounded values.
@@ -22,3 +23,4 @@ pub mod registry;
 pub mod secs;
 pub mod storage;
 pub mod telemetry;
+pub mod ui;

@@ -14,6 +14,9 @@ use super::error::ApiError;
 pub const HEADER_CLIENT_TOKEN: &str = "x-client-token";
 /// The older avtomatika header, still accepted.
 pub const HEADER_CLIENT_TOKEN_LEGACY: &str = "x-avtomatika-token";
+/// The dashboard's sign-in cookie: the client token, `HttpOnly`,
+/// `SameSite=Strict` (see [`crate::ui`]).
+pub const SESSION_COOKIE: &str = "taskworker_session";
 
 /// How long a seen message nonce is remembered (a bit over the clock skew).
 const REPLAY_WINDOW: Duration = Duration::from_secs(65);
@@ -78,13 +81,24 @@ impl Auth {
         }
     }
 
-    /// The client name for the request's token.
+    /// The client name for the request's token (the `X-Client-Token`
+    /// header, else the dashboard's session cookie).
     pub fn client(&self, headers: &HeaderMap) -> Result<String, ApiError> {
-        let token = headers
+        let header = headers
             .get(HEADER_CLIENT_TOKEN)
-            .or_else(|| headers.get(HEADER_CLIENT_TOKEN_LEGACY))
-            .ok_or_else(|| ApiError::Unauthorized("Missing X-Client-Token header".into()))?;
-        let given = digest(token.to_str().unwrap_or_default());
+            .or_else(|| headers.get(HEADER_CLIENT_TOKEN_LEGACY));
+        match (header, session_cookie(headers)) {
+            (Some(token), _) => self.client_by_token(token.to_str().unwrap_or_default()),
+            (None, Some(token)) => self.client_by_token(&token),
+            (None, None) => Err(ApiError::Unauthorized(
+                "Missing X-Client-Token header".into(),
+            )),
+        }
+    }
+
+    /// The client name a token belongs to.
+    pub fn client_by_token(&self, token: &str) -> Result<String, ApiError> {
+        let given = digest(token);
         // Every entry is compared, so the time does not say which matched.
         let mut found = None;
         for (known, name) in &self.client_digests {
@@ -258,6 +272,44 @@ pub enum Replay {
     /// Heartbeat: idempotent, and the avtomatika SDK sends byte-identical
     /// heartbeats within one second; a copy only refreshes liveness.
     Allowed,
+}
+
+/// The token in the dashboard's session cookie, if the request carries one.
+/// The cookie holds the token hex-encoded (tokens may hold characters a
+/// cookie value may not).
+pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name == SESSION_COOKIE && !value.is_empty()).then_some(value)
+        })
+        .and_then(unhex)
+}
+
+/// The cookie value that carries `token`.
+pub fn session_cookie_value(token: &str) -> String {
+    token.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<String> {
+    if !s.len().is_multiple_of(2) || s.len() > 2 * 4096 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+/// Whether the request names its client by a token header (not only by the
+/// session cookie).
+pub fn has_token_header(headers: &HeaderMap) -> bool {
+    headers.contains_key(HEADER_CLIENT_TOKEN) || headers.contains_key(HEADER_CLIENT_TOKEN_LEGACY)
 }
 
 /// The `X-Worker-Token` header.

@@ -329,7 +329,7 @@ pub async fn list_workers(
 }
 
 #[utoipa::path(get, path = "/api/v1/blueprints", tag = "blueprints",
-    summary = "The blueprints served: name, create endpoint, states, task types, version",
+    summary = "The blueprints served: name, create endpoint, states, task types, version, graph (states and transitions)",
     responses((status = 200, description = "The blueprints", body = Vec<Object>), (status = 400, description = "Bad request (the error names the field)", body = super::openapi::ErrorBody), (status = 401, description = "No client token", body = super::openapi::ErrorBody), (status = 403, description = "Unknown token", body = super::openapi::ErrorBody)))]
 pub async fn list_blueprints(
     State(state): State<AppState>,
@@ -348,6 +348,7 @@ pub async fn list_blueprints(
                 "states": b.states.keys().collect::<Vec<_>>(),
                 "task_types": b.task_types(),
                 "version": b.version,
+                "graph": b.graph(),
             })
         })
         .collect();

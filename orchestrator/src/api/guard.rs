@@ -2,12 +2,20 @@
 //! headers carry no credential we know is answered 401/403 at once, before
 //! its body is read (an unauthenticated client cannot make the server buffer
 //! bodies). The handlers then check fully (worker id, signature).
+//!
+//! A client request signed in only by the dashboard's session cookie that
+//! changes something (any method but `GET`/`HEAD`) must also carry
+//! `X-Requested-With: taskworker-dashboard`, which a page of another origin
+//! cannot send without a CORS preflight we never grant (on top of the
+//! cookie's `SameSite=Strict`).
 
 use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
+use super::error::ApiError;
 
 pub async fn authenticate_first(
     State(state): State<AppState>,
@@ -19,7 +27,10 @@ pub async fn authenticate_first(
     let checked = if public {
         Ok(())
     } else if path.starts_with("/api/") || path == "/api" {
-        state.auth.client(request.headers()).map(|_| ())
+        state
+            .auth
+            .client(request.headers())
+            .and_then(|_| from_the_dashboard(request.method(), request.headers()))
     } else if path.starts_with("/_worker/") {
         state.auth.known_worker_token(request.headers())
     } else {
@@ -28,5 +39,24 @@ pub async fn authenticate_first(
     match checked {
         Ok(()) => next.run(request).await,
         Err(e) => e.into_response(),
+    }
+}
+
+/// The header the dashboard sends with every request that changes something.
+pub const HEADER_REQUESTED_WITH: &str = "x-requested-with";
+pub const DASHBOARD: &str = "taskworker-dashboard";
+
+/// A change asked for with only the session cookie must come from the
+/// dashboard's own page (see the module's documentation).
+fn from_the_dashboard(method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+    let safe = matches!(*method, Method::GET | Method::HEAD);
+    if safe || super::auth::has_token_header(headers) {
+        return Ok(());
+    }
+    match headers.get(HEADER_REQUESTED_WITH) {
+        Some(v) if v.as_bytes() == DASHBOARD.as_bytes() => Ok(()),
+        _ => Err(ApiError::Forbidden(format!(
+            "Forbidden: a change signed in by the dashboard cookie must carry `X-Requested-With: {DASHBOARD}` (scripts send X-Client-Token instead)"
+        ))),
     }
 }

@@ -11,9 +11,10 @@ pub mod channel;
 pub mod client;
 pub mod deploy;
 pub mod error;
-mod guard;
+pub mod guard;
 pub mod openapi;
 pub mod serve;
+pub mod stats;
 pub mod stream;
 pub mod worker;
 pub mod worker_plugins;
@@ -76,6 +77,7 @@ pub fn router(state: AppState) -> Router {
             .route(&format!("{prefix}/jobs"), get(client::list_jobs))
             .route(&format!("{prefix}/jobs/{{id}}"), get(client::get_job))
             .route(&format!("{prefix}/jobs/stream"), get(stream::job_updates))
+            .route(&format!("{prefix}/stats/stream"), get(stats::job_stats))
             .route(
                 &format!("{prefix}/jobs/{{id}}/cancel"),
                 post(client::cancel_job),
@@ -136,6 +138,7 @@ pub fn router(state: AppState) -> Router {
     .route("/api/docs", get(openapi::page))
     .route("/metrics", get(metrics))
     .route("/_public/metrics", get(metrics))
+    .merge(crate::ui::routes())
     .fallback(not_found)
     .method_not_allowed_fallback(method_not_allowed)
     .layer(axum::middleware::from_fn(crate::metrics::track_http))

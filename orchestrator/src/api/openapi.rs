@@ -54,6 +54,7 @@ pub struct JobHistory {
         super::client::list_workers,
         super::client::list_blueprints,
         super::stream::job_updates,
+        super::stats::job_stats,
         super::deploy::upload_plugin,
         super::deploy::list_plugins,
         super::deploy::rollback_plugin,

@@ -138,6 +138,64 @@ impl Blueprint {
         self.states.get(name)
     }
 
+    /// The blueprint as a graph, for drawing: each state with what it does,
+    /// and each arrow with what takes it.
+    pub fn graph(&self) -> serde_json::Value {
+        let nodes: Vec<serde_json::Value> = self
+            .states
+            .values()
+            .map(|s| {
+                let (kind, detail) = match &s.action {
+                    Action::End { finished: true } => ("end", "finished".to_string()),
+                    Action::End { finished: false } => ("end", "failed".to_string()),
+                    Action::Dispatch { task, .. } => ("dispatch", task.task_type.clone()),
+                    Action::Parallel { branches, .. } => (
+                        "parallel",
+                        branches
+                            .values()
+                            .map(|t| t.task_type.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    ),
+                    Action::Goto(_) => ("goto", String::new()),
+                };
+                serde_json::json!({"name": s.name, "kind": kind, "detail": detail,
+                                   "start": s.name == self.start})
+            })
+            .collect();
+        let mut edges = Vec::new();
+        let mut edge = |from: &str, to: &str, on: String| {
+            edges.push(serde_json::json!({"from": from, "to": to, "on": on}));
+        };
+        for s in self.states.values() {
+            match &s.action {
+                Action::End { .. } => {}
+                Action::Dispatch { on, .. } => {
+                    for (status, to) in on {
+                        edge(&s.name, to, status.clone());
+                    }
+                }
+                Action::Parallel {
+                    next, on_failure, ..
+                } => {
+                    edge(&s.name, next, "all succeeded".into());
+                    if let Some(to) = on_failure {
+                        edge(&s.name, to, "failure".into());
+                    }
+                }
+                Action::Goto(branches) => {
+                    for (when, to) in branches {
+                        let on = when
+                            .as_ref()
+                            .map_or_else(|| "otherwise".to_string(), |e| e.source().to_string());
+                        edge(&s.name, to, on);
+                    }
+                }
+            }
+        }
+        serde_json::json!({"nodes": nodes, "edges": edges})
+    }
+
     /// Every task type this blueprint may dispatch.
     pub fn task_types(&self) -> BTreeSet<&str> {
         let mut out = BTreeSet::new();

@@ -111,7 +111,13 @@ pub struct JobUpdate {
     pub blueprint: String,
     pub status: JobStatus,
     pub current_state: String,
+    pub created_at: chrono::DateTime<Utc>,
     pub updated_at: chrono::DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<chrono::DateTime<Utc>>,
+    /// The running task's last progress report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<serde_json::Value>,
 }
 
 impl JobUpdate {
@@ -122,7 +128,10 @@ impl JobUpdate {
             blueprint: job.blueprint.clone(),
             status: job.status,
             current_state: job.current_state.clone(),
+            created_at: job.created_at,
             updated_at: job.updated_at,
+            finished_at: job.finished_at,
+            progress: job.progress.clone(),
         }
     }
 }

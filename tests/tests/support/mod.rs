@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod browser;
 pub mod pg;
 
 pub const CLIENT_TOKEN: &str = "test-client-token";
