@@ -1,36 +1,24 @@
 //! `failing_task`: always fails with a transient error, as the scenario's Test 2.
 
-wit_bindgen::generate!({ path: "../../wit", world: "task-plugin" });
+use serde::Deserialize;
+use taskworker_sdk::{Context, JsonSchema, Skill, TaskError};
 
-use exports::taskworker::plugin::handler::{Guest, Skill, Task, TaskError, TaskOutput};
-use taskworker::plugin::host::{self, LogLevel};
-use taskworker::plugin::types::ErrorKind;
+/// Any params are accepted (and ignored).
+#[derive(Deserialize, JsonSchema)]
+struct Anything {}
 
-struct FailingTask;
-
-impl Guest for FailingTask {
-    fn describe() -> Vec<Skill> {
-        vec![Skill {
-            name: "failing_task".into(),
-            version: "1.0.0".into(),
-            description: "Always fails with TRANSIENT_ERROR (for testing failure paths)".into(),
-            input_schema: None,
-            output_schema: None,
-            output_statuses: vec![],
-        }]
-    }
-
-    fn execute(task: Task) -> Result<TaskOutput, TaskError> {
-        host::log(
-            LogLevel::Warn,
-            &format!("failing task {} on purpose", task.task_id),
-        );
-        Err(TaskError {
-            kind: ErrorKind::Transient,
-            message: "Intentional failure for testing".into(),
-            details: None,
-        })
-    }
+fn fail(ctx: &Context, _: Anything) -> Result<(), TaskError> {
+    ctx.warn(&format!("failing task {} on purpose", ctx.task_id));
+    Err(TaskError::transient("Intentional failure for testing"))
 }
 
-export!(FailingTask);
+fn skills() -> Vec<Skill> {
+    vec![Skill::new(
+        "failing_task",
+        "1.0.0",
+        "Always fails with TRANSIENT_ERROR (for testing failure paths)",
+        fail,
+    )]
+}
+
+taskworker_sdk::export_plugin!(skills);
