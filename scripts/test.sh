@@ -7,6 +7,11 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh --with-cargo-component --with-browser
 # Python venvs with the real avtomatika packages, for the compatibility tests.
 ./scripts/compat-venvs.sh
+# Python and JavaScript plugins (componentize-py, componentize-js) and the
+# plugins' own tests, the guest SDK's among them.
+./scripts/build-lang-plugins.sh
+echo "==> the Rust guest SDK's and echo_task's own tests (natively)"
+cargo test --manifest-path plugins/Cargo.toml -p taskworker-sdk -p echo_task --target-dir target/plugin-native
 echo "==> building the benchmarks (they are measured with cargo bench, not run as tests)"
 cargo test --workspace --benches --no-run
 echo "==> cargo test --workspace"

@@ -33,6 +33,22 @@ pub enum Command {
         /// The plugin component (`.wasm`).
         plugin: PathBuf,
     },
+    /// Create a new plugin project from a template (it tests and builds as
+    /// generated; see its README.md).
+    New {
+        /// The plugin's language.
+        #[arg(long, value_enum)]
+        lang: crate::scaffold::Lang,
+        /// The plugin's name, also its skill's: lower-case letters, digits, `_`.
+        name: String,
+        /// Where to create the project directory `<name>`.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The Rust guest SDK (`plugins/sdk` of this repository) a Rust
+        /// project depends on; default: the checkout this binary was built from.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

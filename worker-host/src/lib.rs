@@ -31,5 +31,6 @@ pub mod outcome;
 pub mod plugin_store;
 pub mod plugin_watch;
 pub mod sandbox;
+pub mod scaffold;
 pub mod telemetry;
 pub mod worker;

@@ -24,6 +24,12 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Run(args)) => run(args).await,
         Some(Command::Describe { plugin }) => describe(plugin).await,
+        Some(Command::New {
+            lang,
+            name,
+            dir,
+            sdk,
+        }) => new_plugin(lang, &name, &dir, sdk),
         Some(Command::Serve(args)) => serve(args).await,
         None => serve(cli.serve).await,
     };
@@ -34,6 +40,21 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn new_plugin(
+    lang: worker_host::scaffold::Lang,
+    name: &str,
+    dir: &std::path::Path,
+    sdk: Option<std::path::PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let sdk = sdk.unwrap_or_else(worker_host::scaffold::default_sdk);
+    let root = worker_host::scaffold::create(lang, name, dir, &sdk)?;
+    println!(
+        "created {} ({lang:?} plugin {name}); see its README.md to test and build it",
+        root.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {

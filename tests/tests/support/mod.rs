@@ -251,6 +251,18 @@ impl Stack {
         log_name: &str,
         configure: impl FnOnce(&mut Command),
     ) -> Proc {
+        let plugins = self.dir.path().join("plugins");
+        self.spawn_worker_on(worker_id, log_name, &plugins, configure)
+    }
+
+    /// [`Stack::spawn_worker`] with a plugins directory of its own.
+    pub fn spawn_worker_on(
+        &self,
+        worker_id: &str,
+        log_name: &str,
+        plugins: &Path,
+        configure: impl FnOnce(&mut Command),
+    ) -> Proc {
         let mut cmd = Command::new(binary("worker-host"));
         cmd.env(
             "ORCHESTRATOR_URL",
@@ -266,7 +278,7 @@ impl Stack {
         .env("WORKER_CACHE_DIR", self.dir.path().join("cache"))
         .args(["--worker-type", "test-worker"])
         .arg("--plugins-dir")
-        .arg(self.dir.path().join("plugins"));
+        .arg(plugins);
         configure(&mut cmd);
         Proc::spawn("worker-host", cmd, self.dir.path().join(log_name))
     }
