@@ -27,11 +27,14 @@ fn default_multiply() -> u64 {
     1
 }
 
+/// Fields in this order (alphabetical, as the plugin always sent them):
+/// avtomatika takes the last key of a result as the job's `result`, which
+/// must stay `processed_message`.
 #[derive(Serialize, JsonSchema)]
 struct Echo {
-    processed_message: String,
-    original_message: String,
     multiplied_by: u64,
+    original_message: String,
+    processed_message: String,
 }
 
 fn echo(ctx: &Context, params: Params) -> Result<Echo, TaskError> {
@@ -51,9 +54,9 @@ fn echo(ctx: &Context, params: Params) -> Result<Echo, TaskError> {
     let processed = vec![params.message.as_str(); params.multiply as usize].join(" ");
     ctx.progress(1.0, "done");
     Ok(Echo {
-        processed_message: processed,
-        original_message: params.message,
         multiplied_by: params.multiply,
+        original_message: params.message,
+        processed_message: processed,
     })
 }
 

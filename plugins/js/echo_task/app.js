@@ -23,10 +23,11 @@ function echo(params) {
   if (workMs !== 0) throw invalidInput('echo_task params: `work_ms` is not supported by the JavaScript echo');
   log('info', `processing message ${JSON.stringify(message)} x${multiply} (javascript)`);
   progress(1.0, 'done');
+  // processed_message last: avtomatika takes a result's last key as the job's `result`.
   return {
-    processed_message: Array(multiply).fill(message).join(' '),
-    original_message: message,
     multiplied_by: multiply,
+    original_message: message,
+    processed_message: Array(multiply).fill(message).join(' '),
   };
 }
 

@@ -40,10 +40,11 @@ def echo(ctx, params):
         ctx.progress(0.0, "working")
         time.sleep(work_ms / 1000)
     ctx.progress(1.0, "done")
+    # processed_message last: avtomatika takes a result's last key as the job's `result`.
     return {
-        "processed_message": " ".join([message] * multiply),
-        "original_message": message,
         "multiplied_by": multiply,
+        "original_message": message,
+        "processed_message": " ".join([message] * multiply),
     }
 
 
