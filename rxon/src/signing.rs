@@ -147,6 +147,27 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A signed message that crossed the wire still verifies, whatever float
+    /// it carries: parsing must give back the exact float that was written
+    /// (serde_json's `float_roundtrip`), or the canonical text differs.
+    #[test]
+    fn signatures_survive_the_wire_for_any_float() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for i in 0..20_000u64 {
+            // A timestamp with microseconds, as the workers send.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let ts = 1.795e9 + (x % 100_000_000_000) as f64 / 1e6 + i as f64 * 1e-7;
+            let mut msg = serde_json::json!({"timestamp": ts, "data": {"took": ts / 7.0}});
+            let sig = sign_message(&msg, "k", &[]);
+            msg["security"] = serde_json::json!({"signature": sig});
+            let wire = serde_json::to_string(&msg).unwrap();
+            let back: Value = serde_json::from_str(&wire).unwrap();
+            assert!(verify_message(&back, "k", &[]).is_ok(), "{wire}");
+        }
+    }
+
     #[test]
     fn canonical_form_sorts_drops_nulls_and_unsigned_keys() {
         let msg = json!({"b": 1, "a": {"z": null, "y": 2.0, "x": [null, 1.5]}, "security": {"signature": "x"}, "_signature": "y"});

@@ -42,7 +42,7 @@ async fn the_dashboard_follows_jobs_live_and_cancels_one_from_its_page() {
                 .send_keys("not-a-token")
                 .await
                 .unwrap();
-            b.find("#sign-in").await.click().await.unwrap();
+            b.click("#sign-in").await;
             b.wait_text("#sign-in-error", "Unknown token").await;
             assert!(!b.has("#jobs").await, "a wrong token shows no jobs");
             assert_eq!(
@@ -56,7 +56,7 @@ async fn the_dashboard_follows_jobs_live_and_cancels_one_from_its_page() {
             let token = b.find("#token").await;
             token.clear().await.unwrap();
             token.send_keys(CLIENT_TOKEN).await.unwrap();
-            b.find("#sign-in").await.click().await.unwrap();
+            b.click("#sign-in").await;
             b.find("#jobs").await;
             b.wait_text("#who", "signed in as").await;
             // Marks this page load: a reload would lose it.
@@ -103,7 +103,7 @@ async fn the_dashboard_follows_jobs_live_and_cancels_one_from_its_page() {
             b.screenshot("jobs").await;
 
             // Its page: data, result, and the attempt on the timeline.
-            b.find(&format!("{row} a")).await.click().await.unwrap();
+            b.click(&format!("{row} a")).await;
             b.wait_text("#job-status", "finished").await;
             b.wait_text("#result", "Hello World Hello World Hello World")
                 .await;
@@ -132,7 +132,7 @@ async fn the_dashboard_follows_jobs_live_and_cancels_one_from_its_page() {
             b.wait_text("#progress", "50 %").await;
             b.wait_text("#progress", "halfway").await;
             b.screenshot("job-running").await;
-            b.find("#cancel").await.click().await.unwrap();
+            b.click("#cancel").await;
             b.wait_text("#job-status", "cancelled").await;
             let (_, job) = stack.get(&format!("/api/v1/jobs/{long}")).await;
             assert_eq!(job["status"], "cancelled", "{job}");
@@ -169,7 +169,7 @@ async fn the_dashboard_follows_jobs_live_and_cancels_one_from_its_page() {
             b.screenshot("blueprints").await;
 
             // Signing out leaves nothing to see.
-            b.find("#sign-out").await.click().await.unwrap();
+            b.click("#sign-out").await;
             b.find("#sign-in-form").await;
             assert_eq!(b.page_fetch_status("/api/v1/jobs").await, 401);
             b.client

@@ -81,6 +81,25 @@ impl Browser {
             .unwrap_or_else(|e| panic!("no `{css}` on the page within {STEP:?}: {e}"))
     }
 
+    /// Clicks `css` once it is on the page; found again if the page redrew
+    /// it between finding and clicking (live pages do).
+    pub async fn click(&self, css: &str) {
+        let deadline = std::time::Instant::now() + STEP;
+        loop {
+            let clicked = match self.client.find(Locator::Css(css)).await {
+                Ok(el) => el.click().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match clicked {
+                Ok(()) => return,
+                Err(e) if std::time::Instant::now() > deadline => {
+                    panic!("cannot click `{css}` within {STEP:?}: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
     /// Whether `css` matches something now.
     pub async fn has(&self, css: &str) -> bool {
         self.client.find(Locator::Css(css)).await.is_ok()

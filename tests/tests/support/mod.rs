@@ -137,7 +137,6 @@ impl Drop for Proc {
 /// An orchestrator and a worker host on free ports, with the repo's
 /// blueprints plus `extra_blueprints`, and the echo and failing plugins.
 pub struct Stack {
-    pub dir: tempfile::TempDir,
     pub base: String,
     pub port: u16,
     pub orchestrator: Option<Proc>,
@@ -148,6 +147,8 @@ pub struct Stack {
     pub storage: String,
     /// Dropped after the processes (fields drop in order).
     pub database: Option<pg::TestDatabase>,
+    /// Last: the processes' logs are printed from it when a test fails.
+    pub dir: tempfile::TempDir,
 }
 
 pub const GHOST_FLOW: &str = r#"
