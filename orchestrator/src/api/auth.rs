@@ -17,6 +17,8 @@ pub const HEADER_CLIENT_TOKEN_LEGACY: &str = "x-avtomatika-token";
 /// The dashboard's sign-in cookie: the client token, `HttpOnly`,
 /// `SameSite=Strict` (see [`crate::ui`]).
 pub const SESSION_COOKIE: &str = "taskworker_session";
+/// The longest client token a sign-in or a session cookie may carry.
+pub const MAX_TOKEN_BYTES: usize = 4096;
 
 /// How long a seen message nonce is remembered (a bit over the clock skew).
 const REPLAY_WINDOW: Duration = Duration::from_secs(65);
@@ -84,10 +86,7 @@ impl Auth {
     /// The client name for the request's token (the `X-Client-Token`
     /// header, else the dashboard's session cookie).
     pub fn client(&self, headers: &HeaderMap) -> Result<String, ApiError> {
-        let header = headers
-            .get(HEADER_CLIENT_TOKEN)
-            .or_else(|| headers.get(HEADER_CLIENT_TOKEN_LEGACY));
-        match (header, session_cookie(headers)) {
+        match (token_header(headers), session_cookie(headers)) {
             (Some(token), _) => self.client_by_token(token.to_str().unwrap_or_default()),
             (None, Some(token)) => self.client_by_token(&token),
             (None, None) => Err(ApiError::Unauthorized(
@@ -296,7 +295,7 @@ pub fn session_cookie_value(token: &str) -> String {
 }
 
 fn unhex(s: &str) -> Option<String> {
-    if !s.len().is_multiple_of(2) || s.len() > 2 * 4096 {
+    if !s.len().is_multiple_of(2) || s.len() > 2 * MAX_TOKEN_BYTES {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..s.len())
@@ -306,10 +305,17 @@ fn unhex(s: &str) -> Option<String> {
     String::from_utf8(bytes?).ok()
 }
 
+/// The client token header (`X-Client-Token`, else the legacy one).
+fn token_header(headers: &HeaderMap) -> Option<&axum::http::HeaderValue> {
+    headers
+        .get(HEADER_CLIENT_TOKEN)
+        .or_else(|| headers.get(HEADER_CLIENT_TOKEN_LEGACY))
+}
+
 /// Whether the request names its client by a token header (not only by the
 /// session cookie).
 pub fn has_token_header(headers: &HeaderMap) -> bool {
-    headers.contains_key(HEADER_CLIENT_TOKEN) || headers.contains_key(HEADER_CLIENT_TOKEN_LEGACY)
+    token_header(headers).is_some()
 }
 
 /// The `X-Worker-Token` header.

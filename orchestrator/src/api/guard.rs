@@ -53,10 +53,19 @@ fn from_the_dashboard(method: &Method, headers: &HeaderMap) -> Result<(), ApiErr
     if safe || super::auth::has_token_header(headers) {
         return Ok(());
     }
+    sent_by_the_dashboard(
+        headers,
+        "a change signed in by the dashboard cookie (scripts send X-Client-Token instead)",
+    )
+}
+
+/// `what` must carry the dashboard's `X-Requested-With` header (a 403
+/// naming `what` otherwise).
+pub fn sent_by_the_dashboard(headers: &HeaderMap, what: &str) -> Result<(), ApiError> {
     match headers.get(HEADER_REQUESTED_WITH) {
         Some(v) if v.as_bytes() == DASHBOARD.as_bytes() => Ok(()),
         _ => Err(ApiError::Forbidden(format!(
-            "Forbidden: a change signed in by the dashboard cookie must carry `X-Requested-With: {DASHBOARD}` (scripts send X-Client-Token instead)"
+            "Forbidden: {what} must carry `X-Requested-With: {DASHBOARD}`"
         ))),
     }
 }

@@ -16,7 +16,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::engine::{JobUpdate, MAX_UPDATE_STREAMS};
+use crate::engine::JobUpdate;
 use crate::job::JobStatus;
 
 /// How often a `stats` event is sent.
@@ -103,11 +103,7 @@ pub async fn job_stats(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let owner = state.auth.client(&headers)?;
-    let permit = state.engine.stream_permit().ok_or_else(|| {
-        ApiError::TooMany(format!(
-            "Too many update streams are open (at most {MAX_UPDATE_STREAMS}); try later"
-        ))
-    })?;
+    let permit = super::stream::stream_permit(&state)?;
     let updates = state.engine.subscribe_updates();
     let stopping = state.engine.stopping();
     let mut tick = tokio::time::interval(PERIOD);

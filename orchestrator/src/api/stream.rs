@@ -31,6 +31,18 @@ pub struct StreamQuery {
     ids: Option<String>,
 }
 
+/// A place among the [`MAX_UPDATE_STREAMS`] open update streams (this one's
+/// and [`super::stats`]'), or a 503 saying so.
+pub(super) fn stream_permit(
+    state: &AppState,
+) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    state.engine.stream_permit().ok_or_else(|| {
+        ApiError::TooMany(format!(
+            "Too many update streams are open (at most {MAX_UPDATE_STREAMS}); poll the jobs instead or try later"
+        ))
+    })
+}
+
 #[utoipa::path(get, path = "/api/v1/jobs/stream", tag = "jobs",
     summary = "Server-Sent Events: every change of your jobs (`event: job`)",
     params(("ids" = Option<String>, Query, description = "Only these job ids (comma-separated, at most 1000)")),
@@ -60,11 +72,7 @@ pub async fn job_updates(
             })?)
         }
     };
-    let permit = state.engine.stream_permit().ok_or_else(|| {
-        ApiError::TooMany(format!(
-            "Too many update streams are open (at most {MAX_UPDATE_STREAMS}); poll the jobs instead or try later"
-        ))
-    })?;
+    let permit = stream_permit(&state)?;
     let updates = state.engine.subscribe_updates();
     let stopping = state.engine.stopping();
     let stream = futures_util::stream::unfold((updates, permit), move |(mut updates, permit)| {

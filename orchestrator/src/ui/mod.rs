@@ -25,9 +25,9 @@ use axum::routing::get;
 use serde_json::json;
 
 use crate::api::AppState;
-use crate::api::auth::{SESSION_COOKIE, session_cookie_value};
+use crate::api::auth::{MAX_TOKEN_BYTES, SESSION_COOKIE, session_cookie_value};
 use crate::api::error::ApiError;
-use crate::api::guard::{DASHBOARD, HEADER_REQUESTED_WITH};
+use crate::api::guard::sent_by_the_dashboard;
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
@@ -35,8 +35,6 @@ const APP_CSS: &str = include_str!("assets/app.css");
 
 /// How long a sign-in lasts.
 const SESSION_SECS: u64 = 12 * 3600;
-/// The longest token a sign-in may send.
-const MAX_TOKEN_BYTES: usize = 4096;
 
 /// No script, style or connection from anywhere else; never framed.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
@@ -92,7 +90,7 @@ async fn sign_in(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    from_the_page(&headers)?;
+    sent_by_the_dashboard(&headers, "sign-in and sign-out")?;
     let raw = crate::api::body::bytes(raw)?;
     let body = crate::api::body::json_object(&raw)?.unwrap_or_default();
     let token = match body.get("token") {
@@ -116,7 +114,7 @@ async fn sign_in(
 }
 
 async fn sign_out(headers: HeaderMap) -> Result<Response, ApiError> {
-    from_the_page(&headers)?;
+    sent_by_the_dashboard(&headers, "sign-in and sign-out")?;
     Ok((
         StatusCode::OK,
         [(header::SET_COOKIE, cookie(&headers, "", 0))],
@@ -136,13 +134,4 @@ fn cookie(headers: &HeaderMap, value: &str, max_age: u64) -> HeaderValue {
         "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
     );
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
-fn from_the_page(headers: &HeaderMap) -> Result<(), ApiError> {
-    match headers.get(HEADER_REQUESTED_WITH) {
-        Some(v) if v.as_bytes() == DASHBOARD.as_bytes() => Ok(()),
-        _ => Err(ApiError::Forbidden(format!(
-            "Forbidden: sign-in and sign-out come from the dashboard (`X-Requested-With: {DASHBOARD}`)"
-        ))),
-    }
 }
