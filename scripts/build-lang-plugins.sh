@@ -57,10 +57,7 @@ done
 echo "==> JavaScript plugins (componentize-js)"
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     echo "    installing Node.js and npm (Debian's nodejs, npm; first time only)"
-    sudo=""
-    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-    install() { $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm; }
-    install || { $sudo apt-get update -q && install; }
+    ./scripts/apt-install.sh nodejs npm
 fi
 if [ ! -d plugins/js/node_modules/@bytecodealliance/componentize-js ]; then
     (cd plugins/js && npm ci --no-audit --no-fund --loglevel=error)

@@ -37,10 +37,7 @@ fi
 
 if $with_browser && { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; }; then
     echo "==> installing Chromium and chromedriver (Debian's chromium, chromium-driver; first time only)"
-    sudo=""
-    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-    install() { $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
-    install || { $sudo apt-get update -q && install; }
+    ./scripts/apt-install.sh chromium chromium-driver
 fi
 
 echo "==> building the plugins (plugins/, wasm32-wasip2)"
