@@ -129,6 +129,8 @@ async fn echo_in_rust_python_and_javascript_serves_the_scenario_and_restarts_fro
             assert!(!log.contains("panicked"), "{log}");
         }
     }
+    let (orchestrator, _) = stack.logs();
+    assert!(!orchestrator.contains("panicked"), "{orchestrator}");
 }
 
 /// `worker-host new --lang …`: each generated project passes its own tests,
