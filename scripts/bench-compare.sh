@@ -6,7 +6,11 @@
 #   3. our orchestrator (PostgreSQL, one instance) + 2 worker hosts, when
 #      PostgreSQL is reachable (BENCH_POSTGRES_URL, default the machine's)
 #   4. our orchestrator (in-memory) + 2 worker hosts
-#   5. the real avtomatika 1.0b30 orchestrator + 2 avtomatika-worker 1.0b20 echo workers
+#   5. the real avtomatika 1.0b30 orchestrator + 2 avtomatika-worker 1.0b20 echo workers,
+#      its jobs in memory (avtomatika-memory), then the same with its SQLite
+#      history database (HISTORY_DATABASE_URI=sqlite:…, avtomatika-sqlite)
+# Each of our rows is compared with the avtomatika row of the same storage
+# (ours-sqlite* with avtomatika-sqlite, the others with avtomatika-memory).
 # Same N jobs, same C in flight, same number of workers (5 task slots each),
 # the same client polling GET /jobs/{id} for both systems (backoff 0.5 → 20 ms).
 # Each run reports jobs/s, latency percentiles and CPU µs per job of the
@@ -91,10 +95,13 @@ run_ours() {
     stop_all
 }
 
+# The real avtomatika with MemoryStorage; `history` = a HISTORY_DATABASE_URI
+# (e.g. sqlite:…), its durable record of every job event, or empty for none.
 run_avtomatika() {
-    local label=avtomatika-1.0b30
+    local label=$1 history=${2:-}
     wanted "$label" || return 0
     echo "==> $label"
+    HISTORY_DATABASE_URI="$history" \
     API_HOST=127.0.0.1 API_PORT="$PORT" CLIENT_TOKEN=bench-client GLOBAL_WORKER_TOKEN=bench-worker \
         LOG_FORMAT=text LOG_LEVEL=WARNING RATE_LIMITING_ENABLED=false \
         target/compat/venv-orchestrator/bin/python tests/compat/avtomatika_orchestrator.py >"$RUN/$label-orchestrator.log" 2>&1 &
@@ -155,27 +162,35 @@ else
     echo "==> skipping PostgreSQL (psql missing or $PG_ADMIN unreachable)"
 fi
 run_ours "ours-memory" "memory"
-run_avtomatika
+run_avtomatika "avtomatika-memory"
+rm -f "$RUN"/avtomatika-history.db*
+run_avtomatika "avtomatika-sqlite" "sqlite://$PWD/$RUN/avtomatika-history.db"
 
 python3 - "$RUN/results.jsonl" "$RUN/pickup.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 pickups = {r["label"][:-len("-idle")]: r for r in map(json.loads, open(sys.argv[2]))}
-base = next((r for r in rows if r["label"].startswith("avtomatika")), None)
+avt = {r["label"]: r for r in rows if r["label"].startswith("avtomatika")}
+def base_of(r):
+    """The avtomatika row a row is compared with: the same storage, else memory."""
+    kind = "sqlite" if "sqlite" in r["label"] else "memory"
+    return avt.get(f"avtomatika-{kind}") or avt.get("avtomatika-memory") or next(iter(avt.values()), None)
 def cpu(r):
     o, w = r.get("cpu_us_orchestrator"), r.get("cpu_us_workers")
     return (o, w, o + w) if o is not None and w is not None else (None, None, None)
 fmt = lambda v: "-" if v is None else f"{v:,.0f}"
 print()
-print("| run | jobs | in flight | finished | jobs/s | p50 ms | p95 ms | p99 ms | CPU µs/job orchestrator | workers | total | idle pickup p50 / p99 ms | jobs/s vs avtomatika | CPU/job vs avtomatika |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("| run | jobs | in flight | finished | jobs/s | p50 ms | p95 ms | p99 ms | CPU µs/job orchestrator | workers | total | idle pickup p50 / p99 ms | compared with | jobs/s vs it | CPU/job vs it |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
     o, w, t = cpu(r)
+    base = base_of(r)
     bt = cpu(base)[2] if base else None
     ratio = f'{r["jobs_per_s"] / base["jobs_per_s"]:.1f}x' if base and base["jobs_per_s"] else "-"
     cpu_ratio = f'1/{bt / t:.1f}' if t and bt else "-"
     p = pickups.get(r["label"], {})
     pick = f'{p["pickup_p50_ms"]:.2f} / {p["pickup_p99_ms"]:.2f}' if p.get("pickup_p50_ms") is not None else "-"
     print(f'| {r["label"]} | {r["jobs"]} | {r["concurrency"]} | {r["finished"]} | {r["jobs_per_s"]:.1f} | '
-          f'{r["p50_ms"]:.1f} | {r["p95_ms"]:.1f} | {r["p99_ms"]:.1f} | {fmt(o)} | {fmt(w)} | {fmt(t)} | {pick} | {ratio} | {cpu_ratio} |')
+          f'{r["p50_ms"]:.1f} | {r["p95_ms"]:.1f} | {r["p99_ms"]:.1f} | {fmt(o)} | {fmt(w)} | {fmt(t)} | {pick} | '
+          f'{base["label"] if base else "-"} | {ratio} | {cpu_ratio} |')
 PY

@@ -2,7 +2,9 @@
 # Creates the two Python virtual environments the compatibility tests use,
 # with the exact avtomatika versions they target (the two packages pin
 # different orjson versions, hence two venvs):
-#   target/compat/venv-orchestrator : avtomatika==1.0b30 (+ rxon 1.0b17)
+#   target/compat/venv-orchestrator : avtomatika[history]==1.0b30 (+ rxon 1.0b17;
+#                                     the extra brings aiosqlite, for the benchmark's
+#                                     avtomatika with a SQLite history database)
 #   target/compat/venv-worker       : avtomatika-worker==1.0b20 (+ rxon 1.0b17)
 #   target/compat/venv-tools        : openapi-spec-validator (checks our OpenAPI 3.1 document)
 # Safe to run again (skips a venv whose packages are already there). If PyPI
@@ -29,8 +31,8 @@ make_venv() {
     fi
 }
 
-if ! make_venv venv-orchestrator "avtomatika==1.0b30 rxon==1.0b17" \
-        "import importlib.metadata as m; assert m.version('avtomatika') == '1.0b30'" \
+if ! make_venv venv-orchestrator "avtomatika[history]==1.0b30 rxon==1.0b17" \
+        "import importlib.metadata as m, aiosqlite; assert m.version('avtomatika') == '1.0b30'" \
    || ! make_venv venv-worker "avtomatika-worker==1.0b20 rxon==1.0b17" \
         "import importlib.metadata as m; assert m.version('avtomatika-worker') == '1.0b20'" \
    || ! make_venv venv-tools "openapi-spec-validator==0.7.2" \

@@ -8,7 +8,7 @@
 //! UTF-8.
 
 use hmac::{Hmac, Mac};
-use serde_json::{Map, Number, Value};
+use serde_json::Value;
 use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -31,53 +31,97 @@ pub enum SignError {
 /// The canonical text of `message` without the top-level `exclude` keys (and
 /// the always-excluded `security`/`_signature`).
 pub fn canonical_json(message: &Value, exclude: &[&str]) -> String {
-    let value = match message {
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .filter(|(k, _)| {
-                    !UNSIGNED_KEYS.contains(&k.as_str()) && !exclude.contains(&k.as_str())
-                })
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        ),
-        other => other.clone(),
-    };
-    // serde_json writes compact JSON with raw UTF-8; `normalize` sorts keys.
-    normalize(&value).to_string()
+    let mut out = Vec::new();
+    write_canonical(message, &mut out, Some(exclude));
+    // Written from `&str`s and serde_json's output: always UTF-8.
+    String::from_utf8(out).unwrap_or_default()
 }
 
-fn normalize(value: &Value) -> Value {
-    match value {
+/// Writes the canonical form of `value` to `out` without copying it: keys
+/// sorted (by UTF-8 bytes, i.e. by code point, as Python sorts them), nulls
+/// dropped from objects, integral floats as integers, compact separators.
+/// `top`: at the top level, the keys to leave out besides [`UNSIGNED_KEYS`].
+fn write_canonical(value: &Value, out: &mut impl std::io::Write, top: Option<&[&str]>) {
+    // Writing to a Vec or a MAC cannot fail, nor can serializing a string
+    // or a number (serde_json numbers are always finite).
+    let _ = match value {
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().filter(|k| !map[*k].is_null()).collect();
-            keys.sort();
-            let mut out = Map::with_capacity(keys.len());
-            for k in keys {
-                out.insert(k.clone(), normalize(&map[k]));
+            let mut keys: Vec<&String> = map
+                .iter()
+                .filter(|(k, v)| {
+                    !v.is_null()
+                        && top.is_none_or(|exclude| {
+                            !UNSIGNED_KEYS.contains(&k.as_str()) && !exclude.contains(&k.as_str())
+                        })
+                })
+                .map(|(k, _)| k)
+                .collect();
+            keys.sort_unstable();
+            let _ = out.write_all(b"{");
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    let _ = out.write_all(b",");
+                }
+                let _ = serde_json::to_writer(&mut *out, k);
+                let _ = out.write_all(b":");
+                write_canonical(&map[k], out, None);
             }
-            Value::Object(out)
+            out.write_all(b"}")
         }
-        Value::Array(items) => Value::Array(items.iter().map(normalize).collect()),
+        Value::Array(items) => {
+            let _ = out.write_all(b"[");
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    let _ = out.write_all(b",");
+                }
+                write_canonical(item, out, None);
+            }
+            out.write_all(b"]")
+        }
         Value::Number(n) => match n.as_f64() {
             Some(f) if !n.is_i64() && !n.is_u64() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
-                Value::Number(Number::from(f as i64))
+                serde_json::to_writer(&mut *out, &(f as i64)).map_err(Into::into)
             }
-            _ => value.clone(),
+            _ => serde_json::to_writer(&mut *out, n).map_err(Into::into),
         },
-        other => other.clone(),
+        other => serde_json::to_writer(&mut *out, other).map_err(Into::into),
+    };
+}
+
+/// An HMAC-SHA256 the canonical form is written straight into.
+struct MacWriter(HmacSha256);
+
+impl MacWriter {
+    fn new(secret: &str) -> Self {
+        // HMAC accepts keys of any length, so `new_from_slice` cannot fail.
+        match HmacSha256::new_from_slice(secret.as_bytes()) {
+            Ok(mac) => Self(mac),
+            Err(_) => unreachable!("HMAC takes keys of any size"),
+        }
+    }
+
+    /// The MAC of `message`'s canonical form (see [`canonical_json`]).
+    fn of(message: &Value, secret: &str, exclude: &[&str]) -> HmacSha256 {
+        let mut mac = Self::new(secret);
+        write_canonical(message, &mut mac, Some(exclude));
+        mac.0
+    }
+}
+
+impl std::io::Write for MacWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
 /// Lowercase hex HMAC-SHA256 of the canonical form of `message`.
 pub fn sign_message(message: &Value, secret: &str, exclude: &[&str]) -> String {
-    let canonical = canonical_json(message, exclude);
-    // HMAC accepts keys of any length, so `new_from_slice` cannot fail.
-    let mut mac = match HmacSha256::new_from_slice(secret.as_bytes()) {
-        Ok(mac) => mac,
-        Err(_) => unreachable!("HMAC takes keys of any size"),
-    };
-    mac.update(canonical.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+    hex::encode(MacWriter::of(message, secret, exclude).finalize().into_bytes())
 }
 
 /// Checks `message.security.signature` against `secret` in constant time.
@@ -92,13 +136,8 @@ pub fn verify_message(message: &Value, secret: &str, exclude: &[&str]) -> Result
         .and_then(Value::as_str)
         .ok_or(SignError::MissingSignature)?;
     let given = hex::decode(signature).map_err(|_| SignError::BadSignature)?;
-    let canonical = canonical_json(message, exclude);
-    let mut mac = match HmacSha256::new_from_slice(secret.as_bytes()) {
-        Ok(mac) => mac,
-        Err(_) => unreachable!("HMAC takes keys of any size"),
-    };
-    mac.update(canonical.as_bytes());
-    mac.verify_slice(&given)
+    MacWriter::of(message, secret, exclude)
+        .verify_slice(&given)
         .map_err(|_| SignError::BadSignature)
 }
 
@@ -119,12 +158,8 @@ pub fn verify_task(payload: &Value, secret: &str) -> Result<(), SignError> {
         .and_then(Value::as_str)
         .ok_or(SignError::MissingSignature)?;
     let given = hex::decode(sig).map_err(|_| SignError::BadSignature)?;
-    let mut mac = match HmacSha256::new_from_slice(secret.as_bytes()) {
-        Ok(mac) => mac,
-        Err(_) => unreachable!("HMAC takes keys of any size"),
-    };
-    mac.update(canonical_json(payload, TASK_UNSIGNED_KEYS).as_bytes());
-    mac.verify_slice(&given)
+    MacWriter::of(payload, secret, TASK_UNSIGNED_KEYS)
+        .verify_slice(&given)
         .map_err(|_| SignError::BadSignature)
 }
 
@@ -135,7 +170,10 @@ pub fn seal(message: &mut Value, signer_id: &str, secret: &str, now_unix: i64) {
     };
     obj.entry("timestamp").or_insert(Value::from(now_unix));
     obj.remove("security");
-    let signature = sign_message(&Value::Object(obj.clone()), secret, &[]);
+    let signature = sign_message(message, secret, &[]);
+    let Some(obj) = message.as_object_mut() else {
+        return;
+    };
     obj.insert(
         "security".into(),
         serde_json::json!({ "signature": signature, "signer_id": signer_id }),
@@ -174,6 +212,15 @@ mod tests {
         assert_eq!(
             canonical_json(&msg, &[]),
             r#"{"a":{"x":[null,1.5],"y":2},"b":1}"#
+        );
+    }
+
+    #[test]
+    fn unsigned_and_excluded_keys_are_left_out_at_the_top_level_only() {
+        let msg = json!({"sig": "s", "n": {"sig": 1, "security": 2, "e": "\"\n"}, "neg": -3.0});
+        assert_eq!(
+            canonical_json(&msg, &["sig"]),
+            r#"{"n":{"e":"\"\n","security":2,"sig":1},"neg":-3}"#
         );
     }
 

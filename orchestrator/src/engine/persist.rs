@@ -1,9 +1,11 @@
 //! The writer: applies job writes to storage in the order the engine made
 //! them, batching whatever queued up meanwhile into one transaction.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
 
 use crate::storage::{JobWrite, Storage};
 
@@ -19,6 +21,61 @@ pub struct PersistMsg {
 /// Most writes put in one transaction.
 const MAX_BATCH: usize = 512;
 
+type Ack = oneshot::Sender<Result<(), String>>;
+
+/// One transaction's worth of messages, split by kind. Its vectors are
+/// reused from batch to batch (no allocation per batch once warm).
+#[derive(Default)]
+struct Batch {
+    writes: Vec<JobWrite>,
+    delivered: Vec<Uuid>,
+    acks: Vec<Ack>,
+    /// Job id → index in `writes` (merging several writes of one job).
+    index: HashMap<Uuid, usize>,
+}
+
+impl Batch {
+    /// Adds a message. Several writes of one job in a batch become one:
+    /// the latest version of the job with every event of each, in order
+    /// (the job row is stored once per batch, the history loses nothing).
+    fn add(&mut self, msg: PersistMsg) {
+        if let Some(write) = msg.write {
+            match self.index.get(&write.job.id) {
+                Some(&at) => merge(&mut self.writes[at], write),
+                None => {
+                    self.index.insert(write.job.id, self.writes.len());
+                    self.writes.push(write);
+                }
+            }
+        }
+        self.delivered.extend(msg.webhook_done);
+        self.acks.extend(msg.ack);
+    }
+
+    fn clear(&mut self) {
+        self.writes.clear();
+        self.delivered.clear();
+        self.acks.clear();
+        self.index.clear();
+    }
+}
+
+/// `later` folded into `earlier` (same job, made after it).
+fn merge(earlier: &mut JobWrite, later: JobWrite) {
+    let JobWrite {
+        job,
+        events,
+        webhook,
+    } = later;
+    if job.version >= earlier.job.version {
+        earlier.job = job;
+    }
+    earlier.events.extend(events);
+    if webhook.is_some() {
+        earlier.webhook = webhook;
+    }
+}
+
 pub fn spawn_writer(
     storage: Arc<dyn Storage>,
 ) -> (
@@ -27,31 +84,88 @@ pub fn spawn_writer(
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel::<PersistMsg>();
     let handle = tokio::spawn(async move {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-            let msgs = std::mem::take(&mut batch);
+        let mut incoming = Vec::with_capacity(MAX_BATCH);
+        let mut batch = Batch::default();
+        while rx.recv_many(&mut incoming, MAX_BATCH).await > 0 {
+            for msg in incoming.drain(..) {
+                batch.add(msg);
+            }
             let storage = storage.clone();
             let result = tokio::task::spawn_blocking(move || {
-                let writes: Vec<JobWrite> = msgs.iter().filter_map(|m| m.write.clone()).collect();
-                let done: Vec<uuid::Uuid> = msgs.iter().filter_map(|m| m.webhook_done).collect();
-                (storage.write(&writes, &done), msgs)
+                let outcome = storage.write(&batch.writes, &batch.delivered);
+                (outcome, batch)
             })
             .await;
             match result {
-                Ok((outcome, msgs)) => {
+                Ok((outcome, mut done)) => {
                     if let Err(e) = &outcome {
-                        tracing::error!("could not save {} job change(s): {e}", msgs.len());
+                        tracing::error!("could not save {} job change(s): {e}", done.writes.len());
                     }
-                    for m in msgs {
-                        if let Some(ack) = m.ack {
-                            let _ =
-                                ack.send(outcome.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-                        }
+                    for ack in done.acks.drain(..) {
+                        let _ = ack.send(outcome.as_ref().map(|_| ()).map_err(|e| e.to_string()));
                     }
+                    done.clear();
+                    batch = done;
                 }
-                Err(e) => tracing::error!("the storage writer crashed: {e}"),
+                Err(e) => {
+                    tracing::error!("the storage writer crashed: {e}");
+                    batch = Batch::default();
+                }
             }
         }
     });
     (tx, handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::Job;
+    use crate::job::JobEvent;
+
+    fn job() -> Job {
+        serde_json::from_value(serde_json::json!({
+            "id": Uuid::new_v4(), "blueprint": "b", "owner": "o", "status": "running",
+            "current_state": "start", "initial_data": {}, "results": {}, "state_history": [],
+            "transitions": 0, "created_at": "2026-01-01T00:00:00Z",
+            "updated_at": "2026-01-01T00:00:00Z", "version": 0
+        }))
+        .unwrap()
+    }
+
+    fn write(job: &Job, version: u64, event: &str) -> PersistMsg {
+        let mut job = job.clone();
+        job.version = version;
+        PersistMsg {
+            write: Some(JobWrite {
+                job,
+                events: vec![crate::engine::event(
+                    crate::engine::EventKind::Transition,
+                    event,
+                )],
+                webhook: None,
+            }),
+            webhook_done: None,
+            ack: None,
+        }
+    }
+
+    #[test]
+    fn writes_of_one_job_in_a_batch_keep_the_latest_job_and_every_event() {
+        let (a, b) = (job(), job());
+        let mut batch = Batch::default();
+        batch.add(write(&a, 1, "a1"));
+        batch.add(write(&b, 1, "b1"));
+        batch.add(write(&a, 2, "a2"));
+        batch.add(write(&a, 3, "a3"));
+        assert_eq!(batch.writes.len(), 2);
+        let merged = &batch.writes[0];
+        assert_eq!(merged.job.id, a.id);
+        assert_eq!(merged.job.version, 3);
+        let messages: Vec<&str> = merged.events.iter().map(|e: &JobEvent| e.message.as_str()).collect();
+        assert_eq!(messages, ["a1", "a2", "a3"]);
+        assert_eq!(batch.writes[1].job.id, b.id);
+        batch.clear();
+        assert!(batch.writes.is_empty() && batch.index.is_empty());
+    }
 }

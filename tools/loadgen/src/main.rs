@@ -9,7 +9,10 @@
 //!
 //! CPU per job: with `--orchestrator-pid` and `--worker-pids`, the user +
 //! system time those processes spent during the run (from `/proc/<pid>/stat`,
-//! all threads), divided by the jobs finished. `--pickup` also reads each
+//! all threads), divided by the jobs finished; the load generator's own CPU
+//! per job is reported beside them (it shares the machine with the servers).
+//! It runs on `--client-threads` runtime threads (default 1: the least CPU
+//! per request, so the servers get the rest of the machine). `--pickup` also reads each
 //! job's history and reports how long its first task waited between the
 //! job's creation and its dispatch to a worker (server timestamps).
 //!
@@ -81,6 +84,9 @@ struct Args {
     /// Report the pickup latency: job created → first task dispatched.
     #[arg(long)]
     pickup: bool,
+    /// Runtime threads of the load generator itself.
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
 }
 
 /// CPU time (user + system, all threads) of `pids` so far, in µs; `None`
@@ -100,6 +106,12 @@ fn cpu_micros(pids: &[u32]) -> Option<f64> {
         total += (utime + stime) * TICK_MICROS;
     }
     Some(total)
+}
+
+/// The one field of a job the client needs; the rest is skipped unparsed.
+#[derive(serde::Deserialize)]
+struct Polled {
+    status: Option<String>,
 }
 
 struct Outcome {
@@ -181,14 +193,14 @@ async fn run_job(http: &reqwest::Client, args: &Args, n: usize) -> anyhow::Resul
             Follow::Wait | Follow::CreateWait => format!("{base}{prefix}/jobs/{id}?wait=30"),
             Follow::Poll => format!("{base}{prefix}/jobs/{id}"),
         };
-        let job: Value = http
+        let job: Polled = http
             .get(url)
             .header("X-Client-Token", &args.token)
             .send()
             .await?
             .json()
             .await?;
-        let st = job["status"].as_str().unwrap_or("unknown").to_string();
+        let st = job.status.unwrap_or_else(|| "unknown".into());
         if ["finished", "failed", "quarantined", "cancelled"].contains(&st.as_str()) {
             let latency = started.elapsed();
             let pickup = match args.pickup {
@@ -223,16 +235,30 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Arc::new(Args::parse());
+    let runtime = match args.client_threads {
+        0 | 1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()?,
+    };
+    runtime.block_on(drive(args))
+}
+
+async fn drive(args: Arc<Args>) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency * 2)
         .build()?;
     let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let own = [std::process::id()];
     let cpu_before = (
         cpu_micros(&args.orchestrator_pid),
         cpu_micros(&args.worker_pids),
+        cpu_micros(&own),
     );
     let started = Instant::now();
     let mut handles = Vec::with_capacity(args.jobs);
@@ -264,6 +290,7 @@ async fn main() -> anyhow::Result<()> {
     let cpu_after = (
         cpu_micros(&args.orchestrator_pid),
         cpu_micros(&args.worker_pids),
+        cpu_micros(&own),
     );
     latencies.sort();
     pickups.sort();
@@ -281,6 +308,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let cpu_orchestrator = per_job(cpu_before.0, cpu_after.0);
     let cpu_workers = per_job(cpu_before.1, cpu_after.1);
+    let cpu_client = per_job(cpu_before.2, cpu_after.2);
     let pickup = (!pickups.is_empty()).then(|| {
         (
             ms(percentile(&pickups, 0.50)),
@@ -289,9 +317,10 @@ async fn main() -> anyhow::Result<()> {
     });
     if let (Some(o), Some(w)) = (cpu_orchestrator, cpu_workers) {
         println!(
-            "{:<28} CPU per job: orchestrator {o:.0} µs, workers {w:.0} µs, total {:.0} µs",
+            "{:<28} CPU per job: orchestrator {o:.0} µs, workers {w:.0} µs, total {:.0} µs (load generator {:.0} µs)",
             args.label,
-            o + w
+            o + w,
+            cpu_client.unwrap_or_default()
         );
     }
     if let Some((p50, p99)) = pickup {
@@ -319,7 +348,7 @@ async fn main() -> anyhow::Result<()> {
             json!({"label": args.label, "jobs": args.jobs, "concurrency": args.concurrency, "finished": finished,
                    "elapsed_s": elapsed.as_secs_f64(), "jobs_per_s": rate, "p50_ms": ms(p50), "p95_ms": ms(p95),
                    "p99_ms": ms(p99), "outcomes": outcomes, "cpu_us_orchestrator": cpu_orchestrator,
-                   "cpu_us_workers": cpu_workers, "pickup_p50_ms": pickup.map(|p| p.0),
+                   "cpu_us_workers": cpu_workers, "cpu_us_client": cpu_client, "pickup_p50_ms": pickup.map(|p| p.0),
                    "pickup_p99_ms": pickup.map(|p| p.1)})
         );
     }

@@ -150,7 +150,11 @@ fn pool_config(sandbox: &SandboxConfig) -> PoolingAllocationConfig {
         // Reset a reused slot's first pages with memset instead of madvise:
         // small plugins then cost no page faults or TLB shootdowns per task.
         .linear_memory_keep_resident(KEEP_RESIDENT)
-        .table_keep_resident(KEEP_RESIDENT);
+        .table_keep_resident(KEEP_RESIDENT)
+        // Where the kernel has PAGEMAP_SCAN (Linux 6.7+), only the pages a
+        // task dirtied are reset, not the whole resident part: a task that
+        // touches a few pages of its memory costs a few pages of memset.
+        .pagemap_scan(wasmtime::Enabled::Auto);
     pool
 }
 
