@@ -96,9 +96,14 @@ impl Worker {
                 }
             }
         }
-        // Every slot back: the tasks taken have finished and reported.
+        // Every slot back and every delivery done: the tasks taken have
+        // finished and reported.
         let all = inner.settings.max_concurrent_tasks.max(1) as u32;
         let _ = inner.slots.acquire_many(all).await;
+        let _ = inner
+            .deliveries
+            .acquire_many(all * super::RESULTS_IN_DELIVERY_PER_SLOT as u32)
+            .await;
     }
 
     async fn channel_session(
@@ -239,8 +244,8 @@ impl Worker {
                     }
                 }
             };
-            worker.handle_task(task).await;
-            drop(_permit);
+            let slot = super::tasks::Slot::early(_permit, &worker.inner.deliveries);
+            worker.handle_task(task, Some(slot)).await;
             worker.inner.slot_freed.notify_one();
         });
     }

@@ -91,10 +91,21 @@ struct Inner {
     slots: Arc<tokio::sync::Semaphore>,
     /// A slot became free (the channel offers it again).
     slot_freed: tokio::sync::Notify,
+    /// Results being delivered after their task gave its slot back (see
+    /// [`RESULTS_IN_DELIVERY_PER_SLOT`]).
+    deliveries: Arc<tokio::sync::Semaphore>,
     registrations: Registrations,
     /// Tells this process apart from an earlier one with the same worker id.
     instance_id: String,
 }
+
+/// On the task channel a task gives its slot back as soon as its result
+/// is handed to the channel, so the slot is offered again in the same write
+/// as the result. At most this many such results per slot may be awaiting
+/// the orchestrator's answer; past that, a task keeps its slot until its
+/// result is answered (an orchestrator that stops answering cannot make the
+/// worker pile results up).
+pub const RESULTS_IN_DELIVERY_PER_SLOT: usize = 2;
 
 /// Most time between heartbeats while a task runs: a cancelled job's task
 /// is stopped within about this long.
@@ -149,6 +160,9 @@ impl Worker {
                 task_started: tokio::sync::Notify::new(),
                 slots: Arc::new(tokio::sync::Semaphore::new(slots)),
                 slot_freed: tokio::sync::Notify::new(),
+                deliveries: Arc::new(tokio::sync::Semaphore::new(
+                    slots * RESULTS_IN_DELIVERY_PER_SLOT,
+                )),
                 registrations: Registrations::new(),
                 instance_id: uuid::Uuid::new_v4().to_string(),
             }),
@@ -464,7 +478,7 @@ impl Worker {
             match polled {
                 Ok(Some(task)) => {
                     backoff.reset();
-                    self.handle_task(task).await;
+                    self.handle_task(task, None).await;
                 }
                 Ok(None) => backoff.reset(),
                 Err(e) if e.needs_registration() => {

@@ -15,9 +15,50 @@ use crate::outcome::TaskOutcome;
 use crate::sandbox::state::Progress;
 use crate::sandbox::{SandboxEngine, TaskInput, task};
 
+/// The task slot a channel task holds, given back once its result is
+/// handed to the channel (see [`super::RESULTS_IN_DELIVERY_PER_SLOT`]).
+pub(super) struct Slot {
+    permit: tokio::sync::OwnedSemaphorePermit,
+    deliveries: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// What a task holds while its result is delivered: its slot, or, once
+/// the slot is given back, a delivery permit. Held only to be dropped.
+#[allow(dead_code)]
+enum Held {
+    Slot(Slot),
+    Delivery(tokio::sync::OwnedSemaphorePermit),
+}
+
+impl Slot {
+    pub(super) fn early(
+        permit: tokio::sync::OwnedSemaphorePermit,
+        deliveries: &std::sync::Arc<tokio::sync::Semaphore>,
+    ) -> Self {
+        Self {
+            permit,
+            deliveries: deliveries.clone(),
+        }
+    }
+
+    /// Gives the slot back if a delivery permit is free (it is held until
+    /// the result is answered instead); else keeps the slot.
+    fn release(self, freed: &tokio::sync::Notify) -> Held {
+        match self.deliveries.clone().try_acquire_owned() {
+            Ok(delivery) => {
+                drop(self.permit);
+                freed.notify_one();
+                Held::Delivery(delivery)
+            }
+            Err(_) => Held::Slot(self),
+        }
+    }
+}
+
 impl Worker {
-    /// Executes one task and submits its result.
-    pub(super) async fn handle_task(&self, task: PolledTask) {
+    /// Executes one task and submits its result. A channel task passes its
+    /// `slot`, given back as soon as the result is on its way.
+    pub(super) async fn handle_task(&self, task: PolledTask, slot: Option<Slot>) {
         let inner = &self.inner;
         let PolledTask { payload, raw } = task;
         let params = serde_json::Value::Object(payload.params.clone()).to_string();
@@ -114,8 +155,10 @@ impl Worker {
                 for_log(message)
             ),
         }
+        let held = slot.map(|slot| slot.release(&self.inner.slot_freed));
         self.submit(&payload, outcome, elapsed).await;
         self.task_ended(&payload.task_id);
+        drop(held);
     }
 
     fn task_ended(&self, task_id: &str) {
