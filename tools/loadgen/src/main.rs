@@ -25,6 +25,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+/// The same allocator as the servers': the client's own cost per request
+/// stays small next to theirs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, ValueEnum};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
@@ -84,6 +89,10 @@ struct Args {
     /// Report the pickup latency: job created → first task dispatched.
     #[arg(long)]
     pickup: bool,
+    /// Jobs run first and not counted (same concurrency, one continuous
+    /// stream): the figures are of a warm system, not of its first burst.
+    #[arg(long, default_value_t = 0)]
+    warmup: usize,
     /// Runtime threads of the load generator itself.
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
@@ -188,13 +197,14 @@ async fn run_job(http: &reqwest::Client, args: &Args, n: usize) -> anyhow::Resul
         .map(|(p, _)| p)
         .unwrap_or("/api/v1");
     let mut backoff = Duration::from_micros(500);
+    // Parsed once per job, not once per request.
+    let url = reqwest::Url::parse(&match args.follow {
+        Follow::Wait | Follow::CreateWait => format!("{base}{prefix}/jobs/{id}?wait=30"),
+        Follow::Poll => format!("{base}{prefix}/jobs/{id}"),
+    })?;
     loop {
-        let url = match args.follow {
-            Follow::Wait | Follow::CreateWait => format!("{base}{prefix}/jobs/{id}?wait=30"),
-            Follow::Poll => format!("{base}{prefix}/jobs/{id}"),
-        };
         let job: Polled = http
-            .get(url)
+            .get(url.clone())
             .header("X-Client-Token", &args.token)
             .send()
             .await?
@@ -252,24 +262,40 @@ fn main() -> anyhow::Result<()> {
 async fn drive(args: Arc<Args>) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency * 2)
+        .redirect(reqwest::redirect::Policy::none())
         .build()?;
     let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
     let own = [std::process::id()];
-    let cpu_before = (
-        cpu_micros(&args.orchestrator_pid),
-        cpu_micros(&args.worker_pids),
-        cpu_micros(&own),
-    );
-    let started = Instant::now();
+    let cpu_now = || {
+        (
+            cpu_micros(&args.orchestrator_pid),
+            cpu_micros(&args.worker_pids),
+            cpu_micros(&own),
+        )
+    };
+    // One stream of jobs: the first `--warmup` keep C in flight while the
+    // servers warm up and are not counted; the clock and the CPU counters
+    // start as the first measured job is created.
+    let mut cpu_before = cpu_now();
+    let mut started = Instant::now();
     let mut handles = Vec::with_capacity(args.jobs);
-    for n in 0..args.jobs {
+    let mut warming = Vec::with_capacity(args.warmup);
+    for n in 0..args.warmup + args.jobs {
         let permit = gate.clone().acquire_owned().await?;
-        let (http, args) = (http.clone(), args.clone());
-        handles.push(tokio::spawn(async move {
-            let outcome = run_job(&http, &args, n).await;
+        if n == args.warmup {
+            cpu_before = cpu_now();
+            started = Instant::now();
+        }
+        let (http, job_args) = (http.clone(), args.clone());
+        let job = tokio::spawn(async move {
+            let outcome = run_job(&http, &job_args, n).await;
             drop(permit);
             outcome
-        }));
+        });
+        match n < args.warmup {
+            true => warming.push(job),
+            false => handles.push(job),
+        }
     }
     let mut latencies = Vec::new();
     let mut pickups = Vec::new();
@@ -287,11 +313,12 @@ async fn drive(args: Arc<Args>) -> anyhow::Result<()> {
         }
     }
     let elapsed = started.elapsed();
-    let cpu_after = (
-        cpu_micros(&args.orchestrator_pid),
-        cpu_micros(&args.worker_pids),
-        cpu_micros(&own),
-    );
+    let cpu_after = cpu_now();
+    for job in warming {
+        if let Ok(Err(e)) = job.await {
+            eprintln!("warning: a warm-up job failed: {e:#}");
+        }
+    }
     latencies.sort();
     pickups.sort();
     let finished = latencies.len();
