@@ -476,6 +476,9 @@ async fn write_frames(
         if sink.feed(first).await.is_err() {
             break;
         }
+        // Let the tasks about to answer too (the reply to a result and the
+        // next task usually come together) join this write.
+        tokio::task::yield_now().await;
         let mut closed = closing;
         while !closed && let Ok(more) = outbox.try_recv() {
             closed = matches!(more, Message::Close(_));

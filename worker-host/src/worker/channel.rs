@@ -269,6 +269,9 @@ async fn write_frames(
         if sink.feed(first).await.is_err() {
             return;
         }
+        // Let the frames about to follow (a result's slot offered again)
+        // join this write.
+        tokio::task::yield_now().await;
         while let Ok(more) = outbox.try_recv() {
             if sink.feed(more).await.is_err() {
                 return;
