@@ -121,7 +121,11 @@ impl std::io::Write for MacWriter {
 
 /// Lowercase hex HMAC-SHA256 of the canonical form of `message`.
 pub fn sign_message(message: &Value, secret: &str, exclude: &[&str]) -> String {
-    hex::encode(MacWriter::of(message, secret, exclude).finalize().into_bytes())
+    hex::encode(
+        MacWriter::of(message, secret, exclude)
+            .finalize()
+            .into_bytes(),
+    )
 }
 
 /// Checks `message.security.signature` against `secret` in constant time.

@@ -162,7 +162,11 @@ mod tests {
         let merged = &batch.writes[0];
         assert_eq!(merged.job.id, a.id);
         assert_eq!(merged.job.version, 3);
-        let messages: Vec<&str> = merged.events.iter().map(|e: &JobEvent| e.message.as_str()).collect();
+        let messages: Vec<&str> = merged
+            .events
+            .iter()
+            .map(|e: &JobEvent| e.message.as_str())
+            .collect();
         assert_eq!(messages, ["a1", "a2", "a3"]);
         assert_eq!(batch.writes[1].job.id, b.id);
         batch.clear();
