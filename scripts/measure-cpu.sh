@@ -7,6 +7,7 @@
 #   ./scripts/measure-cpu.sh                          # create-and-wait clients
 #   FOLLOW=poll ./scripts/measure-cpu.sh              # create, then poll GET /jobs/{id}
 #   WFLAGS=--no-task-channel ./scripts/measure-cpu.sh # workers on the HTTP long-poll
+#   WARMUP=500 ./scripts/measure-cpu.sh               # 500 uncounted jobs first
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS="${JOBS:-6000}"
@@ -29,7 +30,7 @@ for i in 1 2; do
 done
 sleep 2
 for run in 1 2; do
-    ./target/release/loadgen --url "http://127.0.0.1:$PORT" --token bench-client --jobs "$JOBS" \
+    ./target/release/loadgen --url "http://127.0.0.1:$PORT" --token bench-client --jobs "$JOBS" --warmup "${WARMUP:-0}" \
         --concurrency 50 --follow "${FOLLOW:-create-wait}" --label "run$run" \
         --orchestrator-pid "${pids[0]}" --worker-pids "${pids[1]},${pids[2]}" | grep -E "CPU per job|rate=" | sed 's/ outcomes.*//'
 done
