@@ -99,12 +99,12 @@ struct Inner {
     instance_id: String,
 }
 
-/// On the task channel a task gives its slot back as soon as its result
-/// is handed to the channel, so the slot is offered again in the same write
-/// as the result. At most this many such results per slot may be awaiting
-/// the orchestrator's answer; past that, a task keeps its slot until its
-/// result is answered (an orchestrator that stops answering cannot make the
-/// worker pile results up).
+/// On the task channel a task gives its slot back as soon as it has run,
+/// before its result is sent, so the slot is usually offered again in the
+/// same write as the result. At most this many such results per slot may be
+/// in delivery (sent, or retried, and not yet answered); past that, a task
+/// keeps its slot until its result is answered (an orchestrator that stops
+/// answering cannot make the worker pile results up).
 pub const RESULTS_IN_DELIVERY_PER_SLOT: usize = 2;
 
 /// Most time between heartbeats while a task runs: a cancelled job's task

@@ -15,8 +15,8 @@ use crate::outcome::TaskOutcome;
 use crate::sandbox::state::Progress;
 use crate::sandbox::{SandboxEngine, TaskInput, task};
 
-/// The task slot a channel task holds, given back once its result is
-/// handed to the channel (see [`super::RESULTS_IN_DELIVERY_PER_SLOT`]).
+/// The task slot a channel task holds, given back once the task has run,
+/// before its result is sent (see [`super::RESULTS_IN_DELIVERY_PER_SLOT`]).
 pub(super) struct Slot {
     permit: tokio::sync::OwnedSemaphorePermit,
     deliveries: std::sync::Arc<tokio::sync::Semaphore>,
@@ -57,7 +57,7 @@ impl Slot {
 
 impl Worker {
     /// Executes one task and submits its result. A channel task passes its
-    /// `slot`, given back as soon as the result is on its way.
+    /// `slot`, given back as soon as the task has run.
     pub(super) async fn handle_task(&self, task: PolledTask, slot: Option<Slot>) {
         let inner = &self.inner;
         let PolledTask { payload, raw } = task;
