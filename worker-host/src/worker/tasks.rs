@@ -22,14 +22,6 @@ pub(super) struct Slot {
     deliveries: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
-/// What a task holds while its result is delivered: its slot, or, once
-/// the slot is given back, a delivery permit. Held only to be dropped.
-#[allow(dead_code)]
-enum Held {
-    Slot(Slot),
-    Delivery(tokio::sync::OwnedSemaphorePermit),
-}
-
 impl Slot {
     pub(super) fn early(
         permit: tokio::sync::OwnedSemaphorePermit,
@@ -41,16 +33,17 @@ impl Slot {
         }
     }
 
-    /// Gives the slot back if a delivery permit is free (it is held until
-    /// the result is answered instead); else keeps the slot.
-    fn release(self, freed: &tokio::sync::Notify) -> Held {
-        match self.deliveries.clone().try_acquire_owned() {
+    /// Gives the slot back if a delivery permit is free, and returns the
+    /// permit to hold until the result is answered: that delivery permit,
+    /// or else the slot itself.
+    fn release(self, freed: &tokio::sync::Notify) -> tokio::sync::OwnedSemaphorePermit {
+        match self.deliveries.try_acquire_owned() {
             Ok(delivery) => {
                 drop(self.permit);
                 freed.notify_one();
-                Held::Delivery(delivery)
+                delivery
             }
-            Err(_) => Held::Slot(self),
+            Err(_) => self.permit,
         }
     }
 }
