@@ -27,14 +27,13 @@
 //! | `orchestrator_workers` | |
 //! | `orchestrator_http_request_duration_seconds` (histogram) | route, method, status |
 
-use std::sync::OnceLock;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics::{counter, gauge, histogram};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::engine::EventKind;
 use crate::storage::JobWrite;
@@ -45,22 +44,11 @@ const BUCKETS: [f64; 16] = [
     300.0,
 ];
 
-static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-
 /// Installs the process-wide recorder (once; later calls return the same
-/// handle). `None` if another recorder was installed first.
+/// handle), histogram upkeep included. `None` if another recorder was
+/// installed first.
 pub fn install() -> Option<&'static PrometheusHandle> {
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets(&BUCKETS)
-                .ok()?
-                .build_recorder();
-            let handle = recorder.handle();
-            metrics::set_global_recorder(recorder).ok()?;
-            Some(handle)
-        })
-        .as_ref()
+    metrics_recorder::install(&BUCKETS)
 }
 
 /// What one job change adds to the series (computed where the change is

@@ -133,7 +133,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         args.plugins_dir.clone(),
         shutdown.clone(),
     ));
-    worker.run(shutdown).await?;
+    // On a runtime thread, not this `block_on` thread: the channel's reader
+    // spawns a task per frame, and from here each spawn and each socket
+    // wake-up would cross threads.
+    tokio::spawn(async move { worker.run(shutdown).await })
+        .await
+        .context("the worker loop panicked")??;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -12,9 +12,8 @@
 //! | `worker_task_channel_open` (1 while the task channel is open) | |
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 pub use metrics::{counter, gauge, histogram};
 
@@ -24,22 +23,11 @@ const BUCKETS: [f64; 18] = [
     0.1, 0.25, 1.0, 5.0, 60.0, 300.0,
 ];
 
-static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-
-/// Installs the process-wide recorder once; `None` if another recorder was
+/// Installs the process-wide recorder (once; later calls return the same
+/// handle), histogram upkeep included. `None` if another recorder was
 /// installed first.
 pub fn install() -> Option<&'static PrometheusHandle> {
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets(&BUCKETS)
-                .ok()?
-                .build_recorder();
-            let handle = recorder.handle();
-            metrics::set_global_recorder(recorder).ok()?;
-            Some(handle)
-        })
-        .as_ref()
+    metrics_recorder::install(&BUCKETS)
 }
 
 /// The label of a plugin: its registry name, else its file name.

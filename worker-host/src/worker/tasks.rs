@@ -96,7 +96,11 @@ impl Worker {
             in_flight.len()
         };
         crate::metrics::gauge!("worker_tasks_in_flight").set(running as f64);
-        inner.task_started.notify_one();
+        // The heartbeat loop (a thread of its own) only needs to hear that the
+        // worker went from idle to busy: it beats faster while tasks run.
+        if running == 1 {
+            inner.task_started.notify_one();
+        }
         let started = std::time::Instant::now();
         let outcome = self.execute(&payload, &plugin, params, &cancel).await;
         let elapsed = started.elapsed();

@@ -1,0 +1,81 @@
+//! The process-wide Prometheus recorder of the orchestrator and of the
+//! worker host: installed once, with a thread that folds histogram samples
+//! into their buckets every [`UPKEEP_EVERY`].
+//!
+//! The recorder keeps every histogram sample it is given until an upkeep
+//! runs; without the thread, a process nobody scrapes would grow by every
+//! request and task it times.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// How often histogram samples are folded into their buckets.
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the recorder with histogram `buckets` (in seconds) once; later
+/// calls return the same handle whatever their buckets. `None` if another
+/// recorder was installed first (or the buckets are empty).
+pub fn install(buckets: &[f64]) -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(buckets)
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            spawn_upkeep(handle.clone());
+            Some(handle)
+        })
+        .as_ref()
+}
+
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(
+            "cannot start the metrics upkeep thread: {e}; histogram samples are folded only when /metrics is scraped"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thread_names() -> Vec<String> {
+        std::fs::read_dir("/proc/self/task")
+            .map(|dir| {
+                dir.flatten()
+                    .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                    .map(|name| name.trim().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn installing_starts_the_upkeep_thread_once() {
+        let handle = install(&[0.001, 1.0]).expect("the first recorder of this process");
+        let again = install(&[5.0]).expect("the same recorder");
+        assert!(std::ptr::eq(handle, again));
+        let upkeep = thread_names()
+            .iter()
+            .filter(|n| *n == "metrics-upkeep")
+            .count();
+        assert_eq!(upkeep, 1, "threads: {:?}", thread_names());
+        metrics::histogram!("upkeep_probe_seconds").record(0.0005);
+        assert!(handle.render().contains("upkeep_probe_seconds_count 1"));
+    }
+}
