@@ -9,23 +9,30 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// How often histogram samples are folded into their buckets.
 pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
-/// Installs the recorder with histogram `buckets` (in seconds) once; later
-/// calls return the same handle whatever their buckets. `None` if another
-/// recorder was installed first (or the buckets are empty).
-pub fn install(buckets: &[f64]) -> Option<&'static PrometheusHandle> {
+/// Installs the recorder once: histogram `buckets` (in seconds), and
+/// `per_metric` buckets for the histograms named there (counts, sizes).
+/// Later calls return the same handle whatever their buckets. `None` if
+/// another recorder was installed first (or some buckets are empty).
+pub fn install(
+    buckets: &[f64],
+    per_metric: &[(&str, &[f64])],
+) -> Option<&'static PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets(buckets)
-                .ok()?
-                .build_recorder();
+            let mut builder = PrometheusBuilder::new().set_buckets(buckets).ok()?;
+            for (name, buckets) in per_metric {
+                builder = builder
+                    .set_buckets_for_metric(Matcher::Full((*name).to_string()), buckets)
+                    .ok()?;
+            }
+            let recorder = builder.build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
             spawn_upkeep(handle.clone());
@@ -67,8 +74,9 @@ mod tests {
 
     #[test]
     fn installing_starts_the_upkeep_thread_once() {
-        let handle = install(&[0.001, 1.0]).expect("the first recorder of this process");
-        let again = install(&[5.0]).expect("the same recorder");
+        let handle = install(&[0.001, 1.0], &[("probe_items", &[1.0, 10.0])])
+            .expect("the first recorder of this process");
+        let again = install(&[5.0], &[]).expect("the same recorder");
         assert!(std::ptr::eq(handle, again));
         let upkeep = thread_names()
             .iter()
@@ -76,6 +84,14 @@ mod tests {
             .count();
         assert_eq!(upkeep, 1, "threads: {:?}", thread_names());
         metrics::histogram!("upkeep_probe_seconds").record(0.0005);
-        assert!(handle.render().contains("upkeep_probe_seconds_count 1"));
+        metrics::histogram!("probe_items").record(7.0);
+        let text = handle.render();
+        assert!(text.contains("upkeep_probe_seconds_count 1"), "{text}");
+        assert!(
+            text.contains(r#"upkeep_probe_seconds_bucket{le="0.001"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"probe_items_bucket{le="10"} 1"#), "{text}");
+        assert!(text.contains(r#"probe_items_bucket{le="1"} 0"#), "{text}");
     }
 }

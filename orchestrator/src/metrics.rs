@@ -26,6 +26,8 @@
 //! | `orchestrator_tasks_in_flight` | |
 //! | `orchestrator_workers` | |
 //! | `orchestrator_http_request_duration_seconds` (histogram) | route, method, status |
+//! | `orchestrator_storage_batch_writes` (histogram: job writes per transaction; single instance) | |
+//! | `orchestrator_storage_commit_seconds` (histogram: one transaction of the storage writer) | |
 
 use std::time::Instant;
 
@@ -44,11 +46,17 @@ const BUCKETS: [f64; 16] = [
     300.0,
 ];
 
+/// Buckets of `orchestrator_storage_batch_writes` (job writes).
+const BATCH_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 512.0];
+
 /// Installs the process-wide recorder (once; later calls return the same
 /// handle), histogram upkeep included. `None` if another recorder was
 /// installed first.
 pub fn install() -> Option<&'static PrometheusHandle> {
-    metrics_recorder::install(&BUCKETS)
+    metrics_recorder::install(
+        &BUCKETS,
+        &[("orchestrator_storage_batch_writes", &BATCH_BUCKETS)],
+    )
 }
 
 /// What one job change adds to the series (computed where the change is
@@ -163,6 +171,13 @@ pub(crate) fn record(observed: impl IntoIterator<Item = Observation>) {
             }
         }
     }
+}
+
+/// One transaction of the storage writer: how many job writes it held
+/// (several changes of one job in a batch are one write) and how long it took.
+pub(crate) fn storage_batch(writes: usize, took: std::time::Duration) {
+    histogram!("orchestrator_storage_batch_writes").record(writes as f64);
+    histogram!("orchestrator_storage_commit_seconds").record(took.as_secs_f64());
 }
 
 /// The engine's state at the moment of a scrape.

@@ -47,6 +47,11 @@ pub const HEADER_MAX_FRAME: &str = "X-Max-Frame-Bytes";
 
 /// Most task credits a worker may hold on one channel.
 pub const MAX_CREDITS: u32 = 1024;
+/// Most bytes either end reads from the socket at once (the WebSocket read
+/// buffer). Frames are usually a few KiB, and tungstenite zeroes this much
+/// before every read: its 128 KiB default cost a 128 KiB memset per read.
+/// Larger frames are read in several reads.
+pub const READ_BUFFER_BYTES: usize = 16 << 10;
 
 /// Closed: the worker is not registered (register, then reconnect).
 pub const CLOSE_UNKNOWN_WORKER: u16 = 4404;

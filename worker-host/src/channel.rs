@@ -81,6 +81,7 @@ pub async fn connect(
     headers.insert(HEADER_RXON_VERSION, value(PROTOCOL_VERSION)?);
     headers.insert("Sec-WebSocket-Protocol", value(SUBPROTOCOL)?);
     let config = WebSocketConfig::default()
+        .read_buffer_size(rxon::channel::READ_BUFFER_BYTES)
         .max_message_size(Some(MAX_FRAME_BYTES))
         .max_frame_size(Some(MAX_FRAME_BYTES));
     let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);

@@ -27,7 +27,7 @@ const BUCKETS: [f64; 18] = [
 /// handle), histogram upkeep included. `None` if another recorder was
 /// installed first.
 pub fn install() -> Option<&'static PrometheusHandle> {
-    metrics_recorder::install(&BUCKETS)
+    metrics_recorder::install(&BUCKETS, &[])
 }
 
 /// The label of a plugin: its registry name, else its file name.

@@ -134,6 +134,7 @@ pub async fn open(
     let max = state.max_body;
     let mut response = upgrade
         .protocols([SUBPROTOCOL])
+        .read_buffer_size(rxon::channel::READ_BUFFER_BYTES)
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| async move {

@@ -92,7 +92,9 @@ pub fn spawn_writer(
             }
             let storage = storage.clone();
             let result = tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
                 let outcome = storage.write(&batch.writes, &batch.delivered);
+                crate::metrics::storage_batch(batch.writes.len(), started.elapsed());
                 (outcome, batch)
             })
             .await;
