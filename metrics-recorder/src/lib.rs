@@ -78,11 +78,18 @@ mod tests {
             .expect("the first recorder of this process");
         let again = install(&[5.0], &[]).expect("the same recorder");
         assert!(std::ptr::eq(handle, again));
-        let upkeep = thread_names()
-            .iter()
-            .filter(|n| *n == "metrics-upkeep")
-            .count();
-        assert_eq!(upkeep, 1, "threads: {:?}", thread_names());
+        // The new thread names itself once it runs: give it a moment.
+        let upkeeps = || {
+            thread_names()
+                .iter()
+                .filter(|n| *n == "metrics-upkeep")
+                .count()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while upkeeps() == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(upkeeps(), 1, "threads: {:?}", thread_names());
         metrics::histogram!("upkeep_probe_seconds").record(0.0005);
         metrics::histogram!("probe_items").record(7.0);
         let text = handle.render();
