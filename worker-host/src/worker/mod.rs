@@ -85,7 +85,8 @@ struct Inner {
     /// The tasks running now (reported in heartbeats), each with the token
     /// that stops it when the orchestrator asks.
     in_flight: Mutex<BTreeMap<String, CancellationToken>>,
-    /// Wakes the heartbeat loop when a task starts (it beats faster then).
+    /// Wakes the heartbeat loop when the worker goes from idle to busy (it
+    /// beats faster while tasks run).
     task_started: tokio::sync::Notify,
     /// One permit per task slot (tasks taken over the channel hold one).
     slots: Arc<tokio::sync::Semaphore>,
