@@ -30,6 +30,20 @@ pub(crate) fn cancel(st: &mut EngineState, id: Uuid, owner: &str) -> Result<(), 
     result
 }
 
+/// Whether [`waiting_reason`] reads the registered workers for `job`: only
+/// a job waiting for a worker with a task nobody took yet. For any other
+/// job the reason comes from the job alone (a shared database is then not
+/// asked for its worker list at every poll).
+pub(crate) fn waits_for_worker(job: &Job) -> bool {
+    matches!(
+        job.status,
+        JobStatus::WaitingForWorker | JobStatus::WaitingForParallelTasks
+    ) && job
+        .tasks
+        .iter()
+        .any(|t| t.result.is_none() && t.worker_id.is_none())
+}
+
 pub(crate) fn waiting_reason(st: &EngineState, job: &Job) -> Option<String> {
     match job.status {
         JobStatus::WaitingForWorker | JobStatus::WaitingForParallelTasks => {
@@ -266,4 +280,45 @@ pub(crate) fn worker_event(
     };
     put(st, job);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(status: &str, worker: Option<&str>) -> Job {
+        let mut job: Job = serde_json::from_value(serde_json::json!({
+            "id": uuid::Uuid::new_v4(), "blueprint": "b", "owner": "o", "status": status,
+            "current_state": "start", "initial_data": {}, "results": {}, "state_history": [],
+            "transitions": 0, "created_at": "2026-01-01T00:00:00Z",
+            "updated_at": "2026-01-01T00:00:00Z", "version": 1,
+            "tasks": [{"task_id": "t1", "task_type": "echo_task", "params": {}, "attempt": 1,
+                       "queued_at": "2026-01-01T00:00:00Z"}]
+        }))
+        .expect("a job");
+        job.tasks[0].worker_id = worker.map(str::to_string);
+        job
+    }
+
+    #[test]
+    fn only_a_job_with_an_untaken_task_needs_the_worker_list() {
+        let empty = EngineState::default();
+        let queued = job("waiting_for_worker", None);
+        assert!(waits_for_worker(&queued));
+        assert_eq!(
+            waiting_reason(&empty, &queued).as_deref(),
+            Some("no registered worker offers task type echo_task")
+        );
+        let taken = job("waiting_for_worker", Some("w1"));
+        assert!(!waits_for_worker(&taken));
+        assert_eq!(
+            waiting_reason(&empty, &taken).as_deref(),
+            Some("worker w1 is running task t1 (echo_task)")
+        );
+        for status in ["finished", "failed", "cancelled", "running"] {
+            let other = job(status, None);
+            assert!(!waits_for_worker(&other), "{status}");
+            assert_eq!(waiting_reason(&empty, &other), None, "{status}");
+        }
+    }
 }
