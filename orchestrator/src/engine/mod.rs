@@ -665,6 +665,9 @@ impl Engine {
         if let Some(db) = &self.shared.db {
             return db.waiting_reason(job).await.ok().flatten();
         }
+        if !machine::waits_for_worker(job) {
+            return machine::waiting_reason(&EngineState::default(), job);
+        }
         let st = self.lock();
         machine::waiting_reason(&st, job)
     }
