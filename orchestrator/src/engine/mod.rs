@@ -662,11 +662,13 @@ impl Engine {
 
     /// Why a waiting job waits, e.g. no worker offers its task type.
     pub async fn waiting_reason(&self, job: &Job) -> Option<String> {
-        if let Some(db) = &self.shared.db {
-            return db.waiting_reason(job).await.ok().flatten();
-        }
+        // Most polled jobs are not waiting for a worker: their reason comes
+        // from the job alone, without the worker list (lock or database).
         if !machine::waits_for_worker(job) {
             return machine::waiting_reason(&EngineState::default(), job);
+        }
+        if let Some(db) = &self.shared.db {
+            return db.waiting_reason(job).await.ok().flatten();
         }
         let st = self.lock();
         machine::waiting_reason(&st, job)

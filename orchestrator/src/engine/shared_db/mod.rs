@@ -686,9 +686,6 @@ impl SharedDb {
     /// Why a waiting job waits (no worker offers its task type).
     pub(crate) async fn waiting_reason(&self, job: &Job) -> Result<Option<String>, DbError> {
         let mut st = EngineState::default();
-        if !machine::waits_for_worker(job) {
-            return Ok(machine::waiting_reason(&st, job));
-        }
         for w in self.workers().await? {
             st.workers.insert(w.worker_id.clone(), w);
         }
