@@ -10,7 +10,7 @@
 //!   typed events the job history shows, so the two cannot disagree;
 //! - queue depth, oldest queued task, tasks in flight, workers: read from the
 //!   engine when scraped ([`render`]);
-//! - HTTP request durations by route: a middleware ([`track_http`]).
+//! - HTTP request durations by route: the API's front middleware ([`HttpTimer`]).
 //!
 //! | series | labels |
 //! |---|---|
@@ -32,7 +32,6 @@
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
 use axum::response::Response;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -210,31 +209,39 @@ pub fn render(snapshot: Snapshot) -> String {
 #[derive(Debug, Clone)]
 pub struct RouteLabel(pub String);
 
-/// Times every request, labelled by its route pattern (not the raw path, so
-/// job ids do not make a series each).
-pub async fn track_http(request: Request, next: Next) -> Response {
-    let matched = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string());
-    let method = request.method().as_str().to_string();
-    let started = Instant::now();
-    let response = next.run(request).await;
-    // Create-job endpoints are served by the fallbacks (their path may also
-    // match another method's route); they name their blueprint's path.
-    // Anything else unmatched is one series.
-    let route = response
-        .extensions()
-        .get::<RouteLabel>()
-        .map(|r| r.0.clone())
-        .or(matched)
-        .unwrap_or_else(|| "unmatched".into());
-    histogram!(
-        "orchestrator_http_request_duration_seconds",
-        "route" => route,
-        "method" => method,
-        "status" => response.status().as_u16().to_string()
-    )
-    .record(started.elapsed().as_secs_f64());
-    response
+/// Times a request, labelled by its route pattern (not the raw path, so
+/// job ids do not make a series each); started and finished by
+/// [`crate::api`]'s front middleware.
+pub struct HttpTimer {
+    matched: Option<MatchedPath>,
+    method: axum::http::Method,
+    started: Instant,
+}
+
+impl HttpTimer {
+    pub fn start(request: &Request) -> Self {
+        Self {
+            matched: request.extensions().get::<MatchedPath>().cloned(),
+            method: request.method().clone(),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn finish(self, response: &Response) {
+        // Create-job endpoints are served by the fallbacks (their path may
+        // also match another method's route); they name their blueprint's
+        // path. Anything else unmatched is one series.
+        let route = match (response.extensions().get::<RouteLabel>(), &self.matched) {
+            (Some(label), _) => label.0.clone(),
+            (None, Some(matched)) => matched.as_str().to_string(),
+            (None, None) => "unmatched".into(),
+        };
+        histogram!(
+            "orchestrator_http_request_duration_seconds",
+            "route" => route,
+            "method" => self.method.as_str().to_string(),
+            "status" => response.status().as_u16().to_string()
+        )
+        .record(self.started.elapsed().as_secs_f64());
+    }
 }

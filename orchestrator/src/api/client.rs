@@ -49,7 +49,7 @@ pub async fn create_job(
         state.engine.wait_for_job(id, wait).await;
         let job = owned_job(&state, id, &owner).await?;
         if job.status.is_terminal() {
-            return Ok(axum::Json(view(job, None)).into_response());
+            return Ok(axum::Json(view(&job, None)).into_response());
         }
     }
     Ok((
@@ -105,37 +105,39 @@ fn parse_create(
     Ok(new)
 }
 
-/// A job as clients see it.
+/// A job as clients see it, borrowed from the job (a poll answered from
+/// memory is serialized under the engine's lock, without copying the job).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct JobView {
+pub struct JobView<'a> {
     pub id: Uuid,
     pub job_id: Uuid,
-    pub blueprint: String,
-    pub blueprint_name: String,
+    pub blueprint: &'a str,
+    pub blueprint_name: &'a str,
     /// The blueprint version the job runs on (it keeps it to its end).
     pub blueprint_version: u32,
     pub status: JobStatus,
-    pub current_state: String,
+    pub current_state: &'a str,
     #[schema(value_type = Object)]
-    pub initial_data: Object,
+    pub initial_data: &'a Object,
     /// Data of the most recent task.
     #[schema(value_type = Option<Object>)]
-    pub result: Option<Object>,
+    pub result: Option<&'a Object>,
     /// Data of each state's task.
     #[schema(value_type = Object)]
-    pub results: Object,
-    pub error: Option<JobError>,
+    pub results: &'a Object,
+    pub error: Option<&'a JobError>,
     /// Error message alone, as avtomatika names it.
-    pub error_message: Option<String>,
-    pub state_history: Vec<StateVisit>,
-    pub task_worker_id: Option<String>,
+    pub error_message: Option<&'a str>,
+    #[schema(value_type = Vec<StateVisit>)]
+    pub state_history: &'a [StateVisit],
+    pub task_worker_id: Option<&'a str>,
     /// Attempts of the current task so far (0 before the first dispatch).
     pub attempts: u32,
-    pub current_task_id: Option<String>,
-    pub current_task_type: Option<String>,
+    pub current_task_id: Option<&'a str>,
+    pub current_task_type: Option<&'a str>,
     /// The task's last progress report: `{"progress": 0..1, "message": …}`.
     #[schema(value_type = Option<Object>)]
-    pub progress: Option<Value>,
+    pub progress: Option<&'a Value>,
     /// Why the job is waiting, while it waits.
     pub waiting_reason: Option<String>,
     pub created_at: chrono::DateTime<chrono::Utc>,
@@ -143,27 +145,27 @@ pub struct JobView {
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-pub fn view(job: Job, waiting_reason: Option<String>) -> JobView {
+pub fn view(job: &Job, waiting_reason: Option<String>) -> JobView<'_> {
     let current = job.tasks.first();
     JobView {
         id: job.id,
         job_id: job.id,
-        blueprint_name: job.blueprint.clone(),
+        blueprint_name: &job.blueprint,
         blueprint_version: job.blueprint_version,
         attempts: current.map(|t| t.attempt).unwrap_or(job.attempts),
-        current_task_id: current.map(|t| t.task_id.clone()),
-        current_task_type: current.map(|t| t.task_type.clone()),
-        blueprint: job.blueprint,
+        current_task_id: current.map(|t| t.task_id.as_str()),
+        current_task_type: current.map(|t| t.task_type.as_str()),
+        blueprint: &job.blueprint,
         status: job.status,
-        current_state: job.current_state,
-        initial_data: job.initial_data,
-        result: job.result,
-        results: job.results,
-        error_message: job.error.as_ref().map(|e| e.message.clone()),
-        error: job.error,
-        state_history: job.state_history,
-        task_worker_id: job.task_worker_id,
-        progress: job.progress,
+        current_state: &job.current_state,
+        initial_data: &job.initial_data,
+        result: job.result.as_ref(),
+        results: &job.results,
+        error_message: job.error.as_ref().map(|e| e.message.as_str()),
+        error: job.error.as_ref(),
+        state_history: &job.state_history,
+        task_worker_id: job.task_worker_id.as_deref(),
+        progress: job.progress.as_ref(),
         waiting_reason,
         created_at: job.created_at,
         updated_at: job.updated_at,
@@ -207,18 +209,30 @@ pub async fn get_job(
     let owner = state.auth.client(&headers)?;
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let id = parse_id(&id)?;
-    let job = owned_job(&state, id, &owner).await?;
-    let wait = crate::secs::wait_query("wait", query.wait.as_deref(), MAX_JOB_WAIT)
-        .map_err(ApiError::BadRequest)?;
-    let job = match wait {
-        Some(w) if !w.is_zero() && !job.status.is_terminal() => {
-            state.engine.wait_for_job(id, w).await;
-            owned_job(&state, id, &owner).await?
+    let wait = match crate::secs::wait_query("wait", query.wait.as_deref(), MAX_JOB_WAIT) {
+        Ok(wait) => wait.filter(|w| !w.is_zero()),
+        Err(e) => {
+            // Someone else's or no job: 404 before the bad parameter.
+            owned_job(&state, id, &owner).await?;
+            return Err(ApiError::BadRequest(e));
         }
-        _ => job,
     };
+    if let Some(wait) = wait {
+        let job = owned_job(&state, id, &owner).await?;
+        if !job.status.is_terminal() {
+            state.engine.wait_for_job(id, wait).await;
+        }
+    }
+    // A job in memory is answered from there, serialized without a copy.
+    let answer = state.engine.with_job_in_memory(id, |job, reason| {
+        (job.owner == owner).then(|| axum::Json(view(job, reason)).into_response())
+    });
+    if let Some(answer) = answer {
+        return answer.ok_or_else(|| ApiError::NotFound("Job not found".into()));
+    }
+    let job = owned_job(&state, id, &owner).await?;
     let reason = state.engine.waiting_reason(&job).await;
-    Ok(axum::Json(view(job, reason)).into_response())
+    Ok(axum::Json(view(&job, reason)).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -267,7 +281,7 @@ pub async fn list_jobs(
             offset,
         })
         .await?;
-    let jobs: Vec<JobView> = jobs.into_iter().map(|j| view(j, None)).collect();
+    let jobs: Vec<JobView> = jobs.iter().map(|j| view(j, None)).collect();
     Ok(axum::Json(json!({"jobs": jobs, "limit": limit, "offset": offset})).into_response())
 }
 

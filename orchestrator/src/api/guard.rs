@@ -9,19 +9,15 @@
 //! cannot send without a CORS preflight we never grant (on top of the
 //! cookie's `SameSite=Strict`).
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, Method};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::error::ApiError;
 
-pub async fn authenticate_first(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// The refusal of a request whose headers carry no credential we know for
+/// its path, or `None` to go on (the handler then checks fully).
+pub fn refused_before_the_body(state: &AppState, request: &Request) -> Option<ApiError> {
     let path = request.uri().path();
     let public = matches!(path, "/api/openapi.json" | "/api/docs");
     let checked = if public {
@@ -36,10 +32,7 @@ pub async fn authenticate_first(
     } else {
         Ok(())
     };
-    match checked {
-        Ok(()) => next.run(request).await,
-        Err(e) => e.into_response(),
-    }
+    checked.err()
 }
 
 /// The header the dashboard sends with every request that changes something.

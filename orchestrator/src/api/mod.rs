@@ -11,6 +11,7 @@ pub mod channel;
 pub mod client;
 pub mod deploy;
 pub mod error;
+mod front;
 pub mod guard;
 pub mod openapi;
 pub mod serve;
@@ -27,7 +28,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, HeaderValue, Method, Uri};
+use axum::http::{HeaderMap, Method, Uri};
 use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::routing::{delete, get, patch, post, put};
@@ -141,16 +142,11 @@ pub fn router(state: AppState) -> Router {
     .merge(crate::ui::routes())
     .fallback(not_found)
     .method_not_allowed_fallback(method_not_allowed)
-    .layer(axum::middleware::from_fn(crate::metrics::track_http))
     .layer(DefaultBodyLimit::max(max_body))
     // Credentials are checked from the headers before any body is read.
     .layer(axum::middleware::from_fn_with_state(
         state.clone(),
-        guard::authenticate_first,
-    ))
-    .layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        add_headers,
+        front::front,
     ))
     .with_state(state)
 }
@@ -248,26 +244,6 @@ async fn metrics(State(state): State<AppState>) -> Response {
         text,
     )
         .into_response()
-}
-
-/// Every answer names the protocol version; answers to workers also carry
-/// the revision of the desired plugin set.
-async fn add_headers(
-    State(state): State<AppState>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let to_worker = request.uri().path().starts_with("/_worker/");
-    let mut response = next.run(request).await;
-    let headers = response.headers_mut();
-    headers.insert(
-        rxon::HEADER_RXON_VERSION,
-        HeaderValue::from_static(rxon::PROTOCOL_VERSION),
-    );
-    if to_worker && let Ok(v) = HeaderValue::from_str(&state.engine.registry().revision()) {
-        headers.insert(rxon::deploy::HEADER_PLUGINS_REVISION, v);
-    }
-    response
 }
 
 /// Serves the API on `listener` until `shutdown` resolves.

@@ -28,7 +28,7 @@ pub struct ErrorBody {
 /// `GET /api/v1/jobs`.
 #[derive(ToSchema)]
 pub struct JobList {
-    pub jobs: Vec<JobView>,
+    pub jobs: Vec<JobView<'static>>,
     pub limit: usize,
     pub offset: usize,
 }

@@ -590,6 +590,23 @@ impl Engine {
             .map_err(|e| StorageError::Backend(e.to_string()))?
     }
 
+    /// `f` applied to a job this instance holds in memory, with why it
+    /// waits, under the engine's lock (no copy of the job: `f` should be
+    /// short, e.g. serialize it). `None` when the job is not in memory (it
+    /// ended a while ago, or jobs live in a shared database).
+    pub fn with_job_in_memory<T>(
+        &self,
+        id: Uuid,
+        f: impl FnOnce(&Job, Option<String>) -> T,
+    ) -> Option<T> {
+        if self.shared.db.is_some() {
+            return None;
+        }
+        let st = self.lock();
+        let job = st.jobs.get(&id)?;
+        Some(f(job, machine::waiting_reason(&st, job)))
+    }
+
     /// Waits up to `wait` for the job to reach a terminal status.
     pub async fn wait_for_job(&self, id: Uuid, wait: Duration) {
         let deadline = Instant::now() + wait;
