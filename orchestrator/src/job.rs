@@ -242,11 +242,7 @@ pub struct Job {
 
 impl Job {
     /// The context expressions see: `{initial, results, last}`.
-    pub fn expr_context(&self) -> Value {
-        serde_json::json!({
-            "initial": self.initial_data,
-            "results": self.results,
-            "last": self.result.clone().unwrap_or_default(),
-        })
+    pub fn expr_context(&self) -> crate::blueprint::expr::Context {
+        crate::blueprint::expr::context(&self.initial_data, &self.results, self.result.as_ref())
     }
 }

@@ -37,26 +37,37 @@ use crate::engine::Engine;
 use auth::Auth;
 use error::ApiError;
 
-/// Shared by every handler.
+/// Shared by every handler; one reference count (each middleware layer and
+/// extractor clones it per request).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
     pub engine: Engine,
-    pub auth: Arc<Auth>,
+    pub auth: Auth,
     /// The open worker channels.
-    pub channels: Arc<channel::Sessions>,
+    pub channels: channel::Sessions,
     /// Largest request body (and channel frame).
     pub max_body: usize,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 impl AppState {
     /// `max_body`: the largest request body (and channel frame) accepted.
     pub fn new(engine: Engine, auth: Auth, max_body: usize) -> Self {
-        Self {
+        Self(Arc::new(Shared {
             engine,
-            auth: Arc::new(auth),
+            auth,
             channels: Default::default(),
             max_body,
-        }
+        }))
     }
 }
 

@@ -8,7 +8,26 @@
 use std::sync::LazyLock;
 
 use minijinja::{Environment, Expression, UndefinedBehavior};
-use serde_json::Value;
+use serde_json::{Map, Value};
+
+/// The context of expressions, converted once for all the expressions of a
+/// step (minijinja converts a JSON context at every evaluation).
+pub type Context = minijinja::Value;
+
+/// `{initial, results, last}` (see the module's documentation); `last` is
+/// `{}` before the first task.
+pub fn context(
+    initial: &Map<String, Value>,
+    results: &Map<String, Value>,
+    last: Option<&Map<String, Value>>,
+) -> Context {
+    let empty = Map::new();
+    minijinja::context! {
+        initial => initial,
+        results => results,
+        last => last.unwrap_or(&empty),
+    }
+}
 
 static ENV: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut env = Environment::new();
@@ -49,7 +68,7 @@ impl Expr {
     }
 
     /// Evaluates to JSON; an undefined result is `null`.
-    pub fn eval(&self, ctx: &Value) -> Result<Value, String> {
+    pub fn eval(&self, ctx: &Context) -> Result<Value, String> {
         let value = self
             .compiled
             .eval(ctx)
@@ -66,7 +85,7 @@ impl Expr {
     }
 
     /// Evaluates as a condition (minijinja truthiness).
-    pub fn truthy(&self, ctx: &Value) -> Result<bool, String> {
+    pub fn truthy(&self, ctx: &Context) -> Result<bool, String> {
         self.compiled
             .eval(ctx)
             .map(|v| v.is_true())
@@ -91,7 +110,7 @@ impl ParamValue {
         }
     }
 
-    pub fn eval(&self, ctx: &Value) -> Result<Value, String> {
+    pub fn eval(&self, ctx: &Context) -> Result<Value, String> {
         match self {
             Self::Expr(e) => e.eval(ctx),
             Self::Literal(v) => Ok(v.clone()),
@@ -106,7 +125,8 @@ mod tests {
 
     #[test]
     fn defaults_and_types_are_kept() {
-        let ctx = json!({"initial": {"message": "hi"}, "results": {}, "last": {}});
+        let initial = json!({"message": "hi"});
+        let ctx = context(initial.as_object().unwrap(), &Map::new(), None);
         assert_eq!(
             Expr::compile("initial.multiply | default(2)")
                 .unwrap()

@@ -314,7 +314,10 @@ pub(crate) fn task_timeout(own: Option<Duration>, job_default: Option<f64>) -> O
     own.or_else(|| crate::secs::stored(job_default))
 }
 
-pub(crate) fn eval_params(spec: &TaskSpec, ctx: &Value) -> Result<Object, String> {
+pub(crate) fn eval_params(
+    spec: &TaskSpec,
+    ctx: &crate::blueprint::expr::Context,
+) -> Result<Object, String> {
     let mut out = Object::new();
     for (name, value) in &spec.params {
         out.insert(
