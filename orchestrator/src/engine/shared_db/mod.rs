@@ -38,6 +38,17 @@ const NOTIFY_COALESCE: Duration = Duration::from_millis(2);
 const TICK: Duration = Duration::from_millis(100);
 /// Attempts of one event that meets a conflict or a deadlock.
 const ATTEMPTS: usize = 8;
+/// How long the worker list read to say why a job waits is reused: polls of
+/// queued jobs would otherwise read every worker at every poll (the reason
+/// is informational; a worker that came or went shows within this time).
+const REASON_WORKERS_TTL: Duration = Duration::from_secs(1);
+/// A worker's `last_seen` is written at most this often by one instance
+/// (at every task taken and every result it was a row update, i.e. a new
+/// row version and WAL, twice per job); worker time-outs are many seconds.
+const TOUCH_EVERY: Duration = Duration::from_millis(500);
+/// Workers whose last touch this instance remembers before forgetting the
+/// stale ones (a bound on what worker ids can make it keep).
+const TOUCHED_KEPT: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DbError {
@@ -81,6 +92,10 @@ pub(crate) struct SharedDb {
     url: String,
     /// Asks the notifier to tell the other instances (`tasks`, `jobs`).
     notices: tokio::sync::mpsc::UnboundedSender<&'static str>,
+    /// The workers as last read for waiting reasons, and when.
+    reason_workers: std::sync::Mutex<Option<(Instant, Arc<EngineState>)>>,
+    /// When this instance last wrote each worker's `last_seen`.
+    touched: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
 }
 
 impl SharedDb {
@@ -106,6 +121,8 @@ impl SharedDb {
             jobs: Notify::new(),
             url: url.to_string(),
             notices,
+            reason_workers: Default::default(),
+            touched: Default::default(),
         });
         tokio::spawn(db.clone().notifier(requests));
         Ok(db)
@@ -302,15 +319,13 @@ impl SharedDb {
         worker_id: &str,
     ) -> Result<Option<Option<rxon::TaskPayload>>, TakeError> {
         let mut client = self.client().await?;
+        let sql = if self.due_for_touch(worker_id) {
+            "UPDATE workers SET last_seen = now() WHERE id = $1 RETURNING record"
+        } else {
+            "SELECT record FROM workers WHERE id = $1"
+        };
         let row = client
-            .query_opt(
-                &client
-                    .prepare_cached(
-                        "UPDATE workers SET last_seen = now() WHERE id = $1 RETURNING record",
-                    )
-                    .await?,
-                &[&worker_id],
-            )
+            .query_opt(&client.prepare_cached(sql).await?, &[&worker_id])
             .await
             .map_err(DbError::from)?;
         let tx = client.transaction().await.map_err(DbError::from)?;
@@ -392,8 +407,29 @@ impl SharedDb {
         .await
     }
 
+    /// Whether `worker_id`'s `last_seen` is due to be written (at most once
+    /// per [`TOUCH_EVERY`]); counts it as written.
+    fn due_for_touch(&self, worker_id: &str) -> bool {
+        let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if touched
+            .get(worker_id)
+            .is_some_and(|at| now.duration_since(*at) < TOUCH_EVERY)
+        {
+            return false;
+        }
+        if touched.len() >= TOUCHED_KEPT {
+            touched.retain(|_, at| now.duration_since(*at) < TOUCH_EVERY);
+        }
+        touched.insert(worker_id.to_string(), now);
+        true
+    }
+
     /// The worker was heard from (outside any event's transaction).
     async fn touch(&self, worker_id: &str) -> Result<(), DbError> {
+        if !self.due_for_touch(worker_id) {
+            return Ok(());
+        }
         let client = self.client().await?;
         client
             .execute(
@@ -684,11 +720,33 @@ impl SharedDb {
     }
 
     /// Why a waiting job waits (no worker offers its task type).
+    /// The workers are read at most once per [`REASON_WORKERS_TTL`].
     pub(crate) async fn waiting_reason(&self, job: &Job) -> Result<Option<String>, DbError> {
-        let mut st = EngineState::default();
-        for w in self.workers().await? {
-            st.workers.insert(w.worker_id.clone(), w);
-        }
+        let cached = {
+            let cache = self
+                .reason_workers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            cache
+                .as_ref()
+                .filter(|(at, _)| at.elapsed() < REASON_WORKERS_TTL)
+                .map(|(_, st)| st.clone())
+        };
+        let st = match cached {
+            Some(st) => st,
+            None => {
+                let mut st = EngineState::default();
+                for w in self.workers().await? {
+                    st.workers.insert(w.worker_id.clone(), w);
+                }
+                let st = Arc::new(st);
+                *self
+                    .reason_workers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), st.clone()));
+                st
+            }
+        };
         Ok(machine::waiting_reason(&st, job))
     }
 }
