@@ -332,13 +332,27 @@ impl Scratch {
                 }
             }
         }
-        for (id, e) in &events {
+        // One statement for the event's history entries, in their order
+        // (each statement is a round trip and a step of the server's).
+        if !events.is_empty() {
+            let ids: Vec<Uuid> = events.iter().map(|(id, _)| *id).collect();
+            let ats: Vec<_> = events.iter().map(|(_, e)| e.at).collect();
+            let kinds: Vec<&str> = events.iter().map(|(_, e)| e.event.as_str()).collect();
+            let messages: Vec<&str> = events.iter().map(|(_, e)| e.message.as_str()).collect();
+            let tasks: Vec<Option<String>> = events
+                .iter()
+                .map(|(_, e)| crate::job::JobEvent::task_json(e))
+                .collect();
             tx.execute(
                 &tx.prepare_cached(
-                    "INSERT INTO job_events (job_id, at, event, message, task) VALUES ($1, $2, $3, $4, $5)",
+                    "INSERT INTO job_events (job_id, at, event, message, task)
+                     SELECT job_id, at, event, message, task
+                     FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[])
+                          WITH ORDINALITY AS e(job_id, at, event, message, task, n)
+                     ORDER BY n",
                 )
                 .await?,
-                &[id, &e.at, &e.event, &e.message, &crate::job::JobEvent::task_json(e)],
+                &[&ids, &ats, &kinds, &messages, &tasks],
             )
             .await?;
         }
