@@ -39,6 +39,10 @@ struct Server {
 }
 
 async fn server() -> Server {
+    server_with_body_limit(4096).await
+}
+
+async fn server_with_body_limit(max_body: usize) -> Server {
     // The webhook test's receiver is on loopback, which the egress rule
     // refuses unless the operator allows it.
     let settings = EngineSettings {
@@ -56,7 +60,7 @@ async fn server() -> Server {
         HashMap::from([("vip".to_string(), "vip-token".to_string())]),
         true,
     );
-    let app = api::router(AppState::new(engine, auth, 4096));
+    let app = api::router(AppState::new(engine, auth, max_body));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(api::serve(listener, app.clone(), std::future::pending()));
@@ -154,6 +158,47 @@ fn signed(mut body: Value, worker: &str, token: &str) -> Value {
 }
 
 use reqwest::Method;
+
+#[tokio::test]
+async fn a_job_too_large_to_answer_under_the_engine_lock_is_answered_whole() {
+    let s = server_with_body_limit(1 << 20).await;
+    // Small: answered from memory under the lock; large (past 64 KiB): copied out first.
+    for size in [10, 200 << 10] {
+        let message = "x".repeat(size);
+        let id = s.create(json!({"message": message})).await;
+        let (status, job) = s
+            .client(
+                Method::GET,
+                &format!("/api/v1/jobs/{id}"),
+                Some(CLIENT),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            job["initial_data"]["message"].as_str().map(str::len),
+            Some(size)
+        );
+        assert_eq!(job["status"], "waiting_for_worker");
+        assert_eq!(
+            job["waiting_reason"],
+            "no registered worker offers task type echo_task"
+        );
+        // Someone else's job is not found, whatever its size.
+        let (status, v) = s
+            .client(
+                Method::GET,
+                &format!("/api/v1/jobs/{id}"),
+                Some(OTHER_CLIENT),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (status, v),
+            (StatusCode::NOT_FOUND, json!({"error": "Job not found"}))
+        );
+    }
+}
 
 #[tokio::test]
 async fn create_and_read_jobs_with_either_header_and_either_body_shape() {

@@ -28,6 +28,27 @@ pub fn preview(s: &str) -> Cow<'_, str> {
     clip(s, PREVIEW)
 }
 
+/// `value` as JSON if that takes at most `cap` bytes; `None` (having
+/// written no more than `cap` bytes) when it is larger.
+pub fn json_capped<T: serde::Serialize + ?Sized>(value: &T, cap: usize) -> Option<Vec<u8>> {
+    struct Capped(Vec<u8>, usize);
+    impl std::io::Write for Capped {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.0.len() + buf.len() > self.1 {
+                return Err(std::io::Error::other("over the cap"));
+            }
+            self.0.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut out = Capped(Vec::with_capacity(cap.min(4096)), cap);
+    serde_json::to_writer(&mut out, value).ok()?;
+    Some(out.0)
+}
+
 /// A value as JSON for an INFO line: at most [`PREVIEW`] bytes, written
 /// without serializing (or copying) the rest of the value.
 pub fn json_preview<T: serde::Serialize + ?Sized>(value: &T) -> String {
@@ -67,6 +88,15 @@ pub fn for_log(s: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_capped_gives_the_whole_text_or_nothing() {
+        let v = serde_json::json!({"a": "x".repeat(100)});
+        let text = serde_json::to_vec(&v).unwrap();
+        assert_eq!(json_capped(&v, text.len()), Some(text.clone()));
+        assert_eq!(json_capped(&v, text.len() - 1), None);
+        assert_eq!(json_capped(&v, 0), None);
+    }
 
     #[test]
     fn clip_cuts_on_a_char_boundary_and_says_how_much() {

@@ -20,6 +20,9 @@ use crate::engine::{EngineError, NewJob};
 use crate::job::{Job, JobError, JobStatus, Object, StateVisit};
 use crate::storage::JobFilter;
 
+/// Largest poll answer serialized under the engine's lock (see [`get_job`]).
+const INLINE_VIEW_BYTES: usize = 64 << 10;
+
 /// Longest `?wait=` a client may ask for on `GET /jobs/{id}`.
 const MAX_JOB_WAIT: Duration = Duration::from_secs(60);
 
@@ -223,12 +226,26 @@ pub async fn get_job(
             state.engine.wait_for_job(id, wait).await;
         }
     }
-    // A job in memory is answered from there, serialized without a copy.
+    // A job in memory is answered from there, serialized under the engine's
+    // lock without a copy, unless its answer is large (then it is copied
+    // out, as from storage, so the lock is held briefly).
     let answer = state.engine.with_job_in_memory(id, |job, reason| {
-        (job.owner == owner).then(|| axum::Json(view(job, reason)).into_response())
+        if job.owner != owner {
+            return Err(ApiError::NotFound("Job not found".into()));
+        }
+        Ok(rxon::text::json_capped(
+            &view(job, reason),
+            INLINE_VIEW_BYTES,
+        ))
     });
-    if let Some(answer) = answer {
-        return answer.ok_or_else(|| ApiError::NotFound("Job not found".into()));
+    if let Some(answer) = answer
+        && let Some(body) = answer?
+    {
+        let json = [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )];
+        return Ok((json, body).into_response());
     }
     let job = owned_job(&state, id, &owner).await?;
     let reason = state.engine.waiting_reason(&job).await;
