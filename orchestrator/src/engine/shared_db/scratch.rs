@@ -156,6 +156,20 @@ impl Scratch {
         let mut ids: Vec<Uuid> = jobs.to_vec();
         ids.sort();
         ids.dedup();
+        if ids.is_empty() && workers.is_empty() {
+            // Nothing to lock or read (a job being created): every query
+            // below would find nothing, at four round trips.
+            st.seq = 1;
+            return Ok(Self {
+                st,
+                versions: HashMap::new(),
+                workers: HashMap::new(),
+                leases: BTreeSet::new(),
+                timers: HashMap::new(),
+                now,
+                mono,
+            });
+        }
         let mut versions = HashMap::new();
         for row in tx
             .query(
