@@ -24,12 +24,18 @@
 # Every run is preceded, in the same stream of jobs, by WARMUP jobs that are
 # not counted (the servers' first burst is not what is measured).
 #
-#   JOBS=4000 WARMUP=500 CONCURRENCY=50 ./scripts/bench-compare.sh
+# REPEAT=3 runs every row three times, the rows in turn (round 1: every
+# row, then round 2…), and reports for each row the median of each figure
+# (ratios from those medians): on a shared 2-core machine a row measured a
+# few minutes after another can meet a machine 10–20 % slower.
+#
+#   JOBS=4000 WARMUP=500 CONCURRENCY=50 REPEAT=1 ./scripts/bench-compare.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS="${JOBS:-4000}"
 WARMUP="${WARMUP:-500}"
 CONCURRENCY="${CONCURRENCY:-50}"
+REPEAT="${REPEAT:-1}"
 PORT="${PORT:-18480}"
 RUN=".run/bench"
 mkdir -p "$RUN"
@@ -147,33 +153,57 @@ run_ours_two() {
     stop_all
 }
 
-run_ours "ours-sqlite-http" "sqlite:$RUN/bench.db" poll --no-task-channel
-rm -f "$RUN"/bench.db*
-run_ours "ours-sqlite" "sqlite:$RUN/bench.db"
-rm -f "$RUN"/bench.db*
-run_ours "ours-sqlite-wait" "sqlite:$RUN/bench.db" wait
-rm -f "$RUN"/bench.db*
-run_ours "ours-sqlite-create-wait" "sqlite:$RUN/bench.db" create-wait
-PG_ADMIN="${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
-PG_DB="bench_$$"
-if { wanted ours-postgres || wanted ours-postgres-x2; } && command -v psql >/dev/null && psql "$PG_ADMIN" -qc "CREATE DATABASE $PG_DB" 2>/dev/null; then
-    run_ours "ours-postgres" "${PG_ADMIN%/*}/$PG_DB"
-    psql "$PG_ADMIN" -qc "DROP DATABASE $PG_DB WITH (FORCE)" || true
-    psql "$PG_ADMIN" -qc "CREATE DATABASE $PG_DB"
-    run_ours_two "ours-postgres-x2" "${PG_ADMIN%/*}/$PG_DB"
-    psql "$PG_ADMIN" -qc "DROP DATABASE $PG_DB WITH (FORCE)" || true
-else
-    echo "==> skipping PostgreSQL (psql missing or $PG_ADMIN unreachable)"
-fi
-run_ours "ours-memory" "memory"
-run_avtomatika "avtomatika-memory"
-rm -f "$RUN"/avtomatika-history.db*
-run_avtomatika "avtomatika-sqlite" "sqlite://$PWD/$RUN/avtomatika-history.db"
+# Every row once, in order; REPEAT rounds of it (so a drift of the machine
+# hits every row alike), and the table reports each row's median.
+all_rows() {
+    run_ours "ours-sqlite-http" "sqlite:$RUN/bench.db" poll --no-task-channel
+    rm -f "$RUN"/bench.db*
+    run_ours "ours-sqlite" "sqlite:$RUN/bench.db"
+    rm -f "$RUN"/bench.db*
+    run_ours "ours-sqlite-wait" "sqlite:$RUN/bench.db" wait
+    rm -f "$RUN"/bench.db*
+    run_ours "ours-sqlite-create-wait" "sqlite:$RUN/bench.db" create-wait
+    PG_ADMIN="${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
+    PG_DB="bench_$$"
+    if { wanted ours-postgres || wanted ours-postgres-x2; } && command -v psql >/dev/null && psql "$PG_ADMIN" -qc "CREATE DATABASE $PG_DB" 2>/dev/null; then
+        run_ours "ours-postgres" "${PG_ADMIN%/*}/$PG_DB"
+        psql "$PG_ADMIN" -qc "DROP DATABASE $PG_DB WITH (FORCE)" || true
+        psql "$PG_ADMIN" -qc "CREATE DATABASE $PG_DB"
+        run_ours_two "ours-postgres-x2" "${PG_ADMIN%/*}/$PG_DB"
+        psql "$PG_ADMIN" -qc "DROP DATABASE $PG_DB WITH (FORCE)" || true
+    else
+        echo "==> skipping PostgreSQL (psql missing or $PG_ADMIN unreachable)"
+    fi
+    run_ours "ours-memory" "memory"
+    run_avtomatika "avtomatika-memory"
+    rm -f "$RUN"/avtomatika-history.db*
+    run_avtomatika "avtomatika-sqlite" "sqlite://$PWD/$RUN/avtomatika-history.db"
+}
+for round in $(seq 1 "$REPEAT"); do
+    if [ "$REPEAT" -gt 1 ]; then echo "==> round $round of $REPEAT"; fi
+    all_rows
+done
 
 python3 - "$RUN/results.jsonl" "$RUN/pickup.jsonl" <<'PY'
 import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
-pickups = {r["label"][:-len("-idle")]: r for r in map(json.loads, open(sys.argv[2]))}
+from statistics import median, median_low
+def medians(runs):
+    """One row per label: the median of each figure over its runs."""
+    by = {}
+    for r in runs:
+        by.setdefault(r["label"], []).append(r)
+    out = []
+    for label, rs in by.items():
+        m = dict(rs[0])
+        for k, v in rs[0].items():
+            vals = [r.get(k) for r in rs]
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and all(isinstance(x, (int, float)) for x in vals):
+                m[k] = median_low(vals) if all(isinstance(x, int) for x in vals) else median(vals)
+        m["runs"] = len(rs)
+        out.append(m)
+    return out
+rows = medians([json.loads(l) for l in open(sys.argv[1])])
+pickups = {r["label"][:-len("-idle")]: r for r in medians(map(json.loads, open(sys.argv[2])))}
 avt = {r["label"]: r for r in rows if r["label"].startswith("avtomatika")}
 def base_of(r):
     """The avtomatika row a row is compared with: the same storage, else memory."""
@@ -184,6 +214,10 @@ def cpu(r):
     return (o, w, o + w) if o is not None and w is not None else (None, None, None)
 fmt = lambda v: "-" if v is None else f"{v:,.0f}"
 print()
+n = max((r["runs"] for r in rows), default=1)
+if n > 1:
+    print(f"Median of {n} runs of each row, the rows in turn.")
+    print()
 print("| run | jobs | in flight | finished | jobs/s | p50 ms | p95 ms | p99 ms | CPU µs/job orchestrator | workers | total | load generator | idle pickup p50 / p99 ms | compared with | jobs/s vs it | CPU/job vs it |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
