@@ -28,48 +28,42 @@ pub fn preview(s: &str) -> Cow<'_, str> {
     clip(s, PREVIEW)
 }
 
-/// `value` as JSON if that takes at most `cap` bytes; `None` (having
-/// written no more than `cap` bytes) when it is larger.
-pub fn json_capped<T: serde::Serialize + ?Sized>(value: &T, cap: usize) -> Option<Vec<u8>> {
-    struct Capped(Vec<u8>, usize);
-    impl std::io::Write for Capped {
+/// The first at most `cap` bytes of `value` as JSON, and whether that is
+/// all of it; the serializer is stopped once past `cap` (the rest of the
+/// value is neither serialized nor copied).
+fn json_prefix<T: serde::Serialize + ?Sized>(value: &T, cap: usize) -> (Vec<u8>, bool) {
+    /// Keeps the first bytes, then stops the serializer with an error.
+    struct Prefix(Vec<u8>, usize);
+    impl std::io::Write for Prefix {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            if self.0.len() + buf.len() > self.1 {
+            let room = self.1 - self.0.len();
+            self.0.extend_from_slice(&buf[..buf.len().min(room)]);
+            if buf.len() > room {
                 return Err(std::io::Error::other("over the cap"));
             }
-            self.0.extend_from_slice(buf);
             Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
     }
-    let mut out = Capped(Vec::with_capacity(cap.min(4096)), cap);
-    serde_json::to_writer(&mut out, value).ok()?;
-    Some(out.0)
+    let mut out = Prefix(Vec::with_capacity(cap.min(4096)), cap);
+    let complete = serde_json::to_writer(&mut out, value).is_ok();
+    (out.0, complete)
+}
+
+/// `value` as JSON if that takes at most `cap` bytes; `None` (having
+/// written no more than `cap` bytes) when it is larger.
+pub fn json_capped<T: serde::Serialize + ?Sized>(value: &T, cap: usize) -> Option<Vec<u8>> {
+    let (text, complete) = json_prefix(value, cap);
+    complete.then_some(text)
 }
 
 /// A value as JSON for an INFO line: at most [`PREVIEW`] bytes, written
 /// without serializing (or copying) the rest of the value.
 pub fn json_preview<T: serde::Serialize + ?Sized>(value: &T) -> String {
-    /// Keeps the first bytes, then stops the serializer with an error.
-    struct Prefix(Vec<u8>);
-    impl std::io::Write for Prefix {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            let room = PREVIEW + 4 - self.0.len();
-            self.0.extend_from_slice(&buf[..buf.len().min(room)]);
-            if buf.len() > room {
-                return Err(std::io::Error::other("preview full"));
-            }
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut out = Prefix(Vec::with_capacity(PREVIEW + 4));
-    let complete = serde_json::to_writer(&mut out, value).is_ok();
-    let text = String::from_utf8_lossy(&out.0);
+    let (bytes, complete) = json_prefix(value, PREVIEW + 4);
+    let text = String::from_utf8_lossy(&bytes);
     if complete && text.len() <= PREVIEW {
         return text.into_owned();
     }
