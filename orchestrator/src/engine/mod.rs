@@ -166,7 +166,9 @@ pub struct Queued {
 /// Everything behind the engine's mutex.
 #[derive(Default)]
 pub struct EngineState {
-    pub jobs: HashMap<Uuid, Job>,
+    /// Boxed: the map's slots stay small, so growing it moves pointers,
+    /// not whole jobs (docs/benchmarks.md, fifth pass).
+    pub jobs: HashMap<Uuid, Box<Job>>,
     /// Task type → tasks waiting for a worker, oldest first.
     pub queues: HashMap<String, VecDeque<Queued>>,
     pub workers: BTreeMap<String, WorkerRecord>,
@@ -582,7 +584,7 @@ impl Engine {
                 .map_err(|e| StorageError::Backend(e.to_string()));
         }
         if let Some(job) = self.lock().jobs.get(&id) {
-            return Ok(Some(job.clone()));
+            return Ok(Some(Job::clone(job)));
         }
         let storage = self.shared.storage.clone();
         tokio::task::spawn_blocking(move || storage.get_job(id))

@@ -66,11 +66,12 @@ pub(crate) fn commit(
 }
 
 /// Takes a job out of the map to change it; put it back with [`put`].
-pub(crate) fn take(st: &mut EngineState, id: Uuid) -> Option<Job> {
+pub(crate) fn take(st: &mut EngineState, id: Uuid) -> Option<Box<Job>> {
     st.jobs.remove(&id)
 }
 
-pub(crate) fn put(st: &mut EngineState, mut job: Job) {
+pub(crate) fn put(st: &mut EngineState, job: impl Into<Box<Job>>) {
+    let mut job = job.into();
     if job.status.is_terminal() {
         if let Some(waiters) = st.job_waiters.remove(&job.id) {
             waiters.notify_waiters();

@@ -185,7 +185,7 @@ impl Scratch {
             let job: Job = serde_json::from_str(&body)
                 .map_err(|e| DbError::Corrupt(format!("stored job: {e}")))?;
             versions.insert(job.id, job.version);
-            st.jobs.insert(job.id, job);
+            st.jobs.insert(job.id, Box::new(job));
         }
         let loaded: Vec<Uuid> = st.jobs.keys().copied().collect();
         let mut timers = HashMap::new();
