@@ -29,13 +29,22 @@
 # (ratios from those medians): on a shared 2-core machine a row measured a
 # few minutes after another can meet a machine 10–20 % slower.
 #
-#   JOBS=4000 WARMUP=500 CONCURRENCY=50 REPEAT=1 ./scripts/bench-compare.sh
+# THREADS=1 (the default here) runs each of our processes on one async
+# runtime thread (RUNTIME_THREADS): the load generator, the orchestrator and
+# two workers share 2 cores, and a runtime thread per core in each process
+# costs ~15 % more CPU per job in wake-ups and context switches (each
+# avtomatika process is one Python thread too). THREADS=default leaves our
+# processes at one runtime thread per core.
+#
+#   JOBS=4000 WARMUP=500 CONCURRENCY=50 REPEAT=1 THREADS=1 ./scripts/bench-compare.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS="${JOBS:-4000}"
 WARMUP="${WARMUP:-500}"
 CONCURRENCY="${CONCURRENCY:-50}"
 REPEAT="${REPEAT:-1}"
+THREADS="${THREADS:-1}"
+if [ "$THREADS" = default ]; then unset RUNTIME_THREADS; else export RUNTIME_THREADS="$THREADS"; fi
 PORT="${PORT:-18480}"
 RUN=".run/bench"
 mkdir -p "$RUN"
@@ -44,6 +53,7 @@ rm -f "$RUN"/*.log "$RUN"/*.db* "$RUN"/results.jsonl "$RUN"/pickup.jsonl
 ./scripts/setup.sh
 ./scripts/compat-venvs.sh
 if [ -e target/compat/SKIPPED ]; then echo "PyPI unreachable: cannot run avtomatika" >&2; exit 1; fi
+echo "==> our processes run with RUNTIME_THREADS=${RUNTIME_THREADS:-one per core}"
 echo "==> building release binaries (orchestrator, worker-host, loadgen)"
 cargo build --release -p orchestrator -p worker-host -p loadgen
 

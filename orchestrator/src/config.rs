@@ -20,6 +20,7 @@
 //! max_concurrent_webhooks = 64
 //!
 //! max_plugin_bytes = 67108864              # largest plugin component uploaded
+//! runtime_threads = 2                       # async runtime threads [default: one per core]
 //!
 //! [clients.default]
 //! token = "test-client-token"
@@ -82,6 +83,11 @@ pub struct Cli {
     /// avtomatika does; workers given the same secret verify it.
     #[arg(long, env = "ORCHESTRATOR_SECRET_KEY", hide_env_values = true)]
     pub orchestrator_secret: Option<String>,
+    /// Threads of the async runtime (1-1024) [default: one per core]. On a
+    /// machine shared with workers or clients, fewer threads cost less CPU
+    /// per job (docs/benchmarks.md, fifth pass).
+    #[arg(long, env = "RUNTIME_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub runtime_threads: Option<u16>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -104,6 +110,7 @@ struct FileConfig {
     webhook_allowed_hosts: Vec<String>,
     max_concurrent_webhooks: Option<usize>,
     max_plugin_bytes: Option<usize>,
+    runtime_threads: Option<usize>,
     orchestrator_secret_key: Option<String>,
     #[serde(default)]
     clients: BTreeMap<String, TokenEntry>,
@@ -179,6 +186,8 @@ pub struct Config {
     /// `hooks.internal`) allowed although private, and the delivery cap.
     pub webhook_allowed_hosts: Vec<String>,
     pub max_concurrent_webhooks: usize,
+    /// Threads of the async runtime; `None`: one per core.
+    pub runtime_threads: Option<usize>,
 }
 
 /// Default liveness of a worker that does not declare its heartbeat
@@ -306,6 +315,14 @@ impl Config {
                 64,
                 1..=10_000,
             )?,
+            runtime_threads: match cli
+                .runtime_threads
+                .map(usize::from)
+                .or(file.runtime_threads)
+            {
+                Some(n) => Some(bounded("runtime_threads", Some(n), n, 1..=1024)?),
+                None => None,
+            },
         })
     }
 }

@@ -18,9 +18,15 @@ use orchestrator::{blueprint, telemetry};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    match run().await {
+fn main() -> ExitCode {
+    let started = Config::resolve(Cli::parse()).and_then(|config| {
+        let mut runtime = tokio::runtime::Builder::new_multi_thread();
+        if let Some(threads) = config.runtime_threads {
+            runtime.worker_threads(threads);
+        }
+        runtime.enable_all().build()?.block_on(run(config))
+    });
+    match started {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -29,8 +35,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run() -> anyhow::Result<()> {
-    let config = Config::resolve(Cli::parse())?;
+async fn run(config: Config) -> anyhow::Result<()> {
     telemetry::init(config.json_logs);
     let blueprints = blueprint::load_dir(&config.blueprints_dir)?;
     if blueprints.is_empty() {

@@ -90,6 +90,12 @@ pub struct ServeArgs {
     /// Tasks run at the same time.
     #[arg(long, env = "MAX_CONCURRENT_TASKS", default_value_t = 5)]
     pub max_concurrent_tasks: usize,
+    /// Threads of the async runtime, which also run the plugins (1-1024)
+    /// [default: one per core]. Fewer threads cost less CPU per task on a
+    /// machine shared with other processes, but CPU-bound plugins then
+    /// share those threads (docs/benchmarks.md, fifth pass).
+    #[arg(long, env = "RUNTIME_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub runtime_threads: Option<u16>,
     /// Seconds between heartbeats.
     #[arg(long, env = "HEARTBEAT_INTERVAL", default_value_t = 15.0)]
     pub heartbeat_interval: f64,

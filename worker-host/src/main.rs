@@ -18,9 +18,27 @@ use worker_host::worker::{Worker, WorkerSettings, run_local};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    let threads = match &cli.command {
+        Some(Command::Serve(args)) => args.runtime_threads,
+        None => cli.serve.runtime_threads,
+        Some(_) => None,
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = threads {
+        runtime.worker_threads(threads.into());
+    }
+    match runtime.enable_all().build() {
+        Ok(runtime) => runtime.block_on(run_command(cli)),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_command(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Some(Command::Run(args)) => run(args).await,
         Some(Command::Describe { plugin }) => describe(plugin).await,
