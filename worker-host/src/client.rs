@@ -40,11 +40,12 @@ impl ClientError {
     }
 }
 
-/// A task as polled: typed, plus the JSON as received (what its `sig` covers).
+/// A task as polled: typed, plus the JSON as received (what its `sig`
+/// covers), kept when the worker checks signatures.
 #[derive(Debug, Clone)]
 pub struct PolledTask {
     pub payload: TaskPayload,
-    pub raw: Value,
+    pub raw: Option<Value>,
 }
 
 /// The error for an answer with `status` and `message` (`sent`: the size
@@ -438,7 +439,10 @@ impl OrchestratorClient {
         Ok(self
             .send_raw(request, 0)
             .await?
-            .map(|(payload, raw)| PolledTask { payload, raw }))
+            .map(|(payload, raw)| PolledTask {
+                payload,
+                raw: Some(raw),
+            }))
     }
 
     /// Submits a result encoded with [`Self::encode_signed`].

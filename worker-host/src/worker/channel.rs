@@ -195,18 +195,29 @@ impl Worker {
 
     /// Acts on one frame; `Some` when it was a task.
     fn take_frame(&self, text: &str, link: &Link) -> Result<Option<()>, String> {
-        let mut value: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        if value.get("type").and_then(Value::as_str) == Some("task") {
-            let raw = value
-                .get_mut("task")
-                .map(Value::take)
-                .ok_or("a task frame without its task")?;
-            let payload = serde::Deserialize::deserialize(&raw)
-                .map_err(|e: serde_json::Error| e.to_string())?;
-            self.start_task(PolledTask { payload, raw });
-            return Ok(Some(()));
-        }
-        match serde_json::from_value::<OrchestratorFrame>(value).map_err(|e| e.to_string())? {
+        let frame = match self.checks_signatures() {
+            // The task's JSON as received is what its `sig` covers.
+            true => {
+                let mut value: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+                if value.get("type").and_then(Value::as_str) == Some("task") {
+                    let raw = value
+                        .get_mut("task")
+                        .map(Value::take)
+                        .ok_or("a task frame without its task")?;
+                    let payload = serde::Deserialize::deserialize(&raw)
+                        .map_err(|e: serde_json::Error| e.to_string())?;
+                    self.start_task(PolledTask {
+                        payload,
+                        raw: Some(raw),
+                    });
+                    return Ok(Some(()));
+                }
+                serde_json::from_value::<OrchestratorFrame>(value)
+            }
+            // Nothing to check: typed in one pass, nothing kept.
+            false => serde_json::from_str::<OrchestratorFrame>(text),
+        };
+        match frame.map_err(|e| e.to_string())? {
             OrchestratorFrame::Reply { id, status, body } => link.complete(id, (status, body)),
             OrchestratorFrame::Cancel { task_id, .. } => {
                 if let Some(token) = lock(&self.inner.in_flight).get(&task_id) {
@@ -220,7 +231,13 @@ impl Worker {
             OrchestratorFrame::Plugins { revision } => {
                 self.inner.client.note_revision_value(&revision)
             }
-            OrchestratorFrame::Task { .. } => {}
+            OrchestratorFrame::Task { task } => {
+                self.start_task(PolledTask {
+                    payload: *task,
+                    raw: None,
+                });
+                return Ok(Some(()));
+            }
         }
         Ok(None)
     }

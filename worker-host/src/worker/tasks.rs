@@ -54,7 +54,7 @@ impl Worker {
     pub(super) async fn handle_task(&self, task: PolledTask, slot: Option<Slot>) {
         let inner = &self.inner;
         let PolledTask { payload, raw } = task;
-        let params = serde_json::Value::Object(payload.params.clone()).to_string();
+        let params = serde_json::to_string(&payload.params).unwrap_or_else(|_| "{}".into());
         tracing::info!(
             task_id = %payload.task_id,
             job_id = %payload.job_id,
@@ -65,7 +65,7 @@ impl Worker {
             rxon::text::preview(&params)
         );
         tracing::debug!(task_id = %payload.task_id, "params of task {}: {params}", payload.task_id);
-        if let Some(problem) = self.signature_problem(&payload, &raw) {
+        if let Some(problem) = self.signature_problem(&payload, raw.as_ref()) {
             tracing::error!(
                 task_id = %payload.task_id,
                 "refusing task {}: {problem}",
@@ -167,10 +167,23 @@ impl Worker {
         crate::metrics::gauge!("worker_tasks_in_flight").set(running as f64);
     }
 
+    /// Whether tasks must carry the orchestrator's signature (this worker
+    /// was given its secret); only then is a task's JSON kept as received.
+    pub(super) fn checks_signatures(&self) -> bool {
+        self.inner.settings.task_secret.is_some()
+    }
+
     /// Why the task's `sig` is not acceptable, when this worker was given
     /// the orchestrator's secret.
-    fn signature_problem(&self, payload: &TaskPayload, raw: &serde_json::Value) -> Option<String> {
+    fn signature_problem(
+        &self,
+        payload: &TaskPayload,
+        raw: Option<&serde_json::Value>,
+    ) -> Option<String> {
         let secret = self.inner.settings.task_secret.as_deref()?;
+        let Some(raw) = raw else {
+            return Some("the task's JSON as received was not kept to check its `sig`".into());
+        };
         match rxon::verify_task(raw, secret) {
             Ok(()) => None,
             Err(rxon::SignError::MissingSignature) => Some(
