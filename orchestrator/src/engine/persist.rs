@@ -87,6 +87,14 @@ pub fn spawn_writer(
         let mut incoming = Vec::with_capacity(MAX_BATCH);
         let mut batch = Batch::default();
         while rx.recv_many(&mut incoming, MAX_BATCH).await > 0 {
+            // The tasks already woken (requests, results) run first: the
+            // writes they make join this transaction instead of the next.
+            tokio::task::yield_now().await;
+            while incoming.len() < MAX_BATCH
+                && let Ok(msg) = rx.try_recv()
+            {
+                incoming.push(msg);
+            }
             for msg in incoming.drain(..) {
                 batch.add(msg);
             }
