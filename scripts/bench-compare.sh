@@ -181,7 +181,7 @@ all_rows() {
         psql "$PG_ADMIN" -qc "CREATE DATABASE $PG_DB"
         run_ours_two "ours-postgres-x2" "${PG_ADMIN%/*}/$PG_DB"
         psql "$PG_ADMIN" -qc "DROP DATABASE $PG_DB WITH (FORCE)" || true
-    else
+    elif wanted ours-postgres || wanted ours-postgres-x2; then
         echo "==> skipping PostgreSQL (psql missing or $PG_ADMIN unreachable)"
     fi
     run_ours "ours-memory" "memory"

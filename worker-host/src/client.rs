@@ -380,6 +380,12 @@ impl OrchestratorClient {
             .ok_or_else(|| ClientError::Decode("empty answer".into()))
     }
 
+    /// Stamps, signs and encodes a small message here, on the caller's
+    /// thread (see [`Self::encode_signed`] for large ones).
+    pub fn encode_signed_small<T: Serialize>(&self, message: &T) -> Result<Vec<u8>, ClientError> {
+        serde_json::to_vec(&self.sign(message)?).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
     /// Stamps, signs and encodes a message off the async runtime's threads
     /// (for large messages such as results).
     pub async fn encode_signed<T: Serialize + Send + 'static>(
@@ -388,8 +394,7 @@ impl OrchestratorClient {
         small: bool,
     ) -> Result<Vec<u8>, ClientError> {
         if small {
-            return serde_json::to_vec(&self.sign(&message)?)
-                .map_err(|e| ClientError::Decode(e.to_string()));
+            return self.encode_signed_small(&message);
         }
         let this = self.clone();
         tokio::task::spawn_blocking(move || {

@@ -306,7 +306,12 @@ impl Worker {
                 .data
                 .as_ref()
                 .is_none_or(|d| crate::limits::json_within(d, crate::limits::INLINE_JSON_BYTES));
-            let body = match self.inner.client.encode_signed(result.clone(), small).await {
+            let encoded = match small {
+                // No copy of the result for one encoded where it is.
+                true => self.inner.client.encode_signed_small(&result),
+                false => self.inner.client.encode_signed(result.clone(), false).await,
+            };
+            let body = match encoded {
                 Ok(body) => body,
                 Err(e) => {
                     tracing::error!(task_id, "result of task {task_id} cannot be encoded: {e}");
