@@ -21,6 +21,10 @@ pub struct PersistMsg {
 /// Most writes put in one transaction.
 const MAX_BATCH: usize = 512;
 
+/// Most rounds of letting ready tasks run before a transaction, to gather
+/// the writes they make into it.
+const GATHER_ROUNDS: usize = 4;
+
 type Ack = oneshot::Sender<Result<(), String>>;
 
 /// One transaction's worth of messages, split by kind. Its vectors are
@@ -76,6 +80,26 @@ fn merge(earlier: &mut JobWrite, later: JobWrite) {
     }
 }
 
+/// Adds to `incoming` the writes that the tasks already woken (requests,
+/// results) make once they run: they join this transaction instead of the
+/// next (docs/benchmarks.md, fifth pass). Again while that brings more, a
+/// few rounds at most; each round lets every ready task run once, and none
+/// waits on a timer, so an idle orchestrator commits at once.
+async fn gather(rx: &mut mpsc::UnboundedReceiver<PersistMsg>, incoming: &mut Vec<PersistMsg>) {
+    for _ in 0..GATHER_ROUNDS {
+        tokio::task::yield_now().await;
+        let before = incoming.len();
+        while incoming.len() < MAX_BATCH
+            && let Ok(msg) = rx.try_recv()
+        {
+            incoming.push(msg);
+        }
+        if incoming.len() == before || incoming.len() >= MAX_BATCH {
+            break;
+        }
+    }
+}
+
 pub fn spawn_writer(
     storage: Arc<dyn Storage>,
 ) -> (
@@ -87,14 +111,7 @@ pub fn spawn_writer(
         let mut incoming = Vec::with_capacity(MAX_BATCH);
         let mut batch = Batch::default();
         while rx.recv_many(&mut incoming, MAX_BATCH).await > 0 {
-            // The tasks already woken (requests, results) run first: the
-            // writes they make join this transaction instead of the next.
-            tokio::task::yield_now().await;
-            while incoming.len() < MAX_BATCH
-                && let Ok(msg) = rx.try_recv()
-            {
-                incoming.push(msg);
-            }
+            gather(&mut rx, &mut incoming).await;
             for msg in incoming.drain(..) {
                 batch.add(msg);
             }
@@ -158,6 +175,44 @@ mod tests {
             webhook_done: None,
             ack: None,
         }
+    }
+
+    fn barrier() -> PersistMsg {
+        PersistMsg {
+            write: None,
+            webhook_done: None,
+            ack: None,
+        }
+    }
+
+    /// Writes made by tasks that were ready when the writer woke join its
+    /// batch; a task that only sends after a timer does not hold it up.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_writes_of_ready_tasks_join_the_batch_and_nothing_waits_for_later_ones() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tx.send(barrier()).unwrap();
+        // Ready now, each sending one write and waking the next one.
+        let chain = tx.clone();
+        tokio::spawn(async move {
+            chain.send(barrier()).unwrap();
+            tokio::task::yield_now().await;
+            chain.send(barrier()).unwrap();
+        });
+        let late = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+            let _ = late.send(barrier());
+        });
+        let mut incoming = Vec::new();
+        assert_eq!(rx.recv_many(&mut incoming, MAX_BATCH).await, 1);
+        let started = std::time::Instant::now();
+        gather(&mut rx, &mut incoming).await;
+        assert_eq!(incoming.len(), 3, "the ready task's two writes joined");
+        assert!(started.elapsed() < std::time::Duration::from_secs(60));
+        // Idle: one round, nothing added.
+        let mut more = Vec::new();
+        gather(&mut rx, &mut more).await;
+        assert!(more.is_empty());
     }
 
     #[test]
