@@ -380,29 +380,22 @@ impl OrchestratorClient {
             .ok_or_else(|| ClientError::Decode("empty answer".into()))
     }
 
-    /// Stamps, signs and encodes a small message here, on the caller's
-    /// thread (see [`Self::encode_signed`] for large ones).
-    pub fn encode_signed_small<T: Serialize>(&self, message: &T) -> Result<Vec<u8>, ClientError> {
+    /// Stamps, signs and encodes a message on the caller's thread (small
+    /// ones; [`Self::encode_signed`] takes large ones off the runtime).
+    pub fn encode_signed_here<T: Serialize>(&self, message: &T) -> Result<Vec<u8>, ClientError> {
         serde_json::to_vec(&self.sign(message)?).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
-    /// Stamps, signs and encodes a message off the async runtime's threads
-    /// (for large messages such as results).
+    /// Stamps, signs and encodes a large message (such as a large result)
+    /// off the async runtime's threads.
     pub async fn encode_signed<T: Serialize + Send + 'static>(
         &self,
         message: T,
-        small: bool,
     ) -> Result<Vec<u8>, ClientError> {
-        if small {
-            return self.encode_signed_small(&message);
-        }
         let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            serde_json::to_vec(&this.sign(&message)?)
-                .map_err(|e| ClientError::Decode(e.to_string()))
-        })
-        .await
-        .map_err(|e| ClientError::Decode(format!("encoding failed: {e}")))?
+        tokio::task::spawn_blocking(move || this.encode_signed_here(&message))
+            .await
+            .map_err(|e| ClientError::Decode(format!("encoding failed: {e}")))?
     }
 
     pub async fn register(

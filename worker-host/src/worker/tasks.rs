@@ -308,8 +308,8 @@ impl Worker {
                 .is_none_or(|d| crate::limits::json_within(d, crate::limits::INLINE_JSON_BYTES));
             let encoded = match small {
                 // No copy of the result for one encoded where it is.
-                true => self.inner.client.encode_signed_small(&result),
-                false => self.inner.client.encode_signed(result.clone(), false).await,
+                true => self.inner.client.encode_signed_here(&result),
+                false => self.inner.client.encode_signed(result.clone()).await,
             };
             let body = match encoded {
                 Ok(body) => body,
