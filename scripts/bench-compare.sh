@@ -14,7 +14,8 @@
 # Same N jobs, same C in flight, same number of workers (5 task slots each),
 # the same client polling GET /jobs/{id} for both systems (backoff 0.5 → 20 ms).
 # Each run reports jobs/s, latency percentiles and CPU µs per job of the
-# orchestrator and of the workers (from /proc), and the pickup latency of an
+# orchestrator and of the workers (from /proc), HTTP requests per job made
+# by the client (the create and its GETs), and the pickup latency of an
 # idle queue (one job at a time: created → dispatched). Prints one table.
 # Our worker hosts take tasks over the task channel (WebSocket); the row
 # `ours-sqlite-http` runs them with --no-task-channel (HTTP long-poll, as
@@ -228,8 +229,8 @@ n = max((r["runs"] for r in rows), default=1)
 if n > 1:
     print(f"Median of {n} runs of each row, the rows in turn.")
     print()
-print("| run | jobs | in flight | finished | jobs/s | p50 ms | p95 ms | p99 ms | CPU µs/job orchestrator | workers | total | load generator | idle pickup p50 / p99 ms | compared with | jobs/s vs it | CPU/job vs it |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("| run | jobs | in flight | finished | jobs/s | p50 ms | p95 ms | p99 ms | requests/job | CPU µs/job orchestrator | workers | total | load generator | idle pickup p50 / p99 ms | compared with | jobs/s vs it | CPU/job vs it |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
     o, w, t = cpu(r)
     base = base_of(r)
@@ -238,7 +239,8 @@ for r in rows:
     cpu_ratio = f'1/{bt / t:.1f}' if t and bt else "-"
     p = pickups.get(r["label"], {})
     pick = f'{p["pickup_p50_ms"]:.2f} / {p["pickup_p99_ms"]:.2f}' if p.get("pickup_p50_ms") is not None else "-"
+    req = f'{r["requests_per_job"]:.2f}' if r.get("requests_per_job") is not None else "-"
     print(f'| {r["label"]} | {r["jobs"]} | {r["concurrency"]} | {r["finished"]} | {r["jobs_per_s"]:.1f} | '
-          f'{r["p50_ms"]:.1f} | {r["p95_ms"]:.1f} | {r["p99_ms"]:.1f} | {fmt(o)} | {fmt(w)} | {fmt(t)} | {fmt(r.get("cpu_us_client"))} | {pick} | '
+          f'{r["p50_ms"]:.1f} | {r["p95_ms"]:.1f} | {r["p99_ms"]:.1f} | {req} | {fmt(o)} | {fmt(w)} | {fmt(t)} | {fmt(r.get("cpu_us_client"))} | {pick} | '
           f'{base["label"] if base else "-"} | {ratio} | {cpu_ratio} |')
 PY

@@ -96,6 +96,11 @@ struct Args {
     /// Runtime threads of the load generator itself.
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
+    /// Write each measured finished job as a line `latency_ms requests`
+    /// (requests: the create and every GET that followed it) to this file,
+    /// to see the latency distribution behind the percentiles.
+    #[arg(long)]
+    latencies: Option<std::path::PathBuf>,
 }
 
 /// CPU time (user + system, all threads) of `pids` so far, in µs; `None`
@@ -128,6 +133,8 @@ struct Outcome {
     latency: Duration,
     /// Creation → first task dispatched (with `--pickup`).
     pickup: Option<Duration>,
+    /// HTTP requests made for the job (the create and the GETs).
+    requests: u32,
 }
 
 /// From a job's history: the time between `created` and the first
@@ -184,6 +191,7 @@ async fn run_job(http: &reqwest::Client, args: &Args, n: usize) -> anyhow::Resul
             status: created["status"].as_str().unwrap_or("unknown").to_string(),
             latency: started.elapsed(),
             pickup: None,
+            requests: 1,
         });
     }
     if status.as_u16() != 202 {
@@ -202,7 +210,9 @@ async fn run_job(http: &reqwest::Client, args: &Args, n: usize) -> anyhow::Resul
         Follow::Wait | Follow::CreateWait => format!("{base}{prefix}/jobs/{id}?wait=30"),
         Follow::Poll => format!("{base}{prefix}/jobs/{id}"),
     })?;
+    let mut requests = 1;
     loop {
+        requests += 1;
         let job: Polled = http
             .get(url.clone())
             .header("X-Client-Token", &args.token)
@@ -221,6 +231,7 @@ async fn run_job(http: &reqwest::Client, args: &Args, n: usize) -> anyhow::Resul
                 status: st,
                 latency,
                 pickup,
+                requests,
             });
         }
         if Instant::now() > deadline {
@@ -228,6 +239,7 @@ async fn run_job(http: &reqwest::Client, args: &Args, n: usize) -> anyhow::Resul
                 status: format!("timed_out({st})"),
                 latency: started.elapsed(),
                 pickup: None,
+                requests,
             });
         }
         if let Follow::Poll = args.follow {
@@ -298,6 +310,7 @@ async fn drive(args: Arc<Args>) -> anyhow::Result<()> {
         }
     }
     let mut latencies = Vec::new();
+    let mut per_job = Vec::new();
     let mut pickups = Vec::new();
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
     for h in handles {
@@ -305,6 +318,7 @@ async fn drive(args: Arc<Args>) -> anyhow::Result<()> {
             Ok(o) => {
                 if o.status == "finished" {
                     latencies.push(o.latency);
+                    per_job.push((o.latency, o.requests));
                     pickups.extend(o.pickup);
                 }
                 *outcomes.entry(o.status).or_default() += 1;
@@ -319,6 +333,19 @@ async fn drive(args: Arc<Args>) -> anyhow::Result<()> {
             eprintln!("warning: a warm-up job failed: {e:#}");
         }
     }
+    if let Some(path) = &args.latencies {
+        let lines: String = per_job
+            .iter()
+            .map(|(latency, requests)| {
+                format!("{:.3} {requests}\n", latency.as_secs_f64() * 1000.0)
+            })
+            .collect();
+        std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let requests_per_job = match per_job.len() {
+        0 => 0.0,
+        n => per_job.iter().map(|(_, r)| *r as f64).sum::<f64>() / n as f64,
+    };
     latencies.sort();
     pickups.sort();
     let finished = latencies.len();
@@ -357,7 +384,7 @@ async fn drive(args: Arc<Args>) -> anyhow::Result<()> {
         );
     }
     println!(
-        "{:<28} jobs={} concurrency={} finished={} elapsed={:.2}s rate={:.1} jobs/s p50={:.1}ms p95={:.1}ms p99={:.1}ms outcomes={:?}",
+        "{:<28} jobs={} concurrency={} finished={} elapsed={:.2}s rate={:.1} jobs/s p50={:.1}ms p95={:.1}ms p99={:.1}ms requests/job={requests_per_job:.2} outcomes={:?}",
         args.label,
         args.jobs,
         args.concurrency,
@@ -376,7 +403,7 @@ async fn drive(args: Arc<Args>) -> anyhow::Result<()> {
                    "elapsed_s": elapsed.as_secs_f64(), "jobs_per_s": rate, "p50_ms": ms(p50), "p95_ms": ms(p95),
                    "p99_ms": ms(p99), "outcomes": outcomes, "cpu_us_orchestrator": cpu_orchestrator,
                    "cpu_us_workers": cpu_workers, "cpu_us_client": cpu_client, "pickup_p50_ms": pickup.map(|p| p.0),
-                   "pickup_p99_ms": pickup.map(|p| p.1)})
+                   "pickup_p99_ms": pickup.map(|p| p.1), "requests_per_job": requests_per_job})
         );
     }
     if finished != args.jobs {
