@@ -191,7 +191,9 @@ impl Guest for ChaosTask {
                     println!("config {key} = {value:?}");
                     eprintln!("config {key} = {value:?}");
                 }
-                ok(json!({ "key": key, "found": value.is_some(), "length": value.map(|v| v.len()) }))
+                ok(
+                    json!({ "key": key, "found": value.is_some(), "length": value.map(|v| v.len()) }),
+                )
             }
             "write_file" => {
                 let path = params["path"].as_str().unwrap_or("/tmp/x");

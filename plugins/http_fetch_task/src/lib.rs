@@ -37,7 +37,12 @@ fn from_code(what: &str, code: ErrorCode) -> TaskError {
 }
 
 fn fetch(url: &str) -> Result<Value, TaskError> {
-    let invalid = || failure(ErrorKind::InvalidInput, format!("not an http(s) URL: {url}"));
+    let invalid = || {
+        failure(
+            ErrorKind::InvalidInput,
+            format!("not an http(s) URL: {url}"),
+        )
+    };
     let (scheme, rest) = url.split_once("://").ok_or_else(invalid)?;
     let scheme = match scheme {
         "http" => Scheme::Http,
@@ -50,10 +55,15 @@ fn fetch(url: &str) -> Result<Value, TaskError> {
     };
     let request = OutgoingRequest::new(Fields::new());
     request.set_scheme(Some(&scheme)).map_err(|()| invalid())?;
-    request.set_authority(Some(authority)).map_err(|()| invalid())?;
-    request.set_path_with_query(Some(path)).map_err(|()| invalid())?;
+    request
+        .set_authority(Some(authority))
+        .map_err(|()| invalid())?;
+    request
+        .set_path_with_query(Some(path))
+        .map_err(|()| invalid())?;
     let body = request.body().map_err(|()| invalid())?;
-    let pending = outgoing_handler::handle(request, None).map_err(|e| from_code("request refused", e))?;
+    let pending =
+        outgoing_handler::handle(request, None).map_err(|e| from_code("request refused", e))?;
     OutgoingBody::finish(body, None).map_err(|e| from_code("sending the request failed", e))?;
     let response = loop {
         match pending.get() {
@@ -98,7 +108,11 @@ fn fetch(url: &str) -> Result<Value, TaskError> {
     }
     drop(stream);
     drop(IncomingBody::finish(body));
-    let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let digest: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     Ok(json!({
         "status": status,
         "content_type": content_type,
