@@ -309,7 +309,7 @@ async fn drive(args: Arc<Args>) -> anyhow::Result<()> {
             false => handles.push(job),
         }
     }
-    let mut latencies = Vec::new();
+    // (latency, requests) of each finished job.
     let mut per_job = Vec::new();
     let mut pickups = Vec::new();
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
@@ -317,7 +317,6 @@ async fn drive(args: Arc<Args>) -> anyhow::Result<()> {
         match h.await? {
             Ok(o) => {
                 if o.status == "finished" {
-                    latencies.push(o.latency);
                     per_job.push((o.latency, o.requests));
                     pickups.extend(o.pickup);
                 }
@@ -346,6 +345,7 @@ async fn drive(args: Arc<Args>) -> anyhow::Result<()> {
         0 => 0.0,
         n => per_job.iter().map(|(_, r)| *r as f64).sum::<f64>() / n as f64,
     };
+    let mut latencies: Vec<Duration> = per_job.iter().map(|&(latency, _)| latency).collect();
     latencies.sort();
     pickups.sort();
     let finished = latencies.len();
