@@ -116,21 +116,24 @@ pub fn spawn_writer(
                 batch.add(msg);
             }
             let storage = storage.clone();
+            // The acknowledgements go from the blocking thread as soon as
+            // the transaction ends: the waiting requests are woken one pass
+            // of the runtime's queue earlier than through this task.
             let result = tokio::task::spawn_blocking(move || {
                 let started = std::time::Instant::now();
                 let outcome = storage.write(&batch.writes, &batch.delivered);
                 crate::metrics::storage_batch(batch.writes.len(), started.elapsed());
-                (outcome, batch)
+                if let Err(e) = &outcome {
+                    tracing::error!("could not save {} job change(s): {e}", batch.writes.len());
+                }
+                for ack in batch.acks.drain(..) {
+                    let _ = ack.send(outcome.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                }
+                batch
             })
             .await;
             match result {
-                Ok((outcome, mut done)) => {
-                    if let Err(e) = &outcome {
-                        tracing::error!("could not save {} job change(s): {e}", done.writes.len());
-                    }
-                    for ack in done.acks.drain(..) {
-                        let _ = ack.send(outcome.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-                    }
+                Ok(mut done) => {
                     done.clear();
                     batch = done;
                 }

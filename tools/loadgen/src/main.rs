@@ -96,9 +96,10 @@ struct Args {
     /// Runtime threads of the load generator itself.
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
-    /// Write each measured finished job as a line `latency_ms requests`
-    /// (requests: the create and every GET that followed it) to this file,
-    /// to see the latency distribution behind the percentiles.
+    /// Write each measured finished job as a line `latency_ms requests
+    /// create_ms` (requests: the create and every GET that followed it;
+    /// create_ms: until the create was answered) to this file, to see the
+    /// latency distribution behind the percentiles.
     #[arg(long)]
     latencies: Option<std::path::PathBuf>,
 }
@@ -135,6 +136,8 @@ struct Outcome {
     pickup: Option<Duration>,
     /// HTTP requests made for the job (the create and the GETs).
     requests: u32,
+    /// Until the create was answered.
+    create: Duration,
 }
 
 /// From a job's history: the time between `created` and the first
@@ -184,6 +187,7 @@ async fn run_job(http: &reqwest::Client, args: &Args, n: usize) -> anyhow::Resul
         .context("create")?;
     let status = resp.status();
     let created: Value = resp.json().await.context("create body")?;
+    let create = started.elapsed();
     if status.as_u16() == 200
         && let Follow::CreateWait = args.follow
     {
@@ -192,6 +196,7 @@ async fn run_job(http: &reqwest::Client, args: &Args, n: usize) -> anyhow::Resul
             latency: started.elapsed(),
             pickup: None,
             requests: 1,
+            create,
         });
     }
     if status.as_u16() != 202 {
@@ -232,6 +237,7 @@ async fn run_job(http: &reqwest::Client, args: &Args, n: usize) -> anyhow::Resul
                 latency,
                 pickup,
                 requests,
+                create,
             });
         }
         if Instant::now() > deadline {
@@ -240,6 +246,7 @@ async fn run_job(http: &reqwest::Client, args: &Args, n: usize) -> anyhow::Resul
                 latency: started.elapsed(),
                 pickup: None,
                 requests,
+                create,
             });
         }
         if let Follow::Poll = args.follow {
@@ -309,7 +316,7 @@ async fn drive(args: Arc<Args>) -> anyhow::Result<()> {
             false => handles.push(job),
         }
     }
-    // (latency, requests) of each finished job.
+    // (latency, requests, create answered) of each finished job.
     let mut per_job = Vec::new();
     let mut pickups = Vec::new();
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
@@ -317,7 +324,7 @@ async fn drive(args: Arc<Args>) -> anyhow::Result<()> {
         match h.await? {
             Ok(o) => {
                 if o.status == "finished" {
-                    per_job.push((o.latency, o.requests));
+                    per_job.push((o.latency, o.requests, o.create));
                     pickups.extend(o.pickup);
                 }
                 *outcomes.entry(o.status).or_default() += 1;
@@ -335,17 +342,18 @@ async fn drive(args: Arc<Args>) -> anyhow::Result<()> {
     if let Some(path) = &args.latencies {
         let lines: String = per_job
             .iter()
-            .map(|(latency, requests)| {
-                format!("{:.3} {requests}\n", latency.as_secs_f64() * 1000.0)
+            .map(|(latency, requests, create)| {
+                let ms = |d: &Duration| d.as_secs_f64() * 1000.0;
+                format!("{:.3} {requests} {:.3}\n", ms(latency), ms(create))
             })
             .collect();
         std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
     }
     let requests_per_job = match per_job.len() {
         0 => 0.0,
-        n => per_job.iter().map(|(_, r)| *r as f64).sum::<f64>() / n as f64,
+        n => per_job.iter().map(|(_, r, _)| *r as f64).sum::<f64>() / n as f64,
     };
-    let mut latencies: Vec<Duration> = per_job.iter().map(|&(latency, _)| latency).collect();
+    let mut latencies: Vec<Duration> = per_job.iter().map(|&(latency, _, _)| latency).collect();
     latencies.sort();
     pickups.sort();
     let finished = latencies.len();
