@@ -16,7 +16,8 @@
 # Each run reports jobs/s, latency percentiles and CPU µs per job of the
 # orchestrator and of the workers (from /proc), HTTP requests per job made
 # by the client (the create and its GETs), and the pickup latency of an
-# idle queue (one job at a time: created → dispatched). Prints one table.
+# idle queue (one job at a time: created → dispatched). Prints one table;
+# each run's own report (every round) is in .run/bench/results.txt.
 # Our worker hosts take tasks over the task channel (WebSocket); the row
 # `ours-sqlite-http` runs them with --no-task-channel (HTTP long-poll, as
 # before the channel existed). ROWS="ours-sqlite avtomatika" runs only the
@@ -49,7 +50,7 @@ if [ "$THREADS" = default ]; then unset RUNTIME_THREADS; else export RUNTIME_THR
 PORT="${PORT:-18480}"
 RUN=".run/bench"
 mkdir -p "$RUN"
-rm -f "$RUN"/*.log "$RUN"/*.db* "$RUN"/results.jsonl "$RUN"/pickup.jsonl
+rm -f "$RUN"/*.log "$RUN"/*.db* "$RUN"/results.txt "$RUN"/results.jsonl "$RUN"/pickup.jsonl
 
 ./scripts/setup.sh
 ./scripts/compat-venvs.sh
