@@ -339,11 +339,11 @@ async fn drive(args: Arc<Args>) -> anyhow::Result<()> {
             eprintln!("warning: a warm-up job failed: {e:#}");
         }
     }
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     if let Some(path) = &args.latencies {
         let lines: String = per_job
             .iter()
-            .map(|(latency, requests, create)| {
-                let ms = |d: &Duration| d.as_secs_f64() * 1000.0;
+            .map(|&(latency, requests, create)| {
                 format!("{:.3} {requests} {:.3}\n", ms(latency), ms(create))
             })
             .collect();
@@ -358,7 +358,6 @@ async fn drive(args: Arc<Args>) -> anyhow::Result<()> {
     pickups.sort();
     let finished = latencies.len();
     let rate = finished as f64 / elapsed.as_secs_f64();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let (p50, p95, p99) = (
         percentile(&latencies, 0.50),
         percentile(&latencies, 0.95),
