@@ -18,6 +18,7 @@
 //! max_skills_per_worker = 1024
 //! webhook_allowed_hosts = ["127.0.0.1", "10.0.0.0/8", "hooks.internal"]
 //! max_concurrent_webhooks = 64
+//! auth_failures_per_minute = 30            # wrong tokens per peer address, then 429 (0: no limit)
 //!
 //! max_plugin_bytes = 67108864              # largest plugin component uploaded
 //! runtime_threads = 2                       # async runtime threads [default: one per core]
@@ -109,6 +110,7 @@ struct FileConfig {
     #[serde(default)]
     webhook_allowed_hosts: Vec<String>,
     max_concurrent_webhooks: Option<usize>,
+    auth_failures_per_minute: Option<usize>,
     max_plugin_bytes: Option<usize>,
     runtime_threads: Option<usize>,
     orchestrator_secret_key: Option<String>,
@@ -186,6 +188,8 @@ pub struct Config {
     /// `hooks.internal`) allowed although private, and the delivery cap.
     pub webhook_allowed_hosts: Vec<String>,
     pub max_concurrent_webhooks: usize,
+    /// Wrong credentials allowed per peer address and minute (0: no limit).
+    pub auth_failures_per_minute: u32,
     /// Threads of the async runtime; `None`: one per core.
     pub runtime_threads: Option<usize>,
 }
@@ -315,6 +319,12 @@ impl Config {
                 64,
                 1..=10_000,
             )?,
+            auth_failures_per_minute: bounded(
+                "auth_failures_per_minute",
+                file.auth_failures_per_minute,
+                crate::api::throttle::DEFAULT_LIMIT as usize,
+                0..=1_000_000,
+            )? as u32,
             runtime_threads: match cli
                 .runtime_threads
                 .map(usize::from)

@@ -80,7 +80,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     )
     .with_deployers(config.deployers.iter().cloned());
     orchestrator::metrics::install();
-    let state = AppState::new(engine.clone(), auth, config.max_body_bytes);
+    let state = AppState::new(
+        engine.clone(),
+        auth,
+        config.max_body_bytes,
+        config.auth_failures_per_minute,
+    );
     let app = api::router(state);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -60,7 +60,12 @@ async fn server_with_body_limit(max_body: usize) -> Server {
         HashMap::from([("vip".to_string(), "vip-token".to_string())]),
         true,
     );
-    let app = api::router(AppState::new(engine, auth, max_body));
+    let app = api::router(AppState::new(
+        engine,
+        auth,
+        max_body,
+        api::throttle::DEFAULT_LIMIT,
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(api::serve(listener, app.clone(), std::future::pending()));

@@ -40,7 +40,12 @@ async fn server() -> (String, Engine) {
         HashMap::new(),
         true,
     );
-    let app = api::router(AppState::new(engine.clone(), auth, 64 << 10));
+    let app = api::router(AppState::new(
+        engine.clone(),
+        auth,
+        64 << 10,
+        api::throttle::DEFAULT_LIMIT,
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
     tokio::spawn(api::serve(listener, app, std::future::pending()));

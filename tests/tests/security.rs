@@ -142,7 +142,9 @@ async fn a_heartbeat_listing_many_tasks_does_not_hold_up_clients() {
 
 #[tokio::test]
 async fn unauthenticated_bodies_are_refused_before_they_are_read() {
-    let stack = orchestrator_with("").await;
+    // 100 wrong tokens from one address: no limit on them here (see the
+    // next test for the limit).
+    let stack = orchestrator_with("auth_failures_per_minute = 0\n").await;
     let rss_before = stack.orchestrator.as_ref().unwrap().peak_rss_kib().unwrap();
     let mut conns = Vec::new();
     for i in 0..100 {
@@ -175,6 +177,84 @@ async fn unauthenticated_bodies_are_refused_before_they_are_read() {
     assert!(
         rss_after < rss_before + 20 * 1024,
         "{rss_before} → {rss_after} KiB"
+    );
+}
+
+/// GET /api/v1/jobs with `token` (none: no header); status, `Retry-After`
+/// and body.
+async fn list_jobs_with(stack: &Stack, token: Option<&str>) -> (u16, Option<u64>, Value) {
+    let mut request = stack.http.get(format!("{}/api/v1/jobs", stack.base));
+    if let Some(token) = token {
+        request = request.header("X-Client-Token", token);
+    }
+    let resp = request.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().parse().unwrap());
+    (status, retry, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn an_address_sending_wrong_tokens_is_refused_for_the_rest_of_the_minute() {
+    let stack = orchestrator_with("auth_failures_per_minute = 3\n").await;
+    let sign_in = |token: &str| {
+        stack
+            .http
+            .post(format!("{}/ui/session", stack.base))
+            .header("X-Requested-With", "taskworker-dashboard")
+            .json(&json!({"token": token}))
+            .send()
+    };
+
+    // A missing token is not a wrong one: never counted.
+    for _ in 0..5 {
+        assert_eq!(list_jobs_with(&stack, None).await.0, 401);
+    }
+    assert_eq!(list_jobs_with(&stack, Some(CLIENT_TOKEN)).await.0, 200);
+
+    // Three wrong client credentials (two tokens, one dashboard sign-in)…
+    for _ in 0..2 {
+        assert_eq!(list_jobs_with(&stack, Some("wrong")).await.0, 401);
+    }
+    assert_eq!(sign_in("wrong").await.unwrap().status().as_u16(), 401);
+    // …and this address is refused, even with the right token, before the
+    // request is looked at.
+    let (status, retry, body) = list_jobs_with(&stack, Some(CLIENT_TOKEN)).await;
+    assert_eq!(status, 429, "{body}");
+    let retry = retry.expect("Retry-After");
+    assert!((1..=60).contains(&retry), "{retry}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("127.0.0.1") && error.contains("auth_failures_per_minute = 3"),
+        "{error}"
+    );
+    assert_eq!(sign_in(CLIENT_TOKEN).await.unwrap().status().as_u16(), 429);
+
+    // Workers are counted apart: one on the same host still registers…
+    assert_eq!(register(&stack, "w-right", 1).await.0, 200);
+    // …until wrong worker tokens reach the limit too.
+    for _ in 0..3 {
+        let resp = stack
+            .http
+            .post(format!("{}/_worker/workers/register", stack.base))
+            .header("X-Worker-Token", "wrong")
+            .json(&json!({"worker_id": "w-wrong"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 403);
+    }
+    let (status, body) = register(&stack, "w-right", 1).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("worker"), "{body}");
+
+    let (log, _) = stack.logs();
+    assert!(
+        log.contains("127.0.0.1 sent 3 wrong client credentials")
+            && log.contains("127.0.0.1 sent 3 wrong worker credentials"),
+        "{log}"
     );
 }
 

@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -105,9 +105,12 @@ impl Auth {
                 found = Some(name);
             }
         }
-        found
-            .cloned()
-            .ok_or_else(|| ApiError::Unauthorized("Unauthorized: Invalid token".into()))
+        found.cloned().ok_or_else(|| {
+            ApiError::WrongToken(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized: Invalid token".into(),
+            )
+        })
     }
 
     /// Whether the headers carry a worker token we know (the global one or
@@ -126,9 +129,7 @@ impl Auth {
         if known {
             Ok(())
         } else {
-            Err(ApiError::Forbidden(
-                "Unauthorized: No valid token found".into(),
-            ))
+            Err(wrong_worker_token("Unauthorized: No valid token found"))
         }
     }
 
@@ -156,16 +157,14 @@ impl Auth {
             return if constant_eq(own, token) {
                 Ok((worker_id, own.clone()))
             } else {
-                Err(ApiError::Forbidden(
-                    "Unauthorized: Invalid individual worker token".into(),
+                Err(wrong_worker_token(
+                    "Unauthorized: Invalid individual worker token",
                 ))
             };
         }
         match &self.global_worker_token {
             Some(global) if constant_eq(global, token) => Ok((worker_id, global.clone())),
-            _ => Err(ApiError::Forbidden(
-                "Unauthorized: No valid token found".into(),
-            )),
+            _ => Err(wrong_worker_token("Unauthorized: No valid token found")),
         }
     }
 
@@ -316,6 +315,11 @@ fn token_header(headers: &HeaderMap) -> Option<&axum::http::HeaderValue> {
 /// session cookie).
 pub fn has_token_header(headers: &HeaderMap) -> bool {
     token_header(headers).is_some()
+}
+
+/// A worker token that was given and is wrong: 403, as avtomatika answers.
+fn wrong_worker_token(message: &str) -> ApiError {
+    ApiError::WrongToken(StatusCode::FORBIDDEN, message.into())
 }
 
 /// The `X-Worker-Token` header.

@@ -28,6 +28,10 @@ pub enum ApiError {
     Internal(String),
     #[error("{0}")]
     Unavailable(String),
+    /// 401 (client) or 403 (worker) for a credential that was presented
+    /// and is wrong; counted per peer address (`super::throttle`).
+    #[error("{1}")]
+    WrongToken(StatusCode, String),
 }
 
 impl ApiError {
@@ -43,6 +47,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::WrongToken(status, _) => *status,
         }
     }
 }
@@ -70,11 +75,17 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let message = self.public_message();
-        (
+        let mut response = (
             self.status(),
             axum::Json(rxon::ErrorBody { error: message }),
         )
-            .into_response()
+            .into_response();
+        if matches!(self, Self::WrongToken(..)) {
+            response
+                .extensions_mut()
+                .insert(super::throttle::WrongToken);
+        }
+        response
     }
 }
 

@@ -1,23 +1,47 @@
 //! Every request's first and last stop, in one middleware (each layer of
 //! `from_fn` costs a boxed future and a clone of the route's service per
 //! request; docs/benchmarks.md): credentials checked before the body is read
-//! ([`super::guard`]), the request timed for the metrics, and the RXON
+//! ([`super::guard`]), an address that sent too many wrong ones refused
+//! ([`super::throttle`]), the request timed for the metrics, and the RXON
 //! headers added to the answer.
 
-use axum::extract::{Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::HeaderValue;
+use axum::http::header::RETRY_AFTER;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::throttle::{Realm, WrongToken};
 use super::{AppState, guard};
 
 pub async fn front(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let timer = crate::metrics::HttpTimer::start(&request);
-    let to_worker = request.uri().path().starts_with("/_worker/");
-    let mut response = match guard::refused_before_the_body(&state, &request) {
-        Some(refused) => refused.into_response(),
-        None => next.run(request).await,
+    let realm = Realm::of(request.uri().path());
+    let to_worker = realm == Realm::Worker;
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let throttled = peer.and_then(|ip| state.auth_failures.refused(ip, realm));
+    let mut response = if let Some((refused, retry)) = throttled {
+        let mut response = refused.into_response();
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(retry));
+        response
+    } else {
+        match guard::refused_before_the_body(&state, &request) {
+            Some(refused) => refused.into_response(),
+            None => next.run(request).await,
+        }
     };
+    if let Some(ip) = peer
+        && response.extensions().get::<WrongToken>().is_some()
+    {
+        state.auth_failures.record(ip, realm);
+    }
     let headers = response.headers_mut();
     headers.insert(
         rxon::HEADER_RXON_VERSION,

@@ -17,6 +17,7 @@ pub mod openapi;
 pub mod serve;
 pub mod stats;
 pub mod stream;
+pub mod throttle;
 pub mod worker;
 pub mod worker_plugins;
 
@@ -49,6 +50,8 @@ pub struct Shared {
     pub channels: channel::Sessions,
     /// Largest request body (and channel frame).
     pub max_body: usize,
+    /// Wrong credentials counted per peer address.
+    pub auth_failures: throttle::AuthFailures,
 }
 
 impl std::ops::Deref for AppState {
@@ -60,13 +63,16 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    /// `max_body`: the largest request body (and channel frame) accepted.
-    pub fn new(engine: Engine, auth: Auth, max_body: usize) -> Self {
+    /// `max_body`: the largest request body (and channel frame) accepted;
+    /// `auth_failures_per_minute`: wrong credentials allowed per peer
+    /// address and minute (0: no limit; [`throttle`]).
+    pub fn new(engine: Engine, auth: Auth, max_body: usize, auth_failures_per_minute: u32) -> Self {
         Self(Arc::new(Shared {
             engine,
             auth,
             channels: Default::default(),
             max_body,
+            auth_failures: throttle::AuthFailures::new(auth_failures_per_minute),
         }))
     }
 }
