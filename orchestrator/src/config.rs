@@ -19,6 +19,7 @@
 //! webhook_allowed_hosts = ["127.0.0.1", "10.0.0.0/8", "hooks.internal"]
 //! max_concurrent_webhooks = 64
 //! auth_failures_per_minute = 30            # wrong tokens per peer address, then 429 (0: no limit)
+//! trusted_proxies = ["127.0.0.1"]          # their X-Forwarded-For names the peer (for the line above)
 //!
 //! max_plugin_bytes = 67108864              # largest plugin component uploaded
 //! runtime_threads = 2                       # async runtime threads [default: one per core]
@@ -111,6 +112,8 @@ struct FileConfig {
     webhook_allowed_hosts: Vec<String>,
     max_concurrent_webhooks: Option<usize>,
     auth_failures_per_minute: Option<usize>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
     max_plugin_bytes: Option<usize>,
     runtime_threads: Option<usize>,
     orchestrator_secret_key: Option<String>,
@@ -190,6 +193,8 @@ pub struct Config {
     pub max_concurrent_webhooks: usize,
     /// Wrong credentials allowed per peer address and minute (0: no limit).
     pub auth_failures_per_minute: u32,
+    /// Proxies whose `X-Forwarded-For` names the peer for that limit.
+    pub trusted_proxies: crate::api::throttle::TrustedProxies,
     /// Threads of the async runtime; `None`: one per core.
     pub runtime_threads: Option<usize>,
 }
@@ -325,6 +330,8 @@ impl Config {
                 crate::api::throttle::DEFAULT_LIMIT as usize,
                 0..=1_000_000,
             )? as u32,
+            trusted_proxies: crate::api::throttle::TrustedProxies::parse(&file.trusted_proxies)
+                .map_err(anyhow::Error::msg)?,
             runtime_threads: match cli
                 .runtime_threads
                 .map(usize::from)

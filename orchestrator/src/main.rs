@@ -84,7 +84,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         engine.clone(),
         auth,
         config.max_body_bytes,
-        config.auth_failures_per_minute,
+        orchestrator::api::throttle::AuthFailures::new(
+            config.auth_failures_per_minute,
+            config.trusted_proxies.clone(),
+        ),
     );
     let app = api::router(state);
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -64,7 +64,7 @@ async fn server_with_body_limit(max_body: usize) -> Server {
         engine,
         auth,
         max_body,
-        api::throttle::DEFAULT_LIMIT,
+        api::throttle::AuthFailures::new(api::throttle::DEFAULT_LIMIT, Default::default()),
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

@@ -44,7 +44,7 @@ async fn server() -> (String, Engine) {
         engine.clone(),
         auth,
         64 << 10,
-        api::throttle::DEFAULT_LIMIT,
+        api::throttle::AuthFailures::new(api::throttle::DEFAULT_LIMIT, Default::default()),
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());

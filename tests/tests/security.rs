@@ -259,6 +259,42 @@ async fn an_address_sending_wrong_tokens_is_refused_for_the_rest_of_the_minute()
 }
 
 #[tokio::test]
+async fn behind_a_trusted_proxy_the_forwarded_address_is_the_one_refused() {
+    let stack =
+        orchestrator_with("auth_failures_per_minute = 2\ntrusted_proxies = [\"127.0.0.0/8\"]\n")
+            .await;
+    let from = |forwarded: Option<&str>, token: &str| {
+        let mut request = stack
+            .http
+            .get(format!("{}/api/v1/jobs", stack.base))
+            .header("X-Client-Token", token);
+        if let Some(f) = forwarded {
+            request = request.header("X-Forwarded-For", f);
+        }
+        request.send()
+    };
+    let status = |r: reqwest::Response| r.status().as_u16();
+    // The client wrote the first hop itself; the proxy added the second.
+    let hops = "10.9.9.9, 198.51.100.7";
+    for _ in 0..2 {
+        assert_eq!(status(from(Some(hops), "wrong").await.unwrap()), 401);
+    }
+    let refused = from(Some(hops), CLIENT_TOKEN).await.unwrap();
+    assert_eq!(refused.status().as_u16(), 429);
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("198.51.100.7"),
+        "{body}"
+    );
+    // Another client behind the same proxy, and the proxy itself, are served.
+    assert_eq!(
+        status(from(Some("198.51.100.8"), CLIENT_TOKEN).await.unwrap()),
+        200
+    );
+    assert_eq!(status(from(None, CLIENT_TOKEN).await.unwrap()), 200);
+}
+
+#[tokio::test]
 async fn slow_loris_connections_are_closed_and_the_server_keeps_serving() {
     let stack = orchestrator_with("header_read_timeout_seconds = 2\nmax_connections = 60\n").await;
     let mut conns = Vec::new();

@@ -23,7 +23,12 @@ pub async fn front(State(state): State<AppState>, request: Request, next: Next) 
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
+        .map(|c| {
+            state
+                .auth_failures
+                .proxies
+                .client(c.0.ip(), request.headers())
+        });
     let throttled = peer.and_then(|ip| state.auth_failures.refused(ip, realm));
     let mut response = if let Some((refused, retry)) = throttled {
         let mut response = refused.into_response();

@@ -64,15 +64,20 @@ impl std::ops::Deref for AppState {
 
 impl AppState {
     /// `max_body`: the largest request body (and channel frame) accepted;
-    /// `auth_failures_per_minute`: wrong credentials allowed per peer
-    /// address and minute (0: no limit; [`throttle`]).
-    pub fn new(engine: Engine, auth: Auth, max_body: usize, auth_failures_per_minute: u32) -> Self {
+    /// `auth_failures`: wrong credentials counted per peer address
+    /// ([`throttle`]).
+    pub fn new(
+        engine: Engine,
+        auth: Auth,
+        max_body: usize,
+        auth_failures: throttle::AuthFailures,
+    ) -> Self {
         Self(Arc::new(Shared {
             engine,
             auth,
             channels: Default::default(),
             max_body,
-            auth_failures: throttle::AuthFailures::new(auth_failures_per_minute),
+            auth_failures,
         }))
     }
 }

@@ -11,15 +11,19 @@
 //!   worker on the same host, and the other way round.
 //! - At most [`MAX_PEERS`] addresses are remembered; when full, windows that
 //!   ended are forgotten first, then the oldest.
-//! - Behind a reverse proxy every peer has the proxy's address: there one
-//!   client's wrong tokens block every client's requests for the minute; set
-//!   `auth_failures_per_minute = 0` and limit at the proxy instead.
+//! - Behind a reverse proxy every peer has the proxy's address: list the
+//!   proxy in `trusted_proxies` and a request from it is counted for the
+//!   last address of its `X-Forwarded-For` that is not a trusted proxy
+//!   ([`TrustedProxies::client`]); the header of any other peer is ignored.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use ipnet::IpNet;
 
 use super::error::ApiError;
 
@@ -29,6 +33,59 @@ pub const WINDOW: Duration = Duration::from_secs(60);
 pub const MAX_PEERS: usize = 10_000;
 /// Default `auth_failures_per_minute`.
 pub const DEFAULT_LIMIT: u32 = 30;
+/// Most `X-Forwarded-For` entries read, from the right.
+pub const MAX_FORWARDED_HOPS: usize = 16;
+
+/// Proxies whose `X-Forwarded-For` is believed (`trusted_proxies`:
+/// addresses or networks).
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    pub fn parse(entries: &[String]) -> Result<Self, String> {
+        entries
+            .iter()
+            .map(|e| {
+                e.parse::<IpNet>()
+                    .or_else(|_| e.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        format!(
+                            "trusted_proxies: {e:?} is not an address or a network (e.g. \"10.0.0.0/8\")"
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The address a request is counted for: its peer's, or, when the peer
+    /// is a trusted proxy, the last address of `X-Forwarded-For` (of the
+    /// last [`MAX_FORWARDED_HOPS`]) that is not a trusted proxy; the peer's
+    /// when there is none or one of them is not an address.
+    pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        if self.0.is_empty() || !self.trusts(peer) {
+            return peer;
+        }
+        let hops: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .collect();
+        for hop in hops.iter().rev().take(MAX_FORWARDED_HOPS) {
+            match hop.trim().parse::<IpAddr>() {
+                Ok(ip) if self.trusts(ip) => continue,
+                Ok(ip) => return ip,
+                Err(_) => return peer,
+            }
+        }
+        peer
+    }
+}
 
 /// Set on a response that refused a wrong credential (see
 /// [`ApiError::WrongToken`]); the front middleware counts it.
@@ -69,15 +126,17 @@ pub struct AuthFailures {
     /// Wrong credentials allowed per address and realm per [`WINDOW`]; 0:
     /// no limit.
     limit: u32,
+    pub proxies: TrustedProxies,
     peers: Mutex<HashMap<(IpAddr, Realm), Window>>,
     /// Entries at or over the limit: while 0, no request takes the lock.
     blocked: AtomicUsize,
 }
 
 impl AuthFailures {
-    pub fn new(limit: u32) -> Self {
+    pub fn new(limit: u32, proxies: TrustedProxies) -> Self {
         Self {
             limit,
+            proxies,
             peers: Mutex::default(),
             blocked: AtomicUsize::new(0),
         }
@@ -183,7 +242,7 @@ mod tests {
 
     #[test]
     fn an_address_is_refused_from_its_limit_on_in_its_realm_only() {
-        let f = AuthFailures::new(3);
+        let f = AuthFailures::new(3, TrustedProxies::default());
         for _ in 0..2 {
             f.record(A, Realm::Client);
         }
@@ -199,8 +258,32 @@ mod tests {
     }
 
     #[test]
+    fn forwarded_addresses_are_read_only_from_trusted_proxies() {
+        let proxies = TrustedProxies::parse(&["127.0.0.1".into(), "10.0.0.0/8".into()]).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.append("x-forwarded-for", "203.0.113.9, 192.0.2.2".parse().unwrap());
+        headers.append("x-forwarded-for", "10.1.2.3".parse().unwrap());
+        let proxy: IpAddr = "127.0.0.1".parse().unwrap();
+        // The last hop that is not a trusted proxy, not the first (which the
+        // client wrote itself).
+        assert_eq!(proxies.client(proxy, &headers), B);
+        // Any other peer: its own address, whatever it claims.
+        assert_eq!(proxies.client(A, &headers), A);
+        // A hop that is not an address: the proxy's own.
+        headers.append("x-forwarded-for", "unknown".parse().unwrap());
+        assert_eq!(proxies.client(proxy, &headers), proxy);
+        // No header: the proxy's own.
+        assert_eq!(proxies.client(proxy, &HeaderMap::new()), proxy);
+        let error = TrustedProxies::parse(&["10.0.0.0/33".into()]).unwrap_err();
+        assert!(
+            error.contains("trusted_proxies") && error.contains("10.0.0.0/33"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn zero_means_no_limit() {
-        let f = AuthFailures::new(0);
+        let f = AuthFailures::new(0, TrustedProxies::default());
         for _ in 0..100 {
             f.record(A, Realm::Client);
         }
@@ -209,7 +292,7 @@ mod tests {
 
     #[test]
     fn the_table_stays_bounded_and_keeps_counting_blocked_addresses() {
-        let f = AuthFailures::new(1);
+        let f = AuthFailures::new(1, TrustedProxies::default());
         f.record(A, Realm::Worker);
         for i in 0..(MAX_PEERS as u32 + 5) {
             f.record(
