@@ -14,6 +14,15 @@ use ipnet::IpNet;
 /// Longest webhook URL.
 pub const MAX_URL_LEN: usize = 2048;
 
+/// An address (`127.0.0.1`, as a one-address network) or a network
+/// (`10.0.0.0/8`) from a config entry.
+pub(crate) fn ip_or_net(entry: &str) -> Option<IpNet> {
+    entry
+        .parse::<IpNet>()
+        .ok()
+        .or_else(|| entry.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
 /// What the operator allows besides public addresses.
 #[derive(Debug, Clone, Default)]
 pub struct EgressPolicy {
@@ -28,10 +37,8 @@ impl EgressPolicy {
         let mut policy = Self::default();
         for entry in allowed {
             let entry = entry.trim();
-            if let Ok(net) = entry.parse::<IpNet>() {
+            if let Some(net) = ip_or_net(entry) {
                 policy.nets.push(net);
-            } else if let Ok(ip) = entry.parse::<IpAddr>() {
-                policy.nets.push(IpNet::from(ip));
             } else {
                 policy.hosts.push(entry.to_ascii_lowercase());
             }

@@ -46,13 +46,11 @@ impl TrustedProxies {
         entries
             .iter()
             .map(|e| {
-                e.parse::<IpNet>()
-                    .or_else(|_| e.parse::<IpAddr>().map(IpNet::from))
-                    .map_err(|_| {
-                        format!(
-                            "trusted_proxies: {e:?} is not an address or a network (e.g. \"10.0.0.0/8\")"
-                        )
-                    })
+                crate::egress::ip_or_net(e).ok_or_else(|| {
+                    format!(
+                        "trusted_proxies: {e:?} is not an address or a network (e.g. \"10.0.0.0/8\")"
+                    )
+                })
             })
             .collect::<Result<_, _>>()
             .map(Self)
