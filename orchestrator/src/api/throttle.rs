@@ -62,19 +62,20 @@ impl TrustedProxies {
 
     /// The address a request is counted for: its peer's, or, when the peer
     /// is a trusted proxy, the last address of `X-Forwarded-For` (of the
-    /// last [`MAX_FORWARDED_HOPS`]) that is not a trusted proxy; the peer's
-    /// when there is none or one of them is not an address.
+    /// last [`MAX_FORWARDED_HOPS`], read from the right without copying)
+    /// that is not a trusted proxy; the peer's when there is none or a hop
+    /// before it is not an address.
     pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         if self.0.is_empty() || !self.trusts(peer) {
             return peer;
         }
-        let hops: Vec<&str> = headers
+        let hops = headers
             .get_all("x-forwarded-for")
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .collect();
-        for hop in hops.iter().rev().take(MAX_FORWARDED_HOPS) {
+            .rev()
+            .flat_map(|v| v.to_str().unwrap_or("?").rsplit(','))
+            .take(MAX_FORWARDED_HOPS);
+        for hop in hops {
             match hop.trim().parse::<IpAddr>() {
                 Ok(ip) if self.trusts(ip) => continue,
                 Ok(ip) => return ip,
@@ -272,6 +273,15 @@ mod tests {
         assert_eq!(proxies.client(proxy, &headers), proxy);
         // No header: the proxy's own.
         assert_eq!(proxies.client(proxy, &HeaderMap::new()), proxy);
+        // A value that is not text where the proxy wrote: the proxy's own,
+        // not an earlier (client-written) hop.
+        let mut headers = HeaderMap::new();
+        headers.append("x-forwarded-for", "192.0.2.2".parse().unwrap());
+        headers.append(
+            "x-forwarded-for",
+            axum::http::HeaderValue::from_bytes(b"\xff, 10.1.2.3").unwrap(),
+        );
+        assert_eq!(proxies.client(proxy, &headers), proxy);
         let error = TrustedProxies::parse(&["10.0.0.0/33".into()]).unwrap_err();
         assert!(
             error.contains("trusted_proxies") && error.contains("10.0.0.0/33"),
