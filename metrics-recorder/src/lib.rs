@@ -6,6 +6,10 @@
 //! runs; without the thread, a process nobody scrapes would grow by every
 //! request and task it times.
 
+mod vocabulary;
+
+pub use vocabulary::{OTHER, Vocabulary};
+
 use std::sync::OnceLock;
 use std::time::Duration;
 

@@ -9,11 +9,13 @@
 //! global_worker_token = "test-worker-token"
 //! max_body_bytes = 1048576
 //! worker_ttl_seconds = 35                  # workers that do not declare their heartbeat interval
+//! channel_grace_seconds = 3                # a worker whose task channel closed is gone after this
 //! default_result_timeout_seconds = 3600    # lease of a task with no result_timeout of its own
 //! require_signatures = true
 //! orchestrator_secret_key = "…"            # signs tasks (`sig`); or ORCHESTRATOR_SECRET_KEY
 //! max_connections = 1024
-//! header_read_timeout_seconds = 20         # also the idle timeout of keep-alive connections
+//! header_read_timeout_seconds = 20         # most time a connection may spend with no request in flight
+//! body_read_timeout_seconds = 60           # most time a request body may take to arrive (then 408)
 //! max_workers = 1000
 //! max_skills_per_worker = 1024
 //! webhook_allowed_hosts = ["127.0.0.1", "10.0.0.0/8", "hooks.internal"]
@@ -102,10 +104,12 @@ struct FileConfig {
     global_worker_token: Option<String>,
     max_body_bytes: Option<usize>,
     worker_ttl_seconds: Option<f64>,
+    channel_grace_seconds: Option<f64>,
     default_result_timeout_seconds: Option<f64>,
     require_signatures: Option<bool>,
     max_connections: Option<usize>,
     header_read_timeout_seconds: Option<f64>,
+    body_read_timeout_seconds: Option<f64>,
     max_workers: Option<usize>,
     max_skills_per_worker: Option<usize>,
     #[serde(default)]
@@ -177,6 +181,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Liveness of a worker that does not declare its heartbeat interval.
     pub worker_ttl: std::time::Duration,
+    /// A worker whose task channel closed is gone after this unless heard from.
+    pub channel_grace: std::time::Duration,
     /// Lease of a handed-out task without a result timeout of its own.
     pub default_result_timeout: std::time::Duration,
     pub require_signatures: bool,
@@ -287,6 +293,11 @@ impl Config {
             worker_tokens,
             max_body_bytes: file.max_body_bytes.unwrap_or(crate::api::DEFAULT_MAX_BODY),
             worker_ttl: ttl,
+            channel_grace: crate::secs::timeout(
+                "channel_grace_seconds",
+                file.channel_grace_seconds
+                    .unwrap_or(crate::engine::DEFAULT_CHANNEL_GRACE_SECS as f64),
+            )?,
             default_result_timeout: crate::secs::timeout(
                 "default_result_timeout_seconds",
                 file.default_result_timeout_seconds
@@ -307,6 +318,10 @@ impl Config {
                 header_read_timeout: crate::secs::timeout(
                     "header_read_timeout_seconds",
                     file.header_read_timeout_seconds.unwrap_or(20.0),
+                )?,
+                body_read_timeout: crate::secs::timeout(
+                    "body_read_timeout_seconds",
+                    file.body_read_timeout_seconds.unwrap_or(60.0),
                 )?,
                 ..crate::api::ServeLimits::default()
             },

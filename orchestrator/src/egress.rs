@@ -80,8 +80,9 @@ pub fn check_webhook_url(raw: &str, policy: &EgressPolicy) -> Result<reqwest::Ur
     if let Some(ip) = literal_ip(&url)
         && !policy.allows(host, ip)
     {
+        let why = addr_policy::why_not_public(ip).unwrap_or_default();
         return Err(format!(
-            "'webhook_url' points at {ip}, a loopback, private, link-local or metadata address; \
+            "'webhook_url' points at {ip}, which is not a public address ({why}); \
              the operator may allow it with webhook_allowed_hosts"
         ));
     }
@@ -114,7 +115,7 @@ impl reqwest::dns::Resolve for PolicyResolver {
             if allowed.is_empty() {
                 let found: Vec<String> = all.iter().map(|a| a.ip().to_string()).collect();
                 return Err(format!(
-                    "egress refused: {host} resolves to {} only (loopback, private, link-local or metadata); \
+                    "egress refused: {host} resolves to {} only, none of them public (loopback, private, link-local, metadata or another special-purpose range); \
                      the operator may allow it with webhook_allowed_hosts",
                     found.join(", ")
                 )
@@ -155,6 +156,10 @@ mod tests {
             "http://example.com/a\r\nInjected: 1",
             "http://127.0.0.1:8080/hook",
             "http://169.254.169.254/latest",
+            "http://[64:ff9b::a9fe:a9fe]/",
+            "http://[::7f00:1]:8080/",
+            "http://198.18.0.1/",
+            "http://240.0.0.1/",
             "not a url",
         ] {
             assert!(check_webhook_url(bad, &p).is_err(), "{bad:?}");

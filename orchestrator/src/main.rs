@@ -55,6 +55,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("storage: {}", storage.describe());
     let settings = EngineSettings {
         worker_ttl: config.worker_ttl,
+        channel_grace: config.channel_grace,
         default_result_timeout: config.default_result_timeout,
         task_secret: config.orchestrator_secret.clone(),
         max_workers: config.max_workers,

@@ -12,6 +12,13 @@
 //!   engine when scraped ([`render`]);
 //! - HTTP request durations by route: the API's front middleware ([`HttpTimer`]).
 //!
+//! Every label value comes from a bounded set, so no peer can add series at
+//! will: routes are the API's patterns or a blueprint's create path
+//! (`unmatched` for the rest); methods the standard ones (`other` for the
+//! rest); blueprints and task types those of the catalog; a task's outcome
+//! `success`, `failure`, `cancelled`, an RXON error code, or a status some
+//! blueprint's transitions name (`other` for the rest).
+//!
 //! | series | labels |
 //! |---|---|
 //! | `orchestrator_jobs_created_total` | blueprint |
@@ -29,15 +36,56 @@
 //! | `orchestrator_storage_batch_writes` (histogram: job writes per transaction; single instance) | |
 //! | `orchestrator_storage_commit_seconds` (histogram: one transaction of the storage writer) | |
 
+use std::sync::LazyLock;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
 use axum::response::Response;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
+use metrics_recorder::Vocabulary;
 
 use crate::engine::EventKind;
 use crate::storage::JobWrite;
+
+/// The methods a request is labelled by (`other` for the rest).
+static METHODS: LazyLock<Vocabulary> = LazyLock::new(|| {
+    Vocabulary::new(
+        &[
+            "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "CONNECT", "TRACE",
+        ],
+        0,
+    )
+});
+
+/// The outcomes a task result is labelled by: the RXON statuses and error
+/// codes, and the statuses blueprints name ([`declare_status`]).
+static OUTCOMES: LazyLock<Vocabulary> = LazyLock::new(|| {
+    use rxon::error_code as code;
+    Vocabulary::new(
+        &[
+            rxon::status::SUCCESS,
+            rxon::status::FAILURE,
+            rxon::status::CANCELLED,
+            code::TRANSIENT,
+            code::PERMANENT,
+            code::INVALID_INPUT,
+            code::INTEGRITY_MISMATCH,
+            code::DEPENDENCY,
+            code::CONTRACT_VIOLATION,
+            code::SECURITY,
+            code::RESOURCE_EXHAUSTED,
+            code::TIMEOUT,
+        ],
+        0,
+    )
+});
+
+/// A status a blueprint's transitions name: results with it keep it as
+/// their `outcome` label.
+pub fn declare_status(status: &str) {
+    OUTCOMES.declare(status);
+}
 
 /// Histogram buckets, in seconds: 0.5 ms to 5 min.
 const BUCKETS: [f64; 16] = [
@@ -157,6 +205,7 @@ pub(crate) fn record(observed: impl IntoIterator<Item = Observation>) {
                 outcome,
                 seconds,
             } => {
+                let outcome = OUTCOMES.label(&outcome);
                 counter!("orchestrator_task_results_total", "task_type" => task_type.clone(), "outcome" => outcome)
                     .increment(1);
                 if let Some(s) = seconds {
@@ -239,7 +288,7 @@ impl HttpTimer {
         histogram!(
             "orchestrator_http_request_duration_seconds",
             "route" => route,
-            "method" => self.method.as_str().to_string(),
+            "method" => METHODS.label(self.method.as_str()),
             "status" => response.status().as_u16().to_string()
         )
         .record(self.started.elapsed().as_secs_f64());

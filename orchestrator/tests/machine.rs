@@ -521,18 +521,25 @@ async fn a_new_instance_of_a_worker_gets_none_of_the_old_ones_tasks() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_task_the_worker_stops_listing_goes_back_after_the_grace_and_at_once_on_goodbye() {
+async fn a_task_the_worker_stops_listing_is_a_failed_attempt_after_the_grace_and_requeued_on_goodbye()
+ {
     let engine = engine(ECHO_FLOW).await;
     register_instance(&engine, "w", "i", 1.0).await;
-    create(&engine, json!({})).await;
+    let id = create(&engine, json!({})).await;
     let t = poll(&engine, "w").await.unwrap();
     // Just handed out: not listed yet is fine.
     heartbeat(&engine, "w", "busy", &[]).await;
     assert!(poll(&engine, "w").await.is_none());
     tokio::time::advance(Duration::from_secs(11)).await;
+    // Past the grace, a task it does not list (it could not read it, or its
+    // result was lost) is a failed attempt: retried after the backoff (1 s).
     heartbeat(&engine, "w", "idle", &[]).await;
+    assert_eq!(job(&engine, id).await.status, JobStatus::AwaitingRetry);
+    assert!(poll(&engine, "w").await.is_none());
+    tokio::time::sleep(Duration::from_millis(1010)).await;
     let again = poll(&engine, "w").await.unwrap();
     assert_ne!(again.task_id, t.task_id);
+    assert_eq!(job(&engine, id).await.tasks[0].attempt, 2);
     // A goodbye returns what it does not list at once; nothing more is handed out.
     create(&engine, json!({})).await;
     heartbeat(&engine, "w", "offline", &[]).await;
@@ -579,4 +586,49 @@ async fn a_task_without_a_result_timeout_still_has_a_lease() {
     let j = job(&engine, id).await;
     let last = j.tasks[0].last_error.clone().unwrap();
     assert_eq!(last.code, "TIMEOUT_ERROR", "{j:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_whose_channel_closed_is_gone_after_the_grace_unless_heard_from() {
+    let settings = EngineSettings {
+        channel_grace: Duration::from_secs(3),
+        ..EngineSettings::default()
+    };
+    let engine = engine_with(ECHO_FLOW, settings).await;
+    register(&engine, "w1", &["echo"]).await;
+    register(&engine, "w2", &["echo"]).await;
+    let id = create(&engine, json!({})).await;
+    let first = poll(&engine, "w1").await.unwrap();
+    // Back within the grace (a reconnect): it keeps its task.
+    engine.channel_lost("w1").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    engine.heartbeat("w1", None).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        poll(&engine, "w2").await.is_none(),
+        "the task stayed with w1"
+    );
+    // Not back: its task goes to w2 after the grace (and the sweep), long
+    // before its 35 s liveness.
+    engine.channel_lost("w1").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(poll(&engine, "w2").await.is_none(), "not before the grace");
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let again = poll(&engine, "w2").await.expect("requeued after the grace");
+    assert_eq!(again.job_id, id.to_string());
+    assert_ne!(again.task_id, first.task_id);
+    // A late result from w1 for the old task is not taken.
+    let late = engine
+        .submit_result("w1", &success(&first, "success", json!({})))
+        .await;
+    assert!(
+        late.as_ref().map_or(true, |r| r.status != "accepted"),
+        "{late:?}"
+    );
+    assert_ne!(job(&engine, id).await.status, JobStatus::Finished);
+    engine
+        .submit_result("w2", &success(&again, "success", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(job(&engine, id).await.status, JobStatus::Finished);
 }

@@ -455,11 +455,17 @@ async fn a_worker_restarted_with_the_same_id_gets_its_tasks_back_at_once() {
 }
 
 #[tokio::test]
-async fn the_tasks_of_a_killed_worker_run_elsewhere_within_its_heartbeat_bound() {
+async fn the_tasks_of_a_killed_polling_worker_run_elsewhere_within_its_heartbeat_bound() {
     let mut stack = Stack::new();
     stack.add_plugin(plugin_fixtures::CHAOS_TASK);
     add_chaos_flows(&stack, &["sleep"]);
-    stack.start().await;
+    stack.start_orchestrator();
+    stack.wait_ready().await;
+    // HTTP long-poll only: no task channel whose closing would tell.
+    stack.worker = Some(stack.spawn_worker(WORKER_ID, "worker.log", |cmd| {
+        cmd.arg("--no-task-channel");
+    }));
+    stack.wait_worker().await;
     let ids = five_held_tasks(&stack).await;
     let mut other = stack.spawn_worker("other-worker", "other.log", |_| {});
     stack.worker.as_mut().unwrap().kill9();
@@ -486,58 +492,6 @@ async fn the_tasks_of_a_killed_worker_run_elsewhere_within_its_heartbeat_bound()
     }
     assert!(!other.log_text().contains("panicked"));
     other.stop();
-}
-
-/// A tiny HTTP receiver: records the bodies POSTed to it.
-async fn webhook_receiver(port: u16) -> std::sync::Arc<std::sync::Mutex<Vec<Value>>> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let record = got.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                return;
-            };
-            let record = record.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Ok(n) = sock.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_string();
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let len: usize = text[..end]
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse().unwrap_or(0))
-                            })
-                            .unwrap_or(0);
-                        if buf.len() >= end + 4 + len {
-                            if let Ok(v) = serde_json::from_slice(&buf[end + 4..end + 4 + len]) {
-                                record.lock().unwrap().push(v);
-                            }
-                            let _ = sock
-                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                                .await;
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    got
 }
 
 #[tokio::test]

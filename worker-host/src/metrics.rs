@@ -4,14 +4,22 @@
 //!
 //! | series | labels |
 //! |---|---|
-//! | `worker_tasks_total` | plugin, skill, outcome (`success` or the status, an error code, `cancelled`) |
+//! | `worker_tasks_total` | plugin, skill, outcome (`success`, `cancelled`, an RXON error code, or one of the first 32 other statuses seen) |
 //! | `worker_task_duration_seconds` (histogram) | plugin, skill |
 //! | `worker_sandbox_instantiate_seconds` (histogram: fresh instance of the plugin) | |
 //! | `worker_plugin_loads_total` | outcome (`compiled`, `cached`, `failed`) |
 //! | `worker_tasks_in_flight` | |
 //! | `worker_task_channel_open` (1 while the task channel is open) | |
 
+//!
+//! Label values a plugin chooses are bounded: a task's outcome as above,
+//! plugin names and skills to the first [`MAX_PLUGIN_LABELS`] and
+//! [`MAX_SKILL_LABELS`] seen; the rest are `other`.
+
 use std::net::SocketAddr;
+use std::sync::LazyLock;
+
+use metrics_recorder::Vocabulary;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -30,16 +38,57 @@ pub fn install() -> Option<&'static PrometheusHandle> {
     metrics_recorder::install(&BUCKETS, &[])
 }
 
+/// Plugin names with a series of their own.
+pub const MAX_PLUGIN_LABELS: usize = 64;
+/// Skills with a series of their own.
+pub const MAX_SKILL_LABELS: usize = 256;
+/// Statuses (besides the fixed ones) with a series of their own.
+pub const MAX_OUTCOME_LABELS: usize = 32;
+
+static PLUGINS: LazyLock<Vocabulary> = LazyLock::new(|| Vocabulary::new(&[], MAX_PLUGIN_LABELS));
+static SKILLS: LazyLock<Vocabulary> = LazyLock::new(|| Vocabulary::new(&[], MAX_SKILL_LABELS));
+static OUTCOMES: LazyLock<Vocabulary> = LazyLock::new(|| {
+    use rxon::error_code as code;
+    Vocabulary::new(
+        &[
+            rxon::status::SUCCESS,
+            rxon::status::FAILURE,
+            rxon::status::CANCELLED,
+            code::TRANSIENT,
+            code::PERMANENT,
+            code::INVALID_INPUT,
+            code::INTEGRITY_MISMATCH,
+            code::DEPENDENCY,
+            code::CONTRACT_VIOLATION,
+            code::SECURITY,
+            code::RESOURCE_EXHAUSTED,
+            code::TIMEOUT,
+        ],
+        MAX_OUTCOME_LABELS,
+    )
+});
+
 /// The label of a plugin: its registry name, else its file name.
 pub fn plugin_label(plugin: &crate::plugin_store::Plugin) -> String {
-    match &plugin.registry {
+    let name = match &plugin.registry {
         Some(r) => r.name.clone(),
         None => plugin
             .path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default(),
-    }
+    };
+    PLUGINS.label(&name)
+}
+
+/// The label of a skill.
+pub fn skill_label(skill: &str) -> String {
+    SKILLS.label(skill)
+}
+
+/// The label of a task's outcome.
+pub fn outcome_label(outcome: &str) -> String {
+    OUTCOMES.label(outcome)
 }
 
 /// Serves `GET /metrics` on `addr` until the process ends.

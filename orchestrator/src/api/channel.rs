@@ -80,14 +80,16 @@ impl Sessions {
         (id, token)
     }
 
-    fn end(&self, worker_id: &str, id: u64) {
+    /// Ends session `id`; whether it was still the worker's current one.
+    fn end(&self, worker_id: &str, id: u64) -> bool {
         let mut open = self.lock();
-        if open
+        let current = open
             .get(worker_id)
-            .is_some_and(|(current, _)| *current == id)
-        {
+            .is_some_and(|(current, _)| *current == id);
+        if current {
             open.remove(worker_id);
         }
+        current
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, CancellationToken)>> {
@@ -164,11 +166,13 @@ async fn session(state: AppState, headers: HeaderMap, worker_id: String, socket:
         stop.clone(),
     ));
     let stopping = state.engine.stopping();
-    let closing = tokio::select! {
-        close = read_frames(&state, &headers, &worker_id, stream, &credits, &out) => close,
-        _ = replaced.cancelled() => Some((CLOSE_REPLACED, "a newer channel of this worker replaced this one".to_string())),
-        _ = stopping.cancelled() => Some((CLOSE_GOING_AWAY, "the orchestrator is shutting down".to_string())),
-        _ = stop.cancelled() => None,
+    // `lost`: the worker left or its connection broke (not replaced by a
+    // newer channel, not our own shutdown).
+    let (closing, lost) = tokio::select! {
+        close = read_frames(&state, &headers, &worker_id, stream, &credits, &out) => (close, true),
+        _ = replaced.cancelled() => (Some((CLOSE_REPLACED, "a newer channel of this worker replaced this one".to_string())), false),
+        _ = stopping.cancelled() => (Some((CLOSE_GOING_AWAY, "the orchestrator is shutting down".to_string())), false),
+        _ = stop.cancelled() => (None, true),
     };
     stop.cancel();
     let _ = dispatcher.await;
@@ -178,8 +182,11 @@ async fn session(state: AppState, headers: HeaderMap, worker_id: String, socket:
     }
     drop(out);
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
-    state.channels.end(&worker_id, id);
+    let current = state.channels.end(&worker_id, id);
     tracing::info!(worker_id = %worker_id, "task channel of worker {worker_id} closed");
+    if lost && current {
+        state.engine.channel_lost(&worker_id).await;
+    }
 }
 
 /// Reads until the worker leaves or breaks the protocol; `Some` is the
@@ -219,6 +226,9 @@ async fn read_frames(
                 ));
             }
         };
+        if let Err(e) = rxon::check_document(text.as_bytes()) {
+            return Some((CLOSE_PROTOCOL, format!("invalid frame: {e}")));
+        }
         let frame: WorkerFrame = match serde_json::from_str(text.as_str()) {
             Ok(frame) => frame,
             Err(e) => {

@@ -4,8 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -36,7 +34,7 @@ pub async fn create_job(
     blueprint: Arc<Blueprint>,
     query: Option<&str>,
     headers: HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
+    raw: axum::body::Body,
 ) -> Result<Response, ApiError> {
     let owner = state.auth.client(&headers)?;
     let wait = query
@@ -44,7 +42,7 @@ pub async fn create_job(
         .flat_map(|q| q.split('&'))
         .find_map(|pair| pair.strip_prefix("wait="));
     let wait = crate::secs::wait_query("wait", wait, MAX_JOB_WAIT).map_err(ApiError::BadRequest)?;
-    let raw = body::bytes(raw)?;
+    let raw = body::read(raw, state.max_body).await?;
     let body = body::json_object(&raw)?.unwrap_or_default();
     let new = parse_create(body, &blueprint.name, owner.clone(), state.engine.egress())?;
     let id = state.engine.create_job(new).await?;

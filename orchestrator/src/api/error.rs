@@ -23,6 +23,9 @@ pub enum ApiError {
     TooMany(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// 408: the request's body did not arrive in time.
+    #[error("{0}")]
+    BodyTimeout(String),
     /// Logged with its detail; the client gets a generic message.
     #[error("internal error")]
     Internal(String),
@@ -45,6 +48,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::WrongToken(status, _) => *status,

@@ -1,8 +1,8 @@
 //! Every request's first and last stop, in one middleware (each layer of
 //! `from_fn` costs a boxed future and a clone of the route's service per
 //! request; docs/benchmarks.md): credentials checked before the body is read
-//! ([`super::guard`]), an address that sent too many wrong ones refused
-//! ([`super::throttle`]), the request timed for the metrics, and the RXON
+//! ([`super::guard`]), wrong ones counted per address and refused with 429
+//! past the limit ([`super::throttle`]), the request timed for the metrics, and the RXON
 //! headers added to the answer.
 
 use std::net::SocketAddr;
@@ -29,23 +29,19 @@ pub async fn front(State(state): State<AppState>, request: Request, next: Next) 
                 .proxies
                 .client(c.0.ip(), request.headers())
         });
-    let throttled = peer.and_then(|ip| state.auth_failures.refused(ip, realm));
-    let mut response = if let Some((refused, retry)) = throttled {
-        let mut response = refused.into_response();
+    let mut response = match guard::refused_before_the_body(&state, &request) {
+        Some(refused) => refused.into_response(),
+        None => next.run(request).await,
+    };
+    // A wrong credential is counted; past the limit its answer is a 429.
+    if let Some(ip) = peer
+        && response.extensions().get::<WrongToken>().is_some()
+        && let Some((refused, retry)) = state.auth_failures.record(ip, realm)
+    {
+        response = refused.into_response();
         response
             .headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from(retry));
-        response
-    } else {
-        match guard::refused_before_the_body(&state, &request) {
-            Some(refused) => refused.into_response(),
-            None => next.run(request).await,
-        }
-    };
-    if let Some(ip) = peer
-        && response.extensions().get::<WrongToken>().is_some()
-    {
-        state.auth_failures.record(ip, realm);
     }
     let headers = response.headers_mut();
     headers.insert(

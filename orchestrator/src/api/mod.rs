@@ -13,6 +13,7 @@ pub mod deploy;
 pub mod error;
 mod front;
 pub mod guard;
+pub mod idle;
 pub mod openapi;
 pub mod serve;
 pub mod stats;
@@ -26,10 +27,8 @@ pub use serve::ServeLimits;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, Method, Uri};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::Method;
 use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::routing::{delete, get, patch, post, put};
@@ -194,64 +193,57 @@ async fn known_api_version(
 
 /// Requests no fixed route serves: `POST` to a blueprint's create-job
 /// endpoint (looked up now, so new blueprints serve at once), else 404.
-async fn not_found(
-    State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    if let Some(created) = create_job(&state, &method, &uri, headers, raw).await {
-        return created;
+/// No body is read before the endpoint is known and its client checked.
+async fn not_found(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let path = request.uri().path().to_string();
+    match create_job(&state, request).await {
+        Ok(created) => created,
+        Err(_) => Err(ApiError::NotFound(format!("Not found: {path}"))),
     }
-    Err(ApiError::NotFound(format!("Not found: {}", uri.path())))
 }
 
 /// A fixed route with another method; a create-job endpoint may share its
 /// path (e.g. `/api/v1/jobs/test` and `GET /api/v1/jobs/{id}`).
 async fn method_not_allowed(
     State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    if let Some(created) = create_job(&state, &method, &uri, headers, raw).await {
-        return created;
+    let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    match create_job(&state, request).await {
+        Ok(created) => created,
+        Err(_) => Err(ApiError::MethodNotAllowed(format!(
+            "Method {method} is not allowed on {path}"
+        ))),
     }
-    Err(ApiError::MethodNotAllowed(format!(
-        "Method {method} is not allowed on {}",
-        uri.path()
-    )))
 }
 
-/// `POST` to a create-job endpoint: the job is created (`Some`); a `POST`
-/// under `/api/` that no blueprint serves is a 404 naming the list.
+/// `POST` to a create-job endpoint: the job is created (`Ok`); a `POST`
+/// under `/api/` that no blueprint serves is a 404 naming the list; any
+/// other request is given back unread (`Err`).
 async fn create_job(
     state: &AppState,
-    method: &Method,
-    uri: &Uri,
-    headers: HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
-) -> Option<Result<Response, ApiError>> {
-    if method != Method::POST {
-        return None;
+    request: Request,
+) -> Result<Result<Response, ApiError>, Request> {
+    if request.method() != Method::POST {
+        return Err(request);
     }
-    if let Some(bp) = state.engine.catalog().by_path(uri.path()) {
-        let label = crate::metrics::RouteLabel(bp.create_path.clone());
-        let mut answer = client::create_job(state.clone(), bp, uri.query(), headers, raw).await;
-        match &mut answer {
-            Ok(response) => response.extensions_mut().insert(label),
-            Err(_) => None,
-        };
-        return Some(answer);
+    let Some(bp) = state.engine.catalog().by_path(request.uri().path()) else {
+        if request.uri().path().starts_with("/api/") {
+            return Ok(Err(ApiError::NotFound(format!(
+                "Not found: no blueprint serves POST {}; GET /api/<version>/blueprints lists them",
+                request.uri().path()
+            ))));
+        }
+        return Err(request);
+    };
+    let label = crate::metrics::RouteLabel(bp.create_path.clone());
+    let (parts, body) = request.into_parts();
+    let mut answer =
+        client::create_job(state.clone(), bp, parts.uri.query(), parts.headers, body).await;
+    if let Ok(response) = &mut answer {
+        response.extensions_mut().insert(label);
     }
-    uri.path().starts_with("/api/").then(|| {
-        Err(ApiError::NotFound(format!(
-            "Not found: no blueprint serves POST {}; GET /api/<version>/blueprints lists them",
-            uri.path()
-        )))
-    })
+    Ok(answer)
 }
 
 /// `GET /metrics` (and `/_public/metrics`, avtomatika's path): Prometheus

@@ -3,9 +3,13 @@
 //!
 //! - at most [`ServeLimits::max_connections`] connections at once (further
 //!   ones wait in the listen backlog);
-//! - a client must send a request's headers within
-//!   [`ServeLimits::header_read_timeout`]; the same timer closes a keep-alive
-//!   connection idle for that long;
+//! - a connection with no request in flight for
+//!   [`ServeLimits::header_read_timeout`] is closed, whatever it is doing:
+//!   silent from the start, stuck in the HTTP/2 preface or handshake, half
+//!   way through a request's headers, idle between keep-alive requests, an
+//!   HTTP/2 connection with no stream open ([`super::idle::Activity`]);
+//! - a request's body must arrive within [`ServeLimits::body_read_timeout`]
+//!   (408 otherwise, [`super::idle::Timed`]);
 //! - graceful shutdown: stop accepting, let requests in flight finish (long
 //!   polls and `?wait=` are answered at once by the engine), give up after
 //!   [`ServeLimits::shutdown_grace`].
@@ -14,22 +18,33 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
+
+use super::idle::{Activity, Held, Timed};
+
+/// How long a connection closed for idleness may take to go after being
+/// asked to (an HTTP/2 GOAWAY, the end of a keep-alive): then it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_millis(250);
 
 /// Bounds of the server (config file keys in parentheses).
 #[derive(Debug, Clone)]
 pub struct ServeLimits {
     /// Most open connections (`max_connections`, default 1024).
     pub max_connections: usize,
-    /// Time to send a request's headers, and most idle time of a
-    /// keep-alive connection (`header_read_timeout_seconds`, default 20).
+    /// Most time a connection may go without a request in flight: to send
+    /// a request's headers, idle between keep-alive requests, an HTTP/2
+    /// connection without streams (`header_read_timeout_seconds`, default 20).
     pub header_read_timeout: Duration,
+    /// Most time a request's body may take to arrive, from its headers
+    /// (`body_read_timeout_seconds`, default 60).
+    pub body_read_timeout: Duration,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
 }
@@ -39,6 +54,7 @@ impl Default for ServeLimits {
         Self {
             max_connections: 1024,
             header_read_timeout: Duration::from_secs(20),
+            body_read_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -52,7 +68,8 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
+    let stopping = CancellationToken::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -93,24 +110,53 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        // The peer's address, for the wrong-credential limit (`throttle`).
-        let service = TowerToHyperService::new(app.clone().map_request(
-            move |mut request: axum::extract::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(ConnectInfo(peer));
-                request
-            },
-        ));
+        let activity = Activity::new();
+        let service = {
+            let (app, activity, body_limit) =
+                (app.clone(), activity.clone(), limits.body_read_timeout);
+            hyper::service::service_fn(
+                move |request: axum::extract::Request<hyper::body::Incoming>| {
+                    let in_flight = activity.begin();
+                    let (mut parts, body) = request.into_parts();
+                    // The peer's address, for the wrong-credential limit (`throttle`).
+                    parts.extensions.insert(ConnectInfo(peer));
+                    let body = if http_body::Body::is_end_stream(&body) {
+                        Body::new(body)
+                    } else {
+                        Body::new(Timed::new(body, body_limit))
+                    };
+                    let answer = app
+                        .clone()
+                        .oneshot(axum::extract::Request::from_parts(parts, body));
+                    async move {
+                        let response = answer.await?;
+                        Ok::<_, std::convert::Infallible>(
+                            response.map(|body| Held::body(body, in_flight)),
+                        )
+                    }
+                },
+            )
+        };
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = conn.await;
+        let (idle_limit, stopping) = (limits.header_read_timeout, stopping.clone());
+        connections.spawn(async move {
+            drive(
+                conn,
+                |c| c.graceful_shutdown(),
+                &activity,
+                idle_limit,
+                stopping,
+            )
+            .await;
             drop(permit);
         });
     }
     drop(listener);
-    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+    stopping.cancel();
+    connections.close();
+    if tokio::time::timeout(limits.shutdown_grace, connections.wait())
         .await
         .is_err()
     {
@@ -120,4 +166,44 @@ pub async fn serve(
         );
     }
     Ok(())
+}
+
+/// Runs one connection until it ends, is idle for `idle_limit` (then it is
+/// asked to close and, after [`CLOSE_GRACE`], dropped), or the server stops
+/// (asked to close; requests in flight finish).
+async fn drive<C: std::future::Future>(
+    conn: C,
+    close: impl Fn(std::pin::Pin<&mut C>),
+    activity: &Activity,
+    idle_limit: Duration,
+    stopping: CancellationToken,
+) {
+    tokio::pin!(conn);
+    let mut closing: Option<tokio::time::Instant> = None;
+    let mut server_stopping = false;
+    loop {
+        let wake = match (closing, activity.idle_deadline(idle_limit)) {
+            (Some(at), Some(_)) => at,
+            (Some(_), None) | (None, None) => tokio::time::Instant::now() + idle_limit,
+            (None, Some(at)) => at,
+        };
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = stopping.cancelled(), if !server_stopping => {
+                server_stopping = true;
+                close(conn.as_mut());
+            }
+            _ = tokio::time::sleep_until(wake) => {
+                let now = tokio::time::Instant::now();
+                match (closing, activity.idle_deadline(idle_limit)) {
+                    (Some(at), Some(_)) if now >= at => return,
+                    (None, Some(idle)) if now >= idle => {
+                        close(conn.as_mut());
+                        closing = Some(now + CLOSE_GRACE);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
 }

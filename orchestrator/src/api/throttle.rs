@@ -1,6 +1,9 @@
 //! Wrong tokens per peer address: past `auth_failures_per_minute` wrong
-//! credentials from one address within a minute, that address is answered
-//! `429` (with `Retry-After`) until its minute ends, whatever it sends.
+//! credentials from one address within a minute, every further wrong
+//! credential from that address is answered `429` (with `Retry-After`)
+//! until its minute ends. A right credential always passes: anything that
+//! shares an address with a guesser (a NAT, a proxy, a process on the same
+//! host) is never locked out.
 //!
 //! - Only a credential that was presented and is wrong counts (an unknown
 //!   client or worker token, a dashboard sign-in with an unknown token, a
@@ -9,17 +12,17 @@
 //! - Clients and workers are counted apart (paths under `/_worker/` are the
 //!   workers'): a script retrying a wrong client token does not lock out a
 //!   worker on the same host, and the other way round.
-//! - At most [`MAX_PEERS`] addresses are remembered; when full, windows that
-//!   ended are forgotten first, then the oldest.
+//! - At most [`MAX_PEERS`] addresses are remembered; when full, the one
+//!   remembered longest is forgotten (its window has most likely ended), in
+//!   constant time: no scan of the table under its lock.
 //! - Behind a reverse proxy every peer has the proxy's address: list the
 //!   proxy in `trusted_proxies` and a request from it is counted for the
 //!   last address of its `X-Forwarded-For` that is not a trusted proxy
 //!   ([`TrustedProxies::client`]); the header of any other peer is ignored.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
@@ -115,9 +118,61 @@ impl Realm {
     }
 }
 
+type Key = (IpAddr, Realm);
+
 struct Window {
     started: Instant,
     failures: u32,
+    /// Which entry of [`Table::order`] is this one's.
+    generation: u64,
+}
+
+/// The remembered addresses, and the order they were first remembered in
+/// (entries of forgotten addresses are skipped when reached).
+#[derive(Default)]
+struct Table {
+    windows: HashMap<Key, Window>,
+    order: VecDeque<(Key, u64)>,
+    next_generation: u64,
+}
+
+impl Table {
+    /// Forgets the address remembered longest.
+    fn evict_oldest(&mut self) {
+        while let Some((key, generation)) = self.order.pop_front() {
+            if self
+                .windows
+                .get(&key)
+                .is_some_and(|w| w.generation == generation)
+            {
+                self.windows.remove(&key);
+                return;
+            }
+        }
+    }
+
+    fn insert(&mut self, key: Key, now: Instant) {
+        while self.windows.len() >= MAX_PEERS {
+            self.evict_oldest();
+        }
+        // Entries of forgotten addresses are dropped when they pile up.
+        if self.order.len() >= 2 * MAX_PEERS {
+            let windows = &self.windows;
+            self.order
+                .retain(|(k, g)| windows.get(k).is_some_and(|w| w.generation == *g));
+        }
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        self.order.push_back((key, generation));
+        self.windows.insert(
+            key,
+            Window {
+                started: now,
+                failures: 0,
+                generation,
+            },
+        );
+    }
 }
 
 /// The counters; one per server.
@@ -126,9 +181,7 @@ pub struct AuthFailures {
     /// no limit.
     limit: u32,
     pub proxies: TrustedProxies,
-    peers: Mutex<HashMap<(IpAddr, Realm), Window>>,
-    /// Entries at or over the limit: while 0, no request takes the lock.
-    blocked: AtomicUsize,
+    table: Mutex<Table>,
 }
 
 impl AuthFailures {
@@ -136,25 +189,41 @@ impl AuthFailures {
         Self {
             limit,
             proxies,
-            peers: Mutex::default(),
-            blocked: AtomicUsize::new(0),
+            table: Mutex::default(),
         }
     }
 
-    /// The refusal of a request from `ip`, with the seconds until its window
-    /// ends, when the address is over the limit.
-    pub fn refused(&self, ip: IpAddr, realm: Realm) -> Option<(ApiError, u64)> {
-        if self.limit == 0 || self.blocked.load(Ordering::Relaxed) == 0 {
+    /// Counts a wrong credential from `ip`; past the limit, the refusal
+    /// that replaces its answer, with the seconds until its window ends.
+    pub fn record(&self, ip: IpAddr, realm: Realm) -> Option<(ApiError, u64)> {
+        if self.limit == 0 {
             return None;
         }
-        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        let window = peers.get(&(ip, realm))?;
-        let age = window.started.elapsed();
+        let now = Instant::now();
+        let key = (ip, realm);
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if !table.windows.contains_key(&key) {
+            table.insert(key, now);
+        }
+        let window = table.windows.get_mut(&key)?;
+        let mut age = now.duration_since(window.started);
         if age >= WINDOW {
-            self.forget(&mut peers, (ip, realm));
-            return None;
+            window.started = now;
+            window.failures = 0;
+            age = Duration::ZERO;
         }
-        if window.failures < self.limit {
+        window.failures = window.failures.saturating_add(1);
+        if window.failures == self.limit {
+            tracing::warn!(
+                "{ip} sent {} wrong {} credentials within {} s: its further wrong {} credentials are refused (429) until {} s after the first (auth_failures_per_minute)",
+                window.failures,
+                realm.name(),
+                age.as_secs(),
+                realm.name(),
+                WINDOW.as_secs(),
+            );
+        }
+        if window.failures <= self.limit {
             return None;
         }
         let retry = (WINDOW - age).as_secs().max(1);
@@ -167,69 +236,6 @@ impl AuthFailures {
         ));
         Some((error, retry))
     }
-
-    /// Counts a wrong credential from `ip`.
-    pub fn record(&self, ip: IpAddr, realm: Realm) {
-        if self.limit == 0 {
-            return;
-        }
-        let now = Instant::now();
-        let key = (ip, realm);
-        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        if !peers.contains_key(&key) && peers.len() >= MAX_PEERS {
-            self.make_room(&mut peers, now);
-        }
-        let window = peers.entry(key).or_insert(Window {
-            started: now,
-            failures: 0,
-        });
-        if now.duration_since(window.started) >= WINDOW {
-            if window.failures >= self.limit {
-                self.blocked.fetch_sub(1, Ordering::Relaxed);
-            }
-            *window = Window {
-                started: now,
-                failures: 0,
-            };
-        }
-        window.failures = window.failures.saturating_add(1);
-        if window.failures == self.limit {
-            self.blocked.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                "{ip} sent {} wrong {} credentials within {} s: its {} requests are refused (429) until {} s after the first (auth_failures_per_minute)",
-                window.failures,
-                realm.name(),
-                now.duration_since(window.started).as_secs(),
-                realm.name(),
-                WINDOW.as_secs(),
-            );
-        }
-    }
-
-    fn forget(&self, peers: &mut HashMap<(IpAddr, Realm), Window>, key: (IpAddr, Realm)) {
-        if let Some(w) = peers.remove(&key)
-            && w.failures >= self.limit
-        {
-            self.blocked.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Forgets ended windows, then (if still full) the oldest one.
-    fn make_room(&self, peers: &mut HashMap<(IpAddr, Realm), Window>, now: Instant) {
-        let ended: Vec<_> = peers
-            .iter()
-            .filter(|(_, w)| now.duration_since(w.started) >= WINDOW)
-            .map(|(k, _)| *k)
-            .collect();
-        for key in ended {
-            self.forget(peers, key);
-        }
-        if peers.len() >= MAX_PEERS
-            && let Some(oldest) = peers.iter().min_by_key(|(_, w)| w.started).map(|(k, _)| *k)
-        {
-            self.forget(peers, oldest);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -240,20 +246,18 @@ mod tests {
     const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 2));
 
     #[test]
-    fn an_address_is_refused_from_its_limit_on_in_its_realm_only() {
+    fn wrong_credentials_past_the_limit_are_refused_in_their_realm_only() {
         let f = AuthFailures::new(3, TrustedProxies::default());
-        for _ in 0..2 {
-            f.record(A, Realm::Client);
+        for _ in 0..3 {
+            assert!(f.record(A, Realm::Client).is_none());
         }
-        assert!(f.refused(A, Realm::Client).is_none());
-        f.record(A, Realm::Client);
-        let (error, retry) = f.refused(A, Realm::Client).expect("refused at the limit");
+        let (error, retry) = f.record(A, Realm::Client).expect("refused past the limit");
         assert!(matches!(error, ApiError::TooMany(_)));
         let text = error.to_string();
         assert!(text.contains("auth_failures_per_minute = 3"), "{text}");
         assert!((1..=60).contains(&retry), "{retry}");
-        assert!(f.refused(A, Realm::Worker).is_none());
-        assert!(f.refused(B, Realm::Client).is_none());
+        assert!(f.record(A, Realm::Worker).is_none());
+        assert!(f.record(B, Realm::Client).is_none());
     }
 
     #[test]
@@ -293,25 +297,28 @@ mod tests {
     fn zero_means_no_limit() {
         let f = AuthFailures::new(0, TrustedProxies::default());
         for _ in 0..100 {
-            f.record(A, Realm::Client);
+            assert!(f.record(A, Realm::Client).is_none());
         }
-        assert!(f.refused(A, Realm::Client).is_none());
     }
 
     #[test]
-    fn the_table_stays_bounded_and_keeps_counting_blocked_addresses() {
+    fn the_table_stays_bounded_forgetting_the_oldest_first() {
         let f = AuthFailures::new(1, TrustedProxies::default());
         f.record(A, Realm::Worker);
-        for i in 0..(MAX_PEERS as u32 + 5) {
+        for i in 0..(3 * MAX_PEERS as u32) {
             f.record(
                 IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)),
                 Realm::Client,
             );
         }
-        let peers = f.peers.lock().unwrap();
-        assert!(peers.len() <= MAX_PEERS, "{}", peers.len());
-        // Every remembered entry is at its limit of 1, and the count of
-        // blocked entries follows the evictions.
-        assert_eq!(f.blocked.load(Ordering::Relaxed), peers.len());
+        let table = f.table.lock().unwrap();
+        assert_eq!(table.windows.len(), MAX_PEERS);
+        assert!(table.order.len() <= 2 * MAX_PEERS, "{}", table.order.len());
+        // The first remembered went first; the newest stay.
+        assert!(!table.windows.contains_key(&(A, Realm::Worker)));
+        let newest = IpAddr::V4(std::net::Ipv4Addr::from(
+            0x0a00_0000 + 3 * MAX_PEERS as u32 - 1,
+        ));
+        assert!(table.windows.contains_key(&(newest, Realm::Client)));
     }
 }

@@ -168,6 +168,12 @@ impl Catalog {
     /// Puts a version in (a version already numbered, e.g. read from storage).
     /// The newest version of a name is its current one.
     pub fn install(&self, bp: Blueprint) -> Arc<Blueprint> {
+        for state in bp.states.values() {
+            if let super::Action::Dispatch { on, .. } = &state.action {
+                on.keys()
+                    .for_each(|status| crate::metrics::declare_status(status));
+            }
+        }
         let bp = Arc::new(bp);
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
         let versions = inner.by_name.entry(bp.name.clone()).or_default();

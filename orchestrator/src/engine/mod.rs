@@ -71,6 +71,10 @@ pub struct EngineSettings {
     pub shared_database: Option<String>,
     /// How often worker liveness is checked.
     pub sweep_interval: Duration,
+    /// A worker whose task channel closed and that is not heard from again
+    /// within this is gone: its tasks go back to the queue (workers that
+    /// only poll over HTTP keep the heartbeat rule).
+    pub channel_grace: Duration,
     /// Ended jobs kept in memory for fast reads; older ones are read from storage.
     pub finished_jobs_in_memory: usize,
 }
@@ -89,12 +93,16 @@ impl Default for EngineSettings {
             max_poll_wait: Duration::from_secs(30),
             max_transitions: 100,
             sweep_interval: Duration::from_secs(1),
+            channel_grace: Duration::from_secs(DEFAULT_CHANNEL_GRACE_SECS),
             max_plugin_bytes: crate::registry::DEFAULT_MAX_PLUGIN_BYTES,
             shared_database: None,
             finished_jobs_in_memory: 10_000,
         }
     }
 }
+
+/// Default of [`EngineSettings::channel_grace`] (`channel_grace_seconds`).
+pub const DEFAULT_CHANNEL_GRACE_SECS: u64 = 3;
 
 /// Job changes kept for slow update streams; one that falls further behind
 /// is told how many it missed.
@@ -351,9 +359,12 @@ impl Engine {
             stopping: tokio_util::sync::CancellationToken::new(),
             egress: egress.clone(),
             webhook_permits,
-            // Webhooks: each attempt bounded, no redirects followed, and only
-            // addresses the egress policy allows (checked after resolution).
+            // Webhooks: each attempt bounded, no redirects followed, only
+            // addresses the egress policy allows (checked after resolution),
+            // and never through HTTP(S)_PROXY (a proxy would connect to
+            // addresses the check never saw).
             http: reqwest::Client::builder()
+                .no_proxy()
                 .timeout(webhook::ATTEMPT_TIMEOUT)
                 .connect_timeout(Duration::from_secs(5))
                 .redirect(reqwest::redirect::Policy::none())
@@ -739,6 +750,23 @@ impl Engine {
             worker_id,
             hb,
         ))
+    }
+
+    /// The task channel of `worker_id` closed (the worker left, crashed or
+    /// lost its connection): unless it is heard from again within
+    /// [`EngineSettings::channel_grace`], it is gone and its tasks run
+    /// elsewhere.
+    pub async fn channel_lost(&self, worker_id: &str) {
+        let grace = self.shared.settings.channel_grace;
+        if let Some(db) = &self.shared.db {
+            if let Err(e) = db.channel_lost(worker_id, grace).await {
+                tracing::error!(
+                    "cannot shorten the liveness of worker {worker_id} after its channel closed: {e}; it is dropped after its heartbeat bound instead"
+                );
+            }
+            return;
+        }
+        machine::channel_lost(&mut self.tx(), worker_id, grace);
     }
 
     pub async fn workers(&self) -> Vec<WorkerView> {

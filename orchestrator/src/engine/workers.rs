@@ -40,6 +40,9 @@ pub struct WorkerRecord {
     /// registration, when it sends one): a new one holds none of the old
     /// one's tasks.
     pub instance_id: Option<String>,
+    /// Its task channel closed and it has not been heard from since (it is
+    /// then gone after the channel grace, not its `ttl`).
+    pub channel_lost: bool,
     /// Tasks it took and has not answered yet, by task id.
     pub in_flight: BTreeMap<String, Held>,
     /// Wakes this worker's long-polls when a task it can run is queued.

@@ -16,9 +16,7 @@
 //! `X-Requested-With: taskworker-dashboard` (see `api::guard`).
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -85,13 +83,17 @@ async fn who_is_signed_in(
     Ok(axum::Json(json!({"client": client})).into_response())
 }
 
+/// Most bytes of a sign-in body: a token of [`MAX_TOKEN_BYTES`], escaped.
+const MAX_SIGN_IN_BYTES: usize = 2 * MAX_TOKEN_BYTES + 256;
+
 async fn sign_in(
     State(state): State<AppState>,
     headers: HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
+    // Checked before the body is read; the body is small and timed.
     sent_by_the_dashboard(&headers, "sign-in and sign-out")?;
-    let raw = crate::api::body::bytes(raw)?;
+    let raw = crate::api::body::read(body, MAX_SIGN_IN_BYTES).await?;
     let body = crate::api::body::json_object(&raw)?.unwrap_or_default();
     let token = match body.get("token") {
         Some(serde_json::Value::String(t)) if !t.is_empty() && t.len() <= MAX_TOKEN_BYTES => t,

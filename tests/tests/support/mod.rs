@@ -20,10 +20,19 @@ pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// A binary built by `cargo test --workspace` next to this test.
+/// A binary built by `cargo test --workspace` next to this test (or in
+/// `$E2E_BIN_DIR`, to run these tests against other builds, e.g. an older
+/// commit's).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let dir = match std::env::var_os("E2E_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .to_path_buf(),
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -500,4 +509,97 @@ pub async fn try_create_echo(http: &reqwest::Client, base: &str, n: usize) -> Op
 
 pub fn echo_body(message: &str, multiply: u64) -> Value {
     json!({"message": message, "multiply": multiply})
+}
+
+/// A signed worker message, as a worker would send it.
+pub async fn worker_post(
+    stack: &Stack,
+    method: reqwest::Method,
+    path: &str,
+    worker: &str,
+    mut body: Value,
+) -> (u16, Value) {
+    body["nonce"] = json!(uuid_like());
+    rxon::seal(&mut body, worker, WORKER_TOKEN, chrono_now());
+    let resp = stack
+        .http
+        .request(method, format!("{}{path}", stack.base))
+        .header("X-Worker-Token", WORKER_TOKEN)
+        .header("X-Worker-Id", worker)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+pub fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+pub fn uuid_like() -> String {
+    format!("{:x}", rand_u128())
+}
+
+pub fn rand_u128() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    (u128::from(h.finish()) << 64) | u128::from(std::process::id())
+}
+
+/// A tiny HTTP receiver: records the bodies POSTed to it.
+pub async fn webhook_receiver(port: u16) -> std::sync::Arc<std::sync::Mutex<Vec<Value>>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let record = got.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = sock.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len: usize = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            if let Ok(v) = serde_json::from_slice(&buf[end + 4..end + 4 + len]) {
+                                record.lock().unwrap().push(v);
+                            }
+                            let _ = sock
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                                .await;
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    got
 }

@@ -371,6 +371,12 @@ fn completed(status: String, data: &str) -> TaskOutcome {
             ),
         );
     }
+    if let Err(e) = rxon::check_depth(data.as_bytes(), rxon::MAX_JSON_DEPTH) {
+        return TaskOutcome::failed(
+            error_code::CONTRACT_VIOLATION,
+            format!("plugin result data: {e}"),
+        );
+    }
     match serde_json::from_str::<serde_json::Value>(data) {
         Ok(serde_json::Value::Object(data)) => TaskOutcome::Completed { status, data },
         Ok(other) => TaskOutcome::failed(

@@ -106,20 +106,20 @@ impl Worker {
         let elapsed = started.elapsed();
         let labels = [
             ("plugin", crate::metrics::plugin_label(&plugin)),
-            ("skill", payload.task_type.clone()),
+            ("skill", crate::metrics::skill_label(&payload.task_type)),
         ];
         crate::metrics::histogram!("worker_task_duration_seconds", &labels)
             .record(elapsed.as_secs_f64());
-        let outcome_label = match &outcome {
-            TaskOutcome::Cancelled => "cancelled".to_string(),
-            TaskOutcome::Completed { status, .. } => status.clone(),
-            TaskOutcome::Failed { code, .. } => code.clone(),
-        };
+        let outcome_label = crate::metrics::outcome_label(match &outcome {
+            TaskOutcome::Cancelled => rxon::status::CANCELLED,
+            TaskOutcome::Completed { status, .. } => status,
+            TaskOutcome::Failed { code, .. } => code,
+        });
         crate::metrics::counter!(
             "worker_tasks_total",
             "plugin" => labels[0].1.clone(),
             "skill" => labels[1].1.clone(),
-            "outcome" => crate::limits::clip(&outcome_label, 64).into_owned()
+            "outcome" => outcome_label
         )
         .increment(1);
         match &outcome {

@@ -98,17 +98,22 @@ pub(crate) fn sweep_workers(shared: &Shared, st: &mut EngineState) {
         let Some(worker) = st.workers.remove(&worker_id) else {
             continue;
         };
-        tracing::warn!(
-            "worker {worker_id} has not been heard from for {:?}; dropping it and requeueing its {} task(s)",
-            worker.ttl,
-            worker.in_flight.len()
-        );
-        requeue_held(
-            shared,
-            st,
-            &worker.in_flight,
-            "its worker stopped heartbeating",
-        );
+        let why = if worker.channel_lost {
+            tracing::warn!(
+                "worker {worker_id} closed its task channel and was not heard from within {:?}; dropping it and requeueing its {} task(s)",
+                shared.settings.channel_grace,
+                worker.in_flight.len()
+            );
+            "its worker's task channel closed and it did not come back"
+        } else {
+            tracing::warn!(
+                "worker {worker_id} has not been heard from for {:?}; dropping it and requeueing its {} task(s)",
+                worker.ttl,
+                worker.in_flight.len()
+            );
+            "its worker stopped heartbeating"
+        };
+        requeue_held(shared, st, &worker.in_flight, why);
     }
 }
 

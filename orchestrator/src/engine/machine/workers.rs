@@ -152,6 +152,7 @@ pub(crate) fn register_worker(
         last_seen: Instant::now(),
         ttl,
         instance_id,
+        channel_lost: false,
         in_flight,
         wake: previous
             .as_ref()
@@ -172,6 +173,27 @@ pub(crate) fn register_worker(
     }
 }
 
+/// The task channel of `worker_id` closed: it is gone `grace` from now
+/// (from when it was last heard from, if that is sooner) unless heard from.
+pub(crate) fn channel_lost(st: &mut EngineState, worker_id: &str, grace: Duration) {
+    let Some(worker) = st.workers.get_mut(worker_id) else {
+        return;
+    };
+    let now = Instant::now();
+    if let Some(gone_at) = (now + grace).checked_sub(worker.ttl)
+        && gone_at < worker.last_seen
+    {
+        worker.last_seen = gone_at;
+    }
+    worker.channel_lost = true;
+    if !worker.in_flight.is_empty() {
+        tracing::warn!(
+            "the task channel of worker {worker_id} closed while it held {} task(s); they go back to the queue unless it is heard from within {grace:?} (channel_grace_seconds)",
+            worker.in_flight.len()
+        );
+    }
+}
+
 pub(crate) fn heartbeat(
     shared: &Shared,
     st: &mut EngineState,
@@ -181,6 +203,9 @@ pub(crate) fn heartbeat(
     let worker = st.workers.get_mut(worker_id)?;
     let now = Instant::now();
     worker.last_seen = now;
+    if std::mem::take(&mut worker.channel_lost) {
+        tracing::info!("worker {worker_id} is back after its task channel closed");
+    }
     worker.last_heartbeat_at = Utc::now();
     let Some(hb) = hb else {
         return Some(rxon::HeartbeatResponse {
@@ -226,18 +251,70 @@ pub(crate) fn heartbeat(
             !reported.contains(id.as_str()) && now.saturating_duration_since(held.since) >= grace
         })
         .collect();
-    if !lost.is_empty() {
+    if !lost.is_empty() && hb.status == "offline" {
         tracing::warn!(
-            "worker {worker_id} no longer lists {} task(s) it was handed; they go back to the queue",
+            "worker {worker_id} said goodbye without {} task(s) it was handed; they go back to the queue",
             lost.len()
         );
-        requeue_held(shared, st, &lost, "its worker no longer reports it");
+        requeue_held(shared, st, &lost, "its worker stopped without running it");
+    } else if !lost.is_empty() {
+        tracing::warn!(
+            "worker {worker_id} no longer lists {} task(s) it was handed; each counts as a failed attempt",
+            lost.len()
+        );
+        fail_unlisted(shared, st, worker_id, &lost);
     }
     Some(rxon::HeartbeatResponse {
         status: "ok".into(),
         cancel_task_ids: (!cancel.is_empty()).then_some(cancel),
         ..Default::default()
     })
+}
+
+/// Tasks an alive worker no longer lists (it could not read them, or their
+/// result was lost): each is a failed attempt (`TRANSIENT_ERROR`), retried
+/// by its retry policy, so a task no worker can run ends its job.
+fn fail_unlisted(
+    shared: &Shared,
+    st: &mut EngineState,
+    worker_id: &str,
+    lost: &BTreeMap<String, Held>,
+) {
+    for h in lost.values() {
+        st.drop_lease(h);
+    }
+    let job_ids: BTreeSet<Uuid> = lost.values().map(|h| h.job).collect();
+    for id in job_ids {
+        let Some(mut job) = take(st, id) else {
+            continue;
+        };
+        let mut events = Vec::new();
+        for idx in 0..job.tasks.len() {
+            if job.status.is_terminal()
+                || !lost.contains_key(&job.tasks[idx].task_id)
+                || job.tasks[idx].result.is_some()
+            {
+                continue;
+            }
+            let message = format!(
+                "worker {worker_id} no longer lists task {} (it could not read it, or its result was lost)",
+                job.tasks[idx].task_id
+            );
+            task_failed(
+                shared,
+                st,
+                &mut job,
+                idx,
+                rxon::error_code::TRANSIENT,
+                &message,
+                &mut events,
+            );
+        }
+        if !events.is_empty() {
+            commit(st, &mut job, events, None);
+        }
+        put(st, job);
+    }
 }
 
 pub(crate) fn worker_event(

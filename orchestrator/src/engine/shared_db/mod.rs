@@ -442,6 +442,27 @@ impl SharedDb {
         Ok(())
     }
 
+    /// The task channel of `worker_id` (to this instance) closed: it is gone
+    /// `grace` from now unless heard from (any instance's sweep drops it).
+    pub async fn channel_lost(&self, worker_id: &str, grace: Duration) -> Result<(), DbError> {
+        self.touched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(worker_id);
+        let client = self.client().await?;
+        client
+            .execute(
+                &client
+                    .prepare_cached(
+                        "UPDATE workers SET last_seen = LEAST(last_seen, now() + ($2::bigint - ttl_ms) * interval '1 millisecond') WHERE id = $1",
+                    )
+                    .await?,
+                &[&worker_id, &(grace.as_millis() as i64)],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Whether `worker_id` is registered, and how many workers are.
     async fn registered(&self, worker_id: &str) -> Result<(bool, usize), DbError> {
         let client = self.client().await?;

@@ -68,6 +68,7 @@ impl StoredWorker {
             last_seen,
             ttl: Duration::from_millis(self.ttl_ms),
             instance_id: self.instance_id,
+            channel_lost: false,
             in_flight: BTreeMap::new(),
             wake: Arc::new(tokio::sync::Notify::new()),
             plugins: self.plugins,

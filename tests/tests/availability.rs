@@ -1,0 +1,562 @@
+//! Availability under hostile peers (issue 29): each case with real
+//! processes and sockets on loopback.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// An orchestrator (no worker) with extra config-file lines.
+async fn orchestrator_with(config: &str) -> Stack {
+    let mut stack = Stack::new();
+    let path = stack.dir.path().join("orchestrator.toml");
+    std::fs::write(&path, config).unwrap();
+    stack.start_orchestrator_with(|cmd| {
+        cmd.arg("--config").arg(&path);
+    });
+    stack.wait_ready().await;
+    stack
+}
+
+fn assert_no_panic(stack: &Stack) {
+    let (orchestrator, worker) = stack.logs();
+    assert!(!orchestrator.contains("panicked"), "{orchestrator}");
+    assert!(!worker.contains("panicked"), "{worker}");
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the server closed `s` (EOF or reset) within `limit`.
+async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut buf = [0u8; 256];
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn silent_and_preface_only_sockets_are_closed_and_the_server_answers() {
+    let stack = orchestrator_with("header_read_timeout_seconds = 2\nmax_connections = 256\n").await;
+    let mut held = Vec::new();
+    for i in 0..400 {
+        let mut s = TcpStream::connect(("127.0.0.1", stack.port)).await.unwrap();
+        if i % 2 == 1 {
+            s.write_all(H2_PREFACE).await.unwrap();
+        }
+        held.push(s);
+    }
+    // Every permit is taken by a socket that says nothing more: this request
+    // waits in the backlog until they are closed.
+    // A new connection (not one kept from waiting for the server).
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let resp = fresh
+        .get(format!("{}/_public/status", stack.base))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    eprintln!("/_public/status answered after {took:?} behind 400 silent sockets");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(
+        took <= Duration::from_secs(3),
+        "answered after {took:?}, more than the timeout (2 s) plus one second"
+    );
+    // The sockets themselves are closed by now or soon (those accepted late
+    // get their own 2 s).
+    for s in held.iter_mut() {
+        assert!(closed_within(s, Duration::from_secs(5)).await);
+    }
+    assert_no_panic(&stack);
+}
+
+#[tokio::test]
+async fn idle_keep_alive_and_idle_http2_connections_are_closed() {
+    let stack = orchestrator_with("header_read_timeout_seconds = 2\n").await;
+    // HTTP/1.1: one request, then silence.
+    let mut h1 = TcpStream::connect(("127.0.0.1", stack.port)).await.unwrap();
+    h1.write_all(b"GET /_public/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = h1.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let idle = Instant::now();
+    assert!(closed_within(&mut h1, Duration::from_secs(4)).await);
+    assert!(
+        idle.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        idle.elapsed()
+    );
+
+    // HTTP/2: a full handshake and one request, then no stream open.
+    let tcp = TcpStream::connect(("127.0.0.1", stack.port)).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let ended = tokio::spawn(async move {
+        let _ = conn.await;
+        Instant::now()
+    });
+    let request = hyper::Request::get(format!("{}/_public/status", stack.base))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let response = send.send_request(request).await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    drop(response);
+    let idle = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(4), ended)
+        .await
+        .expect("the idle HTTP/2 connection is still open after 4 s")
+        .unwrap();
+    assert!(closed.duration_since(idle) >= Duration::from_millis(1500));
+    assert_no_panic(&stack);
+}
+
+/// A body that never comes: its stream stays open.
+fn endless_body() -> http_body_util::StreamBody<
+    futures_util::stream::Pending<Result<hyper::body::Frame<Bytes>, std::io::Error>>,
+> {
+    http_body_util::StreamBody::new(futures_util::stream::pending())
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_come_is_answered_408_on_both_protocols() {
+    let stack =
+        orchestrator_with("header_read_timeout_seconds = 2\nbody_read_timeout_seconds = 1\n").await;
+    // HTTP/1.1: headers promise 100 bytes, 10 come.
+    let mut h1 = TcpStream::connect(("127.0.0.1", stack.port)).await.unwrap();
+    h1.write_all(
+        format!(
+            "POST /api/v1/jobs/test HTTP/1.1\r\nHost: x\r\nX-Client-Token: {CLIENT_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"message\""
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let mut buf = vec![0u8; 2048];
+    let n = tokio::time::timeout(Duration::from_secs(5), h1.read(&mut buf))
+        .await
+        .expect("no answer to a body that never came")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_read_timeout_seconds"), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    // HTTP/2: a stream opened with its headers, its body never sent.
+    let tcp = TcpStream::connect(("127.0.0.1", stack.port)).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let request = hyper::Request::post(format!("{}/api/v1/jobs/test", stack.base))
+        .header("X-Client-Token", CLIENT_TOKEN)
+        .body(endless_body())
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), send.send_request(request))
+        .await
+        .expect("no answer on the idle HTTP/2 stream")
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 408);
+    assert_no_panic(&stack);
+}
+
+#[tokio::test]
+async fn fallback_routes_and_sign_in_answer_before_reading_a_body() {
+    let stack = orchestrator_with("body_read_timeout_seconds = 30\n").await;
+    let cases = [
+        // No route, not a create-job endpoint: 404 without the body.
+        ("POST /no/such/thing HTTP/1.1", "", "HTTP/1.1 404"),
+        ("PUT /api/v1/jobs/test HTTP/1.1", "", "HTTP/1.1 401"),
+        (
+            "PUT /api/v1/jobs/test HTTP/1.1",
+            "X-Client-Token: test-client-token\r\n",
+            "HTTP/1.1 405",
+        ),
+        // Sign-in without the dashboard's header: 403 before the body.
+        ("POST /ui/session HTTP/1.1", "", "HTTP/1.1 403"),
+    ];
+    for (line, extra, expected) in cases {
+        let mut s = TcpStream::connect(("127.0.0.1", stack.port)).await.unwrap();
+        s.write_all(
+            format!("{line}\r\nHost: x\r\n{extra}Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut buf = vec![0u8; 2048];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{line}: no answer before the body"))
+            .unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(answer.starts_with(expected), "{line}: {answer}");
+    }
+    // A sign-in body is small: a large one is refused as too large.
+    let resp = stack
+        .http
+        .post(format!("{}/ui/session", stack.base))
+        .header("X-Requested-With", "taskworker-dashboard")
+        .json(&json!({"token": "x".repeat(100_000)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 413);
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["error"].as_str().is_some(), "{body}");
+    assert_no_panic(&stack);
+}
+
+/// Series per metric name in a Prometheus text page (histogram buckets,
+/// sums and counts of one label set are one series).
+fn series_per_metric(text: &str) -> std::collections::BTreeMap<String, usize> {
+    let mut sets: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (name, labels) = match line.find('{') {
+            Some(i) => (&line[..i], &line[i..line.rfind('}').unwrap_or(line.len())]),
+            None => (line.split_whitespace().next().unwrap_or_default(), ""),
+        };
+        let base = name
+            .strip_suffix("_bucket")
+            .or_else(|| name.strip_suffix("_sum"))
+            .or_else(|| name.strip_suffix("_count"))
+            .unwrap_or(name);
+        let labels: Vec<&str> = labels
+            .trim_matches(|c| c == '{' || c == '}')
+            .split("\",")
+            .filter(|l| !l.starts_with("le=") && !l.is_empty())
+            .collect();
+        sets.entry(base.to_string())
+            .or_default()
+            .insert(labels.join(","));
+    }
+    sets.into_iter().map(|(k, v)| (k, v.len())).collect()
+}
+
+fn random_token(rng: &mut u64, len: usize) -> String {
+    (0..len)
+        .map(|_| {
+            *rng ^= *rng << 13;
+            *rng ^= *rng >> 7;
+            *rng ^= *rng << 17;
+            (b'A' + (*rng % 26) as u8) as char
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn metric_labels_a_peer_chooses_stay_a_bounded_set() {
+    let mut stack = Stack::new();
+    stack.add_plugin(plugin_fixtures::CHAOS_TASK);
+    stack.add_blueprint("one_big_status", &one_task_flow("big_status"));
+    stack.start_orchestrator();
+    stack.wait_ready().await;
+    let worker_metrics = free_port();
+    stack.worker = Some(stack.spawn_worker(WORKER_ID, "worker.log", |cmd| {
+        cmd.args(["--metrics-listen", &format!("127.0.0.1:{worker_metrics}")]);
+    }));
+    stack.wait_worker().await;
+
+    // 10,000 requests with invented methods and paths.
+    let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+    let requests: Vec<(String, String)> = (0..10_000)
+        .map(|_| (random_token(&mut rng, 8), random_token(&mut rng, 12)))
+        .collect();
+    let http = stack.http.clone();
+    let base = stack.base.clone();
+    futures_util::stream::iter(requests)
+        .for_each_concurrent(50, |(method, path)| {
+            let (http, base) = (http.clone(), base.clone());
+            async move {
+                let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+                let resp = http
+                    .request(method, format!("{base}/{path}"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(resp.status().is_client_error(), "{}", resp.status());
+            }
+        })
+        .await;
+    // Tasks whose plugin returns 60 different statuses.
+    let mut ids = Vec::new();
+    for bytes in 1..=60 {
+        ids.push(
+            stack
+                .create("/jobs/one/big_status", json!({"bytes": bytes}))
+                .await,
+        );
+    }
+    for id in &ids {
+        let job = stack.finished(id).await;
+        assert_eq!(job["status"], "failed", "{job}");
+    }
+
+    let scrape = |url: String| {
+        let http = stack.http.clone();
+        async move { http.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    let orchestrator = scrape(format!("{}/metrics", stack.base)).await;
+    let worker = scrape(format!("http://127.0.0.1:{worker_metrics}/metrics")).await;
+    for (who, text) in [("orchestrator", &orchestrator), ("worker host", &worker)] {
+        let counts = series_per_metric(text);
+        assert!(!counts.is_empty(), "{who}: {text}");
+        for (name, n) in &counts {
+            assert!(n < &200, "{who}: {name} has {n} series");
+        }
+        eprintln!("{who}: {counts:?}");
+    }
+    assert!(
+        orchestrator.contains(r#"method="other""#),
+        "invented methods are labelled `other`"
+    );
+    assert!(
+        orchestrator.contains(r#"outcome="other""#),
+        "undeclared statuses are labelled `other`"
+    );
+    assert!(worker.contains(r#"outcome="other""#), "{worker}");
+    assert_no_panic(&stack);
+}
+
+/// Five jobs whose 2.5 s task is held by `worker_id`.
+async fn five_held_tasks(stack: &Stack, worker_id: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(stack.create("/jobs/one/sleep", json!({"ms": 2500})).await);
+    }
+    wait_until(
+        "the worker to hold all five",
+        Duration::from_secs(20),
+        || async {
+            stack
+                .worker_view(worker_id)
+                .await
+                .is_some_and(|w| w["in_flight_tasks"].as_array().unwrap().len() == 5)
+        },
+    )
+    .await;
+    ids
+}
+
+#[tokio::test]
+async fn the_tasks_of_a_killed_channel_worker_finish_elsewhere_within_ten_seconds() {
+    let mut stack = Stack::new();
+    stack.add_plugin(plugin_fixtures::CHAOS_TASK);
+    stack.add_blueprint("one_sleep", &one_task_flow("sleep"));
+    stack.start_orchestrator();
+    stack.wait_ready().await;
+    // 15 s heartbeats: liveness alone would take 2 × 15 s + 5 s.
+    let slow_beats = |cmd: &mut std::process::Command| {
+        cmd.env("HEARTBEAT_INTERVAL", "15");
+    };
+    stack.worker = Some(stack.spawn_worker(WORKER_ID, "worker.log", slow_beats));
+    stack.wait_worker().await;
+    wait_until("the task channel", Duration::from_secs(20), || async {
+        stack
+            .logs()
+            .0
+            .contains("worker local-test-worker opened its task channel")
+    })
+    .await;
+    let ids = five_held_tasks(&stack, WORKER_ID).await;
+    let mut other = stack.spawn_worker("other-worker", "other.log", slow_beats);
+    wait_until("the other worker", Duration::from_secs(20), || async {
+        stack.worker_view("other-worker").await.is_some()
+    })
+    .await;
+    stack.worker.as_mut().unwrap().kill9();
+    let killed = Instant::now();
+    for id in &ids {
+        let job = stack.finished(id).await;
+        assert_eq!(job["status"], "finished", "{job}");
+        assert_eq!(job["task_worker_id"], "other-worker", "{job}");
+    }
+    let took = killed.elapsed();
+    eprintln!("all five finished elsewhere {took:?} after the kill");
+    assert!(took <= Duration::from_secs(10), "took {took:?}");
+    for id in &ids {
+        let (_, h) = stack.get(&format!("/api/v1/jobs/{id}/history")).await;
+        assert!(
+            h.to_string()
+                .contains("its worker's task channel closed and it did not come back"),
+            "{h}"
+        );
+    }
+    assert!(!other.log_text().contains("panicked"));
+    other.stop();
+    assert_no_panic(&stack);
+}
+
+fn nested_message(levels: usize) -> Value {
+    let mut v = json!("deep");
+    for _ in 0..levels {
+        v = json!({ "m": v });
+    }
+    v
+}
+
+#[tokio::test]
+async fn deeply_nested_data_is_refused_at_the_edge_and_an_unreadable_task_ends_its_job() {
+    let mut stack = Stack::new();
+    stack.add_blueprint("one_unreadable", &one_task_flow("unreadable"));
+    stack.start_orchestrator();
+    stack.wait_ready().await;
+
+    // A client's data nested 125 levels: 400 naming the limit; 60 levels pass.
+    let (status, body) = stack
+        .try_create(
+            "/jobs/test",
+            json!({"message": nested_message(125), "multiply": 1}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("MAX_JSON_DEPTH"),
+        "{body}"
+    );
+    let (status, body) = stack
+        .try_create(
+            "/jobs/test",
+            json!({"message": nested_message(60), "multiply": 1}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    // The same limit on the worker side.
+    let (status, body) = worker_post(
+        &stack,
+        reqwest::Method::POST,
+        "/_worker/tasks/result",
+        "reader",
+        json!({"job_id": "x", "task_id": "y", "status": "success", "data": nested_message(100)}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("MAX_JSON_DEPTH"),
+        "{body}"
+    );
+
+    // A worker takes a task it cannot read, and its heartbeats do not list
+    // it: a failed attempt each time (here the only one), so the job ends.
+    let (status, body) = worker_post(
+        &stack,
+        reqwest::Method::POST,
+        "/_worker/workers/register",
+        "reader",
+        json!({"worker_id": "reader", "worker_type": "t", "supported_skills": [{"name": "unreadable"}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let id = stack.create("/jobs/one/unreadable", json!({})).await;
+    let task = stack
+        .http
+        .get(format!(
+            "{}/_worker/workers/reader/tasks/next?timeout=5",
+            stack.base
+        ))
+        .header("X-Worker-Token", WORKER_TOKEN)
+        .header("X-Worker-Id", "reader")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(task.status().as_u16(), 200);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let job = loop {
+        let (status, _) = worker_post(
+            &stack,
+            reqwest::Method::PATCH,
+            "/_worker/workers/reader",
+            "reader",
+            json!({"worker_id": "reader", "status": "idle", "current_tasks": []}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let (_, job) = stack.get(&format!("/api/v1/jobs/{id}")).await;
+        if ["failed", "quarantined"].contains(&job["status"].as_str().unwrap_or_default()) {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "the job never ended: {job}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let error = job["error"].to_string();
+    assert!(error.contains("no longer lists task"), "{job}");
+    assert_no_panic(&stack);
+}
+
+#[tokio::test]
+async fn webhooks_are_delivered_directly_never_through_http_proxy() {
+    let receiver_port = free_port();
+    let got = webhook_receiver(receiver_port).await;
+    // A "proxy" that only counts who connects to it.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_port = proxy.local_addr().unwrap().port();
+    let proxied = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = proxied.clone();
+    tokio::spawn(async move {
+        while let Ok((_sock, _)) = proxy.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let mut stack = Stack::new();
+    let config = stack.dir.path().join("orchestrator.toml");
+    std::fs::write(&config, "webhook_allowed_hosts = [\"127.0.0.1\"]\n").unwrap();
+    let proxy_url = format!("http://127.0.0.1:{proxy_port}");
+    stack.start_orchestrator_with(|cmd| {
+        cmd.arg("--config")
+            .arg(&config)
+            .env("HTTP_PROXY", &proxy_url)
+            .env("http_proxy", &proxy_url)
+            .env("HTTPS_PROXY", &proxy_url)
+            .env("ALL_PROXY", &proxy_url);
+    });
+    stack.wait_ready().await;
+    stack.start_worker();
+    stack.wait_worker().await;
+    let (status, body) = stack
+        .try_create(
+            "/jobs/test",
+            json!({"initial_data": {"message": "m", "multiply": 1},
+                   "webhook_url": format!("http://127.0.0.1:{receiver_port}/hook")}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    wait_until("the webhook", Duration::from_secs(30), || async {
+        !got.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(
+        proxied.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the webhook went through HTTP_PROXY"
+    );
+    assert_no_panic(&stack);
+}
