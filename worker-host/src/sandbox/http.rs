@@ -4,8 +4,9 @@
 //! Every request is checked in our own send path: its origin against the
 //! grant's allowlist, then the addresses its host resolves to against the
 //! address policy (public only, unless the grant names that exact address),
-//! then connected to the checked address (plain HTTP; for HTTPS the name is
-//! resolved again by the TLS connector, after our check). Redirects are not
+//! then connected to the checked address, for HTTP and HTTPS alike (TLS is
+//! done with the request's host name over that connection, never after a
+//! second lookup: [`super::pinned`]). Redirects are not
 //! followed; each request is bounded by the grant's timeout and the task's
 //! deadline, bodies by the grant's caps, and connections per task by the
 //! grant's count. A denial reaches the guest as the matching `wasi:http`
@@ -140,7 +141,7 @@ impl OutboundHttp {
 impl WasiHttpHooks for OutboundHttp {
     fn send_request(
         &mut self,
-        mut request: http::Request<WasiBody>,
+        request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Box<
@@ -222,30 +223,19 @@ impl WasiHttpHooks for OutboundHttp {
                 );
                 return Err(Error::DestinationIpProhibited);
             };
-            if scheme == "http" {
-                // Connect to the address we checked; the Host header keeps the name.
-                let path = request
-                    .uri()
-                    .path_and_query()
-                    .map(|p| p.as_str().to_string())
-                    .unwrap_or_else(|| "/".into());
-                *request.uri_mut() = http::Uri::builder()
-                    .scheme("http")
-                    .authority(addr.to_string())
-                    .path_and_query(path)
-                    .build()
-                    .map_err(|_| Error::HttpRequestUriInvalid)?;
-            }
+            // Connect to the address we checked; the Host header and TLS
+            // keep the name.
             let max_request = grant.max_request_bytes;
             let request = request.map(|b| Capped::new(b, max_request, true).boxed_unsync());
-            let options = RequestOptions {
-                connect_timeout: Some(limit),
-                first_byte_timeout: Some(limit),
-                between_bytes_timeout: Some(limit),
+            let timeouts = super::pinned::Timeouts {
+                connect: limit,
+                first_byte: limit,
+                between_bytes: limit,
             };
+            let tls_name = (scheme == "https").then_some(host.as_str());
             let sent = tokio::time::timeout(
                 limit,
-                wasmtime_wasi_http::default_send_request(request, Some(options)),
+                super::pinned::send(request, addr, tls_name, timeouts),
             )
             .await;
             let (response, io) = match sent {

@@ -11,6 +11,8 @@ pub mod engine;
 /// Outbound HTTP (`wasi:http`) under a plugin's grant.
 pub mod http;
 pub mod output;
+/// Sends a plugin's request to the checked address (TLS by name).
+pub mod pinned;
 pub mod state;
 pub mod task;
 
