@@ -560,3 +560,68 @@ async fn webhooks_are_delivered_directly_never_through_http_proxy() {
     );
     assert_no_panic(&stack);
 }
+
+#[tokio::test]
+async fn a_storage_write_that_fails_is_tried_again_whole_and_nothing_is_lost() {
+    let mut stack = Stack::new();
+    stack.start().await;
+    let db = stack.dir.path().join("orchestrator.db");
+    // Another process takes the database's write lock for longer than the
+    // orchestrator's busy timeout (5 s): its transactions fail meanwhile.
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        locked_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_secs(8));
+        conn.execute_batch("COMMIT").unwrap();
+    });
+    locked_rx.recv().unwrap();
+    let started = Instant::now();
+    let resp = stack
+        .http
+        .post(format!("{}/api/v1/jobs/test", stack.base))
+        .header("X-Client-Token", CLIENT_TOKEN)
+        .json(&json!({"message": "while locked", "multiply": 1}))
+        .timeout(Duration::from_secs(40))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap();
+    // Answered once saved, after the lock went: not a 500 for a job that runs on.
+    assert_eq!(status, 202, "{body}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    holder.join().unwrap();
+    let id = body["job_id"].as_str().unwrap().to_string();
+    let job = stack.finished(&id).await;
+    assert_eq!(job["status"], "finished", "{job}");
+    let (_, history) = stack.get(&format!("/api/v1/jobs/{id}/history")).await;
+    let kinds: Vec<&str> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["event"].as_str())
+        .collect();
+    assert!(kinds.first() == Some(&"created"), "{history}");
+    assert!(
+        kinds.contains(&"task_dispatched") && kinds.contains(&"finished"),
+        "{history}"
+    );
+    let (log, _) = stack.logs();
+    assert!(log.contains("trying the whole transaction again"), "{log}");
+    // The restarted orchestrator reads the same, complete job.
+    stack.orchestrator.as_mut().unwrap().stop();
+    stack.start_orchestrator();
+    stack.wait_ready().await;
+    let (_, again) = stack.get(&format!("/api/v1/jobs/{id}/history")).await;
+    assert_eq!(
+        again["events"].as_array().unwrap().len(),
+        history["events"].as_array().unwrap().len()
+    );
+    assert_no_panic(&stack);
+}

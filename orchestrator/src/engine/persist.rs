@@ -1,5 +1,11 @@
 //! The writer: applies job writes to storage in the order the engine made
 //! them, batching whatever queued up meanwhile into one transaction.
+//!
+//! A transaction that fails (the database busy past its timeout, the disk
+//! full, an I/O error) is tried again, whole, after a growing pause
+//! ([`RETRY_FIRST`] doubling up to [`RETRY_MAX`]), until it succeeds: a
+//! change the engine made is never dropped or half-written, and whoever
+//! waits for it (a create answers once its job is saved) waits until then.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +26,11 @@ pub struct PersistMsg {
 
 /// Most writes put in one transaction.
 const MAX_BATCH: usize = 512;
+
+/// First pause before a failed transaction is tried again.
+pub const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+/// Longest pause between two tries of a failed transaction.
+pub const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Most rounds of letting ready tasks run before a transaction, to gather
 /// the writes they make into it.
@@ -120,14 +131,9 @@ pub fn spawn_writer(
             // the transaction ends: the waiting requests are woken one pass
             // of the runtime's queue earlier than through this task.
             let result = tokio::task::spawn_blocking(move || {
-                let started = std::time::Instant::now();
-                let outcome = storage.write(&batch.writes, &batch.delivered);
-                crate::metrics::storage_batch(batch.writes.len(), started.elapsed());
-                if let Err(e) = &outcome {
-                    tracing::error!("could not save {} job change(s): {e}", batch.writes.len());
-                }
+                write_until_saved(storage.as_ref(), &batch);
                 for ack in batch.acks.drain(..) {
-                    let _ = ack.send(outcome.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                    let _ = ack.send(Ok(()));
                 }
                 batch
             })
@@ -145,6 +151,38 @@ pub fn spawn_writer(
         }
     });
     (tx, handle)
+}
+
+/// Writes `batch` in one transaction, trying again after a failure until
+/// it is saved (on a blocking thread: the pauses block only it).
+fn write_until_saved(storage: &dyn Storage, batch: &Batch) {
+    let mut pause = RETRY_FIRST;
+    let mut failures = 0u32;
+    loop {
+        let started = std::time::Instant::now();
+        let outcome = storage.write(&batch.writes, &batch.delivered);
+        crate::metrics::storage_batch(batch.writes.len(), started.elapsed());
+        match outcome {
+            Ok(()) => {
+                if failures > 0 {
+                    tracing::warn!(
+                        "saved {} job change(s) after {failures} failed tries",
+                        batch.writes.len()
+                    );
+                }
+                return;
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::error!(
+                    "could not save {} job change(s) (try {failures}): {e}; trying the whole transaction again in {pause:?} (nothing is dropped; requests waiting for it wait on)",
+                    batch.writes.len()
+                );
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(RETRY_MAX);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
