@@ -625,3 +625,82 @@ async fn a_storage_write_that_fails_is_tried_again_whole_and_nothing_is_lost() {
     );
     assert_no_panic(&stack);
 }
+
+/// A stalled orchestrator: answers a registration (when `register` is
+/// set), then accepts every other request and never answers it.
+async fn stalled_orchestrator(register: bool) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = sock.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let length: usize = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if buf.len() < end + 4 + length {
+                        continue;
+                    }
+                    if register && text.starts_with("POST /_worker/workers/register") {
+                        let body = r#"{"status":"registered"}"#;
+                        let _ = sock
+                            .write_all(
+                                format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len())
+                                    .as_bytes(),
+                            )
+                            .await;
+                        buf.clear();
+                        continue;
+                    }
+                    // Never answers; holds the connection.
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    return;
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_stalled_orchestrator_gets_a_timeout_and_a_log_line_for_every_call() {
+    let stack = Stack::new();
+    for (register, expected) in [
+        (false, "registration failed: the orchestrator at"),
+        (true, "heartbeat failed: the orchestrator at"),
+    ] {
+        let port = stalled_orchestrator(register).await;
+        let mut worker = stack.spawn_worker(WORKER_ID, &format!("stalled-{register}.log"), |cmd| {
+            cmd.env("ORCHESTRATOR_URL", format!("http://127.0.0.1:{port}"))
+                .env("CALL_TIMEOUT_SECONDS", "1");
+        });
+        wait_until(expected, Duration::from_secs(20), || async {
+            worker.log_text().contains(expected)
+        })
+        .await;
+        let log = worker.log_text();
+        let line = log.lines().find(|l| l.contains(expected)).unwrap();
+        assert!(line.contains("did not answer within 1s"), "{line}");
+        assert!(worker.is_running(), "{log}");
+        worker.stop();
+        assert!(!worker.log_text().contains("panicked"));
+    }
+}

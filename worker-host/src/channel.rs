@@ -34,6 +34,9 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The orchestrator pings every 15 s: silence this long means the
 /// connection is gone.
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(45);
+/// Most time a frame may wait to be written (queued, or the socket not
+/// taking it): past it the channel is given up as lost.
+pub const WRITE_STALL_LIMIT: Duration = Duration::from_secs(30);
 /// Time to open the channel.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -178,8 +181,15 @@ impl Link {
         }
         let (tx, rx) = oneshot::channel();
         self.lock().insert(id, tx);
-        if self.out.send(Message::Text(frame.into())).await.is_err() {
+        // A writer that cannot write (the orchestrator stopped reading) must
+        // not hold the request: it goes over HTTP instead.
+        let queued =
+            tokio::time::timeout(REPLY_TIMEOUT, self.out.send(Message::Text(frame.into())));
+        if !matches!(queued.await, Ok(Ok(()))) {
             self.lock().remove(&id);
+            tracing::warn!(
+                "the task channel did not take a {kind} within {REPLY_TIMEOUT:?}; sending it over HTTP"
+            );
             return None;
         }
         let reply = tokio::time::timeout(REPLY_TIMEOUT, rx).await;
@@ -194,9 +204,12 @@ impl Link {
         }
     }
 
-    /// Sends a frame that needs no reply.
+    /// Sends a frame that needs no reply; false when the channel is closed
+    /// or its writer took nothing for [`WRITE_STALL_LIMIT`].
     pub async fn send(&self, text: String) -> bool {
-        self.out.send(Message::Text(text.into())).await.is_ok()
+        let queued =
+            tokio::time::timeout(WRITE_STALL_LIMIT, self.out.send(Message::Text(text.into())));
+        matches!(queued.await, Ok(Ok(())))
     }
 
     /// The channel closed: every request waiting gets `None`.

@@ -21,6 +21,10 @@ use serde_json::Value;
 pub enum ClientError {
     #[error("cannot reach the orchestrator at {url}: {source}")]
     Unreachable { url: String, source: reqwest::Error },
+    /// No answer within the call's bound ([`CALL_TIMEOUT`], longer for a
+    /// long-poll or a component download).
+    #[error("the orchestrator at {url} did not answer within {after:?}")]
+    TimedOut { url: String, after: Duration },
     #[error("the orchestrator refused our credentials ({status}): {message}")]
     Unauthorized { status: StatusCode, message: String },
     #[error("the orchestrator does not know this worker ({message}); re-registering")]
@@ -70,6 +74,12 @@ fn answer_error(status: StatusCode, message: String, sent: usize) -> ClientError
 /// Most bytes of an orchestrator answer we read (errors are cut for logs).
 const MAX_ANSWER_BYTES: usize = 16 << 20;
 
+/// Default most time one call to the orchestrator (register, heartbeat,
+/// result, event, the plugin list) may take, answer included
+/// (`--call-timeout`); a long-poll waits its own timeout plus 10 s, a
+/// component download 300 s.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Talks to one orchestrator as one worker.
 #[derive(Clone)]
 pub struct OrchestratorClient {
@@ -87,6 +97,8 @@ pub struct OrchestratorClient {
     /// The task channel while it is open (shared by every clone): results,
     /// heartbeats and events go through it, else over HTTP.
     link: std::sync::Arc<std::sync::RwLock<Option<crate::channel::Link>>>,
+    /// Most time one call may take ([`CALL_TIMEOUT`] unless configured).
+    call_timeout: Duration,
 }
 
 /// Current Unix time in seconds.
@@ -106,7 +118,8 @@ impl OrchestratorClient {
             "no orchestrator URL given"
         );
         Ok(Self {
-            http: Self::http()?,
+            http: Self::http(CALL_TIMEOUT)?,
+            call_timeout: CALL_TIMEOUT,
             bases: base_url
                 .split(',')
                 .map(|b| b.trim().trim_end_matches('/').to_string())
@@ -174,9 +187,21 @@ impl OrchestratorClient {
         });
     }
 
-    fn http() -> anyhow::Result<reqwest::Client> {
+    /// The same client with another bound on each call
+    /// (`--call-timeout`).
+    pub fn with_call_timeout(self, call_timeout: Duration) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: Self::http(call_timeout)?,
+            call_timeout,
+            ..self
+        })
+    }
+
+    fn http(call_timeout: Duration) -> anyhow::Result<reqwest::Client> {
         Ok(reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
+            // Every call is bounded (a long-poll and a download set longer).
+            .timeout(call_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .build()?)
     }
@@ -185,7 +210,7 @@ impl OrchestratorClient {
     /// runtime (the heartbeat thread).
     pub fn detached(&self) -> anyhow::Result<Self> {
         Ok(Self {
-            http: Self::http()?,
+            http: Self::http(self.call_timeout)?,
             ..self.clone()
         })
     }
@@ -267,13 +292,29 @@ impl OrchestratorClient {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ClientError> {
-        request
-            .send()
+        let (client, request) = request.build_split();
+        let request = request.map_err(|source| self.failed(source, self.call_timeout))?;
+        let after = request.timeout().copied().unwrap_or(self.call_timeout);
+        client
+            .execute(request)
             .await
-            .map_err(|source| ClientError::Unreachable {
+            .map_err(|source| self.failed(source, after))
+    }
+
+    /// The error of a call that failed: timed out after `after`, or could
+    /// not reach the orchestrator (the next URL is tried next time).
+    fn failed(&self, source: reqwest::Error, after: Duration) -> ClientError {
+        if source.is_timeout() {
+            ClientError::TimedOut {
+                url: self.base_url().to_string(),
+                after,
+            }
+        } else {
+            ClientError::Unreachable {
                 url: self.failed_over(),
                 source,
-            })
+            }
+        }
     }
 
     /// Sends; a success is decoded as `R` (and also returned as JSON), an
@@ -326,14 +367,10 @@ impl OrchestratorClient {
             return Err(too_large(n));
         }
         let mut body = Vec::new();
-        while let Some(chunk) =
-            response
-                .chunk()
-                .await
-                .map_err(|source| ClientError::Unreachable {
-                    url: self.failed_over(),
-                    source,
-                })?
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|source| self.failed(source, self.call_timeout))?
         {
             if body.len() + chunk.len() > max {
                 return Err(too_large((body.len() + chunk.len()) as u64));

@@ -99,6 +99,11 @@ pub struct ServeArgs {
     /// Seconds between heartbeats.
     #[arg(long, env = "HEARTBEAT_INTERVAL", default_value_t = 15.0)]
     pub heartbeat_interval: f64,
+    /// Most seconds one call to the orchestrator (register, heartbeat,
+    /// result, event, plugin list) may take, answer included; past it the
+    /// call fails with a log line and is retried as any failure.
+    #[arg(long, env = "CALL_TIMEOUT_SECONDS", default_value_t = 30.0)]
+    pub call_timeout: f64,
     /// Seconds one long-poll may wait for a task.
     #[arg(long, env = "POLL_TIMEOUT", default_value_t = 30.0)]
     pub poll_timeout: f64,

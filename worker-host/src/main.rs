@@ -123,7 +123,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
         worker_host::plugin_store::PluginSet::default()
     };
-    let client = OrchestratorClient::new(&args.orchestrator_url, &args.worker_id, &token)?;
+    let client = OrchestratorClient::new(&args.orchestrator_url, &args.worker_id, &token)?
+        .with_call_timeout(seconds("--call-timeout", args.call_timeout)?)?;
     let settings = WorkerSettings {
         worker_type: args.worker_type.clone(),
         max_concurrent_tasks: args.max_concurrent_tasks.max(1),

@@ -15,7 +15,10 @@
 //! Bounds: frames at most the API's body limit; at most
 //! [`rxon::channel::MAX_CREDITS`] credits; at most [`MAX_CHANNELS`] open
 //! sessions; a session that hears nothing from its worker (not even the
-//! answer to a ping) for [`IDLE_LIMIT`] is closed.
+//! answer to a ping) for [`IDLE_LIMIT`] is closed, and so is one whose
+//! worker takes no frame for [`WRITE_STALL_LIMIT`] (its replies and tasks
+//! cannot be written, so its requests are not read either: nothing waits
+//! on it for ever in either direction).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -48,6 +51,18 @@ pub const PING_EVERY: Duration = Duration::from_secs(15);
 pub const IDLE_LIMIT: Duration = Duration::from_secs(60);
 /// Frames queued for the writer of one session.
 const OUTBOX: usize = 256;
+/// Most time the writer may take to hand a frame to the socket, or a frame
+/// may wait for room in the queue: past it the session is closed.
+pub const WRITE_STALL_LIMIT: Duration = Duration::from_secs(30);
+
+/// Queues `message` for the writer; false when the session is over or the
+/// queue stayed full for [`WRITE_STALL_LIMIT`].
+async fn queue(out: &mpsc::Sender<Message>, message: Message) -> bool {
+    matches!(
+        tokio::time::timeout(WRITE_STALL_LIMIT, out.send(message)).await,
+        Ok(Ok(()))
+    )
+}
 
 /// The open sessions: one per worker id.
 pub struct Sessions {
@@ -178,7 +193,7 @@ async fn session(state: AppState, headers: HeaderMap, worker_id: String, socket:
     let _ = dispatcher.await;
     if let Some((code, reason)) = &closing {
         tracing::info!(worker_id = %worker_id, "closing the task channel of worker {worker_id}: {reason}");
-        let _ = out.send(close(*code, reason)).await;
+        let _ = queue(&out, close(*code, reason)).await;
     }
     drop(out);
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
@@ -254,8 +269,19 @@ async fn read_frames(
             WorkerFrame::Heartbeat { id, body } => (Kind::Heartbeat, id, body),
             WorkerFrame::Event { id, body } => (Kind::Event, id, body),
         };
-        let Ok(permit) = requests.clone().acquire_owned().await else {
-            return None;
+        let permit = match tokio::time::timeout(WRITE_STALL_LIMIT, requests.clone().acquire_owned())
+            .await
+        {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return None,
+            Err(_) => {
+                return Some((
+                    CLOSE_PROTOCOL,
+                    format!(
+                        "{MAX_REQUESTS_IN_FLIGHT} requests unanswered for {WRITE_STALL_LIMIT:?}: the worker reads no replies"
+                    ),
+                ));
+            }
         };
         let (state, headers, worker_id, out) = (
             state.clone(),
@@ -265,7 +291,7 @@ async fn read_frames(
         );
         tokio::spawn(async move {
             let reply = answer(&state, &headers, &worker_id, kind, body).await;
-            let _ = out.send(self::frame(&reply(id))).await;
+            let _ = queue(&out, self::frame(&reply(id))).await;
             drop(permit);
         });
     }
@@ -342,7 +368,7 @@ async fn dispatch(
                     Err(_) => return,
                 },
                 notice = notices.next() => match notice {
-                    Some(message) => if out.send(message).await.is_err() { return },
+                    Some(message) => if !queue(&out, message).await { stop.cancel(); return },
                     None => return,
                 },
             }
@@ -356,7 +382,7 @@ async fn dispatch(
                     taken = &mut take => break taken,
                     _ = stop.cancelled() => return,
                     notice = notices.next() => match notice {
-                        Some(message) => if out.send(message).await.is_err() { return },
+                        Some(message) => if !queue(&out, message).await { stop.cancel(); return },
                         None => return,
                     },
                 }
@@ -379,12 +405,14 @@ async fn dispatch(
             // The wait ended empty (or a deploy ended it): the credit stays.
             Ok(None) => drop(permit),
             Err(EngineError::UnknownWorker(_)) => {
-                let _ = out
-                    .send(close(
+                let _ = queue(
+                    &out,
+                    close(
                         CLOSE_UNKNOWN_WORKER,
                         "this worker is not registered; register, then reconnect",
-                    ))
-                    .await;
+                    ),
+                )
+                .await;
                 stop.cancel();
                 return;
             }
@@ -473,7 +501,7 @@ fn frame(frame: &OrchestratorFrame) -> Message {
 }
 
 async fn send(out: &mpsc::Sender<Message>, message: &OrchestratorFrame) -> bool {
-    out.send(frame(message)).await.is_ok()
+    queue(out, frame(message)).await
 }
 
 /// Writes queued frames, flushing once per batch.
@@ -482,9 +510,19 @@ async fn write_frames(
     mut outbox: mpsc::Receiver<Message>,
     stop: CancellationToken,
 ) {
+    // Each hand-over to the socket is bounded: a worker that reads nothing
+    // ends its session instead of holding this writer.
+    let written = |r: Result<Result<(), axum::Error>, tokio::time::error::Elapsed>| {
+        if r.is_err() {
+            tracing::warn!(
+                "a worker's task channel took no frame for {WRITE_STALL_LIMIT:?}; closing it"
+            );
+        }
+        matches!(r, Ok(Ok(())))
+    };
     while let Some(first) = outbox.recv().await {
         let closing = matches!(first, Message::Close(_));
-        if sink.feed(first).await.is_err() {
+        if !written(tokio::time::timeout(WRITE_STALL_LIMIT, sink.feed(first)).await) {
             break;
         }
         // Let the tasks about to answer too (the reply to a result and the
@@ -493,15 +531,15 @@ async fn write_frames(
         let mut closed = closing;
         while !closed && let Ok(more) = outbox.try_recv() {
             closed = matches!(more, Message::Close(_));
-            if sink.feed(more).await.is_err() {
+            if !written(tokio::time::timeout(WRITE_STALL_LIMIT, sink.feed(more)).await) {
                 stop.cancel();
                 return;
             }
         }
-        if sink.flush().await.is_err() || closed {
+        if !written(tokio::time::timeout(WRITE_STALL_LIMIT, sink.flush()).await) || closed {
             break;
         }
     }
     stop.cancel();
-    let _ = sink.close().await;
+    let _ = tokio::time::timeout(WRITE_STALL_LIMIT, sink.close()).await;
 }

@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::{Backoff, Worker, lock};
-use crate::channel::{ConnectError, Link, SILENCE_LIMIT, Socket};
+use crate::channel::{ConnectError, Link, SILENCE_LIMIT, Socket, WRITE_STALL_LIMIT};
 use crate::client::PolledTask;
 use crate::limits::for_log;
 
@@ -138,7 +138,9 @@ impl Worker {
                 _ = shutdown.cancelled() => break Ended::Shutdown,
                 _ = inner.slot_freed.notified() => continue,
                 _ = keepalive.tick() => {
-                    if out.send(Message::Pong(Default::default())).await.is_err() {
+                    let queued = tokio::time::timeout(WRITE_STALL_LIMIT, out.send(Message::Pong(Default::default())));
+                    if !matches!(queued.await, Ok(Ok(()))) {
+                        tracing::warn!("the task channel took no frame for {WRITE_STALL_LIMIT:?}; reopening it");
                         break Ended::Lost;
                     }
                     continue;
@@ -172,8 +174,8 @@ impl Worker {
                 }
                 Ok(Some(Ok(_))) => continue,
             };
-            match self.take_frame(text.as_str(), &link) {
-                Ok(Some(())) => offered = offered.saturating_sub(1),
+            match self.take_frame(text.as_str(), &link, offered) {
+                Ok(Some(())) => offered -= 1,
                 Ok(None) => {}
                 Err(why) => {
                     tracing::error!("unusable frame on the task channel ({why}); reopening it");
@@ -194,7 +196,12 @@ impl Worker {
     }
 
     /// Acts on one frame; `Some` when it was a task.
-    fn take_frame(&self, text: &str, link: &Link) -> Result<Option<()>, String> {
+    /// A task when no credit is outstanding (`offered` is 0) breaks the
+    /// protocol: the channel is given up rather than the task queued, so a
+    /// peer cannot make this worker hold tasks without bound.
+    fn take_frame(&self, text: &str, link: &Link, offered: usize) -> Result<Option<()>, String> {
+        let past_credits =
+            || Err("the orchestrator pushed a task past the slots this worker offered".to_string());
         let frame = match self.checks_signatures() {
             // The task's JSON as received is what its `sig` covers.
             true => {
@@ -206,6 +213,9 @@ impl Worker {
                         .ok_or("a task frame without its task")?;
                     let payload = serde::Deserialize::deserialize(&raw)
                         .map_err(|e: serde_json::Error| e.to_string())?;
+                    if offered == 0 {
+                        return past_credits();
+                    }
                     self.start_task(PolledTask {
                         payload,
                         raw: Some(raw),
@@ -232,6 +242,9 @@ impl Worker {
                 self.inner.client.note_revision_value(&revision)
             }
             OrchestratorFrame::Task { task } => {
+                if offered == 0 {
+                    return past_credits();
+                }
                 self.start_task(PolledTask {
                     payload: *task,
                     raw: None,
@@ -248,18 +261,14 @@ impl Worker {
         let permit = slots.clone().try_acquire_owned();
         let worker = self.clone();
         tokio::spawn(async move {
+            // A credit was outstanding, so a slot is free or about to be
+            // (a task that just ended returns its slot as it reports).
             let _permit = match permit {
                 Ok(p) => p,
-                Err(_) => {
-                    tracing::warn!(
-                        "the orchestrator pushed more tasks than this worker offered; task {} waits for a slot",
-                        task.payload.task_id
-                    );
-                    match slots.acquire_owned().await {
-                        Ok(p) => p,
-                        Err(_) => return,
-                    }
-                }
+                Err(_) => match slots.acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
             };
             let slot = super::tasks::Slot::early(_permit, &worker.inner.deliveries);
             worker.handle_task(task, Some(slot)).await;
@@ -282,20 +291,31 @@ async fn write_frames(
     mut sink: futures_util::stream::SplitSink<Socket, Message>,
     mut outbox: mpsc::Receiver<Message>,
 ) {
+    // A socket that takes nothing for WRITE_STALL_LIMIT is given up (the
+    // session then ends; requests waiting go over HTTP).
+    let stalled = |what: &str| {
+        tracing::warn!("the task channel took no {what} for {WRITE_STALL_LIMIT:?}; giving it up");
+    };
     while let Some(first) = outbox.recv().await {
-        if sink.feed(first).await.is_err() {
-            return;
+        match tokio::time::timeout(WRITE_STALL_LIMIT, sink.feed(first)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => return stalled("frame"),
         }
         // Let the frames about to follow (a result's slot offered again)
         // join this write.
         tokio::task::yield_now().await;
         while let Ok(more) = outbox.try_recv() {
-            if sink.feed(more).await.is_err() {
-                return;
+            match tokio::time::timeout(WRITE_STALL_LIMIT, sink.feed(more)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => return stalled("frame"),
             }
         }
-        if sink.flush().await.is_err() {
-            return;
+        match tokio::time::timeout(WRITE_STALL_LIMIT, sink.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => return stalled("flush"),
         }
     }
     let _ = sink.close().await;
