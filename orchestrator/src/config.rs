@@ -17,6 +17,8 @@
 //! header_read_timeout_seconds = 20         # most time a connection may spend with no request in flight
 //! body_read_timeout_seconds = 60           # most time a request body may take to arrive (then 408)
 //! max_workers = 1000
+//! max_workers_per_token = 256              # worker ids one global or pattern token may register
+//! max_worker_ttl_seconds = 300             # longest liveness a worker's declared heartbeat interval earns
 //! max_skills_per_worker = 1024
 //! webhook_allowed_hosts = ["127.0.0.1", "10.0.0.0/8", "hooks.internal"]
 //! max_concurrent_webhooks = 64
@@ -35,7 +37,14 @@
 //!
 //! [workers.local-test-worker]
 //! token = "its-own-token"
+//!
+//! [workers."pattern:gpu-*"]                # every worker id the glob matches
+//! token = "the-gpu-fleet-token"
 //! ```
+//!
+//! Worker tokens may also come from avtomatika's `workers.toml`
+//! (`--workers-config`, `WORKERS_CONFIG_PATH`): the same `[<id>]` and
+//! `["pattern:<glob>"]` tables at the top level.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -80,6 +89,10 @@ pub struct Cli {
     /// Token any worker without its own may use.
     #[arg(long, env = "GLOBAL_WORKER_TOKEN", hide_env_values = true)]
     pub worker_token: Option<String>,
+    /// avtomatika's `workers.toml`: `[<worker_id>] token = "…"` per worker,
+    /// and `["pattern:<glob>"] token = "…"` for the ids a glob matches.
+    #[arg(long, env = "WORKERS_CONFIG_PATH")]
+    pub workers_config: Option<PathBuf>,
     /// `text` or `json` [default: text].
     #[arg(long, env = "LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -111,6 +124,9 @@ struct FileConfig {
     header_read_timeout_seconds: Option<f64>,
     body_read_timeout_seconds: Option<f64>,
     max_workers: Option<usize>,
+    max_workers_per_token: Option<usize>,
+    max_worker_ttl_seconds: Option<f64>,
+    workers_config: Option<PathBuf>,
     max_skills_per_worker: Option<usize>,
     #[serde(default)]
     webhook_allowed_hosts: Vec<String>,
@@ -193,6 +209,10 @@ pub struct Config {
     /// Most registered workers, and most skills one may declare.
     pub max_workers: usize,
     pub max_skills_per_worker: usize,
+    /// Most worker ids one shared token (global or pattern) may register.
+    pub max_workers_per_token: usize,
+    /// Longest liveness a worker's declared heartbeat interval earns.
+    pub max_worker_ttl: std::time::Duration,
     /// Webhook egress: hosts or addresses (`127.0.0.1`, `10.0.0.0/8`,
     /// `hooks.internal`) allowed although private, and the delivery cap.
     pub webhook_allowed_hosts: Vec<String>,
@@ -256,11 +276,21 @@ impl Config {
             .worker_token
             .or(file.global_worker_token)
             .filter(|t| !t.is_empty());
-        let worker_tokens: HashMap<String, String> = file
+        let mut worker_tokens: HashMap<String, String> = file
             .workers
             .into_iter()
             .map(|(id, entry)| (id, entry.token))
             .collect();
+        if let Some(path) = cli.workers_config.or(file.workers_config) {
+            worker_tokens.extend(load_workers_toml(&path)?);
+        }
+        for key in worker_tokens.keys() {
+            if let Some(glob) = key.strip_prefix(crate::api::auth::WORKER_PATTERN) {
+                glob::Pattern::new(glob).with_context(|| {
+                    format!("worker token entry {key:?}: {glob:?} is not a valid pattern")
+                })?;
+            }
+        }
         if global_worker_token.is_none() && worker_tokens.is_empty() {
             bail!(
                 "no worker token configured: set GLOBAL_WORKER_TOKEN, pass --worker-token, or add [workers.<id>] to the config file"
@@ -326,6 +356,17 @@ impl Config {
                 ..crate::api::ServeLimits::default()
             },
             max_workers: bounded("max_workers", file.max_workers, 1000, 1..=1_000_000)?,
+            max_workers_per_token: bounded(
+                "max_workers_per_token",
+                file.max_workers_per_token,
+                DEFAULT_MAX_WORKERS_PER_TOKEN,
+                1..=1_000_000,
+            )?,
+            max_worker_ttl: crate::secs::timeout(
+                "max_worker_ttl_seconds",
+                file.max_worker_ttl_seconds
+                    .unwrap_or(crate::engine::DEFAULT_MAX_WORKER_TTL_SECS as f64),
+            )?,
             max_skills_per_worker: bounded(
                 "max_skills_per_worker",
                 file.max_skills_per_worker,
@@ -375,6 +416,27 @@ fn bounded(
         );
     }
     Ok(v)
+}
+
+/// Default `max_workers_per_token`.
+pub const DEFAULT_MAX_WORKERS_PER_TOKEN: usize = 256;
+
+/// One table of avtomatika's `workers.toml` (other keys are ignored).
+#[derive(Debug, Deserialize)]
+struct WorkersTomlEntry {
+    token: String,
+}
+
+/// avtomatika's `workers.toml`: worker id (or `pattern:<glob>`) → token.
+fn load_workers_toml(path: &Path) -> anyhow::Result<HashMap<String, String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the workers config {}", path.display()))?;
+    let entries: BTreeMap<String, WorkersTomlEntry> = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("workers config {}: {}", path.display(), e.message()))?;
+    Ok(entries
+        .into_iter()
+        .map(|(id, entry)| (id, entry.token))
+        .collect())
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {

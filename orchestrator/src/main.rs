@@ -59,6 +59,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         default_result_timeout: config.default_result_timeout,
         task_secret: config.orchestrator_secret.clone(),
         max_workers: config.max_workers,
+        max_worker_ttl: config.max_worker_ttl,
         max_skills_per_worker: config.max_skills_per_worker,
         webhook_allowed_hosts: config.webhook_allowed_hosts.clone(),
         max_concurrent_webhooks: config.max_concurrent_webhooks,
@@ -79,7 +80,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         config.worker_tokens.clone(),
         config.require_signatures,
     )
-    .with_deployers(config.deployers.iter().cloned());
+    .with_deployers(config.deployers.iter().cloned())
+    .with_max_workers_per_token(config.max_workers_per_token);
     orchestrator::metrics::install();
     let state = AppState::new(
         engine.clone(),

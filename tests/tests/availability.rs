@@ -704,3 +704,128 @@ async fn a_stalled_orchestrator_gets_a_timeout_and_a_log_line_for_every_call() {
         assert!(!worker.log_text().contains("panicked"));
     }
 }
+
+/// A signed registration of `worker` with `token`.
+async fn register_with(stack: &Stack, worker: &str, token: &str, metadata: Value) -> (u16, Value) {
+    let mut body = json!({
+        "worker_id": worker, "worker_type": "t", "supported_skills": [{"name": "s"}],
+        "metadata": metadata, "nonce": uuid_like(),
+    });
+    rxon::seal(&mut body, worker, token, chrono_now());
+    let resp = stack
+        .http
+        .post(format!("{}/_worker/workers/register", stack.base))
+        .header("X-Worker-Token", token)
+        .header("X-Worker-Id", worker)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn worker_tokens_are_bound_to_ids_and_patterns_and_each_shared_token_is_capped() {
+    let mut stack = Stack::new();
+    let workers_toml = stack.dir.path().join("workers.toml");
+    // avtomatika's workers.toml shape: exact ids and fnmatch patterns.
+    std::fs::write(
+        &workers_toml,
+        "[w-own]\ntoken = \"own-token\"\n\n[\"pattern:gpu-*\"]\ntoken = \"gpu-token\"\n",
+    )
+    .unwrap();
+    let config = stack.dir.path().join("orchestrator.toml");
+    std::fs::write(
+        &config,
+        "max_workers_per_token = 2\nmax_worker_ttl_seconds = 20\n",
+    )
+    .unwrap();
+    stack.start_orchestrator_with(|cmd| {
+        cmd.arg("--config")
+            .arg(&config)
+            .env("WORKERS_CONFIG_PATH", &workers_toml);
+    });
+    stack.wait_ready().await;
+    let none = json!({});
+    // The global token cannot take an id that has a token of its own.
+    for id in ["w-own", "gpu-1"] {
+        let (status, body) = register_with(&stack, id, WORKER_TOKEN, none.clone()).await;
+        assert_eq!(status, 403, "{id}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("individual"),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        register_with(&stack, "w-own", "own-token", none.clone())
+            .await
+            .0,
+        200
+    );
+    // A pattern's token serves the ids it matches, at most 2 of them.
+    assert_eq!(
+        register_with(&stack, "gpu-1", "gpu-token", none.clone())
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        register_with(&stack, "gpu-2", "gpu-token", none.clone())
+            .await
+            .0,
+        200
+    );
+    let (status, body) = register_with(&stack, "gpu-3", "gpu-token", none.clone()).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("max_workers_per_token = 2"),
+        "{body}"
+    );
+    assert_eq!(
+        register_with(&stack, "cpu-1", "gpu-token", none.clone())
+            .await
+            .0,
+        403
+    );
+    // Registering again as an id it already has is fine.
+    assert_eq!(
+        register_with(&stack, "gpu-2", "gpu-token", none.clone())
+            .await
+            .0,
+        200
+    );
+    // The global token, likewise capped.
+    assert_eq!(
+        register_with(&stack, "any-1", WORKER_TOKEN, none.clone())
+            .await
+            .0,
+        200
+    );
+    let long = json!({"heartbeat_interval_seconds": 86400});
+    assert_eq!(
+        register_with(&stack, "any-2", WORKER_TOKEN, long).await.0,
+        200
+    );
+    assert_eq!(
+        register_with(&stack, "any-3", WORKER_TOKEN, none.clone())
+            .await
+            .0,
+        429
+    );
+    let (log, _) = stack.logs();
+    assert!(
+        log.contains("worker any-2 declares a heartbeat interval")
+            && log.contains("max_worker_ttl_seconds"),
+        "{log}"
+    );
+    // Its declared day is cut to 20 s: gone after 20 s without a heartbeat.
+    wait_until("any-2 to be dropped", Duration::from_secs(40), || async {
+        stack.worker_view("any-2").await.is_none()
+    })
+    .await;
+    assert_no_panic(&stack);
+}

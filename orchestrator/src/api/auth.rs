@@ -17,6 +17,10 @@ pub const HEADER_CLIENT_TOKEN_LEGACY: &str = "x-avtomatika-token";
 /// The dashboard's sign-in cookie: the client token, `HttpOnly`,
 /// `SameSite=Strict` (see [`crate::ui`]).
 pub const SESSION_COOKIE: &str = "taskworker_session";
+/// The prefix of a worker-token entry that is an fnmatch glob over worker
+/// ids (`[workers."pattern:cpu-*"]`, as in avtomatika's `workers.toml`).
+pub const WORKER_PATTERN: &str = "pattern:";
+
 /// The longest client token a sign-in or a session cookie may carry.
 pub const MAX_TOKEN_BYTES: usize = 4096;
 
@@ -35,14 +39,24 @@ pub struct Auth {
     pub global_worker_token: Option<String>,
     /// Worker id → its own token (the global token is then refused for it).
     pub worker_tokens: HashMap<String, String>,
+    /// `pattern:<glob>` entries (avtomatika's `workers.toml` shape): a
+    /// worker id no exact entry names and the glob matches (fnmatch: `*`,
+    /// `?`, `[…]`) takes that token, tried in the order of their names; the
+    /// global token is then refused for it.
+    worker_patterns: Vec<(glob::Pattern, String)>,
     /// Whether worker messages must be signed (as avtomatika 1.0b30 requires).
     pub require_signatures: bool,
+    /// Most worker ids one shared token (the global one, or a pattern's)
+    /// may have registered at once (`max_workers_per_token`).
+    pub max_workers_per_token: usize,
     /// Client names that may deploy plugins and blueprints.
     deployers: std::collections::HashSet<String>,
     seen: Mutex<SeenNonces>,
 }
 
 impl Auth {
+    /// `worker_tokens`: worker id, or `pattern:<glob>`, → token (a glob
+    /// that does not parse is left out; the config loader refuses it first).
     pub fn new(
         clients: HashMap<String, String>,
         global_worker_token: Option<String>,
@@ -53,15 +67,36 @@ impl Auth {
             .iter()
             .map(|(token, name)| (digest(token), name.clone()))
             .collect();
+        let (patterns, exact): (HashMap<_, _>, HashMap<_, _>) = worker_tokens
+            .into_iter()
+            .partition(|(id, _)| id.starts_with(WORKER_PATTERN));
+        let mut worker_patterns: Vec<(glob::Pattern, String)> = patterns
+            .into_iter()
+            .filter_map(|(key, token)| {
+                Some((
+                    glob::Pattern::new(&key[WORKER_PATTERN.len()..]).ok()?,
+                    token,
+                ))
+            })
+            .collect();
+        worker_patterns.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
         Self {
             client_digests,
             clients,
             global_worker_token,
-            worker_tokens,
+            worker_tokens: exact,
+            worker_patterns,
             require_signatures,
+            max_workers_per_token: crate::config::DEFAULT_MAX_WORKERS_PER_TOKEN,
             deployers: Default::default(),
             seen: Mutex::default(),
         }
+    }
+
+    /// Sets `max_workers_per_token`.
+    pub fn with_max_workers_per_token(mut self, max: usize) -> Self {
+        self.max_workers_per_token = max;
+        self
     }
 
     /// Lets these clients (by name) deploy.
@@ -113,6 +148,24 @@ impl Auth {
         })
     }
 
+    /// The token `worker_id` must use and what it is (`worker <id>`,
+    /// `pattern <glob>`, `the global token`); `None`: no worker token is
+    /// configured for it.
+    pub fn token_of(&self, worker_id: &str) -> Option<(String, &str)> {
+        if let Some(own) = self.worker_tokens.get(worker_id) {
+            return Some((format!("the token of worker {worker_id}"), own));
+        }
+        if let Some((glob, token)) = self
+            .worker_patterns
+            .iter()
+            .find(|(glob, _)| glob.matches(worker_id))
+        {
+            return Some((format!("the token of pattern:{}", glob.as_str()), token));
+        }
+        let global = self.global_worker_token.as_deref()?;
+        Some(("the global worker token".into(), global))
+    }
+
     /// Whether the headers carry a worker token we know (the global one or
     /// any worker's own), before the body that names the worker is read.
     pub fn known_worker_token(&self, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -123,6 +176,7 @@ impl Auth {
             .global_worker_token
             .iter()
             .chain(self.worker_tokens.values())
+            .chain(self.worker_patterns.iter().map(|(_, token)| token))
         {
             known |= digest_eq(&digest(secret), &given);
         }
@@ -153,17 +207,19 @@ impl Auth {
             .ok_or_else(|| {
                 ApiError::Forbidden("Unauthorized: no worker id (X-Worker-ID header)".into())
             })?;
-        if let Some(own) = self.worker_tokens.get(&worker_id) {
-            return if constant_eq(own, token) {
-                Ok((worker_id, own.clone()))
-            } else {
-                Err(wrong_worker_token(
-                    "Unauthorized: Invalid individual worker token",
-                ))
-            };
-        }
-        match &self.global_worker_token {
-            Some(global) if constant_eq(global, token) => Ok((worker_id, global.clone())),
+        let is_global = |t: &str| self.global_worker_token.as_deref() == Some(t);
+        match self.token_of(&worker_id) {
+            // Its own token (exact or by pattern): the global one is refused.
+            Some((_, own)) if !is_global(own) => {
+                if constant_eq(own, token) {
+                    Ok((worker_id, own.to_string()))
+                } else {
+                    Err(wrong_worker_token(
+                        "Unauthorized: Invalid individual worker token",
+                    ))
+                }
+            }
+            Some((_, global)) if constant_eq(global, token) => Ok((worker_id, global.to_string())),
             _ => Err(wrong_worker_token("Unauthorized: No valid token found")),
         }
     }

@@ -83,6 +83,7 @@ pub async fn register(
         &format!("{n} skills declared"),
         " (max_skills_per_worker)",
     )?;
+    token_has_room(&state, &reg.worker_id).await?;
     state.engine.register_worker(&reg).await?;
     let warning = headers
         .get(rxon::HEADER_RXON_VERSION)
@@ -100,6 +101,36 @@ pub async fn register(
         warning,
     })
     .into_response())
+}
+
+/// A new worker id registered with a shared token (the global one, or a
+/// pattern's) must leave that token within `max_workers_per_token`: one
+/// holder cannot fill `max_workers` with made-up ids.
+async fn token_has_room(state: &AppState, worker_id: &str) -> Result<(), ApiError> {
+    let Some((which, _)) = state.auth.token_of(worker_id) else {
+        return Ok(());
+    };
+    if state.auth.worker_tokens.contains_key(worker_id) {
+        return Ok(());
+    }
+    let workers = state.engine.workers().await;
+    if workers.iter().any(|w| w.worker_id == worker_id) {
+        return Ok(());
+    }
+    let max = state.auth.max_workers_per_token;
+    let same = workers
+        .iter()
+        .filter(|w| {
+            !state.auth.worker_tokens.contains_key(&w.worker_id)
+                && state.auth.token_of(&w.worker_id).map(|(t, _)| t) == Some(which.clone())
+        })
+        .count();
+    if same >= max {
+        return Err(ApiError::TooMany(format!(
+            "{which} has {same} workers registered, the most one token may (max_workers_per_token = {max}); give this worker a token of its own"
+        )));
+    }
+    Ok(())
 }
 
 pub async fn heartbeat(

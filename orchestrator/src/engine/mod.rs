@@ -46,6 +46,9 @@ pub struct EngineSettings {
     /// Lease of a handed-out task whose blueprint and job set no result
     /// timeout: past it, the task fails with `TIMEOUT_ERROR` (and is retried).
     pub default_result_timeout: Duration,
+    /// The longest liveness a worker's declared heartbeat interval earns
+    /// (a worker declaring a day would hold its tasks a day after dying).
+    pub max_worker_ttl: Duration,
     /// A task handed out longer ago than this that the worker's heartbeat no
     /// longer lists goes back to the queue.
     pub unlisted_task_grace: Duration,
@@ -84,6 +87,7 @@ impl Default for EngineSettings {
         Self {
             worker_ttl: Duration::from_secs(35),
             default_result_timeout: Duration::from_secs(3600),
+            max_worker_ttl: Duration::from_secs(DEFAULT_MAX_WORKER_TTL_SECS),
             unlisted_task_grace: Duration::from_secs(10),
             task_secret: None,
             max_workers: 1000,
@@ -100,6 +104,9 @@ impl Default for EngineSettings {
         }
     }
 }
+
+/// Default of [`EngineSettings::max_worker_ttl`] (`max_worker_ttl_seconds`).
+pub const DEFAULT_MAX_WORKER_TTL_SECS: u64 = 300;
 
 /// Default of [`EngineSettings::channel_grace`] (`channel_grace_seconds`).
 pub const DEFAULT_CHANNEL_GRACE_SECS: u64 = 3;

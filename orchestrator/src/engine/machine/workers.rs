@@ -89,14 +89,28 @@ pub(crate) fn waiting_reason(st: &EngineState, job: &Job) -> Option<String> {
 
 /// The liveness a worker gets: two of the heartbeat intervals it declares
 /// (`metadata.heartbeat_interval_seconds`) plus a margin, else the default.
+/// At most `max_worker_ttl_seconds` (a longer declared interval is cut,
+/// with a warning).
 fn worker_ttl(shared: &Shared, reg: &rxon::WorkerRegistration) -> Duration {
-    reg.metadata
+    let max = shared.settings.max_worker_ttl;
+    let declared = reg
+        .metadata
         .as_ref()
         .and_then(|m| m.get("heartbeat_interval_seconds"))
         .and_then(Value::as_f64)
         .and_then(|s| crate::secs::timeout("heartbeat_interval_seconds", s).ok())
-        .map(|interval| (interval * 2 + super::super::TTL_MARGIN).min(Duration::from_secs(3600)))
-        .unwrap_or(shared.settings.worker_ttl)
+        .map(|interval| interval.saturating_mul(2) + super::super::TTL_MARGIN);
+    match declared {
+        Some(ttl) if ttl > max => {
+            tracing::warn!(
+                "worker {} declares a heartbeat interval that would keep it alive {ttl:?} without a heartbeat; it gets {max:?} (max_worker_ttl_seconds)",
+                reg.worker_id
+            );
+            max
+        }
+        Some(ttl) => ttl,
+        None => shared.settings.worker_ttl.min(max),
+    }
 }
 
 pub(crate) fn register_worker(
