@@ -17,6 +17,7 @@
 //! header_read_timeout_seconds = 20         # most time a connection may spend with no request in flight
 //! body_read_timeout_seconds = 60           # most time a request body may take to arrive (then 408)
 //! max_workers = 1000
+//! max_active_jobs_per_client = 10000       # jobs one client may have that have not ended (then 429)
 //! max_workers_per_token = 256              # worker ids one global or pattern token may register
 //! max_worker_ttl_seconds = 300             # longest liveness a worker's declared heartbeat interval earns
 //! max_skills_per_worker = 1024
@@ -125,6 +126,7 @@ struct FileConfig {
     body_read_timeout_seconds: Option<f64>,
     max_workers: Option<usize>,
     max_workers_per_token: Option<usize>,
+    max_active_jobs_per_client: Option<usize>,
     max_worker_ttl_seconds: Option<f64>,
     workers_config: Option<PathBuf>,
     max_skills_per_worker: Option<usize>,
@@ -211,6 +213,8 @@ pub struct Config {
     pub max_skills_per_worker: usize,
     /// Most worker ids one shared token (global or pattern) may register.
     pub max_workers_per_token: usize,
+    /// Most jobs one client may have that have not ended.
+    pub max_active_jobs_per_client: usize,
     /// Longest liveness a worker's declared heartbeat interval earns.
     pub max_worker_ttl: std::time::Duration,
     /// Webhook egress: hosts or addresses (`127.0.0.1`, `10.0.0.0/8`,
@@ -361,6 +365,12 @@ impl Config {
                 file.max_workers_per_token,
                 DEFAULT_MAX_WORKERS_PER_TOKEN,
                 1..=1_000_000,
+            )?,
+            max_active_jobs_per_client: bounded(
+                "max_active_jobs_per_client",
+                file.max_active_jobs_per_client,
+                crate::engine::DEFAULT_MAX_ACTIVE_JOBS_PER_CLIENT,
+                1..=100_000_000,
             )?,
             max_worker_ttl: crate::secs::timeout(
                 "max_worker_ttl_seconds",

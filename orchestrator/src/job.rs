@@ -238,6 +238,9 @@ pub struct Job {
     /// Set once the ended job is counted for eviction from memory.
     #[serde(skip)]
     pub retired: bool,
+    /// Set while the job counts among its owner's active jobs.
+    #[serde(skip)]
+    pub counted_active: bool,
 }
 
 impl Job {

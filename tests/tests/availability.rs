@@ -829,3 +829,86 @@ async fn worker_tokens_are_bound_to_ids_and_patterns_and_each_shared_token_is_ca
     .await;
     assert_no_panic(&stack);
 }
+
+/// Creates a test-flow job as `token`: the status and Retry-After.
+async fn create_as(stack: &Stack, token: &str) -> (u16, Option<String>, Value) {
+    let resp = stack
+        .http
+        .post(format!("{}/api/v1/jobs/test", stack.base))
+        .header("X-Client-Token", token)
+        .json(&json!({"message": "m", "multiply": 1}))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, retry, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn bounded_client_checks(stack: &Stack) {
+    // No worker: jobs stay active. Three for this client, then 429.
+    for _ in 0..3 {
+        assert_eq!(create_as(stack, CLIENT_TOKEN).await.0, 202);
+    }
+    let (status, retry, body) = create_as(stack, CLIENT_TOKEN).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(retry.is_some(), "Retry-After");
+    assert!(
+        body["error"].as_str().unwrap().contains("max_active_jobs_per_client"),
+        "{body}"
+    );
+    // Another client is not held up by this one.
+    assert_eq!(create_as(stack, "other-client-token").await.0, 202);
+}
+
+#[tokio::test]
+async fn one_client_cannot_hold_every_job_slot_or_stream() {
+    let config = "max_active_jobs_per_client = 3\n[clients.other]\ntoken = \"other-client-token\"\n";
+    let stack = orchestrator_with(config).await;
+    bounded_client_checks(&stack).await;
+    // Update streams: 16 per client, then 429; another client still gets one.
+    let open = |token: &'static str| {
+        stack
+            .http
+            .get(format!("{}/api/v1/jobs/stream", stack.base))
+            .header("X-Client-Token", token)
+            .send()
+    };
+    let mut streams = Vec::new();
+    for _ in 0..16 {
+        let resp = open(CLIENT_TOKEN).await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        streams.push(resp);
+    }
+    let refused = open(CLIENT_TOKEN).await.unwrap();
+    assert_eq!(refused.status().as_u16(), 429);
+    assert!(refused.headers().get("retry-after").is_some());
+    assert_eq!(open("other-client-token").await.unwrap().status().as_u16(), 200);
+    // A stream closed gives its slot back.
+    streams.pop();
+    wait_until("a stream slot back", Duration::from_secs(10), || async {
+        open(CLIENT_TOKEN).await.unwrap().status().as_u16() == 200
+    })
+    .await;
+    assert_no_panic(&stack);
+}
+
+#[tokio::test]
+async fn the_active_job_bound_holds_on_postgresql_too() {
+    let mut stack = Stack::on_postgres().await;
+    let path = stack.dir.path().join("orchestrator.toml");
+    std::fs::write(
+        &path,
+        "max_active_jobs_per_client = 3\n[clients.other]\ntoken = \"other-client-token\"\n",
+    )
+    .unwrap();
+    stack.start_orchestrator_with(|cmd| {
+        cmd.arg("--config").arg(&path);
+    });
+    stack.wait_ready().await;
+    bounded_client_checks(&stack).await;
+    assert_no_panic(&stack);
+}

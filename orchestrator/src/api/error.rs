@@ -23,6 +23,10 @@ pub enum ApiError {
     TooMany(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// 429 with `Retry-After` (seconds): a bound on what one client may
+    /// hold at once (active jobs, open streams) is full.
+    #[error("{0}")]
+    Saturated(String, u64),
     /// 408: the request's body did not arrive in time.
     #[error("{0}")]
     BodyTimeout(String),
@@ -46,7 +50,7 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooMany(_) | Self::Saturated(..) => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -84,6 +88,12 @@ impl IntoResponse for ApiError {
             axum::Json(rxon::ErrorBody { error: message }),
         )
             .into_response();
+        if let Self::Saturated(_, retry) = &self {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(*retry),
+            );
+        }
         if matches!(self, Self::WrongToken(..)) {
             response
                 .extensions_mut()
@@ -103,6 +113,7 @@ impl From<crate::engine::EngineError> for ApiError {
             E::AlreadyEnded(_) => Self::Conflict(message),
             E::NotAssigned(_) => Self::Forbidden(message),
             E::TooManyWorkers(_) => Self::TooMany(message),
+            E::TooManyActiveJobs(_) => Self::Saturated(message, 1),
             E::Storage(_) => Self::Internal(message),
         }
     }

@@ -51,6 +51,8 @@ pub struct Shared {
     pub max_body: usize,
     /// Wrong credentials counted per peer address.
     pub auth_failures: throttle::AuthFailures,
+    /// Update streams open per client.
+    pub client_streams: stream::ClientStreams,
 }
 
 impl std::ops::Deref for AppState {
@@ -77,6 +79,7 @@ impl AppState {
             channels: Default::default(),
             max_body,
             auth_failures,
+            client_streams: Default::default(),
         }))
     }
 }

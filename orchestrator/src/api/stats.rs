@@ -103,7 +103,7 @@ pub async fn job_stats(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let owner = state.auth.client(&headers)?;
-    let permit = super::stream::stream_permit(&state)?;
+    let permit = super::stream::stream_permit(&state, &owner)?;
     let updates = state.engine.subscribe_updates();
     let stopping = state.engine.stopping();
     let mut tick = tokio::time::interval(PERIOD);

@@ -31,15 +31,61 @@ pub struct StreamQuery {
     ids: Option<String>,
 }
 
-/// A place among the [`MAX_UPDATE_STREAMS`] open update streams (this one's
-/// and [`super::stats`]'), or a 503 saying so.
-pub(super) fn stream_permit(
-    state: &AppState,
-) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-    state.engine.stream_permit().ok_or_else(|| {
-        ApiError::TooMany(format!(
-            "Too many update streams are open (at most {MAX_UPDATE_STREAMS}); poll the jobs instead or try later"
-        ))
+/// Most update streams (this one's and [`super::stats`]') one client may
+/// have open at once.
+pub const MAX_STREAMS_PER_CLIENT: usize = 16;
+
+/// Streams open per client.
+#[derive(Default)]
+pub struct ClientStreams(std::sync::Mutex<std::collections::HashMap<String, usize>>);
+
+/// A place among the open update streams: one of the
+/// [`MAX_UPDATE_STREAMS`] of the server and of the
+/// [`MAX_STREAMS_PER_CLIENT`] of its client; given back when dropped.
+pub(super) struct StreamSlot {
+    _global: tokio::sync::OwnedSemaphorePermit,
+    state: AppState,
+    owner: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.state.client_streams.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.owner) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.owner);
+            }
+        }
+    }
+}
+
+/// A stream slot for `owner`, or a 429 (with `Retry-After`) naming the
+/// bound that is full.
+pub(super) fn stream_permit(state: &AppState, owner: &str) -> Result<StreamSlot, ApiError> {
+    let global = state.engine.stream_permit().ok_or_else(|| {
+        ApiError::Saturated(
+            format!(
+                "Too many update streams are open (at most {MAX_UPDATE_STREAMS}); poll the jobs instead or try later"
+            ),
+            5,
+        )
+    })?;
+    let mut open = state.client_streams.0.lock().unwrap_or_else(|p| p.into_inner());
+    let n = open.entry(owner.to_string()).or_default();
+    if *n >= MAX_STREAMS_PER_CLIENT {
+        return Err(ApiError::Saturated(
+            format!(
+                "client {owner} has {n} update streams open, the most one client may ({MAX_STREAMS_PER_CLIENT}); close one or poll the jobs instead"
+            ),
+            5,
+        ));
+    }
+    *n += 1;
+    Ok(StreamSlot {
+        _global: global,
+        state: state.clone(),
+        owner: owner.to_string(),
     })
 }
 
@@ -72,7 +118,7 @@ pub async fn job_updates(
             })?)
         }
     };
-    let permit = stream_permit(&state)?;
+    let permit = stream_permit(&state, &owner)?;
     let updates = state.engine.subscribe_updates();
     let stopping = state.engine.stopping();
     let stream = futures_util::stream::unfold((updates, permit), move |(mut updates, permit)| {

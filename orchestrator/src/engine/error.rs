@@ -23,12 +23,23 @@ pub enum EngineError {
     /// 429: `max_workers` reached.
     #[error("{0}")]
     TooManyWorkers(String),
+    /// 429 with `Retry-After`: the client has `max_active_jobs_per_client`
+    /// jobs that have not ended.
+    #[error("{0}")]
+    TooManyActiveJobs(String),
     /// 500.
     #[error("could not store the job: {0}")]
     Storage(String),
 }
 
 impl EngineError {
+    /// A new job of `owner`, who has `max` active already.
+    pub fn too_many_active_jobs(max: usize, owner: &str) -> Self {
+        Self::TooManyActiveJobs(format!(
+            "client {owner} has {max} jobs that have not ended, the most one client may (max_active_jobs_per_client); retry when some have ended"
+        ))
+    }
+
     /// A new worker id past `max_workers`.
     pub fn too_many_workers(max: usize, worker_id: &str) -> Self {
         Self::TooManyWorkers(format!(

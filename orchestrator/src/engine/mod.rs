@@ -57,6 +57,9 @@ pub struct EngineSettings {
     pub task_secret: Option<String>,
     /// Most registered workers; a new id past it gets 429.
     pub max_workers: usize,
+    /// Most jobs one client may have that have not ended; a create past
+    /// it gets 429 with `Retry-After`.
+    pub max_active_jobs_per_client: usize,
     /// Most skills one worker may declare (400 past it).
     pub max_skills_per_worker: usize,
     /// Webhook egress: private addresses allowed besides public ones.
@@ -91,6 +94,7 @@ impl Default for EngineSettings {
             unlisted_task_grace: Duration::from_secs(10),
             task_secret: None,
             max_workers: 1000,
+            max_active_jobs_per_client: DEFAULT_MAX_ACTIVE_JOBS_PER_CLIENT,
             max_skills_per_worker: 1024,
             webhook_allowed_hosts: Vec::new(),
             max_concurrent_webhooks: 64,
@@ -104,6 +108,9 @@ impl Default for EngineSettings {
         }
     }
 }
+
+/// Default of [`EngineSettings::max_active_jobs_per_client`].
+pub const DEFAULT_MAX_ACTIVE_JOBS_PER_CLIENT: usize = 10_000;
 
 /// Default of [`EngineSettings::max_worker_ttl`] (`max_worker_ttl_seconds`).
 pub const DEFAULT_MAX_WORKER_TTL_SECS: u64 = 300;
@@ -199,6 +206,8 @@ pub struct EngineState {
     pub webhooks: Vec<webhook::Webhook>,
     /// Ended jobs still in memory, oldest first.
     pub retired: VecDeque<Uuid>,
+    /// Owner → its jobs that have not ended (local holder only).
+    pub active_by_owner: HashMap<String, usize>,
     /// How many of those to keep (from the settings).
     pub keep_finished: usize,
     /// This state holds only the workers an event touches (a shared
@@ -554,13 +563,20 @@ impl Engine {
         // storage's indexes, so a batch of new jobs dirties a few pages
         // instead of one page per job.
         let id = Uuid::now_v7();
+        let max = self.shared.settings.max_active_jobs_per_client;
         if let Some(db) = &self.shared.db {
+            if db.active_jobs(&new.owner).await? >= max {
+                return Err(EngineError::too_many_active_jobs(max, &new.owner));
+            }
             db.create(&self.shared, id, &blueprint, new).await?;
             return Ok(id);
         }
         let (ack_tx, ack_rx) = oneshot::channel();
         {
             let mut st = self.tx();
+            if st.active_by_owner.get(&new.owner).copied().unwrap_or(0) >= max {
+                return Err(EngineError::too_many_active_jobs(max, &new.owner));
+            }
             machine::create(&self.shared, &mut st, id, &blueprint, new, ack_tx);
         }
         match ack_rx.await {

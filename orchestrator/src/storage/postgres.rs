@@ -27,6 +27,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         3,
         include_str!("../../migrations/postgres/0003_event_task.sql"),
     ),
+    (
+        4,
+        include_str!("../../migrations/postgres/0004_active_jobs.sql"),
+    ),
 ];
 
 pub struct PostgresStorage {

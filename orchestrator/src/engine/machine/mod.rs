@@ -72,6 +72,19 @@ pub(crate) fn take(st: &mut EngineState, id: Uuid) -> Option<Box<Job>> {
 
 pub(crate) fn put(st: &mut EngineState, job: impl Into<Box<Job>>) {
     let mut job = job.into();
+    // Active jobs per owner (`max_active_jobs_per_client`).
+    if job.status.is_terminal() == job.counted_active {
+        job.counted_active = !job.counted_active;
+        let n = st.active_by_owner.entry(job.owner.clone()).or_default();
+        if job.counted_active {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                st.active_by_owner.remove(&job.owner);
+            }
+        }
+    }
     if job.status.is_terminal() {
         if let Some(waiters) = st.job_waiters.remove(&job.id) {
             waiters.notify_waiters();
@@ -153,6 +166,7 @@ pub(crate) fn create(
         version: 0,
         webhook_sent: false,
         retired: false,
+        counted_active: false,
     };
     tracing::info!(job_id = %id, "job {id} started ({}) with initial data {}", bp.name, rxon::text::json_preview(&job.initial_data));
     if tracing::enabled!(tracing::Level::DEBUG) {

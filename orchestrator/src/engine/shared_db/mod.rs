@@ -290,6 +290,22 @@ impl SharedDb {
         .await
     }
 
+    /// How many jobs of `owner` have not ended.
+    pub(crate) async fn active_jobs(&self, owner: &str) -> Result<usize, DbError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                &client
+                    .prepare_cached(
+                        "SELECT count(*) FROM jobs WHERE owner = $1 AND status NOT IN ('finished', 'failed', 'quarantined', 'cancelled')",
+                    )
+                    .await?,
+                &[&owner],
+            )
+            .await?;
+        Ok(row.get::<_, i64>(0).max(0) as usize)
+    }
+
     /// Claims the oldest queued task this worker can run, if any.
     pub(crate) async fn take(
         &self,
