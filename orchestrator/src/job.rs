@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -110,7 +111,7 @@ pub struct TaskRecord {
     pub picked_up_at: Option<DateTime<Utc>>,
     /// Set when this branch is done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<Object>,
+    pub result: Option<Arc<Object>>,
     /// Last failure of this task, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<JobError>,
@@ -197,12 +198,16 @@ pub struct Job {
     pub owner: String,
     pub status: JobStatus,
     pub current_state: String,
-    pub initial_data: Object,
+    /// Shared, like `results` and `result`: a job change copies the job
+    /// under the engine's lock for the writer, and these (the client's and
+    /// the workers' data, up to a request body each) are copied by
+    /// reference, not byte by byte.
+    pub initial_data: Arc<Object>,
     /// Data of each state's task, by state name.
-    pub results: Object,
+    pub results: Arc<Object>,
     /// Data of the most recent task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<Object>,
+    pub result: Option<Arc<Object>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
     /// Tasks of the current state (one, or one per parallel branch).
@@ -246,6 +251,6 @@ pub struct Job {
 impl Job {
     /// The context expressions see: `{initial, results, last}`.
     pub fn expr_context(&self) -> crate::blueprint::expr::Context {
-        crate::blueprint::expr::context(&self.initial_data, &self.results, self.result.as_ref())
+        crate::blueprint::expr::context(&self.initial_data, &self.results, self.result.as_deref())
     }
 }

@@ -857,7 +857,10 @@ async fn bounded_client_checks(stack: &Stack) {
     assert_eq!(status, 429, "{body}");
     assert!(retry.is_some(), "Retry-After");
     assert!(
-        body["error"].as_str().unwrap().contains("max_active_jobs_per_client"),
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("max_active_jobs_per_client"),
         "{body}"
     );
     // Another client is not held up by this one.
@@ -866,7 +869,8 @@ async fn bounded_client_checks(stack: &Stack) {
 
 #[tokio::test]
 async fn one_client_cannot_hold_every_job_slot_or_stream() {
-    let config = "max_active_jobs_per_client = 3\n[clients.other]\ntoken = \"other-client-token\"\n";
+    let config =
+        "max_active_jobs_per_client = 3\n[clients.other]\ntoken = \"other-client-token\"\n";
     let stack = orchestrator_with(config).await;
     bounded_client_checks(&stack).await;
     // Update streams: 16 per client, then 429; another client still gets one.
@@ -886,7 +890,10 @@ async fn one_client_cannot_hold_every_job_slot_or_stream() {
     let refused = open(CLIENT_TOKEN).await.unwrap();
     assert_eq!(refused.status().as_u16(), 429);
     assert!(refused.headers().get("retry-after").is_some());
-    assert_eq!(open("other-client-token").await.unwrap().status().as_u16(), 200);
+    assert_eq!(
+        open("other-client-token").await.unwrap().status().as_u16(),
+        200
+    );
     // A stream closed gives its slot back.
     streams.pop();
     wait_until("a stream slot back", Duration::from_secs(10), || async {

@@ -160,7 +160,7 @@ pub fn view(job: &Job, waiting_reason: Option<String>) -> JobView<'_> {
         status: job.status,
         current_state: &job.current_state,
         initial_data: &job.initial_data,
-        result: job.result.as_ref(),
+        result: job.result.as_deref(),
         results: &job.results,
         error_message: job.error.as_ref().map(|e| e.message.as_str()),
         error: job.error.as_ref(),

@@ -50,7 +50,12 @@ pub(super) struct StreamSlot {
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        let mut open = self.state.client_streams.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self
+            .state
+            .client_streams
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(n) = open.get_mut(&self.owner) {
             *n -= 1;
             if *n == 0 {
@@ -71,7 +76,11 @@ pub(super) fn stream_permit(state: &AppState, owner: &str) -> Result<StreamSlot,
             5,
         )
     })?;
-    let mut open = state.client_streams.0.lock().unwrap_or_else(|p| p.into_inner());
+    let mut open = state
+        .client_streams
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     let n = open.entry(owner.to_string()).or_default();
     if *n >= MAX_STREAMS_PER_CLIENT {
         return Err(ApiError::Saturated(

@@ -256,6 +256,26 @@ mod tests {
         assert!(more.is_empty());
     }
 
+    /// A job change copies the job for the writer under the engine's lock:
+    /// the client's and workers' data go by reference, not byte by byte.
+    #[test]
+    fn a_job_write_shares_the_jobs_data_instead_of_copying_it() {
+        let mut job = job();
+        std::sync::Arc::make_mut(&mut job.initial_data)
+            .insert("big".into(), serde_json::json!("x".repeat(1 << 20)));
+        job.result = Some(std::sync::Arc::new(serde_json::Map::new()));
+        let write = crate::engine::job_write(&mut job, Vec::new());
+        assert!(std::sync::Arc::ptr_eq(
+            &write.job.initial_data,
+            &job.initial_data
+        ));
+        assert!(std::sync::Arc::ptr_eq(&write.job.results, &job.results));
+        assert!(std::sync::Arc::ptr_eq(
+            write.job.result.as_ref().unwrap(),
+            job.result.as_ref().unwrap()
+        ));
+    }
+
     #[test]
     fn writes_of_one_job_in_a_batch_keep_the_latest_job_and_every_event() {
         let (a, b) = (job(), job());

@@ -34,7 +34,7 @@ pub struct WebhookBody {
     pub blueprint: String,
     pub status: String,
     pub current_state: String,
-    pub result: Option<Object>,
+    pub result: Option<std::sync::Arc<Object>>,
     pub error: Option<JobError>,
     pub timestamp: i64,
 }

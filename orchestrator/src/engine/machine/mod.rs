@@ -143,8 +143,8 @@ pub(crate) fn create(
         owner: new.owner,
         status: JobStatus::Pending,
         current_state: bp.start.clone(),
-        initial_data: new.initial_data,
-        results: Object::new(),
+        initial_data: new.initial_data.into(),
+        results: Default::default(),
         result: None,
         error: None,
         tasks: Vec::new(),
@@ -214,7 +214,7 @@ pub(crate) fn advance(
                 job.finished_at = Some(Utc::now());
                 job.error = None;
                 let empty = Object::new();
-                let result = job.result.as_ref().unwrap_or(&empty);
+                let result = job.result.as_deref().unwrap_or(&empty);
                 tracing::info!(job_id = %job.id, "job {} completed in state {}: result {}", job.id, job.current_state, rxon::text::json_preview(result));
                 if tracing::enabled!(tracing::Level::DEBUG) {
                     let result = serde_json::to_string(result).unwrap_or_default();

@@ -180,9 +180,9 @@ pub(crate) fn task_succeeded(
                 );
                 return "unhandled_status_failure";
             };
-            job.results
+            std::sync::Arc::make_mut(&mut job.results)
                 .insert(job.current_state.clone(), Value::Object(data.clone()));
-            job.result = Some(data);
+            job.result = Some(data.into());
             let to = to.clone();
             enter_state(job, &to, Some(status), events);
             advance(shared, st, job, events);
@@ -204,7 +204,7 @@ pub(crate) fn task_succeeded(
                 );
                 return "unhandled_status_failure";
             }
-            job.tasks[idx].result = Some(data);
+            job.tasks[idx].result = Some(data.into());
             if job.tasks.iter().any(|t| t.result.is_none()) {
                 return "parallel_branch_accepted";
             }
@@ -214,13 +214,13 @@ pub(crate) fn task_succeeded(
                 .map(|t| {
                     (
                         t.branch.clone().unwrap_or_default(),
-                        Value::Object(t.result.clone().unwrap_or_default()),
+                        Value::Object(t.result.as_deref().cloned().unwrap_or_default()),
                     )
                 })
                 .collect();
-            job.results
+            std::sync::Arc::make_mut(&mut job.results)
                 .insert(job.current_state.clone(), Value::Object(gathered.clone()));
-            job.result = Some(gathered);
+            job.result = Some(gathered.into());
             let next = next.clone();
             enter_state(job, &next, Some("success"), events);
             advance(shared, st, job, events);
