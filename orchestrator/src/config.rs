@@ -23,6 +23,8 @@
 //! max_skills_per_worker = 1024
 //! webhook_allowed_hosts = ["127.0.0.1", "10.0.0.0/8", "hooks.internal"]
 //! max_concurrent_webhooks = 64
+//! max_webhooks_per_client = 16             # webhook requests in flight for one client's jobs
+//! max_webhooks_per_host = 16               # webhook requests in flight to one target host
 //! auth_failures_per_minute = 30            # wrong tokens per peer address, then 429 (0: no limit)
 //! trusted_proxies = ["127.0.0.1"]          # their X-Forwarded-For names the peer (for the line above)
 //!
@@ -133,6 +135,8 @@ struct FileConfig {
     #[serde(default)]
     webhook_allowed_hosts: Vec<String>,
     max_concurrent_webhooks: Option<usize>,
+    max_webhooks_per_client: Option<usize>,
+    max_webhooks_per_host: Option<usize>,
     auth_failures_per_minute: Option<usize>,
     #[serde(default)]
     trusted_proxies: Vec<String>,
@@ -221,6 +225,9 @@ pub struct Config {
     /// `hooks.internal`) allowed although private, and the delivery cap.
     pub webhook_allowed_hosts: Vec<String>,
     pub max_concurrent_webhooks: usize,
+    /// Webhook requests in flight per client and per target host.
+    pub max_webhooks_per_client: usize,
+    pub max_webhooks_per_host: usize,
     /// Wrong credentials allowed per peer address and minute (0: no limit).
     pub auth_failures_per_minute: u32,
     /// Proxies whose `X-Forwarded-For` names the peer for that limit.
@@ -388,6 +395,18 @@ impl Config {
                 "max_concurrent_webhooks",
                 file.max_concurrent_webhooks,
                 64,
+                1..=10_000,
+            )?,
+            max_webhooks_per_client: bounded(
+                "max_webhooks_per_client",
+                file.max_webhooks_per_client,
+                16,
+                1..=10_000,
+            )?,
+            max_webhooks_per_host: bounded(
+                "max_webhooks_per_host",
+                file.max_webhooks_per_host,
+                16,
                 1..=10_000,
             )?,
             auth_failures_per_minute: bounded(

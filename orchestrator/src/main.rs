@@ -64,6 +64,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         max_skills_per_worker: config.max_skills_per_worker,
         webhook_allowed_hosts: config.webhook_allowed_hosts.clone(),
         max_concurrent_webhooks: config.max_concurrent_webhooks,
+        max_webhooks_per_client: config.max_webhooks_per_client,
+        max_webhooks_per_host: config.max_webhooks_per_host,
         max_plugin_bytes: config.max_plugin_bytes,
         shared_database: match &config.storage {
             StorageConfig::Postgres(url) => Some(url.clone()),

@@ -919,3 +919,79 @@ async fn the_active_job_bound_holds_on_postgresql_too() {
     bounded_client_checks(&stack).await;
     assert_no_panic(&stack);
 }
+
+/// A receiver that accepts connections and never answers.
+async fn silent_receiver() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            held.push(sock);
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn one_clients_slow_webhook_receiver_does_not_delay_another_clients_webhooks() {
+    let slow = silent_receiver().await;
+    let fast = free_port();
+    let got = webhook_receiver(fast).await;
+    let mut stack = Stack::new();
+    let config = stack.dir.path().join("orchestrator.toml");
+    std::fs::write(
+        &config,
+        "webhook_allowed_hosts = [\"127.0.0.1\", \"localhost\"]\nmax_concurrent_webhooks = 8\nmax_webhooks_per_client = 2\nmax_webhooks_per_host = 4\n[clients.other]\ntoken = \"other-client-token\"\n",
+    )
+    .unwrap();
+    stack.start_orchestrator_with(|cmd| {
+        cmd.arg("--config").arg(&config);
+    });
+    stack.wait_ready().await;
+    stack.start_worker();
+    stack.wait_worker().await;
+    let create = |token: &'static str, url: String| {
+        let stack = &stack;
+        async move {
+            let resp = stack
+                .http
+                .post(format!("{}/api/v1/jobs/test", stack.base))
+                .header("X-Client-Token", token)
+                .json(&json!({"initial_data": {"message": "m", "multiply": 1}, "webhook_url": url}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), 202);
+            let v: Value = resp.json().await.unwrap();
+            v["job_id"].as_str().unwrap().to_string()
+        }
+    };
+    // Client one: 12 jobs whose receiver never answers (each try holds its
+    // place for the 10 s attempt bound).
+    let mut ids = Vec::new();
+    for _ in 0..12 {
+        ids.push(create(CLIENT_TOKEN, format!("http://127.0.0.1:{slow}/hook")).await);
+    }
+    for id in &ids {
+        stack.finished(id).await;
+    }
+    // Client two's webhook, to another host (`localhost`), is not held up.
+    let started = Instant::now();
+    create(
+        "other-client-token",
+        format!("http://localhost:{fast}/hook"),
+    )
+    .await;
+    wait_until("client two's webhook", Duration::from_secs(8), || async {
+        !got.lock().unwrap().is_empty()
+    })
+    .await;
+    eprintln!(
+        "client two's webhook delivered {:?} after its job was created",
+        started.elapsed()
+    );
+    // Client one holds at most its 2 places meanwhile.
+    let (log, _) = stack.logs();
+    assert!(!log.contains("panicked"), "{log}");
+}

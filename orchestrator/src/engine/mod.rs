@@ -66,6 +66,10 @@ pub struct EngineSettings {
     pub webhook_allowed_hosts: Vec<String>,
     /// Most webhook requests in flight at once.
     pub max_concurrent_webhooks: usize,
+    /// Most webhook requests in flight for one client's jobs.
+    pub max_webhooks_per_client: usize,
+    /// Most webhook requests in flight to one target host.
+    pub max_webhooks_per_host: usize,
     /// Longest a long-poll may wait.
     pub max_poll_wait: Duration,
     /// Transitions one job may take before it is failed as a runaway loop.
@@ -98,6 +102,8 @@ impl Default for EngineSettings {
             max_skills_per_worker: 1024,
             webhook_allowed_hosts: Vec::new(),
             max_concurrent_webhooks: 64,
+            max_webhooks_per_client: 16,
+            max_webhooks_per_host: 16,
             max_poll_wait: Duration::from_secs(30),
             max_transitions: 100,
             sweep_interval: Duration::from_secs(1),
@@ -309,6 +315,9 @@ pub(crate) struct Shared {
     pub egress: Arc<crate::egress::EgressPolicy>,
     /// One permit per webhook request in flight.
     pub webhook_permits: Arc<tokio::sync::Semaphore>,
+    /// Webhook deliveries per client and per target host.
+    pub webhook_clients: Arc<webhook::Lanes>,
+    pub webhook_hosts: Arc<webhook::Lanes>,
 }
 
 /// Handle to the engine; cheap to clone.
@@ -354,6 +363,8 @@ impl Engine {
         let egress = Arc::new(crate::egress::EgressPolicy::new(
             &settings.webhook_allowed_hosts,
         ));
+        let webhook_clients = webhook::Lanes::new(settings.max_webhooks_per_client);
+        let webhook_hosts = webhook::Lanes::new(settings.max_webhooks_per_host);
         let webhook_permits = Arc::new(tokio::sync::Semaphore::new(
             settings.max_concurrent_webhooks.max(1),
         ));
@@ -375,6 +386,8 @@ impl Engine {
             stopping: tokio_util::sync::CancellationToken::new(),
             egress: egress.clone(),
             webhook_permits,
+            webhook_clients,
+            webhook_hosts,
             // Webhooks: each attempt bounded, no redirects followed, only
             // addresses the egress policy allows (checked after resolution),
             // and never through HTTP(S)_PROXY (a proxy would connect to

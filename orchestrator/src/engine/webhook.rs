@@ -7,10 +7,19 @@
 //! 16 s (about 30 s in all), each bounded to 10 s; a restart starts the
 //! schedule again. Delivery is at least once: a receiver may see a webhook
 //! twice if the orchestrator stopped right after delivering it.
+//!
+//! Capacity is shared fairly: each try holds a place among the
+//! `max_concurrent_webhooks` of the server, among the
+//! `max_webhooks_per_client` of the job's client and among the
+//! `max_webhooks_per_host` of its target host ([`Lanes`]), so one client's
+//! slow receiver, or one slow host, cannot hold every place.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use super::Shared;
@@ -42,6 +51,8 @@ pub struct WebhookBody {
 #[derive(Debug, Clone)]
 pub struct Webhook {
     pub job_id: Uuid,
+    /// The job's client (empty for a webhook stored before a restart).
+    pub owner: String,
     pub url: String,
     /// The JSON body.
     pub body: String,
@@ -63,6 +74,7 @@ impl Webhook {
         };
         Self {
             job_id: job.id,
+            owner: job.owner.clone(),
             url: url.to_string(),
             body: serde_json::to_string(&body).unwrap_or_default(),
             event: body.event,
@@ -86,6 +98,7 @@ impl Webhook {
             .unwrap_or_else(|| "job_ended".into());
         Self {
             job_id: p.job_id,
+            owner: String::new(),
             url: p.url,
             body: p.body,
             event,
@@ -105,7 +118,19 @@ impl Webhook {
             tracing::error!(%job_id, "webhook {} to {} refused: {why}", self.event, self.url);
             return self.done(&shared);
         }
+        let host = reqwest::Url::parse(&self.url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+            .unwrap_or_default();
         for attempt in 1..=ATTEMPTS {
+            // The client's place, then the host's, then the server's: a try
+            // waiting for its client or host holds none of the server's.
+            let Some(_client) = shared.webhook_clients.acquire(&self.owner).await else {
+                return;
+            };
+            let Some(_host) = shared.webhook_hosts.acquire(&host).await else {
+                return;
+            };
             let Ok(_permit) = shared.webhook_permits.acquire().await else {
                 return;
             };
@@ -139,7 +164,7 @@ impl Webhook {
                     tracing::warn!(%job_id, "webhook to {} failed: {e}{cause} (attempt {attempt} of {ATTEMPTS})", self.url)
                 }
             }
-            drop(_permit);
+            drop((_permit, _host, _client));
             if attempt < ATTEMPTS {
                 tokio::time::sleep(delay).await;
                 delay *= 2;
@@ -158,5 +183,89 @@ impl Webhook {
             webhook_done: Some(self.job_id),
             ack: None,
         });
+    }
+}
+
+/// At most `cap` deliveries per key (a client, a target host) at once.
+/// Keys without a delivery in flight or waiting are forgotten, so the map
+/// holds only keys in use.
+pub struct Lanes {
+    cap: usize,
+    open: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl Lanes {
+    pub fn new(cap: usize) -> Arc<Self> {
+        Arc::new(Self {
+            cap: cap.max(1),
+            open: Mutex::default(),
+        })
+    }
+
+    /// A place in `key`'s lane (waits while it is full); `None` if closed.
+    pub async fn acquire(self: &Arc<Self>, key: &str) -> Option<Lane> {
+        let lane = self
+            .lock()
+            .entry(key.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.cap)))
+            .clone();
+        let permit = lane.clone().acquire_owned().await.ok()?;
+        Some(Lane {
+            permit: Some(permit),
+            lane,
+            key: key.to_string(),
+            lanes: self.clone(),
+        })
+    }
+
+    /// Keys with a lane now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Semaphore>>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A place in a lane, given back when dropped.
+pub struct Lane {
+    permit: Option<OwnedSemaphorePermit>,
+    lane: Arc<Semaphore>,
+    key: String,
+    lanes: Arc<Lanes>,
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        let mut open = self.lanes.lock();
+        // Only the map and this guard hold it: nobody in it, nobody waiting.
+        if Arc::strong_count(&self.lane) == 2 {
+            open.remove(&self.key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_lane_holds_at_most_its_cap_and_is_forgotten_when_idle() {
+        let lanes = Lanes::new(2);
+        let a1 = lanes.acquire("a").await.unwrap();
+        let a2 = lanes.acquire("a").await.unwrap();
+        let waiting = tokio::time::timeout(Duration::from_millis(50), lanes.acquire("a")).await;
+        assert!(waiting.is_err(), "a third place in a lane of two");
+        // Another key is not held up.
+        let b = lanes.acquire("b").await.unwrap();
+        assert_eq!(lanes.len(), 2);
+        drop((a1, a2, b));
+        assert!(lanes.is_empty());
     }
 }
