@@ -995,3 +995,127 @@ async fn one_clients_slow_webhook_receiver_does_not_delay_another_clients_webhoo
     let (log, _) = stack.logs();
     assert!(!log.contains("panicked"), "{log}");
 }
+
+/// `component` with a custom section of `extra` bytes appended (still a
+/// valid component, `extra` bytes larger).
+fn padded(component: &[u8], extra: usize) -> Vec<u8> {
+    let name = b"padding";
+    let mut payload = vec![name.len() as u8];
+    payload.extend_from_slice(name);
+    payload.resize(payload.len() + extra, 0x5a);
+    let mut out = component.to_vec();
+    out.push(0);
+    let mut n = payload.len();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+    out.extend_from_slice(&payload);
+    out
+}
+
+#[tokio::test]
+async fn parallel_plugin_downloads_are_streamed_capped_and_leave_the_job_writer_free() {
+    let mut stack = Stack::new();
+    stack.start_orchestrator();
+    stack.wait_ready().await;
+    let echo = std::fs::read(plugin_fixtures::ECHO_TASK).unwrap();
+    let big = padded(&echo, 24 << 20);
+    let (status, answer) = upload(&stack, DEPLOY_TOKEN, "echo_task", &big).await;
+    assert_eq!(status, 201, "{answer}");
+    let sha = answer["sha256"].as_str().unwrap().to_string();
+    assert_eq!(sha, rxon::deploy::sha256_hex(&big));
+    let pid = stack.orchestrator.as_ref().unwrap().pid().unwrap();
+    let rss = || -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    let before = rss();
+    // 40 workers download it at once (24 MiB each: ~1 GB were each held
+    // whole) while a client creates jobs.
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let sampling = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                let now = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .ok()
+                    .and_then(|s| {
+                        s.lines()
+                            .find(|l| l.starts_with("VmRSS:"))
+                            .and_then(|l| l.split_whitespace().nth(1))
+                            .and_then(|v| v.parse().ok())
+                    })
+                    .unwrap_or(0);
+                peak.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let downloads = futures_util::future::join_all((0..40).map(|_| {
+        let (http, url) = (
+            stack.http.clone(),
+            format!("{}/_worker/plugins/{sha}", stack.base),
+        );
+        async move {
+            loop {
+                let resp = http
+                    .get(&url)
+                    .header("X-Worker-Token", WORKER_TOKEN)
+                    .header("X-Worker-Id", "downloader")
+                    .send()
+                    .await
+                    .unwrap();
+                match resp.status().as_u16() {
+                    200 => return resp.bytes().await.unwrap(),
+                    503 => {
+                        assert!(resp.headers().get("retry-after").is_some());
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    other => panic!("download answered {other}"),
+                }
+            }
+        }
+    }));
+    let creating = async {
+        let mut slowest = Duration::ZERO;
+        for n in 0..30 {
+            let started = Instant::now();
+            assert!(try_create_echo(&stack.http, &stack.base, n).await.is_some());
+            slowest = slowest.max(started.elapsed());
+        }
+        slowest
+    };
+    let (bodies, slowest) = tokio::join!(downloads, creating);
+    sampling.abort();
+    for body in &bodies {
+        assert_eq!(
+            rxon::deploy::sha256_hex(body),
+            sha,
+            "a download came out different"
+        );
+    }
+    let grew_mib = peak
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(before)
+        / 1024;
+    eprintln!(
+        "40 downloads of 24 MiB: orchestrator memory grew {grew_mib} MiB at most; slowest create {slowest:?}"
+    );
+    assert!(grew_mib < 200, "memory grew {grew_mib} MiB");
+    assert!(
+        slowest < Duration::from_secs(3),
+        "a create waited {slowest:?}"
+    );
+    assert_no_panic(&stack);
+}

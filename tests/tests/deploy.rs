@@ -13,49 +13,6 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::*;
 
-/// A multipart body as `curl -F name=… -F plugin=@… [-F manifest=@…]` sends it.
-fn multipart(name: &str, component: &[u8], manifest: Option<&str>) -> (String, Vec<u8>) {
-    let boundary = "----deploy-test-boundary-7d1f";
-    let mut body = Vec::new();
-    let mut part = |headers: &str, data: &[u8]| {
-        body.extend_from_slice(format!("--{boundary}\r\n{headers}\r\n\r\n").as_bytes());
-        body.extend_from_slice(data);
-        body.extend_from_slice(b"\r\n");
-    };
-    part(
-        "Content-Disposition: form-data; name=\"name\"",
-        name.as_bytes(),
-    );
-    part(
-        "Content-Disposition: form-data; name=\"plugin\"; filename=\"plugin.wasm\"\r\nContent-Type: application/wasm",
-        component,
-    );
-    if let Some(m) = manifest {
-        part(
-            "Content-Disposition: form-data; name=\"manifest\"; filename=\"plugin.toml\"",
-            m.as_bytes(),
-        );
-    }
-    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    (format!("multipart/form-data; boundary={boundary}"), body)
-}
-
-/// Uploads a plugin version with `token`: status and answer.
-async fn upload(stack: &Stack, token: &str, name: &str, component: &[u8]) -> (u16, Value) {
-    let (content_type, body) = multipart(name, component, None);
-    let resp = stack
-        .http
-        .post(format!("{}/api/v1/plugins", stack.base))
-        .header("X-Client-Token", token)
-        .header("Content-Type", content_type)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
 async fn send(
     stack: &Stack,
     method: reqwest::Method,

@@ -42,6 +42,9 @@ pub struct RegistryRows {
     pub blueprints: Vec<BlueprintRow>,
 }
 
+/// Bytes of one chunk of a component download.
+pub const COMPONENT_CHUNK: usize = 256 << 10;
+
 /// Durable deploys; implemented by every [`super::Storage`].
 pub trait RegistryStorage {
     fn registry_rows(&self) -> Result<RegistryRows, StorageError>;
@@ -51,5 +54,26 @@ pub trait RegistryStorage {
     /// Which version of `name` is offered (`None`: none).
     fn set_plugin_current(&self, name: &str, version: Option<u32>) -> Result<(), StorageError>;
     fn plugin_component(&self, sha256: &str) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Sends a component to `out` in chunks of at most [`COMPONENT_CHUNK`]
+    /// bytes, from a blocking thread, without holding the connection the
+    /// job writer uses; `false` if there is no such component. The default
+    /// reads it whole, then sends it in chunks.
+    fn stream_plugin_component(
+        &self,
+        sha256: &str,
+        out: &tokio::sync::mpsc::Sender<bytes::Bytes>,
+    ) -> Result<bool, StorageError> {
+        let Some(whole) = self.plugin_component(sha256)? else {
+            return Ok(false);
+        };
+        let whole = bytes::Bytes::from(whole);
+        for start in (0..whole.len()).step_by(COMPONENT_CHUNK) {
+            let end = (start + COMPONENT_CHUNK).min(whole.len());
+            if out.blocking_send(whole.slice(start..end)).is_err() {
+                break;
+            }
+        }
+        Ok(true)
+    }
     fn put_blueprint(&self, row: &BlueprintRow) -> Result<(), StorageError>;
 }

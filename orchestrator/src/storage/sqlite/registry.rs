@@ -136,6 +136,48 @@ impl RegistryStorage for SqliteStorage {
             .map_err(backend)
     }
 
+    /// From a read-only connection of its own, by incremental blob I/O: the
+    /// job writer's connection is not held, and a chunk at a time is in
+    /// memory.
+    fn stream_plugin_component(
+        &self,
+        sha256: &str,
+        out: &tokio::sync::mpsc::Sender<bytes::Bytes>,
+    ) -> Result<bool, StorageError> {
+        let conn = rusqlite::Connection::open_with_flags(
+            &self.path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(backend)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(backend)?;
+        let Some((rowid, size)) = conn
+            .query_row(
+                "SELECT rowid, length(bytes) FROM plugin_components WHERE sha256 = ?1",
+                params![sha256],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .optional()
+            .map_err(backend)?
+        else {
+            return Ok(false);
+        };
+        let blob = conn
+            .blob_open(rusqlite::MAIN_DB, "plugin_components", "bytes", rowid, true)
+            .map_err(backend)?;
+        let size = usize::try_from(size).unwrap_or(0);
+        let mut at = 0;
+        while at < size {
+            let mut chunk = vec![0u8; super::super::registry::COMPONENT_CHUNK.min(size - at)];
+            blob.read_at_exact(&mut chunk, at).map_err(backend)?;
+            at += chunk.len();
+            if out.blocking_send(bytes::Bytes::from(chunk)).is_err() {
+                break;
+            }
+        }
+        Ok(true)
+    }
+
     fn put_blueprint(&self, row: &BlueprintRow) -> Result<(), StorageError> {
         self.lock()
             .execute(
