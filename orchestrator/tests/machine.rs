@@ -632,3 +632,37 @@ async fn a_worker_whose_channel_closed_is_gone_after_the_grace_unless_heard_from
         .unwrap();
     assert_eq!(job(&engine, id).await.status, JobStatus::Finished);
 }
+
+#[tokio::test(start_paused = true)]
+async fn progress_on_a_job_that_ended_is_refused_and_changes_nothing() {
+    let engine = engine(ECHO_FLOW).await;
+    register(&engine, "w1", &["echo"]).await;
+    let id = create(&engine, json!({})).await;
+    let task = poll(&engine, "w1").await.unwrap();
+    let progress = |n: f64| -> rxon::WorkerEventPayload {
+        serde_json::from_value(json!({
+            "event_id": format!("e{n}"), "worker_id": "w1", "origin_worker_id": "w1",
+            "event_type": "progress", "payload": {"progress": n},
+            "target_job_id": id.to_string(), "target_task_id": task.task_id,
+        }))
+        .unwrap()
+    };
+    engine.worker_event("w1", &progress(0.5)).await.unwrap();
+    engine
+        .submit_result("w1", &success(&task, "success", json!({})))
+        .await
+        .unwrap();
+    let ended = job(&engine, id).await;
+    assert_eq!(ended.status, JobStatus::Finished);
+    let refused = engine.worker_event("w1", &progress(0.9)).await;
+    assert!(
+        matches!(
+            refused,
+            Err(orchestrator::engine::EngineError::AlreadyEnded(_))
+        ),
+        "{refused:?}"
+    );
+    let after = job(&engine, id).await;
+    assert_eq!(after.progress, ended.progress);
+    assert_eq!(after.version, ended.version);
+}

@@ -125,7 +125,7 @@ end = "finished"
     stack.worker = Some(stack.spawn_worker(WORKER_ID, "worker.log", |cmd| {
         cmd.arg("--policy")
             .arg(&policy)
-            .env("PLUGIN_CHAOS_TASK_API_KEY", SECRET);
+            .env("PLUGIN_CHAOS_TASK__API_KEY", SECRET);
     }));
     stack.wait_worker().await;
     let id = stack.create("/jobs/read-secret", json!({})).await;

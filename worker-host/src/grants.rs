@@ -117,17 +117,22 @@ impl Policy {
     }
 
     /// The value of `key` for `plugin`: the policy file's, else the
-    /// environment's `PLUGIN_<PLUGIN>_<KEY>` (upper case, other characters `_`).
+    /// environment's `PLUGIN_<PLUGIN>__<KEY>` ([`env_name`]; none when the
+    /// name would be ambiguous).
     fn value(&self, plugin: &str, key: &str) -> Option<String> {
         self.config
             .get(plugin)
             .and_then(|c| c.get(key).cloned())
-            .or_else(|| std::env::var(env_name(plugin, key)).ok())
+            .or_else(|| std::env::var(env_name(plugin, key)?).ok())
     }
 }
 
-/// `PLUGIN_<PLUGIN>_<KEY>`.
-pub fn env_name(plugin: &str, key: &str) -> String {
+/// `PLUGIN_<PLUGIN>__<KEY>`: upper case, any other character `_`, the two
+/// parts apart by `__`. `None` when a part would itself hold `__` (or start
+/// or end with `_`): its name could then be another plugin's and key's
+/// (`a` + `b__c` and `a__b` + `c`); such a value comes from the policy file
+/// only.
+pub fn env_name(plugin: &str, key: &str) -> Option<String> {
     let clean = |s: &str| -> String {
         s.chars()
             .map(|c| {
@@ -139,7 +144,10 @@ pub fn env_name(plugin: &str, key: &str) -> String {
             })
             .collect()
     };
-    format!("PLUGIN_{}_{}", clean(plugin), clean(key))
+    let (plugin, key) = (clean(plugin), clean(key));
+    let clear =
+        |s: &str| !s.is_empty() && !s.contains("__") && !s.starts_with('_') && !s.ends_with('_');
+    (clear(&plugin) && clear(&key)).then(|| format!("PLUGIN_{plugin}__{key}"))
 }
 
 /// What one plugin was granted, resolved against the policy.
@@ -241,8 +249,10 @@ pub fn resolve(
                 grants.config.push((key.clone(), value));
             }
             None => tracing::warn!(
-                "plugin {name}: config key {key} has no value (set [config.{name}] {key} in the policy, or {})",
+                "plugin {name}: config key {key} has no value (set [config.{name}] {key} in the policy{})",
                 env_name(name, key)
+                    .map(|env| format!(", or {env}"))
+                    .unwrap_or_default()
             ),
         }
     }
@@ -402,8 +412,20 @@ mod tests {
         assert_eq!(g.config.len(), 2);
         assert_eq!(g.redact("key=s3cr3t!"), "key=[redacted]!");
         assert_eq!(
-            env_name("http-fetch", "api.key"),
-            "PLUGIN_HTTP_FETCH_API_KEY"
+            env_name("http-fetch", "api.key").as_deref(),
+            Some("PLUGIN_HTTP_FETCH__API_KEY")
         );
+    }
+
+    #[test]
+    fn secret_environment_names_of_two_plugins_never_collide() {
+        // Once `PLUGIN_A_B_C` for both; now the boundary is unmistakable.
+        assert_eq!(env_name("a", "b_c").as_deref(), Some("PLUGIN_A__B_C"));
+        assert_eq!(env_name("a_b", "c").as_deref(), Some("PLUGIN_A_B__C"));
+        // A part that would hold the separator itself has no name.
+        assert_eq!(env_name("a", "b__c"), None);
+        assert_eq!(env_name("a__b", "c"), None);
+        assert_eq!(env_name("a_", "c"), None);
+        assert_eq!(env_name("a", "_c"), None);
     }
 }

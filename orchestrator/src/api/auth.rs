@@ -24,8 +24,10 @@ pub const WORKER_PATTERN: &str = "pattern:";
 /// The longest client token a sign-in or a session cookie may carry.
 pub const MAX_TOKEN_BYTES: usize = 4096;
 
-/// How long a seen message nonce is remembered (a bit over the clock skew).
-const REPLAY_WINDOW: Duration = Duration::from_secs(65);
+/// How long a seen message nonce is remembered: as long as its timestamp
+/// can still be accepted. A timestamp passes within ±60 s of the clock, so
+/// one message can be replayed for 120 s after it is first seen; 5 s more.
+pub const REPLAY_WINDOW: Duration = Duration::from_secs(2 * rxon::MAX_CLOCK_SKEW_SECS as u64 + 5);
 
 /// Credentials the orchestrator accepts. Every secret is compared in
 /// constant time, as SHA-256 digests (so neither content nor length leaks).
@@ -226,7 +228,7 @@ impl Auth {
 
     /// Checks a signed worker message: timestamp, signature, signer and, if
     /// `replay` is `Rejected`, that the same message was not seen here in the
-    /// last 65 s. Returns the message's replay key then (instances sharing
+    /// last [`REPLAY_WINDOW`] (125 s). Returns the message's replay key then (instances sharing
     /// a database also check it there).
     pub fn verify_message(
         &self,
@@ -401,4 +403,22 @@ fn digest_eq(a: &Digest, b: &Digest) -> bool {
 /// Constant-time comparison of two secrets (of any lengths).
 fn constant_eq(a: &str, b: &str) -> bool {
     digest_eq(&digest(a), &digest(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A timestamp is accepted ±60 s, so a message may come back up to
+    /// 120 s after it was first seen: it is still refused then.
+    #[test]
+    fn a_nonce_is_remembered_as_long_as_its_timestamp_can_pass() {
+        let mut seen = SeenNonces::default();
+        let first = Instant::now();
+        seen.check_and_remember("k".into(), first).unwrap();
+        let later = first + Duration::from_secs(2 * rxon::MAX_CLOCK_SKEW_SECS as u64);
+        assert!(seen.check_and_remember("k".into(), later).is_err());
+        let much_later = first + REPLAY_WINDOW + Duration::from_secs(1);
+        assert!(seen.check_and_remember("k".into(), much_later).is_ok());
+    }
 }

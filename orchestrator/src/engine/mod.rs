@@ -940,7 +940,7 @@ impl Engine {
         if let Some(db) = &self.shared.db {
             return db.worker_event(&self.shared, worker_id, event).await;
         }
-        machine::worker_event(&mut self.tx(), worker_id, event).map_err(EngineError::NotAssigned)
+        machine::worker_event(&mut self.tx(), worker_id, event)
     }
 
     async fn timer_loop(self) {

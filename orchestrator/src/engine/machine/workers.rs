@@ -331,11 +331,14 @@ fn fail_unlisted(
     }
 }
 
+/// A worker's event about a job it runs; `progress` updates the job. An
+/// event about another worker's job, or about a job that has ended, is
+/// refused (nothing recorded).
 pub(crate) fn worker_event(
     st: &mut EngineState,
     worker_id: &str,
     ev: &rxon::WorkerEventPayload,
-) -> Result<(), String> {
+) -> Result<(), crate::engine::EngineError> {
     let Some(job_id) = ev
         .target_job_id
         .as_deref()
@@ -350,10 +353,12 @@ pub(crate) fn worker_event(
         .tasks
         .iter()
         .any(|t| t.worker_id.as_deref() == Some(worker_id));
-    let result = if !assigned {
-        Err(format!(
+    let result = if job.status.is_terminal() {
+        Err(crate::engine::EngineError::AlreadyEnded(job.status))
+    } else if !assigned {
+        Err(crate::engine::EngineError::NotAssigned(format!(
             "Forbidden: Worker '{worker_id}' is not assigned to job '{job_id}'"
-        ))
+        )))
     } else {
         if ev.event_type == "progress" {
             job.progress = Some(Value::Object(ev.payload.clone()));

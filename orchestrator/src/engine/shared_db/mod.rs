@@ -568,7 +568,6 @@ impl SharedDb {
             machine::worker_event(st, worker_id, event)
         })
         .await?
-        .map_err(EngineError::NotAssigned)
     }
 
     pub(crate) async fn get_job(&self, id: Uuid) -> Result<Option<Job>, DbError> {
@@ -680,7 +679,7 @@ impl SharedDb {
                 if let Ok(client) = self.pool.get().await {
                     let _ = client
                         .batch_execute(
-                            "DELETE FROM seen_nonces WHERE seen_at < now() - interval '70 seconds'",
+                            "DELETE FROM seen_nonces WHERE seen_at < now() - interval '130 seconds'",
                         )
                         .await;
                 }
