@@ -1119,3 +1119,59 @@ async fn parallel_plugin_downloads_are_streamed_capped_and_leave_the_job_writer_
     );
     assert_no_panic(&stack);
 }
+
+#[tokio::test]
+async fn a_plugin_is_matched_by_its_hash_old_components_are_deleted_and_the_puller_rests() {
+    let mut stack = Stack::new();
+    stack.start().await;
+    let worker_log = stack.worker.as_ref().unwrap().log.clone();
+    let log_has = |n: usize, what: &'static str| {
+        let log = std::fs::read_to_string(&worker_log).unwrap_or_default();
+        async move { log.matches(what).count() >= n }
+    };
+    let echo = std::fs::read(plugin_fixtures::ECHO_TASK).unwrap();
+    let (status, first) = upload(&stack, DEPLOY_TOKEN, "echo_task", &echo).await;
+    assert_eq!(status, 201, "{first}");
+    let in_service = "deployed plugin echo_task v1 in service";
+    wait_until("v1 in service", Duration::from_secs(30), || {
+        log_has(1, in_service)
+    })
+    .await;
+    let cache = stack.dir.path().join("cache").join("components");
+    let sha1 = first["sha256"].as_str().unwrap().to_string();
+    assert!(cache.join(format!("{sha1}.wasm")).exists());
+    // The registry is reset (a new database): the same name and version
+    // number, other code.
+    stack.orchestrator.as_mut().unwrap().stop();
+    std::fs::remove_file(stack.dir.path().join("orchestrator.db")).unwrap();
+    let _ = std::fs::remove_file(stack.dir.path().join("orchestrator.db-wal"));
+    let _ = std::fs::remove_file(stack.dir.path().join("orchestrator.db-shm"));
+    stack.start_orchestrator();
+    stack.wait_ready().await;
+    let other = padded(&echo, 1024);
+    let (status, second) = upload(&stack, DEPLOY_TOKEN, "echo_task", &other).await;
+    assert_eq!(status, 201, "{second}");
+    assert_eq!(second["version"], 1);
+    let sha2 = second["sha256"].as_str().unwrap().to_string();
+    assert_ne!(sha1, sha2);
+    wait_until("the new v1 in service", Duration::from_secs(30), || {
+        log_has(2, in_service)
+    })
+    .await;
+    // The old component is deleted from the cache, the new one kept.
+    wait_until(
+        "the old component deleted",
+        Duration::from_secs(10),
+        || async { !cache.join(format!("{sha1}.wasm")).exists() },
+    )
+    .await;
+    assert!(cache.join(format!("{sha2}.wasm")).exists());
+    // Nothing changes now: the puller does not pull again and again.
+    let pulls = stack.logs().1.matches("; pulling").count();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let more = stack.logs().1.matches("; pulling").count() - pulls;
+    assert!(more <= 1, "{more} pulls in 3 s with nothing new");
+    let id = stack.create("/jobs/test", echo_body("again", 2)).await;
+    assert_eq!(stack.finished(&id).await["status"], "finished");
+    assert_no_panic(&stack);
+}

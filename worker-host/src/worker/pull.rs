@@ -9,8 +9,14 @@
 //! the registrar then re-registers with the new skills and the report of
 //! what runs. A version that cannot be loaded (a compile error, grants the
 //! policy refuses) is reported with the reason, and the version that ran
-//! before stays in service. Against an orchestrator without a registry
-//! (avtomatika) no revision is ever announced and nothing happens here.
+//! before stays in service. A plugin in service is the same as the one
+//! wanted only when name, version and SHA-256 all match (a registry reset
+//! can reuse a version number). A download that fails leaves that plugin's
+//! previous version in service while the others are updated, and is tried
+//! again later. Components no longer wanted are deleted from the disk
+//! cache. Pulls are at least [`MIN_PULL_INTERVAL`] apart. Against an
+//! orchestrator without a registry (avtomatika) no revision is ever
+//! announced and nothing happens here.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -49,6 +55,9 @@ enum PullError {
     Refused(String),
 }
 
+/// Least time between two pulls (however often revisions are announced).
+pub const MIN_PULL_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Runs until `shutdown`.
 pub async fn run(
     worker: Worker,
@@ -71,19 +80,28 @@ pub async fn run(
             "the orchestrator announces plugins revision {}; pulling",
             wanted.as_deref().unwrap_or_default()
         );
-        match worker.pull(&loader, &settings).await {
+        let delay = match worker.pull(&loader, &settings).await {
             Ok(revision) => {
                 backoff.reset();
-                applied = Some(revision);
+                if Some(&revision) != wanted.as_ref() {
+                    tracing::debug!(
+                        "plugins revision {revision} applied (announced: {})",
+                        wanted.as_deref().unwrap_or_default()
+                    );
+                }
+                // What was announced is done with, whatever the set says.
+                applied = wanted;
+                MIN_PULL_INTERVAL
             }
             Err(e) => {
-                let delay = backoff.next_delay();
+                let delay = backoff.next_delay().max(MIN_PULL_INTERVAL);
                 tracing::warn!("pulling plugins failed: {e}; retrying in {delay:?}");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
+                delay
             }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
         }
     }
 }
@@ -105,11 +123,15 @@ impl Worker {
         }
         let current = read(&self.inner.remote).clone();
         let mut next = Deployed::default();
+        // The first download that failed: the others are still applied.
+        let mut failed: Option<ClientError> = None;
         for wanted in &desired.plugins {
             let same = |p: &&Arc<Plugin>| {
-                p.registry
-                    .as_ref()
-                    .is_some_and(|r| r.name == wanted.name && r.version == wanted.version)
+                p.registry.as_ref().is_some_and(|r| {
+                    r.name == wanted.name
+                        && r.version == wanted.version
+                        && r.sha256 == wanted.sha256
+                })
             };
             if let Some(plugin) = current.plugins.iter().find(same) {
                 next.plugins.push(plugin.clone());
@@ -136,7 +158,30 @@ impl Worker {
                     next.reports
                         .push(report(wanted, PluginState::Running, None, None));
                 }
-                Err(PullError::Transient(e)) => return Err(e),
+                Err(PullError::Transient(e)) => {
+                    let running = previous
+                        .and_then(|p| p.registry.as_ref())
+                        .map(|r| r.version);
+                    tracing::warn!(
+                        "plugin {} v{} could not be fetched: {e}; {} (tried again later)",
+                        wanted.name,
+                        wanted.version,
+                        match running {
+                            Some(v) => format!("v{v} stays in service"),
+                            None => "it is not served here yet".into(),
+                        }
+                    );
+                    if let Some(p) = previous {
+                        next.plugins.push(p.clone());
+                    }
+                    next.reports.push(report(
+                        wanted,
+                        PluginState::Failed,
+                        running,
+                        Some(format!("could not be fetched: {e}; trying again")),
+                    ));
+                    failed.get_or_insert(e);
+                }
                 Err(PullError::Refused(reason)) => {
                     let running = previous
                         .and_then(|p| p.registry.as_ref())
@@ -177,7 +222,13 @@ impl Worker {
         if changed {
             self.replace_deployed(next);
         }
-        Ok(desired.revision)
+        if let Some(dir) = &settings.components_dir {
+            forget_components(dir, &desired.plugins).await;
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(desired.revision),
+        }
     }
 
     async fn fetch_and_load(
@@ -271,6 +322,30 @@ impl Worker {
             tracing::warn!("cannot keep {}: {e}", path.display());
         }
         Ok(bytes)
+    }
+}
+
+/// Deletes the components in `dir` that no wanted plugin has (and
+/// temporary files left by a download that stopped half way).
+async fn forget_components(dir: &Path, wanted: &[DesiredPlugin]) {
+    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
+        return;
+    };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let kept = name
+            .strip_suffix(".wasm")
+            .is_some_and(|sha| wanted.iter().any(|w| w.sha256 == sha));
+        if kept {
+            continue;
+        }
+        match tokio::fs::remove_file(entry.path()).await {
+            Ok(()) => tracing::info!(
+                "deleted {} from the component cache (no longer deployed)",
+                entry.path().display()
+            ),
+            Err(e) => tracing::warn!("cannot delete {}: {e}", entry.path().display()),
+        }
     }
 }
 
