@@ -1175,3 +1175,40 @@ async fn a_plugin_is_matched_by_its_hash_old_components_are_deleted_and_the_pull
     assert_eq!(stack.finished(&id).await["status"], "finished");
     assert_no_panic(&stack);
 }
+
+#[tokio::test]
+async fn a_half_copied_plugin_file_does_not_drop_the_skills_it_serves() {
+    let mut stack = Stack::new();
+    stack.add_plugin(plugin_fixtures::CHAOS_TASK);
+    stack.start().await;
+    let offers_sleep = || async {
+        stack.worker_view(WORKER_ID).await.is_some_and(|w| {
+            w["supported_skills"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|x| x == "sleep"))
+        })
+    };
+    wait_until(
+        "chaos skills offered",
+        Duration::from_secs(30),
+        offers_sleep,
+    )
+    .await;
+    // A copy of a new version caught half way.
+    let chaos = std::fs::read(plugin_fixtures::CHAOS_TASK).unwrap();
+    let target = stack.dir.path().join("plugins").join("chaos_task.wasm");
+    std::fs::write(&target, &chaos[..chaos.len() / 2]).unwrap();
+    let worker_log = stack.worker.as_ref().unwrap().log.clone();
+    wait_until("the reload", Duration::from_secs(30), || async {
+        std::fs::read_to_string(&worker_log)
+            .unwrap_or_default()
+            .contains("stays in service")
+    })
+    .await;
+    // Re-registered after the reload, and still offering the skills.
+    stack.wait_heartbeat(WORKER_ID).await;
+    assert!(offers_sleep().await, "the chaos skills were dropped");
+    let id = stack.create("/jobs/test", echo_body("still", 1)).await;
+    assert_eq!(stack.finished(&id).await["status"], "finished");
+    assert_no_panic(&stack);
+}

@@ -363,7 +363,10 @@ impl PluginLoader {
     /// Plugins that serve skills in `incumbent` (the set in service) are
     /// loaded first, then the others, each group in file name order: when two
     /// files declare the same skill, the one already serving it keeps it and
-    /// the newcomer is refused with a log line naming both.
+    /// the newcomer is refused with a log line naming both. A file that
+    /// cannot be loaded (a copy still in progress, a broken build) whose
+    /// path serves in `incumbent` leaves that version in service: its skills
+    /// are not dropped.
     pub async fn load_dir(&self, dir: &Path, incumbent: &PluginSet) -> anyhow::Result<PluginSet> {
         let mut files = Vec::new();
         let mut entries = tokio::fs::read_dir(dir)
@@ -392,7 +395,21 @@ impl PluginLoader {
                         }
                     }
                 }
-                Err(e) => tracing::error!("skipping plugin: {e}"),
+                Err(e) => {
+                    let serving = incumbent.plugins().into_iter().find(|p| p.path == path);
+                    match serving {
+                        Some(previous) => {
+                            tracing::error!(
+                                "skipping plugin: {e}; the version loaded before from {} stays in service",
+                                path.display()
+                            );
+                            if let Err(why) = set.insert_shared(previous) {
+                                tracing::error!("refusing plugin {}: {why}", path.display());
+                            }
+                        }
+                        None => tracing::error!("skipping plugin: {e}"),
+                    }
+                }
             }
         }
         Ok(set)

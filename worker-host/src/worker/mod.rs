@@ -77,6 +77,10 @@ struct Inner {
     /// this worker reports about them.
     local: RwLock<Arc<PluginSet>>,
     remote: RwLock<pull::Deployed>,
+    /// Held while one part is replaced and the set in service rebuilt, so
+    /// the directory watcher and the puller cannot interleave (each would
+    /// otherwise rebuild from a stale copy of the other's part).
+    combining: Mutex<()>,
     /// The sets the orchestrator was told about at the last two successful
     /// registrations: it may still hand out tasks for their skills, and
     /// those run on the plugin they were offered with.
@@ -154,6 +158,7 @@ impl Worker {
                 engine,
                 local: RwLock::new(Arc::new(plugins.clone())),
                 remote: RwLock::new(pull::Deployed::default()),
+                combining: Mutex::new(()),
                 plugins: RwLock::new(Arc::new(plugins)),
                 advertised: RwLock::new([Arc::default(), Arc::default()]),
                 settings,
@@ -213,12 +218,14 @@ impl Worker {
     /// registration with the new skills (without waiting for it). Tasks
     /// already running keep the plugin they started with.
     pub fn replace_plugins(&self, plugins: PluginSet) {
+        let _one_at_a_time = lock(&self.inner.combining);
         *write(&self.inner.local) = Arc::new(plugins);
         self.recombine();
     }
 
     /// Puts the registry's plugins in service (see [`pull`]).
     fn replace_deployed(&self, deployed: pull::Deployed) {
+        let _one_at_a_time = lock(&self.inner.combining);
         *write(&self.inner.remote) = deployed;
         self.recombine();
     }
