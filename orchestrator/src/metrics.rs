@@ -60,26 +60,7 @@ static METHODS: LazyLock<Vocabulary> = LazyLock::new(|| {
 
 /// The outcomes a task result is labelled by: the RXON statuses and error
 /// codes, and the statuses blueprints name ([`declare_status`]).
-static OUTCOMES: LazyLock<Vocabulary> = LazyLock::new(|| {
-    use rxon::error_code as code;
-    Vocabulary::new(
-        &[
-            rxon::status::SUCCESS,
-            rxon::status::FAILURE,
-            rxon::status::CANCELLED,
-            code::TRANSIENT,
-            code::PERMANENT,
-            code::INVALID_INPUT,
-            code::INTEGRITY_MISMATCH,
-            code::DEPENDENCY,
-            code::CONTRACT_VIOLATION,
-            code::SECURITY,
-            code::RESOURCE_EXHAUSTED,
-            code::TIMEOUT,
-        ],
-        0,
-    )
-});
+static OUTCOMES: LazyLock<Vocabulary> = LazyLock::new(|| Vocabulary::new(rxon::FIXED_OUTCOMES, 0));
 
 /// A status a blueprint's transitions name: results with it keep it as
 /// their `outcome` label.

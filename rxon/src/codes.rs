@@ -30,6 +30,23 @@ pub mod status {
     pub const CANCELLED: &str = "cancelled";
 }
 
+/// The outcomes of a task with a fixed meaning: the statuses above and the
+/// error codes (the closed set metrics label task outcomes with).
+pub const FIXED_OUTCOMES: &[&str] = &[
+    status::SUCCESS,
+    status::FAILURE,
+    status::CANCELLED,
+    error_code::TRANSIENT,
+    error_code::PERMANENT,
+    error_code::INVALID_INPUT,
+    error_code::INTEGRITY_MISMATCH,
+    error_code::DEPENDENCY,
+    error_code::CONTRACT_VIOLATION,
+    error_code::SECURITY,
+    error_code::RESOURCE_EXHAUSTED,
+    error_code::TIMEOUT,
+];
+
 /// Paths of the worker API, relative to the orchestrator's base URL.
 pub mod path {
     pub const REGISTER: &str = "/_worker/workers/register";

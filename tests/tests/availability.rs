@@ -14,18 +14,6 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// An orchestrator (no worker) with extra config-file lines.
-async fn orchestrator_with(config: &str) -> Stack {
-    let mut stack = Stack::new();
-    let path = stack.dir.path().join("orchestrator.toml");
-    std::fs::write(&path, config).unwrap();
-    stack.start_orchestrator_with(|cmd| {
-        cmd.arg("--config").arg(&path);
-    });
-    stack.wait_ready().await;
-    stack
-}
-
 fn assert_no_panic(stack: &Stack) {
     let (orchestrator, worker) = stack.logs();
     assert!(!orchestrator.contains("panicked"), "{orchestrator}");
@@ -634,45 +622,19 @@ async fn stalled_orchestrator(register: bool) -> u16 {
     tokio::spawn(async move {
         while let Ok((mut sock, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Ok(n) = sock.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
+                while let Some((head, _)) = read_request(&mut sock).await {
+                    if !(register && head.starts_with("POST /_worker/workers/register")) {
+                        // Never answers; holds the connection.
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
                         return;
                     }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_string();
-                    let Some(end) = text.find("\r\n\r\n") else {
-                        continue;
-                    };
-                    let length: usize = text[..end]
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if buf.len() < end + 4 + length {
-                        continue;
-                    }
-                    if register && text.starts_with("POST /_worker/workers/register") {
-                        let body = r#"{"status":"registered"}"#;
-                        let _ = sock
-                            .write_all(
-                                format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len())
-                                    .as_bytes(),
-                            )
-                            .await;
-                        buf.clear();
-                        continue;
-                    }
-                    // Never answers; holds the connection.
-                    tokio::time::sleep(Duration::from_secs(3600)).await;
-                    return;
+                    let body = r#"{"status":"registered"}"#;
+                    let _ = sock
+                        .write_all(
+                            format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len())
+                                .as_bytes(),
+                        )
+                        .await;
                 }
             });
         }
@@ -757,54 +719,24 @@ async fn worker_tokens_are_bound_to_ids_and_patterns_and_each_shared_token_is_ca
             "{body}"
         );
     }
-    assert_eq!(
-        register_with(&stack, "w-own", "own-token", none.clone())
-            .await
-            .0,
-        200
-    );
-    // A pattern's token serves the ids it matches, at most 2 of them.
-    assert_eq!(
-        register_with(&stack, "gpu-1", "gpu-token", none.clone())
-            .await
-            .0,
-        200
-    );
-    assert_eq!(
-        register_with(&stack, "gpu-2", "gpu-token", none.clone())
-            .await
-            .0,
-        200
-    );
-    let (status, body) = register_with(&stack, "gpu-3", "gpu-token", none.clone()).await;
-    assert_eq!(status, 429, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("max_workers_per_token = 2"),
-        "{body}"
-    );
-    assert_eq!(
-        register_with(&stack, "cpu-1", "gpu-token", none.clone())
-            .await
-            .0,
-        403
-    );
-    // Registering again as an id it already has is fine.
-    assert_eq!(
-        register_with(&stack, "gpu-2", "gpu-token", none.clone())
-            .await
-            .0,
-        200
-    );
-    // The global token, likewise capped.
-    assert_eq!(
-        register_with(&stack, "any-1", WORKER_TOKEN, none.clone())
-            .await
-            .0,
-        200
-    );
+    // (id, token, expected): own tokens, a pattern's (at most 2 ids), the
+    // global one; registering again as an id it has is fine.
+    for (id, token, expected) in [
+        ("w-own", "own-token", 200),
+        ("gpu-1", "gpu-token", 200),
+        ("gpu-2", "gpu-token", 200),
+        ("gpu-3", "gpu-token", 429),
+        ("cpu-1", "gpu-token", 403),
+        ("gpu-2", "gpu-token", 200),
+        ("any-1", WORKER_TOKEN, 200),
+    ] {
+        let (status, body) = register_with(&stack, id, token, none.clone()).await;
+        assert_eq!(status, expected, "{id}: {body}");
+        if status == 429 {
+            let error = body["error"].as_str().unwrap();
+            assert!(error.contains("max_workers_per_token = 2"), "{body}");
+        }
+    }
     let long = json!({"heartbeat_interval_seconds": 86400});
     assert_eq!(
         register_with(&stack, "any-2", WORKER_TOKEN, long).await.0,

@@ -12,18 +12,6 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// An orchestrator (no worker) with extra config-file lines.
-async fn orchestrator_with(config: &str) -> Stack {
-    let mut stack = Stack::new();
-    let path = stack.dir.path().join("orchestrator.toml");
-    std::fs::write(&path, config).unwrap();
-    stack.start_orchestrator_with(|cmd| {
-        cmd.arg("--config").arg(&path);
-    });
-    stack.wait_ready().await;
-    stack
-}
-
 async fn register(stack: &Stack, worker: &str, skills: usize) -> (u16, Value) {
     let skills: Vec<Value> = (0..skills)
         .map(|i| json!({"name": format!("skill_{i}")}))

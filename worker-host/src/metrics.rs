@@ -47,26 +47,8 @@ pub const MAX_OUTCOME_LABELS: usize = 32;
 
 static PLUGINS: LazyLock<Vocabulary> = LazyLock::new(|| Vocabulary::new(&[], MAX_PLUGIN_LABELS));
 static SKILLS: LazyLock<Vocabulary> = LazyLock::new(|| Vocabulary::new(&[], MAX_SKILL_LABELS));
-static OUTCOMES: LazyLock<Vocabulary> = LazyLock::new(|| {
-    use rxon::error_code as code;
-    Vocabulary::new(
-        &[
-            rxon::status::SUCCESS,
-            rxon::status::FAILURE,
-            rxon::status::CANCELLED,
-            code::TRANSIENT,
-            code::PERMANENT,
-            code::INVALID_INPUT,
-            code::INTEGRITY_MISMATCH,
-            code::DEPENDENCY,
-            code::CONTRACT_VIOLATION,
-            code::SECURITY,
-            code::RESOURCE_EXHAUSTED,
-            code::TIMEOUT,
-        ],
-        MAX_OUTCOME_LABELS,
-    )
-});
+static OUTCOMES: LazyLock<Vocabulary> =
+    LazyLock::new(|| Vocabulary::new(rxon::FIXED_OUTCOMES, MAX_OUTCOME_LABELS));
 
 /// The label of a plugin: its registry name, else its file name.
 pub fn plugin_label(plugin: &crate::plugin_store::Plugin) -> String {

@@ -186,6 +186,18 @@ dispatch.on = { needs_review = "review" }
 end = "finished"
 "#;
 
+/// An orchestrator (no worker) with extra config-file lines.
+pub async fn orchestrator_with(config: &str) -> Stack {
+    let mut stack = Stack::new();
+    let path = stack.dir.path().join("orchestrator.toml");
+    std::fs::write(&path, config).unwrap();
+    stack.start_orchestrator_with(|cmd| {
+        cmd.arg("--config").arg(&path);
+    });
+    stack.wait_ready().await;
+    stack
+}
+
 impl Stack {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -554,7 +566,7 @@ pub fn rand_u128() -> u128 {
 
 /// A tiny HTTP receiver: records the bodies POSTed to it.
 pub async fn webhook_receiver(port: u16) -> std::sync::Arc<std::sync::Mutex<Vec<Value>>> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
@@ -567,36 +579,15 @@ pub async fn webhook_receiver(port: u16) -> std::sync::Arc<std::sync::Mutex<Vec<
             };
             let record = record.clone();
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Ok(n) = sock.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
+                if let Some((_, body)) = read_request(&mut sock).await {
+                    if let Ok(v) = serde_json::from_slice(&body) {
+                        record.lock().unwrap().push(v);
                     }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_string();
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let len: usize = text[..end]
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse().unwrap_or(0))
-                            })
-                            .unwrap_or(0);
-                        if buf.len() >= end + 4 + len {
-                            if let Ok(v) = serde_json::from_slice(&buf[end + 4..end + 4 + len]) {
-                                record.lock().unwrap().push(v);
-                            }
-                            let _ = sock
-                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                                .await;
-                            return;
-                        }
-                    }
+                    let _ = sock
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
                 }
             });
         }
@@ -645,4 +636,37 @@ pub async fn upload(stack: &Stack, token: &str, name: &str, component: &[u8]) ->
         .unwrap();
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Reads one HTTP/1.1 request (its head, and a body of `Content-Length`
+/// bytes); `None` when the peer closes first.
+pub async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = sock.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        let Some(end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let length: usize = text[..end]
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap_or(0))
+            })
+            .unwrap_or(0);
+        if buf.len() >= end + 4 + length {
+            return Some((
+                text[..end].to_string(),
+                buf[end + 4..end + 4 + length].to_vec(),
+            ));
+        }
+    }
 }

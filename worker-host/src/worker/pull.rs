@@ -56,7 +56,7 @@ enum PullError {
 }
 
 /// Least time between two pulls (however often revisions are announced).
-pub const MIN_PULL_INTERVAL: Duration = Duration::from_secs(1);
+pub const MIN_PULL_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Runs until `shutdown`.
 pub async fn run(
