@@ -515,13 +515,9 @@ async fn webhooks_are_delivered_directly_never_through_http_proxy() {
         }
     });
     let mut stack = Stack::new();
-    let config = stack.dir.path().join("orchestrator.toml");
-    std::fs::write(&config, "webhook_allowed_hosts = [\"127.0.0.1\"]\n").unwrap();
     let proxy_url = format!("http://127.0.0.1:{proxy_port}");
-    stack.start_orchestrator_with(|cmd| {
-        cmd.arg("--config")
-            .arg(&config)
-            .env("HTTP_PROXY", &proxy_url)
+    stack.start_configured("webhook_allowed_hosts = [\"127.0.0.1\"]\n", |cmd| {
+        cmd.env("HTTP_PROXY", &proxy_url)
             .env("http_proxy", &proxy_url)
             .env("HTTPS_PROXY", &proxy_url)
             .env("ALL_PROXY", &proxy_url);
@@ -697,16 +693,9 @@ async fn worker_tokens_are_bound_to_ids_and_patterns_and_each_shared_token_is_ca
         "[w-own]\ntoken = \"own-token\"\n\n[\"pattern:gpu-*\"]\ntoken = \"gpu-token\"\n",
     )
     .unwrap();
-    let config = stack.dir.path().join("orchestrator.toml");
-    std::fs::write(
-        &config,
-        "max_workers_per_token = 2\nmax_worker_ttl_seconds = 20\n",
-    )
-    .unwrap();
-    stack.start_orchestrator_with(|cmd| {
-        cmd.arg("--config")
-            .arg(&config)
-            .env("WORKERS_CONFIG_PATH", &workers_toml);
+    let config = "max_workers_per_token = 2\nmax_worker_ttl_seconds = 20\n";
+    stack.start_configured(config, |cmd| {
+        cmd.env("WORKERS_CONFIG_PATH", &workers_toml);
     });
     stack.wait_ready().await;
     let none = json!({});
@@ -838,15 +827,10 @@ async fn one_client_cannot_hold_every_job_slot_or_stream() {
 #[tokio::test]
 async fn the_active_job_bound_holds_on_postgresql_too() {
     let mut stack = Stack::on_postgres().await;
-    let path = stack.dir.path().join("orchestrator.toml");
-    std::fs::write(
-        &path,
+    stack.start_configured(
         "max_active_jobs_per_client = 3\n[clients.other]\ntoken = \"other-client-token\"\n",
-    )
-    .unwrap();
-    stack.start_orchestrator_with(|cmd| {
-        cmd.arg("--config").arg(&path);
-    });
+        |_| {},
+    );
     stack.wait_ready().await;
     bounded_client_checks(&stack).await;
     assert_no_panic(&stack);
@@ -871,15 +855,10 @@ async fn one_clients_slow_webhook_receiver_does_not_delay_another_clients_webhoo
     let fast = free_port();
     let got = webhook_receiver(fast).await;
     let mut stack = Stack::new();
-    let config = stack.dir.path().join("orchestrator.toml");
-    std::fs::write(
-        &config,
+    stack.start_configured(
         "webhook_allowed_hosts = [\"127.0.0.1\", \"localhost\"]\nmax_concurrent_webhooks = 8\nmax_webhooks_per_client = 2\nmax_webhooks_per_host = 4\n[clients.other]\ntoken = \"other-client-token\"\n",
-    )
-    .unwrap();
-    stack.start_orchestrator_with(|cmd| {
-        cmd.arg("--config").arg(&config);
-    });
+        |_| {},
+    );
     stack.wait_ready().await;
     stack.start_worker();
     stack.wait_worker().await;

@@ -189,11 +189,7 @@ end = "finished"
 /// An orchestrator (no worker) with extra config-file lines.
 pub async fn orchestrator_with(config: &str) -> Stack {
     let mut stack = Stack::new();
-    let path = stack.dir.path().join("orchestrator.toml");
-    std::fs::write(&path, config).unwrap();
-    stack.start_orchestrator_with(|cmd| {
-        cmd.arg("--config").arg(&path);
-    });
+    stack.start_configured(config, |_| {});
     stack.wait_ready().await;
     stack
 }
@@ -238,6 +234,17 @@ impl Stack {
 
     pub fn start_orchestrator(&mut self) {
         self.start_orchestrator_with(|_| {});
+    }
+
+    /// Starts the orchestrator with `config` as its config file, adjusted
+    /// by `configure`.
+    pub fn start_configured(&mut self, config: &str, configure: impl FnOnce(&mut Command)) {
+        let path = self.dir.path().join("orchestrator.toml");
+        std::fs::write(&path, config).unwrap();
+        self.start_orchestrator_with(|cmd| {
+            cmd.arg("--config").arg(&path);
+            configure(cmd);
+        });
     }
 
     pub fn start_orchestrator_with(&mut self, configure: impl FnOnce(&mut Command)) {
