@@ -665,22 +665,12 @@ async fn a_stalled_orchestrator_gets_a_timeout_and_a_log_line_for_every_call() {
 
 /// A signed registration of `worker` with `token`.
 async fn register_with(stack: &Stack, worker: &str, token: &str, metadata: Value) -> (u16, Value) {
-    let mut body = json!({
+    let body = json!({
         "worker_id": worker, "worker_type": "t", "supported_skills": [{"name": "s"}],
-        "metadata": metadata, "nonce": uuid_like(),
+        "metadata": metadata,
     });
-    rxon::seal(&mut body, worker, token, chrono_now());
-    let resp = stack
-        .http
-        .post(format!("{}/_worker/workers/register", stack.base))
-        .header("X-Worker-Token", token)
-        .header("X-Worker-Id", worker)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
+    let path = "/_worker/workers/register";
+    worker_post_as(stack, reqwest::Method::POST, path, worker, token, body).await
 }
 
 #[tokio::test]

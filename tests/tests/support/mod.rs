@@ -536,14 +536,26 @@ pub async fn worker_post(
     method: reqwest::Method,
     path: &str,
     worker: &str,
+    body: Value,
+) -> (u16, Value) {
+    worker_post_as(stack, method, path, worker, WORKER_TOKEN, body).await
+}
+
+/// [`worker_post`] with the worker's `token` (its own, a pattern's, …).
+pub async fn worker_post_as(
+    stack: &Stack,
+    method: reqwest::Method,
+    path: &str,
+    worker: &str,
+    token: &str,
     mut body: Value,
 ) -> (u16, Value) {
     body["nonce"] = json!(uuid_like());
-    rxon::seal(&mut body, worker, WORKER_TOKEN, chrono_now());
+    rxon::seal(&mut body, worker, token, chrono_now());
     let resp = stack
         .http
         .request(method, format!("{}{path}", stack.base))
-        .header("X-Worker-Token", WORKER_TOKEN)
+        .header("X-Worker-Token", token)
         .header("X-Worker-Id", worker)
         .json(&body)
         .send()
