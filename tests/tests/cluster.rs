@@ -263,3 +263,63 @@ async fn deploys_through_one_instance_reach_workers_of_the_other() {
     worker.stop();
     assert!(!worker.log_text().contains("panicked"));
 }
+
+/// A dashboard session opened on one instance serves on the other, and a
+/// sign-out on either ends it on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_sign_out_on_one_instance_ends_the_session_on_all() {
+    let mut a = Stack::on_postgres().await;
+    let mut b = Stack::new();
+    b.storage = a.storage.clone();
+    a.start_orchestrator();
+    a.wait_ready().await;
+    b.start_orchestrator();
+    b.wait_ready().await;
+    let sign_in = || async {
+        let resp = a
+            .http
+            .post(format!("{}/ui/session", a.base))
+            .header("X-Requested-With", "taskworker-dashboard")
+            .json(&serde_json::json!({"token": support::CLIENT_TOKEN}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let cookie = resp.headers()["set-cookie"].to_str().unwrap();
+        cookie.split(';').next().unwrap().to_string()
+    };
+    let who = |stack: &Stack, cookie: &str| {
+        let request = stack
+            .http
+            .get(format!("{}/ui/session", stack.base))
+            .header("Cookie", cookie);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let first = sign_in().await;
+    let second = sign_in().await;
+    assert_eq!(who(&a, &first).await, 200);
+    assert_eq!(who(&b, &first).await, 200, "B serves A's session");
+    let out = b
+        .http
+        .delete(format!("{}/ui/session", b.base))
+        .header("X-Requested-With", "taskworker-dashboard")
+        .header("Cookie", &first)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status().as_u16(), 200);
+    assert_eq!(who(&a, &first).await, 401, "signed out on B, refused on A");
+    assert_eq!(who(&b, &first).await, 401);
+    let jobs = a
+        .http
+        .get(format!("{}/api/v1/jobs", a.base))
+        .header("Cookie", &first)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(jobs.status().as_u16(), 401);
+    assert_eq!(who(&a, &second).await, 200, "the other session stays");
+    for log in [a.logs().0, b.logs().0] {
+        assert!(!log.contains("panicked"), "{log}");
+    }
+}

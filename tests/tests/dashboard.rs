@@ -247,11 +247,12 @@ async fn the_sign_in_cookie_is_http_only_strict_and_guards_changes() {
     ] {
         assert!(cookie.contains(attr), "{cookie} lacks {attr}");
     }
-    assert!(
-        !cookie.contains(CLIENT_TOKEN),
-        "the token is not in the cookie as is"
-    );
     let pair = cookie.split(';').next().unwrap().to_string();
+    let hex_token: String = CLIENT_TOKEN.bytes().map(|b| format!("{b:02x}")).collect();
+    assert!(
+        !pair.contains(CLIENT_TOKEN) && !pair.contains(&hex_token),
+        "the cookie carries a session id, not the token: {pair}"
+    );
 
     // The cookie reads what the token reads.
     let jobs = http
@@ -294,7 +295,19 @@ async fn the_sign_in_cookie_is_http_only_strict_and_guards_changes() {
         .await
         .unwrap();
     assert_eq!(bad.status().as_u16(), 401);
-    // Signing out clears the cookie.
+    // A second sign-in (another browser) is a session of its own.
+    let second = http
+        .post(&session)
+        .header(from_page.0, from_page.1)
+        .json(&json!({"token": CLIENT_TOKEN}))
+        .send()
+        .await
+        .unwrap();
+    let second = second.headers()["set-cookie"].to_str().unwrap();
+    let second = second.split(';').next().unwrap().to_string();
+    assert_ne!(second, pair);
+    // Signing out clears the cookie and ends the session on the server: a
+    // copy of the cookie kept from before reads nothing.
     let out = http
         .delete(&session)
         .header(from_page.0, from_page.1)
@@ -309,4 +322,26 @@ async fn the_sign_in_cookie_is_http_only_strict_and_guards_changes() {
             .unwrap()
             .contains("Max-Age=0")
     );
+    for url in [format!("{}/api/v1/jobs", stack.base), session.clone()] {
+        let after = http.get(&url).header("Cookie", &pair).send().await.unwrap();
+        assert_eq!(after.status().as_u16(), 401, "{url} after sign-out");
+        let body: Value = after.json().await.unwrap();
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("session has ended"),
+            "{body}"
+        );
+    }
+    // The other session is not affected.
+    let still = http
+        .get(&session)
+        .header("Cookie", &second)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(still.status().as_u16(), 200);
+    let (orchestrator, _) = stack.logs();
+    assert!(!orchestrator.contains("panicked"));
 }

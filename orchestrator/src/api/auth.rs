@@ -14,14 +14,14 @@ use super::error::ApiError;
 pub const HEADER_CLIENT_TOKEN: &str = "x-client-token";
 /// The older avtomatika header, still accepted.
 pub const HEADER_CLIENT_TOKEN_LEGACY: &str = "x-avtomatika-token";
-/// The dashboard's sign-in cookie: the client token, `HttpOnly`,
-/// `SameSite=Strict` (see [`crate::ui`]).
+/// The dashboard's sign-in cookie: a session id, `HttpOnly`,
+/// `SameSite=Strict` (see [`super::session`]).
 pub const SESSION_COOKIE: &str = "taskworker_session";
 /// The prefix of a worker-token entry that is an fnmatch glob over worker
 /// ids (`[workers."pattern:cpu-*"]`, as in avtomatika's `workers.toml`).
 pub const WORKER_PATTERN: &str = "pattern:";
 
-/// The longest client token a sign-in or a session cookie may carry.
+/// The longest client token a sign-in may carry.
 pub const MAX_TOKEN_BYTES: usize = 4096;
 
 /// How long a seen message nonce is remembered: as long as its timestamp
@@ -107,28 +107,14 @@ impl Auth {
         self
     }
 
-    /// The client name for the request's token, if that client may deploy
-    /// (403 otherwise).
-    pub fn deployer(&self, headers: &HeaderMap) -> Result<String, ApiError> {
-        let name = self.client(headers)?;
-        if self.deployers.contains(&name) {
-            Ok(name)
+    /// `client` itself if that client may deploy (403 otherwise).
+    pub fn may_deploy(&self, client: String) -> Result<String, ApiError> {
+        if self.deployers.contains(&client) {
+            Ok(client)
         } else {
             Err(ApiError::Forbidden(format!(
-                "Forbidden: client {name} may not deploy (give it `deploy = true` under [clients.{name}], or use DEPLOY_TOKEN)"
+                "Forbidden: client {client} may not deploy (give it `deploy = true` under [clients.{client}], or use DEPLOY_TOKEN)"
             )))
-        }
-    }
-
-    /// The client name for the request's token (the `X-Client-Token`
-    /// header, else the dashboard's session cookie).
-    pub fn client(&self, headers: &HeaderMap) -> Result<String, ApiError> {
-        match (token_header(headers), session_cookie(headers)) {
-            (Some(token), _) => self.client_by_token(token.to_str().unwrap_or_default()),
-            (None, Some(token)) => self.client_by_token(&token),
-            (None, None) => Err(ApiError::Unauthorized(
-                "Missing X-Client-Token header".into(),
-            )),
         }
     }
 
@@ -148,6 +134,17 @@ impl Auth {
                 "Unauthorized: Invalid token".into(),
             )
         })
+    }
+
+    /// The client whose token has this digest, if any still has.
+    pub fn client_by_digest(&self, token: &Digest) -> Option<String> {
+        let mut found = None;
+        for (known, name) in &self.client_digests {
+            if digest_eq(known, token) {
+                found = Some(name);
+            }
+        }
+        found.cloned()
     }
 
     /// The token `worker_id` must use and what it is (`worker <id>`,
@@ -330,10 +327,9 @@ pub enum Replay {
     Allowed,
 }
 
-/// The token in the dashboard's session cookie, if the request carries one.
-/// The cookie holds the token hex-encoded (tokens may hold characters a
-/// cookie value may not).
-pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
+/// The session id in the dashboard's session cookie, if the request
+/// carries one (see [`super::session`]).
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(axum::http::header::COOKIE)
         .iter()
@@ -343,36 +339,21 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
             let (name, value) = pair.trim().split_once('=')?;
             (name == SESSION_COOKIE && !value.is_empty()).then_some(value)
         })
-        .and_then(unhex)
 }
 
-/// The cookie value that carries `token`.
-pub fn session_cookie_value(token: &str) -> String {
-    token.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<String> {
-    if !s.len().is_multiple_of(2) || s.len() > 2 * MAX_TOKEN_BYTES {
-        return None;
-    }
-    let bytes: Option<Vec<u8>> = (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect();
-    String::from_utf8(bytes?).ok()
-}
-
-/// The client token header (`X-Client-Token`, else the legacy one).
-fn token_header(headers: &HeaderMap) -> Option<&axum::http::HeaderValue> {
+/// The client token header (`X-Client-Token`, else the legacy one); a
+/// value that is not text reads as an empty (wrong) token.
+pub fn client_token(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(HEADER_CLIENT_TOKEN)
         .or_else(|| headers.get(HEADER_CLIENT_TOKEN_LEGACY))
+        .map(|v| v.to_str().unwrap_or_default())
 }
 
 /// Whether the request names its client by a token header (not only by the
 /// session cookie).
 pub fn has_token_header(headers: &HeaderMap) -> bool {
-    token_header(headers).is_some()
+    client_token(headers).is_some()
 }
 
 /// A worker token that was given and is wrong: 403, as avtomatika answers.
@@ -388,9 +369,10 @@ fn worker_token(headers: &HeaderMap) -> Result<&str, ApiError> {
         .ok_or_else(|| ApiError::Forbidden("Unauthorized: Missing X-Worker-Token header".into()))
 }
 
-type Digest = [u8; 32];
+pub type Digest = [u8; 32];
 
-fn digest(s: &str) -> Digest {
+/// SHA-256 of a secret.
+pub fn digest(s: &str) -> Digest {
     use sha2::Digest as _;
     sha2::Sha256::digest(s.as_bytes()).into()
 }

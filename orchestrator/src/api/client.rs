@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::error::ApiError;
+use super::session::Caller;
 use super::{AppState, body};
 use crate::blueprint::Blueprint;
 use crate::engine::{EngineError, NewJob};
@@ -32,11 +33,10 @@ const MAX_JOB_WAIT: Duration = Duration::from_secs(60);
 pub async fn create_job(
     state: AppState,
     blueprint: Arc<Blueprint>,
+    Caller(owner): Caller,
     query: Option<&str>,
-    headers: HeaderMap,
     raw: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let owner = state.auth.client(&headers)?;
     let wait = query
         .into_iter()
         .flat_map(|q| q.split('&'))
@@ -204,10 +204,9 @@ pub struct GetQuery {
 pub async fn get_job(
     State(state): State<AppState>,
     JobId(id): JobId,
-    headers: HeaderMap,
+    Caller(owner): Caller,
     query: Result<Query<GetQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let owner = state.auth.client(&headers)?;
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let id = parse_id(&id)?;
     let wait = match crate::secs::wait_query("wait", query.wait.as_deref(), MAX_JOB_WAIT) {
@@ -272,10 +271,9 @@ pub struct ListQuery {
     responses((status = 200, description = "`{\"jobs\": [...], \"limit\": n, \"offset\": n}`", body = super::openapi::JobList), (status = 400, description = "Bad request (the error names the field)", body = super::openapi::ErrorBody), (status = 401, description = "No client token", body = super::openapi::ErrorBody), (status = 403, description = "Unknown token", body = super::openapi::ErrorBody)))]
 pub async fn list_jobs(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Caller(owner): Caller,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let owner = state.auth.client(&headers)?;
     let Query(query) =
         query.map_err(|_| ApiError::BadRequest("Invalid limit/offset parameter".into()))?;
     let status = query
@@ -309,9 +307,8 @@ pub async fn list_jobs(
 pub async fn cancel_job(
     State(state): State<AppState>,
     JobId(id): JobId,
-    headers: HeaderMap,
+    Caller(owner): Caller,
 ) -> Result<Response, ApiError> {
-    let owner = state.auth.client(&headers)?;
     let id = parse_id(&id)?;
     match state.engine.cancel_job(id, &owner).await {
         Ok(()) => Ok(axum::Json(json!({"status": "cancelled", "job_id": id})).into_response()),
@@ -335,9 +332,8 @@ pub async fn cancel_job(
 pub async fn job_history(
     State(state): State<AppState>,
     JobId(id): JobId,
-    headers: HeaderMap,
+    Caller(owner): Caller,
 ) -> Result<Response, ApiError> {
-    let owner = state.auth.client(&headers)?;
     let id = parse_id(&id)?;
     owned_job(&state, id, &owner).await?;
     // Make sure the newest events are stored before reading them.
@@ -349,11 +345,7 @@ pub async fn job_history(
 #[utoipa::path(get, path = "/api/v1/workers", tag = "workers",
     summary = "Registered workers: skills, status, heartbeat, tasks in flight, plugin versions",
     responses((status = 200, description = "The workers", body = Vec<Object>), (status = 400, description = "Bad request (the error names the field)", body = super::openapi::ErrorBody), (status = 401, description = "No client token", body = super::openapi::ErrorBody), (status = 403, description = "Unknown token", body = super::openapi::ErrorBody)))]
-pub async fn list_workers(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    state.auth.client(&headers)?;
+pub async fn list_workers(State(state): State<AppState>, _: Caller) -> Result<Response, ApiError> {
     Ok(axum::Json(state.engine.workers().await).into_response())
 }
 
@@ -362,9 +354,8 @@ pub async fn list_workers(
     responses((status = 200, description = "The blueprints", body = Vec<Object>), (status = 400, description = "Bad request (the error names the field)", body = super::openapi::ErrorBody), (status = 401, description = "No client token", body = super::openapi::ErrorBody), (status = 403, description = "Unknown token", body = super::openapi::ErrorBody)))]
 pub async fn list_blueprints(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Caller,
 ) -> Result<Response, ApiError> {
-    state.auth.client(&headers)?;
     let list: Vec<Value> = state
         .engine
         .blueprints()

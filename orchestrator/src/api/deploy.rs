@@ -13,12 +13,13 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
+use super::session::Caller;
 use super::{AppState, body};
 use crate::engine::deploy::BlueprintDeployError;
 use crate::registry::{DeployError, MAX_MANIFEST_BYTES};
@@ -64,9 +65,10 @@ struct Upload {
 pub async fn upload_plugin(
     State(state): State<AppState>,
     query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
+    Caller(caller): Caller,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let by = state.auth.deployer(request.headers())?;
+    let by = state.auth.may_deploy(caller)?;
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let max = state.engine.registry().max_plugin_bytes;
     let multipart = request
@@ -171,11 +173,7 @@ async fn read_form(mut form: Multipart, max: usize) -> Result<Upload, ApiError> 
 #[utoipa::path(get, path = "/api/v1/plugins", tag = "deploys",
     summary = "Plugins: versions, hashes, skills, and what each worker runs",
     responses((status = 200, description = "The plugins", body = Vec<Object>), (status = 400, description = "Bad request (the error names the field)", body = super::openapi::ErrorBody), (status = 401, description = "No client token", body = super::openapi::ErrorBody), (status = 403, description = "Unknown token", body = super::openapi::ErrorBody)))]
-pub async fn list_plugins(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    state.auth.client(&headers)?;
+pub async fn list_plugins(State(state): State<AppState>, _: Caller) -> Result<Response, ApiError> {
     let registry = state.engine.registry();
     let workers = state.engine.workers().await;
     let plugins: Vec<Value> = registry
@@ -236,10 +234,10 @@ pub async fn list_plugins(
 pub async fn rollback_plugin(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    Caller(caller): Caller,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    state.auth.deployer(&headers)?;
+    state.auth.may_deploy(caller)?;
     let raw = body::bytes(raw)?;
     let to =
         match body::json_object(&raw)? {
@@ -269,9 +267,9 @@ pub async fn rollback_plugin(
 pub async fn delete_plugin(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    Caller(caller): Caller,
 ) -> Result<Response, ApiError> {
-    state.auth.deployer(&headers)?;
+    state.auth.may_deploy(caller)?;
     let registry = state.engine.registry();
     registry.remove(state.engine.storage(), &name).await?;
     Ok(axum::Json(json!({
@@ -290,10 +288,10 @@ pub async fn delete_plugin(
 pub async fn put_blueprint(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    Caller(caller): Caller,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let by = state.auth.deployer(&headers)?;
+    let by = state.auth.may_deploy(caller)?;
     let raw = body::bytes(raw)?;
     let text = std::str::from_utf8(&raw)
         .map_err(|_| ApiError::BadRequest("The blueprint is not UTF-8 text".into()))?;
@@ -334,10 +332,9 @@ pub struct VersionQuery {
 pub async fn get_blueprint(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    _: Caller,
     query: Result<Query<VersionQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    state.auth.client(&headers)?;
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let catalog = state.engine.catalog();
     let bp = match query.version {

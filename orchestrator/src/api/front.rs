@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use super::throttle::{Realm, WrongToken};
 use super::{AppState, guard};
 
-pub async fn front(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn front(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let timer = crate::metrics::HttpTimer::start(&request);
     let realm = Realm::of(request.uri().path());
     let to_worker = realm == Realm::Worker;
@@ -29,7 +29,7 @@ pub async fn front(State(state): State<AppState>, request: Request, next: Next) 
                 .proxies
                 .client(c.0.ip(), request.headers())
         });
-    let mut response = match guard::refused_before_the_body(&state, &request) {
+    let mut response = match guard::refused_before_the_body(&state, &mut request).await {
         Some(refused) => refused.into_response(),
         None => next.run(request).await,
     };

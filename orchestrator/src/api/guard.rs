@@ -16,17 +16,21 @@ use super::AppState;
 use super::error::ApiError;
 
 /// The refusal of a request whose headers carry no credential we know for
-/// its path, or `None` to go on (the handler then checks fully).
-pub fn refused_before_the_body(state: &AppState, request: &Request) -> Option<ApiError> {
+/// its path, or `None` to go on (the handler then checks fully). A client
+/// request's [`super::session::Caller`] is resolved here once and kept in its extensions.
+pub async fn refused_before_the_body(state: &AppState, request: &mut Request) -> Option<ApiError> {
     let path = request.uri().path();
     let public = matches!(path, "/api/openapi.json" | "/api/docs");
     let checked = if public {
         Ok(())
     } else if path.starts_with("/api/") || path == "/api" {
-        state
-            .auth
-            .client(request.headers())
-            .and_then(|_| from_the_dashboard(request.method(), request.headers()))
+        match state.caller(request.extensions(), request.headers()).await {
+            Ok(caller) => {
+                request.extensions_mut().insert(caller);
+                from_the_dashboard(request.method(), request.headers())
+            }
+            Err(e) => Err(e),
+        }
     } else if path.starts_with("/_worker/") {
         state.auth.known_worker_token(request.headers())
     } else {

@@ -16,6 +16,7 @@ pub mod guard;
 pub mod idle;
 pub mod openapi;
 pub mod serve;
+pub mod session;
 pub mod stats;
 pub mod stream;
 pub mod throttle;
@@ -53,6 +54,8 @@ pub struct Shared {
     pub auth_failures: throttle::AuthFailures,
     /// Update streams open per client.
     pub client_streams: stream::ClientStreams,
+    /// Dashboard sessions, when no database is shared ([`session`]).
+    pub sessions: session::LocalSessions,
 }
 
 impl std::ops::Deref for AppState {
@@ -80,6 +83,7 @@ impl AppState {
             max_body,
             auth_failures,
             client_streams: Default::default(),
+            sessions: Default::default(),
         }))
     }
 }
@@ -241,8 +245,10 @@ async fn create_job(
     };
     let label = crate::metrics::RouteLabel(bp.create_path.clone());
     let (parts, body) = request.into_parts();
-    let mut answer =
-        client::create_job(state.clone(), bp, parts.uri.query(), parts.headers, body).await;
+    let mut answer = match state.caller(&parts.extensions, &parts.headers).await {
+        Ok(caller) => client::create_job(state.clone(), bp, caller, parts.uri.query(), body).await,
+        Err(e) => Err(e),
+    };
     if let Ok(response) = &mut answer {
         response.extensions_mut().insert(label);
     }

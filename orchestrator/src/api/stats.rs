@@ -8,7 +8,6 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -16,6 +15,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::AppState;
 use super::error::ApiError;
+use super::session::Caller;
 use crate::engine::JobUpdate;
 use crate::job::JobStatus;
 
@@ -100,9 +100,8 @@ fn rand_index(n: u64) -> u64 {
               (status = 503, description = "Too many streams open", body = super::openapi::ErrorBody), (status = 401, description = "No client token", body = super::openapi::ErrorBody), (status = 403, description = "Unknown token", body = super::openapi::ErrorBody)))]
 pub async fn job_stats(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Caller(owner): Caller,
 ) -> Result<Response, ApiError> {
-    let owner = state.auth.client(&headers)?;
     let permit = super::stream::stream_permit(&state, &owner)?;
     let updates = state.engine.subscribe_updates();
     let stopping = state.engine.stopping();

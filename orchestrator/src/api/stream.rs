@@ -12,7 +12,6 @@ use std::collections::HashSet;
 use std::convert::Infallible;
 
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -21,6 +20,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::error::ApiError;
+use super::session::Caller;
 use crate::engine::MAX_UPDATE_STREAMS;
 
 /// Most job ids one stream may follow by name.
@@ -105,10 +105,9 @@ pub(super) fn stream_permit(state: &AppState, owner: &str) -> Result<StreamSlot,
               (status = 503, description = "Too many streams open", body = super::openapi::ErrorBody), (status = 400, description = "Bad request (the error names the field)", body = super::openapi::ErrorBody), (status = 401, description = "No client token", body = super::openapi::ErrorBody), (status = 403, description = "Unknown token", body = super::openapi::ErrorBody)))]
 pub async fn job_updates(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Caller(owner): Caller,
     query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let owner = state.auth.client(&headers)?;
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let ids = match query.ids.as_deref().filter(|s| !s.is_empty()) {
         None => None,

@@ -31,6 +31,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         4,
         include_str!("../../migrations/postgres/0004_active_jobs.sql"),
     ),
+    (
+        5,
+        include_str!("../../migrations/postgres/0005_dashboard_sessions.sql"),
+    ),
 ];
 
 pub struct PostgresStorage {

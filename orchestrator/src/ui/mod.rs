@@ -4,13 +4,16 @@
 //! page shell, a script and a style sheet. The script reads everything
 //! through the client API, signed in by a cookie:
 //!
-//! - `POST /ui/session` `{"token": "..."}` checks a client token and answers
-//!   with a `taskworker_session` cookie that carries it (`HttpOnly`,
-//!   `SameSite=Strict`, 12 h); from then on the API accepts the cookie in
-//!   place of `X-Client-Token`, so the dashboard shows exactly what that
-//!   token may see. Without it the page shows only the sign-in form.
+//! - `POST /ui/session` `{"token": "..."}` checks a client token, opens a
+//!   server-side session and answers with a `taskworker_session` cookie
+//!   that carries the session's id, never the token (`HttpOnly`,
+//!   `SameSite=Strict`, 12 h; see [`crate::api::session`]); from then on
+//!   the API accepts the cookie in place of `X-Client-Token`, so the
+//!   dashboard shows exactly what that token may see. Without it the page
+//!   shows only the sign-in form.
 //! - `GET /ui/session` names the signed-in client (401 otherwise).
-//! - `DELETE /ui/session` signs out (the cookie is cleared).
+//! - `DELETE /ui/session` signs out: the session ends on the server (on
+//!   every instance sharing the database) and the cookie is cleared.
 //!
 //! Changes made with the cookie alone (cancel, sign-in, sign-out) must carry
 //! `X-Requested-With: taskworker-dashboard` (see `api::guard`).
@@ -23,16 +26,14 @@ use axum::routing::get;
 use serde_json::json;
 
 use crate::api::AppState;
-use crate::api::auth::{MAX_TOKEN_BYTES, SESSION_COOKIE, session_cookie_value};
+use crate::api::auth::{MAX_TOKEN_BYTES, SESSION_COOKIE};
 use crate::api::error::ApiError;
 use crate::api::guard::sent_by_the_dashboard;
+use crate::api::session::SESSION_TTL;
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const APP_CSS: &str = include_str!("assets/app.css");
-
-/// How long a sign-in lasts.
-const SESSION_SECS: u64 = 12 * 3600;
 
 /// No script, style or connection from anywhere else; never framed.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
@@ -79,7 +80,7 @@ async fn who_is_signed_in(
     if crate::api::auth::session_cookie(&headers).is_none() {
         return Err(ApiError::Unauthorized("Not signed in".into()));
     }
-    let client = state.auth.client(&headers)?;
+    let client = state.caller(&Default::default(), &headers).await?.0;
     Ok(axum::Json(json!({"client": client})).into_response())
 }
 
@@ -103,11 +104,11 @@ async fn sign_in(
             )));
         }
     };
-    let client = state.auth.client_by_token(token).inspect_err(|_| {
+    let (client, session) = state.sign_in(token).await.inspect_err(|_| {
         tracing::warn!("dashboard sign-in refused: unknown token");
     })?;
     tracing::info!(client, "signed in to the dashboard");
-    let cookie = cookie(&headers, &session_cookie_value(token), SESSION_SECS);
+    let cookie = cookie(&headers, &session, SESSION_TTL.as_secs());
     Ok((
         [(header::SET_COOKIE, cookie)],
         axum::Json(json!({"client": client})),
@@ -115,8 +116,9 @@ async fn sign_in(
         .into_response())
 }
 
-async fn sign_out(headers: HeaderMap) -> Result<Response, ApiError> {
+async fn sign_out(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     sent_by_the_dashboard(&headers, "sign-in and sign-out")?;
+    state.sign_out(&headers).await?;
     Ok((
         StatusCode::OK,
         [(header::SET_COOKIE, cookie(&headers, "", 0))],

@@ -14,6 +14,7 @@
 //!   hint: they also look again every [`FALLBACK_POLL`]).
 
 mod scratch;
+mod sessions;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,7 @@ use super::workers::WorkerView;
 use super::{EngineError, EngineState, Shared, machine};
 use crate::job::Job;
 use scratch::{AfterCommit, Scratch, StoredWorker};
+pub(crate) use sessions::StoredSession;
 
 /// How often long-polls and waiters look again without a notification.
 pub const FALLBACK_POLL: Duration = Duration::from_millis(500);
@@ -679,7 +681,8 @@ impl SharedDb {
                 if let Ok(client) = self.pool.get().await {
                     let _ = client
                         .batch_execute(
-                            "DELETE FROM seen_nonces WHERE seen_at < now() - interval '130 seconds'",
+                            "DELETE FROM seen_nonces WHERE seen_at < now() - interval '130 seconds';
+                             DELETE FROM dashboard_sessions WHERE expires_at <= now();",
                         )
                         .await;
                 }
