@@ -79,6 +79,9 @@ enum Jobs {
         limit: usize,
         #[arg(long, default_value_t = 0)]
         offset: usize,
+        /// Start below this cursor (the `next` a page printed).
+        #[arg(long)]
+        after: Option<String>,
     },
     /// Cancel a job that has not ended.
     Cancel { id: String },
@@ -170,9 +173,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             blueprint,
             limit,
             offset,
+            after,
         }) => {
             let mut query = format!("?limit={limit}&offset={offset}");
-            for (key, value) in [("status", &status), ("blueprint", &blueprint)] {
+            for (key, value) in [
+                ("status", &status),
+                ("blueprint", &blueprint),
+                ("after", &after),
+            ] {
                 if let Some(v) = value {
                     query.push_str(&format!("&{key}={v}"));
                 }

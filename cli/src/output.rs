@@ -100,6 +100,9 @@ pub fn jobs(list: &Value, json: bool) -> anyhow::Result<()> {
         })
         .unwrap_or_default();
     table(&["JOB", "BLUEPRINT", "STATUS", "STATE", "CREATED"], rows);
+    if let Some(next) = list["next"].as_str() {
+        println!("older: --after {next}");
+    }
     Ok(())
 }
 

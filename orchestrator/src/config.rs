@@ -28,6 +28,8 @@
 //! auth_failures_per_minute = 30            # wrong tokens per peer address, then 429 (0: no limit)
 //! trusted_proxies = ["127.0.0.1"]          # their X-Forwarded-For names the peer (for the line above)
 //!
+//! finished_job_retention = "7d"            # ended jobs older than this are deleted ("0": keep all)
+//!
 //! max_plugin_bytes = 67108864              # largest plugin component uploaded
 //! runtime_threads = 2                       # async runtime threads [default: one per core]
 //!
@@ -103,6 +105,10 @@ pub struct Cli {
     /// avtomatika does; workers given the same secret verify it.
     #[arg(long, env = "ORCHESTRATOR_SECRET_KEY", hide_env_values = true)]
     pub orchestrator_secret: Option<String>,
+    /// Finished, failed and cancelled jobs older than this are deleted with
+    /// their history (`7d`, `12h`, `90m`; `0` keeps every job) [default: 7d].
+    #[arg(long, env = "FINISHED_JOB_RETENTION")]
+    pub finished_job_retention: Option<String>,
     /// Threads of the async runtime (1-1024) [default: one per core]. On a
     /// machine shared with workers or clients, fewer threads cost less CPU
     /// per job (docs/benchmarks.md, fifth pass).
@@ -141,6 +147,7 @@ struct FileConfig {
     #[serde(default)]
     trusted_proxies: Vec<String>,
     max_plugin_bytes: Option<usize>,
+    finished_job_retention: Option<Retention>,
     runtime_threads: Option<usize>,
     orchestrator_secret_key: Option<String>,
     #[serde(default)]
@@ -232,8 +239,33 @@ pub struct Config {
     pub auth_failures_per_minute: u32,
     /// Proxies whose `X-Forwarded-For` names the peer for that limit.
     pub trusted_proxies: crate::api::throttle::TrustedProxies,
+    /// Ended jobs older than this are deleted; `None`: kept for ever.
+    pub finished_job_retention: Option<std::time::Duration>,
     /// Threads of the async runtime; `None`: one per core.
     pub runtime_threads: Option<usize>,
+}
+
+/// Default of `finished_job_retention`: a week.
+pub const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+
+/// `finished_job_retention` as written: `"7d"` or a number of seconds.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Retention {
+    Seconds(u64),
+    Text(String),
+}
+
+/// A retention: `0` keeps all (`None`), else a duration such as `7d`.
+fn retention(text: &str) -> anyhow::Result<Option<std::time::Duration>> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(None);
+    }
+    let keep = humantime::parse_duration(text).with_context(|| {
+        format!("finished_job_retention must be a duration such as `7d`, `12h` or `90s`, or `0` to keep every job, not {text:?}")
+    })?;
+    Ok((!keep.is_zero()).then_some(keep))
 }
 
 /// Default liveness of a worker that does not declare its heartbeat
@@ -417,6 +449,15 @@ impl Config {
             )? as u32,
             trusted_proxies: crate::api::throttle::TrustedProxies::parse(&file.trusted_proxies)
                 .map_err(anyhow::Error::msg)?,
+            finished_job_retention: match (cli.finished_job_retention, file.finished_job_retention)
+            {
+                (Some(text), _) | (None, Some(Retention::Text(text))) => retention(&text)?,
+                (None, Some(Retention::Seconds(0))) => None,
+                (None, Some(Retention::Seconds(secs))) => {
+                    Some(std::time::Duration::from_secs(secs))
+                }
+                (None, None) => Some(DEFAULT_RETENTION),
+            },
             runtime_threads: match cli
                 .runtime_threads
                 .map(usize::from)

@@ -17,7 +17,7 @@ use super::{AppState, body};
 use crate::blueprint::Blueprint;
 use crate::engine::{EngineError, NewJob};
 use crate::job::{Job, JobError, JobStatus, Object, StateVisit};
-use crate::storage::JobFilter;
+use crate::storage::{JobCursor, JobFilter};
 
 /// Largest poll answer serialized under the engine's lock (see [`get_job`]).
 const INLINE_VIEW_BYTES: usize = 64 << 10;
@@ -260,15 +260,23 @@ pub struct ListQuery {
     limit: Option<usize>,
     #[serde(default)]
     offset: Option<usize>,
+    /// The `next` cursor of the previous page.
+    #[serde(default)]
+    after: Option<String>,
 }
+
+/// The deepest `?offset=` served: deeper pages cost the database a walk
+/// over every job skipped, so they are paged by cursor (`?after=`).
+pub const MAX_LIST_OFFSET: usize = 10_000;
 
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs",
     summary = "Your jobs, newest first",
     params(("status" = Option<String>, Query, description = "Only jobs with this status"),
            ("blueprint" = Option<String>, Query, description = "Only jobs of this blueprint"),
            ("limit" = Option<usize>, Query, description = "At most this many (1-1000, default 50)"),
-           ("offset" = Option<usize>, Query, description = "Skip this many")),
-    responses((status = 200, description = "`{\"jobs\": [...], \"limit\": n, \"offset\": n}`", body = super::openapi::JobList), (status = 400, description = "Bad request (the error names the field)", body = super::openapi::ErrorBody), (status = 401, description = "No client token", body = super::openapi::ErrorBody), (status = 403, description = "Unknown token", body = super::openapi::ErrorBody)))]
+           ("offset" = Option<usize>, Query, description = "Skip this many (at most 10,000; page deeper with `after`)"),
+           ("after" = Option<String>, Query, description = "The `next` cursor of the previous page: the jobs created before its last one (stable while new jobs arrive)")),
+    responses((status = 200, description = "`{\"jobs\": [...], \"limit\": n, \"offset\": n, \"next\": cursor or null}`", body = super::openapi::JobList), (status = 400, description = "Bad request (the error names the field)", body = super::openapi::ErrorBody), (status = 401, description = "No client token", body = super::openapi::ErrorBody), (status = 403, description = "Unknown token", body = super::openapi::ErrorBody)))]
 pub async fn list_jobs(
     State(state): State<AppState>,
     Caller(owner): Caller,
@@ -284,6 +292,18 @@ pub async fn list_jobs(
         .map_err(ApiError::BadRequest)?;
     let limit = query.limit.unwrap_or(50).clamp(1, 1000);
     let offset = query.offset.unwrap_or(0);
+    if offset > MAX_LIST_OFFSET {
+        return Err(ApiError::BadRequest(format!(
+            "'offset' may be at most {MAX_LIST_OFFSET}: page deeper with ?after=<the `next` of the previous page>"
+        )));
+    }
+    let after = query
+        .after
+        .as_deref()
+        .filter(|a| !a.is_empty())
+        .map(str::parse::<JobCursor>)
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
     let jobs = state
         .engine
         .list_jobs(JobFilter {
@@ -292,10 +312,18 @@ pub async fn list_jobs(
             blueprint: query.blueprint.filter(|b| !b.is_empty()),
             limit,
             offset,
+            after,
         })
         .await?;
+    // A full page may have more below it; a short one is the last.
+    let next = (jobs.len() == limit)
+        .then(|| jobs.last().map(|j| JobCursor::of(j).to_string()))
+        .flatten();
     let jobs: Vec<JobView> = jobs.iter().map(|j| view(j, None)).collect();
-    Ok(axum::Json(json!({"jobs": jobs, "limit": limit, "offset": offset})).into_response())
+    Ok(
+        axum::Json(json!({"jobs": jobs, "limit": limit, "offset": offset, "next": next}))
+            .into_response(),
+    )
 }
 
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs",

@@ -31,6 +31,8 @@ pub struct JobList {
     pub jobs: Vec<JobView<'static>>,
     pub limit: usize,
     pub offset: usize,
+    /// Give it as `?after=` for the next page; `null` on the last page.
+    pub next: Option<String>,
 }
 
 /// `GET /api/v1/jobs/{id}/history`.

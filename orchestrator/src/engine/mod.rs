@@ -10,11 +10,13 @@
 //! - [`machine`]: what happens to a job on each event.
 //! - [`workers`]: the worker registry.
 //! - [`persist`]: the ordered, batching storage writer.
+//! - [`retention`]: ended jobs deleted after `finished_job_retention`.
 
 pub mod deploy;
 pub mod error;
 pub(crate) mod machine;
 pub mod persist;
+pub mod retention;
 pub(crate) mod shared_db;
 pub mod webhook;
 pub mod workers;
@@ -87,6 +89,9 @@ pub struct EngineSettings {
     pub channel_grace: Duration,
     /// Ended jobs kept in memory for fast reads; older ones are read from storage.
     pub finished_jobs_in_memory: usize,
+    /// Finished, failed and cancelled jobs that last changed longer ago than
+    /// this are deleted with their history ([`retention`]); `None`: kept.
+    pub finished_job_retention: Option<Duration>,
 }
 
 impl Default for EngineSettings {
@@ -111,6 +116,7 @@ impl Default for EngineSettings {
             max_plugin_bytes: crate::registry::DEFAULT_MAX_PLUGIN_BYTES,
             shared_database: None,
             finished_jobs_in_memory: 10_000,
+            finished_job_retention: None,
         }
     }
 }
@@ -407,6 +413,9 @@ impl Engine {
         engine
             .install_blueprints(&rows.blueprints, blueprints)
             .await?;
+        if let Some(keep) = engine.shared.settings.finished_job_retention {
+            tokio::spawn(retention::run(engine.shared.clone(), keep));
+        }
         if let Some(db) = &db {
             tracing::info!(
                 "several instances may share this database: the queue, timers, leases and workers live in it"
@@ -705,6 +714,12 @@ impl Engine {
     }
 
     pub async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>, StorageError> {
+        if let Some(db) = &self.shared.db {
+            return db
+                .list_jobs(&filter)
+                .await
+                .map_err(|e| StorageError::Backend(e.to_string()));
+        }
         let storage = self.shared.storage.clone();
         tokio::task::spawn_blocking(move || storage.list_jobs(&filter))
             .await
@@ -712,6 +727,12 @@ impl Engine {
     }
 
     pub async fn job_events(&self, id: Uuid) -> Result<Vec<JobEvent>, StorageError> {
+        if let Some(db) = &self.shared.db {
+            return db
+                .job_events(id)
+                .await
+                .map_err(|e| StorageError::Backend(e.to_string()));
+        }
         let storage = self.shared.storage.clone();
         tokio::task::spawn_blocking(move || storage.job_events(id))
             .await

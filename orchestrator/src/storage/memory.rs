@@ -71,6 +71,7 @@ impl Storage for MemoryStorage {
             .filter(|j| filter.owner.as_ref().is_none_or(|o| &j.owner == o))
             .filter(|j| filter.status.is_none_or(|s| j.status == s))
             .filter(|j| filter.blueprint.as_ref().is_none_or(|b| &j.blueprint == b))
+            .filter(|j| filter.after.is_none_or(|c| c.has_below(j)))
             .collect();
         jobs.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
         Ok(jobs
@@ -83,6 +84,28 @@ impl Storage for MemoryStorage {
 
     fn job_events(&self, id: Uuid) -> Result<Vec<JobEvent>, StorageError> {
         Ok(self.lock().events.get(&id).cloned().unwrap_or_default())
+    }
+
+    fn delete_ended(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<Uuid>, StorageError> {
+        let mut inner = self.lock();
+        let ids: Vec<Uuid> = inner
+            .jobs
+            .values()
+            .filter(|j| j.status.is_terminal() && j.status != crate::job::JobStatus::Quarantined)
+            .filter(|j| j.updated_at < before)
+            .map(|j| j.id)
+            .take(limit)
+            .collect();
+        for id in &ids {
+            inner.jobs.remove(id);
+            inner.events.remove(id);
+        }
+        inner.webhooks.retain(|h| !ids.contains(&h.job_id));
+        Ok(ids)
     }
 
     fn unfinished_jobs(&self) -> Result<Vec<Job>, StorageError> {

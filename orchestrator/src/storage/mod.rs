@@ -10,6 +10,7 @@
 //! now). Both SQL backends hold the same tables: `jobs`, `job_events`,
 //! `webhooks`, and the deploy tables of [`registry`].
 
+pub mod list;
 pub mod memory;
 pub mod postgres;
 pub mod registry;
@@ -17,6 +18,7 @@ pub mod sqlite;
 
 pub use registry::{BlueprintRow, PluginVersionRow, RegistryRows, RegistryStorage};
 
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::job::{Job, JobEvent, JobStatus};
@@ -47,7 +49,8 @@ pub struct PendingWebhook {
     pub body: String,
 }
 
-/// Filter of [`Storage::list_jobs`].
+/// Filter of [`Storage::list_jobs`]: newest first, `limit` of them, after
+/// skipping `offset` and, with `after`, starting below that cursor.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
     pub owner: Option<String>,
@@ -55,6 +58,52 @@ pub struct JobFilter {
     pub blueprint: Option<String>,
     pub limit: usize,
     pub offset: usize,
+    pub after: Option<JobCursor>,
+}
+
+/// A place in the newest-first order of jobs: the last job of a page. The
+/// next page holds the jobs created before it (ties by a smaller id), so a
+/// walk down the pages sees each job once while new ones arrive on top.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobCursor {
+    pub created_at: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+impl JobCursor {
+    pub fn of(job: &Job) -> Self {
+        Self {
+            created_at: job.created_at,
+            id: job.id,
+        }
+    }
+
+    /// Whether `job` is below this place (on a later page).
+    pub fn has_below(&self, job: &Job) -> bool {
+        (job.created_at, job.id) < (self.created_at, self.id)
+    }
+}
+
+/// The cursor as clients see it (opaque): `<nanoseconds since 1970>-<id>`.
+impl std::fmt::Display for JobCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let nanos = self.created_at.timestamp_nanos_opt().unwrap_or_default();
+        write!(f, "{nanos}-{}", self.id.simple())
+    }
+}
+
+impl std::str::FromStr for JobCursor {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("'after' must be a cursor from a page's `next` field, not {s:?}");
+        let (nanos, id) = s.rsplit_once('-').ok_or_else(bad)?;
+        let nanos: i64 = nanos.parse().map_err(|_| bad())?;
+        Ok(Self {
+            created_at: DateTime::from_timestamp_nanos(nanos),
+            id: Uuid::try_parse(id).map_err(|_| bad())?,
+        })
+    }
 }
 
 pub trait Storage: RegistryStorage + Send + Sync + 'static {
@@ -68,6 +117,11 @@ pub trait Storage: RegistryStorage + Send + Sync + 'static {
     /// Newest first.
     fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, StorageError>;
     fn job_events(&self, id: Uuid) -> Result<Vec<JobEvent>, StorageError>;
+    /// Deletes up to `limit` finished, failed or cancelled jobs that last
+    /// changed before `before`, with their history and webhooks, in one
+    /// short transaction; returns their ids (fewer than `limit`: no more
+    /// are due). Quarantined jobs are kept.
+    fn delete_ended(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<Uuid>, StorageError>;
     /// Jobs not in a terminal status, oldest first.
     fn unfinished_jobs(&self) -> Result<Vec<Job>, StorageError>;
     /// A short name for logs.

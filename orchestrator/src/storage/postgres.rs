@@ -11,8 +11,9 @@ use chrono::{DateTime, Utc};
 use postgres::{Client, NoTls};
 use uuid::Uuid;
 
+use super::list::Arg;
 use super::{JobFilter, JobWrite, PendingWebhook, Storage, StorageError};
-use crate::job::{Job, JobEvent, JobStatus};
+use crate::job::{Job, JobEvent};
 
 mod registry;
 
@@ -34,6 +35,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (
         5,
         include_str!("../../migrations/postgres/0005_dashboard_sessions.sql"),
+    ),
+    (
+        6,
+        include_str!("../../migrations/postgres/0006_job_lists.sql"),
     ),
 ];
 
@@ -63,6 +68,51 @@ fn without_password(url: &str) -> String {
         }
         _ => url.to_string(),
     }
+}
+
+/// A job's history, oldest first (`$1`: its id); rows for [`event_of`].
+pub(crate) const EVENTS_OF_JOB: &str =
+    "SELECT at, event, message, task FROM job_events WHERE job_id = $1 ORDER BY seq";
+
+/// A history entry from a row of [`EVENTS_OF_JOB`].
+pub(crate) fn event_of(r: &postgres::Row) -> JobEvent {
+    JobEvent {
+        at: r.get::<_, DateTime<Utc>>(0),
+        event: r.get(1),
+        message: r.get(2),
+        task: JobEvent::task_from_json(r.get(3)),
+    }
+}
+
+/// Retention's first step: deletes a batch of ended jobs (`$1`: last
+/// changed before, `$2`: most) and returns their ids; rows another
+/// transaction holds are skipped.
+pub(crate) const DELETE_ENDED: &str = "DELETE FROM jobs WHERE id IN (
+     SELECT id FROM jobs WHERE status IN ('finished', 'failed', 'cancelled') AND updated_at < $1
+     ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+     RETURNING id";
+/// Retention's second step: the history and webhooks of those jobs (`$1`).
+pub(crate) const DELETE_ENDED_REST: &str =
+    "WITH gone AS (DELETE FROM job_events WHERE job_id = ANY($1))
+     DELETE FROM webhooks WHERE job_id = ANY($1)";
+
+/// The job list's statement for `filter` ([`super::list`]).
+pub(crate) fn list_query(filter: &JobFilter) -> (String, Vec<Arg>) {
+    super::list::list_query(filter, super::list::Dialect::Postgres)
+}
+
+/// The parameters of [`list_query`], as the driver takes them.
+pub(crate) fn list_params(args: &[Arg]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
+    args.iter()
+        .map(|arg| -> &(dyn postgres::types::ToSql + Sync) {
+            match arg {
+                Arg::Text(s) => s,
+                Arg::Int(n) => n,
+                Arg::Time(t) => t,
+                Arg::Id(id) => id,
+            }
+        })
+        .collect()
 }
 
 impl PostgresStorage {
@@ -195,51 +245,45 @@ impl Storage for PostgresStorage {
     }
 
     fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, StorageError> {
-        let status = filter.status.map(|s| s.as_str());
+        let (sql, args) = list_query(filter);
         let rows = self
             .lock()
-            .query(
-                "SELECT body FROM jobs WHERE ($1::TEXT IS NULL OR owner = $1) AND ($2::TEXT IS NULL OR status = $2)
-                 AND ($5::TEXT IS NULL OR blueprint = $5)
-                 ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4",
-                &[
-                    &filter.owner,
-                    &status,
-                    &(filter.limit.min(i64::MAX as usize) as i64),
-                    &(filter.offset.min(i64::MAX as usize) as i64),
-                    &filter.blueprint,
-                ],
-            )
+            .query(&sql, &list_params(&args))
             .map_err(backend)?;
         rows.iter().map(|r| decode(r.get(0))).collect()
     }
 
     fn job_events(&self, id: Uuid) -> Result<Vec<JobEvent>, StorageError> {
-        let rows = self
-            .lock()
+        let rows = self.lock().query(EVENTS_OF_JOB, &[&id]).map_err(backend)?;
+        Ok(rows.iter().map(event_of).collect())
+    }
+
+    fn delete_ended(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<Uuid>, StorageError> {
+        let mut client = self.lock();
+        let mut tx = client.transaction().map_err(backend)?;
+        let ids: Vec<Uuid> = tx
             .query(
-                "SELECT at, event, message, task FROM job_events WHERE job_id = $1 ORDER BY seq",
-                &[&id],
+                DELETE_ENDED,
+                &[&before, &(limit.min(i64::MAX as usize) as i64)],
             )
-            .map_err(backend)?;
-        Ok(rows
+            .map_err(backend)?
             .iter()
-            .map(|r| JobEvent {
-                at: r.get::<_, DateTime<Utc>>(0),
-                event: r.get(1),
-                message: r.get(2),
-                task: JobEvent::task_from_json(r.get(3)),
-            })
-            .collect())
+            .map(|r| r.get(0))
+            .collect();
+        tx.execute(DELETE_ENDED_REST, &[&ids]).map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        Ok(ids)
     }
 
     fn unfinished_jobs(&self) -> Result<Vec<Job>, StorageError> {
-        let terminal: Vec<&str> = JobStatus::TERMINAL.iter().map(|s| s.as_str()).collect();
         let mut client = self.lock();
+        // Written out, so the partial index of active jobs serves it.
         let rows = client
             .query(
-                "SELECT id, body FROM jobs WHERE status <> ALL($1) ORDER BY created_at",
-                &[&terminal],
+                "SELECT id, body FROM jobs
+                 WHERE status NOT IN ('finished', 'failed', 'quarantined', 'cancelled')
+                 ORDER BY created_at",
+                &[],
             )
             .map_err(backend)?;
         let mut jobs = Vec::with_capacity(rows.len());

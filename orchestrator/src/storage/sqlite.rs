@@ -6,8 +6,10 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
+use super::list::Arg;
 use super::{JobFilter, JobWrite, PendingWebhook, Storage, StorageError};
 
+mod readers;
 mod registry;
 use crate::job::{Job, JobEvent};
 
@@ -27,8 +29,19 @@ CREATE TABLE IF NOT EXISTS jobs (
     version     INTEGER NOT NULL,
     body        TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS jobs_owner_created ON jobs (owner, created_at);
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+-- One index per filter of the job list (owner; owner + status; owner +
+-- blueprint), each in the list's order, so a page reads only its rows.
+CREATE INDEX IF NOT EXISTS jobs_owner_created_id ON jobs (owner, created_at, id);
+CREATE INDEX IF NOT EXISTS jobs_owner_status_created ON jobs (owner, status, created_at, id);
+CREATE INDEX IF NOT EXISTS jobs_owner_blueprint_created ON jobs (owner, blueprint, created_at, id);
+DROP INDEX IF EXISTS jobs_owner_created;
+-- Jobs that have not ended, for the start (a few, out of millions).
+CREATE INDEX IF NOT EXISTS jobs_active ON jobs (created_at)
+    WHERE status NOT IN ('finished', 'failed', 'quarantined', 'cancelled');
+DROP INDEX IF EXISTS jobs_status;
+-- Ended jobs by when they last changed, for retention.
+CREATE INDEX IF NOT EXISTS jobs_ended_updated ON jobs (updated_at)
+    WHERE status IN ('finished', 'failed', 'cancelled');
 CREATE TABLE IF NOT EXISTS job_events (
     job_id  TEXT NOT NULL,
     seq     INTEGER PRIMARY KEY,
@@ -72,7 +85,10 @@ CREATE TABLE IF NOT EXISTS blueprint_versions (
 "#;
 
 pub struct SqliteStorage {
+    /// The one writer.
     conn: Mutex<Connection>,
+    /// Reads of jobs and their history, never on the writer's connection.
+    readers: readers::Readers,
     path: String,
 }
 
@@ -88,8 +104,10 @@ impl SqliteStorage {
         }
         let conn = Connection::open(path)
             .map_err(|e| backend(format!("cannot open {}: {e}", path.display())))?;
+        // `auto_vacuum` takes effect only in a new file (before its first
+        // table): space freed by retention then goes back to the file system.
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
+            "PRAGMA auto_vacuum = INCREMENTAL; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
         )
         .map_err(backend)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
@@ -108,6 +126,7 @@ impl SqliteStorage {
         }
         Ok(Self {
             conn: Mutex::new(conn),
+            readers: readers::Readers::new(path.to_path_buf()),
             path: path.display().to_string(),
         })
     }
@@ -214,71 +233,84 @@ impl Storage for SqliteStorage {
     }
 
     fn get_job(&self, id: Uuid) -> Result<Option<Job>, StorageError> {
-        let conn = self.lock();
-        let body: Option<String> = conn
-            .prepare_cached("SELECT body FROM jobs WHERE id = ?1")
-            .map_err(backend)?
-            .query_row([id.to_string()], |r| r.get(0))
-            .optional()
-            .map_err(backend)?;
+        let body: Option<String> = self.readers.read(|conn| {
+            conn.prepare_cached("SELECT body FROM jobs WHERE id = ?1")
+                .map_err(backend)?
+                .query_row([id.to_string()], |r| r.get(0))
+                .optional()
+                .map_err(backend)
+        })?;
         body.map(decode).transpose()
     }
 
     fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, StorageError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT body FROM jobs WHERE (?1 IS NULL OR owner = ?1) AND (?2 IS NULL OR status = ?2)
-                 AND (?5 IS NULL OR blueprint = ?5)
-                 ORDER BY created_at DESC, id DESC LIMIT ?3 OFFSET ?4",
-            )
-            .map_err(backend)?;
-        let rows = stmt
-            .query_map(
-                params![
-                    filter.owner,
-                    filter.status.map(|s| s.as_str()),
-                    filter.limit.min(i64::MAX as usize) as i64,
-                    // Past i64::MAX SQLite would read a negative offset as none.
-                    filter.offset.min(i64::MAX as usize) as i64,
-                    filter.blueprint
-                ],
-                |r| r.get::<_, String>(0),
-            )
-            .map_err(backend)?;
-        rows.map(|r| r.map_err(backend).and_then(decode)).collect()
+        let (sql, args) = super::list::list_query(filter, super::list::Dialect::Sqlite);
+        let args: Vec<rusqlite::types::Value> = args
+            .into_iter()
+            .map(|arg| match arg {
+                Arg::Text(s) => s.into(),
+                Arg::Int(n) => n.into(),
+                // As the columns hold them.
+                Arg::Time(t) => t.to_rfc3339().into(),
+                Arg::Id(id) => id.to_string().into(),
+            })
+            .collect();
+        self.readers.read(|conn| {
+            let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                    r.get::<_, String>(0)
+                })
+                .map_err(backend)?;
+            rows.map(|r| r.map_err(backend).and_then(decode)).collect()
+        })
     }
 
     fn job_events(&self, id: Uuid) -> Result<Vec<JobEvent>, StorageError> {
-        let conn = self.lock();
-        let mut stmt = conn
+        self.readers.read(|conn| events_on(conn, id))
+    }
+
+    fn delete_ended(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<Uuid>, StorageError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(backend)?;
+        let ids: Vec<String> = tx
             .prepare_cached(
-                "SELECT at, event, message, task FROM job_events WHERE job_id = ?1 ORDER BY seq",
+                "SELECT id FROM jobs WHERE status IN ('finished', 'failed', 'cancelled')
+                 AND updated_at < ?1 ORDER BY updated_at LIMIT ?2",
             )
+            .map_err(backend)?
+            .query_map(
+                params![before.to_rfc3339(), limit.min(i64::MAX as usize) as i64],
+                |r| r.get(0),
+            )
+            .map_err(backend)?
+            .collect::<Result<_, _>>()
             .map_err(backend)?;
-        let rows = stmt
-            .query_map([id.to_string()], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                ))
-            })
-            .map_err(backend)?;
-        rows.map(|r| {
-            let (at, event, message, task) = r.map_err(backend)?;
-            let at = chrono::DateTime::parse_from_rfc3339(&at)
-                .map_err(|e| StorageError::Corrupt(e.to_string()))?
-                .with_timezone(&chrono::Utc);
-            Ok(JobEvent {
-                at,
-                event,
-                message,
-                task: JobEvent::task_from_json(task),
-            })
-        })
-        .collect()
+        for sql in [
+            "DELETE FROM job_events WHERE job_id = ?1",
+            "DELETE FROM webhooks WHERE job_id = ?1",
+            "DELETE FROM jobs WHERE id = ?1",
+        ] {
+            let mut stmt = tx.prepare_cached(sql).map_err(backend)?;
+            for id in &ids {
+                stmt.execute([id]).map_err(backend)?;
+            }
+        }
+        tx.commit().map_err(backend)?;
+        if !ids.is_empty() {
+            // Gives freed pages back to the file system, a little at a time
+            // (databases created with `auto_vacuum = INCREMENTAL`; others
+            // reuse them for new jobs).
+            conn.execute_batch("PRAGMA incremental_vacuum(512)")
+                .map_err(backend)?;
+        }
+        ids.iter()
+            .map(|id| Uuid::parse_str(id).map_err(|e| StorageError::Corrupt(e.to_string())))
+            .collect()
     }
 
     fn unfinished_jobs(&self) -> Result<Vec<Job>, StorageError> {
@@ -317,4 +349,36 @@ impl Storage for SqliteStorage {
     fn describe(&self) -> String {
         format!("SQLite storage at {}", self.path)
     }
+}
+
+/// A job's history, oldest first.
+fn events_on(conn: &Connection, id: Uuid) -> Result<Vec<JobEvent>, StorageError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT at, event, message, task FROM job_events WHERE job_id = ?1 ORDER BY seq",
+        )
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map([id.to_string()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        })
+        .map_err(backend)?;
+    rows.map(|r| {
+        let (at, event, message, task) = r.map_err(backend)?;
+        let at = chrono::DateTime::parse_from_rfc3339(&at)
+            .map_err(|e| StorageError::Corrupt(e.to_string()))?
+            .with_timezone(&chrono::Utc);
+        Ok(JobEvent {
+            at,
+            event,
+            message,
+            task: JobEvent::task_from_json(task),
+        })
+    })
+    .collect()
 }

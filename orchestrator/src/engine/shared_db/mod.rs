@@ -13,6 +13,7 @@
 //! - `LISTEN/NOTIFY` wakes long-polls and `?wait=` on every instance (a
 //!   hint: they also look again every [`FALLBACK_POLL`]).
 
+mod reads;
 mod scratch;
 mod sessions;
 

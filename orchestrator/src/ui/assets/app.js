@@ -185,17 +185,21 @@ function stream(url, handlers) {
 function jobsPage(query) {
   const status = query.get('status') || '';
   const blueprint = query.get('blueprint') || '';
-  const page = Math.max(0, parseInt(query.get('page') || '0', 10) || 0);
+  // Older pages are found by cursor: `after` is the `next` of the page
+  // before, `page` only numbers the rows shown.
+  const after = query.get('after') || '';
+  const page = after ? Math.max(1, parseInt(query.get('page') || '1', 10) || 1) : 0;
   const go = (changes) => {
-    const q = new URLSearchParams({ status, blueprint, page: String(page), ...changes });
+    const q = new URLSearchParams({ status, blueprint, page: String(page), after, ...changes });
+    if (!q.get('after')) q.delete('page');
     for (const [k, v] of [...q]) if (!v || (k === 'page' && v === '0')) q.delete(k);
     location.hash = `#/jobs${q.toString() ? `?${q}` : ''}`;
   };
 
-  const statusSelect = h('select', { id: 'filter-status', onchange: (e) => go({ status: e.target.value, page: '0' }) },
+  const statusSelect = h('select', { id: 'filter-status', onchange: (e) => go({ status: e.target.value, page: '0', after: '' }) },
     h('option', { value: '' }, 'Any status'),
     STATUSES.map((st) => h('option', { value: st, selected: st === status }, st.replace(/_/g, ' '))));
-  const blueprintSelect = h('select', { id: 'filter-blueprint', onchange: (e) => go({ blueprint: e.target.value, page: '0' }) },
+  const blueprintSelect = h('select', { id: 'filter-blueprint', onchange: (e) => go({ blueprint: e.target.value, page: '0', after: '' }) },
     h('option', { value: '' }, 'Any blueprint'));
   const search = h('input', { id: 'search-id', placeholder: 'Job id', size: 38 });
   const searchError = h('span', { class: 'error', id: 'search-error' });
@@ -216,8 +220,9 @@ function jobsPage(query) {
   const table = h('table', { id: 'jobs' },
     h('thead', {}, h('tr', {}, ['Job', 'Blueprint', 'Status', 'State', 'Created', 'Took'].map((t) => h('th', {}, t)))),
     tbody);
-  const prev = h('button', { id: 'prev', disabled: page === 0, onclick: () => go({ page: String(page - 1) }) }, '← Newer');
-  const next = h('button', { id: 'next', disabled: true, onclick: () => go({ page: String(page + 1) }) }, 'Older →');
+  let older = null;
+  const prev = h('button', { id: 'prev', disabled: page === 0, onclick: () => go({ page: '0', after: '' }) }, '← Newest');
+  const next = h('button', { id: 'next', disabled: true, onclick: () => older && go({ page: String(page + 1), after: older }) }, 'Older →');
   const info = h('span', { class: 'muted', id: 'page-info' });
   const charts = liveCharts();
 
@@ -242,15 +247,17 @@ function jobsPage(query) {
     h('td', { class: 'cell-took' }, ENDED.has(job.status) ? took(job.created_at, job.finished_at || job.updated_at) : '…'));
 
   const load = async () => {
-    const q = new URLSearchParams({ limit: String(PAGE_SIZE), offset: String(page * PAGE_SIZE) });
+    const q = new URLSearchParams({ limit: String(PAGE_SIZE) });
+    if (after) q.set('after', after);
     if (status) q.set('status', status);
     if (blueprint) q.set('blueprint', blueprint);
     try {
-      const { jobs } = await api(`${API}/jobs?${q}`);
+      const { jobs, next: cursor } = await api(`${API}/jobs?${q}`);
+      older = cursor;
       shown.clear();
       tbody.replaceChildren(...jobs.map((j) => { const r = row(j); shown.set(j.id, r); return r; }));
       if (!jobs.length) tbody.append(h('tr', {}, h('td', { colspan: 6, class: 'muted' }, 'No jobs here yet.')));
-      next.disabled = jobs.length < PAGE_SIZE;
+      next.disabled = !cursor;
       info.textContent = jobs.length ? `${page * PAGE_SIZE + 1}–${page * PAGE_SIZE + jobs.length}` : '';
     } catch (e) {
       failed(e);

@@ -1,0 +1,92 @@
+//! Retention: finished, failed and cancelled jobs that last changed longer
+//! ago than `finished_job_retention` are deleted with their history and
+//! webhooks, a small batch per transaction with a pause between batches, so
+//! the writer is never held for long. Quarantined jobs are kept until
+//! someone handles them. On a shared PostgreSQL database one instance at a
+//! time deletes (a transaction-scoped advisory lock); the others skip.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use uuid::Uuid;
+
+use super::Shared;
+
+/// Jobs deleted per transaction.
+pub const BATCH: usize = 256;
+/// Pause between two batches of one pass: the writer's turn.
+const BETWEEN_BATCHES: Duration = Duration::from_millis(20);
+/// Longest time between two passes.
+const MAX_TICK: Duration = Duration::from_secs(60);
+
+/// Runs passes until the engine stops: every minute, or twice per
+/// retention when it is shorter.
+pub(crate) async fn run(shared: Arc<Shared>, keep: Duration) {
+    let tick = (keep / 2).clamp(Duration::from_secs(1), MAX_TICK);
+    tracing::info!(
+        "ended jobs are deleted {} after they last changed (finished_job_retention)",
+        humantime::format_duration(keep)
+    );
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = shared.stopping.cancelled() => return,
+        }
+        let Ok(keep) = chrono::Duration::from_std(keep) else {
+            return;
+        };
+        let before = Utc::now() - keep;
+        let mut deleted = 0usize;
+        loop {
+            match delete_batch(&shared, before).await {
+                Ok(ids) => {
+                    deleted += ids.len();
+                    forget(&shared, &ids);
+                    if ids.len() < BATCH {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("deleting expired jobs failed (tried again in {tick:?}): {e}");
+                    break;
+                }
+            }
+            tokio::time::sleep(BETWEEN_BATCHES).await;
+        }
+        if deleted > 0 {
+            tracing::info!("deleted {deleted} ended job(s) past finished_job_retention");
+        }
+    }
+}
+
+async fn delete_batch(
+    shared: &Arc<Shared>,
+    before: chrono::DateTime<Utc>,
+) -> Result<Vec<Uuid>, String> {
+    if let Some(db) = &shared.db {
+        return db
+            .delete_ended(before, BATCH)
+            .await
+            .map_err(|e| e.to_string());
+    }
+    let storage = shared.storage.clone();
+    tokio::task::spawn_blocking(move || storage.delete_ended(before, BATCH))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+/// Drops deleted jobs from this instance's memory, so a read of one is 404
+/// as it is from storage.
+fn forget(shared: &Shared, ids: &[Uuid]) {
+    if ids.is_empty() || shared.db.is_some() {
+        return;
+    }
+    let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    for id in ids {
+        if st.jobs.get(id).is_some_and(|j| j.status.is_terminal()) {
+            st.jobs.remove(id);
+        }
+    }
+}
