@@ -323,3 +323,41 @@ async fn a_dashboard_sign_out_on_one_instance_ends_the_session_on_all() {
         assert!(!log.contains("panicked"), "{log}");
     }
 }
+
+/// The job list on PostgreSQL: filters and cursor pages read through
+/// either instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_list_pages_by_cursor_on_postgres() {
+    let mut a = Stack::on_postgres().await;
+    let mut b = Stack::new();
+    b.storage = a.storage.clone();
+    a.start_orchestrator();
+    a.wait_ready().await;
+    b.start_orchestrator();
+    b.wait_ready().await;
+    let mut created = Vec::new();
+    for i in 0..5 {
+        created.push(a.create("/jobs/test", echo_body(&format!("{i}"), 1)).await);
+    }
+    created.reverse();
+    let mut seen = Vec::new();
+    let mut query = "/api/v1/jobs?limit=2&blueprint=test_flow".to_string();
+    loop {
+        let (status, page) = b.get(&query).await;
+        assert_eq!(status, 200, "{page}");
+        for job in page["jobs"].as_array().unwrap() {
+            seen.push(job["id"].as_str().unwrap().to_string());
+        }
+        match page["next"].as_str() {
+            Some(next) => query = format!("/api/v1/jobs?limit=2&blueprint=test_flow&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, created);
+    let (status, page) = b.get("/api/v1/jobs?status=finished").await;
+    assert_eq!(status, 200);
+    assert_eq!(page["jobs"], serde_json::json!([]), "none finished: {page}");
+    for log in [a.logs().0, b.logs().0] {
+        assert!(!log.contains("panicked"), "{log}");
+    }
+}
