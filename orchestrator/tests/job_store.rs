@@ -50,8 +50,11 @@ impl Drop for PgDatabase {
     }
 }
 
-/// Each backend, with what keeps it alive.
-fn backends() -> Vec<(&'static str, Arc<dyn Storage>, Box<dyn std::any::Any>)> {
+/// A backend's name, the store, and what keeps it alive (its directory or
+/// database).
+type Backend = (&'static str, Arc<dyn Storage>, Box<dyn std::any::Any>);
+
+fn backends() -> Vec<Backend> {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = Arc::new(SqliteStorage::open(&dir.path().join("jobs.db")).unwrap());
     let (pg, url) = PgDatabase::create();
@@ -131,7 +134,7 @@ fn every_filter_combination_pages_like_the_reference() {
                         .filter(|j| status.is_none_or(|s| j.status == s))
                         .filter(|j| blueprint.is_none_or(|b| j.blueprint == b))
                         .collect();
-                    want.sort_by(|a, b| (b.created_at, b.id).cmp(&(a.created_at, a.id)));
+                    want.sort_by_key(|j| std::cmp::Reverse((j.created_at, j.id)));
                     let want: Vec<Uuid> = want.iter().map(|j| j.id).collect();
                     let filter = JobFilter {
                         owner: owner.map(str::to_string),
