@@ -28,6 +28,7 @@
 //! auth_failures_per_minute = 30            # wrong tokens per peer address, then 429 (0: no limit)
 //! trusted_proxies = ["127.0.0.1"]          # their X-Forwarded-For names the peer (for the line above)
 //!
+//! webhook_lease_seconds = 120              # PostgreSQL: a webhook owed by a stopped instance is delivered by another after this
 //! finished_job_retention = "7d"            # ended jobs older than this are deleted ("0": keep all)
 //!
 //! max_plugin_bytes = 67108864              # largest plugin component uploaded
@@ -148,6 +149,7 @@ struct FileConfig {
     trusted_proxies: Vec<String>,
     max_plugin_bytes: Option<usize>,
     finished_job_retention: Option<Retention>,
+    webhook_lease_seconds: Option<f64>,
     runtime_threads: Option<usize>,
     orchestrator_secret_key: Option<String>,
     #[serde(default)]
@@ -239,6 +241,9 @@ pub struct Config {
     pub auth_failures_per_minute: u32,
     /// Proxies whose `X-Forwarded-For` names the peer for that limit.
     pub trusted_proxies: crate::api::throttle::TrustedProxies,
+    /// PostgreSQL: how long a webhook's delivering instance may go without
+    /// renewing it before another takes it over.
+    pub webhook_lease: std::time::Duration,
     /// Ended jobs older than this are deleted; `None`: kept for ever.
     pub finished_job_retention: Option<std::time::Duration>,
     /// Threads of the async runtime; `None`: one per core.
@@ -449,6 +454,11 @@ impl Config {
             )? as u32,
             trusted_proxies: crate::api::throttle::TrustedProxies::parse(&file.trusted_proxies)
                 .map_err(anyhow::Error::msg)?,
+            webhook_lease: crate::secs::timeout(
+                "webhook_lease_seconds",
+                file.webhook_lease_seconds
+                    .unwrap_or(crate::engine::DEFAULT_WEBHOOK_LEASE_SECS as f64),
+            )?,
             finished_job_retention: match (cli.finished_job_retention, file.finished_job_retention)
             {
                 (Some(text), _) | (None, Some(Retention::Text(text))) => retention(&text)?,

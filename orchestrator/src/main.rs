@@ -68,6 +68,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         max_webhooks_per_host: config.max_webhooks_per_host,
         max_plugin_bytes: config.max_plugin_bytes,
         finished_job_retention: config.finished_job_retention,
+        webhook_lease: config.webhook_lease,
         shared_database: match &config.storage {
             StorageConfig::Postgres(url) => Some(url.clone()),
             _ => None,

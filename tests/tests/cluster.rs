@@ -361,3 +361,51 @@ async fn the_job_list_pages_by_cursor_on_postgres() {
         assert!(!log.contains("panicked"), "{log}");
     }
 }
+
+/// A webhook owed by an instance killed before it could deliver it is
+/// delivered by another instance once its lease runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_owed_by_a_killed_instance_is_delivered_by_another() {
+    let config = "webhook_allowed_hosts = [\"127.0.0.1\"]\nwebhook_lease_seconds = 3\n";
+    let mut a = Stack::on_postgres().await;
+    let mut b = Stack::new();
+    b.storage = a.storage.clone();
+    a.start_configured(config, |_| {});
+    a.wait_ready().await;
+    a.start_worker();
+    a.wait_worker().await;
+    // Nothing listens at the receiver's port yet: A's attempts fail.
+    let receiver_port = free_port();
+    let (status, body) = a
+        .try_create(
+            "/jobs/test",
+            serde_json::json!({"initial_data": {"message": "m", "multiply": 1},
+                   "webhook_url": format!("http://127.0.0.1:{receiver_port}/hook")}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["job_id"].as_str().unwrap().to_string();
+    assert_eq!(a.finished(&id).await["status"], "finished");
+    wait_until(
+        "A to fail a delivery attempt",
+        Duration::from_secs(10),
+        || async { a.logs().0.contains("(attempt 1 of 5)") },
+    )
+    .await;
+    a.orchestrator.as_mut().unwrap().kill9();
+    let got = webhook_receiver(receiver_port).await;
+    b.start_configured(config, |_| {});
+    b.wait_ready().await;
+    wait_until(
+        "B to deliver A's webhook",
+        Duration::from_secs(20),
+        || async { !got.lock().unwrap().is_empty() },
+    )
+    .await;
+    let hooks = got.lock().unwrap().clone();
+    assert_eq!(hooks[0]["job_id"], id.as_str(), "{hooks:?}");
+    assert_eq!(hooks[0]["status"], "finished", "{hooks:?}");
+    let log = b.logs().0;
+    assert!(log.contains("owed by an instance that stopped"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}

@@ -89,6 +89,9 @@ pub struct EngineSettings {
     pub channel_grace: Duration,
     /// Ended jobs kept in memory for fast reads; older ones are read from storage.
     pub finished_jobs_in_memory: usize,
+    /// On a shared database: a webhook whose delivering instance has not
+    /// renewed its lease for this long is taken over by another instance.
+    pub webhook_lease: Duration,
     /// Finished, failed and cancelled jobs that last changed longer ago than
     /// this are deleted with their history ([`retention`]); `None`: kept.
     pub finished_job_retention: Option<Duration>,
@@ -117,9 +120,14 @@ impl Default for EngineSettings {
             shared_database: None,
             finished_jobs_in_memory: 10_000,
             finished_job_retention: None,
+            webhook_lease: Duration::from_secs(DEFAULT_WEBHOOK_LEASE_SECS),
         }
     }
 }
+
+/// Default of [`EngineSettings::webhook_lease`]: longer than a delivery's
+/// five attempts with their pauses (about 65 s at most).
+pub const DEFAULT_WEBHOOK_LEASE_SECS: u64 = 120;
 
 /// Default of [`EngineSettings::max_active_jobs_per_client`].
 pub const DEFAULT_MAX_ACTIVE_JOBS_PER_CLIENT: usize = 10_000;

@@ -123,6 +123,12 @@ impl Webhook {
             .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
             .unwrap_or_default();
         for attempt in 1..=ATTEMPTS {
+            // On a shared database: still ours (see `shared_db::webhooks`).
+            if let Some(db) = &shared.db
+                && let Err(e) = db.renew_webhook(job_id).await
+            {
+                tracing::warn!(%job_id, "cannot renew the lease of a webhook: {e}");
+            }
             // The client's place, then the host's, then the server's: a try
             // waiting for its client or host holds none of the server's.
             let Some(_client) = shared.webhook_clients.acquire(&self.owner).await else {

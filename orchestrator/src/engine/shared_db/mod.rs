@@ -16,6 +16,7 @@
 mod reads;
 mod scratch;
 mod sessions;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -659,6 +660,9 @@ impl SharedDb {
     /// row is claimed by exactly one.
     pub(crate) async fn maintenance_loop(self: Arc<Self>, shared: Arc<Shared>) {
         let mut last_prune = Instant::now();
+        let lease = shared.settings.webhook_lease;
+        let takeover_every = (lease / 4).clamp(Duration::from_secs(1), Duration::from_secs(10));
+        let mut last_takeover = Instant::now() - takeover_every;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(TICK) => {}
@@ -676,6 +680,24 @@ impl SharedDb {
             }
             if let Err(e) = self.expire_workers(&shared).await {
                 tracing::warn!("expiring workers failed: {e}");
+            }
+            if last_takeover.elapsed() >= takeover_every {
+                last_takeover = Instant::now();
+                match self.orphaned_webhooks(lease).await {
+                    Ok(orphans) => {
+                        if !orphans.is_empty() {
+                            tracing::info!(
+                                "delivering {} webhook(s) owed by an instance that stopped (lease of {lease:?} ran out)",
+                                orphans.len()
+                            );
+                        }
+                        for pending in orphans {
+                            let hook = super::webhook::Webhook::from_pending(pending);
+                            tokio::spawn(hook.deliver(shared.clone()));
+                        }
+                    }
+                    Err(e) => tracing::warn!("looking for orphaned webhooks failed: {e}"),
+                }
             }
             if last_prune.elapsed() > Duration::from_secs(10) {
                 last_prune = Instant::now();
