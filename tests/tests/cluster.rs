@@ -409,3 +409,77 @@ async fn a_webhook_owed_by_a_killed_instance_is_delivered_by_another() {
     assert!(log.contains("owed by an instance that stopped"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
 }
+
+/// Two different blueprint texts put through two instances at the same
+/// moment become two versions, and each instance serves the same text for
+/// each version number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_deploys_through_two_instances_get_distinct_versions() {
+    let mut a = Stack::on_postgres().await;
+    let mut b = Stack::new();
+    b.storage = a.storage.clone();
+    a.start_orchestrator();
+    a.wait_ready().await;
+    b.start_orchestrator();
+    b.wait_ready().await;
+    let flow = |word: &str| {
+        one_task_flow("echo_task")
+            .replace("one_echo_task", "raced")
+            .replace("/jobs/one/echo_task", "/jobs/raced")
+            .replace(
+                "dispatch.params.bytes = \"initial.bytes\"",
+                &format!("dispatch.params.message = \"'{word}'\""),
+            )
+            .replace("dispatch.params.ms = \"initial.ms\"\n", "")
+    };
+    let put = |stack: &Stack, text: String| {
+        let request = stack
+            .http
+            .put(format!("{}/api/v1/blueprints/raced", stack.base))
+            .header("X-Client-Token", DEPLOY_TOKEN)
+            .body(text);
+        async move {
+            let resp = request.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    for round in 0..5 {
+        let (through_a, through_b) = tokio::join!(
+            put(&a, flow(&format!("a{round}"))),
+            put(&b, flow(&format!("b{round}")))
+        );
+        assert_eq!(through_a.0, 201, "{through_a:?}");
+        assert_eq!(through_b.0, 201, "{through_b:?}");
+        assert_ne!(
+            through_a.1["version"], through_b.1["version"],
+            "round {round}: {through_a:?} {through_b:?}"
+        );
+    }
+    // Every version, read through either instance, is the same text.
+    wait_until(
+        "both instances to know all ten versions",
+        Duration::from_secs(10),
+        || async {
+            let mut all = true;
+            for version in 1..=10 {
+                let path = format!("/api/v1/blueprints/raced?version={version}");
+                all &= a.get(&path).await.0 == 200 && b.get(&path).await.0 == 200;
+            }
+            all
+        },
+    )
+    .await;
+    let mut words = BTreeSet::new();
+    for version in 1..=10 {
+        let path = format!("/api/v1/blueprints/raced?version={version}");
+        let (_, from_a) = a.get(&path).await;
+        let (_, from_b) = b.get(&path).await;
+        assert_eq!(from_a["text"], from_b["text"], "version {version}");
+        words.insert(from_a["text"].as_str().unwrap().to_string());
+    }
+    assert_eq!(words.len(), 10, "ten different texts");
+    for log in [a.logs().0, b.logs().0] {
+        assert!(!log.contains("panicked"), "{log}");
+    }
+}

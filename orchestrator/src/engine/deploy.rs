@@ -94,7 +94,9 @@ impl Engine {
             created_at: bp.created_at,
         };
         let storage = self.shared.storage.clone();
-        tokio::task::spawn_blocking(move || storage.put_blueprint(&row))
+        // The number the database gave it (another instance may have taken
+        // the one this catalog would give).
+        bp.version = tokio::task::spawn_blocking(move || storage.put_blueprint(&row))
             .await
             .map_err(|e| StorageError::Backend(e.to_string()))??;
         let bp = catalog.install(bp);

@@ -220,13 +220,18 @@ impl PluginRegistry {
             uploaded_by: by.to_string(),
         };
         let stored = row.clone();
-        tokio::task::spawn_blocking(move || storage.put_plugin(&stored, &component))
+        // The number the database gave it (another instance sharing it may
+        // have taken the one counted here).
+        let version = tokio::task::spawn_blocking(move || storage.put_plugin(&stored, &component))
             .await
             .map_err(|e| StorageError::Backend(e.to_string()))??;
+        let row = PluginVersionRow { version, ..row };
         {
             let mut plugins = self.lock();
             let entry = plugins.entry(name.to_string()).or_default();
+            entry.versions.retain(|v| v.version != version);
             entry.versions.push(row.clone());
+            entry.versions.sort_by_key(|v| v.version);
             entry.current = Some(version);
         }
         self.publish();

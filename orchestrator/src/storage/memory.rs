@@ -130,15 +130,27 @@ impl RegistryStorage for MemoryStorage {
         Ok(self.lock().registry.clone())
     }
 
-    fn put_plugin(&self, row: &PluginVersionRow, component: &[u8]) -> Result<(), StorageError> {
+    fn put_plugin(&self, row: &PluginVersionRow, component: &[u8]) -> Result<u32, StorageError> {
         let mut inner = self.lock();
         inner
             .components
             .entry(row.sha256.clone())
             .or_insert_with(|| component.to_vec());
-        inner.registry.plugins.push(row.clone());
+        let version = 1 + inner
+            .registry
+            .plugins
+            .iter()
+            .filter(|p| p.name == row.name)
+            .map(|p| p.version)
+            .max()
+            .unwrap_or(0);
+        inner.registry.plugins.push(PluginVersionRow {
+            version,
+            ..row.clone()
+        });
         drop(inner);
-        self.set_plugin_current(&row.name, Some(row.version))
+        self.set_plugin_current(&row.name, Some(version))?;
+        Ok(version)
     }
 
     fn set_plugin_current(&self, name: &str, version: Option<u32>) -> Result<(), StorageError> {
@@ -152,8 +164,21 @@ impl RegistryStorage for MemoryStorage {
         Ok(self.lock().components.get(sha256).cloned())
     }
 
-    fn put_blueprint(&self, row: &BlueprintRow) -> Result<(), StorageError> {
-        self.lock().registry.blueprints.push(row.clone());
-        Ok(())
+    fn put_blueprint(&self, row: &BlueprintRow) -> Result<u32, StorageError> {
+        let blueprints = &mut self.lock().registry.blueprints;
+        let latest = blueprints
+            .iter()
+            .filter(|b| b.name == row.name)
+            .max_by_key(|b| b.version);
+        let version = match latest {
+            Some(b) if b.text == row.text => return Ok(b.version),
+            Some(b) => b.version + 1,
+            None => 1,
+        };
+        blueprints.push(BlueprintRow {
+            version,
+            ..row.clone()
+        });
+        Ok(version)
     }
 }

@@ -49,8 +49,10 @@ pub const COMPONENT_CHUNK: usize = 256 << 10;
 pub trait RegistryStorage {
     fn registry_rows(&self) -> Result<RegistryRows, StorageError>;
     /// Stores a new version (and its component, unless a version with the
-    /// same hash has it already) and makes it the one offered.
-    fn put_plugin(&self, row: &PluginVersionRow, component: &[u8]) -> Result<(), StorageError>;
+    /// same hash has it already) and makes it the one offered. The number is
+    /// allocated here, one more than the largest stored (`row.version` is
+    /// ignored), atomically among instances sharing the database; returned.
+    fn put_plugin(&self, row: &PluginVersionRow, component: &[u8]) -> Result<u32, StorageError>;
     /// Which version of `name` is offered (`None`: none).
     fn set_plugin_current(&self, name: &str, version: Option<u32>) -> Result<(), StorageError>;
     fn plugin_component(&self, sha256: &str) -> Result<Option<Vec<u8>>, StorageError>;
@@ -75,5 +77,9 @@ pub trait RegistryStorage {
         }
         Ok(true)
     }
-    fn put_blueprint(&self, row: &BlueprintRow) -> Result<(), StorageError>;
+    /// Stores `row.text` as the next version of `row.name` and returns its
+    /// number, allocated here atomically among instances sharing the
+    /// database (`row.version` is ignored); when the latest stored version
+    /// has the same text, stores nothing and returns that version's number.
+    fn put_blueprint(&self, row: &BlueprintRow) -> Result<u32, StorageError>;
 }

@@ -58,9 +58,23 @@ impl RegistryStorage for PostgresStorage {
         Ok(rows)
     }
 
-    fn put_plugin(&self, row: &PluginVersionRow, component: &[u8]) -> Result<(), StorageError> {
+    fn put_plugin(&self, row: &PluginVersionRow, component: &[u8]) -> Result<u32, StorageError> {
         let mut client = self.lock();
         let mut tx = client.transaction().map_err(backend)?;
+        // One upload of a name at a time across instances: each takes the
+        // next number.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('plugin:' || $1))",
+            &[&row.name],
+        )
+        .map_err(backend)?;
+        let version: i32 = tx
+            .query_one(
+                "SELECT coalesce(max(version), 0) + 1 FROM plugin_versions WHERE name = $1",
+                &[&row.name],
+            )
+            .map_err(backend)?
+            .get(0);
         tx.execute(
             "INSERT INTO plugin_components (sha256, bytes) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             &[&row.sha256, &component],
@@ -71,7 +85,7 @@ impl RegistryStorage for PostgresStorage {
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
             &[
                 &row.name,
-                &(row.version as i32),
+                &version,
                 &row.sha256,
                 &(row.size as i64),
                 &row.manifest,
@@ -83,10 +97,11 @@ impl RegistryStorage for PostgresStorage {
         tx.execute(
             "INSERT INTO plugin_current (name, version) VALUES ($1, $2)
              ON CONFLICT (name) DO UPDATE SET version = excluded.version",
-            &[&row.name, &(row.version as i32)],
+            &[&row.name, &version],
         )
         .map_err(backend)?;
-        tx.commit().map_err(backend)
+        tx.commit().map_err(backend)?;
+        Ok(version.max(0) as u32)
     }
 
     fn set_plugin_current(&self, name: &str, version: Option<u32>) -> Result<(), StorageError> {
@@ -111,22 +126,37 @@ impl RegistryStorage for PostgresStorage {
             .map(|r| r.get(0)))
     }
 
-    fn put_blueprint(&self, row: &BlueprintRow) -> Result<(), StorageError> {
-        self.lock()
-            .execute(
-                // Instances starting together from the same files store the
-                // same first version once.
-                "INSERT INTO blueprint_versions (name, version, text, origin, created_at)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name, version) DO NOTHING",
-                &[
-                    &row.name,
-                    &(row.version as i32),
-                    &row.text,
-                    &row.origin,
-                    &row.created_at,
-                ],
+    fn put_blueprint(&self, row: &BlueprintRow) -> Result<u32, StorageError> {
+        let mut client = self.lock();
+        let mut tx = client.transaction().map_err(backend)?;
+        // One deploy of a name at a time across instances: two different
+        // texts get two numbers; the same text as the latest (instances
+        // starting together from the same files) is stored once.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('blueprint:' || $1))",
+            &[&row.name],
+        )
+        .map_err(backend)?;
+        let latest = tx
+            .query_opt(
+                "SELECT version, text FROM blueprint_versions WHERE name = $1
+                 ORDER BY version DESC LIMIT 1",
+                &[&row.name],
             )
-            .map(|_| ())
-            .map_err(backend)
+            .map_err(backend)?
+            .map(|r| (r.get::<_, i32>(0), r.get::<_, String>(1)));
+        let version = match latest {
+            Some((version, text)) if text == row.text => return Ok(version.max(0) as u32),
+            Some((version, _)) => version + 1,
+            None => 1,
+        };
+        tx.execute(
+            "INSERT INTO blueprint_versions (name, version, text, origin, created_at)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[&row.name, &version, &row.text, &row.origin, &row.created_at],
+        )
+        .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        Ok(version.max(0) as u32)
     }
 }

@@ -85,9 +85,16 @@ impl RegistryStorage for SqliteStorage {
         Ok(rows)
     }
 
-    fn put_plugin(&self, row: &PluginVersionRow, component: &[u8]) -> Result<(), StorageError> {
+    fn put_plugin(&self, row: &PluginVersionRow, component: &[u8]) -> Result<u32, StorageError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(backend)?;
+        let version: u32 = tx
+            .query_row(
+                "SELECT coalesce(max(version), 0) + 1 FROM plugin_versions WHERE name = ?1",
+                params![row.name],
+                |r| r.get(0),
+            )
+            .map_err(backend)?;
         tx.execute(
             "INSERT OR IGNORE INTO plugin_components (sha256, bytes) VALUES (?1, ?2)",
             params![row.sha256, component],
@@ -98,7 +105,7 @@ impl RegistryStorage for SqliteStorage {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 row.name,
-                row.version,
+                version,
                 row.sha256,
                 row.size as i64,
                 row.manifest,
@@ -109,10 +116,11 @@ impl RegistryStorage for SqliteStorage {
         .map_err(backend)?;
         tx.execute(
             "INSERT OR REPLACE INTO plugin_current (name, version) VALUES (?1, ?2)",
-            params![row.name, row.version],
+            params![row.name, version],
         )
         .map_err(backend)?;
-        tx.commit().map_err(backend)
+        tx.commit().map_err(backend)?;
+        Ok(version)
     }
 
     fn set_plugin_current(&self, name: &str, version: Option<u32>) -> Result<(), StorageError> {
@@ -178,20 +186,36 @@ impl RegistryStorage for SqliteStorage {
         Ok(true)
     }
 
-    fn put_blueprint(&self, row: &BlueprintRow) -> Result<(), StorageError> {
-        self.lock()
-            .execute(
-                "INSERT INTO blueprint_versions (name, version, text, origin, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    row.name,
-                    row.version,
-                    row.text,
-                    row.origin,
-                    row.created_at.to_rfc3339()
-                ],
+    fn put_blueprint(&self, row: &BlueprintRow) -> Result<u32, StorageError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(backend)?;
+        let latest: Option<(u32, String)> = tx
+            .query_row(
+                "SELECT version, text FROM blueprint_versions WHERE name = ?1
+                 ORDER BY version DESC LIMIT 1",
+                params![row.name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
-            .map(|_| ())
-            .map_err(backend)
+            .optional()
+            .map_err(backend)?;
+        let version = match latest {
+            Some((version, text)) if text == row.text => return Ok(version),
+            Some((version, _)) => version + 1,
+            None => 1,
+        };
+        tx.execute(
+            "INSERT INTO blueprint_versions (name, version, text, origin, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                row.name,
+                version,
+                row.text,
+                row.origin,
+                row.created_at.to_rfc3339()
+            ],
+        )
+        .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        Ok(version)
     }
 }
