@@ -483,3 +483,55 @@ async fn concurrent_deploys_through_two_instances_get_distinct_versions() {
         assert!(!log.contains("panicked"), "{log}");
     }
 }
+
+/// Every session the orchestrator has with the database is ended by the
+/// server (as a restart of PostgreSQL does): it reconnects by itself, and
+/// reads, jobs and deploys work again without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_orchestrator_reconnects_when_the_database_ends_its_sessions() {
+    let mut stack = Stack::on_postgres().await;
+    stack.start().await;
+    let first = stack.create("/jobs/test", echo_body("before", 1)).await;
+    assert_eq!(stack.finished(&first).await["status"], "finished");
+    let name = stack.storage.rsplit('/').next().unwrap().to_string();
+    let admin = db(&support::pg::admin_url()).await;
+    let ended = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            &[&name],
+        )
+        .await
+        .unwrap();
+    assert!(ended.len() >= 2, "the orchestrator had sessions open");
+    wait_until(
+        "the job list to answer again",
+        Duration::from_secs(15),
+        || async { stack.get("/api/v1/jobs").await.0 == 200 },
+    )
+    .await;
+    let after = stack.create("/jobs/test", echo_body("after", 2)).await;
+    let job = stack.finished(&after).await;
+    assert_eq!(job["status"], "finished", "{job}");
+    // Deploys use the registry's connection.
+    wait_until(
+        "a blueprint deploy to work again",
+        Duration::from_secs(15),
+        || async {
+            stack
+                .http
+                .put(format!("{}/api/v1/blueprints/after_reconnect", stack.base))
+                .header("X-Client-Token", DEPLOY_TOKEN)
+                .body(
+                    one_task_flow("echo_task")
+                        .replace("one_echo_task", "after_reconnect")
+                        .replace("/jobs/one/echo_task", "/jobs/after-reconnect"),
+                )
+                .send()
+                .await
+                .is_ok_and(|r| r.status().as_u16() == 201)
+        },
+    )
+    .await;
+    let (orchestrator, worker) = stack.logs();
+    assert!(!orchestrator.contains("panicked") && !worker.contains("panicked"));
+}

@@ -46,6 +46,7 @@ pub struct PostgresStorage {
     /// Never dropped: the blocking client owns a small runtime that may not
     /// be dropped inside the async runtime (at exit the OS closes the socket).
     client: Mutex<std::mem::ManuallyDrop<Client>>,
+    url: String,
     /// The URL without its password, for logs.
     shown: String,
 }
@@ -121,18 +122,43 @@ impl PostgresStorage {
     /// (`spawn_blocking`), as the engine does.
     pub fn open(url: &str) -> Result<Self, StorageError> {
         let shown = without_password(url);
-        let mut client = Client::connect(url, NoTls)
-            .map_err(|e| backend(format!("cannot connect to {shown}: {e}")))?;
+        let mut client =
+            connect(url).map_err(|e| backend(format!("cannot connect to {shown}: {e}")))?;
         migrate(&mut client).map_err(|e| backend(format!("migrating {shown}: {e}")))?;
         Ok(Self {
             client: Mutex::new(std::mem::ManuallyDrop::new(client)),
+            url: url.to_string(),
             shown,
         })
     }
 
+    /// The connection; a new one first when the last was closed (the server
+    /// restarted, or ended our session): the call that met the closed
+    /// connection failed, the next one works.
     fn lock(&self) -> std::sync::MutexGuard<'_, std::mem::ManuallyDrop<Client>> {
-        self.client.lock().unwrap_or_else(|p| p.into_inner())
+        let mut client = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        if client.is_closed() {
+            match connect(&self.url) {
+                Ok(fresh) => {
+                    let old = std::mem::replace(&mut *client, std::mem::ManuallyDrop::new(fresh));
+                    // Its runtime may not be dropped on an async thread.
+                    std::thread::spawn(move || drop(std::mem::ManuallyDrop::into_inner(old)));
+                    tracing::warn!("the connection to {} was closed; reconnected", self.shown);
+                }
+                Err(e) => tracing::warn!("cannot reconnect to {}: {e}", self.shown),
+            }
+        }
+        client
     }
+}
+
+/// Most time a connection may take to open.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn connect(url: &str) -> Result<Client, postgres::Error> {
+    let mut config: postgres::Config = url.parse()?;
+    config.connect_timeout(CONNECT_TIMEOUT);
+    config.connect(NoTls)
 }
 
 fn migrate(client: &mut Client) -> Result<(), postgres::Error> {

@@ -38,6 +38,8 @@ pub(crate) use sessions::StoredSession;
 pub const FALLBACK_POLL: Duration = Duration::from_millis(500);
 /// Notifications of events this close together go out as one.
 const NOTIFY_COALESCE: Duration = Duration::from_millis(2);
+/// Most time a request waits for a pooled connection.
+const POOL_WAIT: Duration = Duration::from_secs(10);
 /// How often each instance looks for due timers and expired workers.
 const TICK: Duration = Duration::from_millis(100);
 /// Attempts of one event that meets a conflict or a deadlock.
@@ -104,9 +106,10 @@ pub(crate) struct SharedDb {
 
 impl SharedDb {
     pub(crate) async fn connect(url: &str) -> Result<Arc<Self>, DbError> {
-        let config: tokio_postgres::Config = url
+        let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e: tokio_postgres::Error| DbError::Pool(e.to_string()))?;
+        config.connect_timeout(crate::storage::postgres::CONNECT_TIMEOUT);
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -114,8 +117,14 @@ impl SharedDb {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
+        // Waiting for a pooled connection, and opening one, are bounded: a
+        // database that does not answer fails the request (and the next one
+        // tries again) instead of holding it for ever.
         let pool = Pool::builder(manager)
             .max_size(16)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(crate::storage::postgres::CONNECT_TIMEOUT))
             .build()
             .map_err(|e| DbError::Pool(e.to_string()))?;
         let (notices, requests) = tokio::sync::mpsc::unbounded_channel();
