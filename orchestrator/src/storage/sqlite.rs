@@ -30,10 +30,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     body        TEXT NOT NULL
 );
 -- One index per filter of the job list (owner; owner + status; owner +
--- blueprint), each in the list's order, so a page reads only its rows.
+-- blueprint), each in the list's order, so a page reads only its rows. The
+-- blueprint one also holds the status: a list filtered by both skips the
+-- jobs of other statuses without reading them.
 CREATE INDEX IF NOT EXISTS jobs_owner_created_id ON jobs (owner, created_at, id);
 CREATE INDEX IF NOT EXISTS jobs_owner_status_created ON jobs (owner, status, created_at, id);
-CREATE INDEX IF NOT EXISTS jobs_owner_blueprint_created ON jobs (owner, blueprint, created_at, id);
+CREATE INDEX IF NOT EXISTS jobs_owner_blueprint_created ON jobs (owner, blueprint, created_at, id, status);
 DROP INDEX IF EXISTS jobs_owner_created;
 -- Jobs that have not ended, for the start (a few, out of millions).
 CREATE INDEX IF NOT EXISTS jobs_active ON jobs (created_at)
