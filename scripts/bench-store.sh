@@ -6,7 +6,7 @@
 #   3. `storebench reads`: the job list's first and deep pages with each
 #      filter, an old job by id, the dashboard's jobs page
 #   4. the echo flow (loadgen, 2 worker hosts) quiet, then while LISTERS
-#      clients list jobs in a loop
+#      clients list jobs in a loop (for LISTER_SECONDS; their rate is printed)
 # Release builds; not part of the tests.
 #
 #   JOBS=1000000 FLOW_JOBS=20000 LISTERS=10 ./scripts/bench-store.sh
@@ -15,6 +15,8 @@ cd "$(dirname "$0")/.."
 JOBS="${JOBS:-1000000}"
 FLOW_JOBS="${FLOW_JOBS:-20000}"
 LISTERS="${LISTERS:-10}"
+# How long the listers run: longer than the flow beside them.
+LISTER_SECONDS="${LISTER_SECONDS:-20}"
 PORT="${PORT:-18490}"
 RUN=".run/bench-store"
 DB="$RUN/store.db"
@@ -84,10 +86,9 @@ flow() {
 }
 flow
 echo "==> the echo flow while $LISTERS clients list jobs in a loop"
-./target/release/storebench listers --url "$URL" --token bench-client --clients "$LISTERS" --seconds 600 >"$RUN/listers.txt" &
+./target/release/storebench listers --url "$URL" --token bench-client --clients "$LISTERS" --seconds "$LISTER_SECONDS" &
 listers=$!
 sleep 1
 flow
-kill "$listers" 2>/dev/null || true
-wait "$listers" 2>/dev/null || true
+wait "$listers"
 ps -o rss= -p "${pids[0]}" | awk '{printf "    orchestrator RSS after the runs: %.1f MiB\n", $1/1024}'
