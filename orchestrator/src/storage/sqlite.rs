@@ -30,11 +30,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     body        TEXT NOT NULL
 );
 -- One index per filter of the job list (owner; owner + status; owner +
--- blueprint), each in the list's order, so a page reads only its rows. The
--- blueprint one also holds the status: a list filtered by both skips the
--- jobs of other statuses without reading them.
+-- blueprint), each in the list's order, so a page reads only its rows. Each
+-- of the last two also holds the other filter's column: a list filtered by
+-- both skips non-matching jobs without reading them, whichever is used.
 CREATE INDEX IF NOT EXISTS jobs_owner_created_id ON jobs (owner, created_at, id);
-CREATE INDEX IF NOT EXISTS jobs_owner_status_created ON jobs (owner, status, created_at, id);
+CREATE INDEX IF NOT EXISTS jobs_owner_status_created ON jobs (owner, status, created_at, id, blueprint);
 CREATE INDEX IF NOT EXISTS jobs_owner_blueprint_created ON jobs (owner, blueprint, created_at, id, status);
 DROP INDEX IF EXISTS jobs_owner_created;
 -- Jobs that have not ended, for the start (a few, out of millions).
