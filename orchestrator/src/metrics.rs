@@ -210,7 +210,7 @@ pub(crate) fn storage_batch(writes: usize, took: std::time::Duration) {
 }
 
 /// The engine's state at the moment of a scrape.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     /// Task type → (queued, age of the oldest in seconds when known).
     pub queues: Vec<(String, usize, Option<f64>)>,

@@ -535,3 +535,52 @@ async fn the_orchestrator_reconnects_when_the_database_ends_its_sessions() {
     let (orchestrator, worker) = stack.logs();
     assert!(!orchestrator.contains("panicked") && !worker.contains("panicked"));
 }
+
+/// Scrapes of `/metrics` share one count of the queues, leases and workers
+/// (at most one per 2 s), however many scrape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_scrapes_do_not_count_the_tables_each_time() {
+    let mut stack = Stack::on_postgres().await;
+    stack.start_orchestrator();
+    stack.wait_ready().await;
+    let name = stack.storage.rsplit('/').next().unwrap().to_string();
+    let watcher = db(&stack.storage).await;
+    // Statistics reach the views when a session flushes them (within ~10 s
+    // of going idle): read them once every session has.
+    let scans = || async {
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        watcher
+            .batch_execute("SELECT pg_stat_clear_snapshot()")
+            .await
+            .unwrap();
+        let row = watcher
+            .query_one(
+                "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables
+                 WHERE relname = 'task_leases'",
+                &[],
+            )
+            .await
+            .unwrap();
+        row.get::<_, i64>(0)
+    };
+    assert!(!name.is_empty());
+    let before = scans().await;
+    for _ in 0..40 {
+        let resp = stack
+            .http
+            .get(format!("{}/metrics", stack.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        assert!(resp.text().await.unwrap().contains("workers"));
+    }
+    let after = scans().await;
+    assert!(
+        after - before <= 3,
+        "40 scrapes read task_leases {} times",
+        after - before
+    );
+    let (orchestrator, _) = stack.logs();
+    assert!(!orchestrator.contains("panicked"));
+}

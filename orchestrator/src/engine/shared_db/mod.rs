@@ -38,6 +38,8 @@ pub(crate) use sessions::StoredSession;
 pub const FALLBACK_POLL: Duration = Duration::from_millis(500);
 /// Notifications of events this close together go out as one.
 const NOTIFY_COALESCE: Duration = Duration::from_millis(2);
+/// How long one count of the queues, leases and workers serves scrapes.
+const METRICS_TTL: Duration = Duration::from_secs(2);
 /// Most time a request waits for a pooled connection.
 const POOL_WAIT: Duration = Duration::from_secs(10);
 /// How often each instance looks for due timers and expired workers.
@@ -100,6 +102,8 @@ pub(crate) struct SharedDb {
     notices: tokio::sync::mpsc::UnboundedSender<&'static str>,
     /// The workers as last read for waiting reasons, and when.
     reason_workers: std::sync::Mutex<Option<(Instant, Arc<EngineState>)>>,
+    /// The last metrics counts, and when they were made.
+    metrics_cache: tokio::sync::Mutex<Option<(Instant, crate::metrics::Snapshot)>>,
     /// When this instance last wrote each worker's `last_seen`.
     touched: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
 }
@@ -135,6 +139,7 @@ impl SharedDb {
             url: url.to_string(),
             notices,
             reason_workers: Default::default(),
+            metrics_cache: Default::default(),
             touched: Default::default(),
         });
         tokio::spawn(db.clone().notifier(requests));
@@ -621,7 +626,22 @@ impl SharedDb {
     }
 
     /// Queue depths, tasks held and workers, for a metrics scrape.
+    /// The queues, leases and workers for a scrape, counted at most once
+    /// per [`METRICS_TTL`] however many scrape (concurrent scrapes wait for
+    /// one count).
     pub(crate) async fn metrics_snapshot(&self) -> Result<crate::metrics::Snapshot, DbError> {
+        let mut cached = self.metrics_cache.lock().await;
+        if let Some((at, snapshot)) = cached.as_ref()
+            && at.elapsed() < METRICS_TTL
+        {
+            return Ok(snapshot.clone());
+        }
+        let snapshot = self.count_for_metrics().await?;
+        *cached = Some((Instant::now(), snapshot.clone()));
+        Ok(snapshot)
+    }
+
+    async fn count_for_metrics(&self) -> Result<crate::metrics::Snapshot, DbError> {
         let client = self.client().await?;
         let queues = client
             .query(
