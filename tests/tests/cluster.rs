@@ -584,3 +584,81 @@ async fn metrics_scrapes_do_not_count_the_tables_each_time() {
     let (orchestrator, _) = stack.logs();
     assert!(!orchestrator.contains("panicked"));
 }
+
+/// 500 idle long-polls against two instances cost the database a few
+/// transactions per second: the waiters wait on NOTIFY, and each instance
+/// looks at the database once per half second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_long_polls_cost_the_database_a_few_transactions_per_second() {
+    let mut a = Stack::on_postgres().await;
+    let mut b = Stack::new();
+    b.storage = a.storage.clone();
+    a.start_orchestrator();
+    a.wait_ready().await;
+    b.start_orchestrator();
+    b.wait_ready().await;
+    let name = a.storage.rsplit('/').next().unwrap().to_string();
+    let mut polls = Vec::new();
+    for w in 0..50 {
+        let stack = if w % 2 == 0 { &a } else { &b };
+        let worker = format!("idle-{w}");
+        let (status, body) = worker_post(
+            stack,
+            reqwest::Method::POST,
+            "/_worker/workers/register",
+            &worker,
+            serde_json::json!({"worker_id": worker, "worker_type": "t",
+                               "supported_skills": [{"name": "nothing_queued"}]}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        for _ in 0..10 {
+            let request = stack
+                .http
+                .get(format!(
+                    "{}/_worker/workers/{worker}/tasks/next?timeout=30",
+                    stack.base
+                ))
+                .header("X-Worker-Token", WORKER_TOKEN)
+                .header("X-Worker-Id", &worker)
+                .send();
+            polls.push(tokio::spawn(async move {
+                request.await.map(|r| r.status().as_u16())
+            }));
+        }
+    }
+    let started = Instant::now();
+    let watcher = db(&support::pg::admin_url()).await;
+    let commits = || async {
+        watcher
+            .batch_execute("SELECT pg_stat_clear_snapshot()")
+            .await
+            .unwrap();
+        watcher
+            .query_one(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = $1",
+                &[&name],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    // The polls' first looks are flushed to the statistics within ~10 s.
+    tokio::time::sleep(Duration::from_secs(12).saturating_sub(started.elapsed())).await;
+    let (before, from) = (commits().await, Instant::now());
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let (after, window) = (commits().await, from.elapsed().as_secs_f64());
+    let per_second = (after - before) as f64 / window;
+    eprintln!("500 idle long-polls on two instances: {per_second:.1} transactions per second");
+    assert!(
+        per_second <= 10.0,
+        "500 idle long-polls: {per_second:.1} transactions per second"
+    );
+    for poll in polls {
+        let status = poll.await.unwrap().unwrap();
+        assert!(status == 204 || status == 200, "a poll answered {status}");
+    }
+    for log in [a.logs().0, b.logs().0] {
+        assert!(!log.contains("panicked"), "{log}");
+    }
+}

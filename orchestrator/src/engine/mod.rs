@@ -125,6 +125,10 @@ impl Default for EngineSettings {
     }
 }
 
+/// On a shared database: the longest a deploy made elsewhere goes unseen
+/// if its change was missed.
+const DEPLOYS_FALLBACK: Duration = Duration::from_secs(30);
+
 /// Default of [`EngineSettings::webhook_lease`]: longer than a delivery's
 /// five attempts with their pauses (about 65 s at most).
 pub const DEFAULT_WEBHOOK_LEASE_SECS: u64 = 120;
@@ -431,12 +435,15 @@ impl Engine {
             tokio::spawn(db.clone().listen());
             tokio::spawn(db.clone().maintenance_loop(engine.shared.clone()));
             // Deploys made through another instance take effect here within
-            // a second.
+            // a second (the maintenance loop sees them), or at the latest
+            // after [`DEPLOYS_FALLBACK`].
             let refresher = engine.clone();
+            let seen = db.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = seen.deploys.notified() => {}
+                        _ = tokio::time::sleep(DEPLOYS_FALLBACK) => {}
                         _ = refresher.shared.stopping.cancelled() => return,
                     }
                     if let Err(e) = refresher.refresh_deploys().await {
@@ -687,7 +694,6 @@ impl Engine {
                 }
                 tokio::select! {
                     _ = ended => {}
-                    _ = tokio::time::sleep(shared_db::FALLBACK_POLL) => {}
                     _ = tokio::time::sleep_until(deadline) => return,
                     _ = self.shared.stopping.cancelled() => return,
                 }
@@ -904,7 +910,6 @@ impl Engine {
                 }
                 tokio::select! {
                     _ = queued => {}
-                    _ = tokio::time::sleep(shared_db::FALLBACK_POLL) => {}
                     _ = tokio::time::sleep_until(deadline) => return Ok(None),
                     _ = self.shared.stopping.cancelled() => return Ok(None),
                     _ = deploys.changed() => return Ok(None),

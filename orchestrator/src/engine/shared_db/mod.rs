@@ -13,6 +13,7 @@
 //! - `LISTEN/NOTIFY` wakes long-polls and `?wait=` on every instance (a
 //!   hint: they also look again every [`FALLBACK_POLL`]).
 
+mod glance;
 mod reads;
 mod scratch;
 mod sessions;
@@ -34,16 +35,12 @@ use crate::job::Job;
 use scratch::{AfterCommit, Scratch, StoredWorker};
 pub(crate) use sessions::StoredSession;
 
-/// How often long-polls and waiters look again without a notification.
-pub const FALLBACK_POLL: Duration = Duration::from_millis(500);
 /// Notifications of events this close together go out as one.
 const NOTIFY_COALESCE: Duration = Duration::from_millis(2);
 /// How long one count of the queues, leases and workers serves scrapes.
 const METRICS_TTL: Duration = Duration::from_secs(2);
 /// Most time a request waits for a pooled connection.
 const POOL_WAIT: Duration = Duration::from_secs(10);
-/// How often each instance looks for due timers and expired workers.
-const TICK: Duration = Duration::from_millis(100);
 /// Attempts of one event that meets a conflict or a deadlock.
 const ATTEMPTS: usize = 8;
 /// How long the worker list read to say why a job waits is reused: polls of
@@ -97,6 +94,8 @@ pub(crate) struct SharedDb {
     pub tasks: Notify,
     /// Woken by `NOTIFY jobs` (a job ended somewhere).
     pub jobs: Notify,
+    /// Given a permit when a deploy made through another instance is seen.
+    pub deploys: Notify,
     url: String,
     /// Asks the notifier to tell the other instances (`tasks`, `jobs`).
     notices: tokio::sync::mpsc::UnboundedSender<&'static str>,
@@ -136,6 +135,7 @@ impl SharedDb {
             pool,
             tasks: Notify::new(),
             jobs: Notify::new(),
+            deploys: Notify::new(),
             url: url.to_string(),
             notices,
             reason_workers: Default::default(),
@@ -685,31 +685,62 @@ impl SharedDb {
         Ok(n == 1)
     }
 
-    /// Fires due timers and drops expired workers, on every instance; each
-    /// row is claimed by exactly one.
+    /// Fires due timers and drops expired workers, on every instance (each
+    /// row is claimed by exactly one), wakes waiters whose notification was
+    /// missed, and tells the engine of deploys made elsewhere: one look at
+    /// the database per [`glance::GLANCE_EVERY`] when nothing is due.
     pub(crate) async fn maintenance_loop(self: Arc<Self>, shared: Arc<Shared>) {
         let mut last_prune = Instant::now();
         let lease = shared.settings.webhook_lease;
         let takeover_every = (lease / 4).clamp(Duration::from_secs(1), Duration::from_secs(10));
         let mut last_takeover = Instant::now() - takeover_every;
+        let mut seen: Option<glance::Glance> = None;
+        let mut pause = Duration::ZERO;
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(TICK) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = shared.stopping.cancelled() => return,
             }
-            loop {
-                match self.fire_one(&shared).await {
-                    Ok(true) => continue,
-                    Ok(false) => break,
-                    Err(e) => {
-                        tracing::warn!("firing a timer failed: {e}");
-                        break;
+            pause = glance::GLANCE_EVERY;
+            let now = match self.glance().await {
+                Ok(now) => now,
+                Err(e) => {
+                    tracing::warn!("cannot look at the shared database: {e}");
+                    continue;
+                }
+            };
+            if now.next_timer_in.is_some_and(|due_in| due_in <= 0.0) {
+                loop {
+                    match self.fire_one(&shared).await {
+                        Ok(true) => continue,
+                        Ok(false) => break,
+                        Err(e) => {
+                            tracing::warn!("firing a timer failed: {e}");
+                            break;
+                        }
                     }
                 }
+            } else if let Some(due_in) = now.next_timer_in {
+                // Look again when the next timer is due.
+                pause = pause.min(Duration::from_secs_f64(due_in));
             }
-            if let Err(e) = self.expire_workers(&shared).await {
+            if now.worker_expired
+                && let Err(e) = self.expire_workers(&shared).await
+            {
                 tracing::warn!("expiring workers failed: {e}");
             }
+            if let Some(before) = &seen {
+                if before.queued_mark != now.queued_mark {
+                    self.tasks.notify_waiters();
+                }
+                if before.ended_mark != now.ended_mark {
+                    self.jobs.notify_waiters();
+                }
+                if before.deploys_mark != now.deploys_mark {
+                    self.deploys.notify_one();
+                }
+            }
+            seen = Some(now);
             if last_takeover.elapsed() >= takeover_every {
                 last_takeover = Instant::now();
                 match self.orphaned_webhooks(lease).await {
