@@ -662,3 +662,64 @@ async fn idle_long_polls_cost_the_database_a_few_transactions_per_second() {
         assert!(!log.contains("panicked"), "{log}");
     }
 }
+
+/// A worker dropped (by another instance) while its poll was claiming a task:
+/// the claim is undone and the task stays queued for the next worker,
+/// instead of being consumed with no one to run it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_by_a_worker_dropped_meanwhile_leaves_the_task_queued() {
+    let mut stack = Stack::on_postgres().await;
+    stack.start_orchestrator();
+    stack.wait_ready().await;
+    let id = stack.create("/jobs/test", echo_body("claimed", 1)).await;
+    let (status, body) = worker_post(
+        &stack,
+        reqwest::Method::POST,
+        "/_worker/workers/register",
+        "doomed",
+        serde_json::json!({"worker_id": "doomed", "worker_type": "t",
+                           "supported_skills": [{"name": "echo_task"}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Hold the job's row: the claim below stops right after taking the
+    // queue entry, before it reads the worker again.
+    let mut holder = db(&stack.storage).await;
+    let hold = holder.transaction().await.unwrap();
+    let job_id = uuid::Uuid::parse_str(&id).unwrap();
+    hold.query("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", &[&job_id])
+        .await
+        .unwrap();
+    let poll = stack
+        .http
+        .get(format!(
+            "{}/_worker/workers/doomed/tasks/next?timeout=5",
+            stack.base
+        ))
+        .header("X-Worker-Token", WORKER_TOKEN)
+        .header("X-Worker-Id", "doomed")
+        .send();
+    let poll = tokio::spawn(poll);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Meanwhile the worker is gone (as another instance expiring it would
+    // leave it), then the job's row is free again.
+    db(&stack.storage)
+        .await
+        .execute("DELETE FROM workers WHERE id = 'doomed'", &[])
+        .await
+        .unwrap();
+    hold.commit().await.unwrap();
+    let answered = poll.await.unwrap().unwrap();
+    assert_ne!(
+        answered.status().as_u16(),
+        200,
+        "a task went to a dropped worker"
+    );
+    // A real worker comes: the job still has its task, and finishes.
+    stack.start_worker();
+    stack.wait_worker().await;
+    let job = stack.finished(&id).await;
+    assert_eq!(job["status"], "finished", "{job}");
+    let (orchestrator, worker) = stack.logs();
+    assert!(!orchestrator.contains("panicked") && !worker.contains("panicked"));
+}

@@ -406,6 +406,20 @@ impl SharedDb {
             shared.settings.finished_jobs_in_memory,
         )
         .await?;
+        // The worker expired or left since it was read above (another
+        // instance dropped it): undo the claim, so the task stays queued for
+        // another worker instead of being consumed without an owner.
+        let usable = scratch
+            .st
+            .workers
+            .get(worker_id)
+            .is_some_and(|w| w.status != "offline");
+        if !usable {
+            tx.rollback().await.map_err(DbError::from)?;
+            return Err(TakeError::Engine(EngineError::UnknownWorker(
+                worker_id.to_string(),
+            )));
+        }
         scratch
             .st
             .queues
