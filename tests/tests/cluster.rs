@@ -723,3 +723,65 @@ async fn a_claim_by_a_worker_dropped_meanwhile_leaves_the_task_queued() {
     let (orchestrator, worker) = stack.logs();
     assert!(!orchestrator.contains("panicked") && !worker.contains("panicked"));
 }
+
+/// A stored job that no longer parses is failed with INVALID_JOB and moved
+/// aside when a timer or a claim meets it; the timers and tasks behind it
+/// go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_job_is_set_aside_and_stops_neither_timers_nor_dispatch() {
+    let mut stack = Stack::on_postgres().await;
+    stack.start_orchestrator();
+    stack.wait_ready().await;
+    let create = |timeout: Option<u64>| {
+        let mut body = serde_json::json!({"initial_data": echo_body("x", 1)});
+        if let Some(t) = timeout {
+            body["dispatch_timeout"] = serde_json::json!(t);
+        }
+        let request = stack.try_create("/jobs/test", body);
+        async move {
+            let (status, v) = request.await;
+            assert_eq!(status, 202, "{v}");
+            v["job_id"].as_str().unwrap().to_string()
+        }
+    };
+    let database = db(&stack.storage).await;
+    let corrupt = |id: String| {
+        let database = &database;
+        async move {
+            let id = uuid::Uuid::parse_str(&id).unwrap();
+            let n = database
+                .execute(
+                    "UPDATE jobs SET body = '{\"not a job\": ' WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .unwrap();
+            assert_eq!(n, 1);
+        }
+    };
+    // Timers: the unreadable job's comes first, the next is still fired.
+    let broken_timer = create(Some(1)).await;
+    let timed = create(Some(2)).await;
+    corrupt(broken_timer.clone()).await;
+    let job = stack.finished(&timed).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    // Dispatch: the unreadable job's task is at the head of the queue.
+    let broken_task = create(None).await;
+    let queued = create(None).await;
+    corrupt(broken_task.clone()).await;
+    stack.start_worker();
+    stack.wait_worker().await;
+    let job = stack.finished(&queued).await;
+    assert_eq!(job["status"], "finished", "{job}");
+    for id in [broken_timer, broken_task] {
+        let (status, job) = stack.get(&format!("/api/v1/jobs/{id}")).await;
+        assert_eq!(status, 200, "{job}");
+        assert_eq!(job["status"], "failed", "{job}");
+        assert_eq!(job["error"]["code"], "INVALID_JOB", "{job}");
+        let (_, history) = stack.get(&format!("/api/v1/jobs/{id}/history")).await;
+        assert!(history.to_string().contains("INVALID_JOB"), "{history}");
+    }
+    let (orchestrator, worker) = stack.logs();
+    assert!(orchestrator.contains("is unreadable and is marked failed"));
+    assert!(!orchestrator.contains("panicked") && !worker.contains("panicked"));
+}

@@ -17,6 +17,7 @@ mod glance;
 mod reads;
 mod scratch;
 mod sessions;
+mod unreadable;
 mod webhooks;
 
 use std::sync::Arc;
@@ -65,6 +66,9 @@ pub(crate) enum DbError {
     Conflict(String),
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
+    /// A stored job that does not parse (see [`unreadable`]).
+    #[error("stored job {0} is unreadable: {1}")]
+    UnreadableJob(Uuid, String),
 }
 
 impl DbError {
@@ -236,6 +240,9 @@ impl SharedDb {
         loop {
             attempt += 1;
             match self.try_event(shared, jobs, workers, None, &mut f).await {
+                Err(DbError::UnreadableJob(id, why)) if attempt < ATTEMPTS => {
+                    self.set_aside(id, &why).await?;
+                }
                 Err(e) if e.is_retryable() && attempt < ATTEMPTS => {
                     tracing::debug!("retrying an engine event: {e}");
                     tokio::time::sleep(Duration::from_millis(2 * attempt as u64)).await;
@@ -334,6 +341,9 @@ impl SharedDb {
         loop {
             attempt += 1;
             match self.try_take(shared, worker_id).await {
+                Err(TakeError::Db(DbError::UnreadableJob(id, why))) if attempt < ATTEMPTS => {
+                    self.set_aside(id, &why).await?;
+                }
                 Err(TakeError::Db(e)) if e.is_retryable() && attempt < ATTEMPTS => {
                     tokio::time::sleep(Duration::from_millis(2 * attempt as u64)).await;
                 }
@@ -806,14 +816,24 @@ impl SharedDb {
         };
         let (id, kind, job, task_id): (i64, String, Uuid, String) =
             (row.get(0), row.get(1), row.get(2), row.get(3));
-        let mut scratch = Scratch::load(
+        let loaded = Scratch::load(
             &tx,
             &[job],
             &[],
             Some(id),
             shared.settings.finished_jobs_in_memory,
         )
-        .await?;
+        .await;
+        let mut scratch = match loaded {
+            Err(DbError::UnreadableJob(job, why)) => {
+                // Its timers go with it; the next one is fired next.
+                tx.rollback().await?;
+                drop(client);
+                self.set_aside(job, &why).await?;
+                return Ok(true);
+            }
+            other => other?,
+        };
         if let Some(timer) = scratch::timer_of(&kind, job, task_id) {
             machine::fire(shared, &mut scratch.st, timer);
         }

@@ -175,16 +175,16 @@ impl Scratch {
         for row in tx
             .query(
                 &tx.prepare_cached(
-                    "SELECT body FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                    "SELECT id, body FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE",
                 )
                 .await?,
                 &[&ids],
             )
             .await?
         {
-            let body: String = row.get(0);
-            let job: Job = serde_json::from_str(&body)
-                .map_err(|e| DbError::Corrupt(format!("stored job: {e}")))?;
+            let (id, body): (Uuid, &str) = (row.get(0), row.get(1));
+            let job: Job = serde_json::from_str(body)
+                .map_err(|e| DbError::UnreadableJob(id, e.to_string()))?;
             versions.insert(job.id, job.version);
             st.jobs.insert(job.id, Box::new(job));
         }
