@@ -59,15 +59,7 @@ echo "==> our processes run with RUNTIME_THREADS=${RUNTIME_THREADS:-one per core
 echo "==> building release binaries (orchestrator, worker-host, loadgen)"
 cargo build --release -p orchestrator -p worker-host -p loadgen
 
-pids=()
-stop_all() {
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    pids=()
-}
-trap stop_all EXIT
-
-wait_http() { for _ in $(seq 1 300); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "timeout waiting for $1" >&2; return 1; }
+. scripts/bench-lib.sh
 wait_workers() {
     for _ in $(seq 1 300); do
         n=$(curl -s -H "X-Client-Token: bench-client" "http://127.0.0.1:${PORT}/api/v1/workers" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))' 2>/dev/null || echo 0)

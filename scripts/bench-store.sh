@@ -28,14 +28,7 @@ export RUNTIME_THREADS="${RUNTIME_THREADS:-1}"
 echo "==> building release binaries (orchestrator, worker-host, loadgen, storebench)"
 cargo build --release -p orchestrator -p worker-host -p loadgen -p storebench
 
-pids=()
-stop_all() {
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    pids=()
-}
-trap stop_all EXIT
-wait_http() { for _ in $(seq 1 3000); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.01; done; echo "timeout waiting for $1" >&2; return 1; }
+. scripts/bench-lib.sh
 URL="http://127.0.0.1:${PORT}"
 start_orchestrator() {
     CLIENT_TOKEN=bench-client GLOBAL_WORKER_TOKEN=bench-worker FINISHED_JOB_RETENTION=0 RUST_LOG=warn \

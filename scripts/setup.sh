@@ -6,16 +6,20 @@
 #                            plugins with it too; the first install takes ~10 min)
 #   --with-browser           also install Debian's chromium and chromium-driver
 #                            (the dashboard's browser tests; first time only)
+#   --with-faketime          also install Debian's libfaketime (a test runs an
+#                            orchestrator whose clock is wrong; first time only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 with_component=false
 with_browser=false
+with_faketime=false
 for arg in "$@"; do
     case "$arg" in
         --with-cargo-component) with_component=true ;;
         --with-browser) with_browser=true ;;
-        *) echo "setup.sh: unknown option $arg (known: --with-cargo-component, --with-browser)" >&2; exit 2 ;;
+        --with-faketime) with_faketime=true ;;
+        *) echo "setup.sh: unknown option $arg (known: --with-cargo-component, --with-browser, --with-faketime)" >&2; exit 2 ;;
     esac
 done
 
@@ -33,6 +37,11 @@ if $with_component; then
         echo "==> installing cargo-component (first time only; takes a while)"
         cargo install cargo-component --locked
     fi
+fi
+
+if $with_faketime && ! compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null; then
+    echo "==> installing libfaketime (Debian's libfaketime; first time only)"
+    ./scripts/apt-install.sh libfaketime
 fi
 
 if $with_browser && { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; }; then

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-./scripts/setup.sh --with-cargo-component --with-browser
+./scripts/setup.sh --with-cargo-component --with-browser --with-faketime
 # Python venvs with the real avtomatika packages, for the compatibility tests.
 ./scripts/compat-venvs.sh
 # Python and JavaScript plugins (componentize-py, componentize-js) and the

@@ -26,6 +26,18 @@ async fn db(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// Two orchestrators on one new PostgreSQL database, both answering.
+async fn two_instances() -> (Stack, Stack) {
+    let mut a = Stack::on_postgres().await;
+    let mut b = Stack::new();
+    b.storage = a.storage.clone();
+    a.start_orchestrator();
+    a.wait_ready().await;
+    b.start_orchestrator();
+    b.wait_ready().await;
+    (a, b)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_finish_every_job_once_even_when_one_is_killed() {
     let mut a = Stack::on_postgres().await;
@@ -194,13 +206,7 @@ async fn two_instances_finish_every_job_once_even_when_one_is_killed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploys_through_one_instance_reach_workers_of_the_other() {
-    let mut a = Stack::on_postgres().await;
-    let mut b = Stack::new();
-    b.storage = a.storage.clone();
-    a.start_orchestrator();
-    a.wait_ready().await;
-    b.start_orchestrator();
-    b.wait_ready().await;
+    let (a, b) = two_instances().await;
     // A worker that only knows B, with no plugins of its own.
     for entry in std::fs::read_dir(b.dir.path().join("plugins")).unwrap() {
         std::fs::remove_file(entry.unwrap().path()).unwrap();
@@ -268,13 +274,7 @@ async fn deploys_through_one_instance_reach_workers_of_the_other() {
 /// sign-out on either ends it on both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dashboard_sign_out_on_one_instance_ends_the_session_on_all() {
-    let mut a = Stack::on_postgres().await;
-    let mut b = Stack::new();
-    b.storage = a.storage.clone();
-    a.start_orchestrator();
-    a.wait_ready().await;
-    b.start_orchestrator();
-    b.wait_ready().await;
+    let (a, b) = two_instances().await;
     let sign_in = || async {
         let resp = a
             .http
@@ -328,13 +328,7 @@ async fn a_dashboard_sign_out_on_one_instance_ends_the_session_on_all() {
 /// either instance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_job_list_pages_by_cursor_on_postgres() {
-    let mut a = Stack::on_postgres().await;
-    let mut b = Stack::new();
-    b.storage = a.storage.clone();
-    a.start_orchestrator();
-    a.wait_ready().await;
-    b.start_orchestrator();
-    b.wait_ready().await;
+    let (a, b) = two_instances().await;
     let mut created = Vec::new();
     for i in 0..5 {
         created.push(a.create("/jobs/test", echo_body(&format!("{i}"), 1)).await);
@@ -415,13 +409,7 @@ async fn a_webhook_owed_by_a_killed_instance_is_delivered_by_another() {
 /// each version number.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_deploys_through_two_instances_get_distinct_versions() {
-    let mut a = Stack::on_postgres().await;
-    let mut b = Stack::new();
-    b.storage = a.storage.clone();
-    a.start_orchestrator();
-    a.wait_ready().await;
-    b.start_orchestrator();
-    b.wait_ready().await;
+    let (a, b) = two_instances().await;
     let flow = |word: &str| {
         one_task_flow("echo_task")
             .replace("one_echo_task", "raced")
@@ -590,13 +578,7 @@ async fn metrics_scrapes_do_not_count_the_tables_each_time() {
 /// looks at the database once per half second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_long_polls_cost_the_database_a_few_transactions_per_second() {
-    let mut a = Stack::on_postgres().await;
-    let mut b = Stack::new();
-    b.storage = a.storage.clone();
-    a.start_orchestrator();
-    a.wait_ready().await;
-    b.start_orchestrator();
-    b.wait_ready().await;
+    let (a, b) = two_instances().await;
     let name = a.storage.rsplit('/').next().unwrap().to_string();
     let mut polls = Vec::new();
     for w in 0..50 {
@@ -784,4 +766,65 @@ async fn an_unreadable_job_is_set_aside_and_stops_neither_timers_nor_dispatch() 
     let (orchestrator, worker) = stack.logs();
     assert!(orchestrator.contains("is unreadable and is marked failed"));
     assert!(!orchestrator.contains("panicked") && !worker.contains("panicked"));
+}
+
+/// Debian's libfaketime (`scripts/setup.sh --with-faketime`).
+fn libfaketime() -> String {
+    glob_one("/usr/lib", "faketime/libfaketime.so.1")
+        .expect("libfaketime is not installed: run scripts/setup.sh --with-faketime")
+}
+
+/// `<root>/<arch dir>/<tail>`, the first that exists.
+fn glob_one(root: &str, tail: &str) -> Option<String> {
+    std::fs::read_dir(root)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|dir| dir.path().join(tail))
+        .find(|path| path.exists())
+        .map(|path| path.display().to_string())
+}
+
+/// An instance whose clock is an hour ahead writes shared deadlines on the
+/// database's clock: a job's dispatch timeout set through it fires on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_with_a_wrong_clock_keeps_shared_deadlines_on_the_database_clock() {
+    let lib = libfaketime();
+    let mut a = Stack::on_postgres().await;
+    let mut b = Stack::new();
+    b.storage = a.storage.clone();
+    a.start_orchestrator();
+    a.wait_ready().await;
+    b.start_orchestrator_with(|cmd| {
+        cmd.env("LD_PRELOAD", &lib)
+            .env("FAKETIME", "+1h")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    });
+    b.wait_ready().await;
+    wait_until(
+        "B to see that its clock is off",
+        Duration::from_secs(10),
+        || async { b.logs().0.contains("off the database's") },
+    )
+    .await;
+    // No worker serves echo_task: the job fails when its dispatch timeout
+    // (2 s) runs out, fired by whichever instance.
+    let (status, body) = b
+        .try_create(
+            "/jobs/test",
+            serde_json::json!({"initial_data": echo_body("late?", 1), "dispatch_timeout": 2}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["job_id"].as_str().unwrap().to_string();
+    let started = Instant::now();
+    wait_until(
+        "the dispatch timeout to fire",
+        Duration::from_secs(15),
+        || async { a.get(&format!("/api/v1/jobs/{id}")).await.1["status"] == "failed" },
+    )
+    .await;
+    assert!(started.elapsed() >= Duration::from_secs(1), "fired early");
+    for log in [a.logs().0, b.logs().0] {
+        assert!(!log.contains("panicked"), "{log}");
+    }
 }

@@ -48,6 +48,12 @@ pub struct LocalSessions {
     inner: Mutex<Local>,
 }
 
+impl LocalSessions {
+    fn local(&self) -> std::sync::MutexGuard<'_, Local> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 #[derive(Debug, Default)]
 struct Local {
     /// Digest of the session id → the session.
@@ -157,12 +163,7 @@ impl AppState {
                 .session(&id)
                 .await
                 .map_err(crate::engine::EngineError::from)?,
-            None => self
-                .sessions
-                .inner
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&id),
+            None => self.sessions.local().get(&id),
         }
         .ok_or_else(ended)?;
         // The token it was opened with must still be this client's.
@@ -186,12 +187,7 @@ impl AppState {
                 .start_session(&digest(&id), &session, SESSION_TTL, SESSIONS_PER_CLIENT)
                 .await
                 .map_err(crate::engine::EngineError::from)?,
-            None => self
-                .sessions
-                .inner
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .start(digest(&id), session),
+            None => self.sessions.local().start(digest(&id), session),
         }
         Ok((client, id))
     }
@@ -206,12 +202,7 @@ impl AppState {
                 .end_session(&id)
                 .await
                 .map_err(crate::engine::EngineError::from)?,
-            None => self
-                .sessions
-                .inner
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .end(&id),
+            None => self.sessions.local().end(&id),
         }
         Ok(())
     }

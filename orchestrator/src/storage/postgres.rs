@@ -75,6 +75,15 @@ fn without_password(url: &str) -> String {
 pub(crate) const EVENTS_OF_JOB: &str =
     "SELECT at, event, message, task FROM job_events WHERE job_id = $1 ORDER BY seq";
 
+/// A stored webhook from a row of `job_id, url, body`.
+pub(crate) fn pending_of(r: &postgres::Row) -> PendingWebhook {
+    PendingWebhook {
+        job_id: r.get(0),
+        url: r.get(1),
+        body: r.get(2),
+    }
+}
+
 /// A history entry from a row of [`EVENTS_OF_JOB`].
 pub(crate) fn event_of(r: &postgres::Row) -> JobEvent {
     JobEvent {
@@ -252,14 +261,7 @@ impl Storage for PostgresStorage {
                 &[],
             )
             .map_err(backend)?;
-        Ok(rows
-            .iter()
-            .map(|r| PendingWebhook {
-                job_id: r.get(0),
-                url: r.get(1),
-                body: r.get(2),
-            })
-            .collect())
+        Ok(rows.iter().map(pending_of).collect())
     }
 
     fn get_job(&self, id: Uuid) -> Result<Option<Job>, StorageError> {

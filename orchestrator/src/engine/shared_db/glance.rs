@@ -34,6 +34,7 @@ pub(crate) struct Glance {
 impl SharedDb {
     pub(crate) async fn glance(&self) -> Result<Glance, DbError> {
         let client = self.client().await?;
+        let sent = Utc::now();
         let row = client
             .query_one(
                 &client
@@ -48,12 +49,14 @@ impl SharedDb {
                            (SELECT count(*) FROM plugin_versions)::text || '/'
                              || (SELECT count(*) FROM blueprint_versions)::text || '/'
                              || (SELECT coalesce(md5(string_agg(name || '=' || coalesce(version::text, '-'), ',' ORDER BY name)), '')
-                                 FROM plugin_current)",
+                                 FROM plugin_current),
+                           now()",
                     )
                     .await?,
                 &[],
             )
             .await?;
+        self.measure_clock(sent, row.get(5));
         Ok(Glance {
             next_timer_in: row.get(0),
             worker_expired: row.get(1),
@@ -61,5 +64,28 @@ impl SharedDb {
             ended_mark: row.get(3),
             deploys_mark: row.get(4),
         })
+    }
+}
+
+/// A clock difference worth a warning: deadlines are right either way (they
+/// use the database's clock), but logs and job timestamps use this one.
+const SKEW_WARNING_US: i64 = 1_000_000;
+
+impl SharedDb {
+    /// Records how far the database's clock is from this instance's: its
+    /// `now()` against the middle of the round trip that read it.
+    fn measure_clock(&self, sent: DateTime<Utc>, database: DateTime<Utc>) {
+        let received = Utc::now();
+        let middle = sent + (received - sent) / 2;
+        let offset = (database - middle).num_microseconds().unwrap_or_default();
+        let before = self
+            .clock_offset_us
+            .swap(offset, std::sync::atomic::Ordering::Relaxed);
+        if offset.abs() >= SKEW_WARNING_US && (before - offset).abs() >= SKEW_WARNING_US {
+            tracing::warn!(
+                "this instance's clock is {:.1} s off the database's; timers and worker liveness use the database's",
+                -offset as f64 / 1e6
+            );
+        }
     }
 }

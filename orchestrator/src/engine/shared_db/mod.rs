@@ -105,6 +105,9 @@ pub(crate) struct SharedDb {
     notices: tokio::sync::mpsc::UnboundedSender<&'static str>,
     /// The workers as last read for waiting reasons, and when.
     reason_workers: std::sync::Mutex<Option<(Instant, Arc<EngineState>)>>,
+    /// The database's clock minus this instance's, in microseconds, as the
+    /// last glance measured it ([`Self::now`]).
+    clock_offset_us: std::sync::atomic::AtomicI64,
     /// The last metrics counts, and when they were made.
     metrics_cache: tokio::sync::Mutex<Option<(Instant, crate::metrics::Snapshot)>>,
     /// When this instance last wrote each worker's `last_seen`.
@@ -144,6 +147,7 @@ impl SharedDb {
             notices,
             reason_workers: Default::default(),
             metrics_cache: Default::default(),
+            clock_offset_us: Default::default(),
             touched: Default::default(),
         });
         tokio::spawn(db.clone().notifier(requests));
@@ -173,6 +177,17 @@ impl SharedDb {
                 Err(e) => tracing::debug!("NOTIFY failed: {e}"),
             }
         }
+    }
+
+    /// Now on the database's clock: every deadline instances share (timers,
+    /// worker liveness, leases) is written and read on it, so an instance
+    /// whose own clock is off neither fires timers late nor keeps a dead
+    /// worker alive.
+    pub(crate) fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        let offset = self
+            .clock_offset_us
+            .load(std::sync::atomic::Ordering::Relaxed);
+        chrono::Utc::now() + chrono::Duration::microseconds(offset)
     }
 
     /// A connection from the pool.
@@ -268,6 +283,7 @@ impl SharedDb {
             workers,
             fired,
             shared.settings.finished_jobs_in_memory,
+            self.now(),
         )
         .await?;
         let r = f(&mut scratch.st);
@@ -414,6 +430,7 @@ impl SharedDb {
             &[worker_id.to_string()],
             None,
             shared.settings.finished_jobs_in_memory,
+            self.now(),
         )
         .await?;
         // The worker expired or left since it was read above (another
@@ -822,6 +839,7 @@ impl SharedDb {
             &[],
             Some(id),
             shared.settings.finished_jobs_in_memory,
+            self.now(),
         )
         .await;
         let mut scratch = match loaded {

@@ -146,8 +146,8 @@ impl Scratch {
         workers: &[String],
         fired: Option<i64>,
         keep_finished: usize,
+        now: DateTime<Utc>,
     ) -> Result<Self, DbError> {
-        let now = Utc::now();
         let mono = Instant::now();
         let mut st = EngineState {
             keep_finished: keep_finished.max(jobs.len() + 1),

@@ -34,7 +34,7 @@ impl SharedDb {
             "INVALID_JOB: the stored job is unreadable: {}",
             rxon::text::clip(why, 512)
         );
-        let now = chrono::Utc::now();
+        let now = self.now();
         let body = serde_json::json!({
             "id": id, "blueprint": blueprint, "owner": owner, "status": "failed",
             "current_state": "unreadable", "initial_data": {}, "results": {},

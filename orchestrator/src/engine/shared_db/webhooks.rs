@@ -41,11 +41,7 @@ impl SharedDb {
             .await?;
         Ok(rows
             .iter()
-            .map(|r| PendingWebhook {
-                job_id: r.get(0),
-                url: r.get(1),
-                body: r.get(2),
-            })
+            .map(crate::storage::postgres::pending_of)
             .collect())
     }
 
