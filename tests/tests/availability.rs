@@ -922,7 +922,17 @@ fn padded(component: &[u8], extra: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn parallel_plugin_downloads_are_streamed_capped_and_leave_the_job_writer_free() {
-    let mut stack = Stack::new();
+    downloads_are_streamed_and_capped(Stack::new()).await;
+}
+
+#[tokio::test]
+async fn parallel_plugin_downloads_are_streamed_and_capped_on_postgresql_too() {
+    downloads_are_streamed_and_capped(Stack::on_postgres().await).await;
+}
+
+/// 40 parallel downloads of a 24 MiB component while a client creates jobs:
+/// memory stays bounded, every copy is whole, creates are not held up.
+async fn downloads_are_streamed_and_capped(mut stack: Stack) {
     stack.start_orchestrator();
     stack.wait_ready().await;
     let echo = std::fs::read(plugin_fixtures::ECHO_TASK).unwrap();
