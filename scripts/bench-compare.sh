@@ -60,14 +60,6 @@ echo "==> building release binaries (orchestrator, worker-host, loadgen)"
 cargo build --release -p orchestrator -p worker-host -p loadgen
 
 . scripts/bench-lib.sh
-wait_workers() {
-    for _ in $(seq 1 300); do
-        n=$(curl -s -H "X-Client-Token: bench-client" "http://127.0.0.1:${PORT}/api/v1/workers" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))' 2>/dev/null || echo 0)
-        [ "$n" -ge 2 ] && return 0
-        sleep 0.1
-    done
-    echo "workers did not register" >&2; return 1
-}
 
 PICKUP_JOBS="${PICKUP_JOBS:-200}"
 

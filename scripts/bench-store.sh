@@ -41,12 +41,7 @@ start_workers() {
             ./target/release/worker-host --plugins-dir dist/plugins --max-concurrent-tasks 5 >"$RUN/worker-$i.log" 2>&1 &
         pids+=($!)
     done
-    for _ in $(seq 1 300); do
-        n=$(curl -s -H "X-Client-Token: bench-client" "$URL/api/v1/workers" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))' 2>/dev/null || echo 0)
-        [ "$n" -ge 2 ] && return 0
-        sleep 0.1
-    done
-    echo "workers did not register" >&2; return 1
+    wait_workers "$URL"
 }
 
 echo "==> one real echo job"

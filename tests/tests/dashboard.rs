@@ -230,13 +230,13 @@ async fn the_sign_in_cookie_is_http_only_strict_and_guards_changes() {
     let body: Value = wrong.json().await.unwrap();
     assert!(body["error"].is_string(), "{body}");
 
-    let ok = http
-        .post(&session)
-        .header(from_page.0, from_page.1)
-        .json(&json!({"token": CLIENT_TOKEN}))
-        .send()
-        .await
-        .unwrap();
+    let sign_in = || {
+        http.post(&session)
+            .header(from_page.0, from_page.1)
+            .json(&json!({"token": CLIENT_TOKEN}))
+            .send()
+    };
+    let ok = sign_in().await.unwrap();
     assert_eq!(ok.status().as_u16(), 200);
     let cookie = ok.headers()["set-cookie"].to_str().unwrap().to_string();
     for attr in [
@@ -296,13 +296,7 @@ async fn the_sign_in_cookie_is_http_only_strict_and_guards_changes() {
         .unwrap();
     assert_eq!(bad.status().as_u16(), 401);
     // A second sign-in (another browser) is a session of its own.
-    let second = http
-        .post(&session)
-        .header(from_page.0, from_page.1)
-        .json(&json!({"token": CLIENT_TOKEN}))
-        .send()
-        .await
-        .unwrap();
+    let second = sign_in().await.unwrap();
     let second = second.headers()["set-cookie"].to_str().unwrap();
     let second = second.split(';').next().unwrap().to_string();
     assert_ne!(second, pair);
