@@ -26,6 +26,72 @@ async fn db(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// Waits (up to 240 s) until no job of the database at `url` is open, then
+/// checks that every job finished, every `accepted` one among them, none
+/// twice, and nothing is left queued; returns how many jobs there are.
+/// `logs` says what to show when a job is stuck.
+async fn every_job_finishes_once(
+    url: &str,
+    accepted: &[String],
+    logs: impl Fn() -> String,
+) -> usize {
+    let client = db(url).await;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let open: i64 = client
+            .query_one(
+                "SELECT count(*) FROM jobs WHERE status NOT IN ('finished', 'failed', 'quarantined', 'cancelled')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if open == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} jobs are stuck\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let rows = client
+        .query("SELECT id::text, status FROM jobs", &[])
+        .await
+        .unwrap();
+    let finished: BTreeSet<String> = rows
+        .iter()
+        .filter(|r| r.get::<_, &str>(1) == "finished")
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        finished.len(),
+        rows.len(),
+        "every job (accepted or not answered) finished"
+    );
+    for id in accepted {
+        assert!(finished.contains(id), "accepted job {id} did not finish");
+    }
+    let twice: i64 = client
+        .query_one(
+            "SELECT count(*) FROM (SELECT job_id FROM job_events WHERE event = 'finished'
+             GROUP BY job_id HAVING count(*) > 1) t",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(twice, 0, "no job finished twice");
+    let left = client
+        .query_one("SELECT count(*) FROM task_queue", &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(left, 0, "nothing left in the queue");
+    rows.len()
+}
+
 /// Two orchestrators on one new PostgreSQL database, both answering.
 async fn two_instances() -> (Stack, Stack) {
     let mut a = Stack::on_postgres().await;
@@ -117,55 +183,14 @@ async fn two_instances_finish_every_job_once_even_when_one_is_killed() {
     );
 
     // Every accepted job ends, through the surviving instance.
-    let client = db(&url).await;
-    let deadline = Instant::now() + Duration::from_secs(240);
-    loop {
-        let open: i64 = client
-            .query_one(
-                "SELECT count(*) FROM jobs WHERE status NOT IN ('finished', 'failed', 'quarantined', 'cancelled')",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if open == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{open} jobs are stuck\nB log:\n{}\nw1 log:\n{}",
+    let rows = every_job_finishes_once(&url, &accepted, || {
+        format!(
+            "B log:\n{}\nw1 log:\n{}",
             tail(&b.logs().0),
             tail(&w1.log_text())
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let rows = client
-        .query("SELECT id::text, status FROM jobs", &[])
-        .await
-        .unwrap();
-    let finished: BTreeSet<String> = rows
-        .iter()
-        .filter(|r| r.get::<_, &str>(1) == "finished")
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(
-        finished.len(),
-        rows.len(),
-        "every job (accepted or not answered) finished"
-    );
-    for id in &accepted {
-        assert!(finished.contains(id), "accepted job {id} did not finish");
-    }
-    let twice: i64 = client
-        .query_one(
-            "SELECT count(*) FROM (SELECT job_id FROM job_events WHERE event = 'finished'
-             GROUP BY job_id HAVING count(*) > 1) t",
-            &[],
         )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(twice, 0, "no job finished twice");
+    })
+    .await;
     // The result is the job's own.
     let (status, job) = b.get(&format!("/api/v1/jobs/{}", accepted[0])).await;
     assert_eq!(status, 200);
@@ -176,12 +201,6 @@ async fn two_instances_finish_every_job_once_even_when_one_is_killed() {
             .starts_with("job"),
         "{job}"
     );
-    let left = client
-        .query_one("SELECT count(*) FROM task_queue", &[])
-        .await
-        .unwrap()
-        .get::<_, i64>(0);
-    assert_eq!(left, 0, "nothing left in the queue");
     // The worker that used the dead instance went on through the other.
     let w1_log = w1.log_text();
     assert!(
@@ -195,7 +214,7 @@ async fn two_instances_finish_every_job_once_even_when_one_is_killed() {
     eprintln!(
         "{} jobs accepted ({} in all), every one finished once",
         accepted.len(),
-        rows.len()
+        rows
     );
     w1.stop();
     w2.stop();
@@ -825,6 +844,99 @@ async fn an_instance_with_a_wrong_clock_keeps_shared_deadlines_on_the_database_c
     .await;
     assert!(started.elapsed() >= Duration::from_secs(1), "fired early");
     for log in [a.logs().0, b.logs().0] {
+        assert!(!log.contains("panicked"), "{log}");
+    }
+}
+
+/// The database ends every session of both instances twice while jobs flow
+/// (as a restart of PostgreSQL would): the instances recover by themselves,
+/// and every accepted job finishes exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_survive_the_database_ending_every_session_under_load() {
+    let (a, b) = two_instances().await;
+    let name = a.storage.rsplit('/').next().unwrap().to_string();
+    let both = format!("{},{}", a.base, b.base);
+    let mut w1 = a.spawn_worker("restart-w1", "w1.log", |c| {
+        c.env("ORCHESTRATOR_URL", &both);
+    });
+    wait_until("the worker", Duration::from_secs(60), || async {
+        b.worker_view("restart-w1").await.is_some()
+    })
+    .await;
+    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let bases = Arc::new([a.base.clone(), b.base.clone()]);
+    let mut creators = Vec::new();
+    for _ in 0..10 {
+        let (accepted, next, bases) = (accepted.clone(), next.clone(), bases.clone());
+        creators.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if n >= 600 {
+                    return;
+                }
+                if let Some(id) = try_create_echo(&http, &bases[n % 2], n).await {
+                    accepted.lock().unwrap().push(id);
+                }
+            }
+        }));
+    }
+    let admin = db(&support::pg::admin_url()).await;
+    for round in [150, 350] {
+        wait_until("jobs to flow", Duration::from_secs(120), || async {
+            accepted.lock().unwrap().len() >= round
+        })
+        .await;
+        let ended = admin
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&name],
+            )
+            .await
+            .unwrap();
+        assert!(!ended.is_empty());
+    }
+    for c in creators {
+        c.await.unwrap();
+    }
+    let accepted: Vec<String> = accepted.lock().unwrap().clone();
+    assert!(accepted.len() >= 400, "only {} accepted", accepted.len());
+    every_job_finishes_once(&a.storage, &accepted, || {
+        format!(
+            "A log:\n{}\nB log:\n{}\nw1 log:\n{}",
+            tail(&a.logs().0),
+            tail(&b.logs().0),
+            tail(&w1.log_text())
+        )
+    })
+    .await;
+    // Deploys (the registry's own connection) work again on both (the one
+    // call that meets a closed connection may fail; the next works).
+    for (n, stack) in [&a, &b].into_iter().enumerate() {
+        let name = format!("after_restart_{n}");
+        let text = one_task_flow("echo_task")
+            .replace("one_echo_task", &name)
+            .replace("/jobs/one/echo_task", &format!("/jobs/{name}"));
+        wait_until(
+            "a deploy to work again",
+            Duration::from_secs(15),
+            || async {
+                stack
+                    .http
+                    .put(format!("{}/api/v1/blueprints/{name}", stack.base))
+                    .header("X-Client-Token", DEPLOY_TOKEN)
+                    .body(text.clone())
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().as_u16() == 201)
+            },
+        )
+        .await;
+    }
+    w1.stop();
+    for log in [w1.log_text(), a.logs().0, b.logs().0] {
         assert!(!log.contains("panicked"), "{log}");
     }
 }
