@@ -40,6 +40,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         6,
         include_str!("../../migrations/postgres/0006_job_lists.sql"),
     ),
+    (
+        7,
+        include_str!("../../migrations/postgres/0007_component_storage.sql"),
+    ),
 ];
 
 pub struct PostgresStorage {
