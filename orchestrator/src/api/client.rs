@@ -319,11 +319,23 @@ pub async fn list_jobs(
     let next = (jobs.len() == limit)
         .then(|| jobs.last().map(|j| JobCursor::of(j).to_string()))
         .flatten();
-    let jobs: Vec<JobView> = jobs.iter().map(|j| view(j, None)).collect();
-    Ok(
-        axum::Json(json!({"jobs": jobs, "limit": limit, "offset": offset, "next": next}))
-            .into_response(),
-    )
+    // Written straight from the views (no JSON tree built in between).
+    let page = JobPage {
+        jobs: jobs.iter().map(|j| view(j, None)).collect(),
+        limit,
+        offset,
+        next,
+    };
+    Ok(axum::Json(page).into_response())
+}
+
+/// `GET /jobs`: a page of jobs, newest first.
+#[derive(Serialize)]
+struct JobPage<'a> {
+    jobs: Vec<JobView<'a>>,
+    limit: usize,
+    offset: usize,
+    next: Option<String>,
 }
 
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs",
