@@ -120,15 +120,7 @@ impl Auth {
 
     /// The client name a token belongs to.
     pub fn client_by_token(&self, token: &str) -> Result<String, ApiError> {
-        let given = digest(token);
-        // Every entry is compared, so the time does not say which matched.
-        let mut found = None;
-        for (known, name) in &self.client_digests {
-            if digest_eq(known, &given) {
-                found = Some(name);
-            }
-        }
-        found.cloned().ok_or_else(|| {
+        self.client_by_digest(&digest(token)).ok_or_else(|| {
             ApiError::WrongToken(
                 StatusCode::UNAUTHORIZED,
                 "Unauthorized: Invalid token".into(),
@@ -138,6 +130,7 @@ impl Auth {
 
     /// The client whose token has this digest, if any still has.
     pub fn client_by_digest(&self, token: &Digest) -> Option<String> {
+        // Every entry is compared, so the time does not say which matched.
         let mut found = None;
         for (known, name) in &self.client_digests {
             if digest_eq(known, token) {

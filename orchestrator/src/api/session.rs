@@ -3,7 +3,7 @@
 //! ([`super::guard`]) and handed to handlers as a [`Caller`].
 //!
 //! A dashboard sign-in opens a server-side session: the cookie carries a
-//! random session id (256 bits, hex), never the token. The session records
+//! random session id (64 hex digits, 244 random bits), never the token. The session records
 //! the client and a digest of the token it was opened with, and ends at
 //! sign-out, after [`SESSION_TTL`], when the client's token is rotated or
 //! removed, or when the client opens more than [`SESSIONS_PER_CLIENT`]

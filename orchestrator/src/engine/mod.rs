@@ -649,10 +649,7 @@ impl Engine {
     /// A job, from memory or storage.
     pub async fn get_job(&self, id: Uuid) -> Result<Option<Job>, StorageError> {
         if let Some(db) = &self.shared.db {
-            return db
-                .get_job(id)
-                .await
-                .map_err(|e| StorageError::Backend(e.to_string()));
+            return Ok(db.get_job(id).await?);
         }
         if let Some(job) = self.lock().jobs.get(&id) {
             return Ok(Some(Job::clone(job)));
@@ -729,10 +726,7 @@ impl Engine {
 
     pub async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>, StorageError> {
         if let Some(db) = &self.shared.db {
-            return db
-                .list_jobs(&filter)
-                .await
-                .map_err(|e| StorageError::Backend(e.to_string()));
+            return Ok(db.list_jobs(&filter).await?);
         }
         let storage = self.shared.storage.clone();
         tokio::task::spawn_blocking(move || storage.list_jobs(&filter))
@@ -742,10 +736,7 @@ impl Engine {
 
     pub async fn job_events(&self, id: Uuid) -> Result<Vec<JobEvent>, StorageError> {
         if let Some(db) = &self.shared.db {
-            return db
-                .job_events(id)
-                .await
-                .map_err(|e| StorageError::Backend(e.to_string()));
+            return Ok(db.job_events(id).await?);
         }
         let storage = self.shared.storage.clone();
         tokio::task::spawn_blocking(move || storage.job_events(id))

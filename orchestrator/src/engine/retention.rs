@@ -28,14 +28,15 @@ pub(crate) async fn run(shared: Arc<Shared>, keep: Duration) {
         "ended jobs are deleted {} after they last changed (finished_job_retention)",
         humantime::format_duration(keep)
     );
+    let Ok(keep) = chrono::Duration::from_std(keep) else {
+        tracing::error!("finished_job_retention is too long to compute with; jobs are kept");
+        return;
+    };
     loop {
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
             _ = shared.stopping.cancelled() => return,
         }
-        let Ok(keep) = chrono::Duration::from_std(keep) else {
-            return;
-        };
         let before = Utc::now() - keep;
         let mut deleted = 0usize;
         loop {

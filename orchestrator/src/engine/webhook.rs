@@ -124,7 +124,10 @@ impl Webhook {
             .unwrap_or_default();
         for attempt in 1..=ATTEMPTS {
             // On a shared database: still ours (see `shared_db::webhooks`).
+            // The first attempt's lease is fresh: the row was just stored
+            // with the job's end, or just taken over.
             if let Some(db) = &shared.db
+                && attempt > 1
                 && let Err(e) = db.renew_webhook(job_id).await
             {
                 tracing::warn!(%job_id, "cannot renew the lease of a webhook: {e}");

@@ -55,17 +55,12 @@ pub fn list_query(filter: &JobFilter, dialect: Dialect) -> (String, Vec<Arg>) {
         let id = param(&mut args, Arg::Id(after.id));
         sql.push_str(&format!(" AND (created_at, id) < ({at}, {id})"));
     }
-    let limit = param(&mut args, Arg::Int(clamp(filter.limit)));
-    let offset = param(&mut args, Arg::Int(clamp(filter.offset)));
+    let limit = param(&mut args, Arg::Int(super::sql_count(filter.limit)));
+    let offset = param(&mut args, Arg::Int(super::sql_count(filter.offset)));
     sql.push_str(&format!(
         " ORDER BY created_at DESC, id DESC LIMIT {limit} OFFSET {offset}"
     ));
     (sql, args)
-}
-
-/// Past `i64::MAX` a database would read a negative count.
-fn clamp(n: usize) -> i64 {
-    n.min(i64::MAX as usize) as i64
 }
 
 #[cfg(test)]

@@ -49,6 +49,12 @@ pub struct PendingWebhook {
     pub body: String,
 }
 
+/// A count as SQL takes it: past `i64::MAX` a database would read a
+/// negative count.
+pub(crate) fn sql_count(n: usize) -> i64 {
+    n.min(i64::MAX as usize) as i64
+}
+
 /// Filter of [`Storage::list_jobs`]: newest first, `limit` of them, after
 /// skipping `offset` and, with `after`, starting below that cursor.
 #[derive(Debug, Clone, Default)]

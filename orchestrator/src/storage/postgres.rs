@@ -294,10 +294,7 @@ impl Storage for PostgresStorage {
         let mut client = self.lock();
         let mut tx = client.transaction().map_err(backend)?;
         let ids: Vec<Uuid> = tx
-            .query(
-                DELETE_ENDED,
-                &[&before, &(limit.min(i64::MAX as usize) as i64)],
-            )
+            .query(DELETE_ENDED, &[&before, &super::sql_count(limit)])
             .map_err(backend)?
             .iter()
             .map(|r| r.get(0))

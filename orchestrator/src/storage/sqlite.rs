@@ -285,10 +285,9 @@ impl Storage for SqliteStorage {
                  AND updated_at < ?1 ORDER BY updated_at LIMIT ?2",
             )
             .map_err(backend)?
-            .query_map(
-                params![before.to_rfc3339(), limit.min(i64::MAX as usize) as i64],
-                |r| r.get(0),
-            )
+            .query_map(params![before.to_rfc3339(), super::sql_count(limit)], |r| {
+                r.get(0)
+            })
             .map_err(backend)?
             .collect::<Result<_, _>>()
             .map_err(backend)?;

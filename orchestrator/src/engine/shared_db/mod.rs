@@ -10,11 +10,14 @@
 //! - Workers claim queue entries with `FOR UPDATE SKIP LOCKED`; timers are
 //!   claimed the same way by whichever instance sees them due first (the
 //!   database's clock decides); expired workers likewise.
-//! - `LISTEN/NOTIFY` wakes long-polls and `?wait=` on every instance (a
-//!   hint: they also look again every [`FALLBACK_POLL`]).
+//! - `LISTEN/NOTIFY` wakes long-polls and `?wait=` on every instance; they
+//!   wait on nothing else. Each instance's maintenance loop looks at the
+//!   database once per [`glance::GLANCE_EVERY`] and wakes them if a
+//!   notification was missed.
 
 mod glance;
 mod reads;
+mod retention;
 mod scratch;
 mod sessions;
 mod unreadable;
@@ -82,6 +85,12 @@ impl DbError {
             }),
             _ => false,
         }
+    }
+}
+
+impl From<DbError> for crate::storage::StorageError {
+    fn from(e: DbError) -> Self {
+        crate::storage::StorageError::Backend(e.to_string())
     }
 }
 
@@ -666,7 +675,6 @@ impl SharedDb {
         Ok(out)
     }
 
-    /// Queue depths, tasks held and workers, for a metrics scrape.
     /// The queues, leases and workers for a scrape, counted at most once
     /// per [`METRICS_TTL`] however many scrape (concurrent scrapes wait for
     /// one count).

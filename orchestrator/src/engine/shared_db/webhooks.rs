@@ -1,8 +1,8 @@
 //! Webhooks owed on a shared database survive the instance that owed them.
 //!
 //! A webhook row is stored with the job change that ended its job; its
-//! `created_at` is the delivering instance's lease, renewed before each
-//! attempt and deleted when the delivery is done with. A row whose lease is
+//! `created_at` is the delivering instance's lease (fresh when the row is
+//! stored or taken over), renewed before each later attempt, and deleted when the delivery is done with. A row whose lease is
 //! older than [`super::super::EngineSettings::webhook_lease`] belongs to an
 //! instance that died (or a delivery stuck that long): any instance takes it
 //! over (one, by `FOR UPDATE SKIP LOCKED`) and delivers it. Delivery is at
