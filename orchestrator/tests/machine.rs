@@ -1,5 +1,7 @@
-//! The job state machine under paused tokio time: retries with backoff,
-//! quarantine, timeouts, lease expiry, fan-out/fan-in, conditions, custom statuses.
+//! The job state machine: retries with backoff, quarantine, timeouts, lease
+//! expiry, fan-out/fan-in, conditions, custom statuses. Each test runs on
+//! both backends ([`on_both!`]): one instance in memory under paused tokio
+//! time, and the shared-database backend on PostgreSQL in real time.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -28,9 +30,9 @@ end = "finished"
 end = "failed"
 "#;
 
-#[tokio::test(start_paused = true)]
-async fn params_are_built_with_types_and_defaults_and_the_result_finishes_the_job() {
-    let engine = engine(ECHO_FLOW).await;
+on_both!(params_are_built_with_types_and_defaults_and_the_result_finishes_the_job);
+async fn params_are_built_with_types_and_defaults_and_the_result_finishes_the_job(h: Holder) {
+    let engine = h.engine(ECHO_FLOW).await;
     register(&engine, "w1", &["echo"]).await;
     let id = create(&engine, json!({"message": "yo"})).await;
     let task = poll(&engine, "w1").await.unwrap();
@@ -52,9 +54,9 @@ async fn params_are_built_with_types_and_defaults_and_the_result_finishes_the_jo
     assert_eq!(job.task_worker_id.as_deref(), Some("w1"));
 }
 
-#[tokio::test(start_paused = true)]
-async fn transient_failures_retry_with_exponential_backoff_then_take_the_failure_path() {
-    let engine = engine(ECHO_FLOW).await;
+on_both!(transient_failures_retry_with_exponential_backoff_then_take_the_failure_path);
+async fn transient_failures_retry_with_exponential_backoff_then_take_the_failure_path(h: Holder) {
+    let engine = h.engine(ECHO_FLOW).await;
     register(&engine, "w1", &["echo"]).await;
     let id = create(&engine, json!({})).await;
     let first = poll(&engine, "w1").await.unwrap();
@@ -66,8 +68,9 @@ async fn transient_failures_retry_with_exponential_backoff_then_take_the_failure
     // Backoff 1 s: nothing before, the retry after.
     tokio::time::sleep(Duration::from_millis(990)).await;
     assert!(poll(&engine, "w1").await.is_none());
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let second = poll(&engine, "w1").await.expect("retry after 1 s");
+    let second = poll_within(&engine, "w1", Duration::from_secs(1))
+        .await
+        .expect("retry after 1 s");
     assert_ne!(second.task_id, first.task_id, "a retry gets a new task id");
     engine
         .submit_result("w1", &failure(&second, "TIMEOUT_ERROR", "slow"))
@@ -76,8 +79,9 @@ async fn transient_failures_retry_with_exponential_backoff_then_take_the_failure
     // Backoff doubles: 2 s.
     tokio::time::sleep(Duration::from_millis(1990)).await;
     assert!(poll(&engine, "w1").await.is_none());
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let third = poll(&engine, "w1").await.expect("retry after 2 s");
+    let third = poll_within(&engine, "w1", Duration::from_secs(1))
+        .await
+        .expect("retry after 2 s");
     let j = job(&engine, id).await;
     assert_eq!(j.tasks[0].attempt, 3);
     engine
@@ -101,9 +105,12 @@ async fn transient_failures_retry_with_exponential_backoff_then_take_the_failure
     assert_eq!(r.status, "ignored");
 }
 
-#[tokio::test(start_paused = true)]
-async fn exhausted_retries_without_a_failure_path_quarantine_and_permanent_errors_quarantine_at_once()
- {
+on_both!(
+    exhausted_retries_without_a_failure_path_quarantine_and_permanent_errors_quarantine_at_once
+);
+async fn exhausted_retries_without_a_failure_path_quarantine_and_permanent_errors_quarantine_at_once(
+    h: Holder,
+) {
     let states = r#"
 [states.start]
 start = true
@@ -113,7 +120,7 @@ dispatch.retry = { max_attempts = 2, initial_backoff_ms = 10 }
 [states.done]
 end = "finished"
 "#;
-    let engine = engine(states).await;
+    let engine = h.engine(states).await;
     register(&engine, "w", &["t"]).await;
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "w").await.unwrap();
@@ -121,8 +128,9 @@ end = "finished"
         .submit_result("w", &failure(&t, "TRANSIENT_ERROR", "boom"))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let t = poll(&engine, "w").await.unwrap();
+    let t = poll_within(&engine, "w", Duration::from_secs(1))
+        .await
+        .unwrap();
     engine
         .submit_result("w", &failure(&t, "TRANSIENT_ERROR", "boom"))
         .await
@@ -147,9 +155,9 @@ end = "finished"
     assert_eq!(j.error.unwrap().code, "PERMANENT_ERROR");
 }
 
-#[tokio::test(start_paused = true)]
-async fn invalid_input_takes_the_failure_path_without_retrying() {
-    let engine = engine(ECHO_FLOW).await;
+on_both!(invalid_input_takes_the_failure_path_without_retrying);
+async fn invalid_input_takes_the_failure_path_without_retrying(h: Holder) {
+    let engine = h.engine(ECHO_FLOW).await;
     register(&engine, "w", &["echo"]).await;
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "w").await.unwrap();
@@ -166,9 +174,9 @@ async fn invalid_input_takes_the_failure_path_without_retrying() {
     assert_eq!(j.attempts, 1);
 }
 
-#[tokio::test(start_paused = true)]
-async fn custom_statuses_follow_their_transition_and_unknown_ones_fail_clearly() {
-    let engine = engine(ECHO_FLOW).await;
+on_both!(custom_statuses_follow_their_transition_and_unknown_ones_fail_clearly);
+async fn custom_statuses_follow_their_transition_and_unknown_ones_fail_clearly(h: Holder) {
+    let engine = h.engine(ECHO_FLOW).await;
     register(&engine, "w", &["echo"]).await;
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "w").await.unwrap();
@@ -195,11 +203,12 @@ async fn custom_statuses_follow_their_transition_and_unknown_ones_fail_clearly()
     assert!(e.message.contains("`weird`"), "{}", e.message);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_job_waits_for_a_worker_and_says_why_then_runs_when_one_registers() {
-    let engine = engine(ECHO_FLOW).await;
+on_both!(a_job_waits_for_a_worker_and_says_why_then_runs_when_one_registers);
+async fn a_job_waits_for_a_worker_and_says_why_then_runs_when_one_registers(h: Holder) {
+    let engine = h.engine(ECHO_FLOW).await;
     let id = create(&engine, json!({})).await;
-    tokio::time::sleep(Duration::from_secs(600)).await;
+    // No dispatch timeout: it waits (10 minutes of paused time).
+    tokio::time::sleep(h.pick(Duration::from_secs(600), Duration::from_secs(1))).await;
     let j = job(&engine, id).await;
     assert_eq!(j.status, JobStatus::WaitingForWorker);
     assert_eq!(
@@ -220,8 +229,8 @@ async fn a_job_waits_for_a_worker_and_says_why_then_runs_when_one_registers() {
     assert_eq!(job(&engine, id).await.status, JobStatus::Finished);
 }
 
-#[tokio::test(start_paused = true)]
-async fn the_dispatch_timeout_fails_a_job_nobody_picks_up() {
+on_both!(the_dispatch_timeout_fails_a_job_nobody_picks_up);
+async fn the_dispatch_timeout_fails_a_job_nobody_picks_up(h: Holder) {
     let states = r#"
 [states.start]
 start = true
@@ -231,13 +240,11 @@ dispatch.on = { success = "done" }
 [states.done]
 end = "finished"
 "#;
-    let engine = engine(states).await;
+    let engine = h.engine(states).await;
     let id = create(&engine, json!({})).await;
     tokio::time::sleep(Duration::from_millis(4900)).await;
     assert_eq!(job(&engine, id).await.status, JobStatus::WaitingForWorker);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    settle().await;
-    let j = job(&engine, id).await;
+    let j = job_reaches(&engine, id, JobStatus::Failed, Duration::from_secs(1)).await;
     assert_eq!(j.status, JobStatus::Failed);
     let e = j.error.unwrap();
     assert_eq!(e.code, "DISPATCH_TIMEOUT");
@@ -248,8 +255,8 @@ end = "finished"
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn the_result_timeout_counts_as_a_transient_failure() {
+on_both!(the_result_timeout_counts_as_a_transient_failure);
+async fn the_result_timeout_counts_as_a_transient_failure(h: Holder) {
     let states = r#"
 [states.start]
 start = true
@@ -262,7 +269,7 @@ end = "finished"
 [states.failed]
 end = "failed"
 "#;
-    let engine = engine(states).await;
+    let engine = h.engine(states).await;
     register(&engine, "w", &["t"]).await;
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "w").await.unwrap();
@@ -270,11 +277,19 @@ end = "failed"
         t.deadline.as_ref().unwrap().is_i64(),
         "deadline is an integer"
     );
-    tokio::time::sleep(Duration::from_millis(3050)).await;
-    settle().await;
-    assert_eq!(job(&engine, id).await.status, JobStatus::AwaitingRetry);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let t2 = poll(&engine, "w").await.expect("retried");
+    tokio::time::sleep(Duration::from_millis(2950)).await;
+    assert_eq!(job(&engine, id).await.status, JobStatus::WaitingForWorker);
+    let j = job_reaches(
+        &engine,
+        id,
+        JobStatus::AwaitingRetry,
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(j.status, JobStatus::AwaitingRetry);
+    let t2 = poll_within(&engine, "w", Duration::from_secs(1))
+        .await
+        .expect("retried");
     // The late answer to the first attempt is stale.
     assert_eq!(
         engine
@@ -292,26 +307,35 @@ end = "failed"
     assert_eq!(job(&engine, id).await.status, JobStatus::Finished);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_silent_worker_loses_its_lease_and_the_task_goes_to_another() {
+on_both!(a_silent_worker_loses_its_lease_and_the_task_goes_to_another);
+async fn a_silent_worker_loses_its_lease_and_the_task_goes_to_another(h: Holder) {
     let settings = EngineSettings {
-        worker_ttl: Duration::from_secs(30),
+        worker_ttl: Duration::from_secs(3),
         sweep_interval: Duration::from_secs(1),
         ..EngineSettings::default()
     };
-    let engine = engine_with(ECHO_FLOW, settings).await;
+    let engine = h.engine_with(ECHO_FLOW, settings).await;
     register(&engine, "dies", &["echo"]).await;
     let id = create(&engine, json!({})).await;
     let lost = poll(&engine, "dies").await.unwrap();
     register(&engine, "lives", &["echo"]).await;
     // "lives" keeps heartbeating; "dies" does not.
-    for _ in 0..32 {
+    for _ in 0..5 {
         tokio::time::sleep(Duration::from_secs(1)).await;
         engine.heartbeat("lives", None).await.unwrap().unwrap();
     }
-    settle().await;
-    assert!(!engine.is_registered("dies"));
-    let again = poll(&engine, "lives").await.expect("requeued");
+    assert!(
+        eventually(Duration::from_secs(1), async || !registered(
+            &engine, "dies"
+        )
+        .await)
+        .await,
+        "dropped after its time to live"
+    );
+    assert!(registered(&engine, "lives").await);
+    let again = poll_within(&engine, "lives", Duration::from_secs(1))
+        .await
+        .expect("requeued");
     assert_eq!(again.job_id, lost.job_id);
     assert_ne!(again.task_id, lost.task_id);
     let r = engine
@@ -328,9 +352,9 @@ async fn a_silent_worker_loses_its_lease_and_the_task_goes_to_another() {
     assert_eq!(j.task_worker_id.as_deref(), Some("lives"));
 }
 
-#[tokio::test(start_paused = true)]
-async fn only_the_assigned_worker_may_complete_a_task() {
-    let engine = engine(ECHO_FLOW).await;
+on_both!(only_the_assigned_worker_may_complete_a_task);
+async fn only_the_assigned_worker_may_complete_a_task(h: Holder) {
+    let engine = h.engine(ECHO_FLOW).await;
     register(&engine, "a", &["echo"]).await;
     register(&engine, "b", &["echo"]).await;
     let id = create(&engine, json!({})).await;
@@ -346,9 +370,9 @@ async fn only_the_assigned_worker_may_complete_a_task() {
     assert_eq!(job(&engine, id).await.status, JobStatus::WaitingForWorker);
 }
 
-#[tokio::test(start_paused = true)]
-async fn cancelled_jobs_ignore_late_results() {
-    let engine = engine(ECHO_FLOW).await;
+on_both!(cancelled_jobs_ignore_late_results);
+async fn cancelled_jobs_ignore_late_results(h: Holder) {
+    let engine = h.engine(ECHO_FLOW).await;
     register(&engine, "a", &["echo"]).await;
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "a").await.unwrap();
@@ -367,8 +391,8 @@ async fn cancelled_jobs_ignore_late_results() {
     assert_eq!(resp.cancel_task_ids, Some(vec![t.task_id.clone()]));
 }
 
-#[tokio::test(start_paused = true)]
-async fn parallel_branches_fan_out_and_fan_in_then_conditions_choose_the_path() {
+on_both!(parallel_branches_fan_out_and_fan_in_then_conditions_choose_the_path);
+async fn parallel_branches_fan_out_and_fan_in_then_conditions_choose_the_path(h: Holder) {
     let states = r#"
 [states.start]
 start = true
@@ -385,7 +409,7 @@ end = "finished"
 [states.failed]
 end = "failed"
 "#;
-    let engine = engine(states).await;
+    let engine = h.engine(states).await;
     register(&engine, "wl", &["l"]).await;
     register(&engine, "wr", &["r"]).await;
     for (x, expected) in [(3, "small"), (30, "big")] {
@@ -423,13 +447,13 @@ end = "failed"
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn ended_jobs_leave_memory_but_stay_readable_from_storage() {
+on_both!(ended_jobs_leave_memory_but_stay_readable_from_storage);
+async fn ended_jobs_leave_memory_but_stay_readable_from_storage(h: Holder) {
     let settings = EngineSettings {
         finished_jobs_in_memory: 2,
         ..EngineSettings::default()
     };
-    let engine = engine_with(ECHO_FLOW, settings).await;
+    let engine = h.engine_with(ECHO_FLOW, settings).await;
     register(&engine, "w", &["echo"]).await;
     let mut ids = Vec::new();
     for n in 0..5 {
@@ -441,9 +465,17 @@ async fn ended_jobs_leave_memory_but_stay_readable_from_storage() {
             .unwrap();
         ids.push(id);
     }
+    let in_memory: Vec<bool> = ids
+        .iter()
+        .map(|id| engine.with_job_in_memory(*id, |_, _| ()).is_some())
+        .collect();
+    // A shared database holds no job in memory: every read goes to it.
+    let expected = match h {
+        Holder::Memory => [false, false, false, true, true],
+        Holder::Postgres => [false; 5],
+    };
     assert_eq!(
-        engine.jobs_in_memory(),
-        2,
+        in_memory, expected,
         "only the 2 newest ended jobs stay in memory"
     );
     engine.sync_storage().await;
@@ -478,9 +510,9 @@ async fn heartbeat(
     engine.heartbeat(worker, Some(&hb)).await.unwrap().unwrap()
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_cancelled_jobs_queued_task_is_never_handed_out() {
-    let engine = engine(ECHO_FLOW).await;
+on_both!(a_cancelled_jobs_queued_task_is_never_handed_out);
+async fn a_cancelled_jobs_queued_task_is_never_handed_out(h: Holder) {
+    let engine = h.engine(ECHO_FLOW).await;
     let id = create(&engine, json!({})).await;
     engine.cancel_job(id, "default").await.unwrap();
     register(&engine, "a", &["echo"]).await;
@@ -488,9 +520,9 @@ async fn a_cancelled_jobs_queued_task_is_never_handed_out() {
     assert_eq!(job(&engine, id).await.status, JobStatus::Cancelled);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_new_instance_of_a_worker_gets_none_of_the_old_ones_tasks() {
-    let engine = engine(ECHO_FLOW).await;
+on_both!(a_new_instance_of_a_worker_gets_none_of_the_old_ones_tasks);
+async fn a_new_instance_of_a_worker_gets_none_of_the_old_ones_tasks(h: Holder) {
+    let engine = h.engine(ECHO_FLOW).await;
     register_instance(&engine, "w", "first", 15.0).await;
     let id = create(&engine, json!({})).await;
     let old = poll(&engine, "w").await.unwrap();
@@ -520,24 +552,32 @@ async fn a_new_instance_of_a_worker_gets_none_of_the_old_ones_tasks() {
     assert_eq!(job(&engine, id2).await.status, JobStatus::Finished);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_task_the_worker_stops_listing_is_a_failed_attempt_after_the_grace_and_requeued_on_goodbye()
- {
-    let engine = engine(ECHO_FLOW).await;
+on_both!(
+    a_task_the_worker_stops_listing_is_a_failed_attempt_after_the_grace_and_requeued_on_goodbye
+);
+async fn a_task_the_worker_stops_listing_is_a_failed_attempt_after_the_grace_and_requeued_on_goodbye(
+    h: Holder,
+) {
+    let settings = EngineSettings {
+        unlisted_task_grace: Duration::from_secs(1),
+        ..EngineSettings::default()
+    };
+    let engine = h.engine_with(ECHO_FLOW, settings).await;
     register_instance(&engine, "w", "i", 1.0).await;
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "w").await.unwrap();
     // Just handed out: not listed yet is fine.
     heartbeat(&engine, "w", "busy", &[]).await;
     assert!(poll(&engine, "w").await.is_none());
-    tokio::time::advance(Duration::from_secs(11)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     // Past the grace, a task it does not list (it could not read it, or its
     // result was lost) is a failed attempt: retried after the backoff (1 s).
     heartbeat(&engine, "w", "idle", &[]).await;
     assert_eq!(job(&engine, id).await.status, JobStatus::AwaitingRetry);
     assert!(poll(&engine, "w").await.is_none());
-    tokio::time::sleep(Duration::from_millis(1010)).await;
-    let again = poll(&engine, "w").await.unwrap();
+    let again = poll_within(&engine, "w", Duration::from_secs(2))
+        .await
+        .unwrap();
     assert_ne!(again.task_id, t.task_id);
     assert_eq!(job(&engine, id).await.tasks[0].attempt, 2);
     // A goodbye returns what it does not list at once; nothing more is handed out.
@@ -549,31 +589,33 @@ async fn a_task_the_worker_stops_listing_is_a_failed_attempt_after_the_grace_and
     assert!(poll(&engine, "other").await.is_some());
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_worker_declaring_its_heartbeat_interval_is_dropped_after_two_of_them() {
-    let engine = engine(ECHO_FLOW).await;
-    register_instance(&engine, "w", "i", 2.0).await;
+on_both!(a_worker_declaring_its_heartbeat_interval_is_dropped_after_two_of_them);
+async fn a_worker_declaring_its_heartbeat_interval_is_dropped_after_two_of_them(h: Holder) {
+    let engine = h.engine(ECHO_FLOW).await;
+    register_instance(&engine, "w", "i", 0.5).await;
     create(&engine, json!({})).await;
     poll(&engine, "w").await.unwrap();
-    // 2 × 2 s + 5 s = 9 s; checked every second.
-    tokio::time::advance(Duration::from_secs(8)).await;
-    settle().await;
-    assert!(engine.is_registered("w"));
-    tokio::time::advance(Duration::from_secs(3)).await;
-    settle().await;
-    assert!(!engine.is_registered("w"));
+    // 2 × 0.5 s + 5 s = 6 s; checked every second.
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    assert!(registered(&engine, "w").await);
+    assert!(
+        eventually(Duration::from_secs(2), async || !registered(&engine, "w")
+            .await)
+        .await,
+        "dropped after two intervals and the margin"
+    );
     register(&engine, "other", &["echo"]).await;
     assert!(poll(&engine, "other").await.is_some());
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_task_without_a_result_timeout_still_has_a_lease() {
+on_both!(a_task_without_a_result_timeout_still_has_a_lease);
+async fn a_task_without_a_result_timeout_still_has_a_lease(h: Holder) {
     let settings = EngineSettings {
-        default_result_timeout: Duration::from_secs(60),
+        default_result_timeout: Duration::from_secs(2),
         worker_ttl: Duration::from_secs(3600),
         ..EngineSettings::default()
     };
-    let engine = engine_with(ECHO_FLOW, settings).await;
+    let engine = h.engine_with(ECHO_FLOW, settings).await;
     register(&engine, "a", &["echo"]).await;
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "a").await.unwrap();
@@ -581,29 +623,35 @@ async fn a_task_without_a_result_timeout_still_has_a_lease() {
         t.deadline.is_none(),
         "no deadline is sent for the default lease"
     );
-    tokio::time::advance(Duration::from_secs(61)).await;
-    settle().await;
-    let j = job(&engine, id).await;
+    tokio::time::sleep(Duration::from_millis(1900)).await;
+    assert!(job(&engine, id).await.tasks[0].last_error.is_none());
+    let j = job_reaches(
+        &engine,
+        id,
+        JobStatus::AwaitingRetry,
+        Duration::from_secs(1),
+    )
+    .await;
     let last = j.tasks[0].last_error.clone().unwrap();
     assert_eq!(last.code, "TIMEOUT_ERROR", "{j:?}");
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_worker_whose_channel_closed_is_gone_after_the_grace_unless_heard_from() {
+on_both!(a_worker_whose_channel_closed_is_gone_after_the_grace_unless_heard_from);
+async fn a_worker_whose_channel_closed_is_gone_after_the_grace_unless_heard_from(h: Holder) {
     let settings = EngineSettings {
-        channel_grace: Duration::from_secs(3),
+        channel_grace: Duration::from_secs(1),
         ..EngineSettings::default()
     };
-    let engine = engine_with(ECHO_FLOW, settings).await;
+    let engine = h.engine_with(ECHO_FLOW, settings).await;
     register(&engine, "w1", &["echo"]).await;
     register(&engine, "w2", &["echo"]).await;
     let id = create(&engine, json!({})).await;
     let first = poll(&engine, "w1").await.unwrap();
     // Back within the grace (a reconnect): it keeps its task.
     engine.channel_lost("w1").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     engine.heartbeat("w1", None).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
         poll(&engine, "w2").await.is_none(),
         "the task stayed with w1"
@@ -611,10 +659,11 @@ async fn a_worker_whose_channel_closed_is_gone_after_the_grace_unless_heard_from
     // Not back: its task goes to w2 after the grace (and the sweep), long
     // before its 35 s liveness.
     engine.channel_lost("w1").await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(poll(&engine, "w2").await.is_none(), "not before the grace");
-    tokio::time::sleep(Duration::from_millis(1600)).await;
-    let again = poll(&engine, "w2").await.expect("requeued after the grace");
+    let again = poll_within(&engine, "w2", Duration::from_secs(2))
+        .await
+        .expect("requeued after the grace");
     assert_eq!(again.job_id, id.to_string());
     assert_ne!(again.task_id, first.task_id);
     // A late result from w1 for the old task is not taken.
@@ -633,9 +682,9 @@ async fn a_worker_whose_channel_closed_is_gone_after_the_grace_unless_heard_from
     assert_eq!(job(&engine, id).await.status, JobStatus::Finished);
 }
 
-#[tokio::test(start_paused = true)]
-async fn progress_on_a_job_that_ended_is_refused_and_changes_nothing() {
-    let engine = engine(ECHO_FLOW).await;
+on_both!(progress_on_a_job_that_ended_is_refused_and_changes_nothing);
+async fn progress_on_a_job_that_ended_is_refused_and_changes_nothing(h: Holder) {
+    let engine = h.engine(ECHO_FLOW).await;
     register(&engine, "w1", &["echo"]).await;
     let id = create(&engine, json!({})).await;
     let task = poll(&engine, "w1").await.unwrap();

@@ -158,7 +158,7 @@ impl AppState {
             ));
         }
         let id = cookie_session(headers).ok_or_else(ended)?;
-        let session = match &self.engine.shared.db {
+        let session = match self.engine.shared.backend.shared_db() {
             Some(db) => db
                 .session(&id)
                 .await
@@ -182,7 +182,7 @@ impl AppState {
             client: client.clone(),
             token: digest(token),
         };
-        match &self.engine.shared.db {
+        match self.engine.shared.backend.shared_db() {
             Some(db) => db
                 .start_session(&digest(&id), &session, SESSION_TTL, SESSIONS_PER_CLIENT)
                 .await
@@ -197,7 +197,7 @@ impl AppState {
         let Some(id) = cookie_session(headers) else {
             return Ok(());
         };
-        match &self.engine.shared.db {
+        match self.engine.shared.backend.shared_db() {
             Some(db) => db
                 .end_session(&id)
                 .await

@@ -43,7 +43,6 @@ pub(crate) async fn run(shared: Arc<Shared>, keep: Duration) {
             match delete_batch(&shared, before).await {
                 Ok(ids) => {
                     deleted += ids.len();
-                    forget(&shared, &ids);
                     if ids.len() < BATCH {
                         break;
                     }
@@ -65,29 +64,9 @@ async fn delete_batch(
     shared: &Arc<Shared>,
     before: chrono::DateTime<Utc>,
 ) -> Result<Vec<Uuid>, String> {
-    if let Some(db) = &shared.db {
-        return db
-            .delete_ended(before, BATCH)
-            .await
-            .map_err(|e| e.to_string());
-    }
-    let storage = shared.storage.clone();
-    tokio::task::spawn_blocking(move || storage.delete_ended(before, BATCH))
+    shared
+        .backend
+        .delete_ended(shared, before, BATCH)
         .await
-        .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())
-}
-
-/// Drops deleted jobs from this instance's memory, so a read of one is 404
-/// as it is from storage.
-fn forget(shared: &Shared, ids: &[Uuid]) {
-    if ids.is_empty() || shared.db.is_some() {
-        return;
-    }
-    let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
-    for id in ids {
-        if st.jobs.get(id).is_some_and(|j| j.status.is_terminal()) {
-            st.jobs.remove(id);
-        }
-    }
 }

@@ -23,7 +23,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use super::Shared;
-use super::persist::PersistMsg;
 use crate::job::{Job, JobError, Object};
 use crate::storage::PendingWebhook;
 
@@ -116,7 +115,7 @@ impl Webhook {
         // was accepted); names are checked when resolved.
         if let Err(why) = crate::egress::check_webhook_url(&self.url, &shared.egress) {
             tracing::error!(%job_id, "webhook {} to {} refused: {why}", self.event, self.url);
-            return self.done(&shared);
+            return self.done(&shared).await;
         }
         let host = reqwest::Url::parse(&self.url)
             .ok()
@@ -126,9 +125,8 @@ impl Webhook {
             // On a shared database: still ours (see `shared_db::webhooks`).
             // The first attempt's lease is fresh: the row was just stored
             // with the job's end, or just taken over.
-            if let Some(db) = &shared.db
-                && attempt > 1
-                && let Err(e) = db.renew_webhook(job_id).await
+            if attempt > 1
+                && let Err(e) = shared.backend.renew_webhook(job_id).await
             {
                 tracing::warn!(%job_id, "cannot renew the lease of a webhook: {e}");
             }
@@ -182,16 +180,16 @@ impl Webhook {
         if !delivered {
             tracing::error!(%job_id, "webhook {} to {} not delivered after {ATTEMPTS} attempts; giving up", self.event, self.url);
         }
-        self.done(&shared);
+        self.done(&shared).await;
     }
 
-    /// Tells the writer this webhook is done with (delivered or given up).
-    fn done(&self, shared: &Shared) {
-        let _ = shared.writer.send(PersistMsg {
-            write: None,
-            webhook_done: Some(self.job_id),
-            ack: None,
-        });
+    /// Its stored row goes: done with (delivered or given up).
+    async fn done(&self, shared: &Shared) {
+        if let Err(e) = shared.backend.webhook_done(self.job_id).await {
+            // Delivered again by the next start (one instance) or when its
+            // lease runs out (shared): at least once.
+            tracing::warn!(job_id = %self.job_id, "cannot mark a webhook done: {e}");
+        }
     }
 }
 
@@ -258,6 +256,27 @@ impl Drop for Lane {
             open.remove(&self.key);
         }
     }
+}
+
+/// The client webhooks are sent with: each attempt bounded, no redirects
+/// followed, only addresses the egress policy allows (checked after
+/// resolution), and never through HTTP(S)_PROXY (a proxy would connect to
+/// addresses the check never saw).
+pub(crate) fn client(
+    egress: &Arc<crate::egress::EgressPolicy>,
+) -> Result<reqwest::Client, crate::storage::StorageError> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(ATTEMPT_TIMEOUT)
+        .connect_timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(crate::egress::PolicyResolver(egress.clone())))
+        .build()
+        .map_err(|e| {
+            crate::storage::StorageError::Backend(format!(
+                "cannot build the webhook HTTP client: {e}"
+            ))
+        })
 }
 
 #[cfg(test)]

@@ -1,14 +1,18 @@
 //! Helpers shared by the orchestrator's integration tests.
 #![allow(dead_code)]
 
+#[path = "../../../tests/tests/support/pg.rs"]
+mod pg;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use orchestrator::blueprint;
 use orchestrator::engine::{Engine, EngineSettings, NewJob};
-use orchestrator::job::Job;
+use orchestrator::job::{Job, JobStatus};
 use orchestrator::storage::Storage;
 use orchestrator::storage::memory::MemoryStorage;
+use orchestrator::storage::postgres::PostgresStorage;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -29,6 +33,124 @@ pub async fn engine_on(
 
 pub async fn engine(states: &str) -> Engine {
     engine_with(states, EngineSettings::default()).await
+}
+
+/// Where a test's engine keeps its state: the machine tests run on both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    /// One instance, memory storage, tokio time paused.
+    Memory,
+    /// The shared-database backend on a PostgreSQL database of the test's
+    /// own (the machine's server), real time.
+    Postgres,
+}
+
+/// Runs the test function `$name(Holder)` once per backend, as
+/// `$name::memory` (paused time) and `$name::postgres`.
+#[macro_export]
+macro_rules! on_both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(start_paused = true)]
+            async fn memory() {
+                super::$name($crate::common::Holder::Memory).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name($crate::common::Holder::Postgres).await
+            }
+        }
+    };
+}
+
+/// An engine and, on PostgreSQL, its database (dropped after it).
+pub struct Held {
+    engine: Engine,
+    _db: Option<pg::TestDatabase>,
+}
+
+impl std::ops::Deref for Held {
+    type Target = Engine;
+    fn deref(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // The background loops stop before the database goes.
+        self.engine.begin_shutdown();
+    }
+}
+
+impl Holder {
+    pub async fn engine(self, states: &str) -> Held {
+        self.engine_with(states, EngineSettings::default()).await
+    }
+
+    pub async fn engine_with(self, states: &str, settings: EngineSettings) -> Held {
+        match self {
+            Self::Memory => Held {
+                engine: engine_with(states, settings).await,
+                _db: None,
+            },
+            Self::Postgres => {
+                let db = pg::TestDatabase::create().await;
+                let url = db.url.clone();
+                let storage = tokio::task::spawn_blocking(move || PostgresStorage::open(&url))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let settings = EngineSettings {
+                    shared_database: Some(db.url.clone()),
+                    ..settings
+                };
+                Held {
+                    engine: engine_on(states, settings, Arc::new(storage)).await,
+                    _db: Some(db),
+                }
+            }
+        }
+    }
+
+    /// `memory` on paused time; `real` (shorter) where time is real.
+    pub fn pick(self, memory: Duration, real: Duration) -> Duration {
+        match self {
+            Self::Memory => memory,
+            Self::Postgres => real,
+        }
+    }
+}
+
+/// Long-polls for up to `within`.
+pub async fn poll_within(
+    engine: &Engine,
+    worker: &str,
+    within: Duration,
+) -> Option<rxon::TaskPayload> {
+    engine.next_task(worker, within).await.unwrap()
+}
+
+/// Whether `check` holds within `within` (looked at every 20 ms): a timer
+/// on a shared database fires when an instance looks, up to half a second
+/// after it is due.
+pub async fn eventually(within: Duration, check: impl AsyncFn() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until job `id` has `status` (up to `within`); the job then.
+pub async fn job_reaches(engine: &Engine, id: Uuid, status: JobStatus, within: Duration) -> Job {
+    eventually(within, async || job(engine, id).await.status == status).await;
+    job(engine, id).await
 }
 
 pub async fn create(engine: &Engine, data: Value) -> Uuid {
@@ -55,6 +177,11 @@ pub async fn register(engine: &Engine, worker: &str, skills: &[&str]) {
     }))
     .unwrap();
     engine.register_worker(&reg).await.expect("registered");
+}
+
+/// Whether `worker` is registered.
+pub async fn registered(engine: &Engine, worker: &str) -> bool {
+    engine.workers().await.iter().any(|w| w.worker_id == worker)
 }
 
 /// Polls without waiting.

@@ -127,14 +127,7 @@ pub(crate) fn put(st: &mut EngineState, job: impl Into<Box<Job>>) {
     }
 }
 
-pub(crate) fn create(
-    shared: &Shared,
-    st: &mut EngineState,
-    id: Uuid,
-    bp: &Blueprint,
-    new: NewJob,
-    ack: oneshot::Sender<Result<(), String>>,
-) {
+pub(crate) fn create(shared: &Shared, st: &mut EngineState, id: Uuid, bp: &Blueprint, new: NewJob) {
     let now = Utc::now();
     let mut job = Job {
         id,
@@ -178,7 +171,7 @@ pub(crate) fn create(
         format!("job created from blueprint {}", bp.name),
     )];
     advance(shared, st, &mut job, &mut events);
-    commit(st, &mut job, events, Some(ack));
+    commit(st, &mut job, events, None);
     put(st, job);
 }
 

@@ -33,12 +33,16 @@ use tokio::time::Instant;
 use tokio_postgres::{AsyncMessage, NoTls};
 use uuid::Uuid;
 
+use super::effects::Wake;
 use super::workers::WorkerView;
-use super::{EngineError, EngineState, Shared, machine};
+use super::{Engine, EngineError, EngineState, Shared, machine};
 use crate::job::Job;
-use scratch::{AfterCommit, Scratch, StoredWorker};
+use scratch::{Scratch, StoredWorker};
 pub(crate) use sessions::StoredSession;
 
+/// The longest a deploy made through another instance goes unseen here if
+/// its change was missed.
+const DEPLOYS_FALLBACK: Duration = Duration::from_secs(30);
 /// Notifications of events this close together go out as one.
 const NOTIFY_COALESCE: Duration = Duration::from_millis(2);
 /// How long one count of the queues, leases and workers serves scrapes.
@@ -104,9 +108,9 @@ impl From<DbError> for EngineError {
 pub(crate) struct SharedDb {
     pool: Pool,
     /// Woken by `NOTIFY tasks` (a task was queued somewhere).
-    pub tasks: Notify,
+    pub tasks: Arc<Notify>,
     /// Woken by `NOTIFY jobs` (a job ended somewhere).
-    pub jobs: Notify,
+    pub jobs: Arc<Notify>,
     /// Given a permit when a deploy made through another instance is seen.
     pub deploys: Notify,
     url: String,
@@ -149,8 +153,8 @@ impl SharedDb {
         let (notices, requests) = tokio::sync::mpsc::unbounded_channel();
         let db = Arc::new(Self {
             pool,
-            tasks: Notify::new(),
-            jobs: Notify::new(),
+            tasks: Default::default(),
+            jobs: Default::default(),
             deploys: Notify::new(),
             url: url.to_string(),
             notices,
@@ -300,29 +304,58 @@ impl SharedDb {
         tx.commit().await?;
         // Back to the pool before taking another for the notification.
         drop(client);
-        self.after_commit(shared, after);
+        after.apply(shared);
         Ok(r)
     }
 
-    fn after_commit(&self, shared: &Arc<Shared>, mut after: AfterCommit) {
-        shared.send_stops(&mut after.stops);
-        crate::metrics::record(std::mem::take(&mut after.observed));
-        if shared.updates.receiver_count() > 0 {
-            for update in after.updates {
-                let _ = shared.updates.send(update);
-            }
-        }
-        // Waiters here at once; other instances through the database.
-        if after.queued {
+    /// Wakes waiters here at once, and other instances through the
+    /// database (see [`Self::notifier`]).
+    pub(crate) fn announce(&self, queued: bool, ended: bool) {
+        if queued {
             self.tasks.notify_waiters();
             let _ = self.notices.send("tasks");
         }
-        if after.ended {
+        if ended {
             self.jobs.notify_waiters();
             let _ = self.notices.send("jobs");
         }
-        for hook in after.webhooks {
-            tokio::spawn(hook.deliver(shared.clone()));
+    }
+
+    /// Starts the notification listener, the maintenance loop and the
+    /// watch for deploys made through other instances.
+    pub(crate) fn start(self: &Arc<Self>, engine: &Engine) {
+        tracing::info!(
+            "several instances may share this database: the queue, timers, leases and workers live in it"
+        );
+        tokio::spawn(self.clone().listen());
+        tokio::spawn(self.clone().maintenance_loop(engine.shared.clone()));
+        // Deploys made through another instance take effect here within a
+        // second (the maintenance loop sees them), or at the latest after
+        // [`DEPLOYS_FALLBACK`].
+        let refresher = engine.clone();
+        let seen = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = seen.deploys.notified() => {}
+                    _ = tokio::time::sleep(DEPLOYS_FALLBACK) => {}
+                    _ = refresher.shared.stopping.cancelled() => return,
+                }
+                if let Err(e) = refresher.refresh_deploys().await {
+                    tracing::warn!("cannot read deploys from the database: {e}");
+                }
+            }
+        });
+    }
+
+    /// A wake-up for when job `id` ends; `None` once it has (or when it
+    /// cannot be read).
+    pub(crate) async fn end_of(&self, id: Uuid) -> Option<Wake> {
+        // Registered before looking, so an end meanwhile is not missed.
+        let wake = Wake::armed(self.jobs.clone());
+        match self.get_job(id).await {
+            Ok(Some(job)) if !job.status.is_terminal() => Some(wake),
+            _ => None,
         }
     }
 
@@ -332,12 +365,16 @@ impl SharedDb {
         id: Uuid,
         bp: &Arc<crate::blueprint::Blueprint>,
         new: super::NewJob,
-    ) -> Result<(), DbError> {
+    ) -> Result<(), EngineError> {
+        let max = shared.settings.max_active_jobs_per_client;
+        if self.active_jobs(&new.owner).await? >= max {
+            return Err(EngineError::too_many_active_jobs(max, &new.owner));
+        }
         self.event(shared, &[], &[], |st| {
-            let (ack, _) = tokio::sync::oneshot::channel();
-            machine::create(shared, st, id, bp, new.clone(), ack);
+            machine::create(shared, st, id, bp, new.clone());
         })
-        .await
+        .await?;
+        Ok(())
     }
 
     /// How many jobs of `owner` have not ended.
@@ -472,7 +509,7 @@ impl SharedDb {
         let after = scratch.apply(&tx).await?;
         tx.commit().await.map_err(DbError::from)?;
         drop(client);
-        self.after_commit(shared, after);
+        after.apply(shared);
         Ok(Some(payload))
     }
 
@@ -742,7 +779,8 @@ impl SharedDb {
         let mut last_prune = Instant::now();
         let lease = shared.settings.webhook_lease;
         let takeover_every = (lease / 4).clamp(Duration::from_secs(1), Duration::from_secs(10));
-        let mut last_takeover = Instant::now() - takeover_every;
+        // The start took over what was owed already.
+        let mut last_takeover = Instant::now();
         let mut seen: Option<glance::Glance> = None;
         let mut pause = Duration::ZERO;
         loop {
@@ -873,7 +911,7 @@ impl SharedDb {
         tx.commit().await?;
         // Back to the pool before taking another for the notification.
         drop(client);
-        self.after_commit(shared, after);
+        after.apply(shared);
         Ok(true)
     }
 

@@ -19,8 +19,9 @@ use deadpool_postgres::Transaction;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::super::effects::AfterCommit;
 use super::super::workers::{Held, WorkerRecord};
-use super::super::{EngineState, Timer, webhook::Webhook};
+use super::super::{EngineState, Timer};
 use super::DbError;
 use crate::job::Job;
 
@@ -122,18 +123,6 @@ pub(super) struct Scratch {
     timers: HashMap<(Instant, u64), i64>,
     now: DateTime<Utc>,
     mono: Instant,
-}
-
-/// What the event owes once committed.
-#[derive(Default)]
-pub(super) struct AfterCommit {
-    pub webhooks: Vec<Webhook>,
-    /// The jobs written, for the update stream.
-    pub updates: Vec<super::super::JobUpdate>,
-    pub queued: bool,
-    pub ended: bool,
-    pub stops: Vec<super::super::TaskStop>,
-    pub observed: Vec<crate::metrics::Observation>,
 }
 
 impl Scratch {

@@ -58,4 +58,18 @@ impl SharedDb {
             .await?;
         Ok(())
     }
+
+    /// A webhook is done with (delivered or given up): its row goes.
+    pub(crate) async fn webhook_done(&self, job_id: Uuid) -> Result<(), DbError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                &client
+                    .prepare_cached("DELETE FROM webhooks WHERE job_id = $1")
+                    .await?,
+                &[&job_id],
+            )
+            .await?;
+        Ok(())
+    }
 }

@@ -1,0 +1,115 @@
+//! The machine's working set: jobs, queues, workers, timers, and what an
+//! event leaves to do once it is committed.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::persist::PersistMsg;
+use super::webhook;
+use super::workers::{self, WorkerRecord};
+use crate::job::Job;
+
+/// What a timer does when it fires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Timer {
+    /// The task was not picked up in time: the job fails.
+    DispatchTimeout { job: Uuid, task_id: String },
+    /// The worker did not answer in time: a `TIMEOUT_ERROR` failure.
+    ResultTimeout { job: Uuid, task_id: String },
+    /// Backoff is over: queue the task again.
+    Retry { job: Uuid, task_id: String },
+    /// Drop workers that stopped talking.
+    WorkerSweep,
+}
+
+/// A task waiting in a queue.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    pub job: Uuid,
+    pub task_id: String,
+    pub seq: u64,
+}
+
+/// Everything behind the engine's mutex.
+#[derive(Default)]
+pub struct EngineState {
+    /// Boxed: the map's slots stay small, so growing it moves pointers,
+    /// not whole jobs (docs/benchmarks.md, fifth pass).
+    pub jobs: HashMap<Uuid, Box<Job>>,
+    /// Task type → tasks waiting for a worker, oldest first.
+    pub queues: HashMap<String, VecDeque<Queued>>,
+    pub workers: BTreeMap<String, WorkerRecord>,
+    pub timers: BTreeMap<(Instant, u64), Timer>,
+    pub seq: u64,
+    /// Wakes `GET /jobs/{id}?wait=` callers when the job ends.
+    pub job_waiters: HashMap<Uuid, Arc<Notify>>,
+    /// Writes made under the lock, sent to the writer before it is released.
+    pub outbox: Vec<PersistMsg>,
+    /// Set when a timer earlier than the timer loop's next one was added.
+    pub timers_changed: bool,
+    /// End-of-job notifications to send once the lock is released.
+    pub webhooks: Vec<webhook::Webhook>,
+    /// Ended jobs still in memory, oldest first.
+    pub retired: VecDeque<Uuid>,
+    /// Owner → its jobs that have not ended (local holder only).
+    pub active_by_owner: HashMap<String, usize>,
+    /// How many of those to keep (from the settings).
+    pub keep_finished: usize,
+    /// This state holds only the workers an event touches (a shared
+    /// database): whether anyone offers a task type is not known here.
+    pub partial_workers: bool,
+    /// Tasks taken from their workers (job cancelled or ended while they
+    /// ran), told to the workers' channels once the change is made.
+    pub stops: Vec<TaskStop>,
+}
+
+/// A running task its worker should stop (see [`EngineState::stops`]).
+#[derive(Debug, Clone)]
+pub struct TaskStop {
+    pub worker_id: String,
+    pub task_id: String,
+    pub job_id: Uuid,
+}
+
+impl EngineState {
+    pub fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// Adds a timer; the key removes it again (see [`Self::drop_lease`]).
+    pub fn add_timer(&mut self, at: Instant, timer: Timer) -> (Instant, u64) {
+        let seq = self.next_seq();
+        if self
+            .timers
+            .first_key_value()
+            .is_none_or(|((first, _), _)| at < *first)
+        {
+            self.timers_changed = true;
+        }
+        self.timers.insert((at, seq), timer);
+        (at, seq)
+    }
+
+    /// Forgets that `worker` holds `task_id`, and the lease timer with it
+    /// (so answered tasks do not keep timers until their lease would end).
+    pub fn release(&mut self, worker: &str, task_id: &str) {
+        if let Some(held) = self
+            .workers
+            .get_mut(worker)
+            .and_then(|w| w.in_flight.remove(task_id))
+        {
+            self.drop_lease(&held);
+        }
+    }
+
+    pub fn drop_lease(&mut self, held: &workers::Held) {
+        if let Some(key) = held.lease {
+            self.timers.remove(&key);
+        }
+    }
+}
