@@ -132,7 +132,9 @@ impl Engine {
                 .map_err(|e| StorageError::Backend(e.to_string()))??
         };
         let backend = match &settings.shared_database {
-            Some(url) => Backend::Shared(shared_db::SharedDb::connect(url).await?),
+            Some(url) => Backend::Shared(
+                shared_db::SharedDb::connect(url, settings.finished_jobs_in_memory).await?,
+            ),
             None => Backend::Local(local::Local::new(
                 storage.clone(),
                 settings.finished_jobs_in_memory,

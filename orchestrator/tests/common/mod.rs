@@ -113,6 +113,27 @@ impl Holder {
         }
     }
 
+    /// A second instance on the same database as `first` (PostgreSQL only).
+    pub async fn second(first: &Held, states: &str) -> Engine {
+        let url = first
+            .settings()
+            .shared_database
+            .clone()
+            .expect("a PostgreSQL engine");
+        let storage = {
+            let url = url.clone();
+            tokio::task::spawn_blocking(move || PostgresStorage::open(&url))
+                .await
+                .unwrap()
+                .unwrap()
+        };
+        let settings = EngineSettings {
+            shared_database: Some(url),
+            ..EngineSettings::default()
+        };
+        engine_on(states, settings, Arc::new(storage)).await
+    }
+
     /// `memory` on paused time; `real` (shorter) where time is real.
     pub fn pick(self, memory: Duration, real: Duration) -> Duration {
         match self {

@@ -15,6 +15,7 @@
 //!   database once per [`glance::GLANCE_EVERY`] and wakes them if a
 //!   notification was missed.
 
+mod cache;
 mod glance;
 mod reads;
 mod retention;
@@ -115,7 +116,14 @@ pub(crate) struct SharedDb {
     pub deploys: Notify,
     url: String,
     /// Asks the notifier to tell the other instances (`tasks`, `jobs`).
-    notices: tokio::sync::mpsc::UnboundedSender<&'static str>,
+    notices: tokio::sync::mpsc::UnboundedSender<Notice>,
+    /// Jobs as last written or read here ([`cache`]).
+    cache: cache::JobCache,
+    /// Names this instance in the `changed` notifications it sends.
+    instance: Uuid,
+    /// Set when a `jobs` or `changed` notification arrives; the glance
+    /// clears the cache when jobs ended unheard (the `LISTEN` was down).
+    heard: std::sync::atomic::AtomicBool,
     /// The workers as last read for waiting reasons, and when.
     reason_workers: std::sync::Mutex<Option<(Instant, Arc<EngineState>)>>,
     /// The database's clock minus this instance's, in microseconds, as the
@@ -128,7 +136,7 @@ pub(crate) struct SharedDb {
 }
 
 impl SharedDb {
-    pub(crate) async fn connect(url: &str) -> Result<Arc<Self>, DbError> {
+    pub(crate) async fn connect(url: &str, keep_jobs: usize) -> Result<Arc<Self>, DbError> {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e: tokio_postgres::Error| DbError::Pool(e.to_string()))?;
@@ -158,6 +166,9 @@ impl SharedDb {
             deploys: Notify::new(),
             url: url.to_string(),
             notices,
+            cache: cache::JobCache::new(keep_jobs),
+            instance: Uuid::new_v4(),
+            heard: Default::default(),
             reason_workers: Default::default(),
             metrics_cache: Default::default(),
             clock_offset_us: Default::default(),
@@ -167,20 +178,43 @@ impl SharedDb {
         Ok(db)
     }
 
-    /// Sends `NOTIFY` for what events asked, coalesced: one per channel per
+    /// Sends `NOTIFY` for what events asked, coalesced: one statement per
     /// [`NOTIFY_COALESCE`], from outside the events' transactions (a `NOTIFY`
-    /// in a transaction serializes commits on the server).
-    async fn notifier(
-        self: Arc<Self>,
-        mut requests: tokio::sync::mpsc::UnboundedReceiver<&'static str>,
-    ) {
+    /// in a transaction serializes commits on the server). The jobs changed
+    /// go first (`changed`, with this instance's id), so an instance woken
+    /// by `jobs` has already forgotten what it held of them.
+    async fn notifier(self: Arc<Self>, mut requests: tokio::sync::mpsc::UnboundedReceiver<Notice>) {
         while let Some(first) = requests.recv().await {
             tokio::time::sleep(NOTIFY_COALESCE).await;
-            let mut channels = std::collections::BTreeSet::from([first]);
-            while let Ok(more) = requests.try_recv() {
-                channels.insert(more);
+            let (mut tasks, mut jobs) = (false, false);
+            let mut changed: Vec<Uuid> = Vec::new();
+            for notice in
+                std::iter::once(first).chain(std::iter::from_fn(|| requests.try_recv().ok()))
+            {
+                match notice {
+                    Notice::Tasks => tasks = true,
+                    Notice::Jobs => jobs = true,
+                    Notice::Changed(ids) => changed.extend(ids),
+                }
             }
-            let sql: String = channels.iter().map(|c| format!("NOTIFY {c};")).collect();
+            changed.sort_unstable();
+            changed.dedup();
+            let mut sql = String::new();
+            for chunk in changed.chunks(CHANGED_PER_NOTIFY) {
+                // Ids and the instance id: hex only, safe in a literal.
+                let ids: Vec<String> = chunk.iter().map(|id| id.simple().to_string()).collect();
+                sql.push_str(&format!(
+                    "NOTIFY changed, '{}:{}';",
+                    self.instance.simple(),
+                    ids.join(",")
+                ));
+            }
+            if tasks {
+                sql.push_str("NOTIFY tasks;");
+            }
+            if jobs {
+                sql.push_str("NOTIFY jobs;");
+            }
             match self.pool.get().await {
                 Ok(client) => {
                     if let Err(e) = client.batch_execute(&sql).await {
@@ -190,6 +224,18 @@ impl SharedDb {
                 Err(e) => tracing::debug!("NOTIFY failed: {e}"),
             }
         }
+    }
+
+    /// A `changed` notification: forget what another instance changed.
+    fn on_changed(&self, payload: &str) {
+        let Some((from, ids)) = payload.split_once(':') else {
+            return self.cache.clear();
+        };
+        if Uuid::try_parse(from).is_ok_and(|from| from == self.instance) {
+            return;
+        }
+        self.cache
+            .evict(ids.split(',').filter_map(|id| Uuid::try_parse(id).ok()));
     }
 
     /// Now on the database's clock: every deadline instances share (timers,
@@ -220,7 +266,8 @@ impl SharedDb {
                         futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
                     // The connection must be polled for the LISTEN to complete.
                     let listened = {
-                        let listen = client.batch_execute("LISTEN tasks; LISTEN jobs");
+                        let listen =
+                            client.batch_execute("LISTEN tasks; LISTEN jobs; LISTEN changed");
                         let mut listen = std::pin::pin!(listen);
                         loop {
                             tokio::select! {
@@ -236,7 +283,14 @@ impl SharedDb {
                         match message {
                             Ok(AsyncMessage::Notification(n)) => match n.channel() {
                                 "tasks" => self.tasks.notify_waiters(),
-                                "jobs" => self.jobs.notify_waiters(),
+                                "jobs" => {
+                                    self.heard.store(true, std::sync::atomic::Ordering::Relaxed);
+                                    self.jobs.notify_waiters()
+                                }
+                                "changed" => {
+                                    self.heard.store(true, std::sync::atomic::Ordering::Relaxed);
+                                    self.on_changed(n.payload())
+                                }
                                 _ => {}
                             },
                             Ok(_) => {}
@@ -247,6 +301,8 @@ impl SharedDb {
                         }
                     }
                     drop(client);
+                    // Changes may have gone unheard meanwhile.
+                    self.cache.clear();
                 }
                 Err(e) => tracing::warn!("cannot open the LISTEN connection: {e}"),
             }
@@ -300,11 +356,11 @@ impl SharedDb {
         )
         .await?;
         let r = f(&mut scratch.st);
-        let after = scratch.apply(&tx).await?;
+        let applied = scratch.apply(&tx).await?;
         tx.commit().await?;
         // Back to the pool before taking another for the notification.
         drop(client);
-        after.apply(shared);
+        self.committed(shared, applied);
         Ok(r)
     }
 
@@ -313,11 +369,11 @@ impl SharedDb {
     pub(crate) fn announce(&self, queued: bool, ended: bool) {
         if queued {
             self.tasks.notify_waiters();
-            let _ = self.notices.send("tasks");
+            let _ = self.notices.send(Notice::Tasks);
         }
         if ended {
             self.jobs.notify_waiters();
-            let _ = self.notices.send("jobs");
+            let _ = self.notices.send(Notice::Jobs);
         }
     }
 
@@ -346,6 +402,21 @@ impl SharedDb {
                 }
             }
         });
+    }
+
+    /// After an event's commit: its jobs kept here and named to the other
+    /// instances, then the effects every backend has.
+    fn committed(
+        &self,
+        shared: &Arc<Shared>,
+        (after, written): (super::effects::AfterCommit, Vec<Job>),
+    ) {
+        if !written.is_empty() {
+            let ids = written.iter().map(|j| j.id).collect();
+            self.cache.wrote(written);
+            let _ = self.notices.send(Notice::Changed(ids));
+        }
+        after.apply(shared);
     }
 
     /// A wake-up for when job `id` ends; `None` once it has (or when it
@@ -506,10 +577,10 @@ impl SharedDb {
         let payload = machine::take_task(shared, &mut scratch.st, worker_id);
         // A stale entry is consumed, not put back.
         scratch.st.queues.clear();
-        let after = scratch.apply(&tx).await?;
+        let applied = scratch.apply(&tx).await?;
         tx.commit().await.map_err(DbError::from)?;
         drop(client);
-        after.apply(shared);
+        self.committed(shared, applied);
         Ok(Some(payload))
     }
 
@@ -675,7 +746,12 @@ impl SharedDb {
         .await?
     }
 
+    /// A job: from this instance's cache ([`cache`]) or the database.
     pub(crate) async fn get_job(&self, id: Uuid) -> Result<Option<Job>, DbError> {
+        if let Some(job) = self.cache.get(id) {
+            return Ok(Some(job));
+        }
+        let epoch = self.cache.epoch();
         let client = self.client().await?;
         let row = client
             .query_opt(
@@ -685,10 +761,16 @@ impl SharedDb {
                 &[&id],
             )
             .await?;
-        row.map(|r| {
-            serde_json::from_str(r.get::<_, &str>(0)).map_err(|e| DbError::Corrupt(e.to_string()))
-        })
-        .transpose()
+        let job: Option<Job> = row
+            .map(|r| {
+                serde_json::from_str(r.get::<_, &str>(0))
+                    .map_err(|e| DbError::Corrupt(e.to_string()))
+            })
+            .transpose()?;
+        if let Some(job) = &job {
+            self.cache.read(job, epoch);
+        }
+        Ok(job)
     }
 
     pub(crate) async fn workers(&self) -> Result<Vec<super::workers::WorkerRecord>, DbError> {
@@ -820,7 +902,13 @@ impl SharedDb {
                 if before.queued_mark != now.queued_mark {
                     self.tasks.notify_waiters();
                 }
+                let heard = self.heard.swap(false, std::sync::atomic::Ordering::Relaxed);
                 if before.ended_mark != now.ended_mark {
+                    if !heard {
+                        // Jobs ended and no notification came: what this
+                        // instance holds of them may be stale.
+                        self.cache.clear();
+                    }
                     self.jobs.notify_waiters();
                 }
                 if before.deploys_mark != now.deploys_mark {
@@ -901,7 +989,7 @@ impl SharedDb {
         if let Some(timer) = scratch::timer_of(&kind, job, task_id) {
             machine::fire(shared, &mut scratch.st, timer);
         }
-        let after = scratch.apply(&tx).await?;
+        let applied = scratch.apply(&tx).await?;
         tx.execute(
             &tx.prepare_cached("DELETE FROM timers WHERE id = $1")
                 .await?,
@@ -911,7 +999,7 @@ impl SharedDb {
         tx.commit().await?;
         // Back to the pool before taking another for the notification.
         drop(client);
-        after.apply(shared);
+        self.committed(shared, applied);
         Ok(true)
     }
 
@@ -970,6 +1058,19 @@ impl SharedDb {
         Ok(machine::waiting_reason(&st, job))
     }
 }
+
+/// What the notifier is asked to tell the other instances.
+enum Notice {
+    /// A task was queued.
+    Tasks,
+    /// A job ended.
+    Jobs,
+    /// These jobs changed.
+    Changed(Vec<Uuid>),
+}
+
+/// Job ids per `changed` notification (a payload holds < 8,000 bytes).
+const CHANGED_PER_NOTIFY: usize = 200;
 
 enum TakeError {
     Db(DbError),

@@ -43,6 +43,11 @@ impl SharedDb {
         )
         .await?;
         tx.commit().await?;
+        // Deleted here: read as gone here at once (elsewhere once the
+        // cached copy is stale, within `cache::FRESH_FOR`).
+        if !ids.is_empty() {
+            self.cache.evict(ids.iter().copied());
+        }
         Ok(ids)
     }
 }

@@ -269,7 +269,7 @@ impl Scratch {
 
     /// Writes what the event changed. Fails with [`DbError::Conflict`] when
     /// a job changed under us (then the caller retries the whole event).
-    pub async fn apply(mut self, tx: &Transaction<'_>) -> Result<AfterCommit, DbError> {
+    pub async fn apply(mut self, tx: &Transaction<'_>) -> Result<(AfterCommit, Vec<Job>), DbError> {
         let mut after = AfterCommit {
             stops: std::mem::take(&mut self.st.stops),
             ..AfterCommit::default()
@@ -468,6 +468,6 @@ impl Scratch {
             }
         }
         after.webhooks = std::mem::take(&mut self.st.webhooks);
-        Ok(after)
+        Ok((after, last.into_values().collect()))
     }
 }

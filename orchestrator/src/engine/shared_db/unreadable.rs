@@ -62,7 +62,9 @@ impl SharedDb {
         .await?;
         tx.commit().await?;
         self.jobs.notify_waiters();
-        let _ = self.notices.send("jobs");
+        self.cache.evict([id]);
+        let _ = self.notices.send(super::Notice::Changed(vec![id]));
+        let _ = self.notices.send(super::Notice::Jobs);
         Ok(())
     }
 }
