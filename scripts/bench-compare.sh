@@ -3,8 +3,12 @@
 #   1. our orchestrator (SQLite) + 2 worker hosts with echo_task (work_ms=0)
 #   2. the same, the client following jobs with `?wait=` instead of polling,
 #      and creating with `?wait=` (one request per job)
-#   3. our orchestrator (PostgreSQL, one instance) + 2 worker hosts, when
-#      PostgreSQL is reachable (BENCH_POSTGRES_URL, default the machine's)
+#   3. our orchestrator (PostgreSQL, one instance, then two sharing the
+#      database) + 2 worker hosts, when PostgreSQL is reachable
+#      (BENCH_POSTGRES_URL, default the machine's); their CPU per job counts
+#      the PostgreSQL server's processes too, and a shorter run through
+#      tools/pgcount (COUNT_JOBS jobs, row `ours-postgres-counted`) counts the
+#      statements the orchestrator sends per job
 #   4. our orchestrator (in-memory) + 2 worker hosts
 #   5. the real avtomatika 1.0b30 orchestrator + 2 avtomatika-worker 1.0b20 echo workers,
 #      its jobs in memory (avtomatika-memory), then the same with its SQLite
@@ -57,19 +61,22 @@ rm -f "$RUN"/*.log "$RUN"/*.db* "$RUN"/results.txt "$RUN"/results.jsonl "$RUN"/p
 if [ -e target/compat/SKIPPED ]; then echo "PyPI unreachable: cannot run avtomatika" >&2; exit 1; fi
 echo "==> our processes run with RUNTIME_THREADS=${RUNTIME_THREADS:-one per core}"
 echo "==> building release binaries (orchestrator, worker-host, loadgen)"
-cargo build --release -p orchestrator -p worker-host -p loadgen
+cargo build --release -p orchestrator -p worker-host -p loadgen -p pgcount
 
 . scripts/bench-lib.sh
 
 PICKUP_JOBS="${PICKUP_JOBS:-200}"
+COUNT_JOBS="${COUNT_JOBS:-1000}"
 
 # loadgen over the processes started last: the orchestrator, then the workers.
+# Further arguments go to the measured run (e.g. --database-cpu).
 measure() {
     local label=$1 follow=$2
+    shift 2
     local workers
     workers=$(IFS=,; echo "${pids[*]:1}")
     ./target/release/loadgen --url "http://127.0.0.1:${PORT}" --token bench-client --jobs "$JOBS" --warmup "$WARMUP" \
-        --concurrency "$CONCURRENCY" --follow "$follow" --label "$label" --json \
+        --concurrency "$CONCURRENCY" --follow "$follow" --label "$label" --json "$@" \
         --orchestrator-pid "${pids[0]}" --worker-pids "$workers" | tee -a "$RUN/results.txt" | grep '^{' >>"$RUN/results.jsonl"
     ./target/release/loadgen --url "http://127.0.0.1:${PORT}" --token bench-client --jobs "$PICKUP_JOBS" \
         --concurrency 1 --follow "$follow" --label "$label-idle" --pickup --json | tee -a "$RUN/results.txt" | grep '^{' >>"$RUN/pickup.jsonl"
@@ -84,6 +91,7 @@ wanted() {
 
 run_ours() {
     local label=$1 storage=$2 follow=${3:-poll} channel=${4:-}
+    shift $(( $# < 4 ? $# : 4 ))
     wanted "$label" || return 0
     echo "==> $label"
     CLIENT_TOKEN=bench-client GLOBAL_WORKER_TOKEN=bench-worker RUST_LOG=warn \
@@ -96,7 +104,7 @@ run_ours() {
         pids+=($!)
     done
     wait_workers
-    measure "$label" "$follow"
+    measure "$label" "$follow" "$@"
     ps -o rss= -p "${pids[0]}" | awk '{printf "    orchestrator RSS after the run: %.1f MiB\n", $1/1024}'
     stop_all
 }
@@ -142,11 +150,27 @@ run_ours_two() {
     done
     wait_workers
     ./target/release/loadgen --url "$urls" --token bench-client --jobs "$JOBS" --warmup "$WARMUP" \
-        --concurrency "$CONCURRENCY" --follow poll --label "$label" --json \
+        --concurrency "$CONCURRENCY" --follow poll --label "$label" --json --database-cpu \
         --orchestrator-pid "${pids[0]},${pids[1]}" --worker-pids "${pids[2]},${pids[3]}" | tee -a "$RUN/results.txt" | grep '^{' >>"$RUN/results.jsonl"
     ./target/release/loadgen --url "$urls" --token bench-client --jobs "$PICKUP_JOBS" \
         --concurrency 1 --follow poll --label "$label-idle" --pickup --json | tee -a "$RUN/results.txt" | grep '^{' >>"$RUN/pickup.jsonl"
     stop_all
+}
+
+# Statements per job: the same row, COUNT_JOBS jobs, the orchestrator
+# connected through tools/pgcount (a proxy that counts the protocol's
+# Execute and Query messages); its other figures carry the proxy's cost.
+count_statements() {
+    local server=$1 db=$2 port=$((PORT + 7))
+    wanted ours-postgres || return 0
+    rm -f "$RUN/pgcount.json"
+    ./target/release/pgcount --listen "127.0.0.1:$port" --upstream "${server##*@}" --report "$RUN/pgcount.json" \
+        >"$RUN/pgcount.log" 2>&1 &
+    local proxy=$!
+    JOBS=$COUNT_JOBS run_ours "ours-postgres-counted" "${server%@*}@127.0.0.1:$port/$db" poll "" \
+        --statements-file "$RUN/pgcount.json"
+    kill -TERM "$proxy" 2>/dev/null || true
+    wait "$proxy" 2>/dev/null || true
 }
 
 # Every row once, in order; REPEAT rounds of it (so a drift of the machine
@@ -162,7 +186,8 @@ all_rows() {
     PG_ADMIN="${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
     PG_DB="bench_$$"
     if { wanted ours-postgres || wanted ours-postgres-x2; } && command -v psql >/dev/null && psql "$PG_ADMIN" -qc "CREATE DATABASE $PG_DB" 2>/dev/null; then
-        run_ours "ours-postgres" "${PG_ADMIN%/*}/$PG_DB"
+        run_ours "ours-postgres" "${PG_ADMIN%/*}/$PG_DB" poll "" --database-cpu
+        count_statements "${PG_ADMIN%/*}" "$PG_DB"
         psql "$PG_ADMIN" -qc "DROP DATABASE $PG_DB WITH (FORCE)" || true
         psql "$PG_ADMIN" -qc "CREATE DATABASE $PG_DB"
         run_ours_two "ours-postgres-x2" "${PG_ADMIN%/*}/$PG_DB"
@@ -206,26 +231,30 @@ def base_of(r):
     kind = "sqlite" if "sqlite" in r["label"] else "memory"
     return avt.get(f"avtomatika-{kind}") or avt.get("avtomatika-memory") or next(iter(avt.values()), None)
 def cpu(r):
-    o, w = r.get("cpu_us_orchestrator"), r.get("cpu_us_workers")
-    return (o, w, o + w) if o is not None and w is not None else (None, None, None)
+    """Orchestrator, workers, PostgreSQL server (rows that count it), total."""
+    o, w, d = r.get("cpu_us_orchestrator"), r.get("cpu_us_workers"), r.get("cpu_us_database")
+    if o is None or w is None:
+        return (None, None, d, None)
+    return (o, w, d, o + w + (d or 0))
 fmt = lambda v: "-" if v is None else f"{v:,.0f}"
 print()
 n = max((r["runs"] for r in rows), default=1)
 if n > 1:
     print(f"Median of {n} runs of each row, the rows in turn.")
     print()
-print("| run | jobs | in flight | finished | jobs/s | p50 ms | p95 ms | p99 ms | requests/job | CPU µs/job orchestrator | workers | total | load generator | idle pickup p50 / p99 ms | compared with | jobs/s vs it | CPU/job vs it |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("| run | jobs | in flight | finished | jobs/s | p50 ms | p95 ms | p99 ms | requests/job | statements/job | CPU µs/job orchestrator | workers | PostgreSQL | total | load generator | idle pickup p50 / p99 ms | compared with | jobs/s vs it | CPU/job vs it |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
-    o, w, t = cpu(r)
+    o, w, d, t = cpu(r)
     base = base_of(r)
-    bt = cpu(base)[2] if base else None
+    bt = cpu(base)[3] if base else None
     ratio = f'{r["jobs_per_s"] / base["jobs_per_s"]:.1f}x' if base and base["jobs_per_s"] else "-"
     cpu_ratio = f'1/{bt / t:.1f}' if t and bt else "-"
     p = pickups.get(r["label"], {})
     pick = f'{p["pickup_p50_ms"]:.2f} / {p["pickup_p99_ms"]:.2f}' if p.get("pickup_p50_ms") is not None else "-"
     req = f'{r["requests_per_job"]:.2f}' if r.get("requests_per_job") is not None else "-"
+    stmts = f'{r["statements_per_job"]:.1f}' if r.get("statements_per_job") is not None else "-"
     print(f'| {r["label"]} | {r["jobs"]} | {r["concurrency"]} | {r["finished"]} | {r["jobs_per_s"]:.1f} | '
-          f'{r["p50_ms"]:.1f} | {r["p95_ms"]:.1f} | {r["p99_ms"]:.1f} | {req} | {fmt(o)} | {fmt(w)} | {fmt(t)} | {fmt(r.get("cpu_us_client"))} | {pick} | '
+          f'{r["p50_ms"]:.1f} | {r["p95_ms"]:.1f} | {r["p99_ms"]:.1f} | {req} | {stmts} | {fmt(o)} | {fmt(w)} | {fmt(d)} | {fmt(t)} | {fmt(r.get("cpu_us_client"))} | {pick} | '
           f'{base["label"] if base else "-"} | {ratio} | {cpu_ratio} |')
 PY

@@ -86,6 +86,14 @@ struct Args {
     /// The workers' process ids, for CPU per job (comma-separated).
     #[arg(long, value_delimiter = ',')]
     worker_pids: Vec<u32>,
+    /// Count the CPU of the PostgreSQL server's processes on this machine
+    /// (every process named `postgres`) per job, besides ours.
+    #[arg(long)]
+    database_cpu: bool,
+    /// A `pgcount` report (the orchestrator connects through `pgcount`):
+    /// statements sent to PostgreSQL per job.
+    #[arg(long)]
+    statements_file: Option<std::path::PathBuf>,
     /// Report the pickup latency: job created → first task dispatched.
     #[arg(long)]
     pickup: bool,
@@ -121,6 +129,26 @@ fn cpu_micros(pids: &[u32]) -> Option<f64> {
         total += (utime + stime) * TICK_MICROS;
     }
     Some(total)
+}
+
+/// Processes whose command is `name` (read from `/proc`).
+fn pids_named(name: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim_end() == name)
+        })
+        .collect()
+}
+
+/// The `statements` total of a `pgcount` report.
+fn statements(path: &std::path::Path) -> Option<f64> {
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    report["statements"].as_f64()
 }
 
 /// The one field of a job the client needs; the rest is skipped unparsed.
@@ -290,6 +318,16 @@ async fn drive(args: Arc<Args>) -> anyhow::Result<()> {
             cpu_micros(&args.orchestrator_pid),
             cpu_micros(&args.worker_pids),
             cpu_micros(&own),
+            // A server process that ends meanwhile is not counted at all;
+            // one that starts is counted whole.
+            args.database_cpu
+                .then(|| pids_named("postgres"))
+                .map(|pids| {
+                    pids.iter()
+                        .filter_map(|pid| cpu_micros(&[*pid]).map(|c| (*pid, c)))
+                        .collect::<BTreeMap<u32, f64>>()
+                }),
+            args.statements_file.as_deref().and_then(statements),
         )
     };
     // One stream of jobs: the first `--warmup` keep C in flight while the
@@ -370,6 +408,17 @@ async fn drive(args: Arc<Args>) -> anyhow::Result<()> {
     let cpu_orchestrator = per_job(cpu_before.0, cpu_after.0);
     let cpu_workers = per_job(cpu_before.1, cpu_after.1);
     let cpu_client = per_job(cpu_before.2, cpu_after.2);
+    let cpu_database = match (&cpu_before.3, &cpu_after.3) {
+        (Some(before), Some(after)) if finished > 0 => Some(
+            after
+                .iter()
+                .map(|(pid, a)| a - before.get(pid).copied().unwrap_or(0.0))
+                .sum::<f64>()
+                / finished as f64,
+        ),
+        _ => None,
+    };
+    let statements_per_job = per_job(cpu_before.4, cpu_after.4);
     let pickup = (!pickups.is_empty()).then(|| {
         (
             ms(percentile(&pickups, 0.50)),
@@ -383,6 +432,15 @@ async fn drive(args: Arc<Args>) -> anyhow::Result<()> {
             o + w,
             cpu_client.unwrap_or_default()
         );
+    }
+    if let Some(d) = cpu_database {
+        println!(
+            "{:<28} CPU per job: PostgreSQL server {d:.0} µs",
+            args.label
+        );
+    }
+    if let Some(n) = statements_per_job {
+        println!("{:<28} statements per job: {n:.1}", args.label);
     }
     if let Some((p50, p99)) = pickup {
         println!(
@@ -410,7 +468,8 @@ async fn drive(args: Arc<Args>) -> anyhow::Result<()> {
                    "elapsed_s": elapsed.as_secs_f64(), "jobs_per_s": rate, "p50_ms": ms(p50), "p95_ms": ms(p95),
                    "p99_ms": ms(p99), "outcomes": outcomes, "cpu_us_orchestrator": cpu_orchestrator,
                    "cpu_us_workers": cpu_workers, "cpu_us_client": cpu_client, "pickup_p50_ms": pickup.map(|p| p.0),
-                   "pickup_p99_ms": pickup.map(|p| p.1), "requests_per_job": requests_per_job})
+                   "pickup_p99_ms": pickup.map(|p| p.1), "requests_per_job": requests_per_job,
+                   "cpu_us_database": cpu_database, "statements_per_job": statements_per_job})
         );
     }
     if finished != args.jobs {
