@@ -161,16 +161,20 @@ impl Scratch {
             });
         }
         let mut versions = HashMap::new();
-        for row in tx
-            .query(
-                &tx.prepare_cached(
-                    "SELECT id, body FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        let locked = match ids.is_empty() {
+            true => Vec::new(),
+            false => {
+                tx.query(
+                    &tx.prepare_cached(
+                        "SELECT id, body FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                    )
+                    .await?,
+                    &[&ids],
                 )
-                .await?,
-                &[&ids],
-            )
-            .await?
-        {
+                .await?
+            }
+        };
+        for row in locked {
             let (id, body): (Uuid, &str) = (row.get(0), row.get(1));
             let job: Job = serde_json::from_str(body)
                 .map_err(|e| DbError::UnreadableJob(id, e.to_string()))?;
@@ -178,67 +182,65 @@ impl Scratch {
             st.jobs.insert(job.id, Box::new(job));
         }
         let loaded: Vec<Uuid> = st.jobs.keys().copied().collect();
-        let mut timers = HashMap::new();
-        let mut max_id = 0i64;
-        for row in tx
+        // The rest in one statement, after the lock (a statement of its
+        // own: its snapshot is taken once the jobs are ours): the jobs'
+        // timers, the leases of those jobs and of the workers named, and
+        // the workers holding any of them.
+        let rows = tx
             .query(
                 &tx.prepare_cached(
-                    "SELECT id, due_at, kind, job_id, task_id FROM timers WHERE job_id = ANY($1)",
-                )
-                .await?,
-                &[&loaded],
-            )
-            .await?
-        {
-            let id: i64 = row.get(0);
-            max_id = max_id.max(id);
-            if Some(id) == fired {
-                continue;
-            }
-            let Some(timer) = timer_of(row.get::<_, &str>(2), row.get(3), row.get(4)) else {
-                continue;
-            };
-            let key = (instant_of(row.get(1), now, mono), id as u64);
-            st.timers.insert(key, timer);
-            timers.insert(key, id);
-        }
-        // New timers get keys above every stored one.
-        st.seq = max_id.max(0) as u64 + 1;
-        let lease_rows = tx
-            .query(
-                &tx.prepare_cached(
-                    "SELECT task_id, job_id, worker_id, since FROM task_leases
-                 WHERE job_id = ANY($1) OR worker_id = ANY($2)",
+                    "WITH l AS MATERIALIZED (
+                         SELECT task_id, job_id, worker_id, since FROM task_leases
+                         WHERE job_id = ANY($1) OR worker_id = ANY($2))
+                     SELECT 0::int2, id, kind, task_id, due_at, job_id, NULL::jsonb
+                       FROM timers WHERE job_id = ANY($1)
+                     UNION ALL
+                     SELECT 1::int2, NULL::bigint, task_id, worker_id, since, job_id, NULL::jsonb FROM l
+                     UNION ALL
+                     SELECT 2::int2, NULL::bigint, id, NULL::text, last_seen, NULL::uuid, record
+                       FROM workers WHERE id = ANY($2) OR id IN (SELECT worker_id FROM l)",
                 )
                 .await?,
                 &[&loaded, &workers],
             )
             .await?;
-        let mut holders: BTreeSet<String> = workers.iter().cloned().collect();
-        holders.extend(lease_rows.iter().map(|r| r.get::<_, String>(2)));
-        let holders: Vec<String> = holders.into_iter().collect();
+        let mut timers = HashMap::new();
+        let mut max_id = 0i64;
+        let mut lease_rows: Vec<(String, Uuid, String, DateTime<Utc>)> = Vec::new();
         let mut stored_workers = HashMap::new();
-        for row in tx
-            .query(
-                &tx.prepare_cached("SELECT record, last_seen FROM workers WHERE id = ANY($1)")
-                    .await?,
-                &[&holders],
-            )
-            .await?
-        {
-            let record: serde_json::Value = row.get(0);
-            let Ok(stored) = serde_json::from_value::<StoredWorker>(record) else {
-                continue;
-            };
-            let last_seen = instant_of(row.get(1), now, mono);
-            stored_workers.insert(stored.worker_id.clone(), stored.clone());
-            st.workers
-                .insert(stored.worker_id.clone(), stored.record(last_seen));
+        for row in &rows {
+            match row.get::<_, i16>(0) {
+                0 => {
+                    let id: i64 = row.get(1);
+                    max_id = max_id.max(id);
+                    if Some(id) == fired {
+                        continue;
+                    }
+                    let Some(timer) = timer_of(row.get::<_, &str>(2), row.get(5), row.get(3))
+                    else {
+                        continue;
+                    };
+                    let key = (instant_of(row.get(4), now, mono), id as u64);
+                    st.timers.insert(key, timer);
+                    timers.insert(key, id);
+                }
+                1 => lease_rows.push((row.get(2), row.get(5), row.get(3), row.get(4))),
+                _ => {
+                    let record: serde_json::Value = row.get(6);
+                    let Ok(stored) = serde_json::from_value::<StoredWorker>(record) else {
+                        continue;
+                    };
+                    let last_seen = instant_of(row.get(4), now, mono);
+                    stored_workers.insert(stored.worker_id.clone(), stored.clone());
+                    st.workers
+                        .insert(stored.worker_id.clone(), stored.record(last_seen));
+                }
+            }
         }
+        // New timers get keys above every stored one.
+        st.seq = max_id.max(0) as u64 + 1;
         let mut leases = BTreeSet::new();
-        for row in &lease_rows {
-            let (task_id, job, worker): (String, Uuid, String) =
-                (row.get(0), row.get(1), row.get(2));
+        for (task_id, job, worker, since) in lease_rows {
             let lease = st
                 .timers
                 .iter()
@@ -249,7 +251,7 @@ impl Scratch {
                     task_id.clone(),
                     Held {
                         job,
-                        since: instant_of(row.get(3), now, mono),
+                        since: instant_of(since, now, mono),
                         lease,
                     },
                 );
