@@ -269,101 +269,66 @@ impl Scratch {
         })
     }
 
-    /// Writes what the event changed. Fails with [`DbError::Conflict`] when
-    /// a job changed under us (then the caller retries the whole event).
+    /// Writes what the event changed, in one statement. Fails with
+    /// [`DbError::Conflict`] when a job changed under us (then the caller
+    /// retries the whole event).
     pub async fn apply(mut self, tx: &Transaction<'_>) -> Result<(AfterCommit, Vec<Job>), DbError> {
         let mut after = AfterCommit {
             stops: std::mem::take(&mut self.st.stops),
             ..AfterCommit::default()
         };
+        let mut w = Writes::default();
         // Jobs: the last snapshot of each, its history, its webhook.
         let mut last: BTreeMap<Uuid, Job> = BTreeMap::new();
-        let mut events: Vec<(Uuid, crate::job::JobEvent)> = Vec::new();
+        let mut hooks: BTreeMap<Uuid, crate::storage::PendingWebhook> = BTreeMap::new();
         for msg in std::mem::take(&mut self.st.outbox) {
             let Some(write) = msg.write else { continue };
             crate::metrics::observations(&write, &mut after.observed);
             let id = write.job.id;
-            events.extend(write.events.into_iter().map(|e| (id, e)));
+            for e in write.events {
+                w.event_tasks.push(crate::job::JobEvent::task_json(&e));
+                w.event_jobs.push(id);
+                w.event_ats.push(e.at);
+                w.event_kinds.push(e.event);
+                w.event_messages.push(e.message);
+            }
             if let Some(hook) = write.webhook {
-                tx.execute(
-                    &tx.prepare_cached("INSERT INTO webhooks (job_id, url, body, created_at) VALUES ($1, $2, $3, now())
-                     ON CONFLICT (job_id) DO UPDATE SET url = excluded.url, body = excluded.body").await?,
-                    &[&hook.job_id, &hook.url, &hook.body],
-                )
-                .await?;
+                hooks.insert(hook.job_id, hook);
             }
             last.insert(id, write.job);
         }
         for (id, job) in &last {
             after.updates.push(super::super::JobUpdate::of(job));
-            let body = serde_json::to_string(job).map_err(|e| DbError::Corrupt(e.to_string()))?;
-            let status = job.status.as_str();
             after.ended |= job.status.is_terminal();
+            let body = serde_json::to_string(job).map_err(|e| DbError::Corrupt(e.to_string()))?;
             match self.versions.get(id) {
                 Some(expected) => {
-                    let n = tx
-                        .execute(
-                            &tx.prepare_cached("UPDATE jobs SET status = $2, updated_at = $3, version = $4, body = $5
-                             WHERE id = $1 AND version = $6").await?,
-                            &[
-                                id,
-                                &status,
-                                &job.updated_at,
-                                &(job.version as i64),
-                                &body,
-                                &(*expected as i64),
-                            ],
-                        )
-                        .await?;
-                    if n != 1 {
-                        return Err(DbError::Conflict(format!("job {id} changed meanwhile")));
-                    }
+                    w.upd_ids.push(*id);
+                    w.upd_statuses.push(job.status.as_str());
+                    w.upd_ats.push(job.updated_at);
+                    w.upd_versions.push(job.version as i64);
+                    w.upd_bodies.push(body);
+                    w.upd_expected.push(*expected as i64);
                 }
                 None => {
-                    tx.execute(
-                        &tx.prepare_cached("INSERT INTO jobs (id, blueprint, owner, status, created_at, updated_at, version, body)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)").await?,
-                        &[
-                            id,
-                            &job.blueprint,
-                            &job.owner,
-                            &status,
-                            &job.created_at,
-                            &job.updated_at,
-                            &(job.version as i64),
-                            &body,
-                        ],
-                    )
-                    .await?;
+                    w.ins_ids.push(*id);
+                    w.ins_blueprints.push(job.blueprint.clone());
+                    w.ins_owners.push(job.owner.clone());
+                    w.ins_statuses.push(job.status.as_str());
+                    w.ins_created.push(job.created_at);
+                    w.ins_updated.push(job.updated_at);
+                    w.ins_versions.push(job.version as i64);
+                    w.ins_bodies.push(body);
                 }
             }
         }
-        // One statement for the event's history entries, in their order
-        // (each statement is a round trip and a step of the server's).
-        if !events.is_empty() {
-            let ids: Vec<Uuid> = events.iter().map(|(id, _)| *id).collect();
-            let ats: Vec<_> = events.iter().map(|(_, e)| e.at).collect();
-            let kinds: Vec<&str> = events.iter().map(|(_, e)| e.event.as_str()).collect();
-            let messages: Vec<&str> = events.iter().map(|(_, e)| e.message.as_str()).collect();
-            let tasks: Vec<Option<String>> = events
-                .iter()
-                .map(|(_, e)| crate::job::JobEvent::task_json(e))
-                .collect();
-            tx.execute(
-                &tx.prepare_cached(
-                    "INSERT INTO job_events (job_id, at, event, message, task)
-                     SELECT job_id, at, event, message, task
-                     FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[])
-                          WITH ORDINALITY AS e(job_id, at, event, message, task, n)
-                     ORDER BY n",
-                )
-                .await?,
-                &[&ids, &ats, &kinds, &messages, &tasks],
-            )
-            .await?;
+        for hook in hooks.into_values() {
+            w.hook_jobs.push(hook.job_id);
+            w.hook_urls.push(hook.url);
+            w.hook_bodies.push(hook.body);
         }
         // Queue entries added (the scratch queues started empty but for a
-        // claimed entry, which the event popped).
+        // claimed entry, which the event popped), in their order.
         for queued in self.st.queues.values().flatten() {
             let task_type = self
                 .st
@@ -372,14 +337,9 @@ impl Scratch {
                 .and_then(|j| j.tasks.iter().find(|t| t.task_id == queued.task_id))
                 .map(|t| t.task_type.clone())
                 .unwrap_or_default();
-            tx.execute(
-                &tx.prepare_cached(
-                    "INSERT INTO task_queue (job_id, task_id, task_type) VALUES ($1, $2, $3)",
-                )
-                .await?,
-                &[&queued.job, &queued.task_id, &task_type],
-            )
-            .await?;
+            w.queue_jobs.push(queued.job);
+            w.queue_tasks.push(queued.task_id.clone());
+            w.queue_types.push(task_type);
             after.queued = true;
         }
         // Timers added and dropped.
@@ -388,88 +348,231 @@ impl Scratch {
                 continue;
             }
             if let Some((job, kind, task_id)) = timer_row(timer) {
-                let due = utc_of(key.0, self.now, self.mono);
-                tx.execute(
-                    &tx.prepare_cached("INSERT INTO timers (due_at, job_id, kind, task_id) VALUES ($1, $2, $3, $4)").await?,
-                    &[&due, &job, &kind, &task_id],
-                )
-                .await?;
+                w.timer_due.push(utc_of(key.0, self.now, self.mono));
+                w.timer_jobs.push(job);
+                w.timer_kinds.push(kind);
+                w.timer_tasks.push(task_id.to_string());
             }
         }
-        let dropped: Vec<i64> = self
+        w.timers_dropped = self
             .timers
             .iter()
             .filter(|(key, _)| !self.st.timers.contains_key(key))
             .map(|(_, id)| *id)
             .collect();
-        if !dropped.is_empty() {
-            tx.execute(
-                &tx.prepare_cached("DELETE FROM timers WHERE id = ANY($1)")
-                    .await?,
-                &[&dropped],
-            )
-            .await?;
-        }
         // Leases taken and released; registrations changed or dropped.
         let mut now_leased = BTreeSet::new();
-        for w in self.st.workers.values() {
-            for (task_id, held) in &w.in_flight {
-                now_leased.insert((task_id.clone(), w.worker_id.clone()));
+        for wk in self.st.workers.values() {
+            for (task_id, held) in &wk.in_flight {
+                now_leased.insert((task_id.clone(), wk.worker_id.clone()));
                 if !self
                     .leases
-                    .contains(&(task_id.clone(), w.worker_id.clone()))
+                    .contains(&(task_id.clone(), wk.worker_id.clone()))
                 {
-                    let since = utc_of(held.since, self.now, self.mono);
-                    tx.execute(
-                        &tx.prepare_cached("INSERT INTO task_leases (task_id, job_id, worker_id, since) VALUES ($1, $2, $3, $4)
-                         ON CONFLICT (task_id) DO UPDATE SET job_id = excluded.job_id,
-                             worker_id = excluded.worker_id, since = excluded.since").await?,
-                        &[task_id, &held.job, &w.worker_id, &since],
-                    )
-                    .await?;
+                    w.lease_tasks.push(task_id.clone());
+                    w.lease_jobs.push(held.job);
+                    w.lease_workers.push(wk.worker_id.clone());
+                    w.lease_since.push(utc_of(held.since, self.now, self.mono));
                 }
             }
         }
         for (task_id, worker) in &self.leases {
-            if !now_leased.contains(&(task_id.clone(), worker.clone())) {
-                tx.execute(
-                    &tx.prepare_cached(
-                        "DELETE FROM task_leases WHERE task_id = $1 AND worker_id = $2",
-                    )
-                    .await?,
-                    &[task_id, worker],
-                )
-                .await?;
+            // A task leased anew is overwritten by its insert, not deleted.
+            if !now_leased.contains(&(task_id.clone(), worker.clone()))
+                && !w.lease_tasks.contains(task_id)
+            {
+                w.unlease_tasks.push(task_id.clone());
+                w.unlease_workers.push(worker.clone());
             }
         }
-        for (id, w) in &self.st.workers {
-            let stored = StoredWorker::of(w);
-            let last_seen = utc_of(w.last_seen, self.now, self.mono);
+        for (id, wk) in &self.st.workers {
+            let stored = StoredWorker::of(wk);
             // Liveness alone (`last_seen`) is touched outside events, so
             // that events of one worker do not queue on its row.
             if self.workers.get(id) != Some(&stored) {
-                let record =
-                    serde_json::to_value(&stored).map_err(|e| DbError::Corrupt(e.to_string()))?;
-                tx.execute(
-                    &tx.prepare_cached("INSERT INTO workers (id, record, last_seen, ttl_ms) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (id) DO UPDATE SET record = excluded.record,
-                         last_seen = GREATEST(workers.last_seen, excluded.last_seen), ttl_ms = excluded.ttl_ms").await?,
-                    &[id, &record, &last_seen, &(stored.ttl_ms as i64)],
-                )
-                .await?;
+                w.worker_ids.push(id.clone());
+                w.worker_records.push(
+                    serde_json::to_value(&stored).map_err(|e| DbError::Corrupt(e.to_string()))?,
+                );
+                w.worker_seen
+                    .push(utc_of(wk.last_seen, self.now, self.mono));
+                w.worker_ttls.push(stored.ttl_ms as i64);
             }
         }
-        for id in self.workers.keys() {
-            if !self.st.workers.contains_key(id) {
-                tx.execute(
-                    &tx.prepare_cached("DELETE FROM workers WHERE id = $1")
-                        .await?,
-                    &[id],
-                )
-                .await?;
-            }
-        }
+        w.workers_dropped = self
+            .workers
+            .keys()
+            .filter(|id| !self.st.workers.contains_key(*id))
+            .cloned()
+            .collect();
         after.webhooks = std::mem::take(&mut self.st.webhooks);
+        w.run(tx).await?;
         Ok((after, last.into_values().collect()))
+    }
+}
+
+/// Every row an event writes, by table, as the arrays of [`APPLY`].
+#[derive(Default)]
+struct Writes {
+    upd_ids: Vec<Uuid>,
+    upd_statuses: Vec<&'static str>,
+    upd_ats: Vec<DateTime<Utc>>,
+    upd_versions: Vec<i64>,
+    upd_bodies: Vec<String>,
+    upd_expected: Vec<i64>,
+    ins_ids: Vec<Uuid>,
+    ins_blueprints: Vec<String>,
+    ins_owners: Vec<String>,
+    ins_statuses: Vec<&'static str>,
+    ins_created: Vec<DateTime<Utc>>,
+    ins_updated: Vec<DateTime<Utc>>,
+    ins_versions: Vec<i64>,
+    ins_bodies: Vec<String>,
+    event_jobs: Vec<Uuid>,
+    event_ats: Vec<DateTime<Utc>>,
+    event_kinds: Vec<String>,
+    event_messages: Vec<String>,
+    event_tasks: Vec<Option<String>>,
+    queue_jobs: Vec<Uuid>,
+    queue_tasks: Vec<String>,
+    queue_types: Vec<String>,
+    timer_due: Vec<DateTime<Utc>>,
+    timer_jobs: Vec<Uuid>,
+    timer_kinds: Vec<&'static str>,
+    timer_tasks: Vec<String>,
+    timers_dropped: Vec<i64>,
+    lease_tasks: Vec<String>,
+    lease_jobs: Vec<Uuid>,
+    lease_workers: Vec<String>,
+    lease_since: Vec<DateTime<Utc>>,
+    unlease_tasks: Vec<String>,
+    unlease_workers: Vec<String>,
+    worker_ids: Vec<String>,
+    worker_records: Vec<serde_json::Value>,
+    worker_seen: Vec<DateTime<Utc>>,
+    worker_ttls: Vec<i64>,
+    workers_dropped: Vec<String>,
+    hook_jobs: Vec<Uuid>,
+    hook_urls: Vec<String>,
+    hook_bodies: Vec<String>,
+}
+
+/// An event's writes in one statement: each table's rows come as arrays
+/// (empty when the event has none), every part runs, and the count of
+/// jobs updated tells whether each job was still at the version loaded.
+/// No two parts touch one row (a task leased anew is not also unleased).
+const APPLY: &str = "WITH
+  upd AS (UPDATE jobs j SET status = u.status, updated_at = u.updated_at, version = u.version, body = u.body
+          FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::bigint[], $5::text[], $6::bigint[])
+               AS u(id, status, updated_at, version, body, expected)
+          WHERE j.id = u.id AND j.version = u.expected RETURNING 1),
+  ins AS (INSERT INTO jobs (id, blueprint, owner, status, created_at, updated_at, version, body)
+          SELECT * FROM unnest($7::uuid[], $8::text[], $9::text[], $10::text[], $11::timestamptz[],
+                               $12::timestamptz[], $13::bigint[], $14::text[])),
+  ev AS (INSERT INTO job_events (job_id, at, event, message, task)
+         SELECT job_id, at, event, message, task
+         FROM unnest($15::uuid[], $16::timestamptz[], $17::text[], $18::text[], $19::text[])
+              WITH ORDINALITY AS e(job_id, at, event, message, task, n)
+         ORDER BY n),
+  q AS (INSERT INTO task_queue (job_id, task_id, task_type)
+        SELECT job_id, task_id, task_type
+        FROM unnest($20::uuid[], $21::text[], $22::text[]) WITH ORDINALITY AS q(job_id, task_id, task_type, n)
+        ORDER BY n),
+  ti AS (INSERT INTO timers (due_at, job_id, kind, task_id)
+         SELECT * FROM unnest($23::timestamptz[], $24::uuid[], $25::text[], $26::text[])),
+  td AS (DELETE FROM timers WHERE id = ANY($27::bigint[])),
+  li AS (INSERT INTO task_leases (task_id, job_id, worker_id, since)
+         SELECT * FROM unnest($28::text[], $29::uuid[], $30::text[], $31::timestamptz[])
+         ON CONFLICT (task_id) DO UPDATE SET job_id = excluded.job_id,
+             worker_id = excluded.worker_id, since = excluded.since),
+  ld AS (DELETE FROM task_leases l USING unnest($32::text[], $33::text[]) AS d(task_id, worker_id)
+         WHERE l.task_id = d.task_id AND l.worker_id = d.worker_id),
+  wu AS (INSERT INTO workers (id, record, last_seen, ttl_ms)
+         SELECT * FROM unnest($34::text[], $35::jsonb[], $36::timestamptz[], $37::bigint[])
+         ON CONFLICT (id) DO UPDATE SET record = excluded.record,
+             last_seen = GREATEST(workers.last_seen, excluded.last_seen), ttl_ms = excluded.ttl_ms),
+  wd AS (DELETE FROM workers WHERE id = ANY($38::text[])),
+  wh AS (INSERT INTO webhooks (job_id, url, body, created_at)
+         SELECT j, u, b, now() FROM unnest($39::uuid[], $40::text[], $41::text[]) AS w(j, u, b)
+         ON CONFLICT (job_id) DO UPDATE SET url = excluded.url, body = excluded.body)
+SELECT count(*) FROM upd";
+
+impl Writes {
+    fn is_empty(&self) -> bool {
+        self.upd_ids.is_empty()
+            && self.ins_ids.is_empty()
+            && self.event_jobs.is_empty()
+            && self.queue_jobs.is_empty()
+            && self.timer_jobs.is_empty()
+            && self.timers_dropped.is_empty()
+            && self.lease_tasks.is_empty()
+            && self.unlease_tasks.is_empty()
+            && self.worker_ids.is_empty()
+            && self.workers_dropped.is_empty()
+            && self.hook_jobs.is_empty()
+    }
+
+    /// Runs [`APPLY`] (nothing when there is nothing to write).
+    async fn run(&self, tx: &Transaction<'_>) -> Result<(), DbError> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        let row = tx
+            .query_one(
+                &tx.prepare_cached(APPLY).await?,
+                &[
+                    &self.upd_ids,
+                    &self.upd_statuses,
+                    &self.upd_ats,
+                    &self.upd_versions,
+                    &self.upd_bodies,
+                    &self.upd_expected,
+                    &self.ins_ids,
+                    &self.ins_blueprints,
+                    &self.ins_owners,
+                    &self.ins_statuses,
+                    &self.ins_created,
+                    &self.ins_updated,
+                    &self.ins_versions,
+                    &self.ins_bodies,
+                    &self.event_jobs,
+                    &self.event_ats,
+                    &self.event_kinds,
+                    &self.event_messages,
+                    &self.event_tasks,
+                    &self.queue_jobs,
+                    &self.queue_tasks,
+                    &self.queue_types,
+                    &self.timer_due,
+                    &self.timer_jobs,
+                    &self.timer_kinds,
+                    &self.timer_tasks,
+                    &self.timers_dropped,
+                    &self.lease_tasks,
+                    &self.lease_jobs,
+                    &self.lease_workers,
+                    &self.lease_since,
+                    &self.unlease_tasks,
+                    &self.unlease_workers,
+                    &self.worker_ids,
+                    &self.worker_records,
+                    &self.worker_seen,
+                    &self.worker_ttls,
+                    &self.workers_dropped,
+                    &self.hook_jobs,
+                    &self.hook_urls,
+                    &self.hook_bodies,
+                ],
+            )
+            .await?;
+        let updated: i64 = row.get(0);
+        if updated as usize != self.upd_ids.len() {
+            return Err(DbError::Conflict(format!(
+                "{} of {} job(s) changed meanwhile",
+                self.upd_ids.len() as i64 - updated,
+                self.upd_ids.len()
+            )));
+        }
+        Ok(())
     }
 }
