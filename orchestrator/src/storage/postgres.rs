@@ -44,6 +44,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         7,
         include_str!("../../migrations/postgres/0007_component_storage.sql"),
     ),
+    (
+        8,
+        include_str!("../../migrations/postgres/0008_engine_load.sql"),
+    ),
 ];
 
 pub struct PostgresStorage {

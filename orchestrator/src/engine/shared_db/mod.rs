@@ -345,6 +345,16 @@ impl SharedDb {
         f: &mut (impl FnMut(&mut EngineState) -> R + Send),
     ) -> Result<R, DbError> {
         let mut client = self.client().await?;
+        if jobs.is_empty() && workers.is_empty() && fired.is_none() {
+            // Nothing to read or lock (a job created): its writes are one
+            // statement, atomic without a transaction around it.
+            let mut scratch = Scratch::empty(shared.settings.finished_jobs_in_memory, self.now());
+            let r = f(&mut scratch.st);
+            let applied = scratch.apply(&client).await?;
+            drop(client);
+            self.committed(shared, applied);
+            return Ok(r);
+        }
         let tx = client.transaction().await?;
         let mut scratch = Scratch::load(
             &tx,
@@ -496,16 +506,22 @@ impl SharedDb {
         worker_id: &str,
     ) -> Result<Option<Option<rxon::TaskPayload>>, TakeError> {
         let mut client = self.client().await?;
+        // The worker's record, and whether a task it can run is queued at
+        // all: woken pollers that find the queue empty stop at this one
+        // statement instead of a transaction.
         let sql = if self.due_for_touch(worker_id) {
-            "UPDATE workers SET last_seen = now() WHERE id = $1 RETURNING record"
+            "UPDATE workers w SET last_seen = now() WHERE id = $1
+             RETURNING record, EXISTS (SELECT 1 FROM task_queue q WHERE q.task_type IN
+                 (SELECT s->>'name' FROM jsonb_array_elements(w.record->'skills') s))"
         } else {
-            "SELECT record FROM workers WHERE id = $1"
+            "SELECT record, EXISTS (SELECT 1 FROM task_queue q WHERE q.task_type IN
+                 (SELECT s->>'name' FROM jsonb_array_elements(w.record->'skills') s))
+             FROM workers w WHERE id = $1"
         };
         let row = client
             .query_opt(&client.prepare_cached(sql).await?, &[&worker_id])
             .await
             .map_err(DbError::from)?;
-        let tx = client.transaction().await.map_err(DbError::from)?;
         let Some(row) = row else {
             return Err(TakeError::Engine(EngineError::UnknownWorker(
                 worker_id.to_string(),
@@ -513,43 +529,23 @@ impl SharedDb {
         };
         let stored: StoredWorker =
             serde_json::from_value(row.get(0)).map_err(|e| DbError::Corrupt(e.to_string()))?;
-        if stored.status == "offline" {
-            tx.commit().await.map_err(DbError::from)?;
+        if stored.status == "offline" || !row.get::<_, bool>(1) {
             return Ok(None);
         }
         let skills: Vec<String> = stored.skills.iter().map(|s| s.name.clone()).collect();
-        let claimed = tx
-            .query_opt(
-                &tx.prepare_cached(
-                    "DELETE FROM task_queue WHERE seq = (
-                     SELECT seq FROM task_queue WHERE task_type = ANY($1)
-                     ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED)
-                 RETURNING seq, job_id, task_id, task_type",
-                )
-                .await?,
-                &[&skills],
-            )
-            .await
-            .map_err(DbError::from)?;
-        let Some(claimed) = claimed else {
-            tx.commit().await.map_err(DbError::from)?;
-            return Ok(None);
-        };
-        let (seq, job, task_id, task_type): (i64, Uuid, String, String) = (
-            claimed.get(0),
-            claimed.get(1),
-            claimed.get(2),
-            claimed.get(3),
-        );
-        let mut scratch = Scratch::load(
+        let tx = client.transaction().await.map_err(DbError::from)?;
+        let Some((mut scratch, _claimed)) = Scratch::claim(
             &tx,
-            &[job],
-            &[worker_id.to_string()],
-            None,
+            worker_id,
+            &skills,
             shared.settings.finished_jobs_in_memory,
             self.now(),
         )
-        .await?;
+        .await?
+        else {
+            tx.commit().await.map_err(DbError::from)?;
+            return Ok(None);
+        };
         // The worker expired or left since it was read above (another
         // instance dropped it): undo the claim, so the task stays queued for
         // another worker instead of being consumed without an owner.
@@ -564,16 +560,6 @@ impl SharedDb {
                 worker_id.to_string(),
             )));
         }
-        scratch
-            .st
-            .queues
-            .entry(task_type)
-            .or_default()
-            .push_back(super::Queued {
-                job,
-                task_id,
-                seq: seq as u64,
-            });
         let payload = machine::take_task(shared, &mut scratch.st, worker_id);
         // A stale entry is consumed, not put back.
         scratch.st.queues.clear();

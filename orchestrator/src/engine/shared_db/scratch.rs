@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Transaction;
+use deadpool_postgres::{GenericClient, Transaction};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -137,77 +137,84 @@ impl Scratch {
         keep_finished: usize,
         now: DateTime<Utc>,
     ) -> Result<Self, DbError> {
-        let mono = Instant::now();
-        let mut st = EngineState {
-            keep_finished: keep_finished.max(jobs.len() + 1),
-            partial_workers: true,
-            ..EngineState::default()
-        };
+        let loaded = Self::load_with(tx, jobs, workers, None, fired, keep_finished, now).await?;
+        Ok(loaded.map(|(scratch, _)| scratch).unwrap_or_else(|| {
+            // Unreachable: only a claim finds nothing.
+            Self::empty(keep_finished, now)
+        }))
+    }
+
+    /// Claims the oldest queued task of `types` for `worker` and loads its
+    /// job and the worker, in the same call; `None` when none is queued.
+    pub async fn claim(
+        tx: &Transaction<'_>,
+        worker: &str,
+        types: &[String],
+        keep_finished: usize,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(Self, super::super::Queued)>, DbError> {
+        let loaded = Self::load_with(
+            tx,
+            &[],
+            &[worker.to_string()],
+            Some(types),
+            None,
+            keep_finished,
+            now,
+        )
+        .await?;
+        Ok(loaded.and_then(|(scratch, claimed)| Some((scratch, claimed?))))
+    }
+
+    pub fn empty(keep_finished: usize, now: DateTime<Utc>) -> Self {
+        Self {
+            st: EngineState {
+                keep_finished: keep_finished.max(1),
+                partial_workers: true,
+                seq: 1,
+                ..EngineState::default()
+            },
+            versions: HashMap::new(),
+            workers: HashMap::new(),
+            leases: BTreeSet::new(),
+            timers: HashMap::new(),
+            now,
+            mono: Instant::now(),
+        }
+    }
+
+    /// One call of `engine_load` (migration 0008): see there.
+    async fn load_with(
+        tx: &Transaction<'_>,
+        jobs: &[Uuid],
+        workers: &[String],
+        claim: Option<&[String]>,
+        fired: Option<i64>,
+        keep_finished: usize,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(Self, Option<super::super::Queued>)>, DbError> {
+        let mut scratch = Self::empty(keep_finished.max(jobs.len() + 1), now);
         let mut ids: Vec<Uuid> = jobs.to_vec();
         ids.sort();
         ids.dedup();
-        if ids.is_empty() && workers.is_empty() {
-            // Nothing to lock or read (a job being created): every query
-            // below would find nothing, at four round trips.
-            st.seq = 1;
-            return Ok(Self {
-                st,
-                versions: HashMap::new(),
-                workers: HashMap::new(),
-                leases: BTreeSet::new(),
-                timers: HashMap::new(),
-                now,
-                mono,
-            });
+        if ids.is_empty() && workers.is_empty() && claim.is_none() {
+            // Nothing to lock or read (a job being created).
+            return Ok(Some((scratch, None)));
         }
-        let mut versions = HashMap::new();
-        let locked = match ids.is_empty() {
-            true => Vec::new(),
-            false => {
-                tx.query(
-                    &tx.prepare_cached(
-                        "SELECT id, body FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-                    )
-                    .await?,
-                    &[&ids],
-                )
-                .await?
-            }
-        };
-        for row in locked {
-            let (id, body): (Uuid, &str) = (row.get(0), row.get(1));
-            let job: Job = serde_json::from_str(body)
-                .map_err(|e| DbError::UnreadableJob(id, e.to_string()))?;
-            versions.insert(job.id, job.version);
-            st.jobs.insert(job.id, Box::new(job));
-        }
-        let loaded: Vec<Uuid> = st.jobs.keys().copied().collect();
-        // The rest in one statement, after the lock (a statement of its
-        // own: its snapshot is taken once the jobs are ours): the jobs'
-        // timers, the leases of those jobs and of the workers named, and
-        // the workers holding any of them.
         let rows = tx
             .query(
-                &tx.prepare_cached(
-                    "WITH l AS MATERIALIZED (
-                         SELECT task_id, job_id, worker_id, since FROM task_leases
-                         WHERE job_id = ANY($1) OR worker_id = ANY($2))
-                     SELECT 0::int2, id, kind, task_id, due_at, job_id, NULL::jsonb
-                       FROM timers WHERE job_id = ANY($1)
-                     UNION ALL
-                     SELECT 1::int2, NULL::bigint, task_id, worker_id, since, job_id, NULL::jsonb FROM l
-                     UNION ALL
-                     SELECT 2::int2, NULL::bigint, id, NULL::text, last_seen, NULL::uuid, record
-                       FROM workers WHERE id = ANY($2) OR id IN (SELECT worker_id FROM l)",
-                )
-                .await?,
-                &[&loaded, &workers],
+                &tx.prepare_cached("SELECT k, n, a, b, ts, job, rec FROM engine_load($1, $2, $3)")
+                    .await?,
+                &[&ids, &workers, &claim],
             )
             .await?;
-        let mut timers = HashMap::new();
+        if claim.is_some() && rows.is_empty() {
+            return Ok(None);
+        }
+        let (st, mono) = (&mut scratch.st, scratch.mono);
+        let mut claimed = None;
         let mut max_id = 0i64;
         let mut lease_rows: Vec<(String, Uuid, String, DateTime<Utc>)> = Vec::new();
-        let mut stored_workers = HashMap::new();
         for row in &rows {
             match row.get::<_, i16>(0) {
                 0 => {
@@ -222,21 +229,42 @@ impl Scratch {
                     };
                     let key = (instant_of(row.get(4), now, mono), id as u64);
                     st.timers.insert(key, timer);
-                    timers.insert(key, id);
+                    scratch.timers.insert(key, id);
                 }
                 1 => lease_rows.push((row.get(2), row.get(5), row.get(3), row.get(4))),
-                _ => {
+                2 => {
                     let record: serde_json::Value = row.get(6);
                     let Ok(stored) = serde_json::from_value::<StoredWorker>(record) else {
                         continue;
                     };
                     let last_seen = instant_of(row.get(4), now, mono);
-                    stored_workers.insert(stored.worker_id.clone(), stored.clone());
+                    scratch
+                        .workers
+                        .insert(stored.worker_id.clone(), stored.clone());
                     st.workers
                         .insert(stored.worker_id.clone(), stored.record(last_seen));
                 }
+                3 => {
+                    let (id, body): (Uuid, &str) = (row.get(5), row.get(2));
+                    let job: Job = serde_json::from_str(body)
+                        .map_err(|e| DbError::UnreadableJob(id, e.to_string()))?;
+                    scratch.versions.insert(job.id, job.version);
+                    st.jobs.insert(job.id, Box::new(job));
+                }
+                _ => {
+                    let task_type: String = row.get(3);
+                    claimed = Some((
+                        task_type,
+                        super::super::Queued {
+                            job: row.get(5),
+                            task_id: row.get(2),
+                            seq: row.get::<_, i64>(1) as u64,
+                        },
+                    ));
+                }
             }
         }
+        st.keep_finished = st.keep_finished.max(st.jobs.len() + 1);
         // New timers get keys above every stored one.
         st.seq = max_id.max(0) as u64 + 1;
         let mut leases = BTreeSet::new();
@@ -258,21 +286,27 @@ impl Scratch {
                 leases.insert((task_id, worker));
             }
         }
-        Ok(Self {
-            st,
-            versions,
-            workers: stored_workers,
-            leases,
-            timers,
-            now,
-            mono,
-        })
+        scratch.leases = leases;
+        let claimed = claimed.map(|(task_type, queued)| {
+            // Queued as it was, for the machine to hand out.
+            scratch
+                .st
+                .queues
+                .entry(task_type)
+                .or_default()
+                .push_back(queued.clone());
+            queued
+        });
+        Ok(Some((scratch, claimed)))
     }
 
     /// Writes what the event changed, in one statement. Fails with
     /// [`DbError::Conflict`] when a job changed under us (then the caller
     /// retries the whole event).
-    pub async fn apply(mut self, tx: &Transaction<'_>) -> Result<(AfterCommit, Vec<Job>), DbError> {
+    pub async fn apply(
+        mut self,
+        tx: &impl GenericClient,
+    ) -> Result<(AfterCommit, Vec<Job>), DbError> {
         let mut after = AfterCommit {
             stops: std::mem::take(&mut self.st.stops),
             ..AfterCommit::default()
@@ -513,7 +547,7 @@ impl Writes {
     }
 
     /// Runs [`APPLY`] (nothing when there is nothing to write).
-    async fn run(&self, tx: &Transaction<'_>) -> Result<(), DbError> {
+    async fn run(&self, tx: &impl GenericClient) -> Result<(), DbError> {
         if self.is_empty() {
             return Ok(());
         }
