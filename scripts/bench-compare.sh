@@ -35,6 +35,9 @@
 # (ratios from those medians): on a shared 2-core machine a row measured a
 # few minutes after another can meet a machine 10–20 % slower.
 #
+# ORCHESTRATOR_BIN=<path> runs our rows with another build of the
+# orchestrator (the same worker hosts and client), to compare two builds.
+#
 # THREADS=1 (the default here) runs each of our processes on one async
 # runtime thread (RUNTIME_THREADS): the load generator, the orchestrator and
 # two workers share 2 cores, and a runtime thread per core in each process
@@ -66,6 +69,8 @@ cargo build --release -p orchestrator -p worker-host -p loadgen -p pgcount
 . scripts/bench-lib.sh
 
 PICKUP_JOBS="${PICKUP_JOBS:-200}"
+# Another build of our orchestrator to measure (e.g. the one before a change).
+ORCHESTRATOR_BIN="${ORCHESTRATOR_BIN:-./target/release/orchestrator}"
 COUNT_JOBS="${COUNT_JOBS:-1000}"
 
 # loadgen over the processes started last: the orchestrator, then the workers.
@@ -85,7 +90,7 @@ measure() {
 # Whether the row `label` is selected by ROWS (all rows when ROWS is empty).
 wanted() {
     [ -z "${ROWS:-}" ] && return 0
-    for w in $ROWS; do [ "$1" = "$w" ] || [[ "$1" == "$w"-* && "$w" == avtomatika ]] && return 0; done
+    for w in $ROWS; do [ "$1" = "$w" ] || [ "$1" = "$w-counted" ] || [[ "$1" == "$w"-* && "$w" == avtomatika ]] && return 0; done
     return 1
 }
 
@@ -95,7 +100,7 @@ run_ours() {
     wanted "$label" || return 0
     echo "==> $label"
     CLIENT_TOKEN=bench-client GLOBAL_WORKER_TOKEN=bench-worker RUST_LOG=warn \
-        ./target/release/orchestrator --listen "127.0.0.1:${PORT}" --storage "$storage" >"$RUN/$label-orchestrator.log" 2>&1 &
+        "$ORCHESTRATOR_BIN" --listen "127.0.0.1:${PORT}" --storage "$storage" >"$RUN/$label-orchestrator.log" 2>&1 &
     pids+=($!)
     wait_http "http://127.0.0.1:${PORT}/_public/status"
     for i in 1 2; do
@@ -138,7 +143,7 @@ run_ours_two() {
     echo "==> $label"
     for p in "$PORT" "$port2"; do
         CLIENT_TOKEN=bench-client GLOBAL_WORKER_TOKEN=bench-worker RUST_LOG=warn \
-            ./target/release/orchestrator --listen "127.0.0.1:$p" --storage "$storage" >"$RUN/$label-orchestrator-$p.log" 2>&1 &
+            "$ORCHESTRATOR_BIN" --listen "127.0.0.1:$p" --storage "$storage" >"$RUN/$label-orchestrator-$p.log" 2>&1 &
         pids+=($!)
         wait_http "http://127.0.0.1:$p/_public/status"
     done

@@ -1,14 +1,16 @@
 //! Durable job storage behind a small trait.
 //!
-//! The engine keeps active jobs in memory and writes every change through to
-//! a [`Storage`]; on start it reloads the jobs that had not finished. Finished
-//! jobs are read back from storage when asked for.
+//! One instance keeps active jobs in memory and writes every change through
+//! to a [`Storage`]; on start it reloads the jobs that had not finished.
+//! Finished jobs are read back from storage when asked for.
 //!
 //! Backends: [`memory::MemoryStorage`] (nothing survives a restart),
 //! [`sqlite::SqliteStorage`] (one file, the default) and
-//! [`postgres::PostgresStorage`] (one orchestrator instance per database, for
-//! now). Both SQL backends hold the same tables: `jobs`, `job_events`,
-//! `webhooks`, and the deploy tables of [`registry`].
+//! [`postgres::PostgresStorage`] (the schema, lists, history and the
+//! registry of deploys; the engine's own reads and writes on PostgreSQL are
+//! in `engine/shared_db/`, where several instances share the database).
+//! The SQL backends hold the same tables: `jobs`, `job_events`, `webhooks`,
+//! and the deploy tables of [`registry`].
 
 pub mod list;
 pub mod memory;
