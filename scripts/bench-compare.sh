@@ -172,6 +172,8 @@ count_statements() {
     ./target/release/pgcount --listen "127.0.0.1:$port" --upstream "${server##*@}" --report "$RUN/pgcount.json" \
         >"$RUN/pgcount.log" 2>&1 &
     local proxy=$!
+    # Listening once it has written its first report.
+    for _ in $(seq 1 500); do [ -e "$RUN/pgcount.json" ] && break; sleep 0.01; done
     JOBS=$COUNT_JOBS run_ours "ours-postgres-counted" "${server%@*}@127.0.0.1:$port/$db" poll "" \
         --statements-file "$RUN/pgcount.json"
     kill -TERM "$proxy" 2>/dev/null || true

@@ -67,3 +67,41 @@ async fn a_wait_on_one_instance_ends_when_the_other_finishes_the_job() {
     );
     assert_eq!(job(&a, id).await.status, JobStatus::Finished);
 }
+
+#[tokio::test]
+async fn the_active_job_bound_counts_creates_between_two_counts_and_on_every_instance() {
+    let settings = orchestrator::engine::EngineSettings {
+        max_active_jobs_per_client: 20,
+        ..Default::default()
+    };
+    let a = Holder::Postgres.engine_with(FLOW, settings).await;
+    // No worker: every job stays active. The count is reused between
+    // creates here (each adds one), so the 21st is refused all the same.
+    for _ in 0..20 {
+        create(&a, json!({})).await;
+    }
+    let refused = a
+        .create_job(orchestrator::engine::NewJob {
+            blueprint: "flow".into(),
+            owner: "default".into(),
+            ..Default::default()
+        })
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(orchestrator::engine::EngineError::TooManyActiveJobs(_))
+        ),
+        "{refused:?}"
+    );
+    // Another instance counts them too.
+    let b = Holder::second(&a, FLOW).await;
+    let elsewhere = b
+        .create_job(orchestrator::engine::NewJob {
+            blueprint: "flow".into(),
+            owner: "default".into(),
+            ..Default::default()
+        })
+        .await;
+    assert!(elsewhere.is_err(), "{elsewhere:?}");
+}

@@ -113,7 +113,8 @@ impl Holder {
         }
     }
 
-    /// A second instance on the same database as `first` (PostgreSQL only).
+    /// A second instance on the same database as `first`, with its
+    /// settings (PostgreSQL only).
     pub async fn second(first: &Held, states: &str) -> Engine {
         let url = first
             .settings()
@@ -127,10 +128,8 @@ impl Holder {
                 .unwrap()
                 .unwrap()
         };
-        let settings = EngineSettings {
-            shared_database: Some(url),
-            ..EngineSettings::default()
-        };
+        // The first one's settings.
+        let settings = first.settings().clone();
         engine_on(states, settings, Arc::new(storage)).await
     }
 

@@ -60,6 +60,9 @@ const REASON_WORKERS_TTL: Duration = Duration::from_secs(1);
 /// (at every task taken and every result it was a row update, i.e. a new
 /// row version and WAL, twice per job); worker time-outs are many seconds.
 const TOUCH_EVERY: Duration = Duration::from_millis(500);
+/// How long a count of a client's active jobs serves this instance's
+/// creates (each adds one to it), unless the count is near the limit.
+const ACTIVE_COUNT_FOR: Duration = Duration::from_secs(1);
 /// Workers whose last touch this instance remembers before forgetting the
 /// stale ones (a bound on what worker ids can make it keep).
 const TOUCHED_KEPT: usize = 4096;
@@ -131,6 +134,9 @@ pub(crate) struct SharedDb {
     clock_offset_us: std::sync::atomic::AtomicI64,
     /// The last metrics counts, and when they were made.
     metrics_cache: tokio::sync::Mutex<Option<(Instant, crate::metrics::Snapshot)>>,
+    /// Per client: its active jobs as last counted here plus those created
+    /// here since, and when counted ([`Self::active_jobs`]).
+    active_counts: std::sync::Mutex<std::collections::HashMap<String, (Instant, usize)>>,
     /// When this instance last wrote each worker's `last_seen`.
     touched: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
 }
@@ -141,6 +147,11 @@ impl SharedDb {
             .parse()
             .map_err(|e: tokio_postgres::Error| DbError::Pool(e.to_string()))?;
         config.connect_timeout(crate::storage::postgres::CONNECT_TIMEOUT);
+        // The engine's statements find rows by key. A plan made while a
+        // table was small (a new database) would keep scanning it whole as
+        // it grows, for as long as the connection keeps the statement:
+        // sequential scans are left for when no index serves.
+        config.options("-c enable_seqscan=off");
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -173,6 +184,7 @@ impl SharedDb {
             metrics_cache: Default::default(),
             clock_offset_us: Default::default(),
             touched: Default::default(),
+            active_counts: Default::default(),
         });
         tokio::spawn(db.clone().notifier(requests));
         Ok(db)
@@ -448,7 +460,7 @@ impl SharedDb {
         new: super::NewJob,
     ) -> Result<(), EngineError> {
         let max = shared.settings.max_active_jobs_per_client;
-        if self.active_jobs(&new.owner).await? >= max {
+        if self.active_jobs(&new.owner, max).await? >= max {
             return Err(EngineError::too_many_active_jobs(max, &new.owner));
         }
         self.event(shared, &[], &[], |st| {
@@ -458,8 +470,23 @@ impl SharedDb {
         Ok(())
     }
 
-    /// How many jobs of `owner` have not ended.
-    pub(crate) async fn active_jobs(&self, owner: &str) -> Result<usize, DbError> {
+    /// How many jobs of `owner` have not ended, for the
+    /// `max_active_jobs_per_client` check of a create about to happen. A
+    /// count is reused for [`ACTIVE_COUNT_FOR`], plus one per create here
+    /// (jobs that ended meanwhile still count; creates through other
+    /// instances show at the next count); below nine tenths of `max` only:
+    /// near the limit every create counts again.
+    pub(crate) async fn active_jobs(&self, owner: &str, max: usize) -> Result<usize, DbError> {
+        {
+            let mut counts = self.active_counts.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, n)) = counts.get_mut(owner)
+                && at.elapsed() < ACTIVE_COUNT_FOR
+                && *n < max / 10 * 9
+            {
+                *n += 1;
+                return Ok(*n - 1);
+            }
+        }
         let client = self.client().await?;
         let row = client
             .query_one(
@@ -471,7 +498,16 @@ impl SharedDb {
                 &[&owner],
             )
             .await?;
-        Ok(row.get::<_, i64>(0).max(0) as usize)
+        let n = row.get::<_, i64>(0).max(0) as usize;
+        let mut counts = self.active_counts.lock().unwrap_or_else(|p| p.into_inner());
+        if counts.len() >= TOUCHED_KEPT {
+            counts.retain(|_, (at, _)| at.elapsed() < ACTIVE_COUNT_FOR);
+            if counts.len() >= TOUCHED_KEPT {
+                counts.clear();
+            }
+        }
+        counts.insert(owner.to_string(), (Instant::now(), n + 1));
+        Ok(n)
     }
 
     /// Claims the oldest queued task this worker can run, if any.

@@ -495,11 +495,14 @@ struct Writes {
 /// (empty when the event has none), every part runs, and the count of
 /// jobs updated tells whether each job was still at the version loaded.
 /// No two parts touch one row (a task leased anew is not also unleased).
+/// Rows to change are found by `= ANY(<ids>)` (an index scan) before they
+/// are joined with their arrays: a join alone lets the planner, which
+/// cannot see an array's length in a generic plan, scan the whole table.
 const APPLY: &str = "WITH
   upd AS (UPDATE jobs j SET status = u.status, updated_at = u.updated_at, version = u.version, body = u.body
           FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::bigint[], $5::text[], $6::bigint[])
                AS u(id, status, updated_at, version, body, expected)
-          WHERE j.id = u.id AND j.version = u.expected RETURNING 1),
+          WHERE j.id = ANY($1) AND j.id = u.id AND j.version = u.expected RETURNING 1),
   ins AS (INSERT INTO jobs (id, blueprint, owner, status, created_at, updated_at, version, body)
           SELECT * FROM unnest($7::uuid[], $8::text[], $9::text[], $10::text[], $11::timestamptz[],
                                $12::timestamptz[], $13::bigint[], $14::text[])),
@@ -520,7 +523,7 @@ const APPLY: &str = "WITH
          ON CONFLICT (task_id) DO UPDATE SET job_id = excluded.job_id,
              worker_id = excluded.worker_id, since = excluded.since),
   ld AS (DELETE FROM task_leases l USING unnest($32::text[], $33::text[]) AS d(task_id, worker_id)
-         WHERE l.task_id = d.task_id AND l.worker_id = d.worker_id),
+         WHERE l.task_id = ANY($32) AND l.task_id = d.task_id AND l.worker_id = d.worker_id),
   wu AS (INSERT INTO workers (id, record, last_seen, ttl_ms)
          SELECT * FROM unnest($34::text[], $35::jsonb[], $36::timestamptz[], $37::bigint[])
          ON CONFLICT (id) DO UPDATE SET record = excluded.record,
