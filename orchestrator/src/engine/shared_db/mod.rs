@@ -150,8 +150,11 @@ impl SharedDb {
         // The engine's statements find rows by key. A plan made while a
         // table was small (a new database) would keep scanning it whole as
         // it grows, for as long as the connection keeps the statement:
-        // sequential scans are left for when no index serves.
-        config.options("-c enable_seqscan=off");
+        // sequential scans are left for when no index serves. No JIT: it
+        // never pays for statements this short, and the cost a sequential
+        // scan is then given (one no index can avoid, over a table of a few
+        // rows) would make every such statement compile (~300 ms).
+        config.options("-c enable_seqscan=off -c jit=off");
         let manager = Manager::from_config(
             config,
             NoTls,
