@@ -43,7 +43,7 @@ pub struct EngineSettings {
     /// Largest plugin component accepted by the registry.
     pub max_plugin_bytes: usize,
     /// Several instances on one PostgreSQL database: its URL. The database
-    /// is then the source of truth (see [`shared_db`]).
+    /// is then the source of truth (see [`super::shared_db`]).
     pub shared_database: Option<String>,
     /// How often worker liveness is checked.
     pub sweep_interval: Duration,
@@ -57,7 +57,7 @@ pub struct EngineSettings {
     /// renewed its lease for this long is taken over by another instance.
     pub webhook_lease: Duration,
     /// Finished, failed and cancelled jobs that last changed longer ago than
-    /// this are deleted with their history ([`retention`]); `None`: kept.
+    /// this are deleted with their history ([`super::retention`]); `None`: kept.
     pub finished_job_retention: Option<Duration>,
 }
 

@@ -63,8 +63,8 @@ impl SharedDb {
         tx.commit().await?;
         self.jobs.notify_waiters();
         self.cache.evict([id]);
-        let _ = self.notices.send(super::Notice::Changed(vec![id]));
-        let _ = self.notices.send(super::Notice::Jobs);
+        let _ = self.notices.send(super::notify::Notice::Changed(vec![id]));
+        let _ = self.notices.send(super::notify::Notice::Jobs);
         Ok(())
     }
 }
