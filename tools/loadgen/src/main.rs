@@ -15,6 +15,9 @@
 //! per request, so the servers get the rest of the machine). `--pickup` also reads each
 //! job's history and reports how long its first task waited between the
 //! job's creation and its dispatch to a worker (server timestamps).
+//! `--database-cpu` adds the CPU of the PostgreSQL server's processes on
+//! this machine (every process named `postgres`); `--statements-file` reads
+//! a `tools/pgcount` report and adds the statements sent per job.
 //!
 //! ```text
 //! loadgen --url http://127.0.0.1:8080 --token test-client-token --jobs 2000 --concurrency 50
