@@ -26,9 +26,18 @@ impl SharedDb {
         let mut seen: Option<glance::Glance> = None;
         let mut pause = Duration::ZERO;
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = shared.stopping.cancelled() => return,
+            // The regular pause, shortened when a timer added here is due
+            // sooner (other instances' timers: at their regular look).
+            let mut until = Instant::now() + pause;
+            loop {
+                if let Some(at) = self.take_early_look() {
+                    until = until.min(at);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => break,
+                    _ = self.look_wake.notified() => {}
+                    _ = shared.stopping.cancelled() => return,
+                }
             }
             pause = glance::GLANCE_EVERY;
             let now = match self.glance().await {
@@ -185,5 +194,22 @@ impl SharedDb {
             .await?;
         }
         Ok(())
+    }
+
+    /// Asks the maintenance loop to look at `at` (when a timer added here
+    /// is due), if that is before its next look.
+    pub(super) fn look_at(&self, at: Instant) {
+        let mut early = self.look_early.lock().unwrap_or_else(|p| p.into_inner());
+        if early.is_none_or(|e| at < e) {
+            *early = Some(at);
+            self.look_wake.notify_one();
+        }
+    }
+
+    fn take_early_look(&self) -> Option<Instant> {
+        self.look_early
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 }

@@ -118,6 +118,10 @@ pub(crate) struct SharedDb {
     cache: cache::JobCache,
     /// Names this instance in the `changed` notifications it sends.
     instance: Uuid,
+    /// The maintenance loop's next look, when a timer added here is due
+    /// before its regular one ([`Self::look_at`]).
+    look_early: std::sync::Mutex<Option<Instant>>,
+    look_wake: Notify,
     /// Set when a `jobs` or `changed` notification arrives; the glance
     /// clears the cache when jobs ended unheard (the `LISTEN` was down).
     heard: std::sync::atomic::AtomicBool,
@@ -176,6 +180,8 @@ impl SharedDb {
             cache: cache::JobCache::new(keep_jobs),
             instance: Uuid::new_v4(),
             heard: Default::default(),
+            look_early: Default::default(),
+            look_wake: Notify::new(),
             reason_workers: Default::default(),
             metrics_cache: Default::default(),
             clock_offset_us: Default::default(),
@@ -298,15 +304,19 @@ impl SharedDb {
 
     /// After an event's commit: its jobs kept here and named to the other
     /// instances, then the effects every backend has.
-    fn committed(
-        &self,
-        shared: &Arc<Shared>,
-        (after, written): (super::effects::AfterCommit, Vec<Job>),
-    ) {
+    fn committed(&self, shared: &Arc<Shared>, applied: scratch::Applied) {
+        let scratch::Applied {
+            after,
+            written,
+            first_timer,
+        } = applied;
         if !written.is_empty() {
             let ids = written.iter().map(|j| j.id).collect();
             self.cache.wrote(written);
             let _ = self.notices.send(Notice::Changed(ids));
+        }
+        if let Some(at) = first_timer {
+            self.look_at(at);
         }
         after.apply(shared);
     }

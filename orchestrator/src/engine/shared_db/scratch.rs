@@ -303,10 +303,7 @@ impl Scratch {
     /// Writes what the event changed, in one statement. Fails with
     /// [`DbError::Conflict`] when a job changed under us (then the caller
     /// retries the whole event).
-    pub async fn apply(
-        mut self,
-        tx: &impl GenericClient,
-    ) -> Result<(AfterCommit, Vec<Job>), DbError> {
+    pub async fn apply(mut self, tx: &impl GenericClient) -> Result<Applied, DbError> {
         let mut after = AfterCommit {
             stops: std::mem::take(&mut self.st.stops),
             ..AfterCommit::default()
@@ -377,11 +374,13 @@ impl Scratch {
             after.queued = true;
         }
         // Timers added and dropped.
+        let mut first_timer: Option<Instant> = None;
         for (key, timer) in &self.st.timers {
             if self.timers.contains_key(key) {
                 continue;
             }
             if let Some((job, kind, task_id)) = timer_row(timer) {
+                first_timer = Some(first_timer.map_or(key.0, |t| t.min(key.0)));
                 w.timer_due.push(utc_of(key.0, self.now, self.mono));
                 w.timer_jobs.push(job);
                 w.timer_kinds.push(kind);
@@ -441,8 +440,21 @@ impl Scratch {
             .collect();
         after.webhooks = std::mem::take(&mut self.st.webhooks);
         w.run(tx).await?;
-        Ok((after, last.into_values().collect()))
+        Ok(Applied {
+            after,
+            written: last.into_values().collect(),
+            first_timer,
+        })
     }
+}
+
+/// What an event wrote, for the work after its commit.
+pub(super) struct Applied {
+    pub after: AfterCommit,
+    /// The jobs written (this instance keeps them, [`super::cache`]).
+    pub written: Vec<Job>,
+    /// When the earliest timer the event added is due.
+    pub first_timer: Option<Instant>,
 }
 
 /// Every row an event writes, by table, as the arrays of [`APPLY`].
