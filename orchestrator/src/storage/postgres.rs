@@ -48,6 +48,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         8,
         include_str!("../../migrations/postgres/0008_engine_load.sql"),
     ),
+    (
+        9,
+        include_str!("../../migrations/postgres/0009_unlogged_nonces.sql"),
+    ),
 ];
 
 pub struct PostgresStorage {
