@@ -54,8 +54,8 @@ pub struct Shared {
     pub auth_failures: throttle::AuthFailures,
     /// Update streams open per client.
     pub client_streams: stream::ClientStreams,
-    /// Dashboard sessions, when no database is shared ([`session`]).
-    pub sessions: session::LocalSessions,
+    /// Dashboard sessions ([`session`]).
+    pub(crate) sessions: session::Sessions,
 }
 
 impl std::ops::Deref for AppState {
@@ -77,13 +77,13 @@ impl AppState {
         auth_failures: throttle::AuthFailures,
     ) -> Self {
         Self(Arc::new(Shared {
-            engine,
             auth,
             channels: Default::default(),
             max_body,
             auth_failures,
             client_streams: Default::default(),
-            sessions: Default::default(),
+            sessions: session::Sessions::of(&engine),
+            engine,
         }))
     }
 }

@@ -12,7 +12,7 @@
 //! them there, so a sign-out on one is refused by all at once.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::FromRequestParts;
@@ -23,7 +23,8 @@ use tokio::time::Instant;
 use super::AppState;
 use super::auth::{Digest, digest, session_cookie};
 use super::error::ApiError;
-use crate::engine::shared_db::StoredSession;
+use crate::engine::EngineError;
+use crate::engine::shared_db::{SharedDb, StoredSession};
 
 /// How long a sign-in lasts.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
@@ -42,20 +43,56 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// Sessions of one orchestrator alone (no shared database).
-#[derive(Debug, Default)]
-pub struct LocalSessions {
-    inner: Mutex<Local>,
+/// Where dashboard sessions are kept, chosen once: in memory (one
+/// orchestrator) or in the shared database (several instances).
+pub(crate) enum Sessions {
+    Local(Mutex<Local>),
+    Shared(Arc<SharedDb>),
 }
 
-impl LocalSessions {
-    fn local(&self) -> std::sync::MutexGuard<'_, Local> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+impl Sessions {
+    /// The store for `engine`'s backend.
+    pub fn of(engine: &crate::engine::Engine) -> Self {
+        match engine.shared.backend.shared_db() {
+            Some(db) => Self::Shared(db.clone()),
+            None => Self::Local(Mutex::default()),
+        }
+    }
+
+    /// `id`: the digest of the session id.
+    async fn get(&self, id: &Digest) -> Result<Option<StoredSession>, ApiError> {
+        match self {
+            Self::Local(local) => Ok(lock(local).get(id)),
+            Self::Shared(db) => Ok(db.session(id).await.map_err(EngineError::from)?),
+        }
+    }
+
+    async fn start(&self, id: Digest, session: StoredSession) -> Result<(), ApiError> {
+        match self {
+            Self::Local(local) => lock(local).start(id, session),
+            Self::Shared(db) => db
+                .start_session(&id, &session, SESSION_TTL, SESSIONS_PER_CLIENT)
+                .await
+                .map_err(EngineError::from)?,
+        }
+        Ok(())
+    }
+
+    async fn end(&self, id: &Digest) -> Result<(), ApiError> {
+        match self {
+            Self::Local(local) => lock(local).end(id),
+            Self::Shared(db) => db.end_session(id).await.map_err(EngineError::from)?,
+        }
+        Ok(())
     }
 }
 
+fn lock(local: &Mutex<Local>) -> std::sync::MutexGuard<'_, Local> {
+    local.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[derive(Debug, Default)]
-struct Local {
+pub(crate) struct Local {
     /// Digest of the session id → the session.
     by_id: HashMap<Digest, Open>,
     /// Client → its sessions' ids, oldest first.
@@ -158,14 +195,7 @@ impl AppState {
             ));
         }
         let id = cookie_session(headers).ok_or_else(ended)?;
-        let session = match self.engine.shared.backend.shared_db() {
-            Some(db) => db
-                .session(&id)
-                .await
-                .map_err(crate::engine::EngineError::from)?,
-            None => self.sessions.local().get(&id),
-        }
-        .ok_or_else(ended)?;
+        let session = self.sessions.get(&id).await?.ok_or_else(ended)?;
         // The token it was opened with must still be this client's.
         match self.auth.client_by_digest(&session.token) {
             Some(name) if name == session.client => Ok(Caller(name)),
@@ -182,13 +212,7 @@ impl AppState {
             client: client.clone(),
             token: digest(token),
         };
-        match self.engine.shared.backend.shared_db() {
-            Some(db) => db
-                .start_session(&digest(&id), &session, SESSION_TTL, SESSIONS_PER_CLIENT)
-                .await
-                .map_err(crate::engine::EngineError::from)?,
-            None => self.sessions.local().start(digest(&id), session),
-        }
+        self.sessions.start(digest(&id), session).await?;
         Ok((client, id))
     }
 
@@ -197,14 +221,7 @@ impl AppState {
         let Some(id) = cookie_session(headers) else {
             return Ok(());
         };
-        match self.engine.shared.backend.shared_db() {
-            Some(db) => db
-                .end_session(&id)
-                .await
-                .map_err(crate::engine::EngineError::from)?,
-            None => self.sessions.local().end(&id),
-        }
-        Ok(())
+        self.sessions.end(&id).await
     }
 }
 
