@@ -172,12 +172,15 @@ count_statements() {
     ./target/release/pgcount --listen "127.0.0.1:$port" --upstream "${server##*@}" --report "$RUN/pgcount.json" \
         >"$RUN/pgcount.log" 2>&1 &
     local proxy=$!
+    # Stopped on the way out too, should the run fail.
+    trap "kill -TERM $proxy 2>/dev/null || true; stop_all" EXIT
     # Listening once it has written its first report.
     for _ in $(seq 1 500); do [ -e "$RUN/pgcount.json" ] && break; sleep 0.01; done
     JOBS=$COUNT_JOBS run_ours "ours-postgres-counted" "${server%@*}@127.0.0.1:$port/$db" poll "" \
         --statements-file "$RUN/pgcount.json"
     kill -TERM "$proxy" 2>/dev/null || true
     wait "$proxy" 2>/dev/null || true
+    trap stop_all EXIT
 }
 
 # Every row once, in order; REPEAT rounds of it (so a drift of the machine
