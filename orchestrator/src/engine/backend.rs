@@ -15,7 +15,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::effects::Wake;
-use super::local::{Local, blocking};
+use super::local::Local;
 use super::shared_db::SharedDb;
 use super::workers::WorkerView;
 use super::{Engine, EngineError, NewJob, Shared, machine};
@@ -53,7 +53,7 @@ impl Backend {
         shared: &Shared,
     ) -> Result<Vec<PendingWebhook>, StorageError> {
         match self {
-            Self::Local(_) => blocking(shared, |s| s.pending_webhooks()).await,
+            Self::Local(_) => shared.blocking(|s| s.pending_webhooks()).await,
             Self::Shared(db) => Ok(db.orphaned_webhooks(shared.settings.webhook_lease).await?),
         }
     }
@@ -137,7 +137,7 @@ impl Backend {
         filter: JobFilter,
     ) -> Result<Vec<Job>, StorageError> {
         match self {
-            Self::Local(_) => blocking(shared, move |s| s.list_jobs(&filter)).await,
+            Self::Local(_) => shared.blocking(move |s| s.list_jobs(&filter)).await,
             Self::Shared(db) => Ok(db.list_jobs(&filter).await?),
         }
     }
@@ -148,7 +148,7 @@ impl Backend {
         id: Uuid,
     ) -> Result<Vec<JobEvent>, StorageError> {
         match self {
-            Self::Local(_) => blocking(shared, move |s| s.job_events(id)).await,
+            Self::Local(_) => shared.blocking(move |s| s.job_events(id)).await,
             Self::Shared(db) => Ok(db.job_events(id).await?),
         }
     }
@@ -313,7 +313,9 @@ impl Backend {
     ) -> Result<Vec<Uuid>, StorageError> {
         match self {
             Self::Local(local) => {
-                let ids = blocking(shared, move |s| s.delete_ended(before, batch)).await?;
+                let ids = shared
+                    .blocking(move |s| s.delete_ended(before, batch))
+                    .await?;
                 local.forget(&ids);
                 Ok(ids)
             }

@@ -53,10 +53,7 @@ impl Engine {
     /// Takes what other instances sharing the database deployed: plugin
     /// versions and which is offered, and blueprint versions not here yet.
     pub(super) async fn refresh_deploys(&self) -> Result<(), StorageError> {
-        let storage = self.shared.storage.clone();
-        let rows = tokio::task::spawn_blocking(move || storage.registry_rows())
-            .await
-            .map_err(|e| StorageError::Backend(e.to_string()))??;
+        let rows = self.shared.blocking(|s| s.registry_rows()).await?;
         self.shared.registry.reload(&rows);
         let catalog = &self.shared.catalog;
         let _one_at_a_time = catalog.deploys.lock().await;
@@ -93,12 +90,9 @@ impl Engine {
             origin: bp.origin.clone(),
             created_at: bp.created_at,
         };
-        let storage = self.shared.storage.clone();
         // The number the database gave it (another instance may have taken
         // the one this catalog would give).
-        bp.version = tokio::task::spawn_blocking(move || storage.put_blueprint(&row))
-            .await
-            .map_err(|e| StorageError::Backend(e.to_string()))??;
+        bp.version = self.shared.blocking(move |s| s.put_blueprint(&row)).await?;
         let bp = catalog.install(bp);
         tracing::info!(
             "blueprint {} v{} in service (POST {}), from {}",

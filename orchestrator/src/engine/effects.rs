@@ -10,6 +10,7 @@ use tokio::sync::futures::OwnedNotified;
 
 use super::webhook::Webhook;
 use super::{JobUpdate, Shared, TaskStop};
+use crate::job::Job;
 use crate::storage::JobWrite;
 
 /// The effects of one committed event.
@@ -27,14 +28,17 @@ pub(crate) struct AfterCommit {
 }
 
 impl AfterCommit {
-    /// Counts `write` in: its metrics, its update (when a stream listens),
-    /// whether it ended a job.
-    pub(crate) fn saw(&mut self, write: &JobWrite, shared: &Shared) {
+    /// Counts `write` in: its metrics, whether it ended a job.
+    pub(crate) fn saw(&mut self, write: &JobWrite) {
         crate::metrics::observations(write, &mut self.observed);
-        if shared.updates.receiver_count() > 0 {
-            self.updates.push(JobUpdate::of(&write.job));
-        }
         self.ended |= write.job.status.is_terminal();
+    }
+
+    /// `job` as the update stream sends it, when a stream listens.
+    pub(crate) fn changed(&mut self, job: &Job, shared: &Shared) {
+        if shared.updates.receiver_count() > 0 {
+            self.updates.push(JobUpdate::of(job));
+        }
     }
 
     /// Does it all. Waiters in this process are woken by the machine

@@ -60,7 +60,7 @@ impl Local {
     /// Reloads the jobs that had not ended, arms the worker sweep and
     /// starts the timer loop.
     pub(crate) async fn start(&self, shared: &Arc<Shared>) -> Result<(), StorageError> {
-        let unfinished = blocking(shared, |s| s.unfinished_jobs()).await?;
+        let unfinished = shared.blocking(|s| s.unfinished_jobs()).await?;
         let count = unfinished.len();
         {
             let mut st = self.tx(shared);
@@ -146,7 +146,7 @@ impl Local {
         if let Some(job) = self.lock().jobs.get(&id) {
             return Ok(Some(Job::clone(job)));
         }
-        blocking(shared, move |s| s.get_job(id)).await
+        shared.blocking(move |s| s.get_job(id)).await
     }
 
     pub(crate) fn with_job_in_memory<T>(
@@ -240,17 +240,6 @@ impl Local {
     }
 }
 
-/// The storage call `f`, off the async threads.
-pub(crate) async fn blocking<T: Send + 'static>(
-    shared: &Shared,
-    f: impl FnOnce(&dyn Storage) -> Result<T, StorageError> + Send + 'static,
-) -> Result<T, StorageError> {
-    let storage = shared.storage.clone();
-    tokio::task::spawn_blocking(move || f(storage.as_ref()))
-        .await
-        .map_err(|e| StorageError::Backend(e.to_string()))?
-}
-
 /// Fires due timers; ends once nothing but it holds the engine.
 async fn timer_loop(shared: Arc<Shared>) {
     let Some(local) = shared.backend.local() else {
@@ -316,7 +305,8 @@ impl Drop for Tx<'_> {
         let st = &mut *self.st;
         let mut after = AfterCommit::default();
         for write in st.outbox.iter().filter_map(|m| m.write.as_ref()) {
-            after.saw(write, self.shared);
+            after.saw(write);
+            after.changed(&write.job, self.shared);
         }
         for msg in st.outbox.drain(..) {
             self.local.send(msg);

@@ -93,6 +93,17 @@ impl Shared {
         }
     }
 
+    /// The storage call `f`, off the async threads.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Storage) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let storage = self.storage.clone();
+        tokio::task::spawn_blocking(move || f(storage.as_ref()))
+            .await
+            .map_err(|e| StorageError::Backend(e.to_string()))?
+    }
+
     /// The blueprint version `job` runs on.
     pub(crate) fn blueprint_of(&self, job: &Job) -> Option<Arc<Blueprint>> {
         self.catalog.get(&job.blueprint, job.blueprint_version)

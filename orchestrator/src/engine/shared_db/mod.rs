@@ -212,8 +212,7 @@ impl SharedDb {
     }
 
     /// Runs one event: `f` over the scratch state of `jobs` and `workers`,
-    /// retried on conflicts. `pre` runs first in the same transaction (to
-    /// claim a row) and returns the jobs to lock.
+    /// retried on conflicts; a job that cannot be read is set aside first.
     async fn event<R: Send>(
         &self,
         shared: &Arc<Shared>,
@@ -251,7 +250,7 @@ impl SharedDb {
             // statement, atomic without a transaction around it.
             let mut scratch = Scratch::empty(shared.settings.finished_jobs_in_memory, self.now());
             let r = f(&mut scratch.st);
-            let applied = scratch.apply(&client).await?;
+            let applied = scratch.apply(&client, shared).await?;
             drop(client);
             self.committed(shared, applied);
             return Ok(r);
@@ -267,7 +266,7 @@ impl SharedDb {
         )
         .await?;
         let r = f(&mut scratch.st);
-        let applied = scratch.apply(&tx).await?;
+        let applied = scratch.apply(&tx, shared).await?;
         tx.commit().await?;
         // Back to the pool before taking another for the notification.
         drop(client);

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::super::effects::AfterCommit;
 use super::super::workers::{Held, WorkerRecord};
-use super::super::{EngineState, Timer};
+use super::super::{EngineState, Shared, Timer};
 use super::DbError;
 use crate::job::Job;
 
@@ -137,23 +137,22 @@ impl Scratch {
         keep_finished: usize,
         now: DateTime<Utc>,
     ) -> Result<Self, DbError> {
-        let loaded = Self::load_with(tx, jobs, workers, None, fired, keep_finished, now).await?;
-        Ok(loaded.map(|(scratch, _)| scratch).unwrap_or_else(|| {
-            // Unreachable: only a claim finds nothing.
-            Self::empty(keep_finished, now)
-        }))
+        let (scratch, _) =
+            Self::load_with(tx, jobs, workers, None, fired, keep_finished, now).await?;
+        Ok(scratch)
     }
 
     /// Claims the oldest queued task of `types` for `worker` and loads its
-    /// job and the worker, in the same call; `None` when none is queued.
+    /// job and the worker, in the same call (the task queued in the scratch
+    /// state, for the machine to hand out); `None` when none is queued.
     pub async fn claim(
         tx: &Transaction<'_>,
         worker: &str,
         types: &[String],
         keep_finished: usize,
         now: DateTime<Utc>,
-    ) -> Result<Option<(Self, super::super::Queued)>, DbError> {
-        let loaded = Self::load_with(
+    ) -> Result<Option<Self>, DbError> {
+        let (scratch, claimed) = Self::load_with(
             tx,
             &[],
             &[worker.to_string()],
@@ -163,7 +162,7 @@ impl Scratch {
             now,
         )
         .await?;
-        Ok(loaded.and_then(|(scratch, claimed)| Some((scratch, claimed?))))
+        Ok(claimed.then_some(scratch))
     }
 
     pub fn empty(keep_finished: usize, now: DateTime<Utc>) -> Self {
@@ -183,7 +182,8 @@ impl Scratch {
         }
     }
 
-    /// One call of `engine_load` (migration 0008): see there.
+    /// One call of `engine_load` (migration 0008): see there. Also says
+    /// whether a task was claimed.
     async fn load_with(
         tx: &Transaction<'_>,
         jobs: &[Uuid],
@@ -192,14 +192,14 @@ impl Scratch {
         fired: Option<i64>,
         keep_finished: usize,
         now: DateTime<Utc>,
-    ) -> Result<Option<(Self, Option<super::super::Queued>)>, DbError> {
-        let mut scratch = Self::empty(keep_finished.max(jobs.len() + 1), now);
+    ) -> Result<(Self, bool), DbError> {
+        let mut scratch = Self::empty(keep_finished, now);
         let mut ids: Vec<Uuid> = jobs.to_vec();
         ids.sort();
         ids.dedup();
         if ids.is_empty() && workers.is_empty() && claim.is_none() {
             // Nothing to lock or read (a job being created).
-            return Ok(Some((scratch, None)));
+            return Ok((scratch, false));
         }
         let rows = tx
             .query(
@@ -208,9 +208,6 @@ impl Scratch {
                 &[&ids, &workers, &claim],
             )
             .await?;
-        if claim.is_some() && rows.is_empty() {
-            return Ok(None);
-        }
         let (st, mono) = (&mut scratch.st, scratch.mono);
         let mut claimed = None;
         let mut max_id = 0i64;
@@ -287,23 +284,27 @@ impl Scratch {
             }
         }
         scratch.leases = leases;
-        let claimed = claimed.map(|(task_type, queued)| {
+        let was_claimed = claimed.is_some();
+        if let Some((task_type, queued)) = claimed {
             // Queued as it was, for the machine to hand out.
             scratch
                 .st
                 .queues
                 .entry(task_type)
                 .or_default()
-                .push_back(queued.clone());
-            queued
-        });
-        Ok(Some((scratch, claimed)))
+                .push_back(queued);
+        }
+        Ok((scratch, was_claimed))
     }
 
     /// Writes what the event changed, in one statement. Fails with
     /// [`DbError::Conflict`] when a job changed under us (then the caller
     /// retries the whole event).
-    pub async fn apply(mut self, tx: &impl GenericClient) -> Result<Applied, DbError> {
+    pub async fn apply(
+        mut self,
+        tx: &impl GenericClient,
+        shared: &Shared,
+    ) -> Result<Applied, DbError> {
         let mut after = AfterCommit {
             stops: std::mem::take(&mut self.st.stops),
             ..AfterCommit::default()
@@ -314,7 +315,7 @@ impl Scratch {
         let mut hooks: BTreeMap<Uuid, crate::storage::PendingWebhook> = BTreeMap::new();
         for msg in std::mem::take(&mut self.st.outbox) {
             let Some(write) = msg.write else { continue };
-            crate::metrics::observations(&write, &mut after.observed);
+            after.saw(&write);
             let id = write.job.id;
             for e in write.events {
                 w.event_tasks.push(crate::job::JobEvent::task_json(&e));
@@ -329,8 +330,7 @@ impl Scratch {
             last.insert(id, write.job);
         }
         for (id, job) in &last {
-            after.updates.push(super::super::JobUpdate::of(job));
-            after.ended |= job.status.is_terminal();
+            after.changed(job, shared);
             let body = serde_json::to_string(job).map_err(|e| DbError::Corrupt(e.to_string()))?;
             match self.versions.get(id) {
                 Some(expected) => {

@@ -94,7 +94,7 @@ impl SharedDb {
         }
         let skills: Vec<String> = stored.skills.iter().map(|s| s.name.clone()).collect();
         let tx = client.transaction().await.map_err(DbError::from)?;
-        let Some((mut scratch, _claimed)) = Scratch::claim(
+        let Some(mut scratch) = Scratch::claim(
             &tx,
             worker_id,
             &skills,
@@ -123,7 +123,7 @@ impl SharedDb {
         let payload = machine::take_task(shared, &mut scratch.st, worker_id);
         // A stale entry is consumed, not put back.
         scratch.st.queues.clear();
-        let applied = scratch.apply(&tx).await?;
+        let applied = scratch.apply(&tx, shared).await?;
         tx.commit().await.map_err(DbError::from)?;
         drop(client);
         self.committed(shared, applied);
