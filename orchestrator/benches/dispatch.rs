@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use orchestrator::blueprint;
-use orchestrator::engine::{Engine, EngineSettings, NewJob};
+use orchestrator::engine::{Engine, EngineSettings, NewJob, Store};
 use orchestrator::storage::Storage;
 use orchestrator::storage::memory::MemoryStorage;
 use orchestrator::storage::sqlite::SqliteStorage;
@@ -74,7 +74,7 @@ fn dispatch_path(c: &mut Criterion) {
     for (name, storage) in backends {
         let engine = rt.block_on(async {
             let bp = blueprint::parse("test_flow.toml", FLOW).unwrap();
-            let engine = Engine::start(vec![bp], storage, EngineSettings::default())
+            let engine = Engine::start(vec![bp], Store::Local(storage), EngineSettings::default())
                 .await
                 .unwrap();
             let reg: rxon::WorkerRegistration = serde_json::from_value(

@@ -7,10 +7,8 @@ use anyhow::Context;
 use clap::Parser;
 use orchestrator::api::{self, AppState, auth::Auth};
 use orchestrator::config::{Cli, Config, StorageConfig};
-use orchestrator::engine::{Engine, EngineSettings};
-use orchestrator::storage::{
-    Storage, memory::MemoryStorage, postgres::PostgresStorage, sqlite::SqliteStorage,
-};
+use orchestrator::engine::{Engine, EngineSettings, Store};
+use orchestrator::storage::{memory::MemoryStorage, sqlite::SqliteStorage};
 use orchestrator::{blueprint, telemetry};
 
 /// mimalloc: a job's many small JSON allocations cost about half as much
@@ -44,15 +42,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
             config.blueprints_dir.display()
         );
     }
-    let storage: Arc<dyn Storage> = match &config.storage {
-        StorageConfig::Memory => Arc::new(MemoryStorage::default()),
-        StorageConfig::Sqlite(path) => Arc::new(SqliteStorage::open(path)?),
-        StorageConfig::Postgres(url) => {
-            let url = url.clone();
-            Arc::new(tokio::task::spawn_blocking(move || PostgresStorage::open(&url)).await??)
-        }
+    let store = match &config.storage {
+        StorageConfig::Memory => Store::Local(Arc::new(MemoryStorage::default())),
+        StorageConfig::Sqlite(path) => Store::Local(Arc::new(SqliteStorage::open(path)?)),
+        StorageConfig::Postgres(url) => Store::Postgres(url.clone()),
     };
-    tracing::info!("storage: {}", storage.describe());
     let settings = EngineSettings {
         worker_ttl: config.worker_ttl,
         channel_grace: config.channel_grace,
@@ -69,16 +63,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         max_plugin_bytes: config.max_plugin_bytes,
         finished_job_retention: config.finished_job_retention,
         webhook_lease: config.webhook_lease,
-        shared_database: match &config.storage {
-            StorageConfig::Postgres(url) => Some(url.clone()),
-            _ => None,
-        },
         ..EngineSettings::default()
     };
     if settings.task_secret.is_some() {
         tracing::info!("tasks are signed with ORCHESTRATOR_SECRET_KEY (`sig`)");
     }
-    let engine = Engine::start(blueprints, storage, settings).await?;
+    let engine = Engine::start(blueprints, store, settings).await?;
     let auth = Auth::new(
         config.clients.clone(),
         config.global_worker_token.clone(),

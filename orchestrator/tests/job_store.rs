@@ -1,68 +1,131 @@
-//! The job store of every backend (memory, SQLite, PostgreSQL) against a
-//! reference: each filter combination of the job list, paged by offset and
-//! by cursor, and retention deleting exactly the expired ended jobs with
-//! their history.
+//! The job store of every backend (memory, SQLite, PostgreSQL), read
+//! through the engine, against a reference: each filter combination of the
+//! job list, paged by offset and by cursor, and retention deleting exactly
+//! the expired ended jobs with their history.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../../tests/tests/support/pg.rs"]
+mod pg;
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
+use orchestrator::blueprint;
+use orchestrator::engine::{Engine, EngineSettings, Store};
 use orchestrator::job::{Job, JobEvent, JobStatus};
 use orchestrator::storage::memory::MemoryStorage;
-use orchestrator::storage::postgres::PostgresStorage;
 use orchestrator::storage::sqlite::SqliteStorage;
 use orchestrator::storage::{JobCursor, JobFilter, JobWrite, Storage};
 use serde_json::json;
 use uuid::Uuid;
 
-/// A database of its own on the machine's PostgreSQL, dropped at the end.
-struct PgDatabase {
-    name: String,
+/// How a test puts jobs in a backend's store, beside the engine: the
+/// storage's own write (one instance), or rows as the engine writes them
+/// (PostgreSQL).
+enum Seed {
+    Local(Arc<dyn Storage>),
+    Postgres(tokio_postgres::Client),
 }
 
-fn admin_url() -> String {
-    std::env::var("E2E_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-impl PgDatabase {
-    fn create() -> (Self, String) {
-        let name = format!("store_{}", Uuid::new_v4().simple());
-        let mut admin = postgres::Client::connect(&admin_url(), postgres::NoTls).unwrap();
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .unwrap();
-        let base = admin_url();
-        let url = format!("{}/{name}", &base[..base.rfind('/').unwrap()]);
-        (Self { name }, url)
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        if let Ok(mut admin) = postgres::Client::connect(&admin_url(), postgres::NoTls) {
-            let _ = admin.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
+impl Seed {
+    async fn save(&self, jobs: &[Job]) {
+        match self {
+            Self::Local(storage) => {
+                let writes: Vec<JobWrite> = jobs
+                    .iter()
+                    .map(|j| JobWrite {
+                        job: j.clone(),
+                        events: vec![event("created"), event("ended")],
+                        webhook: None,
+                    })
+                    .collect();
+                storage.write(&writes, &[]).unwrap();
+            }
+            Self::Postgres(client) => {
+                for j in jobs {
+                    client
+                        .execute(
+                            "INSERT INTO jobs (id, blueprint, owner, status, created_at, updated_at, version, body)
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                            &[
+                                &j.id,
+                                &j.blueprint,
+                                &j.owner,
+                                &j.status.as_str(),
+                                &j.created_at,
+                                &j.updated_at,
+                                &(j.version as i64),
+                                &serde_json::to_string(j).unwrap(),
+                            ],
+                        )
+                        .await
+                        .unwrap();
+                    for e in [event("created"), event("ended")] {
+                        client
+                            .execute(
+                                "INSERT INTO job_events (job_id, at, event, message) VALUES ($1, $2, $3, $4)",
+                                &[&j.id, &e.at, &e.event, &e.message],
+                            )
+                            .await
+                            .unwrap();
+                    }
+                }
+            }
         }
     }
 }
 
-/// A backend's name, the store, and what keeps it alive (its directory or
-/// database).
-type Backend = (&'static str, Arc<dyn Storage>, Box<dyn std::any::Any>);
+/// A backend: its name, its engine, how to seed it, and what keeps it
+/// alive (its directory or database).
+struct Backend {
+    name: &'static str,
+    engine: Engine,
+    seed: Seed,
+    _keep: Box<dyn std::any::Any>,
+}
 
-fn backends() -> Vec<Backend> {
+async fn engine(store: Store) -> Engine {
+    let bp = blueprint::parse(
+        "x.toml",
+        "name = \"x\"\napi_endpoint = \"/jobs/x\"\n[states.start]\nstart = true\nend = \"finished\"\n",
+    )
+    .unwrap();
+    Engine::start(vec![bp], store, EngineSettings::default())
+        .await
+        .unwrap()
+}
+
+async fn backends() -> Vec<Backend> {
+    let memory: Arc<dyn Storage> = Arc::new(MemoryStorage::default());
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = Arc::new(SqliteStorage::open(&dir.path().join("jobs.db")).unwrap());
-    let (pg, url) = PgDatabase::create();
-    let postgres = Arc::new(PostgresStorage::open(&url).unwrap());
+    let sqlite: Arc<dyn Storage> =
+        Arc::new(SqliteStorage::open(&dir.path().join("jobs.db")).unwrap());
+    let db = pg::TestDatabase::create().await;
+    let pg_engine = engine(Store::Postgres(db.url.clone())).await;
+    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
     vec![
-        ("memory", Arc::new(MemoryStorage::default()), Box::new(())),
-        ("sqlite", sqlite, Box::new(dir)),
-        ("postgres", postgres, Box::new(pg)),
+        Backend {
+            name: "memory",
+            engine: engine(Store::Local(memory.clone())).await,
+            seed: Seed::Local(memory),
+            _keep: Box::new(()),
+        },
+        Backend {
+            name: "sqlite",
+            engine: engine(Store::Local(sqlite.clone())).await,
+            seed: Seed::Local(sqlite),
+            _keep: Box::new(dir),
+        },
+        Backend {
+            name: "postgres",
+            engine: pg_engine,
+            seed: Seed::Postgres(client),
+            _keep: Box::new(db),
+        },
     ]
 }
 
@@ -84,24 +147,12 @@ fn event(text: &str) -> JobEvent {
     }
 }
 
-fn save(storage: &dyn Storage, jobs: &[Job]) {
-    let writes: Vec<JobWrite> = jobs
-        .iter()
-        .map(|j| JobWrite {
-            job: j.clone(),
-            events: vec![event("created"), event("ended")],
-            webhook: None,
-        })
-        .collect();
-    storage.write(&writes, &[]).unwrap();
-}
-
 fn ids(jobs: &[Job]) -> Vec<Uuid> {
     jobs.iter().map(|j| j.id).collect()
 }
 
-#[test]
-fn every_filter_combination_pages_like_the_reference() {
+#[tokio::test]
+async fn every_filter_combination_pages_like_the_reference() {
     // Whole milliseconds (PostgreSQL keeps microseconds), three jobs per
     // instant so ties are ordered by id.
     let base = DateTime::parse_from_rfc3339("2026-12-01T10:00:00.123Z")
@@ -123,8 +174,11 @@ fn every_filter_combination_pages_like_the_reference() {
             )
         })
         .collect();
-    for (name, storage, _keep) in backends() {
-        save(storage.as_ref(), &jobs);
+    for Backend {
+        name, engine, seed, ..
+    } in backends().await
+    {
+        seed.save(&jobs).await;
         for owner in [None, Some("alice")] {
             for status in [None, Some(JobStatus::Finished)] {
                 for blueprint in [None, Some("x")] {
@@ -145,26 +199,28 @@ fn every_filter_combination_pages_like_the_reference() {
                     };
                     let what = format!("{name}: {owner:?} {status:?} {blueprint:?}");
                     assert!(!want.is_empty(), "{what}");
-                    let all = storage.list_jobs(&filter).unwrap();
+                    let all = engine.list_jobs(filter.clone()).await.unwrap();
                     assert_eq!(ids(&all), want, "{what}: one page");
-                    let by_offset = storage
-                        .list_jobs(&JobFilter {
+                    let by_offset = engine
+                        .list_jobs(JobFilter {
                             offset: 3,
                             limit: 5,
                             ..filter.clone()
                         })
+                        .await
                         .unwrap();
                     assert_eq!(ids(&by_offset), want[3..8.min(want.len())], "{what}");
                     // Pages of 7 by cursor: every job once, in order.
                     let mut walked = Vec::new();
                     let mut after = None;
                     loop {
-                        let page = storage
-                            .list_jobs(&JobFilter {
+                        let page = engine
+                            .list_jobs(JobFilter {
                                 limit: 7,
                                 after,
                                 ..filter.clone()
                             })
+                            .await
                             .unwrap();
                         walked.extend(ids(&page));
                         match page.last() {
@@ -192,13 +248,16 @@ fn a_cursor_survives_its_text_form() {
     }
 }
 
-#[test]
-fn retention_deletes_exactly_the_expired_ended_jobs_and_their_history() {
+#[tokio::test]
+async fn retention_deletes_exactly_the_expired_ended_jobs_and_their_history() {
     let now = Utc::now();
     let old = now - Duration::hours(2);
     let recent = now - Duration::minutes(10);
     let cutoff = now - Duration::hours(1);
-    for (name, storage, _keep) in backends() {
+    for Backend {
+        name, engine, seed, ..
+    } in backends().await
+    {
         let mut expired = Vec::new();
         let mut kept = Vec::new();
         for status in [JobStatus::Finished, JobStatus::Failed, JobStatus::Cancelled] {
@@ -210,12 +269,12 @@ fn retention_deletes_exactly_the_expired_ended_jobs_and_their_history() {
         // Old, but quarantined (kept until handled) or still running.
         kept.push(job("alice", JobStatus::Quarantined, "x", old));
         kept.push(job("alice", JobStatus::Running, "x", old));
-        save(storage.as_ref(), &expired);
-        save(storage.as_ref(), &kept);
+        seed.save(&expired).await;
+        seed.save(&kept).await;
         // Batches of 4: three passes, the last one short.
         let mut deleted = Vec::new();
         loop {
-            let batch = storage.delete_ended(cutoff, 4).unwrap();
+            let batch = engine.delete_ended(cutoff, 4).await.unwrap();
             let done = batch.len() < 4;
             deleted.extend(batch);
             if done {
@@ -227,15 +286,15 @@ fn retention_deletes_exactly_the_expired_ended_jobs_and_their_history() {
         want.sort();
         assert_eq!(deleted, want, "{name}");
         for j in &expired {
-            assert!(storage.get_job(j.id).unwrap().is_none(), "{name}");
-            assert!(storage.job_events(j.id).unwrap().is_empty(), "{name}");
+            assert!(engine.get_job(j.id).await.unwrap().is_none(), "{name}");
+            assert!(engine.job_events(j.id).await.unwrap().is_empty(), "{name}");
         }
         for j in &kept {
-            assert!(storage.get_job(j.id).unwrap().is_some(), "{name}");
-            assert_eq!(storage.job_events(j.id).unwrap().len(), 2, "{name}");
+            assert!(engine.get_job(j.id).await.unwrap().is_some(), "{name}");
+            assert_eq!(engine.job_events(j.id).await.unwrap().len(), 2, "{name}");
         }
         assert!(
-            storage.delete_ended(cutoff, 4).unwrap().is_empty(),
+            engine.delete_ended(cutoff, 4).await.unwrap().is_empty(),
             "{name}"
         );
     }

@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use orchestrator::engine::EngineSettings;
+use orchestrator::engine::{EngineSettings, Store};
 use orchestrator::job::JobStatus;
 use orchestrator::storage::sqlite::SqliteStorage;
 use serde_json::json;
@@ -33,7 +33,7 @@ fn accepted_jobs_survive_a_restart_and_finish() {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
             let storage = Arc::new(SqliteStorage::open(&db).unwrap());
-            let engine = engine_on(FLOW, EngineSettings::default(), storage).await;
+            let engine = engine_on(FLOW, EngineSettings::default(), Store::Local(storage)).await;
             let mut ids = Vec::new();
             for n in 0..20 {
                 ids.push(create(&engine, json!({"n": n})).await);
@@ -58,7 +58,7 @@ fn accepted_jobs_survive_a_restart_and_finish() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let storage = Arc::new(SqliteStorage::open(&db).unwrap());
-        let engine = engine_on(FLOW, EngineSettings::default(), storage).await;
+        let engine = engine_on(FLOW, EngineSettings::default(), Store::Local(storage)).await;
         for id in &ids {
             let job = job(&engine, *id).await;
             let expected = if id.to_string() == finished_id {

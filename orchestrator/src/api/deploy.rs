@@ -103,7 +103,7 @@ pub async fn upload_plugin(
         .engine
         .registry()
         .upload(
-            state.engine.storage(),
+            state.engine.deploys(),
             &name,
             component,
             upload.manifest,
@@ -250,7 +250,7 @@ pub async fn rollback_plugin(
             },
         };
     let registry = state.engine.registry();
-    let version = registry.rollback(state.engine.storage(), &name, to).await?;
+    let version = registry.rollback(state.engine.deploys(), &name, to).await?;
     Ok(axum::Json(json!({
         "name": name,
         "current_version": version,
@@ -271,7 +271,7 @@ pub async fn delete_plugin(
 ) -> Result<Response, ApiError> {
     state.auth.may_deploy(caller)?;
     let registry = state.engine.registry();
-    registry.remove(state.engine.storage(), &name).await?;
+    registry.remove(state.engine.deploys(), &name).await?;
     Ok(axum::Json(json!({
         "name": name,
         "current_version": null,

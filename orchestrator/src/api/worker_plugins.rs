@@ -2,9 +2,9 @@
 //! desired set and the components, for any authenticated worker.
 //!
 //! A component is streamed from storage a chunk at a time
-//! ([`crate::storage::RegistryStorage::stream_plugin_component`]: on
-//! SQLite from a read-only connection of its own, so the job writer's is
-//! never held), at most [`MAX_DOWNLOADS`] at once; a download waits up to
+//! ([`crate::storage::Deploys::stream_plugin_component`]: on SQLite from a
+//! read-only connection of its own, so the job writer's is never held; on
+//! PostgreSQL a pooled connection per chunk), at most [`MAX_DOWNLOADS`] at once; a download waits up to
 //! [`DOWNLOAD_WAIT`] for its turn, then gets 503 with `Retry-After`.
 
 use std::sync::LazyLock;
@@ -57,14 +57,11 @@ pub async fn component(
             ));
         }
     };
-    let storage = state.engine.storage();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(READ_AHEAD);
     let sha = sha256.clone();
-    let reading = tokio::task::spawn_blocking(move || {
-        let found = storage.stream_plugin_component(&sha, &tx);
-        drop(tx);
-        found
-    });
+    let engine = state.engine.clone();
+    let reading =
+        tokio::spawn(async move { engine.deploys().stream_plugin_component(&sha, tx).await });
     // The first chunk (or the end) says whether the component is there.
     let first = rx.recv().await;
     if first.is_none() {

@@ -21,7 +21,9 @@ use super::workers::WorkerView;
 use super::{Engine, EngineError, NewJob, Shared, machine};
 use crate::blueprint::Blueprint;
 use crate::job::{Job, JobEvent};
-use crate::storage::{JobFilter, PendingWebhook, StorageError};
+use crate::storage::{
+    BlueprintRow, Deploys, JobFilter, PendingWebhook, PluginVersionRow, RegistryRows, StorageError,
+};
 
 // One per engine: the size of the local variant does not matter.
 #[allow(clippy::large_enum_variant)]
@@ -53,7 +55,7 @@ impl Backend {
         shared: &Shared,
     ) -> Result<Vec<PendingWebhook>, StorageError> {
         match self {
-            Self::Local(_) => shared.blocking(|s| s.pending_webhooks()).await,
+            Self::Local(local) => local.blocking(|s| s.pending_webhooks()).await,
             Self::Shared(db) => Ok(db.orphaned_webhooks(shared.settings.webhook_lease).await?),
         }
     }
@@ -100,13 +102,9 @@ impl Backend {
         }
     }
 
-    pub(crate) async fn get_job(
-        &self,
-        shared: &Shared,
-        id: Uuid,
-    ) -> Result<Option<Job>, StorageError> {
+    pub(crate) async fn get_job(&self, id: Uuid) -> Result<Option<Job>, StorageError> {
         match self {
-            Self::Local(local) => local.get_job(shared, id).await,
+            Self::Local(local) => local.get_job(id).await,
             Self::Shared(db) => Ok(db.get_job(id).await?),
         }
     }
@@ -131,24 +129,16 @@ impl Backend {
         }
     }
 
-    pub(crate) async fn list_jobs(
-        &self,
-        shared: &Shared,
-        filter: JobFilter,
-    ) -> Result<Vec<Job>, StorageError> {
+    pub(crate) async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>, StorageError> {
         match self {
-            Self::Local(_) => shared.blocking(move |s| s.list_jobs(&filter)).await,
+            Self::Local(local) => local.blocking(move |s| s.list_jobs(&filter)).await,
             Self::Shared(db) => Ok(db.list_jobs(&filter).await?),
         }
     }
 
-    pub(crate) async fn job_events(
-        &self,
-        shared: &Shared,
-        id: Uuid,
-    ) -> Result<Vec<JobEvent>, StorageError> {
+    pub(crate) async fn job_events(&self, id: Uuid) -> Result<Vec<JobEvent>, StorageError> {
         match self {
-            Self::Local(_) => shared.blocking(move |s| s.job_events(id)).await,
+            Self::Local(local) => local.blocking(move |s| s.job_events(id)).await,
             Self::Shared(db) => Ok(db.job_events(id).await?),
         }
     }
@@ -307,19 +297,82 @@ impl Backend {
     /// history; their ids.
     pub(crate) async fn delete_ended(
         &self,
-        shared: &Shared,
         before: chrono::DateTime<chrono::Utc>,
         batch: usize,
     ) -> Result<Vec<Uuid>, StorageError> {
         match self {
             Self::Local(local) => {
-                let ids = shared
+                let ids = local
                     .blocking(move |s| s.delete_ended(before, batch))
                     .await?;
                 local.forget(&ids);
                 Ok(ids)
             }
             Self::Shared(db) => Ok(db.delete_ended(before, batch).await?),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Deploys for Backend {
+    async fn registry_rows(&self) -> Result<RegistryRows, StorageError> {
+        match self {
+            Self::Local(local) => local.blocking(|s| s.registry_rows()).await,
+            Self::Shared(db) => Ok(db.registry_rows().await?),
+        }
+    }
+
+    async fn put_plugin(
+        &self,
+        row: PluginVersionRow,
+        component: Vec<u8>,
+    ) -> Result<u32, StorageError> {
+        match self {
+            Self::Local(local) => {
+                local
+                    .blocking(move |s| s.put_plugin(&row, &component))
+                    .await
+            }
+            Self::Shared(db) => Ok(db.put_plugin(&row, &component).await?),
+        }
+    }
+
+    async fn set_plugin_current(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<(), StorageError> {
+        match self {
+            Self::Local(local) => {
+                let name = name.to_string();
+                local
+                    .blocking(move |s| s.set_plugin_current(&name, version))
+                    .await
+            }
+            Self::Shared(db) => Ok(db.set_plugin_current(name, version).await?),
+        }
+    }
+
+    async fn stream_plugin_component(
+        &self,
+        sha256: &str,
+        out: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    ) -> Result<bool, StorageError> {
+        match self {
+            Self::Local(local) => {
+                let sha256 = sha256.to_string();
+                local
+                    .blocking(move |s| s.stream_plugin_component(&sha256, &out))
+                    .await
+            }
+            Self::Shared(db) => Ok(db.stream_plugin_component(sha256, out).await?),
+        }
+    }
+
+    async fn put_blueprint(&self, row: BlueprintRow) -> Result<u32, StorageError> {
+        match self {
+            Self::Local(local) => local.blocking(move |s| s.put_blueprint(&row)).await,
+            Self::Shared(db) => Ok(db.put_blueprint(&row).await?),
         }
     }
 }

@@ -7,7 +7,7 @@ use chrono::Utc;
 
 use super::Engine;
 use crate::blueprint::{self, Blueprint, BlueprintError};
-use crate::storage::{BlueprintRow, StorageError};
+use crate::storage::{BlueprintRow, Deploys, StorageError};
 
 /// Why a blueprint deploy was refused.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +53,7 @@ impl Engine {
     /// Takes what other instances sharing the database deployed: plugin
     /// versions and which is offered, and blueprint versions not here yet.
     pub(super) async fn refresh_deploys(&self) -> Result<(), StorageError> {
-        let rows = self.shared.blocking(|s| s.registry_rows()).await?;
+        let rows = self.shared.backend.registry_rows().await?;
         self.shared.registry.reload(&rows);
         let catalog = &self.shared.catalog;
         let _one_at_a_time = catalog.deploys.lock().await;
@@ -92,7 +92,7 @@ impl Engine {
         };
         // The number the database gave it (another instance may have taken
         // the one this catalog would give).
-        bp.version = self.shared.blocking(move |s| s.put_blueprint(&row)).await?;
+        bp.version = self.shared.backend.put_blueprint(row).await?;
         let bp = catalog.install(bp);
         tracing::info!(
             "blueprint {} v{} in service (POST {}), from {}",

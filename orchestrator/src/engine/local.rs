@@ -25,6 +25,8 @@ use crate::storage::{Storage, StorageError};
 /// The local holder: see the module's documentation.
 pub(crate) struct Local {
     state: Mutex<EngineState>,
+    /// Read from directly (on blocking threads); written only by the writer.
+    storage: Arc<dyn Storage>,
     writer: mpsc::UnboundedSender<PersistMsg>,
     /// Woken when a timer earlier than the timer loop's next one is added.
     timer_wake: Notify,
@@ -33,8 +35,9 @@ pub(crate) struct Local {
 impl Local {
     /// The holder, with its writer started over `storage`.
     pub(crate) fn new(storage: Arc<dyn Storage>, keep_finished: usize) -> Self {
-        let (writer, _handle) = persist::spawn_writer(storage);
+        let (writer, _handle) = persist::spawn_writer(storage.clone());
         Self {
+            storage,
             state: Mutex::new(EngineState {
                 keep_finished,
                 ..EngineState::default()
@@ -42,6 +45,17 @@ impl Local {
             writer,
             timer_wake: Notify::new(),
         }
+    }
+
+    /// The storage call `f`, off the async threads.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Storage) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let storage = self.storage.clone();
+        tokio::task::spawn_blocking(move || f(storage.as_ref()))
+            .await
+            .map_err(|e| StorageError::Backend(e.to_string()))?
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, EngineState> {
@@ -60,7 +74,7 @@ impl Local {
     /// Reloads the jobs that had not ended, arms the worker sweep and
     /// starts the timer loop.
     pub(crate) async fn start(&self, shared: &Arc<Shared>) -> Result<(), StorageError> {
-        let unfinished = shared.blocking(|s| s.unfinished_jobs()).await?;
+        let unfinished = self.blocking(|s| s.unfinished_jobs()).await?;
         let count = unfinished.len();
         {
             let mut st = self.tx(shared);
@@ -138,15 +152,11 @@ impl Local {
         sent
     }
 
-    pub(crate) async fn get_job(
-        &self,
-        shared: &Shared,
-        id: Uuid,
-    ) -> Result<Option<Job>, StorageError> {
+    pub(crate) async fn get_job(&self, id: Uuid) -> Result<Option<Job>, StorageError> {
         if let Some(job) = self.lock().jobs.get(&id) {
             return Ok(Some(Job::clone(job)));
         }
-        shared.blocking(move |s| s.get_job(id)).await
+        self.blocking(move |s| s.get_job(id)).await
     }
 
     pub(crate) fn with_job_in_memory<T>(

@@ -44,7 +44,7 @@ use uuid::Uuid;
 use crate::blueprint::{Blueprint, Catalog};
 use crate::job::{Job, JobEvent, Object};
 use crate::registry::PluginRegistry;
-use crate::storage::{JobFilter, Storage, StorageError};
+use crate::storage::{Deploys, JobFilter, Storage, StorageError};
 use backend::Backend;
 pub use error::EngineError;
 pub use events::{EventKind, JobUpdate, MAX_EVENT_TEXT};
@@ -68,7 +68,6 @@ pub(crate) struct Shared {
     pub stops: tokio::sync::broadcast::Sender<TaskStop>,
     /// One permit per open update stream.
     pub stream_permits: Arc<tokio::sync::Semaphore>,
-    pub storage: Arc<dyn Storage>,
     pub settings: EngineSettings,
     pub http: reqwest::Client,
     /// Cancelled when the server stops: long-polls answer at once.
@@ -93,21 +92,20 @@ impl Shared {
         }
     }
 
-    /// The storage call `f`, off the async threads.
-    pub(crate) async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&dyn Storage) -> Result<T, StorageError> + Send + 'static,
-    ) -> Result<T, StorageError> {
-        let storage = self.storage.clone();
-        tokio::task::spawn_blocking(move || f(storage.as_ref()))
-            .await
-            .map_err(|e| StorageError::Backend(e.to_string()))?
-    }
-
     /// The blueprint version `job` runs on.
     pub(crate) fn blueprint_of(&self, job: &Job) -> Option<Arc<Blueprint>> {
         self.catalog.get(&job.blueprint, job.blueprint_version)
     }
+}
+
+/// Where an engine keeps its jobs.
+pub enum Store {
+    /// One instance: memory or SQLite ([`Storage`]), behind the ordered
+    /// writer.
+    Local(Arc<dyn Storage>),
+    /// Several instances on one PostgreSQL database (its URL): migrated at
+    /// start, the source of truth for every instance on it.
+    Postgres(String),
 }
 
 /// Handle to the engine; cheap to clone.
@@ -128,29 +126,23 @@ pub struct NewJob {
 }
 
 impl Engine {
-    /// Starts the engine over `storage` (one instance) or the shared
-    /// database of `settings`: installs the blueprints, delivers webhooks
-    /// owed from before, and starts the background loops.
+    /// Starts the engine over `store`: installs the blueprints, delivers
+    /// webhooks owed from before, and starts the background loops.
     pub async fn start(
         blueprints: Vec<Blueprint>,
-        storage: Arc<dyn Storage>,
+        store: Store,
         settings: EngineSettings,
     ) -> Result<Self, StorageError> {
-        let rows = {
-            let storage = storage.clone();
-            tokio::task::spawn_blocking(move || storage.registry_rows())
-                .await
-                .map_err(|e| StorageError::Backend(e.to_string()))??
-        };
-        let backend = match &settings.shared_database {
-            Some(url) => Backend::Shared(
-                shared_db::SharedDb::connect(url, settings.finished_jobs_in_memory).await?,
+        let backend = match store {
+            Store::Postgres(url) => Backend::Shared(
+                shared_db::SharedDb::connect(&url, settings.finished_jobs_in_memory).await?,
             ),
-            None => Backend::Local(local::Local::new(
-                storage.clone(),
-                settings.finished_jobs_in_memory,
-            )),
+            Store::Local(storage) => {
+                tracing::info!("storage: {}", storage.describe());
+                Backend::Local(local::Local::new(storage, settings.finished_jobs_in_memory))
+            }
         };
+        let rows = backend.registry_rows().await?;
         let egress = Arc::new(crate::egress::EgressPolicy::new(
             &settings.webhook_allowed_hosts,
         ));
@@ -161,7 +153,6 @@ impl Engine {
             updates: tokio::sync::broadcast::Sender::new(UPDATES_BUFFER),
             stops: tokio::sync::broadcast::Sender::new(STOPS_BUFFER),
             stream_permits: Arc::new(tokio::sync::Semaphore::new(MAX_UPDATE_STREAMS)),
-            storage,
             webhook_clients: webhook::Lanes::new(settings.max_webhooks_per_client),
             webhook_hosts: webhook::Lanes::new(settings.max_webhooks_per_host),
             webhook_permits: Arc::new(tokio::sync::Semaphore::new(
@@ -238,8 +229,9 @@ impl Engine {
         self.shared.stopping.clone()
     }
 
-    pub fn storage(&self) -> Arc<dyn Storage> {
-        self.shared.storage.clone()
+    /// Where deploys are stored.
+    pub fn deploys(&self) -> &dyn Deploys {
+        &self.shared.backend
     }
 
     pub fn settings(&self) -> &EngineSettings {
@@ -285,7 +277,7 @@ impl Engine {
 
     /// A job, from memory or storage.
     pub async fn get_job(&self, id: Uuid) -> Result<Option<Job>, StorageError> {
-        self.shared.backend.get_job(&self.shared, id).await
+        self.shared.backend.get_job(id).await
     }
 
     /// `f` applied to a job this instance holds in memory, with why it
@@ -314,11 +306,23 @@ impl Engine {
     }
 
     pub async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>, StorageError> {
-        self.shared.backend.list_jobs(&self.shared, filter).await
+        self.shared.backend.list_jobs(filter).await
     }
 
     pub async fn job_events(&self, id: Uuid) -> Result<Vec<JobEvent>, StorageError> {
-        self.shared.backend.job_events(&self.shared, id).await
+        self.shared.backend.job_events(id).await
+    }
+
+    /// One batch of retention: deletes up to `limit` finished, failed or
+    /// cancelled jobs that last changed before `before`, with their history
+    /// and webhooks; their ids (fewer than `limit`: no more are due; none
+    /// while another instance on the same database runs a batch).
+    pub async fn delete_ended(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<Uuid>, StorageError> {
+        self.shared.backend.delete_ended(before, limit).await
     }
 
     /// Cancels a job that has not ended; `Err` says why not.

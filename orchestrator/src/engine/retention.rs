@@ -66,7 +66,7 @@ async fn delete_batch(
 ) -> Result<Vec<Uuid>, String> {
     shared
         .backend
-        .delete_ended(shared, before, BATCH)
+        .delete_ended(before, BATCH)
         .await
         .map_err(|e| e.to_string())
 }

@@ -42,9 +42,6 @@ pub struct EngineSettings {
     pub max_transitions: u32,
     /// Largest plugin component accepted by the registry.
     pub max_plugin_bytes: usize,
-    /// Several instances on one PostgreSQL database: its URL. The database
-    /// is then the source of truth (see [`super::shared_db`]).
-    pub shared_database: Option<String>,
     /// How often worker liveness is checked.
     pub sweep_interval: Duration,
     /// A worker whose task channel closed and that is not heard from again
@@ -81,7 +78,6 @@ impl Default for EngineSettings {
             sweep_interval: Duration::from_secs(1),
             channel_grace: Duration::from_secs(DEFAULT_CHANNEL_GRACE_SECS),
             max_plugin_bytes: crate::registry::DEFAULT_MAX_PLUGIN_BYTES,
-            shared_database: None,
             finished_jobs_in_memory: 10_000,
             finished_job_retention: None,
             webhook_lease: Duration::from_secs(DEFAULT_WEBHOOK_LEASE_SECS),

@@ -10,14 +10,14 @@
 pub mod check;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use chrono::Utc;
 use rxon::deploy::{self, DesiredPlugin, DesiredPlugins};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::storage::{PluginVersionRow, RegistryRows, Storage, StorageError};
+use crate::storage::{Deploys, PluginVersionRow, RegistryRows, StorageError};
 
 /// Default largest component accepted: 64 MiB (Python and JavaScript
 /// components are 12–18 MB).
@@ -172,7 +172,7 @@ impl PluginRegistry {
     /// Checks and stores a new version of `name`, and offers it.
     pub async fn upload(
         &self,
-        storage: Arc<dyn Storage>,
+        store: &dyn Deploys,
         name: &str,
         component: Vec<u8>,
         manifest: Option<String>,
@@ -219,12 +219,9 @@ impl PluginRegistry {
             uploaded_at: Utc::now(),
             uploaded_by: by.to_string(),
         };
-        let stored = row.clone();
         // The number the database gave it (another instance sharing it may
         // have taken the one counted here).
-        let version = tokio::task::spawn_blocking(move || storage.put_plugin(&stored, &component))
-            .await
-            .map_err(|e| StorageError::Backend(e.to_string()))??;
+        let version = store.put_plugin(row.clone(), component).await?;
         let row = PluginVersionRow { version, ..row };
         {
             let mut plugins = self.lock();
@@ -247,7 +244,7 @@ impl PluginRegistry {
     /// before the one offered now. Returns the version now offered.
     pub async fn rollback(
         &self,
-        storage: Arc<dyn Storage>,
+        store: &dyn Deploys,
         name: &str,
         to: Option<u32>,
     ) -> Result<u32, DeployError> {
@@ -284,32 +281,29 @@ impl PluginRegistry {
                 }
             }
         };
-        self.set_current(storage, name, Some(target)).await?;
+        self.set_current(store, name, Some(target)).await?;
         tracing::info!("plugin {name}: rolled back to v{target}");
         Ok(target)
     }
 
     /// Stops offering `name` (its versions stay stored).
-    pub async fn remove(&self, storage: Arc<dyn Storage>, name: &str) -> Result<(), DeployError> {
+    pub async fn remove(&self, store: &dyn Deploys, name: &str) -> Result<(), DeployError> {
         let _one_at_a_time = self.deploys.lock().await;
         if !self.lock().contains_key(name) {
             return Err(DeployError::NotFound(format!("no plugin named {name}")));
         }
-        self.set_current(storage, name, None).await?;
+        self.set_current(store, name, None).await?;
         tracing::info!("plugin {name}: no longer offered to workers");
         Ok(())
     }
 
     async fn set_current(
         &self,
-        storage: Arc<dyn Storage>,
+        store: &dyn Deploys,
         name: &str,
         version: Option<u32>,
     ) -> Result<(), DeployError> {
-        let owned = name.to_string();
-        tokio::task::spawn_blocking(move || storage.set_plugin_current(&owned, version))
-            .await
-            .map_err(|e| StorageError::Backend(e.to_string()))??;
+        store.set_plugin_current(name, version).await?;
         if let Some(entry) = self.lock().get_mut(name) {
             entry.current = version;
         }

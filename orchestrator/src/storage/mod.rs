@@ -1,24 +1,25 @@
-//! Durable job storage behind a small trait.
+//! Durable job storage of one instance, behind a small trait.
 //!
 //! One instance keeps active jobs in memory and writes every change through
-//! to a [`Storage`]; on start it reloads the jobs that had not finished.
-//! Finished jobs are read back from storage when asked for.
+//! to a [`Storage`] (from the engine's ordered writer, a thread of its own);
+//! on start it reloads the jobs that had not finished. Finished jobs are
+//! read back from storage when asked for.
 //!
-//! Backends: [`memory::MemoryStorage`] (nothing survives a restart),
-//! [`sqlite::SqliteStorage`] (one file, the default) and
-//! [`postgres::PostgresStorage`] (the schema, lists, history and the
-//! registry of deploys; the engine's own reads and writes on PostgreSQL are
-//! in `engine/shared_db/`, where several instances share the database).
-//! The SQL backends hold the same tables: `jobs`, `job_events`, `webhooks`,
-//! and the deploy tables of [`registry`].
+//! Backends: [`memory::MemoryStorage`] (nothing survives a restart) and
+//! [`sqlite::SqliteStorage`] (one file, the default). Several instances on
+//! PostgreSQL keep everything in the database instead, with all of its SQL
+//! in `engine/shared_db/`; the same tables (`jobs`, `job_events`,
+//! `webhooks`, the deploy tables of [`registry`]) and the job list's
+//! statements ([`list`]) serve both SQL databases.
 
 pub mod list;
 pub mod memory;
-pub mod postgres;
 pub mod registry;
 pub mod sqlite;
 
-pub use registry::{BlueprintRow, PluginVersionRow, RegistryRows, RegistryStorage};
+pub use registry::{
+    BlueprintRow, COMPONENT_CHUNK, Deploys, PluginVersionRow, RegistryRows, RegistryStorage,
+};
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;

@@ -45,7 +45,37 @@ pub struct RegistryRows {
 /// Bytes of one chunk of a component download.
 pub const COMPONENT_CHUNK: usize = 256 << 10;
 
-/// Durable deploys; implemented by every [`super::Storage`].
+/// Where deploys are stored, as the registry and the catalog reach it: the
+/// engine's backend answers (one instance: its [`super::Storage`] on a
+/// blocking thread; several: the shared PostgreSQL database).
+#[async_trait::async_trait]
+pub trait Deploys: Send + Sync {
+    async fn registry_rows(&self) -> Result<RegistryRows, StorageError>;
+    /// See [`RegistryStorage::put_plugin`].
+    async fn put_plugin(
+        &self,
+        row: PluginVersionRow,
+        component: Vec<u8>,
+    ) -> Result<u32, StorageError>;
+    async fn set_plugin_current(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<(), StorageError>;
+    /// Sends a component to `out` in chunks of at most [`COMPONENT_CHUNK`]
+    /// bytes; `false` if there is no such component. Memory per download is
+    /// a few chunks, whatever the component's size.
+    async fn stream_plugin_component(
+        &self,
+        sha256: &str,
+        out: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    ) -> Result<bool, StorageError>;
+    /// See [`RegistryStorage::put_blueprint`].
+    async fn put_blueprint(&self, row: BlueprintRow) -> Result<u32, StorageError>;
+}
+
+/// Durable deploys of one instance's storage (memory, SQLite); implemented
+/// by every [`super::Storage`]. Blocking.
 pub trait RegistryStorage {
     fn registry_rows(&self) -> Result<RegistryRows, StorageError>;
     /// Stores a new version (and its component, unless a version with the

@@ -8,27 +8,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orchestrator::blueprint;
-use orchestrator::engine::{Engine, EngineSettings, NewJob};
+use orchestrator::engine::{Engine, EngineSettings, NewJob, Store};
 use orchestrator::job::{Job, JobStatus};
-use orchestrator::storage::Storage;
 use orchestrator::storage::memory::MemoryStorage;
-use orchestrator::storage::postgres::PostgresStorage;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 pub const HEAD: &str = "name = \"flow\"\napi_endpoint = \"/jobs/test\"\napi_version = \"v1\"\n";
 
 pub async fn engine_with(states: &str, settings: EngineSettings) -> Engine {
-    engine_on(states, settings, Arc::new(MemoryStorage::default())).await
+    engine_on(
+        states,
+        settings,
+        Store::Local(Arc::new(MemoryStorage::default())),
+    )
+    .await
 }
 
-pub async fn engine_on(
-    states: &str,
-    settings: EngineSettings,
-    storage: Arc<dyn Storage>,
-) -> Engine {
+pub async fn engine_on(states: &str, settings: EngineSettings, store: Store) -> Engine {
     let bp = blueprint::parse("flow.toml", &format!("{HEAD}{states}")).unwrap();
-    Engine::start(vec![bp], storage, settings).await.unwrap()
+    Engine::start(vec![bp], store, settings).await.unwrap()
 }
 
 pub async fn engine(states: &str) -> Engine {
@@ -96,17 +95,8 @@ impl Holder {
             },
             Self::Postgres => {
                 let db = pg::TestDatabase::create().await;
-                let url = db.url.clone();
-                let storage = tokio::task::spawn_blocking(move || PostgresStorage::open(&url))
-                    .await
-                    .unwrap()
-                    .unwrap();
-                let settings = EngineSettings {
-                    shared_database: Some(db.url.clone()),
-                    ..settings
-                };
                 Held {
-                    engine: engine_on(states, settings, Arc::new(storage)).await,
+                    engine: engine_on(states, settings, Store::Postgres(db.url.clone())).await,
                     _db: Some(db),
                 }
             }
@@ -116,21 +106,10 @@ impl Holder {
     /// A second instance on the same database as `first`, with its
     /// settings (PostgreSQL only).
     pub async fn second(first: &Held, states: &str) -> Engine {
-        let url = first
-            .settings()
-            .shared_database
-            .clone()
-            .expect("a PostgreSQL engine");
-        let storage = {
-            let url = url.clone();
-            tokio::task::spawn_blocking(move || PostgresStorage::open(&url))
-                .await
-                .unwrap()
-                .unwrap()
-        };
+        let url = first._db.as_ref().expect("a PostgreSQL engine").url.clone();
         // The first one's settings.
         let settings = first.settings().clone();
-        engine_on(states, settings, Arc::new(storage)).await
+        engine_on(states, settings, Store::Postgres(url)).await
     }
 
     /// `memory` on paused time; `real` (shorter) where time is real.

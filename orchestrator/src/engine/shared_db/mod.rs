@@ -21,8 +21,10 @@
 mod cache;
 mod glance;
 mod maintenance;
+mod migrate;
 mod notify;
 mod reads;
+mod registry;
 mod retention;
 mod scratch;
 mod sessions;
@@ -52,6 +54,8 @@ pub(crate) use sessions::StoredSession;
 const DEPLOYS_FALLBACK: Duration = Duration::from_secs(30);
 /// Most time a request waits for a pooled connection.
 const POOL_WAIT: Duration = Duration::from_secs(10);
+/// Most time a connection may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts of one event that meets a conflict or a deadlock.
 const ATTEMPTS: usize = 8;
 /// How long a count of a client's active jobs serves this instance's
@@ -143,7 +147,7 @@ impl SharedDb {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e: tokio_postgres::Error| DbError::Pool(e.to_string()))?;
-        config.connect_timeout(crate::storage::postgres::CONNECT_TIMEOUT);
+        config.connect_timeout(CONNECT_TIMEOUT);
         // The engine's statements find rows by key. A plan made while a
         // table was small (a new database) would keep scanning it whole as
         // it grows, for as long as the connection keeps the statement:
@@ -166,7 +170,7 @@ impl SharedDb {
             .max_size(16)
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .wait_timeout(Some(POOL_WAIT))
-            .create_timeout(Some(crate::storage::postgres::CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| DbError::Pool(e.to_string()))?;
         let (notices, requests) = tokio::sync::mpsc::unbounded_channel();
@@ -188,6 +192,16 @@ impl SharedDb {
             touched: Default::default(),
             active_counts: Default::default(),
         });
+        let shown = without_password(url);
+        let mut client = db
+            .client()
+            .await
+            .map_err(|e| DbError::Pool(format!("cannot connect to {shown}: {e}")))?;
+        migrate::migrate(&mut client)
+            .await
+            .map_err(|e| DbError::Pool(format!("migrating {shown}: {e}")))?;
+        drop(client);
+        tracing::info!("storage: PostgreSQL at {shown}, shared with any other instance on it");
         tokio::spawn(db.clone().notifier(requests));
         Ok(db)
     }
@@ -488,5 +502,32 @@ impl SharedDb {
             self.cache.read(job, epoch);
         }
         Ok(job)
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user@host/db`, for logs.
+fn without_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(
+            super::without_password("postgres://u:secret@h:5432/db"),
+            "postgres://u@h:5432/db"
+        );
+        assert_eq!(
+            super::without_password("postgres://h/db"),
+            "postgres://h/db"
+        );
     }
 }

@@ -41,7 +41,11 @@ impl SharedDb {
             .await?;
         Ok(rows
             .iter()
-            .map(crate::storage::postgres::pending_of)
+            .map(|r| PendingWebhook {
+                job_id: r.get(0),
+                url: r.get(1),
+                body: r.get(2),
+            })
             .collect())
     }
 

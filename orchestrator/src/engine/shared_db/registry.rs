@@ -1,11 +1,15 @@
-//! The deploy tables of [`PostgresStorage`].
+//! What deploys store, shared by every instance: plugin versions (their
+//! components kept once per SHA-256), which version is offered, blueprint
+//! versions. Version numbers are allocated here, one name at a time across
+//! instances (a transaction-scoped advisory lock).
 
-use super::{PostgresStorage, backend};
-use crate::storage::{BlueprintRow, PluginVersionRow, RegistryRows, RegistryStorage, StorageError};
+use crate::storage::{BlueprintRow, COMPONENT_CHUNK, PluginVersionRow, RegistryRows};
 
-impl RegistryStorage for PostgresStorage {
-    fn registry_rows(&self) -> Result<RegistryRows, StorageError> {
-        let mut client = self.lock();
+use super::{DbError, SharedDb};
+
+impl SharedDb {
+    pub(crate) async fn registry_rows(&self) -> Result<RegistryRows, DbError> {
+        let client = self.client().await?;
         let mut rows = RegistryRows::default();
         for r in client
             .query(
@@ -13,7 +17,7 @@ impl RegistryStorage for PostgresStorage {
                  FROM plugin_versions ORDER BY name, version",
                 &[],
             )
-            .map_err(backend)?
+            .await?
         {
             rows.plugins.push(PluginVersionRow {
                 name: r.get(0),
@@ -30,7 +34,7 @@ impl RegistryStorage for PostgresStorage {
                 "SELECT name, version FROM plugin_current ORDER BY name",
                 &[],
             )
-            .map_err(backend)?
+            .await?
             .iter()
             .map(|r| {
                 (
@@ -45,7 +49,7 @@ impl RegistryStorage for PostgresStorage {
                  ORDER BY name, version",
                 &[],
             )
-            .map_err(backend)?
+            .await?
         {
             rows.blueprints.push(BlueprintRow {
                 name: r.get(0),
@@ -58,28 +62,32 @@ impl RegistryStorage for PostgresStorage {
         Ok(rows)
     }
 
-    fn put_plugin(&self, row: &PluginVersionRow, component: &[u8]) -> Result<u32, StorageError> {
-        let mut client = self.lock();
-        let mut tx = client.transaction().map_err(backend)?;
-        // One upload of a name at a time across instances: each takes the
-        // next number.
+    /// Stores a new version of `row.name` (its component once per hash),
+    /// numbered one more than the largest stored, and offers it.
+    pub(crate) async fn put_plugin(
+        &self,
+        row: &PluginVersionRow,
+        component: &[u8],
+    ) -> Result<u32, DbError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
         tx.execute(
             "SELECT pg_advisory_xact_lock(hashtext('plugin:' || $1))",
             &[&row.name],
         )
-        .map_err(backend)?;
+        .await?;
         let version: i32 = tx
             .query_one(
                 "SELECT coalesce(max(version), 0) + 1 FROM plugin_versions WHERE name = $1",
                 &[&row.name],
             )
-            .map_err(backend)?
+            .await?
             .get(0);
         tx.execute(
             "INSERT INTO plugin_components (sha256, bytes) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             &[&row.sha256, &component],
         )
-        .map_err(backend)?;
+        .await?;
         tx.execute(
             "INSERT INTO plugin_versions (name, version, sha256, size, manifest, uploaded_at, uploaded_by)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -87,106 +95,93 @@ impl RegistryStorage for PostgresStorage {
                 &row.name,
                 &version,
                 &row.sha256,
-                &(row.size as i64),
+                &(row.size.min(i64::MAX as u64) as i64),
                 &row.manifest,
                 &row.uploaded_at,
                 &row.uploaded_by,
             ],
         )
-        .map_err(backend)?;
-        tx.execute(
-            "INSERT INTO plugin_current (name, version) VALUES ($1, $2)
-             ON CONFLICT (name) DO UPDATE SET version = excluded.version",
-            &[&row.name, &version],
-        )
-        .map_err(backend)?;
-        tx.commit().map_err(backend)?;
+        .await?;
+        tx.execute(SET_CURRENT, &[&row.name, &version]).await?;
+        tx.commit().await?;
         Ok(version.max(0) as u32)
     }
 
-    fn set_plugin_current(&self, name: &str, version: Option<u32>) -> Result<(), StorageError> {
-        self.lock()
-            .execute(
-                "INSERT INTO plugin_current (name, version) VALUES ($1, $2)
-                 ON CONFLICT (name) DO UPDATE SET version = excluded.version",
-                &[&name, &version.map(|v| v as i32)],
-            )
-            .map(|_| ())
-            .map_err(backend)
+    pub(crate) async fn set_plugin_current(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<(), DbError> {
+        let version = version.map(|v| i32::try_from(v).unwrap_or(i32::MAX));
+        self.client()
+            .await?
+            .execute(SET_CURRENT, &[&name, &version])
+            .await?;
+        Ok(())
     }
 
-    fn plugin_component(&self, sha256: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self
-            .lock()
-            .query_opt(
-                "SELECT bytes FROM plugin_components WHERE sha256 = $1",
-                &[&sha256],
-            )
-            .map_err(backend)?
-            .map(|r| r.get(0)))
-    }
-
-    /// A chunk at a time (`substring`; stored uncompressed out of line
-    /// since migration 0007, so each chunk reads only its own pages), the
-    /// connection taken for one chunk at a time: memory per download is a
-    /// chunk, whatever the component's size.
-    fn stream_plugin_component(
+    /// A chunk at a time (`substring`: stored uncompressed out of line
+    /// since migration 0007, each chunk reads only its own pages), a pooled
+    /// connection taken for one chunk at a time.
+    pub(crate) async fn stream_plugin_component(
         &self,
         sha256: &str,
-        out: &tokio::sync::mpsc::Sender<bytes::Bytes>,
-    ) -> Result<bool, StorageError> {
+        out: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    ) -> Result<bool, DbError> {
         let Some(size) = self
-            .lock()
+            .client()
+            .await?
             .query_opt(
                 "SELECT octet_length(bytes) FROM plugin_components WHERE sha256 = $1",
                 &[&sha256],
             )
-            .map_err(backend)?
+            .await?
             .map(|r| i64::from(r.get::<_, i32>(0).max(0)))
         else {
             return Ok(false);
         };
-        let chunk = crate::storage::registry::COMPONENT_CHUNK as i32;
+        let chunk = COMPONENT_CHUNK as i32;
         let mut at = 0i64;
         while at < size {
-            let row = self
-                .lock()
+            let piece: Vec<u8> = self
+                .client()
+                .await?
                 .query_one(
                     // SQL substrings count from 1.
                     "SELECT substring(bytes FROM $2 FOR $3) FROM plugin_components WHERE sha256 = $1",
                     &[&sha256, &((at + 1) as i32), &chunk],
                 )
-                .map_err(backend)?;
-            let piece: Vec<u8> = row.get(0);
+                .await?
+                .get(0);
             if piece.is_empty() {
                 break;
             }
             at += piece.len() as i64;
-            if out.blocking_send(bytes::Bytes::from(piece)).is_err() {
+            if out.send(bytes::Bytes::from(piece)).await.is_err() {
                 break;
             }
         }
         Ok(true)
     }
 
-    fn put_blueprint(&self, row: &BlueprintRow) -> Result<u32, StorageError> {
-        let mut client = self.lock();
-        let mut tx = client.transaction().map_err(backend)?;
-        // One deploy of a name at a time across instances: two different
-        // texts get two numbers; the same text as the latest (instances
-        // starting together from the same files) is stored once.
+    /// Stores `row.text` as the next version of `row.name`, or returns the
+    /// latest version's number when its text is the same (instances
+    /// starting together from the same files store it once).
+    pub(crate) async fn put_blueprint(&self, row: &BlueprintRow) -> Result<u32, DbError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
         tx.execute(
             "SELECT pg_advisory_xact_lock(hashtext('blueprint:' || $1))",
             &[&row.name],
         )
-        .map_err(backend)?;
+        .await?;
         let latest = tx
             .query_opt(
                 "SELECT version, text FROM blueprint_versions WHERE name = $1
                  ORDER BY version DESC LIMIT 1",
                 &[&row.name],
             )
-            .map_err(backend)?
+            .await?
             .map(|r| (r.get::<_, i32>(0), r.get::<_, String>(1)));
         let version = match latest {
             Some((version, text)) if text == row.text => return Ok(version.max(0) as u32),
@@ -198,8 +193,12 @@ impl RegistryStorage for PostgresStorage {
              VALUES ($1, $2, $3, $4, $5)",
             &[&row.name, &version, &row.text, &row.origin, &row.created_at],
         )
-        .map_err(backend)?;
-        tx.commit().map_err(backend)?;
+        .await?;
+        tx.commit().await?;
         Ok(version.max(0) as u32)
     }
 }
+
+/// Offers version `$2` of plugin `$1` (`NULL`: none).
+const SET_CURRENT: &str = "INSERT INTO plugin_current (name, version) VALUES ($1, $2)
+     ON CONFLICT (name) DO UPDATE SET version = excluded.version";
