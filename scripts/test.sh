@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+echo "==> relative links in the Markdown files"
+python3 scripts/check-links.py
+
 ./scripts/setup.sh --with-cargo-component --with-browser --with-faketime
 # Python venvs with the real avtomatika packages, for the compatibility tests.
 ./scripts/compat-venvs.sh

@@ -1,6 +1,7 @@
-//! Prometheus metrics, served at `GET /metrics` (text format, no token: like
-//! avtomatika's `/_public/metrics`, bind the orchestrator where only your
-//! scraper reaches it, or put it behind your proxy).
+//! Prometheus metrics, served at `GET /metrics` (text format, no token: bind
+//! the orchestrator where only your scraper reaches it, or put it behind your
+//! proxy). avtomatika 1.0b30 has no such endpoint (it pushes metrics by
+//! OTLP); `/_public/metrics`, where its older fork served them, answers too.
 //!
 //! Where the series come from:
 //! - job and task counters and histograms: the engine's history entries,

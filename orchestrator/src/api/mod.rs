@@ -255,8 +255,9 @@ async fn create_job(
     Ok(answer)
 }
 
-/// `GET /metrics` (and `/_public/metrics`, avtomatika's path): Prometheus
-/// text format; see [`crate::metrics`].
+/// `GET /metrics` (and `/_public/metrics`, the path the older avtomatika
+/// fork served; 1.0b30 pushes its metrics by OTLP instead): Prometheus text
+/// format; see [`crate::metrics`].
 async fn metrics(State(state): State<AppState>) -> Response {
     let text = crate::metrics::render(state.engine.metrics_snapshot().await);
     (
