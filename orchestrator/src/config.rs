@@ -112,7 +112,7 @@ pub struct Cli {
     pub finished_job_retention: Option<String>,
     /// Threads of the async runtime (1-1024) [default: one per core]. On a
     /// machine shared with workers or clients, fewer threads cost less CPU
-    /// per job (docs/benchmarks.md, fifth pass).
+    /// per job (`scripts/bench-compare.sh` runs with `THREADS=1`).
     #[arg(long, env = "RUNTIME_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub runtime_threads: Option<u16>,
 }

@@ -12,7 +12,7 @@ use orchestrator::storage::{memory::MemoryStorage, sqlite::SqliteStorage};
 use orchestrator::{blueprint, telemetry};
 
 /// mimalloc: a job's many small JSON allocations cost about half as much
-/// as with the system allocator (see docs/benchmarks.md).
+/// as with the system allocator (measured with `scripts/bench-compare.sh`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

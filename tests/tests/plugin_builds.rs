@@ -1,4 +1,4 @@
-//! The plugins build both ways the README names, and what each way produces
+//! The plugins build both ways docs/guide/plugins.md names, and what each way produces
 //! runs in the worker host.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -93,7 +93,7 @@ pub struct ServeArgs {
     /// Threads of the async runtime, which also run the plugins (1-1024)
     /// [default: one per core]. Fewer threads cost less CPU per task on a
     /// machine shared with other processes, but CPU-bound plugins then
-    /// share those threads (docs/benchmarks.md, fifth pass).
+    /// share those threads.
     #[arg(long, env = "RUNTIME_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub runtime_threads: Option<u16>,
     /// Seconds between heartbeats.
@@ -120,8 +120,8 @@ pub struct ServeArgs {
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: String,
     /// The operator's policy file: what plugin manifests may be granted
-    /// (read-only directories, config values); see README "What a plugin
-    /// may do". Without one, manifests may only tighten limits.
+    /// (read-only directories, config values); see docs/guide/plugins.md,
+    /// "What a plugin may do". Without one, manifests may only tighten limits.
     #[arg(long, env = "WORKER_POLICY")]
     pub policy: Option<PathBuf>,
     /// The orchestrator's secret (as avtomatika names it): when set, every task

@@ -1,5 +1,5 @@
-//! Every bound on what a plugin supplies, in one place. README "Writing a
-//! plugin" lists them; crossing one gives a named error or a log line that
+//! Every bound on what a plugin supplies, in one place. docs/guide/plugins.md
+//! ("Limits") lists them; crossing one gives a named error or a log line that
 //! names the limit.
 //!
 //! Sizes a plugin hands to the host are checked *while* wasmtime copies them

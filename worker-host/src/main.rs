@@ -14,7 +14,7 @@ use worker_host::telemetry;
 use worker_host::worker::{Worker, WorkerSettings, run_local};
 
 /// mimalloc: a job's many small JSON allocations cost about half as much
-/// as with the system allocator (see docs/benchmarks.md).
+/// as with the system allocator (measured with `scripts/bench-compare.sh`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -1,6 +1,6 @@
 //! Every request's first and last stop, in one middleware (each layer of
 //! `from_fn` costs a boxed future and a clone of the route's service per
-//! request; docs/benchmarks.md): credentials checked before the body is read
+//! request): credentials checked before the body is read
 //! ([`super::guard`]), wrong ones counted per address and refused with 429
 //! past the limit ([`super::throttle`]), the request timed for the metrics, and the RXON
 //! headers added to the answer.

@@ -93,7 +93,7 @@ fn merge(earlier: &mut JobWrite, later: JobWrite) {
 
 /// Adds to `incoming` the writes that the tasks already woken (requests,
 /// results) make once they run: they join this transaction instead of the
-/// next (docs/benchmarks.md, fifth pass). Again while that brings more, a
+/// next (fewer commits per job under load). Again while that brings more, a
 /// few rounds at most; each round lets every ready task run once, and none
 /// waits on a timer, so an idle orchestrator commits at once.
 async fn gather(rx: &mut mpsc::UnboundedReceiver<PersistMsg>, incoming: &mut Vec<PersistMsg>) {

@@ -38,7 +38,7 @@ pub struct Queued {
 #[derive(Default)]
 pub struct EngineState {
     /// Boxed: the map's slots stay small, so growing it moves pointers,
-    /// not whole jobs (docs/benchmarks.md, fifth pass).
+    /// not whole jobs.
     pub jobs: HashMap<Uuid, Box<Job>>,
     /// Task type → tasks waiting for a worker, oldest first.
     pub queues: HashMap<String, VecDeque<Queued>>,

@@ -16,7 +16,7 @@ use crate::job::{Job, JobEvent};
 /// `job_events.seq` orders the history of a job. It is the rowid, so a new
 /// entry takes the largest one + 1; without AUTOINCREMENT, SQLite does not
 /// update `sqlite_sequence` on every insert (one page fewer in each commit,
-/// ~5 % of the orchestrator's CPU per job; docs/benchmarks.md). Databases
+/// ~5 % of the orchestrator's CPU per job when measured). Databases
 /// created before keep AUTOINCREMENT, which orders the same way.
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS jobs (
