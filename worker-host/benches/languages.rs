@@ -12,9 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use tokio::sync::watch;
 use worker_host::plugin_store::PluginLoader;
-use worker_host::sandbox::{SandboxConfig, SandboxEngine, TaskInput, task};
+use worker_host::sandbox::{RunOptions, Sandbox, SandboxConfig, Task};
 
 fn components() -> Vec<(&'static str, PathBuf)> {
     let lang = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/lang-plugins");
@@ -37,8 +36,8 @@ fn components() -> Vec<(&'static str, PathBuf)> {
         .collect()
 }
 
-fn engine(cache: Option<&Path>) -> SandboxEngine {
-    SandboxEngine::new(SandboxConfig {
+fn engine(cache: Option<&Path>) -> Sandbox {
+    Sandbox::new(SandboxConfig {
         compile_cache: cache.map(Path::to_path_buf),
         ..SandboxConfig::default()
     })
@@ -71,19 +70,17 @@ fn per_language(c: &mut Criterion) {
                 loader.load_file(&path).await.unwrap()
             })
         });
-        let engine = loader.engine().clone();
+        let engine = loader.sandbox().clone();
         let plugin = rt.block_on(loader.load_file(&path)).unwrap();
-        let input = TaskInput {
+        let input = Task {
             task_id: "bench".into(),
             job_id: "bench".into(),
             task_type: "echo_task".into(),
             params: r#"{"message":"Hello World","multiply":3}"#.into(),
         };
         group.bench_function("fresh instance + call", |b| {
-            b.to_async(&rt).iter(|| async {
-                let (tx, _rx) = watch::channel(None);
-                task::run_task(&engine, &plugin.pre, &input, tx).await
-            })
+            b.to_async(&rt)
+                .iter(|| async { plugin.run(&engine, &input, RunOptions::default()).await })
         });
         group.finish();
     }

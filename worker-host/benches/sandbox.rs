@@ -9,18 +9,17 @@ use std::path::Path;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use tokio::sync::watch;
 use worker_host::plugin_store::PluginLoader;
-use worker_host::sandbox::{SandboxConfig, SandboxEngine, TaskInput, task};
+use worker_host::sandbox::{RunOptions, Sandbox, SandboxConfig, Task};
 
 fn fresh_instance_and_call(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let engine = SandboxEngine::new(SandboxConfig::default()).unwrap();
+    let engine = Sandbox::new(SandboxConfig::default()).unwrap();
     let loader = PluginLoader::new(engine.clone()).unwrap();
     let plugin = rt
         .block_on(loader.load_file(Path::new(plugin_fixtures::ECHO_TASK)))
         .unwrap();
-    let input = TaskInput {
+    let input = Task {
         task_id: "bench".into(),
         job_id: "bench".into(),
         task_type: "echo_task".into(),
@@ -28,10 +27,8 @@ fn fresh_instance_and_call(c: &mut Criterion) {
     };
     eprintln!("pooling allocator in use: {}", engine.pooling);
     c.bench_function("echo_task: fresh sandboxed instance + call", |b| {
-        b.to_async(&rt).iter(|| async {
-            let (tx, _rx) = watch::channel(None);
-            task::run_task(&engine, &plugin.pre, &input, tx).await
-        })
+        b.to_async(&rt)
+            .iter(|| async { plugin.run(&engine, &input, RunOptions::default()).await })
     });
 }
 
@@ -49,7 +46,7 @@ fn plugin_load(c: &mut Criterion) {
             Some(cache_dir.path().to_path_buf()),
         ),
     ] {
-        let engine = SandboxEngine::new(SandboxConfig {
+        let engine = Sandbox::new(SandboxConfig {
             compile_cache: cache,
             ..SandboxConfig::default()
         })

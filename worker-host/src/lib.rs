@@ -4,12 +4,13 @@
 //!
 //! # Layout
 //! Host work is split by how often it runs:
-//! - once per process: [`sandbox::engine`] (wasmtime engine, pooling allocator,
-//!   epoch ticker);
+//! - once per process: the [`sandbox::Sandbox`] (wasmtime engine, pooling
+//!   allocator, epoch ticker, the linker every plugin is checked against);
 //! - once per plugin: [`plugin_store`] (compile, link, pre-instantiate, learn the
-//!   plugin's skills from the plugin itself);
-//! - once per task: [`sandbox::task`] (fresh store and instance, time and memory
-//!   bounds, captured output) producing a [`outcome::TaskOutcome`].
+//!   plugin's skills from the plugin itself) producing a [`plugin_store::Plugin`];
+//! - once per task: [`plugin_store::Plugin::run`], the one way a task runs
+//!   (fresh store and instance in [`sandbox::task`], time and memory bounds,
+//!   captured output) producing an [`outcome::TaskOutcome`].
 //!
 //! Every bound on what a plugin supplies is in [`limits`]; what a plugin may
 //! do besides compute (config, read-only directories, tighter limits) is
@@ -17,7 +18,7 @@
 //!
 //! Around that: [`client`] speaks the worker protocol (over HTTP, and over
 //! the persistent task [`channel`] when the orchestrator offers it), [`worker`] is the
-//! register/heartbeat/poll/execute/submit loop, [`plugin_watch`] reloads the
+//! register/heartbeat/poll loop with its task runner (`worker/tasks.rs`), [`plugin_watch`] reloads the
 //! plugins directory when it changes (hot deployment), [`config`] is the CLI, and
 //! [`telemetry`] sets up logs.
 

@@ -9,9 +9,9 @@ use worker_host::client::OrchestratorClient;
 use worker_host::config::{Cli, Command, RunArgs, ServeArgs};
 use worker_host::outcome::TaskOutcome;
 use worker_host::plugin_store::{PluginLoader, skill_info};
-use worker_host::sandbox::SandboxEngine;
+use worker_host::sandbox::{RunOptions, Sandbox, Task};
 use worker_host::telemetry;
-use worker_host::worker::{Worker, WorkerSettings, run_local};
+use worker_host::worker::{Worker, WorkerSettings};
 
 /// mimalloc: a job's many small JSON allocations cost about half as much
 /// as with the system allocator (measured with `scripts/bench-compare.sh`).
@@ -96,7 +96,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         args.worker_id
     );
     let cache_dir = args.cache_dir();
-    let engine = SandboxEngine::new(worker_host::sandbox::SandboxConfig {
+    let engine = Sandbox::new(worker_host::sandbox::SandboxConfig {
         compile_cache: cache_dir.as_ref().map(|d| d.join("compiled")),
         ..args.sandbox.to_config(args.max_concurrent_tasks)?
     })?;
@@ -193,7 +193,7 @@ async fn wait_for_signal(shutdown: CancellationToken) {
 
 async fn load_one(
     path: &std::path::Path,
-    sandbox: SandboxEngine,
+    sandbox: Sandbox,
     policy: Option<&std::path::Path>,
 ) -> anyhow::Result<worker_host::plugin_store::Plugin> {
     let policy = match policy {
@@ -206,7 +206,7 @@ async fn load_one(
 
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     telemetry::init(false);
-    let engine = SandboxEngine::new(args.sandbox.to_config(1)?)?;
+    let engine = Sandbox::new(args.sandbox.to_config(1)?)?;
     let plugin = load_one(&args.plugin, engine.clone(), args.policy.as_deref()).await?;
     let task = match (&args.task, plugin.skills.as_slice()) {
         (Some(task), _) => task.clone(),
@@ -233,8 +233,14 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let params: serde_json::Value =
         serde_json::from_str(&args.params).context("--params is not valid JSON")?;
     anyhow::ensure!(params.is_object(), "--params must be a JSON object");
-    let outcome = run_local(&engine, &plugin, &task, &params.to_string()).await;
-    println!("{}", serde_json::to_string_pretty(&outcome.to_json())?);
+    let task = Task {
+        task_id: format!("local-{}", uuid::Uuid::new_v4()),
+        job_id: "local".into(),
+        task_type: task,
+        params: params.to_string(),
+    };
+    let outcome = plugin.run(&engine, &task, RunOptions::default()).await;
+    println!("{}", serde_json::to_string_pretty(&outcome_json(&outcome))?);
     Ok(match outcome {
         TaskOutcome::Completed { .. } => ExitCode::SUCCESS,
         TaskOutcome::Cancelled => ExitCode::from(2),
@@ -247,9 +253,31 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 async fn describe(path: std::path::PathBuf) -> anyhow::Result<ExitCode> {
     telemetry::init(false);
-    let engine = SandboxEngine::new(worker_host::sandbox::SandboxConfig::default())?;
+    let engine = Sandbox::new(worker_host::sandbox::SandboxConfig::default())?;
     let plugin = load_one(&path, engine, None).await?;
     let skills: Vec<rxon::SkillInfo> = plugin.skills.iter().map(skill_info).collect();
     println!("{}", serde_json::to_string_pretty(&skills)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// An outcome as the JSON the local `run` command prints.
+fn outcome_json(outcome: &TaskOutcome) -> serde_json::Value {
+    match outcome {
+        TaskOutcome::Cancelled => serde_json::json!({ "status": rxon::status::CANCELLED }),
+        TaskOutcome::Completed { status, data } => {
+            serde_json::json!({ "status": status, "data": data })
+        }
+        TaskOutcome::Failed {
+            code,
+            message,
+            details,
+        } => serde_json::json!({
+            "status": rxon::status::FAILURE,
+            "error": {
+                "code": code,
+                "message": message,
+                "details": details.as_deref().map(worker_host::outcome::details_json),
+            }
+        }),
+    }
 }

@@ -50,17 +50,9 @@ static SKILLS: LazyLock<Vocabulary> = LazyLock::new(|| Vocabulary::new(&[], MAX_
 static OUTCOMES: LazyLock<Vocabulary> =
     LazyLock::new(|| Vocabulary::new(rxon::FIXED_OUTCOMES, MAX_OUTCOME_LABELS));
 
-/// The label of a plugin: its registry name, else its file name.
-pub fn plugin_label(plugin: &crate::plugin_store::Plugin) -> String {
-    let name = match &plugin.registry {
-        Some(r) => r.name.clone(),
-        None => plugin
-            .path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-    };
-    PLUGINS.label(&name)
+/// The label of a plugin's name (see `Plugin::label`).
+pub fn plugin_label(name: &str) -> String {
+    PLUGINS.label(name)
 }
 
 /// The label of a skill.

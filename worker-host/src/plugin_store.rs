@@ -10,13 +10,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::Component;
 
 use crate::grants::{self, Grants, Policy};
 use crate::limits;
+use crate::outcome::TaskOutcome;
 use crate::sandbox::bindings::{Skill, TaskPluginPre};
 use crate::sandbox::state::TaskState;
-use crate::sandbox::{SandboxEngine, task};
+use crate::sandbox::{RunOptions, Sandbox, Task, task};
 
 /// Why a file could not be loaded as a plugin.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +59,39 @@ pub struct Plugin {
     pub skills: Vec<Skill>,
     /// Which registry version it is, when the orchestrator deployed it.
     pub registry: Option<RegistryRef>,
+}
+
+impl Plugin {
+    /// Runs `task` in a fresh instance of this plugin, under its grants and
+    /// the sandbox's bounds, after waiting for one of its own slots when its
+    /// manifest caps its concurrent tasks: the one way a task runs (the
+    /// worker and the local `run` command alike).
+    pub async fn run(&self, sandbox: &Sandbox, task: &Task, options: RunOptions) -> TaskOutcome {
+        let _slot = match &self.slots {
+            Some(slots) => match &options.cancel {
+                Some(cancel) => tokio::select! {
+                    permit = slots.clone().acquire_owned() => permit.ok(),
+                    _ = cancel.cancelled() => return TaskOutcome::Cancelled,
+                },
+                None => slots.clone().acquire_owned().await.ok(),
+            },
+            None => None,
+        };
+        task::run(sandbox, &self.pre, task, options, &self.grants).await
+    }
+
+    /// The name its metrics carry: its registry name, else its file name.
+    pub fn label(&self) -> String {
+        let name = match &self.registry {
+            Some(r) => r.name.clone(),
+            None => self
+                .path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        };
+        crate::metrics::plugin_label(&name)
+    }
 }
 
 /// A plugin version from the orchestrator's registry.
@@ -162,8 +196,7 @@ impl PluginSet {
 
 /// Compiles and checks plugins for one engine, under one policy.
 pub struct PluginLoader {
-    engine: SandboxEngine,
-    linker: Linker<TaskState>,
+    sandbox: Sandbox,
     policy: Policy,
     /// Held while compiling.
     compiling: tokio::sync::Mutex<()>,
@@ -171,23 +204,21 @@ pub struct PluginLoader {
 
 impl PluginLoader {
     /// A loader granting nothing beyond the sandbox (no policy).
-    pub fn new(engine: SandboxEngine) -> anyhow::Result<Self> {
-        Self::with_policy(engine, Policy::default())
+    pub fn new(sandbox: Sandbox) -> anyhow::Result<Self> {
+        Self::with_policy(sandbox, Policy::default())
     }
 
     /// A loader whose plugins may get what `policy` allows their manifests.
-    pub fn with_policy(engine: SandboxEngine, policy: Policy) -> anyhow::Result<Self> {
-        let linker = task::linker(&engine).context("building the plugin linker")?;
+    pub fn with_policy(sandbox: Sandbox, policy: Policy) -> anyhow::Result<Self> {
         Ok(Self {
-            engine,
-            linker,
+            sandbox,
             policy,
             compiling: tokio::sync::Mutex::new(()),
         })
     }
 
-    pub fn engine(&self) -> &SandboxEngine {
-        &self.engine
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
     }
 
     /// Loads one `.wasm` file (and its manifest, `<name>.toml`, if any).
@@ -250,19 +281,20 @@ impl PluginLoader {
             return Err(PluginError::CoreModule { path: path_buf });
         }
         let component = self.compile(path, bytes).await?;
-        let instance_pre =
-            self.linker
-                .instantiate_pre(&component)
-                .map_err(|e| PluginError::WrongWorld {
-                    path: path_buf.clone(),
-                    reason: format!("{e:#}"),
-                })?;
+        let instance_pre = self
+            .sandbox
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| PluginError::WrongWorld {
+                path: path_buf.clone(),
+                reason: format!("{e:#}"),
+            })?;
         let pre = TaskPluginPre::new(instance_pre).map_err(|e| PluginError::WrongWorld {
             path: path_buf.clone(),
             reason: format!("{e:#}"),
         })?;
         let skills =
-            task::describe(&self.engine, &pre)
+            task::describe(&self.sandbox, &pre)
                 .await
                 .map_err(|e| PluginError::Describe {
                     path: path_buf.clone(),
@@ -290,8 +322,8 @@ impl PluginLoader {
     /// in the log which it was.
     async fn compile(&self, path: &Path, bytes: Vec<u8>) -> Result<Component, PluginError> {
         let _one_at_a_time = self.compiling.lock().await;
-        let engine = self.engine.engine.clone();
-        let cache = self.engine.cache.clone();
+        let engine = self.sandbox.engine.clone();
+        let cache = self.sandbox.cache.clone();
         let hits_before = cache.as_ref().map(|c| c.cache_hits());
         let size = bytes.len();
         let started = std::time::Instant::now();
@@ -344,7 +376,7 @@ impl PluginLoader {
         let Some(manifest) = manifest else {
             return Ok(Grants::default());
         };
-        let config = &self.engine.config;
+        let config = &self.sandbox.config;
         grants::resolve(
             name,
             manifest,

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use worker_host::client::OrchestratorClient;
 use worker_host::plugin_store::PluginLoader;
-use worker_host::sandbox::{SandboxConfig, SandboxEngine};
+use worker_host::sandbox::{Sandbox, SandboxConfig};
 use worker_host::worker::{Worker, WorkerSettings};
 
 const TOKEN: &str = "test-worker-token";
@@ -105,7 +105,7 @@ async fn start_worker(
     url: &str,
     heartbeat: Duration,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let engine = SandboxEngine::new(SandboxConfig::default()).unwrap();
+    let engine = Sandbox::new(SandboxConfig::default()).unwrap();
     let loader = PluginLoader::new(engine.clone()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     for p in [

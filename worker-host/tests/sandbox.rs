@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use worker_host::outcome::TaskOutcome;
 use worker_host::plugin_store::{Plugin, PluginError, PluginLoader};
-use worker_host::sandbox::{SandboxConfig, SandboxEngine, TaskInput, task};
+use worker_host::sandbox::{RunOptions, Sandbox, SandboxConfig, Task};
 
 /// What plugins return or declare, when they are hostile.
 #[path = "sandbox/hostile.rs"]
@@ -26,8 +26,8 @@ mod grants;
 #[path = "sandbox/http.rs"]
 mod http;
 
-fn engine(timeout: Duration, memory_mb: usize) -> SandboxEngine {
-    SandboxEngine::new(SandboxConfig {
+fn engine(timeout: Duration, memory_mb: usize) -> Sandbox {
+    Sandbox::new(SandboxConfig {
         task_timeout: timeout,
         memory_limit: memory_mb << 20,
         max_concurrent_tasks: 5,
@@ -36,7 +36,7 @@ fn engine(timeout: Duration, memory_mb: usize) -> SandboxEngine {
     .unwrap()
 }
 
-async fn load(engine: &SandboxEngine, path: &str) -> Plugin {
+async fn load(engine: &Sandbox, path: &str) -> Plugin {
     PluginLoader::new(engine.clone())
         .unwrap()
         .load_file(Path::new(path))
@@ -45,19 +45,18 @@ async fn load(engine: &SandboxEngine, path: &str) -> Plugin {
 }
 
 async fn run(
-    engine: &SandboxEngine,
+    engine: &Sandbox,
     plugin: &Plugin,
     task_type: &str,
     params: serde_json::Value,
 ) -> TaskOutcome {
-    let input = TaskInput {
+    let input = Task {
         task_id: "t-1".into(),
         job_id: "j-1".into(),
         task_type: task_type.into(),
         params: params.to_string(),
     };
-    let (tx, _rx) = watch::channel(None);
-    task::run_task(engine, &plugin.pre, &input, tx).await
+    plugin.run(engine, &input, RunOptions::default()).await
 }
 
 fn failure(outcome: &TaskOutcome) -> (&str, &str) {
@@ -252,13 +251,17 @@ async fn sleeping_tasks_overlap_on_one_thread() {
                 rx.changed().await.ok();
                 Instant::now()
             });
-            let input = TaskInput {
+            let input = Task {
                 task_id: format!("t-{i}"),
                 job_id: "j".into(),
                 task_type: "echo_task".into(),
                 params: json!({"message": "m", "work_ms": 1000}).to_string(),
             };
-            let outcome = task::run_task(&engine, &echo.pre, &input, tx).await;
+            let options = RunOptions {
+                progress: Some(tx),
+                ..RunOptions::default()
+            };
+            let outcome = echo.run(&engine, &input, options).await;
             let ended = Instant::now();
             assert!(
                 matches!(outcome, TaskOutcome::Completed { .. }),

@@ -1,4 +1,7 @@
-//! The wasmtime engine, configured once per process.
+//! The [`Sandbox`]: the wasmtime engine, configured once per process, with
+//! the linker every plugin is checked against and the limits every task
+//! gets. Plugins are loaded against it ([`crate::plugin_store`]) and run in
+//! it ([`crate::plugin_store::Plugin::run`]).
 //!
 //! - Pooling instance allocator sized from the number of concurrent tasks, so a
 //!   fresh instance per task costs microseconds; if the pool cannot be reserved
@@ -11,7 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::state::TaskState;
 
 /// One epoch tick. Guest code yields to the async runtime this often, and a
 /// timeout is noticed within one tick.
@@ -49,10 +55,13 @@ impl Default for SandboxConfig {
     }
 }
 
-/// The engine plus the limits every store gets.
+/// The engine, the linker, and the limits every store gets; cheap to clone.
 #[derive(Clone)]
-pub struct SandboxEngine {
+pub struct Sandbox {
     pub engine: Engine,
+    /// WASI (granting nothing by itself) plus the `host` interface, HTTP and
+    /// config: what every plugin is linked against.
+    pub(crate) linker: Arc<Linker<TaskState>>,
     pub config: Arc<SandboxConfig>,
     /// Whether the pooling allocator is in use (false: on-demand fallback).
     pub pooling: bool,
@@ -64,7 +73,7 @@ pub struct SandboxEngine {
     pub instance_permits: Arc<tokio::sync::Semaphore>,
 }
 
-impl SandboxEngine {
+impl Sandbox {
     /// Builds the engine and starts its epoch ticker (a thread that lives as
     /// long as the engine does).
     pub fn new(config: SandboxConfig) -> anyhow::Result<Self> {
@@ -95,7 +104,9 @@ impl SandboxEngine {
             }
         };
         start_epoch_ticker(&engine);
+        let linker = super::task::linker(&engine).context("building the plugin linker")?;
         Ok(Self {
+            linker: Arc::new(linker),
             engine,
             instance_permits: Arc::new(tokio::sync::Semaphore::new(
                 pool_instances(&config) as usize

@@ -1,10 +1,13 @@
 //! Everything that touches wasmtime.
 //!
-//! - [`engine`]: the process-wide engine and its epoch ticker.
+//! - [`engine`]: the [`Sandbox`]: the process-wide engine, its epoch
+//!   ticker, the linker and the limits.
 //! - [`bindings`]: the generated bindings of the `task-plugin` world.
 //! - [`state`]: what one task's store holds (WASI context without any
 //!   capability, memory limiter, captured output, progress).
-//! - [`task`]: runs one task in a fresh instance under its bounds.
+//! - [`task`]: runs one task in a fresh instance under its bounds (reached
+//!   through [`crate::plugin_store::Plugin::run`]) and asks a plugin for its
+//!   skills.
 
 pub mod bindings;
 pub mod engine;
@@ -16,5 +19,7 @@ pub mod pinned;
 pub mod state;
 pub mod task;
 
-pub use engine::{SandboxConfig, SandboxEngine};
-pub use task::TaskInput;
+pub use bindings::Task;
+pub use engine::{Sandbox, SandboxConfig};
+pub use state::Progress;
+pub use task::RunOptions;

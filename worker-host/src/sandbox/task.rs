@@ -13,26 +13,38 @@ use wasmtime::component::Linker;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::{Skill, Task, TaskPlugin, TaskPluginPre};
-use super::engine::SandboxEngine;
+use super::engine::Sandbox;
 use super::state::{Progress, TaskState};
 use crate::grants::Grants;
 use crate::limits::{self, MAX_LOGGED_OUTPUT_LINES, for_log};
-use crate::outcome::{TaskOutcome, code_of};
+use crate::outcome::TaskOutcome;
 
-/// One task to run.
-#[derive(Debug, Clone)]
-pub struct TaskInput {
-    pub task_id: String,
-    pub job_id: String,
-    pub task_type: String,
-    /// The params object, as JSON text.
-    pub params: String,
+/// What a caller of [`crate::plugin_store::Plugin::run`] may add to a task:
+/// where its progress reports go, and a token that stops it. The default
+/// has neither (progress is dropped; the task runs to its end or its bounds).
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    pub progress: Option<watch::Sender<Option<Progress>>>,
+    pub cancel: Option<CancellationToken>,
+}
+
+/// The RXON error code of a plugin's error kind.
+fn code_of(kind: super::bindings::ErrorKind) -> &'static str {
+    use super::bindings::ErrorKind;
+    match kind {
+        ErrorKind::Transient => error_code::TRANSIENT,
+        ErrorKind::Permanent => error_code::PERMANENT,
+        ErrorKind::InvalidInput => error_code::INVALID_INPUT,
+        ErrorKind::IntegrityMismatch => error_code::INTEGRITY_MISMATCH,
+        ErrorKind::Dependency => error_code::DEPENDENCY,
+        ErrorKind::ResourceExhausted => error_code::RESOURCE_EXHAUSTED,
+    }
 }
 
 /// The linker every plugin is checked against: WASI (granting nothing, see
 /// [`TaskState`]) plus the `host` interface.
-pub fn linker(engine: &SandboxEngine) -> anyhow::Result<Linker<TaskState>> {
-    let mut linker = Linker::new(&engine.engine);
+pub(super) fn linker(engine: &wasmtime::Engine) -> anyhow::Result<Linker<TaskState>> {
+    let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     TaskPlugin::add_to_linker::<TaskState, wasmtime::component::HasSelf<TaskState>>(
         &mut linker,
@@ -64,7 +76,7 @@ impl Call {
 }
 
 fn new_store(
-    engine: &SandboxEngine,
+    engine: &Sandbox,
     task_id: &str,
     timeout: Duration,
     transfer_limit: usize,
@@ -241,35 +253,18 @@ fn log_captured_output(store: &Store<TaskState>) {
     }
 }
 
-/// Runs `input` in a fresh instance of `pre` and turns every way it can end
-/// into a [`TaskOutcome`].
-pub async fn run_task(
-    engine: &SandboxEngine,
+/// Runs `task` in a fresh instance of `pre` under `grants`, and turns every
+/// way it can end into a [`TaskOutcome`]; stopped (its store dropped) as
+/// soon as the options' token fires: [`TaskOutcome::Cancelled`].
+pub(crate) async fn run(
+    engine: &Sandbox,
     pre: &TaskPluginPre<TaskState>,
-    input: &TaskInput,
-    progress: watch::Sender<Option<Progress>>,
-) -> TaskOutcome {
-    run_task_until(
-        engine,
-        pre,
-        input,
-        progress,
-        &CancellationToken::new(),
-        &Grants::default(),
-    )
-    .await
-}
-
-/// [`run_task`], stopped (its store dropped) as soon as `cancel` fires:
-/// [`TaskOutcome::Cancelled`].
-pub async fn run_task_until(
-    engine: &SandboxEngine,
-    pre: &TaskPluginPre<TaskState>,
-    input: &TaskInput,
-    progress: watch::Sender<Option<Progress>>,
-    cancel: &CancellationToken,
+    task: &Task,
+    options: RunOptions,
     grants: &Grants,
 ) -> TaskOutcome {
+    let progress = options.progress.unwrap_or_else(|| watch::channel(None).0);
+    let cancel = options.cancel.unwrap_or_default();
     let timeout = grants.timeout.unwrap_or(engine.config.task_timeout);
     let transfer_limit = engine.config.max_result_bytes;
     let permit = tokio::select! {
@@ -281,18 +276,12 @@ pub async fn run_task_until(
     };
     let mut store = new_store(
         engine,
-        &input.task_id,
+        &task.task_id,
         timeout,
         transfer_limit,
         progress,
         grants,
     );
-    let task = Task {
-        task_id: input.task_id.clone(),
-        job_id: input.job_id.clone(),
-        task_type: input.task_type.clone(),
-        params: input.params.clone(),
-    };
     let call = async {
         let started = std::time::Instant::now();
         let instance = pre.instantiate_async(&mut store).await?;
@@ -300,7 +289,7 @@ pub async fn run_task_until(
             .record(started.elapsed().as_secs_f64());
         instance
             .taskworker_plugin_handler()
-            .call_execute(&mut store, &task)
+            .call_execute(&mut store, task)
             .await
     };
     // The epoch callback stops running guest code; this also bounds a guest
@@ -407,7 +396,7 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 /// Asks a plugin for its skills, in a fresh instance bounded like a task and
 /// allowed to hand the host at most [`limits::MAX_DESCRIBE_BYTES`].
 pub async fn describe(
-    engine: &SandboxEngine,
+    engine: &Sandbox,
     pre: &TaskPluginPre<TaskState>,
 ) -> anyhow::Result<Vec<Skill>> {
     let timeout = engine.config.task_timeout.min(Duration::from_secs(10));

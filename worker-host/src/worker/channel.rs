@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::{Backoff, Worker, lock};
+use super::{Backoff, Worker};
 use crate::channel::{ConnectError, Link, SILENCE_LIMIT, Socket, WRITE_STALL_LIMIT};
 use crate::client::PolledTask;
 use crate::limits::for_log;
@@ -99,8 +99,9 @@ impl Worker {
         // Every slot back and every delivery done: the tasks taken have
         // finished and reported.
         let all = inner.settings.max_concurrent_tasks.max(1) as u32;
-        let _ = inner.slots.acquire_many(all).await;
+        let _ = inner.tasks.slots.acquire_many(all).await;
         let _ = inner
+            .tasks
             .deliveries
             .acquire_many(all * super::RESULTS_IN_DELIVERY_PER_SLOT as u32)
             .await;
@@ -126,7 +127,7 @@ impl Worker {
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         keepalive.reset();
         let ended = loop {
-            let free = inner.slots.available_permits();
+            let free = inner.tasks.slots.available_permits();
             if free > offered {
                 let frame = format!(r#"{{"type":"ready","slots":{}}}"#, free - offered);
                 if !link.send(frame).await {
@@ -136,7 +137,7 @@ impl Worker {
             }
             let message = tokio::select! {
                 _ = shutdown.cancelled() => break Ended::Shutdown,
-                _ = inner.slot_freed.notified() => continue,
+                _ = inner.tasks.slot_freed.notified() => continue,
                 _ = keepalive.tick() => {
                     let queued = tokio::time::timeout(WRITE_STALL_LIMIT, out.send(Message::Pong(Default::default())));
                     if !matches!(queued.await, Ok(Ok(()))) {
@@ -202,7 +203,7 @@ impl Worker {
     fn take_frame(&self, text: &str, link: &Link, offered: usize) -> Result<Option<()>, String> {
         let past_credits =
             || Err("the orchestrator pushed a task past the slots this worker offered".to_string());
-        let frame = match self.checks_signatures() {
+        let frame = match self.inner.tasks.checks_signatures() {
             // The task's JSON as received is what its `sig` covers.
             true => {
                 let mut value: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
@@ -230,13 +231,7 @@ impl Worker {
         match frame.map_err(|e| e.to_string())? {
             OrchestratorFrame::Reply { id, status, body } => link.complete(id, (status, body)),
             OrchestratorFrame::Cancel { task_id, .. } => {
-                if let Some(token) = lock(&self.inner.in_flight).get(&task_id) {
-                    tracing::warn!(
-                        task_id = %task_id,
-                        "the orchestrator cancelled task {task_id}; stopping it"
-                    );
-                    token.cancel();
-                }
+                self.inner.tasks.cancel(&task_id);
             }
             OrchestratorFrame::Plugins { revision } => {
                 self.inner.client.note_revision_value(&revision)
@@ -257,7 +252,7 @@ impl Worker {
 
     /// Runs a pushed task on a slot of its own.
     fn start_task(&self, task: PolledTask) {
-        let slots = self.inner.slots.clone();
+        let slots = self.inner.tasks.slots.clone();
         let permit = slots.clone().try_acquire_owned();
         let worker = self.clone();
         tokio::spawn(async move {
@@ -270,9 +265,9 @@ impl Worker {
                     Err(_) => return,
                 },
             };
-            let slot = super::tasks::Slot::early(_permit, &worker.inner.deliveries);
+            let slot = super::tasks::Slot::early(_permit, &worker.inner.tasks.deliveries);
             worker.handle_task(task, Some(slot)).await;
-            worker.inner.slot_freed.notify_one();
+            worker.inner.tasks.slot_freed.notify_one();
         });
     }
 }

@@ -8,7 +8,6 @@
 //! shutdown the slots stop polling, finish what they run, submit those
 //! results, and the worker says goodbye.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -21,11 +20,9 @@ pub mod pull;
 mod registration;
 mod tasks;
 
-pub use tasks::run_local;
-
 use crate::client::OrchestratorClient;
 use crate::plugin_store::{Plugin, PluginSet, skill_info};
-use crate::sandbox::SandboxEngine;
+use crate::sandbox::Sandbox;
 use registration::Registrations;
 
 /// How the worker behaves towards the orchestrator.
@@ -69,7 +66,8 @@ pub struct Worker {
 
 struct Inner {
     client: OrchestratorClient,
-    engine: SandboxEngine,
+    /// Runs the tasks taken: slots, tasks in flight, results in delivery.
+    tasks: tasks::TaskRunner,
     /// The plugins in service: the registry's, then the directory's; swapped
     /// whole when either changes.
     plugins: RwLock<Arc<PluginSet>>,
@@ -86,19 +84,6 @@ struct Inner {
     /// those run on the plugin they were offered with.
     advertised: RwLock<[Arc<PluginSet>; 2]>,
     settings: WorkerSettings,
-    /// The tasks running now (reported in heartbeats), each with the token
-    /// that stops it when the orchestrator asks.
-    in_flight: Mutex<BTreeMap<String, CancellationToken>>,
-    /// Wakes the heartbeat loop when the worker goes from idle to busy (it
-    /// beats faster while tasks run).
-    task_started: tokio::sync::Notify,
-    /// One permit per task slot (tasks taken over the channel hold one).
-    slots: Arc<tokio::sync::Semaphore>,
-    /// A slot became free (the channel offers it again).
-    slot_freed: tokio::sync::Notify,
-    /// Results being delivered after their task gave its slot back (see
-    /// [`RESULTS_IN_DELIVERY_PER_SLOT`]).
-    deliveries: Arc<tokio::sync::Semaphore>,
     registrations: Registrations,
     /// Tells this process apart from an earlier one with the same worker id.
     instance_id: String,
@@ -147,28 +132,20 @@ impl Backoff {
 impl Worker {
     pub fn new(
         client: OrchestratorClient,
-        engine: SandboxEngine,
+        engine: Sandbox,
         plugins: PluginSet,
         settings: WorkerSettings,
     ) -> Self {
-        let slots = settings.max_concurrent_tasks.max(1);
         Self {
             inner: Arc::new(Inner {
+                tasks: tasks::TaskRunner::new(engine, client.clone(), &settings),
                 client,
-                engine,
                 local: RwLock::new(Arc::new(plugins.clone())),
                 remote: RwLock::new(pull::Deployed::default()),
                 combining: Mutex::new(()),
                 plugins: RwLock::new(Arc::new(plugins)),
                 advertised: RwLock::new([Arc::default(), Arc::default()]),
                 settings,
-                in_flight: Mutex::new(BTreeMap::new()),
-                task_started: tokio::sync::Notify::new(),
-                slots: Arc::new(tokio::sync::Semaphore::new(slots)),
-                slot_freed: tokio::sync::Notify::new(),
-                deliveries: Arc::new(tokio::sync::Semaphore::new(
-                    slots * RESULTS_IN_DELIVERY_PER_SLOT,
-                )),
                 registrations: Registrations::new(),
                 instance_id: uuid::Uuid::new_v4().to_string(),
             }),
@@ -346,7 +323,7 @@ impl Worker {
 
     fn heartbeat(&self, status: &str, full_sync: bool) -> Heartbeat {
         let inner = &self.inner;
-        let current: Vec<String> = lock(&inner.in_flight).keys().cloned().collect();
+        let current = inner.tasks.running();
         let status = if status.is_empty() {
             if current.len() < inner.settings.max_concurrent_tasks {
                 "idle"
@@ -398,10 +375,10 @@ impl Worker {
     /// The pause before the next heartbeat: the interval, or at most
     /// [`BUSY_HEARTBEAT`] while tasks run (so a cancel reaches them soon).
     fn heartbeat_pause(&self, base: Duration) -> Duration {
-        if lock(&self.inner.in_flight).is_empty() {
-            base
-        } else {
+        if self.inner.tasks.busy() {
             base.min(BUSY_HEARTBEAT)
+        } else {
+            base
         }
     }
 
@@ -417,7 +394,7 @@ impl Worker {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep_until(due) => break,
-                    _ = self.inner.task_started.notified() => {}
+                    _ = self.inner.tasks.task_started.notified() => {}
                 }
             }
             last = tokio::time::Instant::now();
@@ -430,13 +407,7 @@ impl Worker {
                         self.inner.registrations.request(seen);
                     }
                     for task_id in response.cancel_task_ids.unwrap_or_default() {
-                        if let Some(token) = lock(&self.inner.in_flight).get(&task_id) {
-                            tracing::warn!(
-                                task_id = %task_id,
-                                "the orchestrator cancelled task {task_id}; stopping it"
-                            );
-                            token.cancel();
-                        }
+                        self.inner.tasks.cancel(&task_id);
                     }
                     backoff.reset();
                     delay = self.inner.settings.heartbeat_interval;

@@ -1,6 +1,7 @@
-//! One task, from the poll to the submitted result: signature check,
-//! sandboxed execution, progress events while it runs, and result delivery
-//! with retries.
+//! The [`TaskRunner`]: one task, from the poll to the submitted result
+//! (signature check, sandboxed execution through `Plugin::run`, progress
+//! events while it runs, result delivery with retries), and the worker's
+//! slots and tasks in flight.
 
 use std::time::Duration;
 
@@ -8,12 +9,17 @@ use rxon::{TaskPayload, WorkerEventPayload, error_code};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{Backoff, Worker, lock};
-use crate::client::{ClientError, PolledTask};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Notify, Semaphore};
+
+use super::{Backoff, RESULTS_IN_DELIVERY_PER_SLOT, Worker, WorkerSettings, lock};
+use crate::client::{ClientError, OrchestratorClient, PolledTask};
 use crate::limits::{RESULT_ENVELOPE_BYTES, for_log};
 use crate::outcome::TaskOutcome;
-use crate::sandbox::state::Progress;
-use crate::sandbox::{SandboxEngine, TaskInput, task};
+use crate::plugin_store::Plugin;
+use crate::sandbox::{Progress, RunOptions, Sandbox, Task};
 
 /// The task slot a channel task holds, given back once the task has run,
 /// before its result is sent (see [`super::RESULTS_IN_DELIVERY_PER_SLOT`]).
@@ -48,11 +54,80 @@ impl Slot {
     }
 }
 
+/// Runs the tasks a worker takes: its slots, the tasks in flight (with the
+/// tokens that stop them), and results in delivery. One per worker.
+pub(super) struct TaskRunner {
+    sandbox: Sandbox,
+    client: OrchestratorClient,
+    /// The orchestrator's `ORCHESTRATOR_SECRET_KEY`, when tasks must be signed.
+    task_secret: Option<String>,
+    /// The tasks running now (reported in heartbeats), each with the token
+    /// that stops it when the orchestrator asks.
+    pub(super) in_flight: Mutex<BTreeMap<String, CancellationToken>>,
+    /// Wakes the heartbeat loop when the worker goes from idle to busy (it
+    /// beats faster while tasks run).
+    pub(super) task_started: Notify,
+    /// One permit per task slot (tasks taken over the channel hold one).
+    pub(super) slots: Arc<Semaphore>,
+    /// A slot became free (the channel offers it again).
+    pub(super) slot_freed: Notify,
+    /// Results being delivered after their task gave its slot back (see
+    /// [`RESULTS_IN_DELIVERY_PER_SLOT`]).
+    pub(super) deliveries: Arc<Semaphore>,
+}
+
 impl Worker {
-    /// Executes one task and submits its result. A channel task passes its
-    /// `slot`, given back as soon as the task has run.
+    /// Runs one task taken from the orchestrator on the plugin that serves
+    /// its type, and submits its result. A channel task passes its `slot`,
+    /// given back as soon as the task has run.
     pub(super) async fn handle_task(&self, task: PolledTask, slot: Option<Slot>) {
-        let inner = &self.inner;
+        let plugin = self.plugin_for(&task.payload.task_type);
+        self.inner.tasks.handle(task, plugin, slot).await;
+    }
+}
+
+impl TaskRunner {
+    pub(super) fn new(
+        sandbox: Sandbox,
+        client: OrchestratorClient,
+        settings: &WorkerSettings,
+    ) -> Self {
+        let slots = settings.max_concurrent_tasks.max(1);
+        Self {
+            sandbox,
+            client,
+            task_secret: settings.task_secret.clone(),
+            in_flight: Mutex::new(BTreeMap::new()),
+            task_started: Notify::new(),
+            slots: Arc::new(Semaphore::new(slots)),
+            slot_freed: Notify::new(),
+            deliveries: Arc::new(Semaphore::new(slots * RESULTS_IN_DELIVERY_PER_SLOT)),
+        }
+    }
+
+    /// The tasks running now.
+    pub(super) fn running(&self) -> Vec<String> {
+        lock(&self.in_flight).keys().cloned().collect()
+    }
+
+    /// Whether a task runs now.
+    pub(super) fn busy(&self) -> bool {
+        !lock(&self.in_flight).is_empty()
+    }
+
+    /// Stops task `task_id`, as the orchestrator asked, if it runs here.
+    pub(super) fn cancel(&self, task_id: &str) {
+        if let Some(token) = lock(&self.in_flight).get(task_id) {
+            tracing::warn!(
+                task_id = %task_id,
+                "the orchestrator cancelled task {task_id}; stopping it"
+            );
+            token.cancel();
+        }
+    }
+
+    /// Executes one task on `plugin` and submits its result.
+    async fn handle(&self, task: PolledTask, plugin: Option<Arc<Plugin>>, slot: Option<Slot>) {
         let PolledTask { payload, raw } = task;
         let params = serde_json::to_string(&payload.params).unwrap_or_else(|_| "{}".into());
         tracing::info!(
@@ -78,7 +153,7 @@ impl Worker {
             self.submit(&payload, outcome, Duration::ZERO).await;
             return;
         }
-        let Some(plugin) = self.plugin_for(&payload.task_type) else {
+        let Some(plugin) = plugin else {
             // Not ours (any more): leave it unreported; the orchestrator puts
             // a task a worker does not list in its heartbeats back in the queue.
             tracing::warn!(
@@ -91,7 +166,7 @@ impl Worker {
         };
         let cancel = CancellationToken::new();
         let running = {
-            let mut in_flight = lock(&inner.in_flight);
+            let mut in_flight = lock(&self.in_flight);
             in_flight.insert(payload.task_id.clone(), cancel.clone());
             in_flight.len()
         };
@@ -99,13 +174,13 @@ impl Worker {
         // The heartbeat loop (a thread of its own) only needs to hear that the
         // worker went from idle to busy: it beats faster while tasks run.
         if running == 1 {
-            inner.task_started.notify_one();
+            self.task_started.notify_one();
         }
         let started = std::time::Instant::now();
         let outcome = self.execute(&payload, &plugin, params, &cancel).await;
         let elapsed = started.elapsed();
         let labels = [
-            ("plugin", crate::metrics::plugin_label(&plugin)),
+            ("plugin", plugin.label()),
             ("skill", crate::metrics::skill_label(&payload.task_type)),
         ];
         crate::metrics::histogram!("worker_task_duration_seconds", &labels)
@@ -152,7 +227,7 @@ impl Worker {
                 for_log(message)
             ),
         }
-        let held = slot.map(|slot| slot.release(&self.inner.slot_freed));
+        let held = slot.map(|slot| slot.release(&self.slot_freed));
         self.submit(&payload, outcome, elapsed).await;
         self.task_ended(&payload.task_id);
         drop(held);
@@ -160,7 +235,7 @@ impl Worker {
 
     fn task_ended(&self, task_id: &str) {
         let running = {
-            let mut in_flight = lock(&self.inner.in_flight);
+            let mut in_flight = lock(&self.in_flight);
             in_flight.remove(task_id);
             in_flight.len()
         };
@@ -170,7 +245,7 @@ impl Worker {
     /// Whether tasks must carry the orchestrator's signature (this worker
     /// was given its secret); only then is a task's JSON kept as received.
     pub(super) fn checks_signatures(&self) -> bool {
-        self.inner.settings.task_secret.is_some()
+        self.task_secret.is_some()
     }
 
     /// Why the task's `sig` is not acceptable, when this worker was given
@@ -180,7 +255,7 @@ impl Worker {
         payload: &TaskPayload,
         raw: Option<&serde_json::Value>,
     ) -> Option<String> {
-        let secret = self.inner.settings.task_secret.as_deref()?;
+        let secret = self.task_secret.as_deref()?;
         let Some(raw) = raw else {
             return Some("the task's JSON as received was not kept to check its `sig`".into());
         };
@@ -200,33 +275,22 @@ impl Worker {
     async fn execute(
         &self,
         payload: &TaskPayload,
-        plugin: &crate::plugin_store::Plugin,
+        plugin: &Plugin,
         params: String,
         cancel: &CancellationToken,
     ) -> TaskOutcome {
-        let input = TaskInput {
+        let task = Task {
             task_id: payload.task_id.clone(),
             job_id: payload.job_id.clone(),
             task_type: payload.task_type.clone(),
             params,
         };
-        // The plugin's own cap on concurrent tasks, if its manifest sets one.
-        let _slot = match &plugin.slots {
-            Some(slots) => tokio::select! {
-                permit = slots.clone().acquire_owned() => permit.ok(),
-                _ = cancel.cancelled() => return TaskOutcome::Cancelled,
-            },
-            None => None,
-        };
         let (progress_tx, progress_rx) = watch::channel(None);
-        let run = task::run_task_until(
-            &self.inner.engine,
-            &plugin.pre,
-            &input,
-            progress_tx,
-            cancel,
-            &plugin.grants,
-        );
+        let options = RunOptions {
+            progress: Some(progress_tx),
+            cancel: Some(cancel.clone()),
+        };
+        let run = plugin.run(&self.sandbox, &task, options);
         // The forwarder never ends; it is polled alongside the task (no task
         // of its own to spawn) and dropped with it.
         let forward = self.forward_progress(payload, progress_rx);
@@ -255,7 +319,7 @@ impl Worker {
             let Some((fraction, message)) = rx.borrow_and_update().clone() else {
                 continue;
             };
-            let worker_id = self.inner.client.worker_id().to_string();
+            let worker_id = self.client.worker_id().to_string();
             let event = WorkerEventPayload {
                 event_id: uuid::Uuid::new_v4().to_string(),
                 worker_id: worker_id.clone(),
@@ -271,7 +335,7 @@ impl Worker {
                 security: None,
                 timestamp: None,
             };
-            if let Err(e) = self.inner.client.send_event(&event).await {
+            if let Err(e) = self.client.send_event(&event).await {
                 tracing::debug!(task_id = %payload.task_id, "progress event not delivered: {e}");
             }
         }
@@ -281,10 +345,10 @@ impl Worker {
     /// the orchestrator is unreachable. A result too large to send becomes a
     /// `RESOURCE_EXHAUSTED_ERROR` failure that names the sizes.
     async fn submit(&self, payload: &TaskPayload, outcome: TaskOutcome, elapsed: Duration) {
-        let worker_id = self.inner.client.worker_id().to_string();
-        let limit = self.inner.engine.config.max_result_bytes + RESULT_ENVELOPE_BYTES;
+        let worker_id = self.client.worker_id().to_string();
+        let limit = self.sandbox.config.max_result_bytes + RESULT_ENVELOPE_BYTES;
         let build = |outcome: TaskOutcome| {
-            let mut result = outcome.into_result(&payload.job_id, &payload.task_id, &worker_id);
+            let mut result = result_of(outcome, &payload.job_id, &payload.task_id, &worker_id);
             result.costs = Some(
                 [(
                     "execution_time_seconds".to_string(),
@@ -308,8 +372,8 @@ impl Worker {
                 .is_none_or(|d| crate::limits::json_within(d, crate::limits::INLINE_JSON_BYTES));
             let encoded = match small {
                 // No copy of the result for one encoded where it is.
-                true => self.inner.client.encode_signed_here(&result),
-                false => self.inner.client.encode_signed(result.clone()).await,
+                true => self.client.encode_signed_here(&result),
+                false => self.client.encode_signed(result.clone()).await,
             };
             let body = match encoded {
                 Ok(body) => body,
@@ -323,7 +387,7 @@ impl Worker {
                     "the task's result is {} bytes once encoded; results may take at most {limit} bytes \
                      (the plugin may hand the host {} bytes, plus room for the envelope)",
                     body.len(),
-                    self.inner.engine.config.max_result_bytes
+                    self.sandbox.config.max_result_bytes
                 );
                 tracing::error!(
                     task_id,
@@ -333,7 +397,7 @@ impl Worker {
                 replaced = true;
                 continue;
             }
-            match self.inner.client.submit_encoded_result(body).await {
+            match self.client.submit_encoded_result(body).await {
                 Ok(response) if response.status == "ignored" => {
                     tracing::warn!(
                         task_id,
@@ -391,27 +455,41 @@ fn unreachable_outcome() -> TaskOutcome {
     )
 }
 
-/// Runs one task locally (the `run` subcommand); no orchestrator involved.
-pub async fn run_local(
-    engine: &SandboxEngine,
-    plugin: &crate::plugin_store::Plugin,
-    task_type: &str,
-    params: &str,
-) -> TaskOutcome {
-    let input = TaskInput {
-        task_id: format!("local-{}", uuid::Uuid::new_v4()),
-        job_id: "local".into(),
-        task_type: task_type.into(),
-        params: params.into(),
+/// The RXON result of an outcome (without costs or signature).
+fn result_of(
+    outcome: TaskOutcome,
+    job_id: &str,
+    task_id: &str,
+    worker_id: &str,
+) -> rxon::TaskResult {
+    let (status, data, error) = match outcome {
+        TaskOutcome::Cancelled => (rxon::status::CANCELLED.to_string(), None, None),
+        TaskOutcome::Completed { status, data } => (status, Some(data), None),
+        TaskOutcome::Failed {
+            code,
+            message,
+            details,
+        } => (
+            rxon::status::FAILURE.to_string(),
+            Some(serde_json::Map::new()),
+            Some(rxon::TaskErrorInfo {
+                code,
+                message,
+                details: details.as_deref().map(crate::outcome::details_json),
+            }),
+        ),
     };
-    let (progress, _) = watch::channel(None);
-    task::run_task_until(
-        engine,
-        &plugin.pre,
-        &input,
-        progress,
-        &CancellationToken::new(),
-        &plugin.grants,
-    )
-    .await
+    rxon::TaskResult {
+        job_id: job_id.into(),
+        task_id: task_id.into(),
+        worker_id: Some(worker_id.into()),
+        origin_worker_id: Some(worker_id.into()),
+        status: Some(status),
+        data,
+        error,
+        costs: None,
+        metadata: None,
+        security: None,
+        timestamp: None,
+    }
 }

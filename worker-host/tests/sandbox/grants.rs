@@ -6,12 +6,10 @@ use std::time::Duration;
 
 use plugin_fixtures::{CHAOS_TASK, ECHO_TASK};
 use serde_json::json;
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 use worker_host::grants::Policy;
 use worker_host::outcome::TaskOutcome;
 use worker_host::plugin_store::{Plugin, PluginError, PluginLoader, PluginSet};
-use worker_host::sandbox::{SandboxEngine, TaskInput, task};
+use worker_host::sandbox::{RunOptions, Sandbox, Task};
 
 /// A plugins directory with `chaos_task.wasm` and the given manifest, and a
 /// data directory holding `model.txt`.
@@ -29,28 +27,18 @@ fn setup(manifest: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
 }
 
 async fn run(
-    engine: &SandboxEngine,
+    engine: &Sandbox,
     plugin: &Plugin,
     skill: &str,
     params: serde_json::Value,
 ) -> serde_json::Value {
-    let input = TaskInput {
+    let input = Task {
         task_id: "t".into(),
         job_id: "j".into(),
         task_type: skill.into(),
         params: params.to_string(),
     };
-    let (tx, _rx) = watch::channel(None);
-    match task::run_task_until(
-        engine,
-        &plugin.pre,
-        &input,
-        tx,
-        &CancellationToken::new(),
-        &plugin.grants,
-    )
-    .await
-    {
+    match plugin.run(engine, &input, RunOptions::default()).await {
         TaskOutcome::Completed { data, .. } => serde_json::Value::Object(data),
         other => panic!("{skill}: {other:?}"),
     }
@@ -130,20 +118,13 @@ async fn a_granted_plugin_reads_its_config_and_its_read_only_directory_and_nothi
         assert_eq!(v["read"], false, "{escape}: {v}");
     }
     // Its memory cap is its manifest's, not the worker's.
-    let outcome = task::run_task_until(
-        &engine,
-        &plugin.pre,
-        &TaskInput {
-            task_id: "t".into(),
-            job_id: "j".into(),
-            task_type: "alloc_forever".into(),
-            params: "{}".into(),
-        },
-        watch::channel(None).0,
-        &CancellationToken::new(),
-        &plugin.grants,
-    )
-    .await;
+    let task = Task {
+        task_id: "t".into(),
+        job_id: "j".into(),
+        task_type: "alloc_forever".into(),
+        params: "{}".into(),
+    };
+    let outcome = plugin.run(&engine, &task, RunOptions::default()).await;
     let TaskOutcome::Failed { message, .. } = outcome else {
         panic!("{outcome:?}")
     };

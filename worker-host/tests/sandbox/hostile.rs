@@ -10,15 +10,15 @@ use serde_json::json;
 use worker_host::limits;
 use worker_host::outcome::TaskOutcome;
 use worker_host::plugin_store::{Plugin, PluginError, PluginLoader, PluginSet};
-use worker_host::sandbox::SandboxEngine;
+use worker_host::sandbox::Sandbox;
 
 use super::{failure, run};
 
-fn engine() -> SandboxEngine {
+fn engine() -> Sandbox {
     super::engine(Duration::from_secs(20), 128)
 }
 
-async fn load(engine: &SandboxEngine, path: &str) -> Result<Plugin, PluginError> {
+async fn load(engine: &Sandbox, path: &str) -> Result<Plugin, PluginError> {
     PluginLoader::new(engine.clone())
         .unwrap()
         .load_file(Path::new(path))
@@ -26,7 +26,7 @@ async fn load(engine: &SandboxEngine, path: &str) -> Result<Plugin, PluginError>
 }
 
 /// The sandbox still runs an ordinary task after the hostile one.
-async fn still_serves(engine: &SandboxEngine) {
+async fn still_serves(engine: &Sandbox) {
     let echo = load(engine, ECHO_TASK).await.unwrap();
     let outcome = run(
         engine,

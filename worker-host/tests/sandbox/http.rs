@@ -5,12 +5,10 @@ use std::time::Duration;
 
 use plugin_fixtures::HTTP_FETCH_TASK;
 use serde_json::{Value, json};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 use worker_host::grants::Policy;
 use worker_host::outcome::TaskOutcome;
 use worker_host::plugin_store::{Plugin, PluginError, PluginLoader};
-use worker_host::sandbox::{SandboxEngine, TaskInput, task};
+use worker_host::sandbox::{RunOptions, Sandbox, Task};
 
 const BODY: &str = "hello from the allowed origin";
 
@@ -44,7 +42,7 @@ async fn server() -> u16 {
 async fn load(
     manifest: &str,
     policy: &str,
-) -> Result<(SandboxEngine, Plugin, tempfile::TempDir), PluginError> {
+) -> Result<(Sandbox, Plugin, tempfile::TempDir), PluginError> {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(HTTP_FETCH_TASK, dir.path().join("http_fetch_task.wasm")).unwrap();
     std::fs::write(dir.path().join("http_fetch_task.toml"), manifest).unwrap();
@@ -57,26 +55,14 @@ async fn load(
     Ok((engine, plugin, dir))
 }
 
-async fn fetch(
-    engine: &SandboxEngine,
-    plugin: &Plugin,
-    url: &str,
-) -> Result<Value, (String, String)> {
-    let input = TaskInput {
+async fn fetch(engine: &Sandbox, plugin: &Plugin, url: &str) -> Result<Value, (String, String)> {
+    let input = Task {
         task_id: "t".into(),
         job_id: "j".into(),
         task_type: "http_fetch_task".into(),
         params: json!({ "url": url }).to_string(),
     };
-    let outcome = task::run_task_until(
-        engine,
-        &plugin.pre,
-        &input,
-        watch::channel(None).0,
-        &CancellationToken::new(),
-        &plugin.grants,
-    )
-    .await;
+    let outcome = plugin.run(engine, &input, RunOptions::default()).await;
     match outcome {
         TaskOutcome::Completed { data, .. } => Ok(Value::Object(data)),
         TaskOutcome::Failed { code, message, .. } => Err((code, message)),
