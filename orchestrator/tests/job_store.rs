@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../tests/tests/support/pg.rs"]
+#[path = "../../tests/tests/e2e/support/pg.rs"]
 mod pg;
 
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Helpers shared by the orchestrator's integration tests.
 #![allow(dead_code)]
 
-#[path = "../../../tests/tests/support/pg.rs"]
+#[path = "../../../tests/tests/e2e/support/pg.rs"]
 mod pg;
 
 use std::sync::Arc;

@@ -5,12 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use serde_json::{Value, json};
-use support::*;
 
 fn add_chaos_flows(stack: &Stack, skills: &[&str]) {
     for skill in skills {
@@ -25,16 +23,7 @@ async fn assert_still_serving(stack: &Stack, worker_id: &str) {
     let job = stack.finished(&id).await;
     assert_eq!(job["status"], "finished", "{job}");
     assert_eq!(job["result"]["processed_message"], "still here still here");
-    assert_no_panic(stack);
-}
-
-fn assert_no_panic(stack: &Stack) {
-    let (orchestrator, worker) = stack.logs();
-    assert!(
-        !orchestrator.contains("panicked"),
-        "orchestrator panicked:\n{orchestrator}"
-    );
-    assert!(!worker.contains("panicked"), "worker panicked:\n{worker}");
+    stack.assert_no_panic();
 }
 
 async fn ended_with(stack: &Stack, id: &str, status: &str, code: &str) -> Value {
@@ -410,26 +399,6 @@ async fn a_stored_job_with_out_of_range_values_fails_once_and_the_rest_runs() {
     assert_still_serving(&stack, WORKER_ID).await;
 }
 
-/// Five 6-second tasks, held by the stack's worker.
-async fn five_held_tasks(stack: &Stack) -> Vec<String> {
-    let mut ids = Vec::new();
-    for _ in 0..5 {
-        ids.push(stack.create("/jobs/one/sleep", json!({"ms": 6000})).await);
-    }
-    wait_until(
-        "the worker to hold all five",
-        Duration::from_secs(30),
-        || async {
-            stack
-                .worker_view(WORKER_ID)
-                .await
-                .is_some_and(|w| w["in_flight_tasks"].as_array().unwrap().len() == 5)
-        },
-    )
-    .await;
-    ids
-}
-
 async fn history(stack: &Stack, id: &str) -> String {
     let (_, h) = stack.get(&format!("/api/v1/jobs/{id}/history")).await;
     h.to_string()
@@ -441,7 +410,9 @@ async fn a_worker_restarted_with_the_same_id_gets_its_tasks_back_at_once() {
     stack.add_plugin(plugin_fixtures::CHAOS_TASK);
     add_chaos_flows(&stack, &["sleep"]);
     stack.start().await;
-    let ids = five_held_tasks(&stack).await;
+    let ids = stack
+        .five_held_tasks(WORKER_ID, 6000, Duration::from_secs(30))
+        .await;
     stack.worker.as_mut().unwrap().kill9();
     // What systemd or a pod restart does: the same WORKER_ID again.
     stack.worker = Some(stack.spawn_worker(WORKER_ID, "worker-2.log", |_| {}));
@@ -466,7 +437,9 @@ async fn the_tasks_of_a_killed_polling_worker_run_elsewhere_within_its_heartbeat
         cmd.arg("--no-task-channel");
     }));
     stack.wait_worker().await;
-    let ids = five_held_tasks(&stack).await;
+    let ids = stack
+        .five_held_tasks(WORKER_ID, 6000, Duration::from_secs(30))
+        .await;
     let mut other = stack.spawn_worker("other-worker", "other.log", |_| {});
     stack.worker.as_mut().unwrap().kill9();
     let killed = Instant::now();
@@ -619,5 +592,5 @@ async fn with_an_orchestrator_secret_tasks_are_signed_and_a_mismatch_is_refused(
     let job = ended_with(&stack, &id, "quarantined", "SECURITY_ERROR").await;
     let message = job["error"]["message"].as_str().unwrap();
     assert!(message.contains("no orchestrator signature"), "{message}");
-    assert_no_panic(&stack);
+    stack.assert_no_panic();
 }

@@ -3,22 +3,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn assert_no_panic(stack: &Stack) {
-    let (orchestrator, worker) = stack.logs();
-    assert!(!orchestrator.contains("panicked"), "{orchestrator}");
-    assert!(!worker.contains("panicked"), "{worker}");
-}
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -72,7 +64,7 @@ async fn silent_and_preface_only_sockets_are_closed_and_the_server_answers() {
     for s in held.iter_mut() {
         assert!(closed_within(s, Duration::from_secs(5)).await);
     }
-    assert_no_panic(&stack);
+    stack.assert_no_panic();
 }
 
 #[tokio::test]
@@ -118,7 +110,7 @@ async fn idle_keep_alive_and_idle_http2_connections_are_closed() {
         .expect("the idle HTTP/2 connection is still open after 4 s")
         .unwrap();
     assert!(closed.duration_since(idle) >= Duration::from_millis(1500));
-    assert_no_panic(&stack);
+    stack.assert_no_panic();
 }
 
 /// A body that never comes: its stream stays open.
@@ -171,7 +163,7 @@ async fn a_body_that_does_not_come_is_answered_408_on_both_protocols() {
         .expect("no answer on the idle HTTP/2 stream")
         .unwrap();
     assert_eq!(response.status().as_u16(), 408);
-    assert_no_panic(&stack);
+    stack.assert_no_panic();
 }
 
 #[tokio::test]
@@ -217,7 +209,7 @@ async fn fallback_routes_and_sign_in_answer_before_reading_a_body() {
     assert_eq!(resp.status().as_u16(), 413);
     let body: Value = resp.json().await.unwrap();
     assert!(body["error"].as_str().is_some(), "{body}");
-    assert_no_panic(&stack);
+    stack.assert_no_panic();
 }
 
 /// Series per metric name in a Prometheus text page (histogram buckets,
@@ -332,28 +324,10 @@ async fn metric_labels_a_peer_chooses_stay_a_bounded_set() {
         "undeclared statuses are labelled `other`"
     );
     assert!(worker.contains(r#"outcome="other""#), "{worker}");
-    assert_no_panic(&stack);
+    stack.assert_no_panic();
 }
 
 /// Five jobs whose 2.5 s task is held by `worker_id`.
-async fn five_held_tasks(stack: &Stack, worker_id: &str) -> Vec<String> {
-    let mut ids = Vec::new();
-    for _ in 0..5 {
-        ids.push(stack.create("/jobs/one/sleep", json!({"ms": 2500})).await);
-    }
-    wait_until(
-        "the worker to hold all five",
-        Duration::from_secs(20),
-        || async {
-            stack
-                .worker_view(worker_id)
-                .await
-                .is_some_and(|w| w["in_flight_tasks"].as_array().unwrap().len() == 5)
-        },
-    )
-    .await;
-    ids
-}
 
 #[tokio::test]
 async fn the_tasks_of_a_killed_channel_worker_finish_elsewhere_within_ten_seconds() {
@@ -375,7 +349,9 @@ async fn the_tasks_of_a_killed_channel_worker_finish_elsewhere_within_ten_second
             .contains("worker local-test-worker opened its task channel")
     })
     .await;
-    let ids = five_held_tasks(&stack, WORKER_ID).await;
+    let ids = stack
+        .five_held_tasks(WORKER_ID, 2500, Duration::from_secs(20))
+        .await;
     let mut other = stack.spawn_worker("other-worker", "other.log", slow_beats);
     wait_until("the other worker", Duration::from_secs(20), || async {
         stack.worker_view("other-worker").await.is_some()
@@ -401,7 +377,7 @@ async fn the_tasks_of_a_killed_channel_worker_finish_elsewhere_within_ten_second
     }
     assert!(!other.log_text().contains("panicked"));
     other.stop();
-    assert_no_panic(&stack);
+    stack.assert_no_panic();
 }
 
 fn nested_message(levels: usize) -> Value {
@@ -497,7 +473,7 @@ async fn deeply_nested_data_is_refused_at_the_edge_and_an_unreadable_task_ends_i
     };
     let error = job["error"].to_string();
     assert!(error.contains("no longer lists task"), "{job}");
-    assert_no_panic(&stack);
+    stack.assert_no_panic();
 }
 
 #[tokio::test]
@@ -542,7 +518,7 @@ async fn webhooks_are_delivered_directly_never_through_http_proxy() {
         0,
         "the webhook went through HTTP_PROXY"
     );
-    assert_no_panic(&stack);
+    stack.assert_no_panic();
 }
 
 #[tokio::test]
@@ -607,7 +583,7 @@ async fn a_storage_write_that_fails_is_tried_again_whole_and_nothing_is_lost() {
         again["events"].as_array().unwrap().len(),
         history["events"].as_array().unwrap().len()
     );
-    assert_no_panic(&stack);
+    stack.assert_no_panic();
 }
 
 /// A stalled orchestrator: answers a registration (when `register` is
@@ -738,7 +714,7 @@ async fn worker_tokens_are_bound_to_ids_and_patterns_and_each_shared_token_is_ca
         stack.worker_view("any-2").await.is_none()
     })
     .await;
-    assert_no_panic(&stack);
+    stack.assert_no_panic();
 }
 
 /// Creates a test-flow job as `token`: the status and Retry-After.
@@ -811,7 +787,7 @@ async fn one_client_cannot_hold_every_job_slot_or_stream() {
         open(CLIENT_TOKEN).await.unwrap().status().as_u16() == 200
     })
     .await;
-    assert_no_panic(&stack);
+    stack.assert_no_panic();
 }
 
 #[tokio::test]
@@ -823,7 +799,7 @@ async fn the_active_job_bound_holds_on_postgresql_too() {
     );
     stack.wait_ready().await;
     bounded_client_checks(&stack).await;
-    assert_no_panic(&stack);
+    stack.assert_no_panic();
 }
 
 /// A receiver that accepts connections and never answers.
@@ -1028,7 +1004,7 @@ async fn downloads_are_streamed_and_capped(mut stack: Stack) {
         slowest < Duration::from_secs(3),
         "a create waited {slowest:?}"
     );
-    assert_no_panic(&stack);
+    stack.assert_no_panic();
 }
 
 #[tokio::test]
@@ -1084,7 +1060,7 @@ async fn a_plugin_is_matched_by_its_hash_old_components_are_deleted_and_the_pull
     assert!(more <= 1, "{more} pulls in 3 s with nothing new");
     let id = stack.create("/jobs/test", echo_body("again", 2)).await;
     assert_eq!(stack.finished(&id).await["status"], "finished");
-    assert_no_panic(&stack);
+    stack.assert_no_panic();
 }
 
 #[tokio::test]
@@ -1121,5 +1097,5 @@ async fn a_half_copied_plugin_file_does_not_drop_the_skills_it_serves() {
     assert!(offers_sleep().await, "the chaos skills were dropped");
     let id = stack.create("/jobs/test", echo_body("still", 1)).await;
     assert_eq!(stack.finished(&id).await["status"], "finished");
-    assert_no_panic(&stack);
+    stack.assert_no_panic();
 }

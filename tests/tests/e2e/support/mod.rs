@@ -458,6 +458,32 @@ impl Stack {
         }
     }
 
+    /// Fails the test if the orchestrator or the worker panicked.
+    pub fn assert_no_panic(&self) {
+        let (orchestrator, worker) = self.logs();
+        assert!(
+            !orchestrator.contains("panicked"),
+            "orchestrator panicked:\n{orchestrator}"
+        );
+        assert!(!worker.contains("panicked"), "worker panicked:\n{worker}");
+    }
+
+    /// Creates five `/jobs/one/sleep` jobs of `ms` each and waits (up to
+    /// `within`) until `worker_id` holds all five tasks; their job ids.
+    pub async fn five_held_tasks(&self, worker_id: &str, ms: u64, within: Duration) -> Vec<String> {
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            ids.push(self.create("/jobs/one/sleep", json!({ "ms": ms })).await);
+        }
+        wait_until("the worker to hold all five", within, || async {
+            self.worker_view(worker_id)
+                .await
+                .is_some_and(|w| w["in_flight_tasks"].as_array().unwrap().len() == 5)
+        })
+        .await;
+        ids
+    }
+
     pub fn logs(&self) -> (String, String) {
         (
             self.orchestrator

@@ -3,11 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::process::Command;
 
-use support::*;
+use crate::support::*;
 
 fn run_echo(component: &std::path::Path) -> serde_json::Value {
     let out = Command::new(binary("worker-host"))

@@ -9,13 +9,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::json;
-use support::*;
 
 fn lang_plugin(file: &str) -> PathBuf {
     let path = repo().join("target/lang-plugins").join(file);

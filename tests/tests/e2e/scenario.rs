@@ -3,12 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::json;
-use support::*;
 
 #[tokio::test]
 async fn main_flow_and_the_plans_additional_tests() {
@@ -384,7 +382,7 @@ async fn workers_reopen_the_task_channel_after_an_orchestrator_kill() {
     let mut stack = Stack::new();
     stack.start().await;
     let mut w2 = stack.spawn_worker("channel-w2", "w2.log", |_| {});
-    let both_open = |n: usize, stack: &Stack, w2: &support::Proc| {
+    let both_open = |n: usize, stack: &Stack, w2: &crate::support::Proc| {
         let (orchestrator, w1) = stack.logs();
         w1.matches("task channel open").count() >= n
             && w2.log_text().matches("task channel open").count() >= n

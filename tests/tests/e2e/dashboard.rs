@@ -6,13 +6,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::browser::Browser;
+use crate::support::*;
 use serde_json::{Value, json};
-use support::browser::Browser;
-use support::*;
 
 async fn dashboard_stack() -> Stack {
     let mut stack = Stack::new();

@@ -4,13 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 /// The last lines of a log.
 fn tail(log: &str) -> String {
@@ -299,7 +297,7 @@ async fn a_dashboard_sign_out_on_one_instance_ends_the_session_on_all() {
             .http
             .post(format!("{}/ui/session", a.base))
             .header("X-Requested-With", "taskworker-dashboard")
-            .json(&serde_json::json!({"token": support::CLIENT_TOKEN}))
+            .json(&serde_json::json!({"token": crate::support::CLIENT_TOKEN}))
             .send()
             .await
             .unwrap();
@@ -501,7 +499,7 @@ async fn the_orchestrator_reconnects_when_the_database_ends_its_sessions() {
     let first = stack.create("/jobs/test", echo_body("before", 1)).await;
     assert_eq!(stack.finished(&first).await["status"], "finished");
     let name = stack.storage.rsplit('/').next().unwrap().to_string();
-    let admin = db(&support::pg::admin_url()).await;
+    let admin = db(&crate::support::pg::admin_url()).await;
     let ended = admin
         .query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
@@ -629,7 +627,7 @@ async fn idle_long_polls_cost_the_database_a_few_transactions_per_second() {
         }
     }
     let started = Instant::now();
-    let watcher = db(&support::pg::admin_url()).await;
+    let watcher = db(&crate::support::pg::admin_url()).await;
     let commits = || async {
         watcher
             .batch_execute("SELECT pg_stat_clear_snapshot()")
@@ -882,7 +880,7 @@ async fn jobs_survive_the_database_ending_every_session_under_load() {
             }
         }));
     }
-    let admin = db(&support::pg::admin_url()).await;
+    let admin = db(&crate::support::pg::admin_url()).await;
     for round in [150, 350] {
         wait_until("jobs to flow", Duration::from_secs(120), || async {
             accepted.lock().unwrap().len() >= round
