@@ -4,13 +4,18 @@
 //! # Layout
 //! - [`blueprint`]: declarative workflows (TOML), validated and compiled.
 //! - [`job`]: the job model.
-//! - [`engine`]: the state machine, task queues, workers, timers.
-//! - [`storage`]: durable storage (SQLite, in-memory) behind a trait.
+//! - [`engine`]: the state machine, task queues, workers, timers, over one
+//!   of two backends: one instance (memory or SQLite storage) or several
+//!   sharing PostgreSQL (all of whose SQL is in `engine/shared_db/`).
+//! - [`storage`]: one instance's durable storage (SQLite, in-memory) behind
+//!   a trait, and the async [`storage::Deploys`] the registry writes through.
+//! - [`registry`]: plugin uploads, their check, and the versions offered.
 //! - [`api`]: the HTTP API (client and worker), errors and auth.
 //! - [`ui`]: the web dashboard at `/` (assets compiled in).
 //! - [`config`]: configuration file, CLI and environment.
 //! - [`egress`]: where webhooks may connect (private addresses refused).
 //! - [`secs`]: durations from outside, parsed once into bounded values.
+//! - [`metrics`], [`telemetry`]: Prometheus metrics and logs.
 
 pub mod api;
 pub mod blueprint;
