@@ -9,7 +9,7 @@ use wasip2::http::outgoing_handler;
 use wasip2::http::types::{ErrorCode, Fields, IncomingBody, OutgoingBody, OutgoingRequest, Scheme};
 use wasip2::io::streams::StreamError;
 
-wit_bindgen::generate!({ path: "../../wit", world: "task-plugin" });
+wit_bindgen::generate!({ path: "../../../wit", world: "task-plugin" });
 
 use exports::taskworker::plugin::handler::{Guest, Skill, Task, TaskError, TaskOutput};
 use taskworker::plugin::types::ErrorKind;

@@ -2,7 +2,7 @@
 //! another plugin already serves. Dropped into a running worker's plugins
 //! directory it must be refused (the incumbent keeps the skill). Test only.
 
-wit_bindgen::generate!({ path: "../../wit", world: "task-plugin" });
+wit_bindgen::generate!({ path: "../../../wit", world: "task-plugin" });
 
 use exports::taskworker::plugin::handler::{Guest, Skill, Task, TaskError, TaskOutput};
 

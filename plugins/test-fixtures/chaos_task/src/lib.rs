@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-wit_bindgen::generate!({ path: "../../wit", world: "task-plugin" });
+wit_bindgen::generate!({ path: "../../../wit", world: "task-plugin" });
 
 /// `wasi:config/store`, the standard interface for configuration.
 mod config {

@@ -2,7 +2,7 @@
 //! skills with long descriptions, about 1.7 MB). The worker host must refuse
 //! to load it, with a log line naming the limit, and keep serving. Test only.
 
-wit_bindgen::generate!({ path: "../../wit", world: "task-plugin" });
+wit_bindgen::generate!({ path: "../../../wit", world: "task-plugin" });
 
 use exports::taskworker::plugin::handler::{Guest, Skill, Task, TaskError, TaskOutput};
 use taskworker::plugin::types::ErrorKind;
