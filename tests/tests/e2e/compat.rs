@@ -81,18 +81,7 @@ impl Http {
     }
 
     async fn wait_up(&self) {
-        wait_until(
-            "the orchestrator to listen",
-            Duration::from_secs(60),
-            || async {
-                self.http
-                    .get(format!("{}/_public/status", self.base))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            },
-        )
-        .await;
+        wait_listening(&self.http, &self.base, Duration::from_secs(60)).await;
     }
 
     async fn wait_worker(&self, id: &str) {

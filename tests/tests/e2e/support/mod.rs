@@ -386,18 +386,7 @@ impl Stack {
     }
 
     pub async fn wait_ready(&self) {
-        wait_until(
-            "the orchestrator to listen",
-            Duration::from_secs(30),
-            || async {
-                self.http
-                    .get(format!("{}/_public/status", self.base))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            },
-        )
-        .await;
+        wait_listening(&self.http, &self.base, Duration::from_secs(30)).await;
     }
 
     pub async fn wait_worker(&self) {
@@ -714,4 +703,16 @@ pub async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<(String, V
             ));
         }
     }
+}
+
+/// Waits (up to `within`) until the orchestrator at `base` answers
+/// `/_public/status` (ours and avtomatika alike).
+pub async fn wait_listening(http: &reqwest::Client, base: &str, within: Duration) {
+    wait_until("the orchestrator to listen", within, || async {
+        http.get(format!("{base}/_public/status"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
 }
