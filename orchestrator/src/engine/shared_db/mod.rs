@@ -225,8 +225,25 @@ impl SharedDb {
             .map_err(|e| DbError::Pool(e.to_string()))
     }
 
+    /// After attempt number `made` of an event or a take failed with `e`:
+    /// `Ok` to make the next one, `Err` to give up. The one retry policy:
+    /// a job that cannot be read is set aside (the next attempt goes on
+    /// without it); a conflict or a deadlock is tried again after a short
+    /// pause; at most [`ATTEMPTS`] attempts; anything else is final.
+    async fn again(&self, made: usize, e: DbError) -> Result<(), DbError> {
+        match e {
+            DbError::UnreadableJob(id, why) if made < ATTEMPTS => self.set_aside(id, &why).await,
+            e if e.is_retryable() && made < ATTEMPTS => {
+                tracing::debug!("retrying an engine event: {e}");
+                tokio::time::sleep(Duration::from_millis(2 * made as u64)).await;
+                Ok(())
+            }
+            e => Err(e),
+        }
+    }
+
     /// Runs one event: `f` over the scratch state of `jobs` and `workers`,
-    /// retried on conflicts; a job that cannot be read is set aside first.
+    /// made again as [`Self::again`] says.
     async fn event<R: Send>(
         &self,
         shared: &Arc<Shared>,
@@ -234,18 +251,12 @@ impl SharedDb {
         workers: &[String],
         mut f: impl FnMut(&mut EngineState) -> R + Send,
     ) -> Result<R, DbError> {
-        let mut attempt = 0;
+        let mut made = 0;
         loop {
-            attempt += 1;
+            made += 1;
             match self.try_event(shared, jobs, workers, None, &mut f).await {
-                Err(DbError::UnreadableJob(id, why)) if attempt < ATTEMPTS => {
-                    self.set_aside(id, &why).await?;
-                }
-                Err(e) if e.is_retryable() && attempt < ATTEMPTS => {
-                    tracing::debug!("retrying an engine event: {e}");
-                    tokio::time::sleep(Duration::from_millis(2 * attempt as u64)).await;
-                }
-                other => return other,
+                Err(e) => self.again(made, e).await?,
+                done => return done,
             }
         }
     }

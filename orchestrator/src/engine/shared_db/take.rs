@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::scratch::{Scratch, StoredWorker};
-use super::{ATTEMPTS, DbError, SharedDb, TOUCHED_KEPT};
+use super::{DbError, SharedDb, TOUCHED_KEPT};
 use crate::engine::{EngineError, Shared, machine};
 
 /// A worker's `last_seen` is written at most this often by one instance
@@ -16,21 +16,24 @@ use crate::engine::{EngineError, Shared, machine};
 /// row version and WAL, twice per job); worker time-outs are many seconds.
 const TOUCH_EVERY: Duration = Duration::from_millis(500);
 
-enum TakeError {
-    Db(DbError),
-    Engine(EngineError),
+/// Whether a task of one of worker `w`'s skills is queued (SQL).
+macro_rules! queued_for_worker {
+    () => {
+        "EXISTS (SELECT 1 FROM task_queue q WHERE q.task_type IN
+             (SELECT s->>'name' FROM jsonb_array_elements(w.record->'skills') s))"
+    };
 }
 
-impl From<DbError> for TakeError {
-    fn from(e: DbError) -> Self {
-        Self::Db(e)
-    }
-}
-
-impl From<tokio_postgres::Error> for TakeError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        Self::Db(e.into())
-    }
+/// What one attempt at taking a task found.
+enum Took {
+    /// A task for the worker.
+    Task(Box<rxon::TaskPayload>),
+    /// A stale queue entry (its job moved on), consumed: try the next one.
+    Stale,
+    /// Nothing queued that the worker can run.
+    Nothing,
+    /// The worker is not registered (or was dropped meanwhile).
+    UnknownWorker,
 }
 
 impl SharedDb {
@@ -40,60 +43,57 @@ impl SharedDb {
         shared: &Arc<Shared>,
         worker_id: &str,
     ) -> Result<Option<rxon::TaskPayload>, EngineError> {
-        let mut attempt = 0;
+        let mut made = 0;
         loop {
-            attempt += 1;
-            match self.try_take(shared, worker_id).await {
-                Err(TakeError::Db(DbError::UnreadableJob(id, why))) if attempt < ATTEMPTS => {
-                    self.set_aside(id, &why).await?;
+            made += 1;
+            let took = match self.try_take(shared, worker_id).await {
+                Ok(took) => took,
+                Err(e) => {
+                    self.again(made, e).await?;
+                    continue;
                 }
-                Err(TakeError::Db(e)) if e.is_retryable() && attempt < ATTEMPTS => {
-                    tokio::time::sleep(Duration::from_millis(2 * attempt as u64)).await;
+            };
+            match took {
+                Took::Task(payload) => return Ok(Some(*payload)),
+                Took::Stale => made = 0,
+                Took::Nothing => return Ok(None),
+                Took::UnknownWorker => {
+                    return Err(EngineError::UnknownWorker(worker_id.to_string()));
                 }
-                Err(TakeError::Db(e)) => return Err(e.into()),
-                Err(TakeError::Engine(e)) => return Err(e),
-                Ok(Some(Some(payload))) => return Ok(Some(payload)),
-                // A stale entry (the job moved on): take the next one.
-                Ok(Some(None)) => continue,
-                Ok(None) => return Ok(None),
             }
         }
     }
 
-    async fn try_take(
-        &self,
-        shared: &Arc<Shared>,
-        worker_id: &str,
-    ) -> Result<Option<Option<rxon::TaskPayload>>, TakeError> {
+    async fn try_take(&self, shared: &Arc<Shared>, worker_id: &str) -> Result<Took, DbError> {
         let mut client = self.client().await?;
         // The worker's record, and whether a task it can run is queued at
         // all: woken pollers that find the queue empty stop at this one
         // statement instead of a transaction.
         let sql = if self.due_for_touch(worker_id) {
-            "UPDATE workers w SET last_seen = now() WHERE id = $1
-             RETURNING record, EXISTS (SELECT 1 FROM task_queue q WHERE q.task_type IN
-                 (SELECT s->>'name' FROM jsonb_array_elements(w.record->'skills') s))"
+            concat!(
+                "UPDATE workers w SET last_seen = now() WHERE id = $1 RETURNING record, ",
+                queued_for_worker!()
+            )
         } else {
-            "SELECT record, EXISTS (SELECT 1 FROM task_queue q WHERE q.task_type IN
-                 (SELECT s->>'name' FROM jsonb_array_elements(w.record->'skills') s))
-             FROM workers w WHERE id = $1"
+            concat!(
+                "SELECT record, ",
+                queued_for_worker!(),
+                " FROM workers w WHERE id = $1"
+            )
         };
         let row = client
             .query_opt(&client.prepare_cached(sql).await?, &[&worker_id])
-            .await
-            .map_err(DbError::from)?;
+            .await?;
         let Some(row) = row else {
-            return Err(TakeError::Engine(EngineError::UnknownWorker(
-                worker_id.to_string(),
-            )));
+            return Ok(Took::UnknownWorker);
         };
         let stored: StoredWorker =
             serde_json::from_value(row.get(0)).map_err(|e| DbError::Corrupt(e.to_string()))?;
         if stored.status == "offline" || !row.get::<_, bool>(1) {
-            return Ok(None);
+            return Ok(Took::Nothing);
         }
         let skills: Vec<String> = stored.skills.iter().map(|s| s.name.clone()).collect();
-        let tx = client.transaction().await.map_err(DbError::from)?;
+        let tx = client.transaction().await?;
         let Some(mut scratch) = Scratch::claim(
             &tx,
             worker_id,
@@ -103,8 +103,8 @@ impl SharedDb {
         )
         .await?
         else {
-            tx.commit().await.map_err(DbError::from)?;
-            return Ok(None);
+            tx.commit().await?;
+            return Ok(Took::Nothing);
         };
         // The worker expired or left since it was read above (another
         // instance dropped it): undo the claim, so the task stays queued for
@@ -115,19 +115,20 @@ impl SharedDb {
             .get(worker_id)
             .is_some_and(|w| w.status != "offline");
         if !usable {
-            tx.rollback().await.map_err(DbError::from)?;
-            return Err(TakeError::Engine(EngineError::UnknownWorker(
-                worker_id.to_string(),
-            )));
+            tx.rollback().await?;
+            return Ok(Took::UnknownWorker);
         }
         let payload = machine::take_task(shared, &mut scratch.st, worker_id);
         // A stale entry is consumed, not put back.
         scratch.st.queues.clear();
         let applied = scratch.apply(&tx, shared).await?;
-        tx.commit().await.map_err(DbError::from)?;
+        tx.commit().await?;
         drop(client);
         self.committed(shared, applied);
-        Ok(Some(payload))
+        Ok(match payload {
+            Some(payload) => Took::Task(Box::new(payload)),
+            None => Took::Stale,
+        })
     }
 
     /// Whether `worker_id`'s `last_seen` is due to be written (at most once
