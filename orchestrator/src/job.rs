@@ -20,6 +20,8 @@ pub enum JobStatus {
     Running,
     AwaitingRetry,
     WaitingForParallelTasks,
+    /// In a `sleep` state until `wake_at`.
+    Sleeping,
     Finished,
     Failed,
     Quarantined,
@@ -27,12 +29,13 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
-    pub const ALL: [JobStatus; 9] = [
+    pub const ALL: [JobStatus; 10] = [
         Self::Pending,
         Self::WaitingForWorker,
         Self::Running,
         Self::AwaitingRetry,
         Self::WaitingForParallelTasks,
+        Self::Sleeping,
         Self::Finished,
         Self::Failed,
         Self::Quarantined,
@@ -58,6 +61,7 @@ impl JobStatus {
             Self::Running => "running",
             Self::AwaitingRetry => "awaiting_retry",
             Self::WaitingForParallelTasks => "waiting_for_parallel_tasks",
+            Self::Sleeping => "sleeping",
             Self::Finished => "finished",
             Self::Failed => "failed",
             Self::Quarantined => "quarantined",
@@ -235,6 +239,9 @@ pub struct Job {
     pub updated_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
+    /// When a sleeping job (a `sleep` state) goes on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_at: Option<DateTime<Utc>>,
     /// Bumped on every change; storage keeps the highest.
     pub version: u64,
     /// Set once the end-of-job webhook has been queued.

@@ -51,7 +51,7 @@ fn golden_errors() {
         ),
         (
             "[states.a]\nstart = true\n[states.done]\nend = \"finished\"\n",
-            "bp.toml: state `a` has no action: give it one of `end`, `dispatch`, `parallel` or `goto`",
+            "bp.toml: state `a` has no action: give it one of `end`, `dispatch`, `parallel`, `goto` or `sleep`",
         ),
         (
             "[states.a]\nstart = true\nend = \"done\"\n",
@@ -60,6 +60,22 @@ fn golden_errors() {
         (
             "[states.a]\nstart = true\ngoto = [{ when = \"initial.x >\", to = \"done\" }]\n[states.done]\nend = \"finished\"\n",
             "bp.toml: state `a` bad expression `initial.x >`: unexpected end of input",
+        ),
+        (
+            "[states.a]\nstart = true\nsleep = { seconds = 5, until = \"initial.at\", next = \"done\" }\n[states.done]\nend = \"finished\"\n",
+            "bp.toml: state `a` sleep needs exactly one of `seconds` or `until`",
+        ),
+        (
+            "[states.a]\nstart = true\nsleep = { seconds = 5 }\n[states.done]\nend = \"finished\"\n",
+            "bp.toml: not a valid blueprint: line 6 (`sleep = { seconds = 5 }`): missing field `next`",
+        ),
+        (
+            "[states.a]\nstart = true\nsleep = { seconds = 5, next = \"later\" }\n[states.done]\nend = \"finished\"\n",
+            "bp.toml: state `a`: sleep `next` goes to unknown state `later`",
+        ),
+        (
+            "[states.a]\nstart = true\nsleep = { seconds = 1e9, next = \"done\" }\n[states.done]\nend = \"finished\"\n",
+            "bp.toml: state `a` 'sleep.seconds' must be a positive number of seconds, at most 2592000 (30 days); got 1000000000",
         ),
     ];
     for (states, expected) in cases {

@@ -715,3 +715,111 @@ async fn progress_on_a_job_that_ended_is_refused_and_changes_nothing(h: Holder) 
     assert_eq!(after.progress, ended.progress);
     assert_eq!(after.version, ended.version);
 }
+
+const SLEEP_FLOW: &str = r#"
+[states.start]
+start = true
+sleep = { seconds = "initial.secs", next = "work" }
+[states.work]
+dispatch.task = "echo"
+dispatch.on = { success = "done" }
+[states.done]
+end = "finished"
+"#;
+
+const UNTIL_FLOW: &str = r#"
+[states.start]
+start = true
+sleep = { until = "initial.at", next = "done" }
+[states.done]
+end = "finished"
+"#;
+
+on_both!(a_sleep_state_waits_without_a_worker_then_goes_on);
+async fn a_sleep_state_waits_without_a_worker_then_goes_on(h: Holder) {
+    let engine = h.engine(SLEEP_FLOW).await;
+    let id = create(&engine, json!({"secs": 2})).await;
+    let j = job(&engine, id).await;
+    assert_eq!(j.status, JobStatus::Sleeping);
+    assert!(j.wake_at.is_some());
+    let why = engine.waiting_reason(&j).await.unwrap();
+    assert!(why.starts_with("sleeping in state start until "), "{why}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(job(&engine, id).await.status, JobStatus::Sleeping);
+    let j = job_reaches(
+        &engine,
+        id,
+        JobStatus::WaitingForWorker,
+        h.pick(Duration::from_secs(1), Duration::from_secs(3)),
+    )
+    .await;
+    assert_eq!(j.status, JobStatus::WaitingForWorker);
+    assert_eq!(j.current_state, "work");
+    assert!(j.wake_at.is_none());
+    register(&engine, "w", &["echo"]).await;
+    let task = poll(&engine, "w").await.unwrap();
+    engine
+        .submit_result("w", &success(&task, "success", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(job(&engine, id).await.status, JobStatus::Finished);
+    let history = engine.job_events(id).await.unwrap();
+    let kinds: Vec<&str> = history.iter().map(|e| e.event.as_str()).collect();
+    assert!(kinds.contains(&"sleeping"), "{kinds:?}");
+    assert!(
+        history
+            .iter()
+            .any(|e| e.event == "transition" && e.message.contains("start → work on woken")),
+        "{history:?}"
+    );
+}
+
+on_both!(a_zero_or_past_sleep_goes_on_at_once_and_a_bad_one_fails_the_job);
+async fn a_zero_or_past_sleep_goes_on_at_once_and_a_bad_one_fails_the_job(h: Holder) {
+    let engine = h.engine(SLEEP_FLOW).await;
+    let now = create(&engine, json!({"secs": 0})).await;
+    assert_eq!(job(&engine, now).await.status, JobStatus::WaitingForWorker);
+    for (data, message) in [
+        (
+            json!({"secs": "soon"}),
+            "sleep.seconds must give a number of seconds",
+        ),
+        (
+            json!({"secs": -3}),
+            "'sleep.seconds' must be a positive number",
+        ),
+    ] {
+        let id = create(&engine, data).await;
+        let j = job(&engine, id).await;
+        assert_eq!(j.status, JobStatus::Failed);
+        let e = j.error.unwrap();
+        assert!(e.message.contains(message), "{}", e.message);
+    }
+    let until = h.engine(UNTIL_FLOW).await;
+    let past = create(&until, json!({"at": "2020-01-01T00:00:00Z"})).await;
+    assert_eq!(job(&until, past).await.status, JobStatus::Finished);
+    let soon = (chrono::Utc::now() + chrono::Duration::seconds(60)).to_rfc3339();
+    let later = create(&until, json!({ "at": soon })).await;
+    let j = job(&until, later).await;
+    assert_eq!(j.status, JobStatus::Sleeping);
+    assert_eq!(j.wake_at.unwrap().to_rfc3339(), soon);
+    for (at, message) in [
+        ("tomorrow", "is not an RFC 3339 time"),
+        ("2999-01-01T00:00:00Z", "more than 30 days away"),
+    ] {
+        let id = create(&until, json!({ "at": at })).await;
+        let e = job(&until, id).await.error.unwrap();
+        assert!(e.message.contains(message), "{}", e.message);
+    }
+}
+
+on_both!(a_cancelled_sleeping_job_stays_cancelled_when_its_time_comes);
+async fn a_cancelled_sleeping_job_stays_cancelled_when_its_time_comes(h: Holder) {
+    let engine = h.engine(SLEEP_FLOW).await;
+    let id = create(&engine, json!({"secs": 1})).await;
+    engine.cancel_job(id, "default").await.unwrap();
+    tokio::time::sleep(h.pick(Duration::from_secs(2), Duration::from_secs(2))).await;
+    let j = job(&engine, id).await;
+    assert_eq!(j.status, JobStatus::Cancelled);
+    assert_eq!(j.current_state, "start");
+}

@@ -94,3 +94,50 @@ fn accepted_jobs_survive_a_restart_and_finish() {
         assert!(events.iter().any(|e| e.event == "recovered"), "{events:?}");
     });
 }
+
+const SLEEP_FLOW: &str = r#"
+[states.start]
+start = true
+sleep = { seconds = "initial.secs", next = "done" }
+[states.done]
+end = "finished"
+"#;
+
+/// A sleeping job is stored with its wake-up time: after a restart it
+/// sleeps on to that time (not a fresh full wait), then goes on.
+#[test]
+fn a_sleeping_job_wakes_after_a_restart_at_its_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("orchestrator.db");
+    let (id, wake_at) = {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let storage = Arc::new(SqliteStorage::open(&db).unwrap());
+            let engine =
+                engine_on(SLEEP_FLOW, EngineSettings::default(), Store::Local(storage)).await;
+            let id = create(&engine, json!({"secs": 2})).await;
+            let j = job(&engine, id).await;
+            assert_eq!(j.status, JobStatus::Sleeping);
+            engine.sync_storage().await;
+            (id, j.wake_at.unwrap())
+        })
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let storage = Arc::new(SqliteStorage::open(&db).unwrap());
+        let engine = engine_on(SLEEP_FLOW, EngineSettings::default(), Store::Local(storage)).await;
+        let j = job(&engine, id).await;
+        assert_eq!(j.status, JobStatus::Sleeping);
+        assert_eq!(j.wake_at, Some(wake_at));
+        let j = job_reaches(
+            &engine,
+            id,
+            JobStatus::Finished,
+            std::time::Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(j.status, JobStatus::Finished);
+        // Not before its time.
+        assert!(j.finished_at.unwrap() >= wake_at, "{j:?}");
+    });
+}

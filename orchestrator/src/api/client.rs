@@ -144,6 +144,9 @@ pub struct JobView<'a> {
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// While the job is `sleeping`: when it goes on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wake_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 pub fn view(job: &Job, waiting_reason: Option<String>) -> JobView<'_> {
@@ -171,6 +174,7 @@ pub fn view(job: &Job, waiting_reason: Option<String>) -> JobView<'_> {
         created_at: job.created_at,
         updated_at: job.updated_at,
         finished_at: job.finished_at,
+        wake_at: job.wake_at,
     }
 }
 

@@ -106,6 +106,20 @@ pub enum Action {
         on_failure: Option<String>,
     },
     Goto(Vec<(Option<Expr>, String)>),
+    /// Wait for `seconds` (a number, or an expression giving one) or
+    /// `until` a time (an expression giving RFC 3339), then go to `next`.
+    /// Durable: a timer, no worker.
+    Sleep {
+        wait: SleepFor,
+        next: String,
+    },
+}
+
+/// How long a `sleep` state waits.
+#[derive(Debug)]
+pub enum SleepFor {
+    Seconds(ParamValue),
+    Until(Expr),
 }
 
 #[derive(Debug)]
@@ -158,6 +172,14 @@ impl Blueprint {
                             .join(", "),
                     ),
                     Action::Goto(_) => ("goto", String::new()),
+                    Action::Sleep { wait, .. } => (
+                        "sleep",
+                        match wait {
+                            SleepFor::Seconds(ParamValue::Literal(v)) => format!("{v} s"),
+                            SleepFor::Seconds(ParamValue::Expr(e)) => format!("{} s", e.source()),
+                            SleepFor::Until(e) => format!("until {}", e.source()),
+                        },
+                    ),
                 };
                 serde_json::json!({"name": s.name, "kind": kind, "detail": detail,
                                    "start": s.name == self.start})
@@ -191,6 +213,7 @@ impl Blueprint {
                         edge(&s.name, to, on);
                     }
                 }
+                Action::Sleep { next, .. } => edge(&s.name, next, "woken".into()),
             }
         }
         serde_json::json!({"nodes": nodes, "edges": edges})
@@ -263,16 +286,17 @@ fn compile_state(name: &str, file: &StateFile) -> Result<Action, String> {
         file.dispatch.is_some(),
         file.parallel.is_some(),
         file.goto.is_some(),
+        file.sleep.is_some(),
     ];
     match kinds.iter().filter(|k| **k).count() {
         0 => {
             return Err(
-                "has no action: give it one of `end`, `dispatch`, `parallel` or `goto`".into(),
+                "has no action: give it one of `end`, `dispatch`, `parallel`, `goto` or `sleep`".into(),
             );
         }
         1 => {}
         _ => return Err(
-            "has several actions; give it exactly one of `end`, `dispatch`, `parallel` or `goto`"
+            "has several actions; give it exactly one of `end`, `dispatch`, `parallel`, `goto` or `sleep`"
                 .into(),
         ),
     }
@@ -325,6 +349,26 @@ fn compile_state(name: &str, file: &StateFile) -> Result<Action, String> {
             branches,
             next: p.next.clone(),
             on_failure: p.on_failure.clone(),
+        });
+    }
+    if let Some(sleep) = &file.sleep {
+        let wait = match (&sleep.seconds, &sleep.until) {
+            (Some(seconds), None) => {
+                let seconds = ParamValue::from_toml(seconds)?;
+                if let ParamValue::Literal(v) = &seconds {
+                    let n = v
+                        .as_f64()
+                        .ok_or("sleep.seconds must be a number or an expression")?;
+                    crate::secs::timeout("sleep.seconds", n).map_err(|e| e.to_string())?;
+                }
+                SleepFor::Seconds(seconds)
+            }
+            (None, Some(until)) => SleepFor::Until(Expr::compile(until)?),
+            _ => return Err("sleep needs exactly one of `seconds` or `until`".into()),
+        };
+        return Ok(Action::Sleep {
+            wait,
+            next: sleep.next.clone(),
         });
     }
     let rules = file.goto.as_deref().unwrap_or_default();
@@ -437,6 +481,7 @@ pub fn parse(source: &str, text: &str) -> Result<Blueprint, BlueprintError> {
                 .iter()
                 .map(|(_, to)| ("goto".to_string(), to))
                 .collect(),
+            Action::Sleep { next, .. } => vec![("sleep `next`".to_string(), next)],
             Action::End { .. } => vec![],
         };
         for (what, target) in targets {

@@ -55,6 +55,9 @@ pub struct StateFile {
     /// Go to another state: the first rule whose `when` holds (or has none).
     #[serde(default)]
     pub goto: Option<Vec<GotoFile>>,
+    /// Wait, costing no worker, then go on.
+    #[serde(default)]
+    pub sleep: Option<SleepFile>,
     #[serde(default)]
     pub description: Option<String>,
 }
@@ -126,4 +129,18 @@ pub struct GotoFile {
     #[serde(default)]
     pub when: Option<String>,
     pub to: String,
+}
+
+/// `sleep = { seconds = …, next = "…" }` or `sleep = { until = …, next = "…" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SleepFile {
+    /// How long: a number of seconds, or an expression giving one.
+    #[serde(default)]
+    pub seconds: Option<toml::Value>,
+    /// Until when: an expression giving an RFC 3339 time.
+    #[serde(default)]
+    pub until: Option<String>,
+    /// The state after the sleep.
+    pub next: String,
 }

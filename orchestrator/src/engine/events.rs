@@ -65,6 +65,7 @@ pub enum EventKind {
     RetriesExhausted,
     Transition,
     Progress,
+    Sleeping,
     Recovered,
     Finished,
     Failed,
@@ -73,7 +74,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 16] = [
         Self::Created,
         Self::TaskQueued,
         Self::TaskDispatched,
@@ -84,6 +85,7 @@ impl EventKind {
         Self::RetriesExhausted,
         Self::Transition,
         Self::Progress,
+        Self::Sleeping,
         Self::Recovered,
         Self::Finished,
         Self::Failed,
@@ -108,6 +110,7 @@ impl EventKind {
             Self::RetriesExhausted => "retries_exhausted",
             Self::Transition => "transition",
             Self::Progress => "progress",
+            Self::Sleeping => "sleeping",
             Self::Recovered => "recovered",
             Self::Finished => "finished",
             Self::Failed => "failed",

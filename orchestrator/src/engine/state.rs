@@ -22,6 +22,8 @@ pub enum Timer {
     ResultTimeout { job: Uuid, task_id: String },
     /// Backoff is over: queue the task again.
     Retry { job: Uuid, task_id: String },
+    /// A sleeping job's time is up: it goes on.
+    Wake { job: Uuid },
     /// Drop workers that stopped talking.
     WorkerSweep,
 }

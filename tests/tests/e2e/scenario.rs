@@ -448,3 +448,57 @@ async fn workers_reopen_the_task_channel_after_an_orchestrator_kill() {
     );
     w2.stop();
 }
+
+const NAP_FLOW: &str = r#"
+name = "nap"
+api_endpoint = "/jobs/nap"
+api_version = "v1"
+[states.start]
+start = true
+sleep = { seconds = "initial.secs", next = "echo" }
+[states.echo]
+dispatch.task = "echo_task"
+dispatch.params.message = "'rested'"
+dispatch.params.multiply = 1
+dispatch.on = { success = "done" }
+[states.done]
+end = "finished"
+"#;
+
+/// A `sleep` state with real processes: the job says it sleeps and until
+/// when, survives a kill -9 of the orchestrator while it sleeps, and goes on
+/// to its task after its time, on SQLite and on PostgreSQL.
+#[tokio::test]
+async fn a_sleeping_job_survives_a_kill_and_goes_on_after_its_time() {
+    for mut stack in [Stack::new(), Stack::on_postgres().await] {
+        stack.add_blueprint("nap", NAP_FLOW);
+        stack.start().await;
+        let id = stack.create("/jobs/nap", json!({"secs": 3})).await;
+        let (_, job) = stack.get(&format!("/api/v1/jobs/{id}")).await;
+        assert_eq!(job["status"], "sleeping", "{job}");
+        let wake_at = job["wake_at"].as_str().unwrap().to_string();
+        assert!(
+            job["waiting_reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("sleeping in state start until "),
+            "{job}"
+        );
+        stack.orchestrator.as_mut().unwrap().kill9();
+        stack.start_orchestrator();
+        stack.wait_ready().await;
+        let (_, job) = stack.get(&format!("/api/v1/jobs/{id}")).await;
+        assert_eq!(job["status"], "sleeping", "{job}");
+        assert_eq!(job["wake_at"], wake_at.as_str(), "{job}");
+        let job = stack.finished(&id).await;
+        assert_eq!(job["status"], "finished", "{job}");
+        assert_eq!(job["result"]["processed_message"], "rested", "{job}");
+        let time = |v: &serde_json::Value| {
+            chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap()
+        };
+        let woke = time(&job["state_history"][1]["entered_at"]);
+        let due = time(&serde_json::Value::from(wake_at.as_str()));
+        assert!(woke >= due, "woke at {woke}, due {due}");
+        stack.assert_no_panic();
+    }
+}

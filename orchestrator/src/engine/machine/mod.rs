@@ -156,6 +156,7 @@ pub(crate) fn create(shared: &Shared, st: &mut EngineState, id: Uuid, bp: &Bluep
         created_at: now,
         updated_at: now,
         finished_at: None,
+        wake_at: None,
         version: 0,
         webhook_sent: false,
         retired: false,
@@ -263,6 +264,22 @@ pub(crate) fn advance(
                 };
                 enter_state(job, &to, None, events);
             }
+            Action::Sleep { wait, next } => {
+                let wake_at = match sleep_until(wait, job) {
+                    Ok(at) => at,
+                    Err(e) => {
+                        let msg = format!("state {}: {e}", job.current_state);
+                        return blueprint_error(st, job, &msg, events);
+                    }
+                };
+                let Some(wake_at) = wake_at else {
+                    // No time to wait: on at once.
+                    enter_state(job, next, None, events);
+                    continue;
+                };
+                sleep(st, job, wake_at, events);
+                return;
+            }
             Action::Dispatch { task, .. } => {
                 let ctx = job.expr_context();
                 let params = match eval_params(task, &ctx) {
@@ -349,6 +366,67 @@ pub(crate) fn new_record(task_type: &str, params: Object, branch: Option<String>
         result: None,
         last_error: None,
     }
+}
+
+/// When a job entering a `sleep` state wakes: `None` when that is now or
+/// past (a zero wait, or a time gone by). Bounded like every timeout.
+fn sleep_until(
+    wait: &crate::blueprint::SleepFor,
+    job: &Job,
+) -> Result<Option<chrono::DateTime<Utc>>, String> {
+    let ctx = job.expr_context();
+    let now = Utc::now();
+    let at = match wait {
+        crate::blueprint::SleepFor::Seconds(seconds) => {
+            let value = seconds.eval(&ctx)?;
+            let secs = value.as_f64().ok_or_else(|| {
+                format!("sleep.seconds must give a number of seconds, got {value}")
+            })?;
+            if secs == 0.0 {
+                return Ok(None);
+            }
+            let wait = crate::secs::timeout("sleep.seconds", secs).map_err(|e| e.to_string())?;
+            now + chrono::Duration::from_std(wait).map_err(|e| e.to_string())?
+        }
+        crate::blueprint::SleepFor::Until(until) => {
+            let value = until.eval(&ctx)?;
+            let text = value.as_str().ok_or_else(|| {
+                format!("sleep.until must give an RFC 3339 time (a string), got {value}")
+            })?;
+            let at = chrono::DateTime::parse_from_rfc3339(text)
+                .map_err(|e| format!("sleep.until: {text:?} is not an RFC 3339 time: {e}"))?
+                .with_timezone(&Utc);
+            let longest = chrono::Duration::seconds(crate::secs::MAX_TIMEOUT_SECS as i64);
+            if at - now > longest {
+                return Err(format!(
+                    "sleep.until {text} is more than 30 days away (the longest a job may sleep)"
+                ));
+            }
+            at
+        }
+    };
+    Ok((at > now).then_some(at))
+}
+
+/// Puts `job` to sleep until `wake_at` (a timer; no worker).
+pub(crate) fn sleep(
+    st: &mut EngineState,
+    job: &mut Job,
+    wake_at: chrono::DateTime<Utc>,
+    events: &mut Vec<JobEvent>,
+) {
+    job.status = JobStatus::Sleeping;
+    job.wake_at = Some(wake_at);
+    let wait = (wake_at - Utc::now()).to_std().unwrap_or_default();
+    st.add_timer(Instant::now() + wait, Timer::Wake { job: job.id });
+    events.push(event(
+        EventKind::Sleeping,
+        format!(
+            "sleeping in state {} until {}",
+            job.current_state,
+            wake_at.to_rfc3339()
+        ),
+    ));
 }
 
 pub(crate) fn enter_state(

@@ -83,6 +83,41 @@ pub(crate) fn fire(shared: &Shared, st: &mut EngineState, timer: Timer) {
             }
             put(st, j);
         }
+        Timer::Wake { job } => {
+            let Some(mut j) = take(st, job) else { return };
+            // A job cancelled (or moved on) while it slept stays as it is.
+            if j.status == JobStatus::Sleeping {
+                let mut events = Vec::new();
+                wake(shared, st, &mut j, &mut events);
+                commit(st, &mut j, events, None);
+            }
+            put(st, j);
+        }
+    }
+}
+
+/// A sleeping job's time is up: on to its `sleep` state's `next`.
+fn wake(shared: &Shared, st: &mut EngineState, job: &mut Job, events: &mut Vec<JobEvent>) {
+    job.wake_at = None;
+    job.status = JobStatus::Running;
+    let next = shared.blueprint_of(job).and_then(|bp| {
+        match bp.state(&job.current_state).map(|s| &s.action) {
+            Some(Action::Sleep { next, .. }) => Some(next.clone()),
+            _ => None,
+        }
+    });
+    match next {
+        Some(to) => {
+            enter_state(job, &to, Some("woken"), events);
+            advance(shared, st, job, events);
+        }
+        None => {
+            let msg = format!(
+                "state {} of blueprint {} v{} is not a sleep state any more",
+                job.current_state, job.blueprint, job.blueprint_version
+            );
+            blueprint_error(st, job, &msg, events);
+        }
     }
 }
 
@@ -189,6 +224,14 @@ pub(crate) fn recover(shared: &Shared, st: &mut EngineState, mut job: Job) {
         }
     }
     match job.status {
+        // Its timer again, at the same time (or at once if that passed).
+        JobStatus::Sleeping => match job.wake_at {
+            Some(at) => {
+                let wait = (at - Utc::now()).to_std().unwrap_or_default();
+                st.add_timer(Instant::now() + wait, Timer::Wake { job: job.id });
+            }
+            None => wake(shared, st, &mut job, &mut events),
+        },
         JobStatus::Pending | JobStatus::Running => {
             job.tasks.clear();
             advance(shared, st, &mut job, &mut events);

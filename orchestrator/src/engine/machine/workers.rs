@@ -72,6 +72,13 @@ pub(crate) fn waiting_reason(st: &EngineState, job: &Job) -> Option<String> {
             }
             Some(reasons.join("; "))
         }
+        JobStatus::Sleeping => job.wake_at.map(|at| {
+            format!(
+                "sleeping in state {} until {}",
+                job.current_state,
+                at.to_rfc3339()
+            )
+        }),
         JobStatus::AwaitingRetry => job.tasks.first().map(|t| {
             let last = t
                 .last_error
