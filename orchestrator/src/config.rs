@@ -18,6 +18,7 @@
 //! body_read_timeout_seconds = 60           # most time a request body may take to arrive (then 408)
 //! max_workers = 1000
 //! max_active_jobs_per_client = 10000       # jobs one client may have that have not ended (then 429)
+//! max_transitions_per_job = 100            # state changes a job may take (a runaway loop fails); a create's `max_transitions` may lower it
 //! max_workers_per_token = 256              # worker ids one global or pattern token may register
 //! max_worker_ttl_seconds = 300             # longest liveness a worker's declared heartbeat interval earns
 //! max_skills_per_worker = 1024
@@ -136,6 +137,7 @@ struct FileConfig {
     max_workers: Option<usize>,
     max_workers_per_token: Option<usize>,
     max_active_jobs_per_client: Option<usize>,
+    max_transitions_per_job: Option<usize>,
     max_worker_ttl_seconds: Option<f64>,
     workers_config: Option<PathBuf>,
     max_skills_per_worker: Option<usize>,
@@ -228,6 +230,8 @@ pub struct Config {
     pub max_workers_per_token: usize,
     /// Most jobs one client may have that have not ended.
     pub max_active_jobs_per_client: usize,
+    /// Most state changes one job may take.
+    pub max_transitions_per_job: u32,
     /// Longest liveness a worker's declared heartbeat interval earns.
     pub max_worker_ttl: std::time::Duration,
     /// Webhook egress: hosts or addresses (`127.0.0.1`, `10.0.0.0/8`,
@@ -416,6 +420,12 @@ impl Config {
                 crate::engine::DEFAULT_MAX_ACTIVE_JOBS_PER_CLIENT,
                 1..=100_000_000,
             )?,
+            max_transitions_per_job: bounded(
+                "max_transitions_per_job",
+                file.max_transitions_per_job,
+                crate::engine::DEFAULT_MAX_TRANSITIONS as usize,
+                1..=1_000_000,
+            )? as u32,
             max_worker_ttl: crate::secs::timeout(
                 "max_worker_ttl_seconds",
                 file.max_worker_ttl_seconds

@@ -89,6 +89,38 @@ impl FromStr for JobStatus {
     }
 }
 
+/// What a client may attach to a job besides its data, as avtomatika
+/// clients send them: `metadata` and `security` (opaque objects, passed in
+/// every task payload and returned on the job and in its webhook),
+/// `policy` (`allowed_skills`: the task types the job may dispatch) and
+/// `max_transitions` (its own bound on state changes).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JobOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Object>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub security: Option<Object>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub policy: Option<Object>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_transitions: Option<u32>,
+}
+
+impl JobOptions {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The task types `policy.allowed_skills` allows (`None`: any).
+    pub fn allowed_skills(&self) -> Option<Vec<&str>> {
+        let list = self.policy.as_ref()?.get("allowed_skills")?.as_array()?;
+        Some(list.iter().filter_map(Value::as_str).collect())
+    }
+}
+
 /// Why a job failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobError {
@@ -242,6 +274,10 @@ pub struct Job {
     /// When a sleeping job (a `sleep` state) goes on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wake_at: Option<DateTime<Utc>>,
+    /// The client's options, kept and passed to every task (see
+    /// [`crate::engine::JobOptions`]).
+    #[serde(default, skip_serializing_if = "JobOptions::is_empty")]
+    pub options: JobOptions,
     /// Bumped on every change; storage keeps the highest.
     pub version: u64,
     /// Set once the end-of-job webhook has been queued.

@@ -402,6 +402,38 @@ async fn client_errors_are_json_with_the_right_status() {
             "'dispatch_timeout' must be a positive number of seconds",
         ),
         (
+            Method::POST,
+            "/api/v1/jobs/test",
+            Some(CLIENT),
+            Some(r#"{"initial_data": {}, "metadata": [1]}"#),
+            StatusCode::BAD_REQUEST,
+            "'metadata' must be a JSON object",
+        ),
+        (
+            Method::POST,
+            "/api/v1/jobs/test",
+            Some(CLIENT),
+            Some(r#"{"initial_data": {}, "policy": "strict"}"#),
+            StatusCode::BAD_REQUEST,
+            "'policy' must be a dictionary",
+        ),
+        (
+            Method::POST,
+            "/api/v1/jobs/test",
+            Some(CLIENT),
+            Some(r#"{"initial_data": {}, "policy": {"allowed_skills": []}}"#),
+            StatusCode::BAD_REQUEST,
+            "'policy.allowed_skills' must be a non-empty list of strings",
+        ),
+        (
+            Method::POST,
+            "/api/v1/jobs/test",
+            Some(CLIENT),
+            Some(r#"{"initial_data": {}, "max_transitions": 101}"#),
+            StatusCode::BAD_REQUEST,
+            "'max_transitions' must be an integer between 1 and 100",
+        ),
+        (
             Method::GET,
             "/api/v1/jobs/00000000-0000-0000-0000-000000000000",
             Some(CLIENT),
@@ -821,7 +853,14 @@ async fn a_webhook_reports_the_end_of_the_job() {
 
     assert_eq!(s.register("w1", WORKER_TOKEN).await.0, StatusCode::OK);
     let id = s
-        .create(json!({"initial_data": {"message": "m"}, "webhook_url": hook_url}))
+        .create(json!({
+            "initial_data": {"message": "m"},
+            "webhook_url": hook_url,
+            "metadata": {"tenant": "acme"},
+            "security": {"request_id": "r-1"},
+            "policy": {"allowed_skills": ["echo_task"]},
+            "max_transitions": 10
+        }))
         .await;
     let (_, task) = s
         .worker(
@@ -832,6 +871,20 @@ async fn a_webhook_reports_the_end_of_the_job() {
             None,
         )
         .await;
+    // The job's options travel with its task, as avtomatika sends them.
+    assert_eq!(task["metadata"], json!({"tenant": "acme"}));
+    assert_eq!(task["security"], json!({"request_id": "r-1"}));
+    assert_eq!(task["policy"], json!({"allowed_skills": ["echo_task"]}));
+    let (_, job) = s
+        .client(
+            Method::GET,
+            &format!("/api/v1/jobs/{id}"),
+            Some(CLIENT),
+            None,
+        )
+        .await;
+    assert_eq!(job["metadata"], json!({"tenant": "acme"}), "{job}");
+    assert_eq!(job["max_transitions"], 10, "{job}");
     let result = json!({"job_id": id, "task_id": task["task_id"], "status": "failure", "error": {"code": "INVALID_INPUT_ERROR", "message": "no"}});
     s.worker(
         Method::POST,
@@ -847,6 +900,8 @@ async fn a_webhook_reports_the_end_of_the_job() {
         .unwrap();
     assert_eq!(body["event"], "job_failed");
     assert_eq!(body["job_id"], id);
+    assert_eq!(body["metadata"], json!({"tenant": "acme"}));
+    assert_eq!(body["security"], json!({"request_id": "r-1"}));
     assert_eq!(body["current_state"], "failed");
     assert_eq!(
         body["error"],

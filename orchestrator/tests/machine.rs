@@ -823,3 +823,72 @@ async fn a_cancelled_sleeping_job_stays_cancelled_when_its_time_comes(h: Holder)
     assert_eq!(j.status, JobStatus::Cancelled);
     assert_eq!(j.current_state, "start");
 }
+
+const LOOP_FLOW: &str = r#"
+[states.start]
+start = true
+goto = [{ to = "again" }]
+[states.again]
+goto = [{ when = "initial.forever", to = "start" }, { to = "work" }]
+[states.work]
+dispatch.task = "echo"
+dispatch.on = { success = "done" }
+[states.done]
+end = "finished"
+"#;
+
+on_both!(a_jobs_own_options_bound_its_transitions_and_the_skills_it_may_dispatch);
+async fn a_jobs_own_options_bound_its_transitions_and_the_skills_it_may_dispatch(h: Holder) {
+    let engine = h.engine(LOOP_FLOW).await;
+    let with = |data: serde_json::Value, options: serde_json::Value| {
+        let engine = engine.clone();
+        async move {
+            engine
+                .create_job(orchestrator::engine::NewJob {
+                    blueprint: "flow".into(),
+                    owner: "default".into(),
+                    initial_data: data.as_object().unwrap().clone(),
+                    options: serde_json::from_value(options).unwrap(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+        }
+    };
+    // A loop stops at the job's own bound, below the engine's.
+    let looping = with(json!({"forever": true}), json!({"max_transitions": 5})).await;
+    let j = job(&engine, looping).await;
+    assert_eq!(j.status, JobStatus::Failed);
+    let e = j.error.unwrap();
+    assert!(
+        e.message.contains("more than 5 transitions"),
+        "{}",
+        e.message
+    );
+    // A skill outside the job's policy fails it at dispatch, naming both.
+    let barred = with(json!({}), json!({"policy": {"allowed_skills": ["other"]}})).await;
+    let e = job(&engine, barred).await.error.unwrap();
+    assert_eq!(e.code, "POLICY_VIOLATION");
+    assert!(
+        e.message.contains("state work dispatches task type echo") && e.message.contains("other"),
+        "{}",
+        e.message
+    );
+    // An allowed one runs, and its payload carries the job's options.
+    let allowed = with(
+        json!({}),
+        json!({"policy": {"allowed_skills": ["echo"]}, "metadata": {"k": 1}}),
+    )
+    .await;
+    register(&engine, "w", &["echo"]).await;
+    let task = poll(&engine, "w").await.unwrap();
+    assert_eq!(task.job_id, allowed.to_string());
+    assert_eq!(
+        serde_json::Value::Object(task.metadata.unwrap()),
+        json!({"k": 1})
+    );
+    assert_eq!(
+        serde_json::Value::Object(task.policy.unwrap()),
+        json!({"allowed_skills": ["echo"]})
+    );
+}

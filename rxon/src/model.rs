@@ -135,6 +135,14 @@ pub struct TaskPayload {
     pub timestamp: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sig: Option<String>,
+    /// The job's `metadata`, `security` and `policy`, as its client gave
+    /// them (not covered by `sig`'s exclusions except `security`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Object>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<Object>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Object>,
 }
 
 /// `error` of a failed task.

@@ -16,7 +16,7 @@ use super::session::Caller;
 use super::{AppState, body};
 use crate::blueprint::Blueprint;
 use crate::engine::{EngineError, NewJob};
-use crate::job::{Job, JobError, JobStatus, Object, StateVisit};
+use crate::job::{Job, JobError, JobOptions, JobStatus, Object, StateVisit};
 use crate::storage::{JobCursor, JobFilter};
 
 /// Largest poll answer serialized under the engine's lock (see [`get_job`]).
@@ -44,7 +44,14 @@ pub async fn create_job(
     let wait = crate::secs::wait_query("wait", wait, MAX_JOB_WAIT).map_err(ApiError::BadRequest)?;
     let raw = body::read(raw, state.max_body).await?;
     let body = body::json_object(&raw)?.unwrap_or_default();
-    let new = parse_create(body, &blueprint.name, owner.clone(), state.engine.egress())?;
+    let max_transitions = state.engine.settings().max_transitions;
+    let new = parse_create(
+        body,
+        &blueprint.name,
+        owner.clone(),
+        state.engine.egress(),
+        max_transitions,
+    )?;
     let id = state.engine.create_job(new).await?;
     if let Some(wait) = wait.filter(|w| !w.is_zero()) {
         state.engine.wait_for_job(id, wait).await;
@@ -66,6 +73,7 @@ fn parse_create(
     blueprint: &str,
     owner: String,
     egress: &crate::egress::EgressPolicy,
+    max_transitions: u32,
 ) -> Result<NewJob, ApiError> {
     let structured = body.contains_key("initial_data");
     let mut new = NewJob {
@@ -89,6 +97,7 @@ fn parse_create(
     let seconds = |name: &str, v: Option<Value>| -> Result<Option<f64>, ApiError> {
         crate::secs::timeout_json(name, v.as_ref()).map_err(|e| ApiError::BadRequest(e.to_string()))
     };
+    new.options = parse_options(&mut body, max_transitions)?;
     new.dispatch_timeout = seconds("dispatch_timeout", body.remove("dispatch_timeout"))?;
     new.result_timeout = seconds("result_timeout", body.remove("result_timeout"))?;
     new.webhook_url = match body.remove("webhook_url") {
@@ -104,6 +113,74 @@ fn parse_create(
         }
     };
     Ok(new)
+}
+
+/// Most bytes of a job's `policy` as JSON (avtomatika's
+/// `MAX_POLICY_SIZE_BYTES`).
+pub const MAX_POLICY_BYTES: usize = 4096;
+
+/// The job options of a structured create body (`metadata`, `security`,
+/// `policy`, `max_transitions`), checked as avtomatika checks them.
+fn parse_options(given: &mut Object, max_transitions: u32) -> Result<JobOptions, ApiError> {
+    let object = |name: &str, v: Option<Value>| -> Result<Option<Object>, ApiError> {
+        match v {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Object(o)) => Ok(Some(o)),
+            Some(_) => Err(ApiError::BadRequest(format!(
+                "'{name}' must be a JSON object"
+            ))),
+        }
+    };
+    let metadata = object("metadata", given.remove("metadata"))?;
+    let security = object("security", given.remove("security"))?;
+    let policy = match given.remove("policy") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(p)) => {
+            let size = serde_json::to_string(&p)
+                .map(|s| s.len())
+                .unwrap_or(usize::MAX);
+            if size > MAX_POLICY_BYTES {
+                return Err(ApiError::BadRequest(format!(
+                    "'policy' is {size} bytes as JSON; at most {MAX_POLICY_BYTES} are accepted"
+                )));
+            }
+            if let Some(skills) = p.get("allowed_skills") {
+                let ok = skills.as_array().is_some_and(|list| {
+                    !list.is_empty()
+                        && list
+                            .iter()
+                            .all(|s| s.as_str().is_some_and(|s| !s.is_empty()))
+                });
+                if !ok {
+                    return Err(ApiError::BadRequest(
+                        "'policy.allowed_skills' must be a non-empty list of strings".into(),
+                    ));
+                }
+            }
+            Some(p)
+        }
+        Some(_) => return Err(ApiError::BadRequest("'policy' must be a dictionary".into())),
+    };
+    let max_transitions = match given.remove("max_transitions") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v
+            .as_u64()
+            .filter(|n| (1..=u64::from(max_transitions)).contains(n))
+        {
+            Some(n) => Some(n as u32),
+            None => {
+                return Err(ApiError::BadRequest(format!(
+                    "'max_transitions' must be an integer between 1 and {max_transitions}"
+                )));
+            }
+        },
+    };
+    Ok(JobOptions {
+        metadata,
+        security,
+        policy,
+        max_transitions,
+    })
 }
 
 /// A job as clients see it, borrowed from the job (a poll answered from
@@ -147,6 +224,9 @@ pub struct JobView<'a> {
     /// While the job is `sleeping`: when it goes on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wake_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// `metadata`, `security`, `policy`, `max_transitions`, as created.
+    #[serde(flatten)]
+    pub options: &'a JobOptions,
 }
 
 pub fn view(job: &Job, waiting_reason: Option<String>) -> JobView<'_> {
@@ -175,6 +255,7 @@ pub fn view(job: &Job, waiting_reason: Option<String>) -> JobView<'_> {
         updated_at: job.updated_at,
         finished_at: job.finished_at,
         wake_at: job.wake_at,
+        options: &job.options,
     }
 }
 

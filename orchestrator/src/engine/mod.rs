@@ -50,9 +50,9 @@ pub use error::EngineError;
 pub use events::{EventKind, JobUpdate, MAX_EVENT_TEXT};
 pub(crate) use events::{event, job_write, task_event};
 pub use settings::{
-    DEFAULT_CHANNEL_GRACE_SECS, DEFAULT_MAX_ACTIVE_JOBS_PER_CLIENT, DEFAULT_MAX_WORKER_TTL_SECS,
-    DEFAULT_WEBHOOK_LEASE_SECS, EngineSettings, MAX_HEARTBEAT_TASKS, MAX_UPDATE_STREAMS,
-    STOPS_BUFFER, TTL_MARGIN, UPDATES_BUFFER,
+    DEFAULT_CHANNEL_GRACE_SECS, DEFAULT_MAX_ACTIVE_JOBS_PER_CLIENT, DEFAULT_MAX_TRANSITIONS,
+    DEFAULT_MAX_WORKER_TTL_SECS, DEFAULT_WEBHOOK_LEASE_SECS, EngineSettings, MAX_HEARTBEAT_TASKS,
+    MAX_UPDATE_STREAMS, STOPS_BUFFER, TTL_MARGIN, UPDATES_BUFFER,
 };
 pub use state::{EngineState, Queued, TaskStop, Timer};
 use workers::WorkerView;
@@ -123,6 +123,7 @@ pub struct NewJob {
     pub webhook_url: Option<String>,
     pub dispatch_timeout: Option<f64>,
     pub result_timeout: Option<f64>,
+    pub options: crate::job::JobOptions,
 }
 
 impl Engine {

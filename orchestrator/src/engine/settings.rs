@@ -2,6 +2,10 @@
 
 use std::time::Duration;
 
+/// State changes a job may take unless configured (avtomatika's
+/// `MAX_TRANSITIONS_PER_JOB`).
+pub const DEFAULT_MAX_TRANSITIONS: u32 = 100;
+
 /// Tunables of the engine.
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
@@ -74,7 +78,7 @@ impl Default for EngineSettings {
             max_webhooks_per_client: 16,
             max_webhooks_per_host: 16,
             max_poll_wait: Duration::from_secs(30),
-            max_transitions: 100,
+            max_transitions: DEFAULT_MAX_TRANSITIONS,
             sweep_interval: Duration::from_secs(1),
             channel_grace: Duration::from_secs(DEFAULT_CHANNEL_GRACE_SECS),
             max_plugin_bytes: crate::registry::DEFAULT_MAX_PLUGIN_BYTES,

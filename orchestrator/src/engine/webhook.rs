@@ -45,6 +45,10 @@ pub struct WebhookBody {
     pub result: Option<std::sync::Arc<Object>>,
     pub error: Option<JobError>,
     pub timestamp: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Object>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub security: Option<Object>,
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +74,8 @@ impl Webhook {
             result: job.result.clone(),
             error: job.error.clone(),
             timestamp: chrono::Utc::now().timestamp(),
+            metadata: job.options.metadata.clone(),
+            security: job.options.security.clone(),
         };
         Self {
             job_id: job.id,

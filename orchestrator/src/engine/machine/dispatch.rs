@@ -170,6 +170,9 @@ pub(crate) fn hand_out(
         step: Some(u64::from(job.transitions) + 1),
         timestamp: Some(now.timestamp()),
         sig: None,
+        metadata: job.options.metadata.clone(),
+        security: job.options.security.clone(),
+        policy: job.options.policy.clone(),
     };
     put(st, job);
     Some(payload)

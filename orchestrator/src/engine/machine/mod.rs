@@ -45,6 +45,21 @@ pub mod own_code {
     pub const CANCELLED: &str = "CANCELLED";
     /// A stored job that cannot run (out-of-range values, unreadable).
     pub const INVALID_JOB: &str = "INVALID_JOB";
+    /// The job's `policy.allowed_skills` does not allow a task its
+    /// blueprint dispatches.
+    pub const POLICY_VIOLATION: &str = "POLICY_VIOLATION";
+}
+
+/// Why the job's policy forbids dispatching `task_type`, if it does.
+fn forbidden(job: &Job, task_type: &str) -> Option<String> {
+    let allowed = job.options.allowed_skills()?;
+    (!allowed.contains(&task_type)).then(|| {
+        format!(
+            "state {} dispatches task type {task_type}, which the job's policy.allowed_skills ({}) does not allow",
+            job.current_state,
+            allowed.join(", ")
+        )
+    })
 }
 
 pub(crate) fn new_task_id() -> String {
@@ -157,6 +172,7 @@ pub(crate) fn create(shared: &Shared, st: &mut EngineState, id: Uuid, bp: &Bluep
         updated_at: now,
         finished_at: None,
         wake_at: None,
+        options: new.options,
         version: 0,
         webhook_sent: false,
         retired: false,
@@ -188,10 +204,14 @@ pub(crate) fn advance(
         return blueprint_error(st, job, &msg, events);
     };
     loop {
-        if job.transitions > shared.settings.max_transitions {
+        let max = job
+            .options
+            .max_transitions
+            .unwrap_or(shared.settings.max_transitions);
+        if job.transitions > max {
             let msg = format!(
-                "the job took more than {} transitions; is there a loop in blueprint {}?",
-                shared.settings.max_transitions, bp.name
+                "the job took more than {max} transitions; is there a loop in blueprint {}?",
+                bp.name
             );
             return blueprint_error(st, job, &msg, events);
         }
@@ -281,6 +301,10 @@ pub(crate) fn advance(
                 return;
             }
             Action::Dispatch { task, .. } => {
+                if let Some(why) = forbidden(job, &task.task_type) {
+                    let code = own_code::POLICY_VIOLATION;
+                    return end_failed(st, job, JobStatus::Failed, code, &why, events);
+                }
                 let ctx = job.expr_context();
                 let params = match eval_params(task, &ctx) {
                     Ok(p) => p,
@@ -302,6 +326,10 @@ pub(crate) fn advance(
                 return;
             }
             Action::Parallel { branches, .. } => {
+                if let Some(why) = branches.values().find_map(|b| forbidden(job, &b.task_type)) {
+                    let code = own_code::POLICY_VIOLATION;
+                    return end_failed(st, job, JobStatus::Failed, code, &why, events);
+                }
                 let ctx = job.expr_context();
                 let mut records = Vec::new();
                 for (name, spec) in branches {
