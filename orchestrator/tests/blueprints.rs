@@ -123,3 +123,14 @@ fn duplicate_endpoints_are_rejected_naming_both_files() {
         "{err}"
     );
 }
+
+#[test]
+fn a_schema_that_is_not_one_stops_the_blueprint_from_loading() {
+    let got = err(&format!(
+        "{HEAD}[input_schema]\ntype = \"nope\"\n[states.a]\nstart = true\nend = \"finished\"\n"
+    ));
+    assert!(
+        got.starts_with("bp.toml: input_schema is not a valid JSON Schema: "),
+        "{got}"
+    );
+}

@@ -892,3 +892,76 @@ async fn a_jobs_own_options_bound_its_transitions_and_the_skills_it_may_dispatch
         json!({"allowed_skills": ["echo"]})
     );
 }
+
+const CONTRACT_FLOW: &str = r#"
+[input_schema]
+type = "object"
+required = ["n"]
+properties.n = { type = "integer", minimum = 1 }
+
+[output_schema]
+type = "object"
+required = ["total"]
+
+[states.start]
+start = true
+dispatch.task = "echo"
+dispatch.params.n = "initial.n"
+dispatch.on = { success = "done" }
+[states.done]
+end = "finished"
+"#;
+
+on_both!(a_blueprints_input_and_output_schemas_are_its_contract);
+async fn a_blueprints_input_and_output_schemas_are_its_contract(h: Holder) {
+    let engine = h.engine(CONTRACT_FLOW).await;
+    let create = |data: serde_json::Value| {
+        let engine = engine.clone();
+        async move {
+            engine
+                .create_job(orchestrator::engine::NewJob {
+                    blueprint: "flow".into(),
+                    owner: "default".into(),
+                    initial_data: data.as_object().unwrap().clone(),
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    // Bad input: refused at create, naming the place; nothing is created.
+    for (data, place) in [
+        (json!({}), "(root)"),
+        (json!({"n": 0}), "/n"),
+        (json!({"n": "three"}), "/n"),
+    ] {
+        let e = create(data).await.unwrap_err().to_string();
+        assert!(
+            e.contains("Input validation failed for blueprint 'flow': ") && e.contains(place),
+            "{e}"
+        );
+    }
+    // Good input runs; a result without `total` breaks the output contract.
+    register(&engine, "w", &["echo"]).await;
+    let bad = create(json!({"n": 2})).await.unwrap();
+    let task = poll(&engine, "w").await.unwrap();
+    engine
+        .submit_result("w", &success(&task, "success", json!({"sum": 3})))
+        .await
+        .unwrap();
+    let j = job(&engine, bad).await;
+    assert_eq!(j.status, JobStatus::Failed);
+    let e = j.error.unwrap();
+    assert_eq!(e.code, "CONTRACT_VIOLATION_ERROR");
+    assert!(
+        e.message.contains("output_schema of blueprint flow") && e.message.contains("total"),
+        "{}",
+        e.message
+    );
+    let good = create(json!({"n": 2})).await.unwrap();
+    let task = poll(&engine, "w").await.unwrap();
+    engine
+        .submit_result("w", &success(&task, "success", json!({"total": 3})))
+        .await
+        .unwrap();
+    assert_eq!(job(&engine, good).await.status, JobStatus::Finished);
+}

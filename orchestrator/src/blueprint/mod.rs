@@ -5,6 +5,7 @@
 //! - this module: the validated, compiled [`Blueprint`] and the loader.
 
 pub mod catalog;
+pub mod contract;
 pub mod expr;
 pub mod model;
 pub mod watch;
@@ -136,6 +137,8 @@ pub struct Blueprint {
     pub api_version: Option<String>,
     pub start: String,
     pub states: BTreeMap<String, State>,
+    /// Its input and output schemas, if it declares them.
+    pub contract: contract::Contract,
     /// Where it was loaded from (for messages).
     pub source: String,
     /// Its number among the versions of its name (1, 2, …; 0 until numbered).
@@ -496,12 +499,24 @@ pub fn parse(source: &str, text: &str) -> Result<Blueprint, BlueprintError> {
         Some(v) => format!("/api/{v}{}", file.api_endpoint),
         None => format!("/api{}", file.api_endpoint),
     };
+    let schema = |what: &str, table: &Option<toml::Table>| {
+        table
+            .as_ref()
+            .map(|t| contract::Schema::compile(what, t))
+            .transpose()
+            .map_err(err)
+    };
+    let contract = contract::Contract {
+        input: schema("input_schema", &file.input_schema)?,
+        output: schema("output_schema", &file.output_schema)?,
+    };
     Ok(Blueprint {
         name: file.name,
         create_path,
         api_version: version,
         start: starts[0].clone(),
         states,
+        contract,
         source: source.to_string(),
         version: 0,
         text: text.to_string(),

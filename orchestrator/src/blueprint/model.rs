@@ -36,6 +36,12 @@ pub struct BlueprintFile {
     pub api_version: Option<String>,
     #[serde(default)]
     pub description: Option<String>,
+    /// JSON Schema of a job's initial data (checked at create: 400).
+    #[serde(default)]
+    pub input_schema: Option<toml::Table>,
+    /// JSON Schema of a finished job's result (checked at a `finished` end).
+    #[serde(default)]
+    pub output_schema: Option<toml::Table>,
     pub states: BTreeMap<String, StateFile>,
 }
 

@@ -254,6 +254,15 @@ impl Engine {
                     .map_err(|e| EngineError::InvalidJob(e.to_string()))?;
             }
         }
+        if let Some(input) = &blueprint.contract.input {
+            let data = serde_json::Value::Object(new.initial_data.clone());
+            input.check(&data).map_err(|e| {
+                EngineError::InvalidJob(format!(
+                    "Input validation failed for blueprint '{}': {e}",
+                    blueprint.name
+                ))
+            })?;
+        }
         // Time-ordered (UUIDv7): jobs created together sit together in the
         // storage's indexes, so a batch of new jobs dirties a few pages
         // instead of one page per job.

@@ -502,3 +502,45 @@ async fn a_sleeping_job_survives_a_kill_and_goes_on_after_its_time() {
         stack.assert_no_panic();
     }
 }
+
+/// A blueprint's input schema, with real processes: a create whose data
+/// breaks it gets 400 naming the place; a good one runs.
+#[tokio::test]
+async fn a_create_that_breaks_the_input_schema_gets_400_naming_the_place() {
+    let mut stack = Stack::new();
+    stack.add_blueprint(
+        "strict",
+        r#"
+name = "strict"
+api_endpoint = "/jobs/strict"
+api_version = "v1"
+[input_schema]
+type = "object"
+required = ["message"]
+properties.message = { type = "string", maxLength = 20 }
+[states.start]
+start = true
+dispatch.task = "echo_task"
+dispatch.params.message = "initial.message"
+dispatch.params.multiply = 1
+dispatch.on = { success = "done" }
+[states.done]
+end = "finished"
+"#,
+    );
+    stack.start().await;
+    let (status, body) = stack
+        .try_create("/jobs/strict", json!({"initial_data": {"message": 7}}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("Input validation failed for blueprint 'strict': /message: "),
+        "{error}"
+    );
+    let id = stack
+        .create("/jobs/strict", json!({"initial_data": {"message": "fine"}}))
+        .await;
+    assert_eq!(stack.finished(&id).await["status"], "finished");
+    stack.assert_no_panic();
+}

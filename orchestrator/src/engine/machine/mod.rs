@@ -224,6 +224,19 @@ pub(crate) fn advance(
         };
         match &state.action {
             Action::End { finished: true } => {
+                if let Some(output) = &bp.contract.output {
+                    let result = serde_json::Value::Object(
+                        job.result.as_deref().cloned().unwrap_or_default(),
+                    );
+                    if let Err(e) = output.check(&result) {
+                        let msg = format!(
+                            "the result does not match the output_schema of blueprint {}: {e}",
+                            bp.name
+                        );
+                        let code = rxon::error_code::CONTRACT_VIOLATION;
+                        return end_failed(st, job, JobStatus::Failed, code, &msg, events);
+                    }
+                }
                 job.status = JobStatus::Finished;
                 job.finished_at = Some(Utc::now());
                 job.error = None;
