@@ -840,23 +840,14 @@ end = "finished"
 on_both!(a_jobs_own_options_bound_its_transitions_and_the_skills_it_may_dispatch);
 async fn a_jobs_own_options_bound_its_transitions_and_the_skills_it_may_dispatch(h: Holder) {
     let engine = h.engine(LOOP_FLOW).await;
-    let with = |data: serde_json::Value, options: serde_json::Value| {
-        let engine = engine.clone();
-        async move {
-            engine
-                .create_job(orchestrator::engine::NewJob {
-                    blueprint: "flow".into(),
-                    owner: "default".into(),
-                    initial_data: data.as_object().unwrap().clone(),
-                    options: serde_json::from_value(options).unwrap(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-        }
-    };
     // A loop stops at the job's own bound, below the engine's.
-    let looping = with(json!({"forever": true}), json!({"max_transitions": 5})).await;
+    let looping = try_create(
+        &engine,
+        json!({"forever": true}),
+        json!({"max_transitions": 5}),
+    )
+    .await
+    .unwrap();
     let j = job(&engine, looping).await;
     assert_eq!(j.status, JobStatus::Failed);
     let e = j.error.unwrap();
@@ -866,7 +857,13 @@ async fn a_jobs_own_options_bound_its_transitions_and_the_skills_it_may_dispatch
         e.message
     );
     // A skill outside the job's policy fails it at dispatch, naming both.
-    let barred = with(json!({}), json!({"policy": {"allowed_skills": ["other"]}})).await;
+    let barred = try_create(
+        &engine,
+        json!({}),
+        json!({"policy": {"allowed_skills": ["other"]}}),
+    )
+    .await
+    .unwrap();
     let e = job(&engine, barred).await.error.unwrap();
     assert_eq!(e.code, "POLICY_VIOLATION");
     assert!(
@@ -875,11 +872,13 @@ async fn a_jobs_own_options_bound_its_transitions_and_the_skills_it_may_dispatch
         e.message
     );
     // An allowed one runs, and its payload carries the job's options.
-    let allowed = with(
+    let allowed = try_create(
+        &engine,
         json!({}),
         json!({"policy": {"allowed_skills": ["echo"]}, "metadata": {"k": 1}}),
     )
-    .await;
+    .await
+    .unwrap();
     register(&engine, "w", &["echo"]).await;
     let task = poll(&engine, "w").await.unwrap();
     assert_eq!(task.job_id, allowed.to_string());
@@ -915,26 +914,16 @@ end = "finished"
 on_both!(a_blueprints_input_and_output_schemas_are_its_contract);
 async fn a_blueprints_input_and_output_schemas_are_its_contract(h: Holder) {
     let engine = h.engine(CONTRACT_FLOW).await;
-    let create = |data: serde_json::Value| {
-        let engine = engine.clone();
-        async move {
-            engine
-                .create_job(orchestrator::engine::NewJob {
-                    blueprint: "flow".into(),
-                    owner: "default".into(),
-                    initial_data: data.as_object().unwrap().clone(),
-                    ..Default::default()
-                })
-                .await
-        }
-    };
     // Bad input: refused at create, naming the place; nothing is created.
     for (data, place) in [
         (json!({}), "(root)"),
         (json!({"n": 0}), "/n"),
         (json!({"n": "three"}), "/n"),
     ] {
-        let e = create(data).await.unwrap_err().to_string();
+        let e = try_create(&engine, data, json!({}))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("Input validation failed for blueprint 'flow': ") && e.contains(place),
             "{e}"
@@ -942,7 +931,7 @@ async fn a_blueprints_input_and_output_schemas_are_its_contract(h: Holder) {
     }
     // Good input runs; a result without `total` breaks the output contract.
     register(&engine, "w", &["echo"]).await;
-    let bad = create(json!({"n": 2})).await.unwrap();
+    let bad = create(&engine, json!({"n": 2})).await;
     let task = poll(&engine, "w").await.unwrap();
     engine
         .submit_result("w", &success(&task, "success", json!({"sum": 3})))
@@ -957,7 +946,7 @@ async fn a_blueprints_input_and_output_schemas_are_its_contract(h: Holder) {
         "{}",
         e.message
     );
-    let good = create(json!({"n": 2})).await.unwrap();
+    let good = create(&engine, json!({"n": 2})).await;
     let task = poll(&engine, "w").await.unwrap();
     engine
         .submit_result("w", &success(&task, "success", json!({"total": 3})))

@@ -153,15 +153,25 @@ pub async fn job_reaches(engine: &Engine, id: Uuid, status: JobStatus, within: D
 }
 
 pub async fn create(engine: &Engine, data: Value) -> Uuid {
+    try_create(engine, data, json!({})).await.unwrap()
+}
+
+/// Creates a `flow` job with `data` and the job options `options`
+/// (`metadata`, `policy`, `max_transitions`, …); the engine's answer.
+pub async fn try_create(
+    engine: &Engine,
+    data: Value,
+    options: Value,
+) -> Result<Uuid, orchestrator::engine::EngineError> {
     engine
         .create_job(NewJob {
             blueprint: "flow".into(),
             owner: "default".into(),
             initial_data: data.as_object().cloned().unwrap_or_default(),
+            options: serde_json::from_value(options).unwrap(),
             ..NewJob::default()
         })
         .await
-        .unwrap()
 }
 
 pub async fn job(engine: &Engine, id: Uuid) -> Job {
