@@ -954,3 +954,44 @@ async fn a_blueprints_input_and_output_schemas_are_its_contract(h: Holder) {
         .unwrap();
     assert_eq!(job(&engine, good).await.status, JobStatus::Finished);
 }
+
+on_both!(params_a_worker_declares_it_cannot_accept_fail_without_reaching_it);
+async fn params_a_worker_declares_it_cannot_accept_fail_without_reaching_it(h: Holder) {
+    let engine = h.engine(ECHO_FLOW).await;
+    let reg: rxon::WorkerRegistration = serde_json::from_value(json!({
+        "worker_id": "w",
+        "worker_type": "test",
+        "supported_skills": [{
+            "name": "echo",
+            "input_schema": {
+                "type": "object",
+                "required": ["n"],
+                "properties": {"n": {"type": "integer"}, "message": {"type": "string"}}
+            }
+        }],
+    }))
+    .unwrap();
+    engine.register_worker(&reg).await.unwrap();
+    let bad = create(&engine, json!({"n": "two"})).await;
+    let good = create(&engine, json!({"n": 3})).await;
+    // The worker is handed the good one; the bad one never reaches it.
+    let task = poll(&engine, "w").await.unwrap();
+    assert_eq!(task.job_id, good.to_string());
+    assert!(poll(&engine, "w").await.is_none());
+    let j = job(&engine, bad).await;
+    assert_eq!(j.status, JobStatus::Failed);
+    assert_eq!(j.current_state, "failed");
+    engine.sync_storage().await;
+    let history = engine.job_events(bad).await.unwrap();
+    let failed = history.iter().find(|e| e.event == "task_failed").unwrap();
+    assert!(
+        failed
+            .message
+            .contains("failed: INVALID_INPUT_ERROR: the params of task")
+            && failed
+                .message
+                .contains("input schema worker w declares for echo: /n: "),
+        "{}",
+        failed.message
+    );
+}

@@ -31,6 +31,7 @@ pub mod persist;
 pub mod retention;
 mod settings;
 pub(crate) mod shared_db;
+mod skill_schemas;
 mod state;
 pub mod webhook;
 pub mod workers;
@@ -79,6 +80,8 @@ pub(crate) struct Shared {
     /// Webhook deliveries per client and per target host.
     pub webhook_clients: Arc<webhook::Lanes>,
     pub webhook_hosts: Arc<webhook::Lanes>,
+    /// Compiled input schemas of the skills workers declare.
+    pub skill_schemas: skill_schemas::SkillSchemas,
 }
 
 impl Shared {
@@ -156,6 +159,7 @@ impl Engine {
             stream_permits: Arc::new(tokio::sync::Semaphore::new(MAX_UPDATE_STREAMS)),
             webhook_clients: webhook::Lanes::new(settings.max_webhooks_per_client),
             webhook_hosts: webhook::Lanes::new(settings.max_webhooks_per_host),
+            skill_schemas: Default::default(),
             webhook_permits: Arc::new(tokio::sync::Semaphore::new(
                 settings.max_concurrent_webhooks.max(1),
             )),

@@ -111,6 +111,36 @@ pub(crate) fn hand_out(
         put(st, job);
         return None;
     };
+    // Params the taking worker's skill cannot accept fail here, without a
+    // round trip to it (the failure path, as for a worker's own
+    // INVALID_INPUT_ERROR).
+    let task_type = &job.tasks[idx].task_type;
+    let schema = st
+        .workers
+        .get(worker_id)
+        .and_then(|w| w.skills.iter().find(|s| &s.name == task_type))
+        .and_then(|s| s.input_schema.as_ref());
+    if let Some(why) =
+        schema.and_then(|schema| shared.skill_schemas.check(schema, &job.tasks[idx].params))
+    {
+        let msg = format!(
+            "the params of task {} do not match the input schema worker {worker_id} declares for {task_type}: {why}",
+            job.tasks[idx].task_id
+        );
+        let mut events = Vec::new();
+        task_failed(
+            shared,
+            st,
+            &mut job,
+            idx,
+            error_code::INVALID_INPUT,
+            &msg,
+            &mut events,
+        );
+        commit(st, &mut job, events, None);
+        put(st, job);
+        return None;
+    }
     let now = Utc::now();
     let spec_timeout = shared
         .blueprint_of(&job)
