@@ -275,7 +275,7 @@ pub struct Job {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wake_at: Option<DateTime<Utc>>,
     /// The client's options, kept and passed to every task (see
-    /// [`crate::engine::JobOptions`]).
+    /// [`JobOptions`]).
     #[serde(default, skip_serializing_if = "JobOptions::is_empty")]
     pub options: JobOptions,
     /// Bumped on every change; storage keeps the highest.

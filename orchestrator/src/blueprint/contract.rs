@@ -1,6 +1,7 @@
-//! A blueprint's contract: JSON Schemas of its input (checked when a job is
-//! created) and of its output (checked when a job reaches a `finished` end
-//! state), compiled once when the blueprint loads.
+//! Contracts as JSON Schemas, compiled once: a blueprint's input (checked
+//! when a job is created) and output (checked when a job reaches a
+//! `finished` end state), compiled when the blueprint loads; and the input
+//! schemas workers declare for their skills (`engine/skill_schemas.rs`).
 
 use std::sync::Arc;
 
@@ -27,8 +28,12 @@ impl Schema {
     /// a blueprint's schemas are self-contained.
     pub fn compile(what: &str, schema: &toml::Table) -> Result<Self, String> {
         let json = serde_json::to_value(schema).map_err(|e| format!("{what}: {e}"))?;
-        let validator = jsonschema::validator_for(&json)
-            .map_err(|e| format!("{what} is not a valid JSON Schema: {e}"))?;
+        Self::from_json(&json).map_err(|e| format!("{what} is not a valid JSON Schema: {e}"))
+    }
+
+    /// Compiles a schema given as JSON.
+    pub fn from_json(schema: &Value) -> Result<Self, String> {
+        let validator = jsonschema::validator_for(schema).map_err(|e| e.to_string())?;
         Ok(Self {
             validator: Arc::new(validator),
         })

@@ -458,8 +458,7 @@ pub(crate) fn sleep(
 ) {
     job.status = JobStatus::Sleeping;
     job.wake_at = Some(wake_at);
-    let wait = (wake_at - Utc::now()).to_std().unwrap_or_default();
-    st.add_timer(Instant::now() + wait, Timer::Wake { job: job.id });
+    arm_wake(st, job.id, wake_at);
     events.push(event(
         EventKind::Sleeping,
         format!(
@@ -468,6 +467,12 @@ pub(crate) fn sleep(
             wake_at.to_rfc3339()
         ),
     ));
+}
+
+/// The timer that wakes sleeping job `job` at `at` (at once if that passed).
+pub(crate) fn arm_wake(st: &mut EngineState, job: Uuid, at: chrono::DateTime<Utc>) {
+    let wait = (at - Utc::now()).to_std().unwrap_or_default();
+    st.add_timer(Instant::now() + wait, Timer::Wake { job });
 }
 
 pub(crate) fn enter_state(

@@ -226,10 +226,7 @@ pub(crate) fn recover(shared: &Shared, st: &mut EngineState, mut job: Job) {
     match job.status {
         // Its timer again, at the same time (or at once if that passed).
         JobStatus::Sleeping => match job.wake_at {
-            Some(at) => {
-                let wait = (at - Utc::now()).to_std().unwrap_or_default();
-                st.add_timer(Instant::now() + wait, Timer::Wake { job: job.id });
-            }
+            Some(at) => arm_wake(st, job.id, at),
             None => wake(shared, st, &mut job, &mut events),
         },
         JobStatus::Pending | JobStatus::Running => {
