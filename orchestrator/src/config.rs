@@ -19,6 +19,8 @@
 //! max_workers = 1000
 //! max_active_jobs_per_client = 10000       # jobs one client may have that have not ended (then 429)
 //! max_transitions_per_job = 100            # state changes a job may take (a runaway loop fails); a create's `max_transitions` may lower it
+//! max_map_items = 10000                    # elements a `map` state's list may have (more fails the job: MAP_LIMIT_EXCEEDED)
+//! max_map_result_bytes = 67108864          # bytes of results one `map` state gathers (more fails the job: MAP_LIMIT_EXCEEDED)
 //! max_workers_per_token = 256              # worker ids one global or pattern token may register
 //! max_worker_ttl_seconds = 300             # longest liveness a worker's declared heartbeat interval earns
 //! max_skills_per_worker = 1024
@@ -138,6 +140,8 @@ struct FileConfig {
     max_workers_per_token: Option<usize>,
     max_active_jobs_per_client: Option<usize>,
     max_transitions_per_job: Option<usize>,
+    max_map_items: Option<usize>,
+    max_map_result_bytes: Option<usize>,
     max_worker_ttl_seconds: Option<f64>,
     workers_config: Option<PathBuf>,
     max_skills_per_worker: Option<usize>,
@@ -232,6 +236,10 @@ pub struct Config {
     pub max_active_jobs_per_client: usize,
     /// Most state changes one job may take.
     pub max_transitions_per_job: u32,
+    /// Most elements of a `map` state's list.
+    pub max_map_items: usize,
+    /// Most bytes of results one `map` state gathers.
+    pub max_map_result_bytes: u64,
     /// Longest liveness a worker's declared heartbeat interval earns.
     pub max_worker_ttl: std::time::Duration,
     /// Webhook egress: hosts or addresses (`127.0.0.1`, `10.0.0.0/8`,
@@ -426,6 +434,18 @@ impl Config {
                 crate::engine::DEFAULT_MAX_TRANSITIONS as usize,
                 1..=1_000_000,
             )? as u32,
+            max_map_items: bounded(
+                "max_map_items",
+                file.max_map_items,
+                crate::engine::DEFAULT_MAX_MAP_ITEMS,
+                1..=1_000_000,
+            )?,
+            max_map_result_bytes: bounded(
+                "max_map_result_bytes",
+                file.max_map_result_bytes,
+                crate::engine::DEFAULT_MAX_MAP_RESULT_BYTES as usize,
+                1024..=(16 << 30),
+            )? as u64,
             max_worker_ttl: crate::secs::timeout(
                 "max_worker_ttl_seconds",
                 file.max_worker_ttl_seconds

@@ -121,6 +121,33 @@ impl JobOptions {
     }
 }
 
+/// A `map` state under way: its list, what is dispatched, what came back.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MapRun {
+    /// The list, as `over` gave it on entering the state.
+    pub items: Vec<Value>,
+    /// Index of the next element to dispatch.
+    pub next: u32,
+    /// Elements done (succeeded or failed for good).
+    pub done: u32,
+    /// Each element's result, in input order (`null` until it succeeds).
+    pub results: Vec<Value>,
+    /// Elements that failed for good.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<MapFailure>,
+    /// Bytes of the results collected so far (bounded per job).
+    #[serde(default)]
+    pub result_bytes: u64,
+}
+
+/// An element of a `map` that failed for good.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MapFailure {
+    pub index: u32,
+    pub code: String,
+    pub message: String,
+}
+
 /// Why a job failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobError {
@@ -137,6 +164,9 @@ pub struct TaskRecord {
     /// Parallel branch name; `None` for a plain dispatch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub branch: Option<String>,
+    /// Position of its element in a `map` state's list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
     /// 1 for the first attempt.
     pub attempt: u32,
     /// The worker that took it.
@@ -274,6 +304,9 @@ pub struct Job {
     /// When a sleeping job (a `sleep` state) goes on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wake_at: Option<DateTime<Utc>>,
+    /// Progress of the `map` state the job is in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<Box<MapRun>>,
     /// The client's options, kept and passed to every task (see
     /// [`JobOptions`]).
     #[serde(default, skip_serializing_if = "JobOptions::is_empty")]

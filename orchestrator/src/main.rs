@@ -56,6 +56,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         max_worker_ttl: config.max_worker_ttl,
         max_active_jobs_per_client: config.max_active_jobs_per_client,
         max_transitions: config.max_transitions_per_job,
+        max_map_items: config.max_map_items,
+        max_map_result_bytes: config.max_map_result_bytes,
         max_skills_per_worker: config.max_skills_per_worker,
         webhook_allowed_hosts: config.webhook_allowed_hosts.clone(),
         max_concurrent_webhooks: config.max_concurrent_webhooks,

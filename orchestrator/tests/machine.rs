@@ -995,3 +995,258 @@ async fn params_a_worker_declares_it_cannot_accept_fail_without_reaching_it(h: H
         failed.message
     );
 }
+
+const MAP_FLOW: &str = r#"
+[states.each]
+start = true
+map.over = "initial.words"
+map.task = "echo"
+map.params.word = "item"
+map.params.at = "index"
+map.params.tag = "initial.tag | default('t')"
+map.max_in_flight = 2
+map.on_item_failure = "continue"
+map.next = "check"
+[states.check]
+goto = [{ when = "results.each.failures | length > 0", to = "partial" }, { to = "done" }]
+[states.done]
+end = "finished"
+[states.partial]
+end = "finished"
+"#;
+
+on_both!(a_map_runs_one_task_per_element_at_most_max_in_flight_and_keeps_input_order);
+async fn a_map_runs_one_task_per_element_at_most_max_in_flight_and_keeps_input_order(h: Holder) {
+    let engine = h.engine(MAP_FLOW).await;
+    register(&engine, "w1", &["echo"]).await;
+    let id = create(&engine, json!({"words": ["a", "b", "c", "d", "e"]})).await;
+    assert_eq!(
+        job(&engine, id).await.status,
+        JobStatus::WaitingForParallelTasks
+    );
+    // Two out at once, no more.
+    let first = poll(&engine, "w1").await.unwrap();
+    let second = poll(&engine, "w1").await.unwrap();
+    assert!(poll(&engine, "w1").await.is_none(), "a third in flight");
+    assert_eq!(
+        serde_json::Value::Object(first.params.clone()),
+        json!({"word": "a", "at": 0, "tag": "t"})
+    );
+    assert_eq!(second.params["word"], "b");
+    // Results out of order still land in input order.
+    let r = engine
+        .submit_result("w1", &success(&second, "success", json!({"up": "B"})))
+        .await
+        .unwrap();
+    assert_eq!(r.transition.as_deref(), Some("map_element_accepted"));
+    let mut out = vec![first];
+    while let Some(task) = out.pop() {
+        let word = task.params["word"].as_str().unwrap().to_uppercase();
+        engine
+            .submit_result("w1", &success(&task, "success", json!({"up": word})))
+            .await
+            .unwrap();
+        out.extend(poll(&engine, "w1").await);
+        out.extend(poll(&engine, "w1").await);
+        assert!(out.len() <= 2, "more than max_in_flight out");
+    }
+    let j = job(&engine, id).await;
+    assert_eq!(
+        (j.status, j.current_state.as_str()),
+        (JobStatus::Finished, "done")
+    );
+    let ups: Vec<_> = ["A", "B", "C", "D", "E"]
+        .iter()
+        .map(|u| json!({"up": u}))
+        .collect();
+    assert_eq!(j.results["each"], json!({"items": ups, "failures": []}));
+    assert!(j.map.is_none() && j.tasks.is_empty());
+}
+
+on_both!(a_map_that_continues_lists_its_failed_elements);
+async fn a_map_that_continues_lists_its_failed_elements(h: Holder) {
+    let engine = h.engine(MAP_FLOW).await;
+    register(&engine, "w1", &["echo"]).await;
+    let id = create(&engine, json!({"words": ["ok", "bad", "ok2"]})).await;
+    let a = poll(&engine, "w1").await.unwrap();
+    let b = poll(&engine, "w1").await.unwrap();
+    engine
+        .submit_result("w1", &failure(&b, "INVALID_INPUT_ERROR", "not a word"))
+        .await
+        .unwrap();
+    engine
+        .submit_result("w1", &success(&a, "success", json!({"n": 0})))
+        .await
+        .unwrap();
+    let c = poll(&engine, "w1").await.unwrap();
+    assert_eq!(c.params["at"], 2);
+    engine
+        .submit_result("w1", &success(&c, "success", json!({"n": 2})))
+        .await
+        .unwrap();
+    let j = job(&engine, id).await;
+    assert_eq!(
+        (j.status, j.current_state.as_str()),
+        (JobStatus::Finished, "partial")
+    );
+    assert_eq!(
+        j.results["each"],
+        json!({"items": [{"n": 0}, null, {"n": 2}],
+               "failures": [{"index": 1, "code": "INVALID_INPUT_ERROR", "message": "not a word"}]})
+    );
+}
+
+on_both!(a_fail_fast_map_stops_at_the_first_element_that_fails_for_good);
+async fn a_fail_fast_map_stops_at_the_first_element_that_fails_for_good(h: Holder) {
+    let fail_fast = MAP_FLOW
+        .replace(
+            "map.on_item_failure = \"continue\"",
+            "map.on_failure = \"stopped\"",
+        )
+        .replace(
+            "[states.done]",
+            "[states.stopped]\nend = \"failed\"\n[states.done]",
+        );
+    let engine = h.engine(&fail_fast).await;
+    register(&engine, "w2", &["echo"]).await;
+    let id = create(&engine, json!({"words": ["x", "y", "z"]})).await;
+    let x = poll(&engine, "w2").await.unwrap();
+    let _y = poll(&engine, "w2").await.unwrap();
+    engine
+        .submit_result("w2", &failure(&x, "INVALID_INPUT_ERROR", "no x"))
+        .await
+        .unwrap();
+    let j = job(&engine, id).await;
+    assert_eq!(
+        (j.status, j.current_state.as_str()),
+        (JobStatus::Failed, "stopped")
+    );
+    assert!(
+        poll(&engine, "w2").await.is_none(),
+        "z dispatched after the failure"
+    );
+}
+
+on_both!(a_map_over_nothing_goes_on_and_a_bad_or_long_list_fails_clearly);
+async fn a_map_over_nothing_goes_on_and_a_bad_or_long_list_fails_clearly(h: Holder) {
+    let settings = EngineSettings {
+        max_map_items: 3,
+        ..EngineSettings::default()
+    };
+    let engine = h.engine_with(MAP_FLOW, settings).await;
+    let empty = create(&engine, json!({"words": []})).await;
+    let j = job(&engine, empty).await;
+    assert_eq!(
+        (j.status, j.current_state.as_str()),
+        (JobStatus::Finished, "done")
+    );
+    assert_eq!(j.results["each"], json!({"items": [], "failures": []}));
+
+    let not_list = create(&engine, json!({"words": "abc"})).await;
+    let e = job(&engine, not_list).await.error.unwrap();
+    assert_eq!(e.code, "BLUEPRINT_ERROR");
+    assert!(e.message.contains("must give a list"), "{}", e.message);
+
+    let long = create(&engine, json!({"words": [1, 2, 3, 4]})).await;
+    let e = job(&engine, long).await.error.unwrap();
+    assert_eq!(e.code, "MAP_LIMIT_EXCEEDED");
+    assert!(
+        e.message.contains("4 elements") && e.message.contains("max_map_items"),
+        "{}",
+        e.message
+    );
+}
+
+const EVENT_FLOW: &str = r#"
+[states.start]
+start = true
+dispatch.task = "echo"
+dispatch.on = { success = "slow" }
+dispatch.events = { ready = "early" }
+[states.early]
+goto = [{ when = "results.start.score > 5", to = "high" }, { to = "low" }]
+[states.high]
+end = "finished"
+[states.low]
+end = "finished"
+[states.slow]
+end = "finished"
+"#;
+
+fn worker_event(
+    id: uuid::Uuid,
+    task_id: &str,
+    kind: &str,
+    payload: serde_json::Value,
+) -> rxon::WorkerEventPayload {
+    serde_json::from_value(json!({
+        "event_id": uuid::Uuid::new_v4().to_string(), "worker_id": "w1", "origin_worker_id": "w1",
+        "event_type": kind, "payload": payload,
+        "target_job_id": id.to_string(), "target_task_id": task_id,
+    }))
+    .unwrap()
+}
+
+on_both!(a_mapped_worker_event_moves_the_job_before_its_task_ends);
+async fn a_mapped_worker_event_moves_the_job_before_its_task_ends(h: Holder) {
+    let engine = h.engine(EVENT_FLOW).await;
+    register(&engine, "w1", &["echo"]).await;
+    let id = create(&engine, json!({})).await;
+    let task = poll(&engine, "w1").await.unwrap();
+    // An event the state does not map is history, nothing more.
+    engine
+        .worker_event(
+            "w1",
+            &worker_event(id, &task.task_id, "note", json!({"n": 1})),
+        )
+        .await
+        .unwrap();
+    let j = job(&engine, id).await;
+    assert_eq!(j.status, JobStatus::WaitingForWorker);
+    // A mapped event about another task (an old attempt) moves nothing.
+    engine
+        .worker_event(
+            "w1",
+            &worker_event(id, "task-old", "ready", json!({"score": 1})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(job(&engine, id).await.status, JobStatus::WaitingForWorker);
+    // The running task's mapped event moves the job on with its payload.
+    engine
+        .worker_event(
+            "w1",
+            &worker_event(id, &task.task_id, "ready", json!({"score": 9})),
+        )
+        .await
+        .unwrap();
+    let j = job(&engine, id).await;
+    assert_eq!(
+        (j.status, j.current_state.as_str()),
+        (JobStatus::Finished, "high")
+    );
+    assert_eq!(j.results["start"], json!({"score": 9}));
+    assert_eq!(j.state_history[0].outcome.as_deref(), Some("event ready"));
+    // The task's own result comes too late.
+    let r = engine
+        .submit_result("w1", &success(&task, "success", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(r.status, "ignored");
+    engine.sync_storage().await;
+    let history = engine.job_events(id).await.unwrap();
+    let kinds: Vec<&str> = history.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "worker_event").count(),
+        3,
+        "{kinds:?}"
+    );
+    assert!(
+        history
+            .iter()
+            .any(|e| e.event == "worker_event" && e.message.contains("event note")),
+        "{history:?}"
+    );
+    // The worker's slot was given back when the event moved the job.
+    assert!(engine.workers().await[0].in_flight_tasks.is_empty());
+}

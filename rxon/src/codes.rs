@@ -30,6 +30,9 @@ pub mod status {
     pub const CANCELLED: &str = "cancelled";
 }
 
+/// The worker event type of a progress report (`{"progress", "message"}`).
+pub const EVENT_PROGRESS: &str = "progress";
+
 /// The outcomes of a task with a fixed meaning: the statuses above and the
 /// error codes (the closed set metrics label task outcomes with).
 pub const FIXED_OUTCOMES: &[&str] = &[

@@ -224,9 +224,25 @@ pub struct JobView<'a> {
     /// While the job is `sleeping`: when it goes on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wake_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// While the job is in a `map` state: how far it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub map: Option<MapProgress>,
     /// `metadata`, `security`, `policy`, `max_transitions`, as created.
     #[serde(flatten)]
     pub options: &'a JobOptions,
+}
+
+/// A `map` state under way, as a job shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MapProgress {
+    /// Elements in the list.
+    pub total: usize,
+    /// Elements done (succeeded or failed for good).
+    pub done: u32,
+    /// Element tasks queued or running now.
+    pub in_flight: usize,
+    /// Elements that failed for good.
+    pub failed: usize,
 }
 
 pub fn view(job: &Job, waiting_reason: Option<String>) -> JobView<'_> {
@@ -255,6 +271,12 @@ pub fn view(job: &Job, waiting_reason: Option<String>) -> JobView<'_> {
         updated_at: job.updated_at,
         finished_at: job.finished_at,
         wake_at: job.wake_at,
+        map: job.map.as_deref().map(|m| MapProgress {
+            total: m.items.len(),
+            done: m.done,
+            in_flight: job.tasks.len(),
+            failed: m.failures.len(),
+        }),
         options: &job.options,
     }
 }

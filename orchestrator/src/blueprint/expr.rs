@@ -3,7 +3,8 @@
 //! The context of every expression is `{initial, results, last}`:
 //! `initial` is the job's initial data, `results.<state>` the data returned by
 //! that state's task (for a parallel state, `results.<state>.<branch>`), and
-//! `last` the data of the most recent task.
+//! `last` the data of the most recent task. A `map` state's params also see
+//! `item` (the element) and `index` (its position, from 0).
 
 use std::sync::LazyLock;
 
@@ -27,6 +28,11 @@ pub fn context(
         results => results,
         last => last.unwrap_or(&empty),
     }
+}
+
+/// `ctx` with a `map` element: `item` and its `index`.
+pub fn with_item(ctx: &Context, item: &Value, index: u32) -> Context {
+    minijinja::context! { item => item, index => index, ..ctx.clone() }
 }
 
 static ENV: LazyLock<Environment<'static>> = LazyLock::new(|| {

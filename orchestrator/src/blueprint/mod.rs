@@ -100,12 +100,16 @@ pub enum Action {
         task: TaskSpec,
         /// Result status → next state.
         on: BTreeMap<String, String>,
+        /// Worker event type → next state.
+        events: BTreeMap<String, String>,
     },
     Parallel {
         branches: BTreeMap<String, TaskSpec>,
         next: String,
         on_failure: Option<String>,
     },
+    /// One task per element of the list `over` gives (see [`MapSpec`]).
+    Map(MapSpec),
     Goto(Vec<(Option<Expr>, String)>),
     /// Wait for `seconds` (a number, or an expression giving one) or
     /// `until` a time (an expression giving RFC 3339), then go to `next`.
@@ -114,6 +118,25 @@ pub enum Action {
         wait: SleepFor,
         next: String,
     },
+}
+
+/// Default of `map.max_in_flight`.
+pub const DEFAULT_MAP_IN_FLIGHT: u32 = 10;
+/// Largest `map.max_in_flight`.
+pub const MAX_MAP_IN_FLIGHT: u32 = 1000;
+
+/// A `map` state: one task per element of a list.
+#[derive(Debug)]
+pub struct MapSpec {
+    /// Gives the list.
+    pub over: Expr,
+    /// Each element's task; its params see `item` and `index`.
+    pub task: TaskSpec,
+    pub max_in_flight: u32,
+    /// The first element failing for good ends the map (else all run).
+    pub fail_fast: bool,
+    pub next: String,
+    pub on_failure: Option<String>,
 }
 
 /// How long a `sleep` state waits.
@@ -174,6 +197,10 @@ impl Blueprint {
                             .collect::<Vec<_>>()
                             .join(", "),
                     ),
+                    Action::Map(m) => (
+                        "map",
+                        format!("{} over {}", m.task.task_type, m.over.source()),
+                    ),
                     Action::Goto(_) => ("goto", String::new()),
                     Action::Sleep { wait, .. } => (
                         "sleep",
@@ -195,9 +222,12 @@ impl Blueprint {
         for s in self.states.values() {
             match &s.action {
                 Action::End { .. } => {}
-                Action::Dispatch { on, .. } => {
+                Action::Dispatch { on, events, .. } => {
                     for (status, to) in on {
                         edge(&s.name, to, status.clone());
+                    }
+                    for (name, to) in events {
+                        edge(&s.name, to, format!("event {name}"));
                     }
                 }
                 Action::Parallel {
@@ -205,6 +235,12 @@ impl Blueprint {
                 } => {
                     edge(&s.name, next, "all succeeded".into());
                     if let Some(to) = on_failure {
+                        edge(&s.name, to, "failure".into());
+                    }
+                }
+                Action::Map(m) => {
+                    edge(&s.name, &m.next, "all done".into());
+                    if let Some(to) = &m.on_failure {
                         edge(&s.name, to, "failure".into());
                     }
                 }
@@ -232,6 +268,9 @@ impl Blueprint {
                 }
                 Action::Parallel { branches, .. } => {
                     out.extend(branches.values().map(|t| t.task_type.as_str()))
+                }
+                Action::Map(m) => {
+                    out.insert(m.task.task_type.as_str());
                 }
                 _ => {}
             }
@@ -288,18 +327,19 @@ fn compile_state(name: &str, file: &StateFile) -> Result<Action, String> {
         file.end.is_some(),
         file.dispatch.is_some(),
         file.parallel.is_some(),
+        file.map.is_some(),
         file.goto.is_some(),
         file.sleep.is_some(),
     ];
     match kinds.iter().filter(|k| **k).count() {
         0 => {
             return Err(
-                "has no action: give it one of `end`, `dispatch`, `parallel`, `goto` or `sleep`".into(),
+                "has no action: give it one of `end`, `dispatch`, `parallel`, `map`, `goto` or `sleep`".into(),
             );
         }
         1 => {}
         _ => return Err(
-            "has several actions; give it exactly one of `end`, `dispatch`, `parallel`, `goto` or `sleep`"
+            "has several actions; give it exactly one of `end`, `dispatch`, `parallel`, `map`, `goto` or `sleep`"
                 .into(),
         ),
     }
@@ -319,6 +359,9 @@ fn compile_state(name: &str, file: &StateFile) -> Result<Action, String> {
         if d.on.is_empty() {
             return Err("dispatch has no transitions (`on`); add at least `success`".into());
         }
+        if d.events.contains_key(rxon::EVENT_PROGRESS) {
+            return Err("dispatch.events cannot name `progress` (a task's progress reports never move a job)".into());
+        }
         return Ok(Action::Dispatch {
             task: TaskSpec {
                 task_type: d.task.clone(),
@@ -328,6 +371,7 @@ fn compile_state(name: &str, file: &StateFile) -> Result<Action, String> {
                 retry: RetryPolicy::from_file(d.retry)?,
             },
             on: d.on.clone(),
+            events: d.events.clone(),
         });
     }
     if let Some(p) = &file.parallel {
@@ -353,6 +397,9 @@ fn compile_state(name: &str, file: &StateFile) -> Result<Action, String> {
             next: p.next.clone(),
             on_failure: p.on_failure.clone(),
         });
+    }
+    if let Some(m) = &file.map {
+        return compile_map(m).map(Action::Map);
     }
     if let Some(sleep) = &file.sleep {
         let wait = match (&sleep.seconds, &sleep.until) {
@@ -385,6 +432,41 @@ fn compile_state(name: &str, file: &StateFile) -> Result<Action, String> {
     }
     let _ = name;
     Ok(Action::Goto(out))
+}
+
+fn compile_map(m: &model::MapFile) -> Result<MapSpec, String> {
+    if m.task.trim().is_empty() {
+        return Err("map.task is empty".into());
+    }
+    let max_in_flight = m.max_in_flight.unwrap_or(DEFAULT_MAP_IN_FLIGHT);
+    if !(1..=MAX_MAP_IN_FLIGHT).contains(&max_in_flight) {
+        return Err(format!(
+            "map.max_in_flight must be between 1 and {MAX_MAP_IN_FLIGHT}; got {max_in_flight}"
+        ));
+    }
+    let fail_fast = match m.on_item_failure.as_deref() {
+        None | Some("fail_fast") => true,
+        Some("continue") => false,
+        Some(other) => {
+            return Err(format!(
+                "map.on_item_failure must be \"fail_fast\" or \"continue\", not {other:?}"
+            ));
+        }
+    };
+    Ok(MapSpec {
+        over: Expr::compile(&m.over).map_err(|e| format!("map.over: {e}"))?,
+        task: TaskSpec {
+            task_type: m.task.clone(),
+            params: compile_params(&m.params)?,
+            dispatch_timeout: secs(m.dispatch_timeout, "dispatch_timeout")?,
+            result_timeout: secs(m.result_timeout, "result_timeout")?,
+            retry: RetryPolicy::from_file(m.retry)?,
+        },
+        max_in_flight,
+        fail_fast,
+        next: m.next.clone(),
+        on_failure: m.on_failure.clone(),
+    })
 }
 
 /// Parses and validates one blueprint; `source` names it in errors.
@@ -467,9 +549,10 @@ pub fn parse(source: &str, text: &str) -> Result<Blueprint, BlueprintError> {
     }
     for (name, state) in &states {
         let targets: Vec<(String, &String)> = match &state.action {
-            Action::Dispatch { on, .. } => on
+            Action::Dispatch { on, events, .. } => on
                 .iter()
                 .map(|(k, v)| (format!("transition `{k}`"), v))
+                .chain(events.iter().map(|(k, v)| (format!("event `{k}`"), v)))
                 .collect(),
             Action::Parallel {
                 next, on_failure, ..
@@ -484,6 +567,13 @@ pub fn parse(source: &str, text: &str) -> Result<Blueprint, BlueprintError> {
                 .iter()
                 .map(|(_, to)| ("goto".to_string(), to))
                 .collect(),
+            Action::Map(m) => {
+                let mut t = vec![("map `next`".to_string(), &m.next)];
+                if let Some(f) = &m.on_failure {
+                    t.push(("map `on_failure`".to_string(), f));
+                }
+                t
+            }
             Action::Sleep { next, .. } => vec![("sleep `next`".to_string(), next)],
             Action::End { .. } => vec![],
         };

@@ -58,6 +58,9 @@ pub struct StateFile {
     pub dispatch: Option<DispatchFile>,
     #[serde(default)]
     pub parallel: Option<ParallelFile>,
+    /// One task per element of a list computed at run time.
+    #[serde(default)]
+    pub map: Option<MapFile>,
     /// Go to another state: the first rule whose `when` holds (or has none).
     #[serde(default)]
     pub goto: Option<Vec<GotoFile>>,
@@ -79,6 +82,10 @@ pub struct DispatchFile {
     /// for good (see docs/job-semantics.md).
     #[serde(default)]
     pub on: BTreeMap<String, String>,
+    /// Worker event type → next state: an event the running task sends
+    /// moves the job on before the task ends (its later result is stale).
+    #[serde(default)]
+    pub events: BTreeMap<String, String>,
     /// Seconds the task may wait for a worker before the job fails.
     #[serde(default)]
     pub dispatch_timeout: Option<f64>,
@@ -110,6 +117,41 @@ pub struct ParallelFile {
     /// State after every branch succeeded.
     pub next: String,
     /// State after a branch failed for good; the job fails if absent.
+    #[serde(default)]
+    pub on_failure: Option<String>,
+    #[serde(default)]
+    pub retry: Option<RetryFile>,
+    #[serde(default)]
+    pub result_timeout: Option<f64>,
+    #[serde(default)]
+    pub dispatch_timeout: Option<f64>,
+}
+
+/// `map`: one task per element of a list an expression gives, at most
+/// `max_in_flight` at a time; results in input order under
+/// `results.<state>.items`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapFile {
+    /// Expression giving the list, e.g. `initial.files`.
+    pub over: String,
+    /// Task type of every element's task.
+    pub task: String,
+    /// Params of each element's task; expressions also see `item` (the
+    /// element) and `index` (its position, from 0).
+    #[serde(default)]
+    pub params: BTreeMap<String, toml::Value>,
+    /// Most element tasks queued or running at once (default 10).
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
+    /// `fail_fast` (default: the first element that fails for good ends
+    /// the map) or `continue` (every element runs; failures are listed).
+    #[serde(default)]
+    pub on_item_failure: Option<String>,
+    /// State after the map (with `continue`, also when elements failed).
+    pub next: String,
+    /// State after an element failed for good under `fail_fast`; the job
+    /// fails if absent.
     #[serde(default)]
     pub on_failure: Option<String>,
     #[serde(default)]

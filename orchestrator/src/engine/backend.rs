@@ -269,7 +269,9 @@ impl Backend {
         event: &rxon::WorkerEventPayload,
     ) -> Result<(), EngineError> {
         match self {
-            Self::Local(local) => machine::worker_event(&mut local.tx(shared), worker_id, event),
+            Self::Local(local) => {
+                machine::worker_event(shared, &mut local.tx(shared), worker_id, event)
+            }
             Self::Shared(db) => db.worker_event(shared, worker_id, event).await,
         }
     }

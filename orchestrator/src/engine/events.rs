@@ -65,6 +65,8 @@ pub enum EventKind {
     RetriesExhausted,
     Transition,
     Progress,
+    WorkerEvent,
+    MapStarted,
     Sleeping,
     Recovered,
     Finished,
@@ -74,7 +76,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 16] = [
+    pub const ALL: [EventKind; 18] = [
         Self::Created,
         Self::TaskQueued,
         Self::TaskDispatched,
@@ -85,6 +87,8 @@ impl EventKind {
         Self::RetriesExhausted,
         Self::Transition,
         Self::Progress,
+        Self::WorkerEvent,
+        Self::MapStarted,
         Self::Sleeping,
         Self::Recovered,
         Self::Finished,
@@ -110,6 +114,8 @@ impl EventKind {
             Self::RetriesExhausted => "retries_exhausted",
             Self::Transition => "transition",
             Self::Progress => "progress",
+            Self::MapStarted => "map_started",
+            Self::WorkerEvent => "worker_event",
             Self::Sleeping => "sleeping",
             Self::Recovered => "recovered",
             Self::Finished => "finished",

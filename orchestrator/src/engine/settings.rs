@@ -6,6 +6,11 @@ use std::time::Duration;
 /// `MAX_TRANSITIONS_PER_JOB`).
 pub const DEFAULT_MAX_TRANSITIONS: u32 = 100;
 
+/// Default of [`EngineSettings::max_map_items`].
+pub const DEFAULT_MAX_MAP_ITEMS: usize = 10_000;
+/// Default of [`EngineSettings::max_map_result_bytes`] (64 MiB).
+pub const DEFAULT_MAX_MAP_RESULT_BYTES: u64 = 64 << 20;
+
 /// Tunables of the engine.
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
@@ -44,6 +49,12 @@ pub struct EngineSettings {
     pub max_poll_wait: Duration,
     /// Transitions one job may take before it is failed as a runaway loop.
     pub max_transitions: u32,
+    /// Most elements a `map` state's list may have (longer fails the job
+    /// with `MAP_LIMIT_EXCEEDED`).
+    pub max_map_items: usize,
+    /// Most bytes of results a `map` state gathers (its elements' results
+    /// as JSON, together); past it the job fails with `MAP_LIMIT_EXCEEDED`.
+    pub max_map_result_bytes: u64,
     /// Largest plugin component accepted by the registry.
     pub max_plugin_bytes: usize,
     /// How often worker liveness is checked.
@@ -79,6 +90,8 @@ impl Default for EngineSettings {
             max_webhooks_per_host: 16,
             max_poll_wait: Duration::from_secs(30),
             max_transitions: DEFAULT_MAX_TRANSITIONS,
+            max_map_items: DEFAULT_MAX_MAP_ITEMS,
+            max_map_result_bytes: DEFAULT_MAX_MAP_RESULT_BYTES,
             sweep_interval: Duration::from_secs(1),
             channel_grace: Duration::from_secs(DEFAULT_CHANNEL_GRACE_SECS),
             max_plugin_bytes: crate::registry::DEFAULT_MAX_PLUGIN_BYTES,

@@ -165,6 +165,21 @@ impl Context {
         eprintln!("[progress {:.0} %] {message}", fraction * 100.0);
     }
 
+    /// Sends the event `event_type` with a JSON object `payload` to the
+    /// orchestrator: a blueprint that maps the type (`events = { <type> =
+    /// "<state>" }`) moves the job on before this task ends. The error says
+    /// which bound was crossed (see docs/guide/plugins.md).
+    pub fn emit(&self, event_type: &str, payload: &serde_json::Value) -> Result<(), String> {
+        let payload = payload.to_string();
+        #[cfg(target_arch = "wasm32")]
+        return bindings::taskworker::plugin::host::emit_event(event_type, &payload);
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            eprintln!("[event {event_type}] {payload}");
+            Ok(())
+        }
+    }
+
     /// Ends the task with this status instead of `success` (one the skill
     /// declares with [`Skill::statuses`], so a blueprint can map it).
     pub fn set_status(&self, status: &str) {

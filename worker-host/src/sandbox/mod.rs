@@ -21,5 +21,5 @@ pub mod task;
 
 pub use bindings::Task;
 pub use engine::{Sandbox, SandboxConfig};
-pub use state::Progress;
+pub use state::{PluginEvent, Progress};
 pub use task::RunOptions;

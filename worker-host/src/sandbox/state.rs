@@ -25,6 +25,39 @@ const MAX_LOG_LINES: u32 = 1000;
 /// Latest progress a task reported: fraction in 0..=1 and a message.
 pub type Progress = (f32, String);
 
+/// An event a plugin emitted (`emit-event`), checked against the bounds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginEvent {
+    pub event_type: String,
+    pub payload: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Longest event type name a plugin may emit.
+pub const MAX_EVENT_TYPE: usize = 128;
+/// Largest event payload (JSON text) a plugin may emit.
+pub const MAX_EVENT_PAYLOAD: usize = 64 * 1024;
+/// Most events one task attempt may emit.
+pub const MAX_EVENTS_PER_TASK: u32 = 100;
+/// Events waiting to be sent before `emit-event` refuses more.
+pub const EVENT_BACKLOG: usize = 16;
+
+/// Where a task's progress reports and events go.
+pub struct Reports {
+    pub progress: watch::Sender<Option<Progress>>,
+    /// `None`: events are checked and dropped (no orchestrator to tell).
+    pub events: Option<tokio::sync::mpsc::Sender<PluginEvent>>,
+}
+
+impl Reports {
+    /// Reports that go nowhere.
+    pub fn none() -> Self {
+        Self {
+            progress: watch::channel(None).0,
+            events: None,
+        }
+    }
+}
+
 /// Store data of one task attempt.
 pub struct TaskState {
     wasi: WasiCtx,
@@ -36,8 +69,9 @@ pub struct TaskState {
     /// Where stdout/stderr go; read after the task.
     pub stdout: CappedOutput,
     pub stderr: CappedOutput,
-    /// Progress reports, read by whoever forwards them to the orchestrator.
-    pub progress: watch::Sender<Option<Progress>>,
+    /// Progress reports and events, read by whoever forwards them to the
+    /// orchestrator.
+    pub reports: Reports,
     /// When the task must be done; checked at every epoch tick.
     pub deadline: Instant,
     /// Set when the epoch callback stopped the guest at its deadline.
@@ -50,6 +84,7 @@ pub struct TaskState {
     /// Outbound HTTP: the plugin's grant (none: every request denied).
     http_hooks: super::http::OutboundHttp,
     log_lines: u32,
+    events_sent: u32,
 }
 
 impl TaskState {
@@ -58,7 +93,7 @@ impl TaskState {
         deadline: Instant,
         memory_limit: usize,
         capture_bytes: usize,
-        progress: watch::Sender<Option<Progress>>,
+        reports: Reports,
         grants: &crate::grants::Grants,
     ) -> Self {
         let stdout = CappedOutput::new(capture_bytes);
@@ -85,7 +120,7 @@ impl TaskState {
             task_id: task_id.clone(),
             stdout,
             stderr,
-            progress,
+            reports,
             deadline,
             timed_out: false,
             config: grants
@@ -105,6 +140,7 @@ impl TaskState {
                 )),
             },
             log_lines: 0,
+            events_sent: 0,
         }
     }
 }
@@ -164,8 +200,70 @@ impl taskworker::plugin::host::Host for TaskState {
             0.0
         };
         let message = truncate(&message, MAX_LOG_MESSAGE).to_string();
-        self.progress.send_replace(Some((fraction, message)));
+        self.reports
+            .progress
+            .send_replace(Some((fraction, message)));
     }
+
+    fn emit_event(&mut self, event_type: String, payload: String) -> Result<(), String> {
+        let event = check_event(event_type, &payload)?;
+        if self.events_sent >= MAX_EVENTS_PER_TASK {
+            return Err(format!(
+                "a task may emit at most {MAX_EVENTS_PER_TASK} events (MAX_EVENTS_PER_TASK)"
+            ));
+        }
+        if let Some(events) = &self.reports.events {
+            events.try_send(event).map_err(|e| match e {
+                tokio::sync::mpsc::error::TrySendError::Full(_) => format!(
+                    "{EVENT_BACKLOG} events are still waiting to be sent (EVENT_BACKLOG); try again later"
+                ),
+                tokio::sync::mpsc::error::TrySendError::Closed(_) => {
+                    "events are no longer delivered for this task".to_string()
+                }
+            })?;
+        }
+        self.events_sent += 1;
+        tracing::debug!(task_id = %self.task_id, "plugin emitted an event");
+        Ok(())
+    }
+}
+
+/// An event as a plugin handed it, checked: a type name of at most
+/// [`MAX_EVENT_TYPE`] bytes of `[A-Za-z0-9_.:-]`, not `progress`, and a
+/// payload of at most [`MAX_EVENT_PAYLOAD`] bytes (checked before it is
+/// parsed) that is a JSON object within the nesting bound.
+pub fn check_event(event_type: String, payload: &str) -> Result<PluginEvent, String> {
+    if event_type.is_empty() || event_type.len() > MAX_EVENT_TYPE {
+        return Err(format!(
+            "the event type must be 1 to {MAX_EVENT_TYPE} bytes (MAX_EVENT_TYPE)"
+        ));
+    }
+    if !event_type
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c))
+    {
+        return Err("the event type may only hold letters, digits, `_`, `.`, `:` and `-`".into());
+    }
+    if event_type == rxon::EVENT_PROGRESS {
+        return Err("`progress` is reserved: report progress with `progress`".into());
+    }
+    if payload.len() > MAX_EVENT_PAYLOAD {
+        return Err(format!(
+            "the event payload is {} bytes; at most {MAX_EVENT_PAYLOAD} are sent (MAX_EVENT_PAYLOAD)",
+            payload.len()
+        ));
+    }
+    rxon::check_depth(payload.as_bytes(), rxon::MAX_JSON_DEPTH)
+        .map_err(|e| format!("the event payload: {e}"))?;
+    let value: serde_json::Value =
+        serde_json::from_str(payload).map_err(|e| format!("the event payload is not JSON: {e}"))?;
+    let serde_json::Value::Object(payload) = value else {
+        return Err("the event payload must be a JSON object".into());
+    };
+    Ok(PluginEvent {
+        event_type,
+        payload,
+    })
 }
 
 fn truncate(s: &str, max: usize) -> &str {

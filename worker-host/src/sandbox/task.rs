@@ -14,17 +14,21 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::{Skill, Task, TaskPlugin, TaskPluginPre};
 use super::engine::Sandbox;
-use super::state::{Progress, TaskState};
+use super::state::{PluginEvent, Progress, Reports, TaskState};
 use crate::grants::Grants;
 use crate::limits::{self, MAX_LOGGED_OUTPUT_LINES, for_log};
 use crate::outcome::TaskOutcome;
 
 /// What a caller of [`crate::plugin_store::Plugin::run`] may add to a task:
-/// where its progress reports go, and a token that stops it. The default
-/// has neither (progress is dropped; the task runs to its end or its bounds).
+/// where its progress reports and events go, and a token that stops it.
+/// The default has none (progress and events are dropped; the task runs to
+/// its end or its bounds).
 #[derive(Debug, Default)]
 pub struct RunOptions {
     pub progress: Option<watch::Sender<Option<Progress>>>,
+    /// Events the plugin emits, in order; closed when the task's instance
+    /// is gone.
+    pub events: Option<tokio::sync::mpsc::Sender<PluginEvent>>,
     pub cancel: Option<CancellationToken>,
 }
 
@@ -80,7 +84,7 @@ fn new_store(
     task_id: &str,
     timeout: Duration,
     transfer_limit: usize,
-    progress: watch::Sender<Option<Progress>>,
+    reports: Reports,
     grants: &Grants,
 ) -> Store<TaskState> {
     let config = &engine.config;
@@ -89,7 +93,7 @@ fn new_store(
         Instant::now() + timeout,
         grants.memory_limit.unwrap_or(config.memory_limit),
         config.output_capture_bytes,
-        progress,
+        reports,
         grants,
     );
     let mut store = Store::new(&engine.engine, state);
@@ -263,7 +267,10 @@ pub(crate) async fn run(
     options: RunOptions,
     grants: &Grants,
 ) -> TaskOutcome {
-    let progress = options.progress.unwrap_or_else(|| watch::channel(None).0);
+    let reports = Reports {
+        progress: options.progress.unwrap_or_else(|| watch::channel(None).0),
+        events: options.events,
+    };
     let cancel = options.cancel.unwrap_or_default();
     let timeout = grants.timeout.unwrap_or(engine.config.task_timeout);
     let transfer_limit = engine.config.max_result_bytes;
@@ -279,7 +286,7 @@ pub(crate) async fn run(
         &task.task_id,
         timeout,
         transfer_limit,
-        progress,
+        reports,
         grants,
     );
     let call = async {
@@ -401,14 +408,13 @@ pub async fn describe(
 ) -> anyhow::Result<Vec<Skill>> {
     let timeout = engine.config.task_timeout.min(Duration::from_secs(10));
     let limit = limits::MAX_DESCRIBE_BYTES;
-    let (progress, _) = watch::channel(None);
     let _permit = engine.instance_permits.acquire().await?;
     let mut store = new_store(
         engine,
         "describe",
         timeout,
         limit,
-        progress,
+        Reports::none(),
         &Grants::default(),
     );
     let call = async {

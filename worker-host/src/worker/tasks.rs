@@ -19,7 +19,8 @@ use crate::client::{ClientError, OrchestratorClient, PolledTask};
 use crate::limits::{RESULT_ENVELOPE_BYTES, for_log};
 use crate::outcome::TaskOutcome;
 use crate::plugin_store::Plugin;
-use crate::sandbox::{Progress, RunOptions, Sandbox, Task};
+use crate::sandbox::state::EVENT_BACKLOG;
+use crate::sandbox::{PluginEvent, Progress, RunOptions, Sandbox, Task};
 
 /// The task slot a channel task holds, given back once the task has run,
 /// before its result is sent (see [`super::RESULTS_IN_DELIVERY_PER_SLOT`]).
@@ -286,18 +287,67 @@ impl TaskRunner {
             params,
         };
         let (progress_tx, progress_rx) = watch::channel(None);
+        let (events_tx, events_rx) = tokio::sync::mpsc::channel(EVENT_BACKLOG);
         let options = RunOptions {
             progress: Some(progress_tx),
+            events: Some(events_tx),
             cancel: Some(cancel.clone()),
         };
-        let run = plugin.run(&self.sandbox, &task, options);
-        // The forwarder never ends; it is polled alongside the task (no task
-        // of its own to spawn) and dropped with it.
+        // Events go out in order while the task runs, and all of them
+        // before its result: the run ends when both the task and the event
+        // forwarder have (the forwarder ends once the task's instance,
+        // which holds the sender, is gone).
+        let run = async {
+            let (outcome, ()) = tokio::join!(
+                plugin.run(&self.sandbox, &task, options),
+                self.forward_events(payload, events_rx)
+            );
+            outcome
+        };
+        // The progress forwarder never ends; it is polled alongside the
+        // task (no task of its own to spawn) and dropped with it.
         let forward = self.forward_progress(payload, progress_rx);
         tokio::select! {
             biased;
             outcome = run => outcome,
             _ = forward => unreachable_outcome(),
+        }
+    }
+
+    /// Sends each event the plugin emits as an RXON worker event about its
+    /// task, in order, until the task's instance is gone.
+    async fn forward_events(
+        &self,
+        payload: &TaskPayload,
+        mut rx: tokio::sync::mpsc::Receiver<PluginEvent>,
+    ) {
+        while let Some(ev) = rx.recv().await {
+            let event = self.event_about(payload, ev.event_type, ev.payload);
+            if let Err(e) = self.client.send_event(&event).await {
+                tracing::warn!(task_id = %payload.task_id, "event {} not delivered: {e}", event.event_type);
+            }
+        }
+    }
+
+    /// An RXON event from this worker about `payload`'s task.
+    fn event_about(
+        &self,
+        payload: &TaskPayload,
+        event_type: String,
+        body: serde_json::Map<String, serde_json::Value>,
+    ) -> WorkerEventPayload {
+        let worker_id = self.client.worker_id().to_string();
+        WorkerEventPayload {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            worker_id: worker_id.clone(),
+            origin_worker_id: worker_id,
+            event_type,
+            payload: body,
+            target_job_id: Some(payload.job_id.clone()),
+            target_task_id: Some(payload.task_id.clone()),
+            origin_task_id: Some(payload.task_id.clone()),
+            security: None,
+            timestamp: None,
         }
     }
 
@@ -319,22 +369,11 @@ impl TaskRunner {
             let Some((fraction, message)) = rx.borrow_and_update().clone() else {
                 continue;
             };
-            let worker_id = self.client.worker_id().to_string();
-            let event = WorkerEventPayload {
-                event_id: uuid::Uuid::new_v4().to_string(),
-                worker_id: worker_id.clone(),
-                origin_worker_id: worker_id,
-                event_type: "progress".into(),
-                payload: serde_json::json!({"progress": fraction, "message": message})
-                    .as_object()
-                    .cloned()
-                    .unwrap_or_default(),
-                target_job_id: Some(payload.job_id.clone()),
-                target_task_id: Some(payload.task_id.clone()),
-                origin_task_id: Some(payload.task_id.clone()),
-                security: None,
-                timestamp: None,
-            };
+            let body = serde_json::json!({"progress": fraction, "message": message})
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            let event = self.event_about(payload, rxon::EVENT_PROGRESS.into(), body);
             if let Err(e) = self.client.send_event(&event).await {
                 tracing::debug!(task_id = %payload.task_id, "progress event not delivered: {e}");
             }

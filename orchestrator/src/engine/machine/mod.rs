@@ -28,11 +28,13 @@ use crate::blueprint::{Action, Blueprint, TaskSpec};
 use crate::job::{Job, JobError, JobEvent, JobStatus, Object, StateVisit, TaskRecord};
 
 mod dispatch;
+mod map;
 mod results;
 mod timers;
 mod workers;
 
 pub(crate) use dispatch::*;
+pub(crate) use map::*;
 pub(crate) use results::*;
 pub(crate) use timers::*;
 pub(crate) use workers::*;
@@ -48,6 +50,9 @@ pub mod own_code {
     /// The job's `policy.allowed_skills` does not allow a task its
     /// blueprint dispatches.
     pub const POLICY_VIOLATION: &str = "POLICY_VIOLATION";
+    /// A `map` state's list or its gathered results are larger than the
+    /// configured bound (`max_map_items`, `max_map_result_bytes`).
+    pub const MAP_LIMIT: &str = "MAP_LIMIT_EXCEEDED";
 }
 
 /// Why the job's policy forbids dispatching `task_type`, if it does.
@@ -172,6 +177,7 @@ pub(crate) fn create(shared: &Shared, st: &mut EngineState, id: Uuid, bp: &Bluep
         updated_at: now,
         finished_at: None,
         wake_at: None,
+        map: None,
         options: new.options,
         version: 0,
         webhook_sent: false,
@@ -338,6 +344,10 @@ pub(crate) fn advance(
                 );
                 return;
             }
+            Action::Map(spec) => match start_map(shared, st, job, spec, events) {
+                Flow::Advance => continue,
+                Flow::Stop => return,
+            },
             Action::Parallel { branches, .. } => {
                 if let Some(why) = branches.values().find_map(|b| forbidden(job, &b.task_type)) {
                     let code = own_code::POLICY_VIOLATION;
@@ -400,6 +410,7 @@ pub(crate) fn new_record(task_type: &str, params: Object, branch: Option<String>
         task_type: task_type.to_string(),
         params,
         branch,
+        index: None,
         attempt: 1,
         worker_id: None,
         queued_at: Utc::now(),
@@ -503,6 +514,7 @@ pub(crate) fn enter_state(
         job.attempts = attempts;
     }
     job.tasks.clear();
+    job.map = None;
     job.status = JobStatus::Running;
 }
 
@@ -572,6 +584,7 @@ pub(crate) fn spec_of<'a>(
     match (&bp.state(state)?.action, branch) {
         (Action::Dispatch { task, .. }, None) => Some(task),
         (Action::Parallel { branches, .. }, Some(b)) => branches.get(b),
+        (Action::Map(m), None) => Some(&m.task),
         _ => None,
     }
 }

@@ -226,6 +226,28 @@ pub(crate) fn task_succeeded(
             advance(shared, st, job, events);
             "success_transition"
         }
+        Action::Map(spec) => {
+            if status != rxon::status::SUCCESS {
+                let msg = format!(
+                    "map element tasks must return `success`, got `{status}` in state {}",
+                    job.current_state
+                );
+                end_failed(
+                    st,
+                    job,
+                    JobStatus::Failed,
+                    own_code::UNHANDLED_STATUS,
+                    &msg,
+                    events,
+                );
+                return "unhandled_status_failure";
+            }
+            if let Flow::Advance = item_succeeded(shared, st, job, spec, idx, data, events) {
+                advance(shared, st, job, events);
+                return "success_transition";
+            }
+            "map_element_accepted"
+        }
         _ => "unexpected_result",
     }
 }
@@ -288,7 +310,7 @@ pub(crate) fn task_failed(
         task.picked_up_at = None;
         let delay = spec_retry.backoff(task.attempt);
         let (task_id, attempt) = (task.task_id.clone(), task.attempt);
-        if job.tasks.len() == 1 && job.tasks[0].branch.is_none() {
+        if job.tasks.len() == 1 && job.tasks[0].branch.is_none() && job.tasks[0].index.is_none() {
             job.status = JobStatus::AwaitingRetry;
         }
         st.add_timer(
@@ -308,6 +330,17 @@ pub(crate) fn task_failed(
         return;
     }
     // Failed for good.
+    if let Some(Action::Map(spec)) = bp
+        .as_ref()
+        .and_then(|bp| bp.state(&job.current_state))
+        .map(|s| &s.action)
+        && !spec.fail_fast
+    {
+        if let Flow::Advance = item_failed(st, job, spec, idx, code, message, events) {
+            advance(shared, st, job, events);
+        }
+        return;
+    }
     job.error = Some(JobError {
         code: code.into(),
         message: message.into(),
@@ -317,6 +350,7 @@ pub(crate) fn task_failed(
         .and_then(|bp| match &bp.state(&job.current_state)?.action {
             Action::Dispatch { on, .. } => on.get(rxon::status::FAILURE).cloned(),
             Action::Parallel { on_failure, .. } => on_failure.clone(),
+            Action::Map(m) => m.on_failure.clone(),
             _ => None,
         });
     let attempts = job.tasks[idx].attempt;

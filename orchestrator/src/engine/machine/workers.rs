@@ -338,10 +338,14 @@ fn fail_unlisted(
     }
 }
 
-/// A worker's event about a job it runs; `progress` updates the job. An
-/// event about another worker's job, or about a job that has ended, is
-/// refused (nothing recorded).
+/// A worker's event about a job it runs. `progress` updates the job; an
+/// event the job's dispatch maps (`events = { <type> = "<state>" }`) from
+/// its running task moves the job to that state, with the payload as the
+/// state's result (the task's later result is then stale); any other event
+/// is kept in the job's history. An event about another worker's job, or
+/// about a job that has ended, is refused (nothing recorded).
 pub(crate) fn worker_event(
+    shared: &Shared,
     st: &mut EngineState,
     worker_id: &str,
     ev: &rxon::WorkerEventPayload,
@@ -367,22 +371,77 @@ pub(crate) fn worker_event(
             "Forbidden: Worker '{worker_id}' is not assigned to job '{job_id}'"
         )))
     } else {
-        if ev.event_type == "progress" {
-            job.progress = Some(Value::Object(ev.payload.clone()));
-            commit(
-                st,
+        let payload = Value::Object(ev.payload.clone());
+        let mut events = Vec::new();
+        if ev.event_type == rxon::EVENT_PROGRESS {
+            job.progress = Some(payload.clone());
+            events.push(event(EventKind::Progress, payload.to_string()));
+        } else if let Some((idx, to)) = event_transition(shared, &job, worker_id, ev) {
+            let task = &job.tasks[idx];
+            tracing::info!(job_id = %job.id, "job {}: event {} from task {} moves it to {to}", job.id, rxon::text::for_log(&ev.event_type), task.task_id);
+            events.push(task_event(
+                EventKind::WorkerEvent,
+                format!(
+                    "event {} from worker {worker_id}: {}",
+                    ev.event_type,
+                    rxon::text::json_preview(&payload)
+                ),
+                crate::job::TaskRef::of(task, Some(&format!("event:{}", ev.event_type))),
+            ));
+            // The task runs on, but its result will be stale: the worker's
+            // slot is its own business from here.
+            release(st, worker_id, &job.tasks[idx].task_id);
+            std::sync::Arc::make_mut(&mut job.results).insert(job.current_state.clone(), payload);
+            job.result = Some(ev.payload.clone().into());
+            enter_state(
                 &mut job,
-                vec![event(
-                    EventKind::Progress,
-                    Value::Object(ev.payload.clone()).to_string(),
-                )],
-                None,
+                &to,
+                Some(&format!("event {}", ev.event_type)),
+                &mut events,
             );
+            advance(shared, st, &mut job, &mut events);
+        } else {
+            events.push(event(
+                EventKind::WorkerEvent,
+                format!(
+                    "event {} from worker {worker_id}: {}",
+                    ev.event_type,
+                    rxon::text::json_preview(&payload)
+                ),
+            ));
         }
+        commit(st, &mut job, events, None);
         Ok(())
     };
     put(st, job);
     result
+}
+
+/// The task an event moves the job on from, and the state it moves to:
+/// the job's one dispatched task, run by `worker_id`, named by the event
+/// (`target_task_id`, else `origin_task_id`, when given), in a dispatch
+/// state that maps the event's type.
+fn event_transition(
+    shared: &Shared,
+    job: &Job,
+    worker_id: &str,
+    ev: &rxon::WorkerEventPayload,
+) -> Option<(usize, String)> {
+    let bp = shared.blueprint_of(job)?;
+    let Action::Dispatch { events, .. } = &bp.state(&job.current_state)?.action else {
+        return None;
+    };
+    let to = events.get(&ev.event_type)?;
+    let named = ev
+        .target_task_id
+        .as_deref()
+        .or(ev.origin_task_id.as_deref());
+    let idx = job.tasks.iter().position(|t| {
+        t.worker_id.as_deref() == Some(worker_id)
+            && t.result.is_none()
+            && named.is_none_or(|n| n == t.task_id)
+    })?;
+    Some((idx, to.clone()))
 }
 
 #[cfg(test)]

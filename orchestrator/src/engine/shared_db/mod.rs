@@ -483,7 +483,7 @@ impl SharedDb {
             .into_iter()
             .collect();
         self.event(shared, &jobs, &[worker_id.to_string()], |st| {
-            machine::worker_event(st, worker_id, event)
+            machine::worker_event(shared, st, worker_id, event)
         })
         .await?
     }

@@ -21,6 +21,7 @@
 //! | `progress_sleep` | reports progress 0.5 "halfway", then sleeps `params.ms` |
 //! | `read_config` | reads config key `params.key` (wasi:config) and, if asked, prints it |
 //! | `write_file` | tries to write `params.path` |
+//! | `emit_events` | emits each of `params.events` (`{type, payload}`, or `{type, raw}` for a payload string as is) `params.repeat` times, then sleeps `params.ms`; returns what each emit answered |
 
 use std::time::Duration;
 
@@ -66,6 +67,7 @@ const SKILLS: &[(&str, &str)] = &[
     ("progress_sleep", "Reports progress, then sleeps params.ms"),
     ("read_config", "Reads config key params.key"),
     ("write_file", "Tries to write params.path"),
+    ("emit_events", "Emits params.events, then sleeps params.ms"),
 ];
 
 fn bytes_param(params: &Value) -> usize {
@@ -183,6 +185,27 @@ impl Guest for ChaosTask {
                 let ms = params["ms"].as_u64().unwrap_or(3000);
                 std::thread::sleep(Duration::from_millis(ms));
                 ok(json!({ "slept_ms": ms }))
+            }
+            "emit_events" => {
+                let mut answers = Vec::new();
+                let repeat = params["repeat"].as_u64().unwrap_or(1);
+                for _ in 0..repeat {
+                    for ev in params["events"].as_array().cloned().unwrap_or_default() {
+                        let kind = ev["type"].as_str().unwrap_or("");
+                        let payload = match ev["raw"].as_str() {
+                            Some(raw) => raw.to_string(),
+                            None => ev["payload"].to_string(),
+                        };
+                        let answer = taskworker::plugin::host::emit_event(kind, &payload);
+                        answers.push(match answer {
+                            Ok(()) => Value::from("ok"),
+                            Err(e) => Value::from(e),
+                        });
+                    }
+                }
+                let ms = params["ms"].as_u64().unwrap_or(0);
+                std::thread::sleep(Duration::from_millis(ms));
+                ok(json!({ "answers": answers }))
             }
             "read_config" => {
                 let key = params["key"].as_str().unwrap_or("");
