@@ -53,7 +53,7 @@ async fn cancelling_a_job_stops_its_running_task_and_frees_the_slot() {
             stack
                 .logs()
                 .1
-                .contains("its job was cancelled; its slot is free")
+                .contains("its job was cancelled or moved on; its slot is free")
         },
     )
     .await;

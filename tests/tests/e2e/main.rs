@@ -22,3 +22,4 @@ mod languages;
 mod plugin_builds;
 mod scenario;
 mod security;
+mod workflows;

@@ -121,7 +121,7 @@ impl TaskRunner {
         if let Some(token) = lock(&self.in_flight).get(task_id) {
             tracing::warn!(
                 task_id = %task_id,
-                "the orchestrator cancelled task {task_id}; stopping it"
+                "the orchestrator no longer needs task {task_id} (its job was cancelled or moved on); stopping it"
             );
             token.cancel();
         }
@@ -203,7 +203,7 @@ impl TaskRunner {
                 // The job was cancelled: the orchestrator ignores any result.
                 tracing::warn!(
                     task_id = %payload.task_id,
-                    "task {} stopped after {elapsed:.1?}: its job was cancelled; its slot is free",
+                    "task {} stopped after {elapsed:.1?}: its job was cancelled or moved on; its slot is free",
                     payload.task_id
                 );
                 self.task_ended(&payload.task_id);

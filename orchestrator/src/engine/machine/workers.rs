@@ -341,7 +341,8 @@ fn fail_unlisted(
 /// A worker's event about a job it runs. `progress` updates the job; an
 /// event the job's dispatch maps (`events = { <type> = "<state>" }`) from
 /// its running task moves the job to that state, with the payload as the
-/// state's result (the task's later result is then stale); any other event
+/// state's result (the task is told to stop: its result would be stale);
+/// any other event
 /// is kept in the job's history. An event about another worker's job, or
 /// about a job that has ended, is refused (nothing recorded).
 pub(crate) fn worker_event(
@@ -388,8 +389,13 @@ pub(crate) fn worker_event(
                 ),
                 crate::job::TaskRef::of(task, Some(&format!("event:{}", ev.event_type))),
             ));
-            // The task runs on, but its result will be stale: the worker's
-            // slot is its own business from here.
+            // The task's result would be stale: the worker is told to stop
+            // it (at once over its channel, else at its next heartbeat).
+            st.stops.push(TaskStop {
+                worker_id: worker_id.to_string(),
+                task_id: job.tasks[idx].task_id.clone(),
+                job_id: job.id,
+            });
             release(st, worker_id, &job.tasks[idx].task_id);
             std::sync::Arc::make_mut(&mut job.results).insert(job.current_state.clone(), payload);
             job.result = Some(ev.payload.clone().into());

@@ -21,7 +21,7 @@
 //! | `progress_sleep` | reports progress 0.5 "halfway", then sleeps `params.ms` |
 //! | `read_config` | reads config key `params.key` (wasi:config) and, if asked, prints it |
 //! | `write_file` | tries to write `params.path` |
-//! | `emit_events` | emits each of `params.events` (`{type, payload}`, or `{type, raw}` for a payload string as is) `params.repeat` times, then sleeps `params.ms`; returns what each emit answered |
+//! | `emit_events` | emits each of `params.events` (`{type, payload}`, or `{type, raw}` for a payload string as is) `params.repeat` times, `params.gap_ms` apart, then sleeps `params.ms`; returns what each emit answered |
 
 use std::time::Duration;
 
@@ -189,6 +189,7 @@ impl Guest for ChaosTask {
             "emit_events" => {
                 let mut answers = Vec::new();
                 let repeat = params["repeat"].as_u64().unwrap_or(1);
+                let gap = Duration::from_millis(params["gap_ms"].as_u64().unwrap_or(0));
                 for _ in 0..repeat {
                     for ev in params["events"].as_array().cloned().unwrap_or_default() {
                         let kind = ev["type"].as_str().unwrap_or("");
@@ -197,6 +198,7 @@ impl Guest for ChaosTask {
                             None => ev["payload"].to_string(),
                         };
                         let answer = taskworker::plugin::host::emit_event(kind, &payload);
+                        std::thread::sleep(gap);
                         answers.push(match answer {
                             Ok(()) => Value::from("ok"),
                             Err(e) => Value::from(e),

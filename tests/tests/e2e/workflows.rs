@@ -1,0 +1,257 @@
+//! The workflow constructs an avtomatika user brings over, with real
+//! processes: a map over a list (order kept, `max_in_flight` never
+//! exceeded, as the orchestrator's own history shows) and a plugin's event
+//! moving its job on before the task ends; on SQLite, and on PostgreSQL
+//! with the job created through one instance and the worker on the other.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+use serde_json::{Value, json};
+
+const MAP_FLOW: &str = r#"
+name = "echo_map"
+api_endpoint = "/jobs/echo_map"
+api_version = "v1"
+[states.each]
+start = true
+map.over = "initial.words"
+map.task = "echo_task"
+map.params.message = "item ~ '#' ~ index"
+map.params.multiply = 1
+map.max_in_flight = 20
+map.next = "count"
+map.on_failure = "failed"
+[states.count]
+goto = [{ when = "results.each.items | length == initial.words | length", to = "done" }]
+[states.done]
+end = "finished"
+[states.failed]
+end = "failed"
+"#;
+
+const EVENT_FLOW: &str = r#"
+name = "early_event"
+api_endpoint = "/jobs/early_event"
+api_version = "v1"
+[states.start]
+start = true
+dispatch.task = "emit_events"
+dispatch.params.events = "initial.events"
+dispatch.params.ms = "initial.ms"
+dispatch.on = { success = "late" }
+dispatch.events = { ready = "early" }
+dispatch.retry = { max_attempts = 1 }
+[states.early]
+end = "finished"
+[states.late]
+end = "finished"
+"#;
+
+/// Most tasks of `job` queued or running at once, by its history
+/// (queued: +1; result, failure or requeue: -1).
+async fn most_in_flight(stack: &Stack, job: &str) -> (usize, usize) {
+    let (status, history) = stack.get(&format!("/api/v1/jobs/{job}/history")).await;
+    assert_eq!(status, 200, "{history}");
+    let (mut now, mut most, mut queued) = (0i64, 0i64, 0usize);
+    for e in history["events"].as_array().unwrap() {
+        match e["event"].as_str().unwrap() {
+            "task_queued" => {
+                now += 1;
+                queued += 1;
+            }
+            "task_result" | "task_failed" | "task_requeued" => now -= 1,
+            _ => {}
+        }
+        most = most.max(now);
+    }
+    (most as usize, queued)
+}
+
+async fn a_map_of_a_thousand(stack: &Stack) {
+    let words: Vec<String> = (0..1000).map(|i| format!("w{i}")).collect();
+    let started = Instant::now();
+    let id = stack
+        .create("/jobs/echo_map", json!({"words": words}))
+        .await;
+    let job = stack.finished(&id).await;
+    eprintln!("a map over 1,000 elements took {:?}", started.elapsed());
+    assert_eq!(
+        (job["status"].as_str(), job["current_state"].as_str()),
+        (Some("finished"), Some("done")),
+        "{}",
+        rxon::text::clip(&job.to_string(), 2000)
+    );
+    let items = job["results"]["each"]["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1000);
+    for (i, item) in items.iter().enumerate() {
+        assert_eq!(item["processed_message"], format!("w{i}#{i}"), "element {i}");
+    }
+    assert_eq!(job["results"]["each"]["failures"], json!([]));
+    let (most, queued) = most_in_flight(stack, &id).await;
+    eprintln!("at most {most} element tasks in flight");
+    assert_eq!(queued, 1000, "one task per element");
+    assert!(most <= 20, "{most} in flight, max_in_flight is 20");
+    assert!(most >= 10, "only {most} in flight: the map did not fan out");
+}
+
+async fn an_event_moves_the_job_before_its_task_ends(stack: &Stack) {
+    let started = Instant::now();
+    let id = stack
+        .create(
+            "/jobs/early_event",
+            json!({"events": [{"type": "ready", "payload": {"score": 9}}], "ms": 8000}),
+        )
+        .await;
+    let job = stack.finished(&id).await;
+    let took = started.elapsed();
+    assert_eq!(
+        (job["status"].as_str(), job["current_state"].as_str()),
+        (Some("finished"), Some("early")),
+        "{job}"
+    );
+    assert_eq!(job["results"]["start"], json!({"score": 9}));
+    assert!(
+        took < Duration::from_secs(6),
+        "the job ended after {took:?}: with the task (8 s), not on the event"
+    );
+}
+
+fn worker_with_slots(stack: &Stack, id: &str, log: &str, urls: Option<&str>) -> Proc {
+    stack.spawn_worker(id, log, |cmd| {
+        cmd.args(["--max-concurrent-tasks", "30"]);
+        if let Some(urls) = urls {
+            cmd.env("ORCHESTRATOR_URL", urls);
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_map_keeps_order_and_its_bound_and_a_plugin_event_moves_its_job() {
+    let mut stack = Stack::new();
+    stack.add_plugin(plugin_fixtures::CHAOS_TASK);
+    stack.add_blueprint("echo_map", MAP_FLOW);
+    stack.add_blueprint("early_event", EVENT_FLOW);
+    stack.start_orchestrator();
+    stack.wait_ready().await;
+    stack.worker = Some(worker_with_slots(&stack, WORKER_ID, "worker.log", None));
+    stack.wait_worker().await;
+
+    a_map_of_a_thousand(&stack).await;
+    an_event_moves_the_job_before_its_task_ends(&stack).await;
+    // The task is told to stop: its result would be stale.
+    wait_until("the task to stop", Duration::from_secs(10), || async {
+        stack
+            .logs()
+            .1
+            .contains("its job was cancelled or moved on; its slot is free")
+    })
+    .await;
+    stack.assert_no_panic();
+}
+
+#[tokio::test]
+async fn a_plugins_events_are_bounded_and_named_when_refused() {
+    let mut stack = Stack::new();
+    stack.add_plugin(plugin_fixtures::CHAOS_TASK);
+    stack.add_blueprint("one_emit_events", EMIT_FLOW);
+    stack.start_orchestrator();
+    stack.wait_ready().await;
+    stack.start_worker();
+    stack.wait_worker().await;
+    let answers = |job: &Value| -> Vec<String> {
+        job["result"]["answers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect()
+    };
+    // Each malformed event is refused with the bound it crosses.
+    let big = format!("{{\"x\": \"{}\"}}", "a".repeat(70 * 1024));
+    let events = json!([
+        {"type": "progress", "payload": {}},
+        {"type": "bad type!", "payload": {}},
+        {"type": "list", "raw": "[1, 2]"},
+        {"type": "nested", "raw": "[".repeat(200)},
+        {"type": "big", "raw": big},
+        {"type": "fine", "payload": {"n": 1}},
+    ]);
+    let id = stack
+        .create("/jobs/one/emit_events", json!({"events": events, "repeat": 1, "gap_ms": 0}))
+        .await;
+    let job = stack.finished(&id).await;
+    assert_eq!(job["status"], "finished", "{job}");
+    let got = answers(&job);
+    assert!(got[0].contains("`progress` is reserved"), "{got:?}");
+    assert!(got[1].contains("may only hold"), "{got:?}");
+    assert!(got[2].contains("must be a JSON object"), "{got:?}");
+    assert!(got[3].contains("MAX_JSON_DEPTH"), "{got:?}");
+    assert!(got[4].contains("MAX_EVENT_PAYLOAD"), "{got:?}");
+    assert_eq!(got[5], "ok");
+    // A noisy plugin gets 100 events out, then the bound per task.
+    let id = stack
+        .create(
+            "/jobs/one/emit_events",
+            json!({"events": [{"type": "fine", "payload": {}}], "repeat": 110, "gap_ms": 20}),
+        )
+        .await;
+    let job = stack.finished(&id).await;
+    let got = answers(&job);
+    assert_eq!(got.iter().filter(|a| *a == "ok").count(), 100, "{got:?}");
+    assert!(got[100].contains("MAX_EVENTS_PER_TASK"), "{got:?}");
+    let (_, history) = stack.get(&format!("/api/v1/jobs/{id}/history")).await;
+    let delivered = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "worker_event")
+        .count();
+    assert_eq!(delivered, 100, "every accepted event reaches the job's history");
+    stack.assert_no_panic();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn map_and_event_flows_run_across_two_instances_on_postgres() {
+    let mut a = Stack::on_postgres().await;
+    let mut b = Stack::new();
+    b.storage = a.storage.clone();
+    for stack in [&a, &b] {
+        stack.add_plugin(plugin_fixtures::CHAOS_TASK);
+        stack.add_blueprint("echo_map", MAP_FLOW);
+        stack.add_blueprint("early_event", EVENT_FLOW);
+    }
+    a.start_orchestrator();
+    a.wait_ready().await;
+    b.start_orchestrator();
+    b.wait_ready().await;
+    // The worker knows instance A only; jobs are created through B.
+    a.worker = Some(worker_with_slots(&a, "pg-worker", "worker.log", None));
+    wait_until("the worker, seen from B", Duration::from_secs(60), || async {
+        let (_, workers) = b.get("/api/v1/workers").await;
+        workers.as_array().is_some_and(|w| !w.is_empty())
+    })
+    .await;
+    a_map_of_a_thousand(&b).await;
+    an_event_moves_the_job_before_its_task_ends(&b).await;
+    a.assert_no_panic();
+    b.assert_no_panic();
+}
+
+const EMIT_FLOW: &str = r#"
+name = "one_emit_events"
+api_endpoint = "/jobs/one/emit_events"
+api_version = "v1"
+[states.start]
+start = true
+dispatch.task = "emit_events"
+dispatch.params.events = "initial.events"
+dispatch.params.repeat = "initial.repeat"
+dispatch.params.gap_ms = "initial.gap_ms"
+dispatch.on = { success = "done" }
+dispatch.retry = { max_attempts = 1 }
+[states.done]
+end = "finished"
+"#;
