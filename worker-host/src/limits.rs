@@ -123,3 +123,13 @@ mod json_size_tests {
         ));
     }
 }
+
+/// Longest event type name a plugin may emit (`emit-event`).
+pub const MAX_EVENT_TYPE: usize = 128;
+/// Largest event payload (JSON text) a plugin may emit, checked before it
+/// is parsed.
+pub const MAX_EVENT_PAYLOAD: usize = 64 * 1024;
+/// Most events one task attempt may emit.
+pub const MAX_EVENTS_PER_TASK: u32 = 100;
+/// Events waiting to be sent before `emit-event` refuses more.
+pub const EVENT_BACKLOG: usize = 16;

@@ -188,6 +188,47 @@ fn start_python_worker(
 
 const PY_FLOWS: &[(&str, &str)] = &[
     (
+        "py_map_flow.toml",
+        r#"
+name = "py_map_flow"
+api_endpoint = "/jobs/py-map"
+api_version = "v1"
+[states.each]
+start = true
+map.over = "initial.words"
+map.task = "echo_task"
+map.params.message = "item"
+map.params.multiply = "index + 1"
+map.max_in_flight = 4
+map.next = "done"
+[states.done]
+end = "finished"
+"#,
+    ),
+    (
+        "py_event_flow.toml",
+        r#"
+name = "py_event_flow"
+api_endpoint = "/jobs/py-event"
+api_version = "v1"
+[states.start]
+start = true
+dispatch.task = "py_event"
+dispatch.params.score = "initial.score"
+dispatch.params.sleep = 8
+dispatch.on = { success = "late" }
+dispatch.events = { ready = "early" }
+[states.early]
+goto = [{ when = "results.start.score > 5", to = "high" }, { to = "low" }]
+[states.high]
+end = "finished"
+[states.low]
+end = "finished"
+[states.late]
+end = "finished"
+"#,
+    ),
+    (
         "py_fail_flow.toml",
         r#"
 name = "py_fail_flow"
@@ -430,6 +471,53 @@ async fn the_real_python_sdk_worker_serves_our_orchestrator() {
     assert!(
         !log.contains("missing mandatory orchestrator signature"),
         "the SDK refused a task:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn the_python_sdk_worker_serves_map_and_event_flows() {
+    if venv_python("venv-worker").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // Production configuration: tasks and events signed with the secret.
+    let _orchestrator = start_our_orchestrator(dir.path(), port, Some(SECRET));
+    let api = Http::new(port);
+    api.wait_up().await;
+    let _py = start_python_worker(dir.path(), port, "py-worker-flows", "", Some(SECRET));
+    api.wait_worker("py-worker-flows").await;
+
+    // A map: one SDK task per element, results in input order.
+    let words: Vec<String> = (0..12).map(|i| format!("w{i}")).collect();
+    let id = api.create("/jobs/py-map", json!({"words": words})).await;
+    let job = api.terminal(&id).await;
+    assert_eq!(job["status"], "finished", "{job}");
+    let items = job["results"]["each"]["items"].as_array().unwrap();
+    assert_eq!(items.len(), 12);
+    for (i, item) in items.iter().enumerate() {
+        let word = format!("w{i}");
+        assert_eq!(
+            item["processed_message"],
+            vec![word.as_str(); i + 1].join(" ")
+        );
+        assert_eq!(item["served_by"], "python");
+    }
+
+    // The SDK's send_event moves the job on before the handler returns.
+    let started = std::time::Instant::now();
+    let id = api.create("/jobs/py-event", json!({"score": 7})).await;
+    let job = api.terminal(&id).await;
+    assert_eq!(
+        (job["status"].as_str(), job["current_state"].as_str()),
+        (Some("finished"), Some("high")),
+        "{job}"
+    );
+    assert_eq!(job["results"]["start"], json!({"score": 7}));
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "ended after {:?}: with the handler (8 s), not on its event",
+        started.elapsed()
     );
 }
 

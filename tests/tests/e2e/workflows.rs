@@ -87,7 +87,11 @@ async fn a_map_of_a_thousand(stack: &Stack) {
     let items = job["results"]["each"]["items"].as_array().unwrap();
     assert_eq!(items.len(), 1000);
     for (i, item) in items.iter().enumerate() {
-        assert_eq!(item["processed_message"], format!("w{i}#{i}"), "element {i}");
+        assert_eq!(
+            item["processed_message"],
+            format!("w{i}#{i}"),
+            "element {i}"
+        );
     }
     assert_eq!(job["results"]["each"]["failures"], json!([]));
     let (most, queued) = most_in_flight(stack, &id).await;
@@ -180,7 +184,10 @@ async fn a_plugins_events_are_bounded_and_named_when_refused() {
         {"type": "fine", "payload": {"n": 1}},
     ]);
     let id = stack
-        .create("/jobs/one/emit_events", json!({"events": events, "repeat": 1, "gap_ms": 0}))
+        .create(
+            "/jobs/one/emit_events",
+            json!({"events": events, "repeat": 1, "gap_ms": 0}),
+        )
         .await;
     let job = stack.finished(&id).await;
     assert_eq!(job["status"], "finished", "{job}");
@@ -209,7 +216,10 @@ async fn a_plugins_events_are_bounded_and_named_when_refused() {
         .iter()
         .filter(|e| e["event"] == "worker_event")
         .count();
-    assert_eq!(delivered, 100, "every accepted event reaches the job's history");
+    assert_eq!(
+        delivered, 100,
+        "every accepted event reaches the job's history"
+    );
     stack.assert_no_panic();
 }
 
@@ -229,10 +239,14 @@ async fn map_and_event_flows_run_across_two_instances_on_postgres() {
     b.wait_ready().await;
     // The worker knows instance A only; jobs are created through B.
     a.worker = Some(worker_with_slots(&a, "pg-worker", "worker.log", None));
-    wait_until("the worker, seen from B", Duration::from_secs(60), || async {
-        let (_, workers) = b.get("/api/v1/workers").await;
-        workers.as_array().is_some_and(|w| !w.is_empty())
-    })
+    wait_until(
+        "the worker, seen from B",
+        Duration::from_secs(60),
+        || async {
+            let (_, workers) = b.get("/api/v1/workers").await;
+            workers.as_array().is_some_and(|w| !w.is_empty())
+        },
+    )
     .await;
     a_map_of_a_thousand(&b).await;
     an_event_moves_the_job_before_its_task_ends(&b).await;

@@ -32,14 +32,7 @@ pub struct PluginEvent {
     pub payload: serde_json::Map<String, serde_json::Value>,
 }
 
-/// Longest event type name a plugin may emit.
-pub const MAX_EVENT_TYPE: usize = 128;
-/// Largest event payload (JSON text) a plugin may emit.
-pub const MAX_EVENT_PAYLOAD: usize = 64 * 1024;
-/// Most events one task attempt may emit.
-pub const MAX_EVENTS_PER_TASK: u32 = 100;
-/// Events waiting to be sent before `emit-event` refuses more.
-pub const EVENT_BACKLOG: usize = 16;
+pub use crate::limits::{EVENT_BACKLOG, MAX_EVENT_PAYLOAD, MAX_EVENT_TYPE, MAX_EVENTS_PER_TASK};
 
 /// Where a task's progress reports and events go.
 pub struct Reports {
