@@ -22,6 +22,10 @@ pub enum JobStatus {
     WaitingForParallelTasks,
     /// In a `sleep` state until `wake_at`.
     Sleeping,
+    /// In a `wait` state with `approval`: a human's decision moves it.
+    WaitingForHuman,
+    /// In a `wait` state: a client's signal moves it.
+    WaitingForSignal,
     Finished,
     Failed,
     Quarantined,
@@ -29,13 +33,15 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
-    pub const ALL: [JobStatus; 10] = [
+    pub const ALL: [JobStatus; 12] = [
         Self::Pending,
         Self::WaitingForWorker,
         Self::Running,
         Self::AwaitingRetry,
         Self::WaitingForParallelTasks,
         Self::Sleeping,
+        Self::WaitingForHuman,
+        Self::WaitingForSignal,
         Self::Finished,
         Self::Failed,
         Self::Quarantined,
@@ -62,6 +68,8 @@ impl JobStatus {
             Self::AwaitingRetry => "awaiting_retry",
             Self::WaitingForParallelTasks => "waiting_for_parallel_tasks",
             Self::Sleeping => "sleeping",
+            Self::WaitingForHuman => "waiting_for_human",
+            Self::WaitingForSignal => "waiting_for_signal",
             Self::Finished => "finished",
             Self::Failed => "failed",
             Self::Quarantined => "quarantined",
@@ -301,7 +309,13 @@ pub struct Job {
     pub updated_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
-    /// When a sleeping job (a `sleep` state) goes on.
+    /// While waiting for a human's decision: the single-use token an
+    /// approver may use instead of the client's (avtomatika's
+    /// `approval_token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_token: Option<String>,
+    /// When a sleeping job (a `sleep` state) goes on, or a waiting one (a
+    /// `wait` state with a timeout) times out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wake_at: Option<DateTime<Utc>>,
     /// Progress of the `map` state the job is in.

@@ -1250,3 +1250,177 @@ async fn a_mapped_worker_event_moves_the_job_before_its_task_ends(h: Holder) {
     // The worker's slot was given back when the event moved the job.
     assert!(engine.workers().await[0].in_flight_tasks.is_empty());
 }
+
+const APPROVAL_FLOW: &str = r#"
+[states.review]
+start = true
+wait = { approval = true, on = { approved = "publish", rejected = "dropped" }, timeout = 3600, on_timeout = "expired" }
+[states.publish]
+end = "finished"
+[states.dropped]
+end = "failed"
+[states.expired]
+end = "failed"
+"#;
+
+fn decision(
+    id: uuid::Uuid,
+    name: &str,
+    by: orchestrator::engine::SignalAuth,
+    approval: bool,
+) -> orchestrator::engine::Signal {
+    orchestrator::engine::Signal {
+        job: id,
+        name: name.into(),
+        payload: json!({"decision": name, "by": "ann"})
+            .as_object()
+            .cloned()
+            .unwrap(),
+        by,
+        approval,
+    }
+}
+
+on_both!(an_approval_waits_for_a_decision_by_token_or_owner_and_a_used_token_is_refused);
+async fn an_approval_waits_for_a_decision_by_token_or_owner_and_a_used_token_is_refused(h: Holder) {
+    use orchestrator::engine::{EngineError, SignalAuth};
+    let engine = h.engine(APPROVAL_FLOW).await;
+    let id = create(&engine, json!({})).await;
+    let j = job(&engine, id).await;
+    assert_eq!(j.status, JobStatus::WaitingForHuman);
+    let token = j.approval_token.clone().expect("an approval token");
+    assert!(j.wake_at.is_some());
+    // A wrong token, someone else's job, a decision the state does not list.
+    let wrong = SignalAuth::ApprovalToken("nope".into());
+    assert_eq!(
+        engine
+            .signal_job(decision(id, "approved", wrong, true))
+            .await,
+        Err(EngineError::BadApprovalToken)
+    );
+    let other = SignalAuth::Owner("someone-else".into());
+    assert_eq!(
+        engine
+            .signal_job(decision(id, "approved", other, true))
+            .await,
+        Err(EngineError::JobNotFound)
+    );
+    let unknown = engine
+        .signal_job(decision(
+            id,
+            "maybe",
+            SignalAuth::ApprovalToken(token.clone()),
+            true,
+        ))
+        .await;
+    assert!(
+        matches!(&unknown, Err(EngineError::UnknownSignal(m)) if m.contains("approved, rejected")),
+        "{unknown:?}"
+    );
+    // The token's holder decides; the payload is the state's result.
+    engine
+        .signal_job(decision(
+            id,
+            "approved",
+            SignalAuth::ApprovalToken(token.clone()),
+            true,
+        ))
+        .await
+        .unwrap();
+    let j = job(&engine, id).await;
+    assert_eq!(
+        (j.status, j.current_state.as_str()),
+        (JobStatus::Finished, "publish")
+    );
+    assert_eq!(
+        j.results["review"],
+        json!({"decision": "approved", "by": "ann"})
+    );
+    assert!(j.approval_token.is_none());
+    // Used: a second decision is refused.
+    let again = engine
+        .signal_job(decision(
+            id,
+            "rejected",
+            SignalAuth::ApprovalToken(token),
+            true,
+        ))
+        .await;
+    assert_eq!(again, Err(EngineError::BadApprovalToken));
+    // The owner may decide without the token.
+    let id = create(&engine, json!({})).await;
+    engine
+        .signal_job(decision(
+            id,
+            "rejected",
+            SignalAuth::Owner("default".into()),
+            true,
+        ))
+        .await
+        .unwrap();
+    let j = job(&engine, id).await;
+    assert_eq!(
+        (j.status, j.current_state.as_str()),
+        (JobStatus::Failed, "dropped")
+    );
+}
+
+const SIGNAL_FLOW: &str = r#"
+[states.first]
+start = true
+wait = { on = { go = "second" }, timeout = 60, on_timeout = "late" }
+[states.second]
+wait = { on = { go = "done" }, timeout = 120, on_timeout = "late" }
+[states.done]
+end = "finished"
+[states.late]
+end = "failed"
+"#;
+
+on_both!(a_signal_wait_times_out_on_its_own_timer_only);
+async fn a_signal_wait_times_out_on_its_own_timer_only(h: Holder) {
+    use orchestrator::engine::SignalAuth;
+    let engine = h
+        .engine(
+            &SIGNAL_FLOW
+                .replace("60", &h.pick_secs(60, 1))
+                .replace("120", &h.pick_secs(120, 3)),
+        )
+        .await;
+    let id = create(&engine, json!({})).await;
+    assert_eq!(job(&engine, id).await.status, JobStatus::WaitingForSignal);
+    // A signal is only for a wait state that lists it; not for approvals.
+    let owner = || SignalAuth::Owner("default".into());
+    let as_approval = engine.signal_job(decision(id, "go", owner(), true)).await;
+    assert!(
+        matches!(
+            as_approval,
+            Err(orchestrator::engine::EngineError::NotWaiting(_))
+        ),
+        "{as_approval:?}"
+    );
+    engine
+        .signal_job(decision(id, "go", owner(), false))
+        .await
+        .unwrap();
+    let j = job(&engine, id).await;
+    assert_eq!(
+        (j.status, j.current_state.as_str()),
+        (JobStatus::WaitingForSignal, "second")
+    );
+    // The first state's timer fires in the second state and does nothing.
+    let first_timeout = h.pick(Duration::from_secs(61), Duration::from_millis(1500));
+    tokio::time::sleep(first_timeout).await;
+    settle().await;
+    assert_eq!(job(&engine, id).await.current_state, "second");
+    // The second state's own timeout takes its path.
+    let j = job_reaches(
+        &engine,
+        id,
+        JobStatus::Failed,
+        h.pick(Duration::from_secs(120), Duration::from_secs(10)),
+    )
+    .await;
+    assert_eq!(j.current_state, "late");
+    assert_eq!(j.state_history[1].outcome.as_deref(), Some("timeout"));
+}

@@ -224,6 +224,11 @@ pub struct JobView<'a> {
     /// While the job is `sleeping`: when it goes on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wake_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// While the job waits for a human's decision: the single-use token an
+    /// approver may send to `/_public/webhooks/approval/{job_id}` instead
+    /// of a client token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_token: Option<&'a str>,
     /// While the job is in a `map` state: how far it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub map: Option<MapProgress>,
@@ -271,6 +276,7 @@ pub fn view(job: &Job, waiting_reason: Option<String>) -> JobView<'_> {
         updated_at: job.updated_at,
         finished_at: job.finished_at,
         wake_at: job.wake_at,
+        approval_token: job.approval_token.as_deref(),
         map: job.map.as_deref().map(|m| MapProgress {
             total: m.items.len(),
             done: m.done,

@@ -110,8 +110,9 @@ impl From<crate::engine::EngineError> for ApiError {
         match e {
             E::InvalidJob(_) => Self::BadRequest(message),
             E::JobNotFound | E::UnknownWorker(_) => Self::NotFound(message),
-            E::AlreadyEnded(_) => Self::Conflict(message),
-            E::NotAssigned(_) => Self::Forbidden(message),
+            E::AlreadyEnded(_) | E::NotWaiting(_) => Self::Conflict(message),
+            E::UnknownSignal(_) => Self::BadRequest(message),
+            E::NotAssigned(_) | E::BadApprovalToken => Self::Forbidden(message),
             E::TooManyWorkers(_) => Self::TooMany(message),
             E::TooManyActiveJobs(_) => Self::Saturated(message, 1),
             E::Storage(_) => Self::Internal(message),

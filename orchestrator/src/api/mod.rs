@@ -17,6 +17,7 @@ pub mod idle;
 pub mod openapi;
 pub mod serve;
 pub mod session;
+pub mod signals;
 pub mod stats;
 pub mod stream;
 pub mod throttle;
@@ -115,6 +116,10 @@ pub fn router(state: AppState) -> Router {
                 &format!("{prefix}/jobs/{{id}}/history"),
                 get(client::job_history),
             )
+            .route(
+                &format!("{prefix}/jobs/{{id}}/signal/{{name}}"),
+                post(signals::signal_job),
+            )
             .route(&format!("{prefix}/workers"), get(client::list_workers))
             .route(
                 &format!("{prefix}/blueprints"),
@@ -162,6 +167,10 @@ pub fn router(state: AppState) -> Router {
     .route(
         "/_public/status",
         get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+    )
+    .route(
+        "/_public/webhooks/approval/{job_id}",
+        post(signals::approval),
     )
     .route("/api/openapi.json", get(openapi::json))
     .route("/api/docs", get(openapi::page))

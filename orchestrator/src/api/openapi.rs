@@ -52,6 +52,8 @@ pub struct JobHistory {
         super::client::list_jobs,
         super::client::get_job,
         super::client::cancel_job,
+        super::signals::signal_job,
+        super::signals::approval,
         super::client::job_history,
         super::client::list_workers,
         super::client::list_blueprints,

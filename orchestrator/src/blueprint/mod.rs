@@ -118,6 +118,20 @@ pub enum Action {
         wait: SleepFor,
         next: String,
     },
+    /// Wait for a decision or signal named in `on`, or `timeout`.
+    Wait(WaitSpec),
+}
+
+/// A `wait` state.
+#[derive(Debug)]
+pub struct WaitSpec {
+    /// A human decides (`waiting_for_human`, approval token), or a client
+    /// signals (`waiting_for_signal`).
+    pub approval: bool,
+    /// Decision or signal name → next state.
+    pub on: BTreeMap<String, String>,
+    /// How long at most, and where to go then.
+    pub timeout: Option<(Duration, String)>,
 }
 
 /// Default of `map.max_in_flight`.
@@ -202,6 +216,10 @@ impl Blueprint {
                         format!("{} over {}", m.task.task_type, m.over.source()),
                     ),
                     Action::Goto(_) => ("goto", String::new()),
+                    Action::Wait(w) => (
+                        if w.approval { "approval" } else { "wait" },
+                        w.on.keys().cloned().collect::<Vec<_>>().join(", "),
+                    ),
                     Action::Sleep { wait, .. } => (
                         "sleep",
                         match wait {
@@ -253,6 +271,14 @@ impl Blueprint {
                     }
                 }
                 Action::Sleep { next, .. } => edge(&s.name, next, "woken".into()),
+                Action::Wait(w) => {
+                    for (name, to) in &w.on {
+                        edge(&s.name, to, name.clone());
+                    }
+                    if let Some((_, to)) = &w.timeout {
+                        edge(&s.name, to, "timeout".into());
+                    }
+                }
             }
         }
         serde_json::json!({"nodes": nodes, "edges": edges})
@@ -330,16 +356,17 @@ fn compile_state(name: &str, file: &StateFile) -> Result<Action, String> {
         file.map.is_some(),
         file.goto.is_some(),
         file.sleep.is_some(),
+        file.wait.is_some(),
     ];
     match kinds.iter().filter(|k| **k).count() {
         0 => {
             return Err(
-                "has no action: give it one of `end`, `dispatch`, `parallel`, `map`, `goto` or `sleep`".into(),
+                "has no action: give it one of `end`, `dispatch`, `parallel`, `map`, `goto`, `sleep` or `wait`".into(),
             );
         }
         1 => {}
         _ => return Err(
-            "has several actions; give it exactly one of `end`, `dispatch`, `parallel`, `map`, `goto` or `sleep`"
+            "has several actions; give it exactly one of `end`, `dispatch`, `parallel`, `map`, `goto`, `sleep` or `wait`"
                 .into(),
         ),
     }
@@ -401,6 +428,9 @@ fn compile_state(name: &str, file: &StateFile) -> Result<Action, String> {
     if let Some(m) = &file.map {
         return compile_map(m).map(Action::Map);
     }
+    if let Some(w) = &file.wait {
+        return compile_wait(w).map(Action::Wait);
+    }
     if let Some(sleep) = &file.sleep {
         let wait = match (&sleep.seconds, &sleep.until) {
             (Some(seconds), None) => {
@@ -432,6 +462,43 @@ fn compile_state(name: &str, file: &StateFile) -> Result<Action, String> {
     }
     let _ = name;
     Ok(Action::Goto(out))
+}
+
+/// Longest decision or signal name.
+pub const MAX_SIGNAL_NAME: usize = 64;
+
+/// Whether `name` may name a decision or signal: 1 to [`MAX_SIGNAL_NAME`]
+/// bytes of letters, digits, `_`, `.` and `-`.
+pub fn signal_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_SIGNAL_NAME
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+fn compile_wait(w: &model::WaitFile) -> Result<WaitSpec, String> {
+    if w.on.is_empty() {
+        return Err("wait has no decisions or signals (`on`)".into());
+    }
+    if let Some(bad) = w.on.keys().find(|k| !signal_name_ok(k)) {
+        return Err(format!(
+            "wait.on name {bad:?} must be 1 to {MAX_SIGNAL_NAME} letters, digits, `_`, `.` or `-`"
+        ));
+    }
+    let timeout = match (w.timeout, &w.on_timeout) {
+        (None, None) => None,
+        (Some(secs), Some(to)) => Some((
+            crate::secs::timeout("wait.timeout", secs).map_err(|e| e.to_string())?,
+            to.clone(),
+        )),
+        _ => return Err("wait.timeout and wait.on_timeout go together".into()),
+    };
+    Ok(WaitSpec {
+        approval: w.approval,
+        on: w.on.clone(),
+        timeout,
+    })
 }
 
 fn compile_map(m: &model::MapFile) -> Result<MapSpec, String> {
@@ -575,6 +642,16 @@ pub fn parse(source: &str, text: &str) -> Result<Blueprint, BlueprintError> {
                 t
             }
             Action::Sleep { next, .. } => vec![("sleep `next`".to_string(), next)],
+            Action::Wait(w) => {
+                w.on.iter()
+                    .map(|(k, v)| (format!("wait `{k}`"), v))
+                    .chain(
+                        w.timeout
+                            .iter()
+                            .map(|(_, to)| ("wait `on_timeout`".to_string(), to)),
+                    )
+                    .collect()
+            }
             Action::End { .. } => vec![],
         };
         for (what, target) in targets {

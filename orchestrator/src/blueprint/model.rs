@@ -67,6 +67,9 @@ pub struct StateFile {
     /// Wait, costing no worker, then go on.
     #[serde(default)]
     pub sleep: Option<SleepFile>,
+    /// Wait for a decision (approval) or a signal, or a timeout.
+    #[serde(default)]
+    pub wait: Option<WaitFile>,
     #[serde(default)]
     pub description: Option<String>,
 }
@@ -191,4 +194,24 @@ pub struct SleepFile {
     pub until: Option<String>,
     /// The state after the sleep.
     pub next: String,
+}
+
+/// `wait = { approval = true, on = { approved = "…", rejected = "…" },
+/// timeout = 86400, on_timeout = "…" }`: the job waits (no worker) for a
+/// decision or signal named in `on`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitFile {
+    /// A human decides: status `waiting_for_human`, a single-use approval
+    /// token, avtomatika's approval endpoint. Otherwise the job waits for a
+    /// client's signal (`waiting_for_signal`).
+    #[serde(default)]
+    pub approval: bool,
+    /// Decision or signal name → next state.
+    pub on: BTreeMap<String, String>,
+    /// Seconds to wait at most (then `on_timeout`).
+    #[serde(default)]
+    pub timeout: Option<f64>,
+    #[serde(default)]
+    pub on_timeout: Option<String>,
 }

@@ -155,6 +155,17 @@ impl Backend {
         }
     }
 
+    pub(crate) async fn signal(
+        &self,
+        shared: &Arc<Shared>,
+        signal: machine::Signal,
+    ) -> Result<(), EngineError> {
+        match self {
+            Self::Local(local) => machine::signal(shared, &mut local.tx(shared), &signal),
+            Self::Shared(db) => db.signal(shared, signal).await,
+        }
+    }
+
     /// Why `job`, which waits for a worker, waits.
     pub(crate) async fn waiting_reason(&self, job: &Job) -> Option<String> {
         match self {

@@ -27,6 +27,15 @@ pub enum EngineError {
     /// jobs that have not ended.
     #[error("{0}")]
     TooManyActiveJobs(String),
+    /// 409: a decision or signal for a job that is not waiting for one.
+    #[error("{0}")]
+    NotWaiting(String),
+    /// 400: a decision or signal the job's wait state does not name.
+    #[error("{0}")]
+    UnknownSignal(String),
+    /// 403: a wrong (or already used) approval token.
+    #[error("Invalid approval token")]
+    BadApprovalToken,
     /// 500.
     #[error("could not store the job: {0}")]
     Storage(String),

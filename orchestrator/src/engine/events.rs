@@ -67,6 +67,8 @@ pub enum EventKind {
     Progress,
     WorkerEvent,
     MapStarted,
+    Waiting,
+    Signal,
     Sleeping,
     Recovered,
     Finished,
@@ -76,7 +78,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 18] = [
+    pub const ALL: [EventKind; 20] = [
         Self::Created,
         Self::TaskQueued,
         Self::TaskDispatched,
@@ -89,6 +91,8 @@ impl EventKind {
         Self::Progress,
         Self::WorkerEvent,
         Self::MapStarted,
+        Self::Waiting,
+        Self::Signal,
         Self::Sleeping,
         Self::Recovered,
         Self::Finished,
@@ -116,6 +120,8 @@ impl EventKind {
             Self::Progress => "progress",
             Self::MapStarted => "map_started",
             Self::WorkerEvent => "worker_event",
+            Self::Waiting => "waiting",
+            Self::Signal => "signal",
             Self::Sleeping => "sleeping",
             Self::Recovered => "recovered",
             Self::Finished => "finished",

@@ -50,6 +50,7 @@ use backend::Backend;
 pub use error::EngineError;
 pub use events::{EventKind, JobUpdate, MAX_EVENT_TEXT};
 pub(crate) use events::{event, job_write, task_event};
+pub use machine::{Signal, SignalAuth};
 pub use settings::{
     DEFAULT_CHANNEL_GRACE_SECS, DEFAULT_MAX_ACTIVE_JOBS_PER_CLIENT, DEFAULT_MAX_MAP_ITEMS,
     DEFAULT_MAX_MAP_RESULT_BYTES, DEFAULT_MAX_TRANSITIONS, DEFAULT_MAX_WORKER_TTL_SECS,
@@ -338,6 +339,12 @@ impl Engine {
         limit: usize,
     ) -> Result<Vec<Uuid>, StorageError> {
         self.shared.backend.delete_ended(before, limit).await
+    }
+
+    /// A decision or signal for a job in a `wait` state: it goes on to the
+    /// state the decision names; `Err` says why not.
+    pub async fn signal_job(&self, signal: machine::Signal) -> Result<(), EngineError> {
+        self.shared.backend.signal(&self.shared, signal).await
     }
 
     /// Cancels a job that has not ended; `Err` says why not.

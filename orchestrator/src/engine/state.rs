@@ -22,8 +22,10 @@ pub enum Timer {
     ResultTimeout { job: Uuid, task_id: String },
     /// Backoff is over: queue the task again.
     Retry { job: Uuid, task_id: String },
-    /// A sleeping job's time is up: it goes on.
-    Wake { job: Uuid },
+    /// A sleeping job's time is up: it goes on; or a waiting job's timeout
+    /// passed. `step` is the job's transition count when it was armed (as
+    /// text, stored as is): a timer armed in an earlier state does nothing.
+    Wake { job: Uuid, step: String },
     /// Drop workers that stopped talking.
     WorkerSweep,
 }

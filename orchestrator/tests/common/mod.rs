@@ -112,6 +112,13 @@ impl Holder {
         engine_on(states, settings, Store::Postgres(url)).await
     }
 
+    /// [`Holder::pick`] for seconds written into a blueprint.
+    pub fn pick_secs(self, memory: u64, real: u64) -> String {
+        self.pick(Duration::from_secs(memory), Duration::from_secs(real))
+            .as_secs()
+            .to_string()
+    }
+
     /// `memory` on paused time; `real` (shorter) where time is real.
     pub fn pick(self, memory: Duration, real: Duration) -> Duration {
         match self {

@@ -31,12 +31,15 @@ mod dispatch;
 mod map;
 mod results;
 mod timers;
+mod wait;
 mod workers;
 
 pub(crate) use dispatch::*;
 pub(crate) use map::*;
 pub(crate) use results::*;
 pub(crate) use timers::*;
+pub use wait::{Signal, SignalAuth};
+pub(crate) use wait::{is_waiting, signal, start_wait, wait_timed_out};
 pub(crate) use workers::*;
 
 /// Error codes the orchestrator itself assigns.
@@ -177,6 +180,7 @@ pub(crate) fn create(shared: &Shared, st: &mut EngineState, id: Uuid, bp: &Bluep
         updated_at: now,
         finished_at: None,
         wake_at: None,
+        approval_token: None,
         map: None,
         options: new.options,
         version: 0,
@@ -344,6 +348,10 @@ pub(crate) fn advance(
                 );
                 return;
             }
+            Action::Wait(spec) => {
+                start_wait(st, job, spec, events);
+                return;
+            }
             Action::Map(spec) => match start_map(shared, st, job, spec, events) {
                 Flow::Advance => continue,
                 Flow::Stop => return,
@@ -469,7 +477,7 @@ pub(crate) fn sleep(
 ) {
     job.status = JobStatus::Sleeping;
     job.wake_at = Some(wake_at);
-    arm_wake(st, job.id, wake_at);
+    arm_wake(st, job, wake_at);
     events.push(event(
         EventKind::Sleeping,
         format!(
@@ -480,10 +488,12 @@ pub(crate) fn sleep(
     ));
 }
 
-/// The timer that wakes sleeping job `job` at `at` (at once if that passed).
-pub(crate) fn arm_wake(st: &mut EngineState, job: Uuid, at: chrono::DateTime<Utc>) {
+/// The timer that wakes `job` (sleeping, or waiting with a timeout) in its
+/// current state at `at` (at once if that passed).
+pub(crate) fn arm_wake(st: &mut EngineState, job: &Job, at: chrono::DateTime<Utc>) {
     let wait = (at - Utc::now()).to_std().unwrap_or_default();
-    st.add_timer(Instant::now() + wait, Timer::Wake { job });
+    let step = job.transitions.to_string();
+    st.add_timer(Instant::now() + wait, Timer::Wake { job: job.id, step });
 }
 
 pub(crate) fn enter_state(

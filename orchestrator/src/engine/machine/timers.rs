@@ -83,12 +83,20 @@ pub(crate) fn fire(shared: &Shared, st: &mut EngineState, timer: Timer) {
             }
             put(st, j);
         }
-        Timer::Wake { job } => {
+        Timer::Wake { job, step } => {
             let Some(mut j) = take(st, job) else { return };
-            // A job cancelled (or moved on) while it slept stays as it is.
-            if j.status == JobStatus::Sleeping {
+            // A job cancelled (or moved on) while it slept or waited stays
+            // as it is; a waiting one whose time is up takes its timeout
+            // path. (A timer stored before steps were recorded has none.)
+            let current = step.is_empty() || step == j.transitions.to_string();
+            if !current {
+            } else if j.status == JobStatus::Sleeping {
                 let mut events = Vec::new();
                 wake(shared, st, &mut j, &mut events);
+                commit(st, &mut j, events, None);
+            } else if is_waiting(&j) {
+                let mut events = Vec::new();
+                wait_timed_out(shared, st, &mut j, &mut events);
                 commit(st, &mut j, events, None);
             }
             put(st, j);
@@ -226,9 +234,15 @@ pub(crate) fn recover(shared: &Shared, st: &mut EngineState, mut job: Job) {
     match job.status {
         // Its timer again, at the same time (or at once if that passed).
         JobStatus::Sleeping => match job.wake_at {
-            Some(at) => arm_wake(st, job.id, at),
+            Some(at) => arm_wake(st, &job, at),
             None => wake(shared, st, &mut job, &mut events),
         },
+        // Still waiting (its approval token too); its timeout again.
+        JobStatus::WaitingForHuman | JobStatus::WaitingForSignal => {
+            if let Some(at) = job.wake_at {
+                arm_wake(st, &job, at);
+            }
+        }
         JobStatus::Pending | JobStatus::Running => {
             job.tasks.clear();
             advance(shared, st, &mut job, &mut events);

@@ -79,6 +79,18 @@ pub(crate) fn waiting_reason(st: &EngineState, job: &Job) -> Option<String> {
                 at.to_rfc3339()
             )
         }),
+        JobStatus::WaitingForHuman | JobStatus::WaitingForSignal => Some(format!(
+            "waiting in state {} for {}{}",
+            job.current_state,
+            if job.status == JobStatus::WaitingForHuman {
+                "a decision"
+            } else {
+                "a signal"
+            },
+            job.wake_at
+                .map(|at| format!(" until {}", at.to_rfc3339()))
+                .unwrap_or_default()
+        )),
         JobStatus::AwaitingRetry => job.tasks.first().map(|t| {
             let last = t
                 .last_error

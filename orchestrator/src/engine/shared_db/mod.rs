@@ -470,6 +470,18 @@ impl SharedDb {
             .await?
     }
 
+    pub(crate) async fn signal(
+        &self,
+        shared: &Arc<Shared>,
+        signal: machine::Signal,
+    ) -> Result<(), EngineError> {
+        let id = signal.job;
+        self.event(shared, &[id], &[], |st| {
+            machine::signal(shared, st, &signal)
+        })
+        .await?
+    }
+
     pub(crate) async fn worker_event(
         &self,
         shared: &Arc<Shared>,

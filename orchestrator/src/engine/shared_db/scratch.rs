@@ -101,7 +101,7 @@ fn timer_row(t: &Timer) -> Option<(Uuid, &'static str, &str)> {
         Timer::DispatchTimeout { job, task_id } => Some((*job, "dispatch_timeout", task_id)),
         Timer::ResultTimeout { job, task_id } => Some((*job, "result_timeout", task_id)),
         Timer::Retry { job, task_id } => Some((*job, "retry", task_id)),
-        Timer::Wake { job } => Some((*job, "wake", "")),
+        Timer::Wake { job, step } => Some((*job, "wake", step)),
         Timer::WorkerSweep => None,
     }
 }
@@ -111,7 +111,7 @@ pub(super) fn timer_of(kind: &str, job: Uuid, task_id: String) -> Option<Timer> 
         "dispatch_timeout" => Some(Timer::DispatchTimeout { job, task_id }),
         "result_timeout" => Some(Timer::ResultTimeout { job, task_id }),
         "retry" => Some(Timer::Retry { job, task_id }),
-        "wake" => Some(Timer::Wake { job }),
+        "wake" => Some(Timer::Wake { job, step: task_id }),
         _ => None,
     }
 }
