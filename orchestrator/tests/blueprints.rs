@@ -51,7 +51,7 @@ fn golden_errors() {
         ),
         (
             "[states.a]\nstart = true\n[states.done]\nend = \"finished\"\n",
-            "bp.toml: state `a` has no action: give it one of `end`, `dispatch`, `parallel`, `goto` or `sleep`",
+            "bp.toml: state `a` has no action: give it one of `end`, `dispatch`, `parallel`, `map`, `goto`, `sleep` or `wait`",
         ),
         (
             "[states.a]\nstart = true\nend = \"done\"\n",
@@ -76,6 +76,30 @@ fn golden_errors() {
         (
             "[states.a]\nstart = true\nsleep = { seconds = 1e9, next = \"done\" }\n[states.done]\nend = \"finished\"\n",
             "bp.toml: state `a` 'sleep.seconds' must be a positive number of seconds, at most 2592000 (30 days); got 1000000000",
+        ),
+        (
+            "[states.a]\nstart = true\nmap = { over = \"initial.xs\", task = \"t\", max_in_flight = 0, next = \"done\" }\n[states.done]\nend = \"finished\"\n",
+            "bp.toml: state `a` map.max_in_flight must be between 1 and 1000; got 0",
+        ),
+        (
+            "[states.a]\nstart = true\nmap = { over = \"initial.xs\", task = \"t\", on_item_failure = \"skip\", next = \"done\" }\n[states.done]\nend = \"finished\"\n",
+            "bp.toml: state `a` map.on_item_failure must be \"fail_fast\" or \"continue\", not \"skip\"",
+        ),
+        (
+            "[states.a]\nstart = true\nwait = { on = { ok = \"done\" }, timeout = 5 }\n[states.done]\nend = \"finished\"\n",
+            "bp.toml: state `a` wait.timeout and wait.on_timeout go together",
+        ),
+        (
+            "[states.a]\nstart = true\nwait = { on = { \"no way\" = \"done\" } }\n[states.done]\nend = \"finished\"\n",
+            "bp.toml: state `a` wait.on name \"no way\" must be 1 to 64 letters",
+        ),
+        (
+            "[states.a]\nstart = true\ndispatch = { task = \"t\", on = { success = \"done\" }, events = { progress = \"done\" } }\n[states.done]\nend = \"finished\"\n",
+            "bp.toml: state `a` dispatch.events cannot name `progress`",
+        ),
+        (
+            "[states.a]\nstart = true\ndispatch = { task = \"t\", on = { success = \"done\" }, events = { ready = \"nowhere\" } }\n[states.done]\nend = \"finished\"\n",
+            "bp.toml: state `a`: event `ready` goes to unknown state `nowhere`",
         ),
     ];
     for (states, expected) in cases {

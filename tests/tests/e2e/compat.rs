@@ -206,6 +206,29 @@ end = "finished"
 "#,
     ),
     (
+        "py_approval_flow.toml",
+        r#"
+name = "py_approval_flow"
+api_endpoint = "/jobs/py-approval"
+api_version = "v1"
+[states.draft]
+start = true
+dispatch.task = "echo_task"
+dispatch.params.message = "initial.message"
+dispatch.on = { success = "review" }
+[states.review]
+wait = { approval = true, on = { approved = "publish", rejected = "dropped" } }
+[states.publish]
+dispatch.task = "echo_task"
+dispatch.params.message = "results.draft.processed_message ~ ' ok'"
+dispatch.on = { success = "done" }
+[states.done]
+end = "finished"
+[states.dropped]
+end = "failed"
+"#,
+    ),
+    (
         "py_event_flow.toml",
         r#"
 name = "py_event_flow"
@@ -475,7 +498,7 @@ async fn the_real_python_sdk_worker_serves_our_orchestrator() {
 }
 
 #[tokio::test]
-async fn the_python_sdk_worker_serves_map_and_event_flows() {
+async fn the_python_sdk_worker_serves_map_approval_and_event_flows() {
     if venv_python("venv-worker").is_none() {
         return;
     }
@@ -503,6 +526,35 @@ async fn the_python_sdk_worker_serves_map_and_event_flows() {
         );
         assert_eq!(item["served_by"], "python");
     }
+
+    // SDK tasks around a human's decision, made with the approval token.
+    let id = api
+        .create("/jobs/py-approval", json!({"message": "m"}))
+        .await;
+    let mut job = Value::Null;
+    for _ in 0..100 {
+        job = api.get(&format!("/api/v1/jobs/{id}")).await.1;
+        if job["status"] == "waiting_for_human" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let token = job["approval_token"]
+        .as_str()
+        .expect("an approval token")
+        .to_string();
+    let resp = api
+        .http
+        .post(format!("{}/_public/webhooks/approval/{id}", api.base))
+        .json(&json!({"decision": "approved", "token": token}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let job = api.terminal(&id).await;
+    assert_eq!(job["status"], "finished", "{job}");
+    assert_eq!(job["result"]["processed_message"], "m ok");
+    assert_eq!(job["result"]["served_by"], "python");
 
     // The SDK's send_event moves the job on before the handler returns.
     let started = std::time::Instant::now();

@@ -1,8 +1,9 @@
 //! The workflow constructs an avtomatika user brings over, with real
 //! processes: a map over a list (order kept, `max_in_flight` never
-//! exceeded, as the orchestrator's own history shows) and a plugin's event
-//! moving its job on before the task ends; on SQLite, and on PostgreSQL
-//! with the job created through one instance and the worker on the other.
+//! exceeded, as the orchestrator's own history shows), a plugin's event
+//! moving its job on before the task ends, and an approval that survives a
+//! restart; on SQLite, and on PostgreSQL with the job created through one
+//! instance and the worker (or the approver) on the other.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -49,6 +50,63 @@ end = "finished"
 [states.late]
 end = "finished"
 "#;
+
+const APPROVAL_FLOW: &str = r#"
+name = "approve_echo"
+api_endpoint = "/jobs/approve_echo"
+api_version = "v1"
+[states.draft]
+start = true
+dispatch.task = "echo_task"
+dispatch.params.message = "initial.message"
+dispatch.on = { success = "review" }
+[states.review]
+wait = { approval = true, on = { approved = "publish", rejected = "dropped" }, timeout = 3600, on_timeout = "dropped" }
+[states.publish]
+dispatch.task = "echo_task"
+dispatch.params.message = "results.draft.processed_message ~ ' (approved by ' ~ results.review.by ~ ')'"
+dispatch.on = { success = "done" }
+[states.done]
+end = "finished"
+[states.dropped]
+end = "failed"
+"#;
+
+/// POSTs `body` to `path` with `headers`: status and JSON answer.
+async fn post(stack: &Stack, path: &str, headers: &[(&str, &str)], body: Value) -> (u16, Value) {
+    let mut req = stack.http.post(format!("{}{path}", stack.base)).json(&body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// A job of APPROVAL_FLOW created on `stack`, once it waits: its id and
+/// approval token.
+async fn waiting_for_approval(stack: &Stack, message: &str) -> (String, String) {
+    let id = stack
+        .create("/jobs/approve_echo", json!({"message": message}))
+        .await;
+    wait_until(
+        "the job to wait for a decision",
+        Duration::from_secs(30),
+        || async {
+            stack.get(&format!("/api/v1/jobs/{id}")).await.1["status"] == "waiting_for_human"
+        },
+    )
+    .await;
+    let job = stack.get(&format!("/api/v1/jobs/{id}")).await.1;
+    assert!(
+        job["waiting_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("waiting in state review for a decision until "),
+        "{job}"
+    );
+    (id, job["approval_token"].as_str().unwrap().to_string())
+}
 
 /// Most tasks of `job` queued or running at once, by its history
 /// (queued: +1; result, failure or requeue: -1).
@@ -223,6 +281,107 @@ async fn a_plugins_events_are_bounded_and_named_when_refused() {
     stack.assert_no_panic();
 }
 
+#[tokio::test]
+async fn an_approval_survives_a_restart_and_resumes_on_the_approval_call() {
+    let mut stack = Stack::new();
+    stack.add_blueprint("approve_echo", APPROVAL_FLOW);
+    stack.start_orchestrator();
+    stack.wait_ready().await;
+    stack.start_worker();
+    stack.wait_worker().await;
+    let (id, token) = waiting_for_approval(&stack, "draft").await;
+
+    // Refusals, each with its status and a JSON error.
+    let approve = format!("/_public/webhooks/approval/{id}");
+    let (status, body) = post(&stack, &approve, &[], json!({"decision": "approved"})).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = post(
+        &stack,
+        &approve,
+        &[],
+        json!({"decision": "approved", "token": "x"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("Invalid approval token"))
+    );
+    let (status, body) = post(
+        &stack,
+        &approve,
+        &[],
+        json!({"decision": "maybe", "token": token}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("approved, rejected"),
+        "{body}"
+    );
+    let signal = format!("/api/v1/jobs/{id}/signal/approved");
+    let (status, body) = post(&stack, &signal, &[("X-Client-Token", "wrong")], json!({})).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = post(
+        &stack,
+        &format!("/api/v1/jobs/{id}/signal/approved"),
+        &[("X-Client-Token", CLIENT_TOKEN)],
+        json!([1]),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+
+    // The orchestrator restarts while the job waits; it still waits, with
+    // the same token.
+    stack.orchestrator.as_mut().unwrap().stop();
+    stack.start_orchestrator();
+    stack.wait_ready().await;
+    let (_, job) = stack.get(&format!("/api/v1/jobs/{id}")).await;
+    assert_eq!(job["status"], "waiting_for_human", "{job}");
+    assert_eq!(job["approval_token"], token.as_str());
+
+    // The approver's call, with the token in the query, resumes it.
+    let (status, body) = post(
+        &stack,
+        &format!("{approve}?token={token}"),
+        &[],
+        json!({"decision": "approved", "by": "ann"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"status": "approval_received", "job_id": id}));
+    let job = stack.finished(&id).await;
+    assert_eq!(job["status"], "finished", "{job}");
+    assert_eq!(
+        job["result"]["processed_message"],
+        "draft (approved by ann)"
+    );
+    assert_eq!(
+        job["results"]["review"],
+        json!({"decision": "approved", "by": "ann"})
+    );
+    // Used up, and the job no longer waits.
+    let (status, body) = post(
+        &stack,
+        &approve,
+        &[],
+        json!({"decision": "approved", "token": token}),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = post(
+        &stack,
+        &signal,
+        &[("X-Client-Token", CLIENT_TOKEN)],
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    stack.assert_no_panic();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn map_and_event_flows_run_across_two_instances_on_postgres() {
     let mut a = Stack::on_postgres().await;
@@ -232,6 +391,7 @@ async fn map_and_event_flows_run_across_two_instances_on_postgres() {
         stack.add_plugin(plugin_fixtures::CHAOS_TASK);
         stack.add_blueprint("echo_map", MAP_FLOW);
         stack.add_blueprint("early_event", EVENT_FLOW);
+        stack.add_blueprint("approve_echo", APPROVAL_FLOW);
     }
     a.start_orchestrator();
     a.wait_ready().await;
@@ -250,6 +410,23 @@ async fn map_and_event_flows_run_across_two_instances_on_postgres() {
     .await;
     a_map_of_a_thousand(&b).await;
     an_event_moves_the_job_before_its_task_ends(&b).await;
+    // Waiting through B, decided through A (by the client, with a signal),
+    // after B was stopped.
+    let (id, _) = waiting_for_approval(&b, "shared").await;
+    b.orchestrator.as_mut().unwrap().stop();
+    let (status, body) = post(
+        &a,
+        &format!("/api/v1/jobs/{id}/signal/approved"),
+        &[("X-Client-Token", CLIENT_TOKEN)],
+        json!({"by": "bob"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let job = a.finished(&id).await;
+    assert_eq!(
+        job["result"]["processed_message"], "shared (approved by bob)",
+        "{job}"
+    );
     a.assert_no_panic();
     b.assert_no_panic();
 }
