@@ -19,6 +19,7 @@
 //! max_workers = 1000
 //! max_active_jobs_per_client = 10000       # jobs one client may have that have not ended (then 429)
 //! max_transitions_per_job = 100            # state changes a job may take (a runaway loop fails); a create's `max_transitions` may lower it
+//! max_job_depth = 10                      # levels of child jobs (`run`) under a client's job (deeper fails: DEPTH_LIMIT_EXCEEDED)
 //! max_map_items = 10000                    # elements a `map` state's list may have (more fails the job: MAP_LIMIT_EXCEEDED)
 //! max_map_result_bytes = 67108864          # bytes of results one `map` state gathers (more fails the job: MAP_LIMIT_EXCEEDED)
 //! max_workers_per_token = 256              # worker ids one global or pattern token may register
@@ -141,6 +142,7 @@ struct FileConfig {
     max_active_jobs_per_client: Option<usize>,
     max_transitions_per_job: Option<usize>,
     max_map_items: Option<usize>,
+    max_job_depth: Option<usize>,
     max_map_result_bytes: Option<usize>,
     max_worker_ttl_seconds: Option<f64>,
     workers_config: Option<PathBuf>,
@@ -236,6 +238,8 @@ pub struct Config {
     pub max_active_jobs_per_client: usize,
     /// Most state changes one job may take.
     pub max_transitions_per_job: u32,
+    /// Most levels of child jobs.
+    pub max_job_depth: u32,
     /// Most elements of a `map` state's list.
     pub max_map_items: usize,
     /// Most bytes of results one `map` state gathers.
@@ -433,6 +437,12 @@ impl Config {
                 file.max_transitions_per_job,
                 crate::engine::DEFAULT_MAX_TRANSITIONS as usize,
                 1..=1_000_000,
+            )? as u32,
+            max_job_depth: bounded(
+                "max_job_depth",
+                file.max_job_depth,
+                crate::engine::DEFAULT_MAX_JOB_DEPTH as usize,
+                1..=100,
             )? as u32,
             max_map_items: bounded(
                 "max_map_items",

@@ -26,6 +26,8 @@ pub enum JobStatus {
     WaitingForHuman,
     /// In a `wait` state: a client's signal moves it.
     WaitingForSignal,
+    /// In a `run` state: its child job runs.
+    WaitingForSubJob,
     Finished,
     Failed,
     Quarantined,
@@ -33,7 +35,7 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
-    pub const ALL: [JobStatus; 12] = [
+    pub const ALL: [JobStatus; 13] = [
         Self::Pending,
         Self::WaitingForWorker,
         Self::Running,
@@ -42,6 +44,7 @@ impl JobStatus {
         Self::Sleeping,
         Self::WaitingForHuman,
         Self::WaitingForSignal,
+        Self::WaitingForSubJob,
         Self::Finished,
         Self::Failed,
         Self::Quarantined,
@@ -70,6 +73,7 @@ impl JobStatus {
             Self::Sleeping => "sleeping",
             Self::WaitingForHuman => "waiting_for_human",
             Self::WaitingForSignal => "waiting_for_signal",
+            Self::WaitingForSubJob => "waiting_for_sub_job",
             Self::Finished => "finished",
             Self::Failed => "failed",
             Self::Quarantined => "quarantined",
@@ -146,6 +150,19 @@ pub struct MapRun {
     /// Bytes of the results collected so far (bounded per job).
     #[serde(default)]
     pub result_bytes: u64,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Where a child job reports its end: its parent, in the state (and the
+/// step: the parent's transition count) that started it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ParentRef {
+    pub job: Uuid,
+    pub state: String,
+    pub step: u32,
 }
 
 /// An element of a `map` that failed for good.
@@ -318,6 +335,18 @@ pub struct Job {
     /// `wait` state with a timeout) times out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wake_at: Option<DateTime<Utc>>,
+    /// The job whose `run` state started this one, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentRef>,
+    /// Set once the parent has been told this (child) job ended.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub parent_told: bool,
+    /// The child job this one waits for (in a `run` state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child: Option<Uuid>,
+    /// Parents above this job (0 for a job a client created).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub depth: u32,
     /// Progress of the `map` state the job is in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub map: Option<Box<MapRun>>,

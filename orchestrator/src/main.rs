@@ -57,6 +57,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         max_active_jobs_per_client: config.max_active_jobs_per_client,
         max_transitions: config.max_transitions_per_job,
         max_map_items: config.max_map_items,
+        max_job_depth: config.max_job_depth,
         max_map_result_bytes: config.max_map_result_bytes,
         max_skills_per_worker: config.max_skills_per_worker,
         webhook_allowed_hosts: config.webhook_allowed_hosts.clone(),
@@ -99,7 +100,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("orchestrator listening on {base}");
     let mut versions = std::collections::BTreeSet::new();
     for bp in engine.blueprints() {
-        tracing::info!("  POST {base}{}   (blueprint {})", bp.create_path, bp.name);
+        match &bp.create_path {
+            Some(path) => tracing::info!("  POST {base}{path}   (blueprint {})", bp.name),
+            None => tracing::info!(
+                "  (blueprint {}: internal, started only as a child job)",
+                bp.name
+            ),
+        }
         versions.insert(
             bp.api_version
                 .as_deref()

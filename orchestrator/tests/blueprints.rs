@@ -17,7 +17,7 @@ fn the_shipped_blueprints_load() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../blueprints");
     let all = blueprint::load_dir(&dir).unwrap();
     let test_flow = all.iter().find(|b| b.name == "test_flow").unwrap();
-    assert_eq!(test_flow.create_path, "/api/v1/jobs/test");
+    assert_eq!(test_flow.create_path.as_deref(), Some("/api/v1/jobs/test"));
     assert_eq!(test_flow.start, "start");
     assert!(matches!(
         test_flow.state("completed").unwrap().action,
@@ -51,7 +51,7 @@ fn golden_errors() {
         ),
         (
             "[states.a]\nstart = true\n[states.done]\nend = \"finished\"\n",
-            "bp.toml: state `a` has no action: give it one of `end`, `dispatch`, `parallel`, `map`, `goto`, `sleep` or `wait`",
+            "bp.toml: state `a` has no action: give it one of `end`, `dispatch`, `parallel`, `map`, `run`, `goto`, `sleep` or `wait`",
         ),
         (
             "[states.a]\nstart = true\nend = \"done\"\n",

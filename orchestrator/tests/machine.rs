@@ -1424,3 +1424,142 @@ async fn a_signal_wait_times_out_on_its_own_timer_only(h: Holder) {
     assert_eq!(j.current_state, "late");
     assert_eq!(j.state_history[1].outcome.as_deref(), Some("timeout"));
 }
+
+/// `flow` runs `middle`, which runs `leaf` (internal blueprints), which
+/// dispatches `echo`: a chain three deep.
+const CHAIN: &str = r#"
+[states.start]
+start = true
+run = { blueprint = "middle", data = { word = "initial.word" }, on = { success = "done", failure = "failed" } }
+[states.done]
+end = "finished"
+[states.failed]
+end = "failed"
+
+### another blueprint
+name = "middle"
+[states.start]
+start = true
+run = { blueprint = "leaf", data = { word = "initial.word ~ '!'" }, on = { success = "done" } }
+[states.done]
+end = "finished"
+
+### another blueprint
+name = "leaf"
+[states.work]
+start = true
+dispatch.task = "echo"
+dispatch.params.word = "initial.word"
+dispatch.on = { success = "done" }
+dispatch.retry = { max_attempts = 1 }
+[states.done]
+end = "finished"
+"#;
+
+/// The job's child, once it has one.
+async fn child_of(engine: &Engine, id: uuid::Uuid) -> uuid::Uuid {
+    let mut child = None;
+    for _ in 0..200 {
+        child = job(engine, id).await.child;
+        if child.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.expect("a child job")
+}
+
+on_both!(a_chain_of_child_jobs_three_deep_finishes_with_each_result_in_its_parent);
+async fn a_chain_of_child_jobs_three_deep_finishes_with_each_result_in_its_parent(h: Holder) {
+    let engine = h.engine(CHAIN).await;
+    register(&engine, "w1", &["echo"]).await;
+    let top = create(&engine, json!({"word": "hi"})).await;
+    let j = job(&engine, top).await;
+    assert_eq!(j.status, JobStatus::WaitingForSubJob);
+    let middle = child_of(&engine, top).await;
+    let leaf = child_of(&engine, middle).await;
+    let leaf_job = job(&engine, leaf).await;
+    assert_eq!((leaf_job.blueprint.as_str(), leaf_job.depth), ("leaf", 2));
+    assert_eq!(leaf_job.owner, "default");
+    assert_eq!(leaf_job.parent.as_ref().unwrap().job, middle);
+    let task = poll(&engine, "w1").await.unwrap();
+    assert_eq!(task.params["word"], "hi!");
+    engine
+        .submit_result("w1", &success(&task, "success", json!({"echo": "hi!"})))
+        .await
+        .unwrap();
+    let j = job_reaches(&engine, top, JobStatus::Finished, Duration::from_secs(10)).await;
+    assert_eq!(j.current_state, "done");
+    assert_eq!(j.results["start"], json!({"echo": "hi!"}));
+    assert_eq!(job(&engine, middle).await.status, JobStatus::Finished);
+    assert!(j.child.is_none());
+}
+
+on_both!(cancelling_the_top_job_cancels_every_child_down_the_chain);
+async fn cancelling_the_top_job_cancels_every_child_down_the_chain(h: Holder) {
+    let engine = h.engine(CHAIN).await;
+    register(&engine, "w1", &["echo"]).await;
+    let top = create(&engine, json!({"word": "x"})).await;
+    let middle = child_of(&engine, top).await;
+    let leaf = child_of(&engine, middle).await;
+    let task = poll(&engine, "w1").await.unwrap();
+    engine.cancel_job(top, "default").await.unwrap();
+    for id in [middle, leaf] {
+        let j = job_reaches(&engine, id, JobStatus::Cancelled, Duration::from_secs(10)).await;
+        assert!(
+            j.error
+                .unwrap()
+                .message
+                .starts_with("cancelled with its parent job"),
+            "{id}"
+        );
+    }
+    // The leaf's task result comes too late to revive anything.
+    let r = engine
+        .submit_result("w1", &success(&task, "success", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(r.status, "ignored");
+    assert_eq!(job(&engine, top).await.status, JobStatus::Cancelled);
+}
+
+on_both!(a_failed_child_takes_the_failure_path_and_depth_is_bounded);
+async fn a_failed_child_takes_the_failure_path_and_depth_is_bounded(h: Holder) {
+    let settings = EngineSettings {
+        max_job_depth: 1,
+        ..EngineSettings::default()
+    };
+    let flat = CHAIN.replacen(r#"blueprint = "middle""#, r#"blueprint = "leaf""#, 1);
+    let engine = h.engine_with(&flat, settings.clone()).await;
+    register(&engine, "w1", &["echo"]).await;
+    let top = create(&engine, json!({"word": "x"})).await;
+    let _leaf = child_of(&engine, top).await;
+    let task = poll(&engine, "w1").await.unwrap();
+    engine
+        .submit_result("w1", &failure(&task, "INVALID_INPUT_ERROR", "no x"))
+        .await
+        .unwrap();
+    let j = job_reaches(&engine, top, JobStatus::Failed, Duration::from_secs(10)).await;
+    assert_eq!(j.current_state, "failed");
+    let e = j.error.unwrap();
+    assert_eq!(e.code, "CHILD_JOB_FAILED");
+    assert!(
+        e.message
+            .contains("ended failed: INVALID_INPUT_ERROR: no x"),
+        "{}",
+        e.message
+    );
+    drop(engine);
+
+    // A chain deeper than max_job_depth stops where it would cross it.
+    let engine = h.engine_with(CHAIN, settings).await;
+    let top = create(&engine, json!({"word": "x"})).await;
+    let j = job_reaches(&engine, top, JobStatus::Failed, Duration::from_secs(10)).await;
+    assert_eq!(j.error.unwrap().code, "CHILD_JOB_FAILED");
+    engine.sync_storage().await;
+    let started = engine.job_events(top).await.unwrap();
+    let started = started.iter().find(|e| e.event == "child_started").unwrap();
+    let middle: uuid::Uuid = started.message.split(' ').nth(2).unwrap().parse().unwrap();
+    let m = job(&engine, middle).await;
+    assert_eq!(m.error.unwrap().code, "DEPTH_LIMIT_EXCEEDED");
+}

@@ -229,6 +229,12 @@ pub struct JobView<'a> {
     /// of a client token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval_token: Option<&'a str>,
+    /// The job whose `run` state started this one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_job_id: Option<Uuid>,
+    /// The child job this one waits for (in a `run` state).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub child_job_id: Option<Uuid>,
     /// While the job is in a `map` state: how far it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub map: Option<MapProgress>,
@@ -277,6 +283,8 @@ pub fn view(job: &Job, waiting_reason: Option<String>) -> JobView<'_> {
         finished_at: job.finished_at,
         wake_at: job.wake_at,
         approval_token: job.approval_token.as_deref(),
+        parent_job_id: job.parent.as_ref().map(|p| p.job),
+        child_job_id: job.child,
         map: job.map.as_deref().map(|m| MapProgress {
             total: m.items.len(),
             done: m.done,

@@ -252,7 +252,7 @@ async fn create_job(
         }
         return Err(request);
     };
-    let label = crate::metrics::RouteLabel(bp.create_path.clone());
+    let label = crate::metrics::RouteLabel(bp.create_path.clone().unwrap_or_default());
     let (parts, body) = request.into_parts();
     let mut answer = match state.caller(&parts.extensions, &parts.headers).await {
         Ok(caller) => client::create_job(state.clone(), bp, caller, parts.uri.query(), body).await,

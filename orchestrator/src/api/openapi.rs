@@ -162,8 +162,10 @@ pub fn document(state: &AppState) -> utoipa::openapi::OpenApi {
             .response("403", error("Unknown token"))
             .security(SecurityRequirement::new("client_token", Vec::<String>::new()))
             .build();
-        doc.paths
-            .add_path_operation(bp.create_path.clone(), vec![HttpMethod::Post], operation);
+        if let Some(path) = &bp.create_path {
+            doc.paths
+                .add_path_operation(path.clone(), vec![HttpMethod::Post], operation);
+        }
     }
     doc
 }

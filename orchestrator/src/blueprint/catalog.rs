@@ -143,12 +143,12 @@ impl Catalog {
             file: bp.source.clone(),
             problem,
         };
-        if let Some(owner) = inner.by_path.get(&bp.create_path)
+        if let Some(path) = &bp.create_path
+            && let Some(owner) = inner.by_path.get(path)
             && owner != &bp.name
         {
             return Err(err(format!(
-                "its endpoint POST {} is already served by blueprint `{owner}`",
-                bp.create_path
+                "its endpoint POST {path} is already served by blueprint `{owner}`"
             )));
         }
         let existing = inner.by_name.get(&bp.name);
@@ -181,9 +181,9 @@ impl Catalog {
         let current = versions.current().cloned();
         if let Some(current) = current {
             inner.by_path.retain(|_, name| name != &current.name);
-            inner
-                .by_path
-                .insert(current.create_path.clone(), current.name.clone());
+            if let Some(path) = &current.create_path {
+                inner.by_path.insert(path.clone(), current.name.clone());
+            }
         }
         bp
     }
@@ -208,7 +208,10 @@ mod tests {
         assert_eq!(v2.version, 2);
         c.install(v2);
         assert_eq!(c.current("a").unwrap().version, 2);
-        assert_eq!(c.get("a", 1).unwrap().create_path, "/api/v1/jobs/a");
+        assert_eq!(
+            c.get("a", 1).unwrap().create_path.as_deref(),
+            Some("/api/v1/jobs/a")
+        );
         assert_eq!(c.get("a", 0).unwrap().version, 2);
         assert!(
             c.by_path("/api/v1/jobs/a").is_none(),

@@ -120,6 +120,18 @@ pub enum Action {
     },
     /// Wait for a decision or signal named in `on`, or `timeout`.
     Wait(WaitSpec),
+    /// Start a child job and wait for its end.
+    Run(RunSpec),
+}
+
+/// A `run` state: a child job of another blueprint.
+#[derive(Debug)]
+pub struct RunSpec {
+    pub blueprint: String,
+    /// The child's initial data.
+    pub data: BTreeMap<String, ParamValue>,
+    /// `success` → state, and `failure` → state if given.
+    pub on: BTreeMap<String, String>,
 }
 
 /// A `wait` state.
@@ -169,8 +181,9 @@ pub struct State {
 #[derive(Debug)]
 pub struct Blueprint {
     pub name: String,
-    /// Full path of the create-job endpoint, e.g. `/api/v1/jobs/test`.
-    pub create_path: String,
+    /// Full path of the create-job endpoint, e.g. `/api/v1/jobs/test`;
+    /// `None` for an internal blueprint (started only as a child job).
+    pub create_path: Option<String>,
     pub api_version: Option<String>,
     pub start: String,
     pub states: BTreeMap<String, State>,
@@ -190,6 +203,14 @@ pub struct Blueprint {
 impl Blueprint {
     pub fn state(&self, name: &str) -> Option<&State> {
         self.states.get(name)
+    }
+
+    /// `POST <path>`, or `internal` for a blueprint without an endpoint.
+    pub fn endpoint_text(&self) -> String {
+        match &self.create_path {
+            Some(path) => format!("POST {path}"),
+            None => "internal: started only as a child job".into(),
+        }
     }
 
     /// The blueprint as a graph, for drawing: each state with what it does,
@@ -216,6 +237,7 @@ impl Blueprint {
                         format!("{} over {}", m.task.task_type, m.over.source()),
                     ),
                     Action::Goto(_) => ("goto", String::new()),
+                    Action::Run(r) => ("run", r.blueprint.clone()),
                     Action::Wait(w) => (
                         if w.approval { "approval" } else { "wait" },
                         w.on.keys().cloned().collect::<Vec<_>>().join(", "),
@@ -271,6 +293,11 @@ impl Blueprint {
                     }
                 }
                 Action::Sleep { next, .. } => edge(&s.name, next, "woken".into()),
+                Action::Run(r) => {
+                    for (status, to) in &r.on {
+                        edge(&s.name, to, format!("child {status}"));
+                    }
+                }
                 Action::Wait(w) => {
                     for (name, to) in &w.on {
                         edge(&s.name, to, name.clone());
@@ -357,16 +384,17 @@ fn compile_state(name: &str, file: &StateFile) -> Result<Action, String> {
         file.goto.is_some(),
         file.sleep.is_some(),
         file.wait.is_some(),
+        file.run.is_some(),
     ];
     match kinds.iter().filter(|k| **k).count() {
         0 => {
             return Err(
-                "has no action: give it one of `end`, `dispatch`, `parallel`, `map`, `goto`, `sleep` or `wait`".into(),
+                "has no action: give it one of `end`, `dispatch`, `parallel`, `map`, `run`, `goto`, `sleep` or `wait`".into(),
             );
         }
         1 => {}
         _ => return Err(
-            "has several actions; give it exactly one of `end`, `dispatch`, `parallel`, `map`, `goto`, `sleep` or `wait`"
+            "has several actions; give it exactly one of `end`, `dispatch`, `parallel`, `map`, `run`, `goto`, `sleep` or `wait`"
                 .into(),
         ),
     }
@@ -430,6 +458,24 @@ fn compile_state(name: &str, file: &StateFile) -> Result<Action, String> {
     }
     if let Some(w) = &file.wait {
         return compile_wait(w).map(Action::Wait);
+    }
+    if let Some(r) = &file.run {
+        if r.blueprint.trim().is_empty() {
+            return Err("run.blueprint is empty".into());
+        }
+        if !r.on.contains_key("success") {
+            return Err("run has no `success` transition (`on`)".into());
+        }
+        if let Some(bad) = r.on.keys().find(|k| *k != "success" && *k != "failure") {
+            return Err(format!(
+                "run.on may only name `success` and `failure`, not {bad:?}"
+            ));
+        }
+        return Ok(Action::Run(RunSpec {
+            blueprint: r.blueprint.clone(),
+            data: compile_params(&r.data).map_err(|e| format!("run.data: {e}"))?,
+            on: r.on.clone(),
+        }));
     }
     if let Some(sleep) = &file.sleep {
         let wait = match (&sleep.seconds, &sleep.until) {
@@ -554,13 +600,11 @@ pub fn parse(source: &str, text: &str) -> Result<Blueprint, BlueprintError> {
     if file.name.trim().is_empty() {
         return Err(err("`name` is empty".into()));
     }
-    if !file.api_endpoint.starts_with('/')
-        || file.api_endpoint.len() < 2
-        || file.api_endpoint.contains(['{', '}', '*'])
+    if let Some(endpoint) = &file.api_endpoint
+        && (!endpoint.starts_with('/') || endpoint.len() < 2 || endpoint.contains(['{', '}', '*']))
     {
         return Err(err(format!(
-            "api_endpoint {:?} must be a plain path starting with `/`",
-            file.api_endpoint
+            "api_endpoint {endpoint:?} must be a plain path starting with `/`"
         )));
     }
     let version = file.api_version.clone().filter(|v| !v.is_empty());
@@ -642,6 +686,11 @@ pub fn parse(source: &str, text: &str) -> Result<Blueprint, BlueprintError> {
                 t
             }
             Action::Sleep { next, .. } => vec![("sleep `next`".to_string(), next)],
+            Action::Run(r) => {
+                r.on.iter()
+                    .map(|(k, v)| (format!("run `{k}`"), v))
+                    .collect()
+            }
             Action::Wait(w) => {
                 w.on.iter()
                     .map(|(k, v)| (format!("wait `{k}`"), v))
@@ -662,10 +711,10 @@ pub fn parse(source: &str, text: &str) -> Result<Blueprint, BlueprintError> {
             }
         }
     }
-    let create_path = match &version {
-        Some(v) => format!("/api/{v}{}", file.api_endpoint),
-        None => format!("/api{}", file.api_endpoint),
-    };
+    let create_path = file.api_endpoint.as_ref().map(|endpoint| match &version {
+        Some(v) => format!("/api/{v}{endpoint}"),
+        None => format!("/api{endpoint}"),
+    });
     let schema = |what: &str, table: &Option<toml::Table>| {
         table
             .as_ref()
@@ -731,15 +780,17 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Blueprint>, BlueprintError> {
         let text = read_bounded(&path)?;
         let mut bp = parse(&source, &text)?;
         bp.origin = format!("file:{source}");
-        if let Some(other) = out
-            .iter()
-            .find(|b| b.name == bp.name || b.create_path == bp.create_path)
-        {
+        if let Some(other) = out.iter().find(|b| {
+            b.name == bp.name || (b.create_path.is_some() && b.create_path == bp.create_path)
+        }) {
             return Err(BlueprintError {
                 file: source,
                 problem: format!(
                     "blueprint `{}` ({}) clashes with `{}` in {}: names and endpoints must be unique",
-                    bp.name, bp.create_path, other.name, other.source
+                    bp.name,
+                    bp.endpoint_text(),
+                    other.name,
+                    other.source
                 ),
             });
         }

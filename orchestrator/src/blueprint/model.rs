@@ -29,8 +29,10 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct BlueprintFile {
     pub name: String,
-    /// Path under `/api/<version>`, e.g. `/jobs/test`.
-    pub api_endpoint: String,
+    /// Path under `/api/<version>`, e.g. `/jobs/test`. Absent: the
+    /// blueprint is internal, started only as a child job (`run`).
+    #[serde(default)]
+    pub api_endpoint: Option<String>,
     /// e.g. `v1`; empty or absent mounts the endpoint at `/api<endpoint>`.
     #[serde(default)]
     pub api_version: Option<String>,
@@ -70,6 +72,9 @@ pub struct StateFile {
     /// Wait for a decision (approval) or a signal, or a timeout.
     #[serde(default)]
     pub wait: Option<WaitFile>,
+    /// Start another blueprint as a child job and wait for its end.
+    #[serde(default)]
+    pub run: Option<RunFile>,
     #[serde(default)]
     pub description: Option<String>,
 }
@@ -214,4 +219,20 @@ pub struct WaitFile {
     pub timeout: Option<f64>,
     #[serde(default)]
     pub on_timeout: Option<String>,
+}
+
+/// `run = { blueprint = "…", data = { … }, on = { success = "…", failure = "…" } }`:
+/// a child job of another blueprint, the parent waiting for its end.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunFile {
+    /// Name of the child's blueprint (internal ones included).
+    pub blueprint: String,
+    /// The child's initial data: expressions (strings) or literals.
+    #[serde(default)]
+    pub data: BTreeMap<String, toml::Value>,
+    /// `success` (the child finished) and `failure` (it failed, was
+    /// quarantined or cancelled) → next state; without `failure` the
+    /// parent fails with the child.
+    pub on: BTreeMap<String, String>,
 }

@@ -95,10 +95,10 @@ impl Engine {
         bp.version = self.shared.backend.put_blueprint(row).await?;
         let bp = catalog.install(bp);
         tracing::info!(
-            "blueprint {} v{} in service (POST {}), from {}",
+            "blueprint {} v{} in service ({}), from {}",
             bp.name,
             bp.version,
-            bp.create_path,
+            bp.endpoint_text(),
             bp.origin
         );
         Ok(bp)

@@ -69,6 +69,8 @@ pub enum EventKind {
     MapStarted,
     Waiting,
     Signal,
+    ChildStarted,
+    ChildEnded,
     Sleeping,
     Recovered,
     Finished,
@@ -78,7 +80,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 20] = [
+    pub const ALL: [EventKind; 22] = [
         Self::Created,
         Self::TaskQueued,
         Self::TaskDispatched,
@@ -93,6 +95,8 @@ impl EventKind {
         Self::MapStarted,
         Self::Waiting,
         Self::Signal,
+        Self::ChildStarted,
+        Self::ChildEnded,
         Self::Sleeping,
         Self::Recovered,
         Self::Finished,
@@ -122,6 +126,8 @@ impl EventKind {
             Self::WorkerEvent => "worker_event",
             Self::Waiting => "waiting",
             Self::Signal => "signal",
+            Self::ChildStarted => "child_started",
+            Self::ChildEnded => "child_ended",
             Self::Sleeping => "sleeping",
             Self::Recovered => "recovered",
             Self::Finished => "finished",

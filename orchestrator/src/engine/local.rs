@@ -76,6 +76,25 @@ impl Local {
     pub(crate) async fn start(&self, shared: &Arc<Shared>) -> Result<(), StorageError> {
         let unfinished = self.blocking(|s| s.unfinished_jobs()).await?;
         let count = unfinished.len();
+        // Child jobs: a parent still waiting for a child that ended, and a
+        // child whose parent ended (was cancelled), each a change a crash
+        // lost; their timers are armed again below.
+        let open: std::collections::HashSet<Uuid> = unfinished.iter().map(|j| j.id).collect();
+        let mut ended_children = Vec::new();
+        for job in &unfinished {
+            if job.status == crate::job::JobStatus::WaitingForSubJob
+                && let Some(child) = job.child.filter(|c| !open.contains(c))
+                && let Some(child) = self.blocking(move |s| s.get_job(child)).await?
+                && child.status.is_terminal()
+            {
+                ended_children.push(child);
+            }
+        }
+        let orphans: Vec<Uuid> = unfinished
+            .iter()
+            .filter(|j| j.parent.as_ref().is_some_and(|p| !open.contains(&p.job)))
+            .map(|j| j.id)
+            .collect();
         {
             let mut st = self.tx(shared);
             st.add_timer(
@@ -84,6 +103,12 @@ impl Local {
             );
             for job in unfinished {
                 machine::recover(shared, &mut st, job);
+            }
+            for child in &ended_children {
+                machine::arm_child_ended(&mut st, child);
+            }
+            for child in orphans {
+                st.add_timer(Instant::now(), Timer::CancelChild { job: child });
             }
         }
         if count > 0 {

@@ -52,10 +52,10 @@ pub use events::{EventKind, JobUpdate, MAX_EVENT_TEXT};
 pub(crate) use events::{event, job_write, task_event};
 pub use machine::{Signal, SignalAuth};
 pub use settings::{
-    DEFAULT_CHANNEL_GRACE_SECS, DEFAULT_MAX_ACTIVE_JOBS_PER_CLIENT, DEFAULT_MAX_MAP_ITEMS,
-    DEFAULT_MAX_MAP_RESULT_BYTES, DEFAULT_MAX_TRANSITIONS, DEFAULT_MAX_WORKER_TTL_SECS,
-    DEFAULT_WEBHOOK_LEASE_SECS, EngineSettings, MAX_HEARTBEAT_TASKS, MAX_UPDATE_STREAMS,
-    STOPS_BUFFER, TTL_MARGIN, UPDATES_BUFFER,
+    DEFAULT_CHANNEL_GRACE_SECS, DEFAULT_MAX_ACTIVE_JOBS_PER_CLIENT, DEFAULT_MAX_JOB_DEPTH,
+    DEFAULT_MAX_MAP_ITEMS, DEFAULT_MAX_MAP_RESULT_BYTES, DEFAULT_MAX_TRANSITIONS,
+    DEFAULT_MAX_WORKER_TTL_SECS, DEFAULT_WEBHOOK_LEASE_SECS, EngineSettings, MAX_HEARTBEAT_TASKS,
+    MAX_UPDATE_STREAMS, STOPS_BUFFER, TTL_MARGIN, UPDATES_BUFFER,
 };
 pub use state::{EngineState, Queued, TaskStop, Timer};
 use workers::WorkerView;
@@ -129,6 +129,10 @@ pub struct NewJob {
     pub dispatch_timeout: Option<f64>,
     pub result_timeout: Option<f64>,
     pub options: crate::job::JobOptions,
+    /// Set for a child job (a parent's `run` state).
+    pub parent: Option<crate::job::ParentRef>,
+    /// Parents above it.
+    pub depth: u32,
 }
 
 impl Engine {

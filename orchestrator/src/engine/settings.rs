@@ -6,6 +6,8 @@ use std::time::Duration;
 /// `MAX_TRANSITIONS_PER_JOB`).
 pub const DEFAULT_MAX_TRANSITIONS: u32 = 100;
 
+/// Default of [`EngineSettings::max_job_depth`].
+pub const DEFAULT_MAX_JOB_DEPTH: u32 = 10;
 /// Default of [`EngineSettings::max_map_items`].
 pub const DEFAULT_MAX_MAP_ITEMS: usize = 10_000;
 /// Default of [`EngineSettings::max_map_result_bytes`] (64 MiB).
@@ -55,6 +57,9 @@ pub struct EngineSettings {
     /// Most bytes of results a `map` state gathers (its elements' results
     /// as JSON, together); past it the job fails with `MAP_LIMIT_EXCEEDED`.
     pub max_map_result_bytes: u64,
+    /// Most levels of child jobs under a job a client created (a `run`
+    /// deeper fails its job with `DEPTH_LIMIT_EXCEEDED`).
+    pub max_job_depth: u32,
     /// Largest plugin component accepted by the registry.
     pub max_plugin_bytes: usize,
     /// How often worker liveness is checked.
@@ -91,6 +96,7 @@ impl Default for EngineSettings {
             max_poll_wait: Duration::from_secs(30),
             max_transitions: DEFAULT_MAX_TRANSITIONS,
             max_map_items: DEFAULT_MAX_MAP_ITEMS,
+            max_job_depth: DEFAULT_MAX_JOB_DEPTH,
             max_map_result_bytes: DEFAULT_MAX_MAP_RESULT_BYTES,
             sweep_interval: Duration::from_secs(1),
             channel_grace: Duration::from_secs(DEFAULT_CHANNEL_GRACE_SECS),

@@ -26,6 +26,11 @@ pub enum Timer {
     /// passed. `step` is the job's transition count when it was armed (as
     /// text, stored as is): a timer armed in an earlier state does nothing.
     Wake { job: Uuid, step: String },
+    /// A child job ended: its parent goes on. `outcome` is the child's
+    /// `ChildOutcome` (`engine::machine`) as JSON (stored as is).
+    ChildEnded { job: Uuid, outcome: String },
+    /// The parent of `job` was cancelled: `job` is cancelled too.
+    CancelChild { job: Uuid },
     /// Drop workers that stopped talking.
     WorkerSweep,
 }

@@ -25,9 +25,18 @@ pub async fn engine_with(states: &str, settings: EngineSettings) -> Engine {
     .await
 }
 
+/// Separates the `flow` blueprint's states from further whole blueprints
+/// (with their own `name`) in the text a test gives.
+pub const MORE: &str = "\n### another blueprint\n";
+
 pub async fn engine_on(states: &str, settings: EngineSettings, store: Store) -> Engine {
-    let bp = blueprint::parse("flow.toml", &format!("{HEAD}{states}")).unwrap();
-    Engine::start(vec![bp], store, settings).await.unwrap()
+    let mut parts = states.split(MORE);
+    let flow = parts.next().unwrap_or_default();
+    let mut bps = vec![blueprint::parse("flow.toml", &format!("{HEAD}{flow}")).unwrap()];
+    for (i, text) in parts.enumerate() {
+        bps.push(blueprint::parse(&format!("more-{i}.toml"), text).unwrap());
+    }
+    Engine::start(bps, store, settings).await.unwrap()
 }
 
 pub async fn engine(states: &str) -> Engine {

@@ -27,6 +27,7 @@ use super::{
 use crate::blueprint::{Action, Blueprint, TaskSpec};
 use crate::job::{Job, JobError, JobEvent, JobStatus, Object, StateVisit, TaskRecord};
 
+mod children;
 mod dispatch;
 mod map;
 mod results;
@@ -34,6 +35,9 @@ mod timers;
 mod wait;
 mod workers;
 
+pub(crate) use children::{
+    arm_child_ended, cancel_child_of, cancel_with_parent, child_ended, start_child, tell_parent,
+};
 pub(crate) use dispatch::*;
 pub(crate) use map::*;
 pub(crate) use results::*;
@@ -56,6 +60,10 @@ pub mod own_code {
     /// A `map` state's list or its gathered results are larger than the
     /// configured bound (`max_map_items`, `max_map_result_bytes`).
     pub const MAP_LIMIT: &str = "MAP_LIMIT_EXCEEDED";
+    /// A `run` state would start a child deeper than `max_job_depth`.
+    pub const DEPTH_LIMIT: &str = "DEPTH_LIMIT_EXCEEDED";
+    /// A child job (a `run` state's) failed, was quarantined or cancelled.
+    pub const CHILD_FAILED: &str = "CHILD_JOB_FAILED";
 }
 
 /// Why the job's policy forbids dispatching `task_type`, if it does.
@@ -109,6 +117,23 @@ pub(crate) fn put(st: &mut EngineState, job: impl Into<Box<Job>>) {
         }
     }
     if job.status.is_terminal() {
+        if job.parent.is_some() && !job.parent_told {
+            tell_parent(st, &mut job);
+            // Stored with the job change that ended it, as the webhook is.
+            match st
+                .outbox
+                .iter_mut()
+                .rev()
+                .find_map(|m| m.write.as_mut().filter(|w| w.job.id == job.id))
+            {
+                Some(write) => write.job.parent_told = true,
+                None => st.outbox.push(PersistMsg {
+                    write: Some(super::job_write(&mut job, Vec::new())),
+                    webhook_done: None,
+                    ack: None,
+                }),
+            }
+        }
         if let Some(waiters) = st.job_waiters.remove(&job.id) {
             waiters.notify_waiters();
         }
@@ -181,6 +206,10 @@ pub(crate) fn create(shared: &Shared, st: &mut EngineState, id: Uuid, bp: &Bluep
         finished_at: None,
         wake_at: None,
         approval_token: None,
+        parent: new.parent,
+        parent_told: false,
+        child: None,
+        depth: new.depth,
         map: None,
         options: new.options,
         version: 0,
@@ -350,6 +379,10 @@ pub(crate) fn advance(
             }
             Action::Wait(spec) => {
                 start_wait(st, job, spec, events);
+                return;
+            }
+            Action::Run(spec) => {
+                start_child(shared, st, job, spec, events);
                 return;
             }
             Action::Map(spec) => match start_map(shared, st, job, spec, events) {

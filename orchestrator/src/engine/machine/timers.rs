@@ -83,6 +83,8 @@ pub(crate) fn fire(shared: &Shared, st: &mut EngineState, timer: Timer) {
             }
             put(st, j);
         }
+        Timer::ChildEnded { job, outcome } => child_ended(shared, st, job, &outcome),
+        Timer::CancelChild { job } => cancel_with_parent(st, job),
         Timer::Wake { job, step } => {
             let Some(mut j) = take(st, job) else { return };
             // A job cancelled (or moved on) while it slept or waited stays

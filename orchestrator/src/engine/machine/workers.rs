@@ -17,6 +17,7 @@ pub(crate) fn cancel(st: &mut EngineState, id: Uuid, owner: &str) -> Result<(), 
         // The worker running it is no longer its holder: its next heartbeat
         // lists the task and is answered with `cancel_task_ids`.
         forget_tasks(st, &job);
+        cancel_child_of(st, &mut job);
         job.error = Some(JobError {
             code: own_code::CANCELLED.into(),
             message: "cancelled by the client".into(),
@@ -77,6 +78,12 @@ pub(crate) fn waiting_reason(st: &EngineState, job: &Job) -> Option<String> {
                 "sleeping in state {} until {}",
                 job.current_state,
                 at.to_rfc3339()
+            )
+        }),
+        JobStatus::WaitingForSubJob => job.child.map(|c| {
+            format!(
+                "waiting in state {} for child job {c} to end",
+                job.current_state
             )
         }),
         JobStatus::WaitingForHuman | JobStatus::WaitingForSignal => Some(format!(

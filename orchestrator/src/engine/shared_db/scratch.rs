@@ -102,6 +102,8 @@ fn timer_row(t: &Timer) -> Option<(Uuid, &'static str, &str)> {
         Timer::ResultTimeout { job, task_id } => Some((*job, "result_timeout", task_id)),
         Timer::Retry { job, task_id } => Some((*job, "retry", task_id)),
         Timer::Wake { job, step } => Some((*job, "wake", step)),
+        Timer::ChildEnded { job, outcome } => Some((*job, "child_ended", outcome)),
+        Timer::CancelChild { job } => Some((*job, "cancel_child", "")),
         Timer::WorkerSweep => None,
     }
 }
@@ -112,6 +114,11 @@ pub(super) fn timer_of(kind: &str, job: Uuid, task_id: String) -> Option<Timer> 
         "result_timeout" => Some(Timer::ResultTimeout { job, task_id }),
         "retry" => Some(Timer::Retry { job, task_id }),
         "wake" => Some(Timer::Wake { job, step: task_id }),
+        "child_ended" => Some(Timer::ChildEnded {
+            job,
+            outcome: task_id,
+        }),
+        "cancel_child" => Some(Timer::CancelChild { job }),
         _ => None,
     }
 }
