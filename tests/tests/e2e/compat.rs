@@ -188,6 +188,33 @@ fn start_python_worker(
 
 const PY_FLOWS: &[(&str, &str)] = &[
     (
+        "py_parent_flow.toml",
+        r#"
+name = "py_parent_flow"
+api_endpoint = "/jobs/py-parent"
+api_version = "v1"
+[states.start]
+start = true
+run = { blueprint = "py_child_flow", data = { message = "initial.message" }, on = { success = "done" } }
+[states.done]
+end = "finished"
+"#,
+    ),
+    (
+        "py_child_flow.toml",
+        r#"
+name = "py_child_flow"
+[states.start]
+start = true
+dispatch.task = "echo_task"
+dispatch.params.message = "initial.message"
+dispatch.params.multiply = 2
+dispatch.on = { success = "done" }
+[states.done]
+end = "finished"
+"#,
+    ),
+    (
         "py_map_flow.toml",
         r#"
 name = "py_map_flow"
@@ -498,7 +525,7 @@ async fn the_real_python_sdk_worker_serves_our_orchestrator() {
 }
 
 #[tokio::test]
-async fn the_python_sdk_worker_serves_map_approval_and_event_flows() {
+async fn the_python_sdk_worker_serves_map_child_approval_and_event_flows() {
     if venv_python("venv-worker").is_none() {
         return;
     }
@@ -526,6 +553,15 @@ async fn the_python_sdk_worker_serves_map_approval_and_event_flows() {
         );
         assert_eq!(item["served_by"], "python");
     }
+
+    // A child job (an internal blueprint) whose task an SDK worker runs.
+    let id = api
+        .create("/jobs/py-parent", json!({"message": "kid"}))
+        .await;
+    let job = api.terminal(&id).await;
+    assert_eq!(job["status"], "finished", "{job}");
+    assert_eq!(job["result"]["processed_message"], "kid kid");
+    assert_eq!(job["result"]["served_by"], "python");
 
     // SDK tasks around a human's decision, made with the approval token.
     let id = api

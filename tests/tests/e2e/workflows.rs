@@ -1,8 +1,9 @@
 //! The workflow constructs an avtomatika user brings over, with real
 //! processes: a map over a list (order kept, `max_in_flight` never
 //! exceeded, as the orchestrator's own history shows), a plugin's event
-//! moving its job on before the task ends, and an approval that survives a
-//! restart; on SQLite, and on PostgreSQL with the job created through one
+//! moving its job on before the task ends, an approval that survives a
+//! restart, and a chain of child jobs three deep (through a restart, and
+//! cancelled from the top); on SQLite, and on PostgreSQL with the job created through one
 //! instance and the worker (or the approver) on the other.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -71,6 +72,75 @@ end = "finished"
 [states.dropped]
 end = "failed"
 "#;
+
+const CHAIN_TOP: &str = r#"
+name = "chain_top"
+api_endpoint = "/jobs/chain"
+api_version = "v1"
+[states.start]
+start = true
+run = { blueprint = "chain_middle", data = { message = "initial.message", work_ms = "initial.work_ms" }, on = { success = "done", failure = "failed" } }
+[states.done]
+end = "finished"
+[states.failed]
+end = "failed"
+"#;
+
+const CHAIN_MIDDLE: &str = r#"
+name = "chain_middle"
+[states.start]
+start = true
+run = { blueprint = "chain_leaf", data = { message = "initial.message ~ ' via middle'", work_ms = "initial.work_ms" }, on = { success = "done" } }
+[states.done]
+end = "finished"
+"#;
+
+const CHAIN_LEAF: &str = r#"
+name = "chain_leaf"
+[states.work]
+start = true
+dispatch.task = "echo_task"
+dispatch.params.message = "initial.message"
+dispatch.params.work_ms = "initial.work_ms"
+dispatch.on = { success = "done" }
+[states.done]
+end = "finished"
+"#;
+
+fn add_chain(stack: &Stack) {
+    stack.add_blueprint("chain_top", CHAIN_TOP);
+    stack.add_blueprint("chain_middle", CHAIN_MIDDLE);
+    stack.add_blueprint("chain_leaf", CHAIN_LEAF);
+}
+
+/// The child job `id` waits for, once it has one.
+async fn child_of(stack: &Stack, id: &str) -> String {
+    let mut child = None;
+    for _ in 0..300 {
+        let (_, job) = stack.get(&format!("/api/v1/jobs/{id}")).await;
+        if let Some(c) = job["child_job_id"].as_str() {
+            child = Some(c.to_string());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    child.unwrap_or_else(|| panic!("job {id} started no child"))
+}
+
+/// A chain three deep finishes with the leaf's result at the top.
+async fn a_chain_finishes(stack: &Stack, message: &str) {
+    let id = stack
+        .create("/jobs/chain", json!({"message": message, "work_ms": 0}))
+        .await;
+    let job = stack.finished(&id).await;
+    assert_eq!(job["status"], "finished", "{job}");
+    let expected = format!("{message} via middle");
+    assert_eq!(
+        job["result"]["processed_message"],
+        expected.as_str(),
+        "{job}"
+    );
+}
 
 /// POSTs `body` to `path` with `headers`: status and JSON answer.
 async fn post(stack: &Stack, path: &str, headers: &[(&str, &str)], body: Value) -> (u16, Value) {
@@ -382,8 +452,91 @@ async fn an_approval_survives_a_restart_and_resumes_on_the_approval_call() {
     stack.assert_no_panic();
 }
 
+#[tokio::test]
+async fn a_chain_of_child_jobs_finishes_through_a_restart_and_cancels_from_the_top() {
+    let mut stack = Stack::new();
+    add_chain(&stack);
+    stack.start_orchestrator();
+    stack.wait_ready().await;
+    stack.start_worker();
+    stack.wait_worker().await;
+    a_chain_finishes(&stack, "hello").await;
+
+    // Internal blueprints have no endpoint: listed without one, not creatable.
+    let (_, list) = stack.get("/api/v1/blueprints").await;
+    let leaf = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "chain_leaf")
+        .unwrap()
+        .clone();
+    assert_eq!(leaf["endpoint"], Value::Null, "{leaf}");
+
+    // The orchestrator restarts while the leaf's task runs: the chain
+    // still finishes, each parent told by its child.
+    let id = stack
+        .create("/jobs/chain", json!({"message": "again", "work_ms": 3000}))
+        .await;
+    let middle = child_of(&stack, &id).await;
+    let _leaf = child_of(&stack, &middle).await;
+    wait_until(
+        "the leaf's task to run",
+        Duration::from_secs(20),
+        || async { stack.logs().1.contains("via middle") },
+    )
+    .await;
+    stack.orchestrator.as_mut().unwrap().stop();
+    stack.start_orchestrator();
+    stack.wait_ready().await;
+    let job = stack.finished(&id).await;
+    assert_eq!(job["status"], "finished", "{job}");
+    assert_eq!(job["result"]["processed_message"], "again via middle");
+
+    // Cancelling the top cancels the chain and stops the leaf's task.
+    let id = stack
+        .create("/jobs/chain", json!({"message": "stop", "work_ms": 60000}))
+        .await;
+    let middle = child_of(&stack, &id).await;
+    let leaf = child_of(&stack, &middle).await;
+    wait_until(
+        "the leaf's task to be taken",
+        Duration::from_secs(20),
+        || async {
+            let (_, job) = stack.get(&format!("/api/v1/jobs/{leaf}")).await;
+            job["task_worker_id"].is_string()
+        },
+    )
+    .await;
+    let (status, body) = post(
+        &stack,
+        &format!("/api/v1/jobs/{id}/cancel"),
+        &[("X-Client-Token", CLIENT_TOKEN)],
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    for child in [&middle, &leaf] {
+        let job = stack.finished(child).await;
+        assert_eq!(job["status"], "cancelled", "{job}");
+        assert_eq!(job["parent_job_id"].as_str().is_some(), true);
+    }
+    wait_until(
+        "the leaf's task to stop",
+        Duration::from_secs(20),
+        || async {
+            stack
+                .logs()
+                .1
+                .contains("its job was cancelled or moved on; its slot is free")
+        },
+    )
+    .await;
+    stack.assert_no_panic();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn map_and_event_flows_run_across_two_instances_on_postgres() {
+async fn map_event_chain_and_approval_flows_run_across_two_instances_on_postgres() {
     let mut a = Stack::on_postgres().await;
     let mut b = Stack::new();
     b.storage = a.storage.clone();
@@ -392,6 +545,7 @@ async fn map_and_event_flows_run_across_two_instances_on_postgres() {
         stack.add_blueprint("echo_map", MAP_FLOW);
         stack.add_blueprint("early_event", EVENT_FLOW);
         stack.add_blueprint("approve_echo", APPROVAL_FLOW);
+        add_chain(stack);
     }
     a.start_orchestrator();
     a.wait_ready().await;
@@ -410,6 +564,7 @@ async fn map_and_event_flows_run_across_two_instances_on_postgres() {
     .await;
     a_map_of_a_thousand(&b).await;
     an_event_moves_the_job_before_its_task_ends(&b).await;
+    a_chain_finishes(&b, "across").await;
     // Waiting through B, decided through A (by the client, with a signal),
     // after B was stopped.
     let (id, _) = waiting_for_approval(&b, "shared").await;
