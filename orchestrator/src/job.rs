@@ -119,11 +119,22 @@ pub struct JobOptions {
     pub policy: Option<Object>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_transitions: Option<u32>,
+    /// Worker event types also sent to the job's `webhook_url` as
+    /// `worker_event:<type>` (`"*"`: every type but `progress`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhook_events: Vec<String>,
 }
 
 impl JobOptions {
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
+    }
+
+    /// Whether worker events of `event_type` go to the job's webhook.
+    pub fn forwards_event(&self, event_type: &str) -> bool {
+        self.webhook_events
+            .iter()
+            .any(|t| t == "*" || t == event_type)
     }
 
     /// The task types `policy.allowed_skills` allows (`None`: any).
@@ -365,6 +376,10 @@ pub struct Job {
     /// Set while the job counts among its owner's active jobs.
     #[serde(skip)]
     pub counted_active: bool,
+    /// The worker event this change records (type, payload), for the
+    /// update stream; never stored.
+    #[serde(skip)]
+    pub worker_event: Option<(String, Object)>,
 }
 
 impl Job {

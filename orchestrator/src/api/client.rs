@@ -119,6 +119,9 @@ fn parse_create(
 /// `MAX_POLICY_SIZE_BYTES`).
 pub const MAX_POLICY_BYTES: usize = 4096;
 
+/// Most entries of a create's `webhook_events`.
+pub const MAX_WEBHOOK_EVENTS: usize = 32;
+
 /// The job options of a structured create body (`metadata`, `security`,
 /// `policy`, `max_transitions`), checked as avtomatika checks them.
 fn parse_options(given: &mut Object, max_transitions: u32) -> Result<JobOptions, ApiError> {
@@ -175,11 +178,35 @@ fn parse_options(given: &mut Object, max_transitions: u32) -> Result<JobOptions,
             }
         },
     };
+    let webhook_events = match given.remove("webhook_events") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(list)) if list.len() <= MAX_WEBHOOK_EVENTS => {
+            let names: Option<Vec<String>> = list
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .filter(|s| *s == "*" || crate::blueprint::signal_name_ok(s))
+                        .map(str::to_string)
+                })
+                .collect();
+            names.ok_or_else(|| {
+                ApiError::BadRequest(
+                    "'webhook_events' must list event types (1 to 64 letters, digits, `_`, `.` or `-`) or \"*\"".into(),
+                )
+            })?
+        }
+        Some(_) => {
+            return Err(ApiError::BadRequest(format!(
+                "'webhook_events' must be a list of at most {MAX_WEBHOOK_EVENTS} event types"
+            )));
+        }
+    };
     Ok(JobOptions {
         metadata,
         security,
         policy,
         max_transitions,
+        webhook_events,
     })
 }
 

@@ -153,6 +153,7 @@ mod tests {
             updated_at: end,
             finished_at: Some(end),
             progress: None,
+            event: None,
         }
     }
 

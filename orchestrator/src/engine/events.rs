@@ -22,6 +22,9 @@ pub struct JobUpdate {
     /// The running task's last progress report.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub progress: Option<serde_json::Value>,
+    /// The worker event this change records: `{"type", "payload"}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<serde_json::Value>,
 }
 
 impl JobUpdate {
@@ -36,6 +39,10 @@ impl JobUpdate {
             updated_at: job.updated_at,
             finished_at: job.finished_at,
             progress: job.progress.clone(),
+            event: job
+                .worker_event
+                .as_ref()
+                .map(|(kind, payload)| serde_json::json!({"type": kind, "payload": payload})),
         }
     }
 }

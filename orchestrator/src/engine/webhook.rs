@@ -49,6 +49,9 @@ pub struct WebhookBody {
     pub metadata: Option<Object>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub security: Option<Object>,
+    /// A worker event's payload (`worker_event:<type>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Object>,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +64,9 @@ pub struct Webhook {
     pub body: String,
     /// `job_finished`, … (for logs).
     pub event: String,
+    /// Stored until delivered (end-of-job webhooks); a worker event's is
+    /// sent from memory only.
+    pub durable: bool,
 }
 
 impl Webhook {
@@ -76,6 +82,7 @@ impl Webhook {
             timestamp: chrono::Utc::now().timestamp(),
             metadata: job.options.metadata.clone(),
             security: job.options.security.clone(),
+            payload: None,
         };
         Self {
             job_id: job.id,
@@ -83,6 +90,34 @@ impl Webhook {
             url: url.to_string(),
             body: serde_json::to_string(&body).unwrap_or_default(),
             event: body.event,
+            durable: true,
+        }
+    }
+
+    /// A worker event forwarded to the job's webhook, as avtomatika sends
+    /// it (`worker_event:<type>`); not stored (a restart loses one not yet
+    /// delivered).
+    pub fn for_event(url: &str, job: &Job, event_type: &str, payload: &Object) -> Self {
+        let body = WebhookBody {
+            event: format!("worker_event:{event_type}"),
+            job_id: job.id,
+            blueprint: job.blueprint.clone(),
+            status: job.status.to_string(),
+            current_state: job.current_state.clone(),
+            result: None,
+            error: None,
+            timestamp: chrono::Utc::now().timestamp(),
+            metadata: job.options.metadata.clone(),
+            security: job.options.security.clone(),
+            payload: Some(payload.clone()),
+        };
+        Self {
+            job_id: job.id,
+            owner: job.owner.clone(),
+            url: url.to_string(),
+            body: serde_json::to_string(&body).unwrap_or_default(),
+            event: body.event,
+            durable: false,
         }
     }
 
@@ -107,6 +142,7 @@ impl Webhook {
             url: p.url,
             body: p.body,
             event,
+            durable: true,
         }
     }
 
@@ -132,6 +168,7 @@ impl Webhook {
             // The first attempt's lease is fresh: the row was just stored
             // with the job's end, or just taken over.
             if attempt > 1
+                && self.durable
                 && let Err(e) = shared.backend.renew_webhook(job_id).await
             {
                 tracing::warn!(%job_id, "cannot renew the lease of a webhook: {e}");
@@ -191,6 +228,9 @@ impl Webhook {
 
     /// Its stored row goes: done with (delivered or given up).
     async fn done(&self, shared: &Shared) {
+        if !self.durable {
+            return;
+        }
         if let Err(e) = shared.backend.webhook_done(self.job_id).await {
             // Delivered again by the next start (one instance) or when its
             // lease runs out (shared): at least once.

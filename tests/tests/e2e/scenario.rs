@@ -274,21 +274,6 @@ async fn a_plugin_dropped_into_the_directory_is_served_without_a_restart() {
     );
 }
 
-/// Reads an SSE stream until `done` holds for the text so far (or 30 s).
-async fn read_stream(mut resp: reqwest::Response, done: impl Fn(&str) -> bool) -> String {
-    let mut text = String::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !done(&text) {
-        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
-            .await
-            .expect("the stream went quiet")
-            .unwrap()
-            .expect("the stream ended");
-        text.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    text
-}
-
 #[tokio::test]
 async fn create_and_wait_in_one_request_and_a_stream_of_job_updates() {
     let mut stack = Stack::new();

@@ -285,6 +285,74 @@ async fn a_map_keeps_order_and_its_bound_and_a_plugin_event_moves_its_job() {
 }
 
 #[tokio::test]
+async fn worker_events_reach_the_webhook_that_asks_and_the_update_stream() {
+    let receiver = free_port();
+    let got = webhook_receiver(receiver).await;
+    let mut stack = Stack::new();
+    stack.add_plugin(plugin_fixtures::CHAOS_TASK);
+    stack.add_blueprint("early_event", EVENT_FLOW);
+    stack.start_configured("webhook_allowed_hosts = [\"127.0.0.1\"]\n", |_| {});
+    stack.wait_ready().await;
+    stack.start_worker();
+    stack.wait_worker().await;
+    let stream = stack
+        .http
+        .get(format!("{}/api/v1/jobs/stream", stack.base))
+        .header("X-Client-Token", CLIENT_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let (status, created) = stack
+        .try_create(
+            "/jobs/early_event",
+            json!({
+                "initial_data": {
+                    "events": [{"type": "note", "payload": {"n": 1}}, {"type": "ready", "payload": {"score": 9}}],
+                    "ms": 4000
+                },
+                "webhook_url": format!("http://127.0.0.1:{receiver}/hook"),
+                "webhook_events": ["*"]
+            }),
+        )
+        .await;
+    assert_eq!(status, 202, "{created}");
+    let id = created["job_id"].as_str().unwrap().to_string();
+    let text = read_stream(stream, |t| t.contains("\"type\":\"ready\"")).await;
+    assert!(
+        text.contains("\"event\":{\"type\":\"note\",\"payload\":{\"n\":1}}"),
+        "{text}"
+    );
+    wait_until("three webhooks", Duration::from_secs(20), || async {
+        got.lock().unwrap().len() >= 3
+    })
+    .await;
+    let hooks = got.lock().unwrap().clone();
+    let kinds: Vec<&str> = hooks.iter().map(|h| h["event"].as_str().unwrap()).collect();
+    for kind in ["worker_event:note", "worker_event:ready", "job_finished"] {
+        assert!(kinds.contains(&kind), "{kinds:?}");
+    }
+    let ready = hooks
+        .iter()
+        .find(|h| h["event"] == "worker_event:ready")
+        .unwrap();
+    assert_eq!(ready["job_id"], id.as_str());
+    assert_eq!(ready["payload"], json!({"score": 9}));
+    // A bad list is refused, naming the field.
+    let (status, body) = stack
+        .try_create(
+            "/jobs/early_event",
+            json!({"initial_data": {}, "webhook_events": ["no good"]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("'webhook_events'"),
+        "{body}"
+    );
+    stack.assert_no_panic();
+}
+
+#[tokio::test]
 async fn a_plugins_events_are_bounded_and_named_when_refused() {
     let mut stack = Stack::new();
     stack.add_plugin(plugin_fixtures::CHAOS_TASK);

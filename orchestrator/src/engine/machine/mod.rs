@@ -216,6 +216,7 @@ pub(crate) fn create(shared: &Shared, st: &mut EngineState, id: Uuid, bp: &Bluep
         webhook_sent: false,
         retired: false,
         counted_active: false,
+        worker_event: None,
     };
     tracing::info!(job_id = %id, "job {id} started ({}) with initial data {}", bp.name, rxon::text::json_preview(&job.initial_data));
     if tracing::enabled!(tracing::Level::DEBUG) {

@@ -393,6 +393,20 @@ pub(crate) fn worker_event(
     } else {
         let payload = Value::Object(ev.payload.clone());
         let mut events = Vec::new();
+        if ev.event_type != rxon::EVENT_PROGRESS {
+            job.worker_event = Some((ev.event_type.clone(), ev.payload.clone()));
+            if let Some(url) = &job.webhook_url
+                && job.options.forwards_event(&ev.event_type)
+            {
+                let hook = super::super::webhook::Webhook::for_event(
+                    url,
+                    &job,
+                    &ev.event_type,
+                    &ev.payload,
+                );
+                st.webhooks.push(hook);
+            }
+        }
         if ev.event_type == rxon::EVENT_PROGRESS {
             job.progress = Some(payload.clone());
             events.push(event(EventKind::Progress, payload.to_string()));
@@ -436,6 +450,7 @@ pub(crate) fn worker_event(
             ));
         }
         commit(st, &mut job, events, None);
+        job.worker_event = None;
         Ok(())
     };
     put(st, job);

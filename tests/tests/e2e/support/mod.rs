@@ -716,3 +716,18 @@ pub async fn wait_listening(http: &reqwest::Client, base: &str, within: Duration
     })
     .await;
 }
+
+/// Reads an SSE stream until `done` holds for the text so far (or 30 s).
+pub async fn read_stream(mut resp: reqwest::Response, done: impl Fn(&str) -> bool) -> String {
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done(&text) {
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .expect("the stream went quiet")
+            .unwrap()
+            .expect("the stream ended");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    text
+}
