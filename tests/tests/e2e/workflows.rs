@@ -584,10 +584,10 @@ async fn a_chain_of_child_jobs_finishes_through_a_restart_and_cancels_from_the_t
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    for child in [&middle, &leaf] {
+    for (child, parent) in [(&middle, &id), (&leaf, &middle)] {
         let job = stack.finished(child).await;
         assert_eq!(job["status"], "cancelled", "{job}");
-        assert_eq!(job["parent_job_id"].as_str().is_some(), true);
+        assert_eq!(job["parent_job_id"], parent.as_str(), "{job}");
     }
     wait_until(
         "the leaf's task to stop",
