@@ -35,6 +35,10 @@
 //! webhook_lease_seconds = 120              # PostgreSQL: a webhook owed by a stopped instance is delivered by another after this
 //! finished_job_retention = "7d"            # ended jobs older than this are deleted ("0": keep all)
 //!
+//! schedules_file = "schedules.toml"        # avtomatika's schedules (or --schedules, SCHEDULES_CONFIG_PATH)
+//! schedule_timezone = "UTC"                # zone of schedules that name none
+//! schedule_client = "default"              # client scheduled jobs belong to, unless a schedule names one
+//!
 //! max_plugin_bytes = 67108864              # largest plugin component uploaded
 //! runtime_threads = 2                       # async runtime threads [default: one per core]
 //!
@@ -103,6 +107,10 @@ pub struct Cli {
     /// and `["pattern:<glob>"] token = "…"` for the ids a glob matches.
     #[arg(long, env = "WORKERS_CONFIG_PATH")]
     pub workers_config: Option<PathBuf>,
+    /// avtomatika's `schedules.toml`: jobs started at set times (see
+    /// docs/guide/schedules.md).
+    #[arg(long = "schedules", env = "SCHEDULES_CONFIG_PATH")]
+    pub schedules_file: Option<PathBuf>,
     /// `text` or `json` [default: text].
     #[arg(long, env = "LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -146,6 +154,9 @@ struct FileConfig {
     max_map_result_bytes: Option<usize>,
     max_worker_ttl_seconds: Option<f64>,
     workers_config: Option<PathBuf>,
+    schedules_file: Option<PathBuf>,
+    schedule_timezone: Option<String>,
+    schedule_client: Option<String>,
     max_skills_per_worker: Option<usize>,
     #[serde(default)]
     webhook_allowed_hosts: Vec<String>,
@@ -211,6 +222,8 @@ pub struct Config {
     pub json_logs: bool,
     /// Client token → client name.
     pub clients: HashMap<String, String>,
+    /// The schedules of the schedules file (none without one).
+    pub schedules: Vec<crate::schedule::Schedule>,
     /// Names of the clients that may deploy.
     pub deployers: std::collections::HashSet<String>,
     /// Largest plugin component accepted.
@@ -348,6 +361,20 @@ impl Config {
         if let Some(path) = cli.workers_config.or(file.workers_config) {
             worker_tokens.extend(load_workers_toml(&path)?);
         }
+        let schedules = match cli.schedules_file.or(file.schedules_file) {
+            None => Vec::new(),
+            Some(path) => {
+                let zone = file.schedule_timezone.as_deref().unwrap_or("UTC");
+                let zone: chrono_tz::Tz = zone.parse().map_err(|_| {
+                    anyhow::anyhow!("schedule_timezone {zone:?} is not a known zone")
+                })?;
+                let client = file.schedule_client.as_deref().unwrap_or("default");
+                let text = std::fs::read_to_string(&path).with_context(|| {
+                    format!("cannot read the schedules file {}", path.display())
+                })?;
+                crate::schedule::model::parse(&path.display().to_string(), &text, zone, client)?
+            }
+        };
         for key in worker_tokens.keys() {
             if let Some(glob) = key.strip_prefix(crate::api::auth::WORKER_PATTERN) {
                 glob::Pattern::new(glob).with_context(|| {
@@ -377,6 +404,7 @@ impl Config {
             json_logs: log_format == "json",
             clients,
             deployers,
+            schedules,
             max_plugin_bytes: bounded(
                 "max_plugin_bytes",
                 file.max_plugin_bytes,

@@ -25,6 +25,7 @@ pub mod engine;
 pub mod job;
 pub mod metrics;
 pub mod registry;
+pub mod schedule;
 pub mod secs;
 pub mod storage;
 pub mod telemetry;

@@ -91,6 +91,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
             config.trusted_proxies.clone(),
         ),
     );
+    let scheduler =
+        orchestrator::schedule::Scheduler::start(engine.clone(), config.schedules.clone());
+    let state = state.with_scheduler(scheduler);
     let app = api::router(state);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -15,6 +15,7 @@ mod front;
 pub mod guard;
 pub mod idle;
 pub mod openapi;
+pub mod schedules;
 pub mod serve;
 pub mod session;
 pub mod signals;
@@ -57,6 +58,8 @@ pub struct Shared {
     pub client_streams: stream::ClientStreams,
     /// Dashboard sessions ([`session`]).
     pub(crate) sessions: session::Sessions,
+    /// The schedules, when a schedules file is configured.
+    pub scheduler: Option<Arc<crate::schedule::Scheduler>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -85,7 +88,16 @@ impl AppState {
             client_streams: Default::default(),
             sessions: session::Sessions::of(&engine),
             engine,
+            scheduler: None,
         }))
+    }
+
+    /// The same state serving `scheduler`'s schedules (before it is shared).
+    pub fn with_scheduler(mut self, scheduler: Arc<crate::schedule::Scheduler>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.0) {
+            shared.scheduler = Some(scheduler);
+        }
+        self
     }
 }
 
@@ -121,6 +133,11 @@ pub fn router(state: AppState) -> Router {
                 post(signals::signal_job),
             )
             .route(&format!("{prefix}/workers"), get(client::list_workers))
+            .route(&format!("{prefix}/schedules"), get(schedules::list))
+            .route(
+                &format!("{prefix}/schedules/{{name}}/{{action}}"),
+                post(schedules::act),
+            )
             .route(
                 &format!("{prefix}/blueprints"),
                 get(client::list_blueprints),

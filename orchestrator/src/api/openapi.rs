@@ -54,6 +54,8 @@ pub struct JobHistory {
         super::client::cancel_job,
         super::signals::signal_job,
         super::signals::approval,
+        super::schedules::list,
+        super::schedules::act,
         super::client::job_history,
         super::client::list_workers,
         super::client::list_blueprints,

@@ -22,7 +22,8 @@ use super::{Engine, EngineError, NewJob, Shared, machine};
 use crate::blueprint::Blueprint;
 use crate::job::{Job, JobEvent};
 use crate::storage::{
-    BlueprintRow, Deploys, JobFilter, PendingWebhook, PluginVersionRow, RegistryRows, StorageError,
+    BlueprintRow, Deploys, JobFilter, PendingWebhook, PluginVersionRow, RegistryRows,
+    ScheduleChange, ScheduleRow, Schedules, StorageError,
 };
 
 // One per engine: the size of the local variant does not matter.
@@ -322,6 +323,32 @@ impl Backend {
                 Ok(ids)
             }
             Self::Shared(db) => Ok(db.delete_ended(before, batch).await?),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Schedules for Backend {
+    async fn schedule_rows(&self) -> Result<Vec<ScheduleRow>, StorageError> {
+        match self {
+            Self::Local(local) => local.blocking(|s| s.schedule_rows()).await,
+            Self::Shared(db) => Ok(db.schedule_rows().await?),
+        }
+    }
+
+    async fn change_schedule(
+        &self,
+        name: &str,
+        change: ScheduleChange,
+    ) -> Result<bool, StorageError> {
+        match self {
+            Self::Local(local) => {
+                let name = name.to_string();
+                local
+                    .blocking(move |s| s.change_schedule(&name, &change))
+                    .await
+            }
+            Self::Shared(db) => Ok(db.change_schedule(name, &change).await?),
         }
     }
 }

@@ -290,6 +290,16 @@ impl Engine {
         self.shared.stopping.cancel();
     }
 
+    /// Whether [`Engine::begin_shutdown`] was called.
+    pub fn shutting_down(&self) -> bool {
+        self.shared.stopping.is_cancelled()
+    }
+
+    /// Where schedules keep their progress (this engine's storage).
+    pub fn schedule_store(&self) -> &dyn crate::storage::Schedules {
+        &self.shared.backend
+    }
+
     /// Waits until every change made so far is durable.
     pub async fn sync_storage(&self) {
         self.shared.backend.sync().await;

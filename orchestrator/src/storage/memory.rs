@@ -23,6 +23,7 @@ struct Inner {
     webhooks: Vec<PendingWebhook>,
     registry: RegistryRows,
     components: HashMap<String, Vec<u8>>,
+    schedules: std::collections::BTreeMap<String, super::ScheduleRow>,
 }
 
 impl MemoryStorage {
@@ -122,6 +123,24 @@ impl Storage for MemoryStorage {
 
     fn describe(&self) -> String {
         "in-memory storage (nothing survives a restart)".into()
+    }
+}
+
+impl super::ScheduleStorage for MemoryStorage {
+    fn schedule_rows(&self) -> Result<Vec<super::ScheduleRow>, StorageError> {
+        Ok(self.lock().schedules.values().cloned().collect())
+    }
+
+    fn change_schedule(
+        &self,
+        name: &str,
+        change: &super::ScheduleChange,
+    ) -> Result<bool, StorageError> {
+        Ok(super::schedules::apply(
+            &mut self.lock().schedules,
+            name,
+            change,
+        ))
     }
 }
 

@@ -15,6 +15,7 @@
 pub mod list;
 pub mod memory;
 pub mod registry;
+pub mod schedules;
 pub mod sqlite;
 
 pub use registry::{
@@ -115,7 +116,9 @@ impl std::str::FromStr for JobCursor {
     }
 }
 
-pub trait Storage: RegistryStorage + Send + Sync + 'static {
+pub use schedules::{ScheduleChange, ScheduleRow, ScheduleStorage, Schedules};
+
+pub trait Storage: RegistryStorage + ScheduleStorage + Send + Sync + 'static {
     /// Applies writes atomically, in order; a snapshot never replaces a newer
     /// one. `delivered` names jobs whose webhook is done with (delivered or
     /// given up), applied after the writes.

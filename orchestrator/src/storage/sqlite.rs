@@ -11,6 +11,7 @@ use super::{JobFilter, JobWrite, PendingWebhook, Storage, StorageError};
 
 mod readers;
 mod registry;
+mod schedules;
 use crate::job::{Job, JobEvent};
 
 /// `job_events.seq` orders the history of a job. It is the rowid, so a new
@@ -75,6 +76,13 @@ CREATE TABLE IF NOT EXISTS plugin_versions (
 CREATE TABLE IF NOT EXISTS plugin_current (
     name    TEXT PRIMARY KEY,
     version INTEGER
+);
+CREATE TABLE IF NOT EXISTS schedule_state (
+    name      TEXT PRIMARY KEY,
+    last_slot TEXT NOT NULL,
+    last_job  TEXT,
+    paused    INTEGER NOT NULL DEFAULT 0,
+    pending   INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS blueprint_versions (
     name       TEXT NOT NULL,

@@ -45,6 +45,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         9,
         include_str!("../../../migrations/postgres/0009_unlogged_nonces.sql"),
     ),
+    (
+        10,
+        include_str!("../../../migrations/postgres/0010_schedules.sql"),
+    ),
 ];
 
 /// Applies the migrations not applied yet.

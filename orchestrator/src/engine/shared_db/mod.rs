@@ -26,6 +26,7 @@ mod notify;
 mod reads;
 mod registry;
 mod retention;
+mod schedules;
 mod scratch;
 mod sessions;
 mod take;

@@ -1,0 +1,78 @@
+//! Schedules over HTTP: list them with their next runs (any client), and
+//! pause, resume or trigger one (clients that may deploy).
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::AppState;
+use super::error::ApiError;
+use super::session::Caller;
+use crate::schedule::ScheduleApiError;
+
+impl From<ScheduleApiError> for ApiError {
+    fn from(e: ScheduleApiError) -> Self {
+        match e {
+            ScheduleApiError::Unknown(_) => Self::NotFound(e.to_string()),
+            ScheduleApiError::NotReady(_) => Self::Conflict(e.to_string()),
+            ScheduleApiError::Storage(s) => Self::Internal(s.to_string()),
+            ScheduleApiError::Job(j) => j.into(),
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/schedules", tag = "schedules",
+    summary = "The schedules: when each runs, its policies, whether it is paused, its last run and next runs",
+    responses((status = 200, description = "`{\"schedules\": [...]}`", body = Object),
+              (status = 401, description = "No client token", body = super::openapi::ErrorBody), (status = 403, description = "Unknown token", body = super::openapi::ErrorBody)))]
+pub async fn list(State(state): State<AppState>, _: Caller) -> Result<Response, ApiError> {
+    let views = match &state.scheduler {
+        Some(s) => s
+            .views()
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?,
+        None => Vec::new(),
+    };
+    Ok(axum::Json(json!({"schedules": views})).into_response())
+}
+
+fn scheduler(
+    state: &AppState,
+    name: &str,
+) -> Result<std::sync::Arc<crate::schedule::Scheduler>, ApiError> {
+    state
+        .scheduler
+        .clone()
+        .ok_or_else(|| ScheduleApiError::Unknown(name.to_string()).into())
+}
+
+#[utoipa::path(post, path = "/api/v1/schedules/{name}/{action}", tag = "schedules",
+    summary = "Pause, resume or trigger a schedule (clients that may deploy)",
+    params(("name" = String, Path, description = "The schedule"),
+           ("action" = String, Path, description = "`pause`, `resume` or `trigger` (start its job now)")),
+    responses((status = 200, description = "`{\"name\", \"paused\"}`, or `{\"name\", \"job_id\"}` for trigger", body = Object),
+              (status = 404, description = "No such schedule or action", body = super::openapi::ErrorBody),
+              (status = 409, description = "The schedule has not started yet", body = super::openapi::ErrorBody),
+              (status = 401, description = "No client token", body = super::openapi::ErrorBody), (status = 403, description = "A client that may not deploy", body = super::openapi::ErrorBody)))]
+pub async fn act(
+    State(state): State<AppState>,
+    Path((name, action)): Path<(String, String)>,
+    Caller(caller): Caller,
+) -> Result<Response, ApiError> {
+    state.auth.may_deploy(caller)?;
+    let s = scheduler(&state, &name)?;
+    let body = match action.as_str() {
+        "pause" | "resume" => {
+            let paused = action == "pause";
+            s.set_paused(&name, paused).await?;
+            json!({"name": name, "paused": paused})
+        }
+        "trigger" => json!({"name": name, "job_id": s.trigger(&name).await?}),
+        other => {
+            return Err(ApiError::NotFound(format!(
+                "Not found: schedules have no action {other:?} (pause, resume, trigger)"
+            )));
+        }
+    };
+    Ok(axum::Json(body).into_response())
+}

@@ -1,0 +1,80 @@
+//! Schedules' progress on the shared database: each change is one
+//! statement, the claims a compare-and-set on `last_slot`, so two instances
+//! claiming the same slot start one job between them.
+
+use crate::storage::{ScheduleChange, ScheduleRow};
+
+use super::{DbError, SharedDb};
+
+impl SharedDb {
+    pub(crate) async fn schedule_rows(&self) -> Result<Vec<ScheduleRow>, DbError> {
+        let client = self.client().await?;
+        Ok(client
+            .query(
+                "SELECT name, last_slot, last_job, paused, pending FROM schedule_state ORDER BY name",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| ScheduleRow {
+                name: r.get(0),
+                last_slot: r.get(1),
+                last_job: r.get(2),
+                paused: r.get(3),
+                pending: r.get(4),
+            })
+            .collect())
+    }
+
+    pub(crate) async fn change_schedule(
+        &self,
+        name: &str,
+        change: &ScheduleChange,
+    ) -> Result<bool, DbError> {
+        let client = self.client().await?;
+        let n = match change {
+            ScheduleChange::Init { slot } => {
+                client
+                    .execute(
+                        "INSERT INTO schedule_state (name, last_slot) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                        &[&name, slot],
+                    )
+                    .await?
+            }
+            ScheduleChange::Advance { from, to, job } => {
+                client
+                    .execute(
+                        "UPDATE schedule_state SET last_slot = $3, last_job = coalesce($4, last_job)
+                         WHERE name = $1 AND last_slot = $2",
+                        &[&name, from, to, job],
+                    )
+                    .await?
+            }
+            ScheduleChange::Job(job) => {
+                client
+                    .execute(
+                        "UPDATE schedule_state SET last_job = $2 WHERE name = $1",
+                        &[&name, job],
+                    )
+                    .await?
+            }
+            ScheduleChange::Paused(paused) => {
+                client
+                    .execute(
+                        "UPDATE schedule_state SET paused = $2 WHERE name = $1",
+                        &[&name, paused],
+                    )
+                    .await?
+            }
+            ScheduleChange::Pending { from, to } => {
+                client
+                    .execute(
+                        "UPDATE schedule_state SET pending = $3 WHERE name = $1 AND pending = $2",
+                        &[&name, from, to],
+                    )
+                    .await?
+            }
+        };
+        Ok(n == 1)
+    }
+}

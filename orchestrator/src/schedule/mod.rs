@@ -1,0 +1,359 @@
+//! Schedules: jobs started at times a schedules file gives (avtomatika's
+//! `schedules.toml`, plus cron, time zones, overlap and catch-up policies).
+//!
+//! Every instance runs the same loop ([`Scheduler::run`]): each tick it
+//! reads the schedules' rows ([`crate::storage::Schedules`]), works out the
+//! slots due since each one's last claimed slot, and claims them by a
+//! compare-and-set of that slot, so with several instances on one database
+//! each slot starts one job. A slot claimed by an instance that dies before
+//! creating its job is lost (at most once per slot).
+
+pub mod model;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+pub use model::{CatchUp, Overlap, Schedule};
+
+use crate::engine::{Engine, NewJob};
+use crate::job::JobOptions;
+use crate::storage::{ScheduleChange, ScheduleRow, StorageError};
+
+/// How often the loop looks.
+pub const TICK: Duration = Duration::from_millis(250);
+/// A slot older than this when first seen counts as missed (`catch_up`).
+pub const GRACE: chrono::Duration = chrono::Duration::seconds(2);
+/// Next runs shown per schedule.
+const NEXT_RUNS: usize = 3;
+
+/// Why a schedule request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleApiError {
+    #[error("no schedule named {0:?}")]
+    Unknown(String),
+    #[error("schedule {0:?} has not run its first tick yet; try again in a moment")]
+    NotReady(String),
+    #[error("{0}")]
+    Storage(#[from] StorageError),
+    #[error("{0}")]
+    Job(#[from] crate::engine::EngineError),
+}
+
+/// A schedule as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct ScheduleView {
+    pub name: String,
+    pub blueprint: String,
+    pub when: String,
+    pub timezone: String,
+    pub overlap: Overlap,
+    pub catch_up: CatchUp,
+    pub client: String,
+    pub paused: bool,
+    /// A run waits for the running job to end (`queue_one`).
+    pub pending: bool,
+    pub last_slot: Option<DateTime<Utc>>,
+    pub last_job_id: Option<Uuid>,
+    pub next_runs: Vec<DateTime<Utc>>,
+}
+
+pub struct Scheduler {
+    engine: Engine,
+    schedules: BTreeMap<String, Schedule>,
+}
+
+impl Scheduler {
+    /// Starts the loop over `schedules` (none: no loop, no queries).
+    pub fn start(engine: Engine, schedules: Vec<Schedule>) -> Arc<Self> {
+        let scheduler = Self::new(engine, schedules);
+        if !scheduler.schedules.is_empty() {
+            tokio::spawn(scheduler.clone().run());
+        }
+        scheduler
+    }
+
+    /// The scheduler without its loop: [`Scheduler::tick`] is called by
+    /// hand (tests that set the time).
+    pub fn new(engine: Engine, schedules: Vec<Schedule>) -> Arc<Self> {
+        for s in &schedules {
+            tracing::info!(
+                "schedule {}: blueprint {} {}, as client {}",
+                s.name,
+                s.blueprint,
+                s.describe(),
+                s.client
+            );
+            if engine.blueprint(&s.blueprint).is_none() {
+                tracing::warn!(
+                    "schedule {}: blueprint {} is not loaded; its runs fail until it is deployed",
+                    s.name,
+                    s.blueprint
+                );
+            }
+        }
+        Arc::new(Self {
+            engine,
+            schedules: schedules.into_iter().map(|s| (s.name.clone(), s)).collect(),
+        })
+    }
+
+    async fn run(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.engine.shutting_down() {
+                return;
+            }
+            if let Err(e) = self.tick(Utc::now()).await {
+                tracing::warn!("schedules: cannot read their progress: {e}; trying again");
+            }
+        }
+    }
+
+    async fn rows(&self) -> Result<BTreeMap<String, ScheduleRow>, StorageError> {
+        Ok(self
+            .engine
+            .schedule_store()
+            .schedule_rows()
+            .await?
+            .into_iter()
+            .map(|r| (r.name.clone(), r))
+            .collect())
+    }
+
+    async fn change(&self, name: &str, change: ScheduleChange) -> Result<bool, StorageError> {
+        self.engine
+            .schedule_store()
+            .change_schedule(name, change)
+            .await
+    }
+
+    /// One look at every schedule.
+    pub async fn tick(&self, now: DateTime<Utc>) -> Result<(), StorageError> {
+        let rows = self.rows().await?;
+        for s in self.schedules.values() {
+            let Some(row) = rows.get(&s.name) else {
+                // First seen: slots from now on.
+                let slot = s.latest_at(now).unwrap_or(now);
+                self.change(&s.name, ScheduleChange::Init { slot }).await?;
+                continue;
+            };
+            if row.paused {
+                continue;
+            }
+            if row.pending && !self.running(row.last_job).await {
+                let mine = ScheduleChange::Pending {
+                    from: true,
+                    to: false,
+                };
+                if self.change(&s.name, mine).await? {
+                    self.start_job(s, "its queued run").await?;
+                }
+            }
+            self.due(s, row, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Claims and runs the slots of `s` due by `now`.
+    async fn due(
+        &self,
+        s: &Schedule,
+        row: &ScheduleRow,
+        now: DateTime<Utc>,
+    ) -> Result<(), StorageError> {
+        let limit = match s.catch_up {
+            CatchUp::All => s.catch_up_limit as usize,
+            _ => 1,
+        };
+        let due = s.slots_between(row.last_slot, now, limit);
+        let Some(&latest) = due.last() else {
+            return Ok(());
+        };
+        let fire: Vec<DateTime<Utc>> = match s.catch_up {
+            CatchUp::All => due,
+            CatchUp::Last => vec![latest],
+            CatchUp::None if latest >= now - GRACE => vec![latest],
+            CatchUp::None => Vec::new(),
+        };
+        let mut from = row.last_slot;
+        if fire.is_empty() {
+            // Missed while nobody ran; none runs (catch_up = "none").
+            if self
+                .change(
+                    &s.name,
+                    ScheduleChange::Advance {
+                        from,
+                        to: latest,
+                        job: None,
+                    },
+                )
+                .await?
+            {
+                tracing::info!(
+                    "schedule {}: runs missed while no orchestrator ran were skipped, up to {} (catch_up = none)",
+                    s.name,
+                    latest.to_rfc3339()
+                );
+            }
+            return Ok(());
+        }
+        for slot in fire {
+            let claim = ScheduleChange::Advance {
+                from,
+                to: slot,
+                job: None,
+            };
+            if !self.change(&s.name, claim).await? {
+                // Another instance claimed it.
+                return Ok(());
+            }
+            from = slot;
+            self.run_slot(s, row, slot).await?;
+        }
+        Ok(())
+    }
+
+    /// A claimed slot: a job, unless the overlap policy says otherwise.
+    async fn run_slot(
+        &self,
+        s: &Schedule,
+        row: &ScheduleRow,
+        slot: DateTime<Utc>,
+    ) -> Result<(), StorageError> {
+        let what = format!("slot {}", slot.to_rfc3339());
+        if s.overlap != Overlap::Allow && self.running(row.last_job).await {
+            let last = row.last_job.map(|j| j.to_string()).unwrap_or_default();
+            if s.overlap == Overlap::QueueOne {
+                let queue = ScheduleChange::Pending {
+                    from: false,
+                    to: true,
+                };
+                if self.change(&s.name, queue).await? {
+                    tracing::info!(
+                        "schedule {}: {what} waits for job {last} to end (overlap = queue_one)",
+                        s.name
+                    );
+                } else {
+                    tracing::info!(
+                        "schedule {}: {what} skipped: job {last} still runs and a run already waits (overlap = queue_one)",
+                        s.name
+                    );
+                }
+            } else {
+                tracing::info!(
+                    "schedule {}: {what} skipped: job {last} still runs (overlap = skip)",
+                    s.name
+                );
+            }
+            return Ok(());
+        }
+        self.start_job(s, &what).await
+    }
+
+    /// Whether `job` has not ended (a job that cannot be read has).
+    async fn running(&self, job: Option<Uuid>) -> bool {
+        let Some(id) = job else { return false };
+        matches!(self.engine.get_job(id).await, Ok(Some(j)) if !j.status.is_terminal())
+    }
+
+    /// Creates the schedule's job and records it.
+    async fn start_job(&self, s: &Schedule, what: &str) -> Result<(), StorageError> {
+        match self.create(s).await {
+            Ok(id) => {
+                tracing::info!(job_id = %id, "schedule {}: {what} started job {id} ({})", s.name, s.blueprint);
+                self.change(&s.name, ScheduleChange::Job(id)).await?;
+            }
+            Err(e) => tracing::error!(
+                "schedule {}: {what}: the job could not be created: {e}",
+                s.name
+            ),
+        }
+        Ok(())
+    }
+
+    async fn create(&self, s: &Schedule) -> Result<Uuid, crate::engine::EngineError> {
+        self.engine
+            .create_job(NewJob {
+                blueprint: s.blueprint.clone(),
+                owner: s.client.clone(),
+                initial_data: s.input_data.clone(),
+                dispatch_timeout: s.dispatch_timeout,
+                result_timeout: s.result_timeout,
+                options: JobOptions {
+                    metadata: s.metadata.clone(),
+                    security: s.security.clone(),
+                    ..JobOptions::default()
+                },
+                ..NewJob::default()
+            })
+            .await
+    }
+
+    /// Every schedule with its progress and next runs.
+    pub async fn views(&self) -> Result<Vec<ScheduleView>, StorageError> {
+        let rows = self.rows().await?;
+        let now = Utc::now();
+        Ok(self
+            .schedules
+            .values()
+            .map(|s| {
+                let row = rows.get(&s.name);
+                let mut next_runs = Vec::new();
+                let mut at = now;
+                while next_runs.len() < NEXT_RUNS {
+                    let Some(next) = s.next_after(at) else { break };
+                    next_runs.push(next);
+                    at = next;
+                }
+                ScheduleView {
+                    name: s.name.clone(),
+                    blueprint: s.blueprint.clone(),
+                    when: s.describe(),
+                    timezone: s.timezone.to_string(),
+                    overlap: s.overlap,
+                    catch_up: s.catch_up,
+                    client: s.client.clone(),
+                    paused: row.is_some_and(|r| r.paused),
+                    pending: row.is_some_and(|r| r.pending),
+                    last_slot: row.map(|r| r.last_slot),
+                    last_job_id: row.and_then(|r| r.last_job),
+                    next_runs,
+                }
+            })
+            .collect())
+    }
+
+    /// Pauses or resumes `name` (on every instance).
+    pub async fn set_paused(&self, name: &str, paused: bool) -> Result<(), ScheduleApiError> {
+        if !self.schedules.contains_key(name) {
+            return Err(ScheduleApiError::Unknown(name.to_string()));
+        }
+        if !self.change(name, ScheduleChange::Paused(paused)).await? {
+            return Err(ScheduleApiError::NotReady(name.to_string()));
+        }
+        tracing::info!(
+            "schedule {name} {}",
+            if paused { "paused" } else { "resumed" }
+        );
+        Ok(())
+    }
+
+    /// Starts `name`'s job now, outside its slots.
+    pub async fn trigger(&self, name: &str) -> Result<Uuid, ScheduleApiError> {
+        let s = self
+            .schedules
+            .get(name)
+            .ok_or_else(|| ScheduleApiError::Unknown(name.to_string()))?;
+        let id = self.create(s).await?;
+        tracing::info!(job_id = %id, "schedule {name}: triggered by hand, job {id}");
+        self.change(name, ScheduleChange::Job(id)).await?;
+        Ok(id)
+    }
+}

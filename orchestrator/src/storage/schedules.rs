@@ -1,0 +1,121 @@
+//! Where schedules keep their progress, shared by every instance on one
+//! database: per schedule, the last slot claimed (claims are a
+//! compare-and-set on it, so each slot is claimed once), the last job it
+//! started, whether it is paused, and whether a run waits (`queue_one`).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::StorageError;
+
+/// A schedule's stored progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScheduleRow {
+    pub name: String,
+    /// The latest slot claimed (or, for a new schedule, the one before it
+    /// was first seen).
+    pub last_slot: DateTime<Utc>,
+    /// The job its latest run started.
+    pub last_job: Option<Uuid>,
+    pub paused: bool,
+    /// A run waits for the running job to end (`overlap = "queue_one"`).
+    pub pending: bool,
+}
+
+/// One change of a schedule's row; each says whether it took effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScheduleChange {
+    /// Creates the row (not paused) unless it exists.
+    Init {
+        slot: DateTime<Utc>,
+    },
+    /// Claims `to` if the last slot is still `from`; records `job`.
+    Advance {
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        job: Option<Uuid>,
+    },
+    /// Records the job a run started.
+    Job(Uuid),
+    Paused(bool),
+    /// Sets `pending` to `to` if it is `from`.
+    Pending {
+        from: bool,
+        to: bool,
+    },
+}
+
+/// Schedules' rows in one instance's storage (memory, SQLite). Blocking.
+pub trait ScheduleStorage {
+    fn schedule_rows(&self) -> Result<Vec<ScheduleRow>, StorageError>;
+    /// Applies `change` to `name`'s row; whether it took effect (false: the
+    /// row is missing, or a compare-and-set found another value).
+    fn change_schedule(&self, name: &str, change: &ScheduleChange) -> Result<bool, StorageError>;
+}
+
+/// The same, as the scheduler reaches it: the engine's backend answers.
+#[async_trait::async_trait]
+pub trait Schedules: Send + Sync {
+    async fn schedule_rows(&self) -> Result<Vec<ScheduleRow>, StorageError>;
+    async fn change_schedule(
+        &self,
+        name: &str,
+        change: ScheduleChange,
+    ) -> Result<bool, StorageError>;
+}
+
+/// [`ScheduleStorage::change_schedule`] on a row in memory.
+pub fn apply(
+    rows: &mut std::collections::BTreeMap<String, ScheduleRow>,
+    name: &str,
+    change: &ScheduleChange,
+) -> bool {
+    if let ScheduleChange::Init { slot } = change {
+        if rows.contains_key(name) {
+            return false;
+        }
+        rows.insert(
+            name.to_string(),
+            ScheduleRow {
+                name: name.to_string(),
+                last_slot: *slot,
+                last_job: None,
+                paused: false,
+                pending: false,
+            },
+        );
+        return true;
+    }
+    let Some(row) = rows.get_mut(name) else {
+        return false;
+    };
+    match change {
+        ScheduleChange::Init { .. } => false,
+        ScheduleChange::Advance { from, to, job } => {
+            if row.last_slot != *from {
+                return false;
+            }
+            row.last_slot = *to;
+            if job.is_some() {
+                row.last_job = *job;
+            }
+            true
+        }
+        ScheduleChange::Job(job) => {
+            row.last_job = Some(*job);
+            true
+        }
+        ScheduleChange::Paused(p) => {
+            row.paused = *p;
+            true
+        }
+        ScheduleChange::Pending { from, to } => {
+            if row.pending != *from {
+                return false;
+            }
+            row.pending = *to;
+            true
+        }
+    }
+}
