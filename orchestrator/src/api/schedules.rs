@@ -56,10 +56,13 @@ fn scheduler(
               (status = 401, description = "No client token", body = super::openapi::ErrorBody), (status = 403, description = "A client that may not deploy", body = super::openapi::ErrorBody)))]
 pub async fn act(
     State(state): State<AppState>,
-    Path((name, action)): Path<(String, String)>,
+    Path(params): Path<std::collections::HashMap<String, String>>,
     Caller(caller): Caller,
 ) -> Result<Response, ApiError> {
     state.auth.may_deploy(caller)?;
+    // Under `/api/{version}` too: the params by name.
+    let name = params.get("name").cloned().unwrap_or_default();
+    let action = params.get("action").cloned().unwrap_or_default();
     let s = scheduler(&state, &name)?;
     let body = match action.as_str() {
         "pause" | "resume" => {

@@ -319,6 +319,15 @@ end = "finished"
 ];
 
 fn start_our_orchestrator(dir: &Path, port: u16, secret: Option<&str>) -> Proc {
+    start_our_orchestrator_with(dir, port, secret, |_| {})
+}
+
+fn start_our_orchestrator_with(
+    dir: &Path,
+    port: u16,
+    secret: Option<&str>,
+    configure: impl FnOnce(&mut Command),
+) -> Proc {
     let blueprints = dir.join("blueprints");
     std::fs::create_dir_all(&blueprints).unwrap();
     std::fs::copy(
@@ -343,6 +352,7 @@ fn start_our_orchestrator(dir: &Path, port: u16, secret: Option<&str>) -> Proc {
     if let Some(secret) = secret {
         cmd.env("ORCHESTRATOR_SECRET_KEY", secret);
     }
+    configure(&mut cmd);
     let n = std::fs::read_dir(dir).unwrap().count();
     Proc::spawn(
         "orchestrator",
@@ -607,6 +617,94 @@ async fn the_python_sdk_worker_serves_map_child_approval_and_event_flows() {
         "ended after {:?}: with the handler (8 s), not on its event",
         started.elapsed()
     );
+}
+
+/// A schedules file as avtomatika's documentation writes one: every form.
+const AVTOMATIKA_SCHEDULES: &str = r#"
+[every_second]
+blueprint = "test_flow"
+interval_seconds = 1
+input_data = { message = "scheduled", multiply = 1 }
+
+[daily_backup]
+blueprint = "test_flow"
+daily_at = "03:00"
+input_data = { message = "backup" }
+
+[weekly_sync]
+blueprint = "test_flow"
+weekly_days = ["mon", "wed"]
+time = "09:30"
+input_data = { message = "sync" }
+
+[monthly_report]
+blueprint = "test_flow"
+monthly_dates = [1, 15]
+time = "12:00"
+dispatch_timeout = 60
+result_timeout = 120
+metadata = { team = "ops" }
+input_data = { message = "report" }
+"#;
+
+#[tokio::test]
+async fn a_schedules_file_written_for_avtomatika_runs_as_it_is() {
+    let Some(python) = venv_python("venv-orchestrator") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("schedules.toml");
+    std::fs::write(&file, AVTOMATIKA_SCHEDULES).unwrap();
+    // avtomatika's own loader reads it: it is a file for avtomatika.
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import sys; from avtomatika.scheduler_config_loader import load_schedules_from_file as l; print(sorted(s.name for s in l(sys.argv[1])))",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "['daily_backup', 'every_second', 'monthly_report', 'weekly_sync']"
+    );
+    // Ours runs it: every form loads, the every-second one makes jobs.
+    let port = free_port();
+    let path = file.clone();
+    let _orchestrator = start_our_orchestrator_with(dir.path(), port, None, move |cmd| {
+        cmd.env("SCHEDULES_CONFIG_PATH", &path);
+    });
+    let api = Http::new(port);
+    api.wait_up().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, list) = api.get("/api/v1/schedules").await;
+    assert_eq!(status, 200, "{list}");
+    let names: Vec<&str> = list["schedules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "daily_backup",
+            "every_second",
+            "monthly_report",
+            "weekly_sync"
+        ]
+    );
+    let weekly = &list["schedules"][3];
+    assert_eq!(weekly["when"], "cron `30 9 * * 1,3` (UTC)", "{weekly}");
+    let (_, jobs) = api.get("/api/v1/jobs?blueprint=test_flow").await;
+    let jobs = jobs["jobs"].as_array().unwrap();
+    assert!(jobs.len() >= 2, "{jobs:?}");
+    assert_eq!(jobs[0]["initial_data"]["message"], "scheduled");
 }
 
 #[tokio::test]

@@ -21,5 +21,6 @@ mod job_lists;
 mod languages;
 mod plugin_builds;
 mod scenario;
+mod schedules;
 mod security;
 mod workflows;
