@@ -9,6 +9,7 @@ pub mod auth;
 pub mod body;
 pub mod channel;
 pub mod client;
+pub mod create;
 pub mod deploy;
 pub mod error;
 mod front;
@@ -272,7 +273,7 @@ async fn create_job(
     let label = crate::metrics::RouteLabel(bp.create_path.clone().unwrap_or_default());
     let (parts, body) = request.into_parts();
     let mut answer = match state.caller(&parts.extensions, &parts.headers).await {
-        Ok(caller) => client::create_job(state.clone(), bp, caller, parts.uri.query(), body).await,
+        Ok(caller) => create::create_job(state.clone(), bp, caller, parts.uri.query(), body).await,
         Err(e) => Err(e),
     };
     if let Ok(response) = &mut answer {
