@@ -33,6 +33,7 @@
 //! trusted_proxies = ["127.0.0.1"]          # their X-Forwarded-For names the peer (for the line above)
 //!
 //! webhook_lease_seconds = 120              # PostgreSQL: a webhook owed by a stopped instance is delivered by another after this
+//! idempotency_retention = "24h"            # a create's Idempotency-Key names its job this long
 //! finished_job_retention = "7d"            # ended jobs older than this are deleted ("0": keep all)
 //!
 //! schedules_file = "schedules.toml"        # avtomatika's schedules (or --schedules, SCHEDULES_CONFIG_PATH)
@@ -155,6 +156,7 @@ struct FileConfig {
     max_worker_ttl_seconds: Option<f64>,
     workers_config: Option<PathBuf>,
     schedules_file: Option<PathBuf>,
+    idempotency_retention: Option<String>,
     schedule_timezone: Option<String>,
     schedule_client: Option<String>,
     max_skills_per_worker: Option<usize>,
@@ -222,6 +224,8 @@ pub struct Config {
     pub json_logs: bool,
     /// Client token → client name.
     pub clients: HashMap<String, String>,
+    /// How long an idempotency key names its job.
+    pub idempotency_retention: std::time::Duration,
     /// The schedules of the schedules file (none without one).
     pub schedules: Vec<crate::schedule::Schedule>,
     /// Names of the clients that may deploy.
@@ -361,6 +365,15 @@ impl Config {
         if let Some(path) = cli.workers_config.or(file.workers_config) {
             worker_tokens.extend(load_workers_toml(&path)?);
         }
+        let idempotency_retention = match &file.idempotency_retention {
+            None => std::time::Duration::from_secs(crate::engine::DEFAULT_IDEMPOTENCY_RETENTION_SECS),
+            Some(text) => humantime::parse_duration(text.trim())
+                .ok()
+                .filter(|d| !d.is_zero() && d.as_secs() <= 30 * 86_400)
+                .with_context(|| {
+                    format!("idempotency_retention must be a duration from 1s to 30d, such as `24h`, not {text:?}")
+                })?,
+        };
         let schedules = match cli.schedules_file.or(file.schedules_file) {
             None => Vec::new(),
             Some(path) => {
@@ -405,6 +418,7 @@ impl Config {
             clients,
             deployers,
             schedules,
+            idempotency_retention,
             max_plugin_bytes: bounded(
                 "max_plugin_bytes",
                 file.max_plugin_bytes,

@@ -15,6 +15,9 @@ pub type Object = Map<String, Value>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
+    /// Created with a later start (`run_at`, `delay_seconds`): it starts at
+    /// its `wake_at`.
+    Scheduled,
     Pending,
     WaitingForWorker,
     Running,
@@ -35,7 +38,8 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
-    pub const ALL: [JobStatus; 13] = [
+    pub const ALL: [JobStatus; 14] = [
+        Self::Scheduled,
         Self::Pending,
         Self::WaitingForWorker,
         Self::Running,
@@ -65,6 +69,7 @@ impl JobStatus {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Scheduled => "scheduled",
             Self::Pending => "pending",
             Self::WaitingForWorker => "waiting_for_worker",
             Self::Running => "running",

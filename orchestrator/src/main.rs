@@ -58,6 +58,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         max_transitions: config.max_transitions_per_job,
         max_map_items: config.max_map_items,
         max_job_depth: config.max_job_depth,
+        idempotency_retention: config.idempotency_retention,
         max_map_result_bytes: config.max_map_result_bytes,
         max_skills_per_worker: config.max_skills_per_worker,
         webhook_allowed_hosts: config.webhook_allowed_hosts.clone(),

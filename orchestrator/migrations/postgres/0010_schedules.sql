@@ -7,3 +7,14 @@ CREATE TABLE schedule_state (
     paused    BOOLEAN NOT NULL DEFAULT false,
     pending   BOOLEAN NOT NULL DEFAULT false
 );
+
+-- Idempotency keys: per client, the job a key names (claimed before the
+-- job is created, so racing creates make one job).
+CREATE TABLE idempotency_keys (
+    owner      TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    job_id     UUID NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (owner, key)
+);
+CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);

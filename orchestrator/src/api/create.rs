@@ -25,10 +25,11 @@ pub async fn create_job(
     state: AppState,
     blueprint: Arc<Blueprint>,
     Caller(owner): Caller,
-    query: Option<&str>,
+    request: CreateRequest<'_>,
     raw: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let wait = query
+    let wait = request
+        .query
         .into_iter()
         .flat_map(|q| q.split('&'))
         .find_map(|pair| pair.strip_prefix("wait="));
@@ -36,14 +37,18 @@ pub async fn create_job(
     let raw = body::read(raw, state.max_body).await?;
     let body = body::json_object(&raw)?.unwrap_or_default();
     let max_transitions = state.engine.settings().max_transitions;
-    let new = parse_create(
+    let (new, key_field) = parse_create(
         body,
         &blueprint.name,
         owner.clone(),
         state.engine.egress(),
         max_transitions,
     )?;
-    let id = state.engine.create_job(new).await?;
+    let key = idempotency_key(request.headers, key_field)?;
+    let (id, replayed) = match &key {
+        Some(key) => state.engine.create_job_once(new, key).await?,
+        None => (state.engine.create_job(new).await?, false),
+    };
     if let Some(wait) = wait.filter(|w| !w.is_zero()) {
         state.engine.wait_for_job(id, wait).await;
         let job = owned_job(&state, id, &owner).await?;
@@ -51,11 +56,66 @@ pub async fn create_job(
             return Ok(axum::Json(view(&job, None)).into_response());
         }
     }
-    Ok((
+    let mut response = (
         StatusCode::ACCEPTED,
         axum::Json(json!({"status": "accepted", "job_id": id})),
     )
-        .into_response())
+        .into_response();
+    if replayed {
+        response.headers_mut().insert(
+            HEADER_REPLAYED,
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
+    Ok(response)
+}
+
+/// What a create request carries besides its caller and body.
+pub struct CreateRequest<'a> {
+    pub query: Option<&'a str>,
+    pub headers: &'a axum::http::HeaderMap,
+}
+
+/// The header (and body field `idempotency_key`) naming a create.
+pub const HEADER_IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Set on the answer to a create whose key named an earlier job.
+pub const HEADER_REPLAYED: &str = "idempotent-replayed";
+/// Longest idempotency key.
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// The create's idempotency key: the header, or the body's field (both:
+/// they must agree).
+fn idempotency_key(
+    headers: &axum::http::HeaderMap,
+    field: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    let bad = || {
+        ApiError::BadRequest(format!(
+            "'Idempotency-Key' must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+        ))
+    };
+    let header = match headers.get(HEADER_IDEMPOTENCY_KEY) {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| bad())?.to_string()),
+    };
+    let key = match (header, field) {
+        (Some(h), Some(f)) if h != f => {
+            return Err(ApiError::BadRequest(
+                "the Idempotency-Key header and 'idempotency_key' differ".into(),
+            ));
+        }
+        (h, f) => h.or(f),
+    };
+    match key {
+        Some(k)
+            if k.is_empty()
+                || k.len() > MAX_IDEMPOTENCY_KEY
+                || !k.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Err(bad())
+        }
+        k => Ok(k),
+    }
 }
 
 /// `{"initial_data": {...}, options…}`, or a flat body that is the initial data.
@@ -65,7 +125,7 @@ fn parse_create(
     owner: String,
     egress: &crate::egress::EgressPolicy,
     max_transitions: u32,
-) -> Result<NewJob, ApiError> {
+) -> Result<(NewJob, Option<String>), ApiError> {
     let structured = body.contains_key("initial_data");
     let mut new = NewJob {
         blueprint: blueprint.to_string(),
@@ -74,8 +134,18 @@ fn parse_create(
     };
     if !structured {
         new.initial_data = body;
-        return Ok(new);
+        return Ok((new, None));
     }
+    let key = match body.remove("idempotency_key") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(k)) => Some(k),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "'idempotency_key' must be a string".into(),
+            ));
+        }
+    };
+    new.start_at = start_at(body.remove("run_at"), body.remove("delay_seconds"))?;
     new.initial_data = match body.remove("initial_data") {
         Some(Value::Object(o)) => o,
         Some(Value::Null) | None => Object::new(),
@@ -103,7 +173,50 @@ fn parse_create(
             ));
         }
     };
-    Ok(new)
+    Ok((new, key))
+}
+
+/// When a job asked to start later starts: `run_at` (RFC 3339) or
+/// `delay_seconds`, at most 30 days ahead; a time past starts it at once.
+fn start_at(
+    run_at: Option<Value>,
+    delay: Option<Value>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    let now = chrono::Utc::now();
+    let longest = chrono::Duration::seconds(crate::secs::MAX_TIMEOUT_SECS as i64);
+    match (
+        run_at.filter(|v| !v.is_null()),
+        delay.filter(|v| !v.is_null()),
+    ) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(ApiError::BadRequest(
+            "give one of 'run_at' and 'delay_seconds', not both".into(),
+        )),
+        (Some(at), None) => {
+            let at = at
+                .as_str()
+                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                .ok_or_else(|| {
+                    ApiError::BadRequest(
+                        "'run_at' must be an RFC 3339 time, e.g. 2026-12-24T09:00:00Z".into(),
+                    )
+                })?
+                .with_timezone(&chrono::Utc);
+            if at - now > longest {
+                return Err(ApiError::BadRequest(
+                    "'run_at' is more than 30 days away".into(),
+                ));
+            }
+            Ok(Some(at))
+        }
+        (None, Some(delay)) => {
+            let secs = crate::secs::timeout_json("delay_seconds", Some(&delay))
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?
+                .unwrap_or_default();
+            let delay = chrono::Duration::milliseconds((secs * 1000.0) as i64);
+            Ok(Some(now + delay))
+        }
+    }
 }
 
 /// Most bytes of a job's `policy` as JSON (avtomatika's

@@ -273,7 +273,13 @@ async fn create_job(
     let label = crate::metrics::RouteLabel(bp.create_path.clone().unwrap_or_default());
     let (parts, body) = request.into_parts();
     let mut answer = match state.caller(&parts.extensions, &parts.headers).await {
-        Ok(caller) => create::create_job(state.clone(), bp, caller, parts.uri.query(), body).await,
+        Ok(caller) => {
+            let request = create::CreateRequest {
+                query: parts.uri.query(),
+                headers: &parts.headers,
+            };
+            create::create_job(state.clone(), bp, caller, request, body).await
+        }
         Err(e) => Err(e),
     };
     if let Ok(response) = &mut answer {

@@ -22,8 +22,8 @@ use super::{Engine, EngineError, NewJob, Shared, machine};
 use crate::blueprint::Blueprint;
 use crate::job::{Job, JobEvent};
 use crate::storage::{
-    BlueprintRow, Deploys, JobFilter, PendingWebhook, PluginVersionRow, RegistryRows,
-    ScheduleChange, ScheduleRow, Schedules, StorageError,
+    BlueprintRow, Deploys, HeldKey, JobFilter, Keys, PendingWebhook, PluginVersionRow,
+    RegistryRows, ScheduleChange, ScheduleRow, Schedules, StorageError,
 };
 
 // One per engine: the size of the local variant does not matter.
@@ -323,6 +323,69 @@ impl Backend {
                 Ok(ids)
             }
             Self::Shared(db) => Ok(db.delete_ended(before, batch).await?),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Keys for Backend {
+    async fn claim_key(
+        &self,
+        owner: &str,
+        key: &str,
+        job: Uuid,
+        expired: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<HeldKey>, StorageError> {
+        match self {
+            Self::Local(local) => {
+                let (owner, key) = (owner.to_string(), key.to_string());
+                let now = chrono::Utc::now();
+                local
+                    .blocking(move |s| s.claim_key(&owner, &key, job, now, expired))
+                    .await
+            }
+            Self::Shared(db) => Ok(db.claim_key(owner, key, job, expired).await?),
+        }
+    }
+
+    async fn release_key(&self, owner: &str, key: &str, job: Uuid) -> Result<(), StorageError> {
+        match self {
+            Self::Local(local) => {
+                let (owner, key) = (owner.to_string(), key.to_string());
+                local
+                    .blocking(move |s| s.release_key(&owner, &key, job))
+                    .await
+            }
+            Self::Shared(db) => Ok(db.release_key(owner, key, job).await?),
+        }
+    }
+
+    async fn replace_key(
+        &self,
+        owner: &str,
+        key: &str,
+        old: Uuid,
+        new: Uuid,
+    ) -> Result<bool, StorageError> {
+        match self {
+            Self::Local(local) => {
+                let (owner, key) = (owner.to_string(), key.to_string());
+                let now = chrono::Utc::now();
+                local
+                    .blocking(move |s| s.replace_key(&owner, &key, old, new, now))
+                    .await
+            }
+            Self::Shared(db) => Ok(db.replace_key(owner, key, old, new).await?),
+        }
+    }
+
+    async fn prune_keys(
+        &self,
+        expired: chrono::DateTime<chrono::Utc>,
+    ) -> Result<usize, StorageError> {
+        match self {
+            Self::Local(local) => local.blocking(move |s| s.prune_keys(expired)).await,
+            Self::Shared(db) => Ok(db.prune_keys(expired).await?),
         }
     }
 }

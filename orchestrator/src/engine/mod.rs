@@ -52,10 +52,11 @@ pub use events::{EventKind, JobUpdate, MAX_EVENT_TEXT};
 pub(crate) use events::{event, job_write, task_event};
 pub use machine::{Signal, SignalAuth};
 pub use settings::{
-    DEFAULT_CHANNEL_GRACE_SECS, DEFAULT_MAX_ACTIVE_JOBS_PER_CLIENT, DEFAULT_MAX_JOB_DEPTH,
-    DEFAULT_MAX_MAP_ITEMS, DEFAULT_MAX_MAP_RESULT_BYTES, DEFAULT_MAX_TRANSITIONS,
-    DEFAULT_MAX_WORKER_TTL_SECS, DEFAULT_WEBHOOK_LEASE_SECS, EngineSettings, MAX_HEARTBEAT_TASKS,
-    MAX_UPDATE_STREAMS, STOPS_BUFFER, TTL_MARGIN, UPDATES_BUFFER,
+    DEFAULT_CHANNEL_GRACE_SECS, DEFAULT_IDEMPOTENCY_RETENTION_SECS,
+    DEFAULT_MAX_ACTIVE_JOBS_PER_CLIENT, DEFAULT_MAX_JOB_DEPTH, DEFAULT_MAX_MAP_ITEMS,
+    DEFAULT_MAX_MAP_RESULT_BYTES, DEFAULT_MAX_TRANSITIONS, DEFAULT_MAX_WORKER_TTL_SECS,
+    DEFAULT_WEBHOOK_LEASE_SECS, EngineSettings, MAX_HEARTBEAT_TASKS, MAX_UPDATE_STREAMS,
+    STOPS_BUFFER, TTL_MARGIN, UPDATES_BUFFER,
 };
 pub use state::{EngineState, Queued, TaskStop, Timer};
 use workers::WorkerView;
@@ -119,6 +120,11 @@ pub struct Engine {
     pub(crate) shared: Arc<Shared>,
 }
 
+/// Tries, and the pause between them, to see the job a held idempotency
+/// key names (its create may be under way): 5 s in all.
+const KEY_WAIT_TRIES: u32 = 50;
+const KEY_WAIT_STEP: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Options of a new job besides its data.
 #[derive(Debug, Clone, Default)]
 pub struct NewJob {
@@ -131,6 +137,11 @@ pub struct NewJob {
     pub options: crate::job::JobOptions,
     /// Set for a child job (a parent's `run` state).
     pub parent: Option<crate::job::ParentRef>,
+    /// Its id (`None`: a new time-ordered one).
+    pub id: Option<Uuid>,
+    /// When it starts (`None` or past: at once); until then it is
+    /// `scheduled`.
+    pub start_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Parents above it.
     pub depth: u32,
 }
@@ -181,6 +192,7 @@ impl Engine {
         if let Some(keep) = engine.shared.settings.finished_job_retention {
             tokio::spawn(retention::run(engine.shared.clone(), keep));
         }
+        tokio::spawn(retention::prune_keys(engine.shared.clone()));
         let pending = engine
             .shared
             .backend
@@ -249,7 +261,58 @@ impl Engine {
         &self.shared.settings
     }
 
-    /// Creates a job and starts it; returns once it is durably stored.
+    /// Creates a job for `new.owner`'s idempotency key `key`: the job the
+    /// key names if it was used within `idempotency_retention` (and `true`),
+    /// else a new one. Racing creates with one key make one job, on every
+    /// instance sharing the database.
+    pub async fn create_job_once(
+        &self,
+        mut new: NewJob,
+        key: &str,
+    ) -> Result<(Uuid, bool), EngineError> {
+        let keys: &dyn crate::storage::Keys = &self.shared.backend;
+        let retention = chrono::Duration::from_std(self.shared.settings.idempotency_retention)
+            .unwrap_or(chrono::Duration::days(1));
+        let id = Uuid::now_v7();
+        let owner = new.owner.clone();
+        if let Some(held) = keys
+            .claim_key(&owner, key, id, chrono::Utc::now() - retention)
+            .await
+            .map_err(|e| EngineError::Storage(e.to_string()))?
+        {
+            // Its create may still be under way: wait for the job a while.
+            for _ in 0..KEY_WAIT_TRIES {
+                let job = self.get_job(held.job).await;
+                if job
+                    .map_err(|e| EngineError::Storage(e.to_string()))?
+                    .is_some()
+                {
+                    return Ok((held.job, true));
+                }
+                tokio::time::sleep(KEY_WAIT_STEP).await;
+            }
+            // Never created (its instance stopped, or its create failed
+            // without giving the key back): the key is ours if still held
+            // by that job.
+            let taken = keys.replace_key(&owner, key, held.job, id).await;
+            if !taken.map_err(|e| EngineError::Storage(e.to_string()))? {
+                return Err(EngineError::Storage(format!(
+                    "idempotency key {key:?} is being claimed by another create; try again"
+                )));
+            }
+        }
+        new.id = Some(id);
+        match self.create_job(new).await {
+            Ok(id) => Ok((id, false)),
+            Err(e) => {
+                if let Err(release) = keys.release_key(&owner, key, id).await {
+                    tracing::warn!("cannot give idempotency key {key:?} back: {release}");
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Creates a job and starts it; returns once it is durably stored.
     pub async fn create_job(&self, new: NewJob) -> Result<Uuid, EngineError> {
         let blueprint = self.blueprint(&new.blueprint).ok_or_else(|| {
@@ -276,7 +339,7 @@ impl Engine {
         // Time-ordered (UUIDv7): jobs created together sit together in the
         // storage's indexes, so a batch of new jobs dirties a few pages
         // instead of one page per job.
-        let id = Uuid::now_v7();
+        let id = new.id.unwrap_or_else(Uuid::now_v7);
         self.shared
             .backend
             .create(&self.shared, id, &blueprint, new)

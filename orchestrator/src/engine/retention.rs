@@ -60,6 +60,24 @@ pub(crate) async fn run(shared: Arc<Shared>, keep: Duration) {
     }
 }
 
+/// Deletes idempotency keys past `idempotency_retention`, every minute.
+pub(crate) async fn prune_keys(shared: Arc<Shared>) {
+    let keep = chrono::Duration::from_std(shared.settings.idempotency_retention)
+        .unwrap_or(chrono::Duration::days(1));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(MAX_TICK) => {}
+            _ = shared.stopping.cancelled() => return,
+        }
+        let keys: &dyn crate::storage::Keys = &shared.backend;
+        match keys.prune_keys(Utc::now() - keep).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!("deleted {n} idempotency key(s) past idempotency_retention"),
+            Err(e) => tracing::warn!("deleting expired idempotency keys failed: {e}"),
+        }
+    }
+}
+
 async fn delete_batch(
     shared: &Arc<Shared>,
     before: chrono::DateTime<Utc>,

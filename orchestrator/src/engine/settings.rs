@@ -6,6 +6,8 @@ use std::time::Duration;
 /// `MAX_TRANSITIONS_PER_JOB`).
 pub const DEFAULT_MAX_TRANSITIONS: u32 = 100;
 
+/// Default of [`EngineSettings::idempotency_retention`]: a day.
+pub const DEFAULT_IDEMPOTENCY_RETENTION_SECS: u64 = 86_400;
 /// Default of [`EngineSettings::max_job_depth`].
 pub const DEFAULT_MAX_JOB_DEPTH: u32 = 10;
 /// Default of [`EngineSettings::max_map_items`].
@@ -57,6 +59,8 @@ pub struct EngineSettings {
     /// Most bytes of results a `map` state gathers (its elements' results
     /// as JSON, together); past it the job fails with `MAP_LIMIT_EXCEEDED`.
     pub max_map_result_bytes: u64,
+    /// How long a create's idempotency key names its job.
+    pub idempotency_retention: Duration,
     /// Most levels of child jobs under a job a client created (a `run`
     /// deeper fails its job with `DEPTH_LIMIT_EXCEEDED`).
     pub max_job_depth: u32,
@@ -97,6 +101,7 @@ impl Default for EngineSettings {
             max_transitions: DEFAULT_MAX_TRANSITIONS,
             max_map_items: DEFAULT_MAX_MAP_ITEMS,
             max_job_depth: DEFAULT_MAX_JOB_DEPTH,
+            idempotency_retention: Duration::from_secs(DEFAULT_IDEMPOTENCY_RETENTION_SECS),
             max_map_result_bytes: DEFAULT_MAX_MAP_RESULT_BYTES,
             sweep_interval: Duration::from_secs(1),
             channel_grace: Duration::from_secs(DEFAULT_CHANNEL_GRACE_SECS),

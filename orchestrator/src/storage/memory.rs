@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
@@ -24,6 +25,7 @@ struct Inner {
     registry: RegistryRows,
     components: HashMap<String, Vec<u8>>,
     schedules: std::collections::BTreeMap<String, super::ScheduleRow>,
+    keys: super::idempotency::KeyMap,
 }
 
 impl MemoryStorage {
@@ -123,6 +125,52 @@ impl Storage for MemoryStorage {
 
     fn describe(&self) -> String {
         "in-memory storage (nothing survives a restart)".into()
+    }
+}
+
+impl super::KeyStorage for MemoryStorage {
+    fn claim_key(
+        &self,
+        owner: &str,
+        key: &str,
+        job: Uuid,
+        now: DateTime<Utc>,
+        expired: DateTime<Utc>,
+    ) -> Result<Option<super::HeldKey>, StorageError> {
+        let keys = &mut self.lock().keys;
+        Ok(super::idempotency::claim_in(
+            keys, owner, key, job, now, expired,
+        ))
+    }
+
+    fn release_key(&self, owner: &str, key: &str, job: Uuid) -> Result<(), StorageError> {
+        let keys = &mut self.lock().keys;
+        let k = (owner.to_string(), key.to_string());
+        if keys.get(&k).is_some_and(|h| h.job == job) {
+            keys.remove(&k);
+        }
+        Ok(())
+    }
+
+    fn replace_key(
+        &self,
+        owner: &str,
+        key: &str,
+        old: Uuid,
+        new: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StorageError> {
+        let keys = &mut self.lock().keys;
+        Ok(super::idempotency::replace_in(
+            keys, owner, key, old, new, now,
+        ))
+    }
+
+    fn prune_keys(&self, expired: DateTime<Utc>) -> Result<usize, StorageError> {
+        let keys = &mut self.lock().keys;
+        let before = keys.len();
+        keys.retain(|_, h| h.at >= expired);
+        Ok(before - keys.len())
     }
 }
 

@@ -12,6 +12,7 @@
 //! `webhooks`, the deploy tables of [`registry`]) and the job list's
 //! statements ([`list`]) serve both SQL databases.
 
+pub mod idempotency;
 pub mod list;
 pub mod memory;
 pub mod registry;
@@ -116,9 +117,10 @@ impl std::str::FromStr for JobCursor {
     }
 }
 
+pub use idempotency::{HeldKey, KeyStorage, Keys};
 pub use schedules::{ScheduleChange, ScheduleRow, ScheduleStorage, Schedules};
 
-pub trait Storage: RegistryStorage + ScheduleStorage + Send + Sync + 'static {
+pub trait Storage: RegistryStorage + ScheduleStorage + KeyStorage + Send + Sync + 'static {
     /// Applies writes atomically, in order; a snapshot never replaces a newer
     /// one. `delivered` names jobs whose webhook is done with (delivered or
     /// given up), applied after the writes.

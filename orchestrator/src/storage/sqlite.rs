@@ -9,6 +9,7 @@ use uuid::Uuid;
 use super::list::Arg;
 use super::{JobFilter, JobWrite, PendingWebhook, Storage, StorageError};
 
+mod keys;
 mod readers;
 mod registry;
 mod schedules;
@@ -76,6 +77,13 @@ CREATE TABLE IF NOT EXISTS plugin_versions (
 CREATE TABLE IF NOT EXISTS plugin_current (
     name    TEXT PRIMARY KEY,
     version INTEGER
+);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    owner      TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    job_id     TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (owner, key)
 );
 CREATE TABLE IF NOT EXISTS schedule_state (
     name      TEXT PRIMARY KEY,

@@ -106,6 +106,8 @@ pub(crate) fn start_child(
             step: job.transitions,
         }),
         depth: job.depth + 1,
+        id: None,
+        start_at: None,
     };
     job.status = JobStatus::WaitingForSubJob;
     job.child = Some(child);

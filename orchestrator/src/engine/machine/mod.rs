@@ -227,7 +227,18 @@ pub(crate) fn create(shared: &Shared, st: &mut EngineState, id: Uuid, bp: &Bluep
         EventKind::Created,
         format!("job created from blueprint {}", bp.name),
     )];
-    advance(shared, st, &mut job, &mut events);
+    match new.start_at.filter(|at| *at > now) {
+        Some(at) => {
+            job.status = JobStatus::Scheduled;
+            job.wake_at = Some(at);
+            arm_wake(st, &job, at);
+            events.push(event(
+                EventKind::Sleeping,
+                format!("scheduled to start at {}", at.to_rfc3339()),
+            ));
+        }
+        None => advance(shared, st, &mut job, &mut events),
+    }
     commit(st, &mut job, events, None);
     put(st, job);
 }

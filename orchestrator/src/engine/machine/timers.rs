@@ -92,6 +92,13 @@ pub(crate) fn fire(shared: &Shared, st: &mut EngineState, timer: Timer) {
             // path. (A timer stored before steps were recorded has none.)
             let current = step.is_empty() || step == j.transitions.to_string();
             if !current {
+            } else if j.status == JobStatus::Scheduled {
+                // Its start time: it starts.
+                let mut events = Vec::new();
+                j.wake_at = None;
+                j.status = JobStatus::Pending;
+                advance(shared, st, &mut j, &mut events);
+                commit(st, &mut j, events, None);
             } else if j.status == JobStatus::Sleeping {
                 let mut events = Vec::new();
                 wake(shared, st, &mut j, &mut events);
@@ -235,6 +242,13 @@ pub(crate) fn recover(shared: &Shared, st: &mut EngineState, mut job: Job) {
     }
     match job.status {
         // Its timer again, at the same time (or at once if that passed).
+        JobStatus::Scheduled => match job.wake_at {
+            Some(at) => arm_wake(st, &job, at),
+            None => {
+                job.status = JobStatus::Pending;
+                advance(shared, st, &mut job, &mut events);
+            }
+        },
         JobStatus::Sleeping => match job.wake_at {
             Some(at) => arm_wake(st, &job, at),
             None => wake(shared, st, &mut job, &mut events),

@@ -80,6 +80,9 @@ pub(crate) fn waiting_reason(st: &EngineState, job: &Job) -> Option<String> {
                 at.to_rfc3339()
             )
         }),
+        JobStatus::Scheduled => job
+            .wake_at
+            .map(|at| format!("scheduled to start at {}", at.to_rfc3339())),
         JobStatus::WaitingForSubJob => job.child.map(|c| {
             format!(
                 "waiting in state {} for child job {c} to end",

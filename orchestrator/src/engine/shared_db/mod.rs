@@ -20,6 +20,7 @@
 
 mod cache;
 mod glance;
+mod keys;
 mod maintenance;
 mod migrate;
 mod notify;

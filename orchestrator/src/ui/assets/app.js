@@ -6,7 +6,7 @@
 
 const API = '/api/v1';
 const PAGE_SIZE = 20;
-const STATUSES = ['pending', 'waiting_for_worker', 'running', 'awaiting_retry',
+const STATUSES = ['scheduled', 'pending', 'waiting_for_worker', 'running', 'awaiting_retry',
   'waiting_for_parallel_tasks', 'waiting_for_sub_job', 'waiting_for_human', 'waiting_for_signal',
   'sleeping', 'finished', 'failed', 'quarantined', 'cancelled'];
 const ENDED = new Set(['finished', 'failed', 'quarantined', 'cancelled']);
