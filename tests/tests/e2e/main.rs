@@ -14,6 +14,7 @@ mod availability;
 mod cluster;
 mod compat;
 mod control;
+mod creates;
 mod dashboard;
 mod deploy;
 mod hardening;
