@@ -124,6 +124,10 @@ pub struct JobOptions {
     pub policy: Option<Object>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_transitions: Option<u32>,
+    /// Its tasks' priority unless a blueprint state gives one (higher
+    /// first; -1000 to 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<f64>,
     /// Worker event types also sent to the job's `webhook_url` as
     /// `worker_event:<type>` (`"*"`: every type but `progress`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -172,6 +176,10 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+fn is_zero_f64(n: &f64) -> bool {
+    *n == 0.0
+}
+
 /// Where a child job reports its end: its parent, in the state (and the
 /// step: the parent's transition count) that started it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -208,6 +216,9 @@ pub struct TaskRecord {
     /// Position of its element in a `map` state's list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<u32>,
+    /// Higher goes first among tasks of its type (see `PRIORITY_AGING`).
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    pub priority: f64,
     /// 1 for the first attempt.
     pub attempt: u32,
     /// The worker that took it.

@@ -1563,3 +1563,58 @@ async fn a_failed_child_takes_the_failure_path_and_depth_is_bounded(h: Holder) {
     let m = job(&engine, middle).await;
     assert_eq!(m.error.unwrap().code, "DEPTH_LIMIT_EXCEEDED");
 }
+
+const PRIORITY_FLOW: &str = r#"
+[states.start]
+start = true
+dispatch.task = "echo"
+dispatch.params.n = "initial.n"
+dispatch.priority = "initial.p"
+dispatch.on = { success = "done" }
+[states.done]
+end = "finished"
+"#;
+
+on_both!(a_high_priority_task_overtakes_a_hundred_queued_low_ones);
+async fn a_high_priority_task_overtakes_a_hundred_queued_low_ones(h: Holder) {
+    let engine = h.engine(PRIORITY_FLOW).await;
+    register(&engine, "w1", &["echo"]).await;
+    for n in 0..100 {
+        create(&engine, json!({"n": n})).await;
+    }
+    // By the blueprint's expression, and by the create's option.
+    let by_data = create(&engine, json!({"n": 100, "p": 5})).await;
+    let first = poll(&engine, "w1").await.unwrap();
+    assert_eq!(first.job_id, by_data.to_string());
+    assert_eq!(first.priority, Some(5.0));
+    let by_option = try_create(&engine, json!({"n": 101}), json!({"priority": 3}))
+        .await
+        .unwrap();
+    let second = poll(&engine, "w1").await.unwrap();
+    assert_eq!(second.job_id, by_option.to_string());
+    // Then the low ones, oldest first.
+    let third = poll(&engine, "w1").await.unwrap();
+    assert_eq!(third.params["n"], 0);
+    assert_eq!(third.priority, Some(0.0));
+}
+
+on_both!(an_old_low_priority_task_goes_before_a_newer_slightly_higher_one);
+async fn an_old_low_priority_task_goes_before_a_newer_slightly_higher_one(h: Holder) {
+    let engine = h.engine(PRIORITY_FLOW).await;
+    register(&engine, "w1", &["echo"]).await;
+    let old = create(&engine, json!({"n": 0})).await;
+    // Wall-clock time passes (the queue's order is by wall clock).
+    std::thread::sleep(Duration::from_millis(1500));
+    // 0.02 × 60 s = 1.2 s earlier: still after the one queued 1.5 s before.
+    create(&engine, json!({"n": 1, "p": 0.02})).await;
+    // 0.05 × 60 s = 3 s earlier: before it.
+    let urgent = create(&engine, json!({"n": 2, "p": 0.05})).await;
+    let order: Vec<String> = [
+        poll(&engine, "w1").await.unwrap(),
+        poll(&engine, "w1").await.unwrap(),
+    ]
+    .iter()
+    .map(|t| t.job_id.clone())
+    .collect();
+    assert_eq!(order, [urgent.to_string(), old.to_string()]);
+}

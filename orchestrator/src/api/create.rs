@@ -305,7 +305,23 @@ fn parse_options(given: &mut Object, max_transitions: u32) -> Result<JobOptions,
             )));
         }
     };
+    let priority = match given.remove("priority") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v
+            .as_f64()
+            .filter(|p| p.abs() <= crate::blueprint::MAX_PRIORITY)
+        {
+            Some(p) => Some(p),
+            None => {
+                return Err(ApiError::BadRequest(format!(
+                    "'priority' must be a number from -{0} to {0}",
+                    crate::blueprint::MAX_PRIORITY
+                )));
+            }
+        },
+    };
     Ok(JobOptions {
+        priority,
         metadata,
         security,
         policy,

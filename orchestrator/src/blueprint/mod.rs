@@ -87,6 +87,24 @@ pub struct TaskSpec {
     pub dispatch_timeout: Option<Duration>,
     pub result_timeout: Option<Duration>,
     pub retry: RetryPolicy,
+    /// The task's priority (else the job's `priority`, else 0).
+    pub priority: Option<ParamValue>,
+}
+
+/// Largest priority, either way.
+pub const MAX_PRIORITY: f64 = 1000.0;
+
+fn compile_priority(v: &Option<toml::Value>) -> Result<Option<ParamValue>, String> {
+    let Some(v) = v else { return Ok(None) };
+    let p = ParamValue::from_toml(v).map_err(|e| format!("priority: {e}"))?;
+    if let ParamValue::Literal(n) = &p
+        && !n.as_f64().is_some_and(|n| n.abs() <= MAX_PRIORITY)
+    {
+        return Err(format!(
+            "priority must be a number from -{MAX_PRIORITY} to {MAX_PRIORITY} or an expression giving one"
+        ));
+    }
+    Ok(Some(p))
 }
 
 /// What a state does.
@@ -424,6 +442,7 @@ fn compile_state(name: &str, file: &StateFile) -> Result<Action, String> {
                 dispatch_timeout: secs(d.dispatch_timeout, "dispatch_timeout")?,
                 result_timeout: secs(d.result_timeout, "result_timeout")?,
                 retry: RetryPolicy::from_file(d.retry)?,
+                priority: compile_priority(&d.priority)?,
             },
             on: d.on.clone(),
             events: d.events.clone(),
@@ -444,6 +463,7 @@ fn compile_state(name: &str, file: &StateFile) -> Result<Action, String> {
                     dispatch_timeout: secs(p.dispatch_timeout, "dispatch_timeout")?,
                     result_timeout: secs(p.result_timeout, "result_timeout")?,
                     retry: RetryPolicy::from_file(p.retry)?,
+                    priority: compile_priority(&p.priority)?,
                 },
             );
         }
@@ -574,6 +594,7 @@ fn compile_map(m: &model::MapFile) -> Result<MapSpec, String> {
             dispatch_timeout: secs(m.dispatch_timeout, "dispatch_timeout")?,
             result_timeout: secs(m.result_timeout, "result_timeout")?,
             retry: RetryPolicy::from_file(m.retry)?,
+            priority: compile_priority(&m.priority)?,
         },
         max_in_flight,
         fail_fast,
@@ -788,7 +809,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Blueprint>, BlueprintError> {
                 problem: format!(
                     "blueprint `{}` ({}) clashes with `{}` in {}: names and endpoints must be unique",
                     bp.name,
-                    bp.endpoint_text(),
+                    bp.create_path.as_deref().unwrap_or("internal"),
                     other.name,
                     other.source
                 ),

@@ -102,6 +102,9 @@ pub struct DispatchFile {
     pub result_timeout: Option<f64>,
     #[serde(default)]
     pub retry: Option<RetryFile>,
+    /// The task's priority: a number, or an expression giving one.
+    #[serde(default)]
+    pub priority: Option<toml::Value>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -127,6 +130,9 @@ pub struct ParallelFile {
     /// State after a branch failed for good; the job fails if absent.
     #[serde(default)]
     pub on_failure: Option<String>,
+    /// The branches' priority: a number, or an expression giving one.
+    #[serde(default)]
+    pub priority: Option<toml::Value>,
     #[serde(default)]
     pub retry: Option<RetryFile>,
     #[serde(default)]
@@ -162,6 +168,9 @@ pub struct MapFile {
     /// fails if absent.
     #[serde(default)]
     pub on_failure: Option<String>,
+    /// Each element task's priority (sees `item` and `index`).
+    #[serde(default)]
+    pub priority: Option<toml::Value>,
     #[serde(default)]
     pub retry: Option<RetryFile>,
     #[serde(default)]

@@ -41,7 +41,32 @@ pub struct Queued {
     pub job: Uuid,
     pub task_id: String,
     pub seq: u64,
+    /// Its place: when it was queued (µs since the epoch), moved earlier by
+    /// [`PRIORITY_AGING`] per unit of the task's priority. Smallest first.
+    pub rank: i64,
 }
+
+impl Queued {
+    /// Where it sorts in its queue.
+    pub fn key(&self) -> (i64, u64) {
+        (self.rank, self.seq)
+    }
+}
+
+/// How much earlier one unit of priority puts a task in its queue: a task
+/// of priority 2 goes before tasks of priority 0 queued up to two minutes
+/// before it, and after older ones (so low priorities still move).
+pub const PRIORITY_AGING: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The rank of a task of `priority` queued at `at` (see [`Queued::rank`]).
+pub fn rank(at: chrono::DateTime<chrono::Utc>, priority: f64) -> i64 {
+    let aging = PRIORITY_AGING.as_micros() as f64;
+    at.timestamp_micros()
+        .saturating_sub((priority * aging).round() as i64)
+}
+
+/// One task type's queue, in the order tasks are handed out.
+pub type TaskQueue = std::collections::BTreeMap<(i64, u64), Queued>;
 
 /// Everything behind the engine's mutex.
 #[derive(Default)]
@@ -50,7 +75,7 @@ pub struct EngineState {
     /// not whole jobs.
     pub jobs: HashMap<Uuid, Box<Job>>,
     /// Task type → tasks waiting for a worker, oldest first.
-    pub queues: HashMap<String, VecDeque<Queued>>,
+    pub queues: HashMap<String, TaskQueue>,
     pub workers: BTreeMap<String, WorkerRecord>,
     pub timers: BTreeMap<(Instant, u64), Timer>,
     pub seq: u64,

@@ -15,14 +15,16 @@ pub(crate) fn enqueue(
     task.worker_id = None;
     task.picked_up_at = None;
     task.queued_at = Utc::now();
+    let queued = Queued {
+        job: job.id,
+        task_id: task.task_id.clone(),
+        seq,
+        rank: super::super::state::rank(task.queued_at, task.priority),
+    };
     st.queues
         .entry(task.task_type.clone())
         .or_default()
-        .push_back(Queued {
-            job: job.id,
-            task_id: task.task_id.clone(),
-            seq,
-        });
+        .insert(queued.key(), queued);
     let (task_id, task_type, attempt) =
         (task.task_id.clone(), task.task_type.clone(), task.attempt);
     let queued = crate::job::TaskRef::of(task, None);
@@ -76,16 +78,16 @@ pub(crate) fn take_task(
     }
     let skills: Vec<String> = worker.skills.iter().map(|s| s.name.clone()).collect();
     loop {
-        let mut best: Option<(u64, &str)> = None;
+        let mut best: Option<((i64, u64), &str)> = None;
         for skill in &skills {
-            if let Some(front) = st.queues.get(skill).and_then(|q| q.front())
-                && best.is_none_or(|(seq, _)| front.seq < seq)
+            if let Some((front, _)) = st.queues.get(skill).and_then(|q| q.first_key_value())
+                && best.is_none_or(|(key, _)| *front < key)
             {
-                best = Some((front.seq, skill));
+                best = Some((*front, skill));
             }
         }
         let skill = best?.1.to_string();
-        let queued = st.queues.get_mut(&skill)?.pop_front()?;
+        let (_, queued) = st.queues.get_mut(&skill)?.pop_first()?;
         if let Some(payload) = hand_out(shared, st, worker_id, &queued) {
             return Some(payload);
         }
@@ -195,7 +197,7 @@ pub(crate) fn hand_out(
         task_type: task.task_type.clone(),
         params: task.params.clone(),
         tracing_context: Object::new(),
-        priority: Some(0.0),
+        priority: Some(task.priority),
         deadline,
         step: Some(u64::from(job.transitions) + 1),
         timestamp: Some(now.timestamp()),

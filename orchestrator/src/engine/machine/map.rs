@@ -99,8 +99,10 @@ fn fill(st: &mut EngineState, job: &mut Job, spec: &MapSpec, events: &mut Vec<Jo
         let index = run.next;
         run.next += 1;
         let item_ctx = crate::blueprint::expr::with_item(&ctx, &run.items[index as usize], index);
-        let params = match eval_params(&spec.task, &item_ctx) {
-            Ok(p) => p,
+        let made = eval_params(&spec.task, &item_ctx)
+            .and_then(|params| Ok((params, task_priority(&spec.task, &item_ctx, job)?)));
+        let (params, priority) = match made {
+            Ok(made) => made,
             Err(e) => {
                 let msg = format!("state {} element {index}: {e}", job.current_state);
                 blueprint_error(st, job, &msg, events);
@@ -109,6 +111,7 @@ fn fill(st: &mut EngineState, job: &mut Job, spec: &MapSpec, events: &mut Vec<Jo
         };
         let mut record = new_record(&spec.task.task_type, params, None);
         record.index = Some(index);
+        record.priority = priority;
         job.tasks.push(record);
         let idx = job.tasks.len() - 1;
         let timeout = task_timeout(spec.task.dispatch_timeout, job.dispatch_timeout);

@@ -370,14 +370,17 @@ pub(crate) fn advance(
                     return end_failed(st, job, JobStatus::Failed, code, &why, events);
                 }
                 let ctx = job.expr_context();
-                let params = match eval_params(task, &ctx) {
-                    Ok(p) => p,
+                let made = eval_params(task, &ctx)
+                    .and_then(|params| Ok((params, task_priority(task, &ctx, job)?)));
+                let (params, priority) = match made {
+                    Ok(made) => made,
                     Err(e) => {
                         let msg = format!("state {}: {e}", job.current_state);
                         return blueprint_error(st, job, &msg, events);
                     }
                 };
-                let record = new_record(&task.task_type, params, None);
+                let mut record = new_record(&task.task_type, params, None);
+                record.priority = priority;
                 job.tasks = vec![record];
                 job.status = JobStatus::WaitingForWorker;
                 enqueue(
@@ -409,9 +412,14 @@ pub(crate) fn advance(
                 let ctx = job.expr_context();
                 let mut records = Vec::new();
                 for (name, spec) in branches {
-                    match eval_params(spec, &ctx) {
-                        Ok(params) => {
-                            records.push(new_record(&spec.task_type, params, Some(name.clone())))
+                    let made = eval_params(spec, &ctx)
+                        .and_then(|params| Ok((params, task_priority(spec, &ctx, job)?)));
+                    match made {
+                        Ok((params, priority)) => {
+                            let mut record =
+                                new_record(&spec.task_type, params, Some(name.clone()));
+                            record.priority = priority;
+                            records.push(record)
                         }
                         Err(e) => {
                             let msg = format!("state {} branch {name}: {e}", job.current_state);
@@ -457,6 +465,30 @@ pub(crate) fn eval_params(
     Ok(out)
 }
 
+/// The priority of a task of `spec` in `job` (evaluated in `ctx`).
+pub(crate) fn task_priority(
+    spec: &TaskSpec,
+    ctx: &crate::blueprint::expr::Context,
+    job: &Job,
+) -> Result<f64, String> {
+    let given = match &spec.priority {
+        Some(v) => v.eval(ctx)?,
+        None => Value::Null,
+    };
+    // Nothing given (or an expression giving nothing): the job's own.
+    let p = match given {
+        Value::Null => job.options.priority.unwrap_or(0.0),
+        v => v
+            .as_f64()
+            .ok_or_else(|| format!("priority must give a number, got {v}"))?,
+    };
+    let max = crate::blueprint::MAX_PRIORITY;
+    if !p.is_finite() || p.abs() > max {
+        return Err(format!("priority {p} is outside -{max} to {max}"));
+    }
+    Ok(p)
+}
+
 pub(crate) fn new_record(task_type: &str, params: Object, branch: Option<String>) -> TaskRecord {
     TaskRecord {
         task_id: new_task_id(),
@@ -464,6 +496,7 @@ pub(crate) fn new_record(task_type: &str, params: Object, branch: Option<String>
         params,
         branch,
         index: None,
+        priority: 0.0,
         attempt: 1,
         worker_id: None,
         queued_at: Utc::now(),

@@ -49,6 +49,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         10,
         include_str!("../../../migrations/postgres/0010_schedules.sql"),
     ),
+    (
+        11,
+        include_str!("../../../migrations/postgres/0011_task_priority.sql"),
+    ),
 ];
 
 /// Applies the migrations not applied yet.

@@ -265,6 +265,8 @@ impl Scratch {
                             job: row.get(5),
                             task_id: row.get(2),
                             seq: row.get::<_, i64>(1) as u64,
+                            // Handed out at once; its place no longer matters.
+                            rank: 0,
                         },
                     ));
                 }
@@ -301,7 +303,7 @@ impl Scratch {
                 .queues
                 .entry(task_type)
                 .or_default()
-                .push_back(queued);
+                .insert(queued.key(), queued);
         }
         Ok((scratch, was_claimed))
     }
@@ -369,7 +371,7 @@ impl Scratch {
         }
         // Queue entries added (the scratch queues started empty but for a
         // claimed entry, which the event popped), in their order.
-        for queued in self.st.queues.values().flatten() {
+        for queued in self.st.queues.values().flat_map(|q| q.values()) {
             let task_type = self
                 .st
                 .jobs
@@ -380,6 +382,7 @@ impl Scratch {
             w.queue_jobs.push(queued.job);
             w.queue_tasks.push(queued.task_id.clone());
             w.queue_types.push(task_type);
+            w.queue_ranks.push(queued.rank);
             after.queued = true;
         }
         // Timers added and dropped.
@@ -491,6 +494,7 @@ struct Writes {
     queue_jobs: Vec<Uuid>,
     queue_tasks: Vec<String>,
     queue_types: Vec<String>,
+    queue_ranks: Vec<i64>,
     timer_due: Vec<DateTime<Utc>>,
     timer_jobs: Vec<Uuid>,
     timer_kinds: Vec<&'static str>,
@@ -532,9 +536,10 @@ const APPLY: &str = "WITH
          FROM unnest($15::uuid[], $16::timestamptz[], $17::text[], $18::text[], $19::text[])
               WITH ORDINALITY AS e(job_id, at, event, message, task, n)
          ORDER BY n),
-  q AS (INSERT INTO task_queue (job_id, task_id, task_type)
-        SELECT job_id, task_id, task_type
-        FROM unnest($20::uuid[], $21::text[], $22::text[]) WITH ORDINALITY AS q(job_id, task_id, task_type, n)
+  q AS (INSERT INTO task_queue (job_id, task_id, task_type, rank)
+        SELECT job_id, task_id, task_type, rank
+        FROM unnest($20::uuid[], $21::text[], $22::text[], $42::bigint[])
+             WITH ORDINALITY AS q(job_id, task_id, task_type, rank, n)
         ORDER BY n),
   ti AS (INSERT INTO timers (due_at, job_id, kind, task_id)
          SELECT * FROM unnest($23::timestamptz[], $24::uuid[], $25::text[], $26::text[])),
@@ -620,6 +625,7 @@ impl Writes {
                     &self.hook_jobs,
                     &self.hook_urls,
                     &self.hook_bodies,
+                    &self.queue_ranks,
                 ],
             )
             .await?;
