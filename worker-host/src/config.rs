@@ -75,9 +75,10 @@ pub struct ServeArgs {
         default_value = "http://localhost:8080"
     )]
     pub orchestrator_url: String,
-    /// This worker's id (letters, digits, `_` and `-`).
-    #[arg(long, env = "WORKER_ID", default_value = "wasm-worker")]
-    pub worker_id: String,
+    /// This worker's id (letters, digits, `_` and `-`) [default:
+    /// `worker-<uuid>`, new at each start, as avtomatika's SDK does].
+    #[arg(long, env = "WORKER_ID")]
+    pub worker_id: Option<String>,
     /// Token for the worker API (the orchestrator's global or this worker's own).
     #[arg(long, env = "WORKER_TOKEN", hide_env_values = true)]
     pub worker_token: Option<String>,
@@ -112,7 +113,8 @@ pub struct ServeArgs {
     /// it, and polls over HTTP when it does not).
     #[arg(long, env = "NO_TASK_CHANNEL")]
     pub no_task_channel: bool,
-    /// Serve Prometheus metrics at `http://ADDR/metrics` (e.g.
+    /// Serve Prometheus metrics at `http://ADDR/metrics` and the probe
+    /// `http://ADDR/health` (e.g.
     /// `127.0.0.1:9464`); off when not given.
     #[arg(long, env = "METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,

@@ -26,6 +26,7 @@ pub mod channel;
 pub mod client;
 pub mod config;
 pub mod grants;
+pub mod health;
 pub mod limits;
 pub mod metrics;
 pub mod outcome;

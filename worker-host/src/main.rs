@@ -75,13 +75,22 @@ fn new_plugin(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+async fn serve(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
     telemetry::init(args.log_format == "json");
+    let generated = args.worker_id.is_none();
+    let worker_id = args
+        .worker_id
+        .get_or_insert_with(|| format!("worker-{}", uuid::Uuid::new_v4()))
+        .clone();
+    if generated {
+        tracing::info!("no WORKER_ID given: this worker is {worker_id}");
+    }
     if let Some(addr) = args.metrics_listen {
         // Before the plugins load, so their loads are counted.
         worker_host::metrics::install();
+        let id = worker_id.clone();
         tokio::spawn(async move {
-            if let Err(e) = worker_host::metrics::serve(addr).await {
+            if let Err(e) = worker_host::metrics::serve(addr, id).await {
                 tracing::error!("{e:#}");
             }
         });
@@ -91,9 +100,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .context("no worker token: set WORKER_TOKEN or pass --worker-token")?;
     anyhow::ensure!(
-        rxon::is_valid_worker_id(&args.worker_id),
-        "invalid worker id {:?}: use 1-128 letters, digits, `_` or `-`",
-        args.worker_id
+        rxon::is_valid_worker_id(&worker_id),
+        "invalid worker id {worker_id:?}: use 1-128 letters, digits, `_` or `-`"
     );
     let cache_dir = args.cache_dir();
     let engine = Sandbox::new(worker_host::sandbox::SandboxConfig {
@@ -123,7 +131,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
         worker_host::plugin_store::PluginSet::default()
     };
-    let client = OrchestratorClient::new(&args.orchestrator_url, &args.worker_id, &token)?
+    let client = OrchestratorClient::new(&args.orchestrator_url, &worker_id, &token)?
         .with_call_timeout(seconds("--call-timeout", args.call_timeout)?)?;
     let settings = WorkerSettings {
         worker_type: args.worker_type.clone(),

@@ -65,24 +65,38 @@ pub fn outcome_label(outcome: &str) -> String {
     OUTCOMES.label(outcome)
 }
 
-/// Serves `GET /metrics` on `addr` until the process ends.
-pub async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
+/// Serves `GET /metrics` and `GET /health` ([`crate::health`]) on `addr`
+/// until the process ends.
+pub async fn serve(addr: SocketAddr, worker_id: String) -> anyhow::Result<()> {
     let Some(handle) = install() else {
         anyhow::bail!("cannot serve metrics: another metrics recorder is installed");
     };
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || async move {
-            handle.run_upkeep();
-            (
-                [(
-                    axum::http::header::CONTENT_TYPE,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                )],
-                handle.render(),
-            )
-        }),
-    );
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || async move {
+                handle.run_upkeep();
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    handle.render(),
+                )
+            }),
+        )
+        .route(
+            "/health",
+            axum::routing::get(move || async move {
+                let (ready, body) = crate::health::report(&worker_id);
+                let status = if ready {
+                    axum::http::StatusCode::OK
+                } else {
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE
+                };
+                (status, axum::Json(body))
+            }),
+        );
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))?;

@@ -49,7 +49,13 @@ pub struct WorkerRecord {
     pub wake: Arc<Notify>,
     /// Registry plugins it runs or could not load (from its registration).
     pub plugins: Vec<rxon::deploy::PluginReport>,
+    /// Its last heartbeat's `usage` (one instance only; at most
+    /// [`MAX_USAGE_BYTES`] as JSON).
+    pub usage: Option<Value>,
 }
+
+/// Largest heartbeat `usage` kept.
+pub const MAX_USAGE_BYTES: usize = 4096;
 
 /// The plugin reports in a registration's metadata, bounded: at most
 /// [`rxon::deploy::MAX_PLUGINS`], error texts cut; malformed ones are dropped.
@@ -90,6 +96,7 @@ impl WorkerRecord {
             in_flight_tasks: self.in_flight.keys().cloned().collect(),
             capabilities: self.capabilities.clone(),
             plugins: self.plugins.clone(),
+            usage: self.usage.clone(),
         }
     }
 }
@@ -111,4 +118,7 @@ pub struct WorkerView {
     /// Registry plugins it runs or could not load.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub plugins: Vec<rxon::deploy::PluginReport>,
+    /// Its last heartbeat's `usage` (`cpu_load_percent`, `ram_used_gb`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Value>,
 }

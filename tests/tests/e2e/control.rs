@@ -462,3 +462,67 @@ async fn the_openapi_document_is_valid_3_1_and_covers_every_client_endpoint() {
     assert_eq!(page.status().as_u16(), 200);
     assert!(page.text().await.unwrap().contains("/api/openapi.json"));
 }
+
+#[tokio::test]
+async fn the_worker_hosts_health_follows_its_registration_and_heartbeats() {
+    let mut stack = Stack::new();
+    let probe_port = free_port();
+    let probe = format!("http://127.0.0.1:{probe_port}/health");
+    // Started before the orchestrator, with no WORKER_ID: a generated id.
+    stack.worker = Some(stack.spawn_worker(WORKER_ID, "worker.log", |cmd| {
+        cmd.env_remove("WORKER_ID")
+            .args(["--metrics-listen", &format!("127.0.0.1:{probe_port}")]);
+    }));
+    let health = |http: reqwest::Client, url: String| async move {
+        match http.get(&url).send().await {
+            Ok(r) => (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            ),
+            Err(_) => (0, serde_json::Value::Null),
+        }
+    };
+    wait_until("the probe to answer", Duration::from_secs(30), || async {
+        health(stack.http.clone(), probe.clone()).await.0 == 503
+    })
+    .await;
+    let (_, body) = health(stack.http.clone(), probe.clone()).await;
+    assert_eq!(body["status"], "starting", "{body}");
+    let id = body["worker_id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("worker-") && id.len() > 20, "{id}");
+    stack.start_orchestrator();
+    stack.wait_ready().await;
+    wait_until(
+        "the worker to be ready",
+        Duration::from_secs(30),
+        || async { health(stack.http.clone(), probe.clone()).await.0 == 200 },
+    )
+    .await;
+    // Registered under the generated id, with its usage from heartbeats.
+    wait_until("its usage to show", Duration::from_secs(10), || async {
+        let (_, workers) = stack.get("/api/v1/workers").await;
+        workers.as_array().is_some_and(|w| {
+            w.iter().any(|w| {
+                w["worker_id"] == id.as_str()
+                    && w["usage"]["ram_used_gb"].as_f64().is_some_and(|g| g > 0.0)
+            })
+        })
+    })
+    .await;
+    // The orchestrator goes away: after three missed heartbeats, unhealthy.
+    stack.orchestrator.as_mut().unwrap().stop();
+    wait_until(
+        "the worker to report itself unhealthy",
+        Duration::from_secs(20),
+        || async { health(stack.http.clone(), probe.clone()).await.0 == 503 },
+    )
+    .await;
+    let (_, body) = health(stack.http.clone(), probe.clone()).await;
+    assert_eq!(body["status"], "unhealthy", "{body}");
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("no heartbeat accepted for")
+    );
+}

@@ -321,7 +321,12 @@ impl Worker {
         Ok(())
     }
 
-    fn heartbeat(&self, status: &str, full_sync: bool) -> Heartbeat {
+    fn heartbeat(
+        &self,
+        status: &str,
+        full_sync: bool,
+        usage: Option<serde_json::Value>,
+    ) -> Heartbeat {
         let inner = &self.inner;
         let current = inner.tasks.running();
         let status = if status.is_empty() {
@@ -336,7 +341,7 @@ impl Worker {
         Heartbeat {
             worker_id: inner.client.worker_id().to_string(),
             status: status.to_string(),
-            usage: None,
+            usage,
             current_tasks: Some(current),
             supported_skills: full_sync.then(|| self.skills()),
             available_skills: Some(self.plugins().skill_names()),
@@ -387,6 +392,8 @@ impl Worker {
         let mut backoff = Backoff::new(&self.inner.settings);
         let mut delay = self.inner.settings.heartbeat_interval;
         let mut last = tokio::time::Instant::now();
+        let mut usage = crate::health::Usage::new();
+        crate::health::set_interval(self.inner.settings.heartbeat_interval);
         loop {
             // Re-evaluated when a task starts: busy workers beat faster.
             loop {
@@ -399,8 +406,12 @@ impl Worker {
             }
             last = tokio::time::Instant::now();
             let seen = self.inner.registrations.done();
-            match client.heartbeat(&self.heartbeat("", full_sync)).await {
+            match client
+                .heartbeat(&self.heartbeat("", full_sync, usage.sample()))
+                .await
+            {
                 Ok(response) => {
+                    crate::health::beat();
                     tracing::info!("heartbeat sent ({})", response.status);
                     full_sync = response.require_full_sync.unwrap_or(false);
                     if response.require_registration == Some(true) {
@@ -483,7 +494,7 @@ impl Worker {
             Duration::from_secs(5),
             self.inner
                 .client
-                .heartbeat(&self.heartbeat("offline", false)),
+                .heartbeat(&self.heartbeat("offline", false, None)),
         )
         .await
         {

@@ -96,6 +96,7 @@ impl Worker {
                     }
                     self.advertise(self.plugins());
                     regs.done.send_modify(|d| *d += 1);
+                    crate::health::registered();
                     tracing::info!(
                         "registered with the orchestrator as {} ({})",
                         self.inner.client.worker_id(),

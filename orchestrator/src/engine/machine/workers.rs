@@ -202,6 +202,7 @@ pub(crate) fn register_worker(
             .map(|p| p.wake.clone())
             .unwrap_or_else(|| Arc::new(tokio::sync::Notify::new())),
         plugins: crate::engine::workers::plugin_reports(reg.metadata.as_ref()),
+        usage: previous.as_ref().and_then(|p| p.usage.clone()),
     };
     // Tasks already waiting for one of its skills can go now.
     if names
@@ -256,6 +257,12 @@ pub(crate) fn heartbeat(
             ..Default::default()
         });
     };
+    if let Some(usage) = &hb.usage
+        && serde_json::to_vec(usage)
+            .is_ok_and(|b| b.len() <= crate::engine::workers::MAX_USAGE_BYTES)
+    {
+        worker.usage = Some(usage.clone());
+    }
     let status = rxon::text::clip(&hb.status, 64).into_owned();
     if worker.status != status {
         tracing::info!("worker {worker_id} is {status}");

@@ -73,6 +73,8 @@ impl StoredWorker {
             in_flight: BTreeMap::new(),
             wake: Arc::new(tokio::sync::Notify::new()),
             plugins: self.plugins,
+            // Not shared: a heartbeat's usage would rewrite the row each time.
+            usage: None,
         }
     }
 }
