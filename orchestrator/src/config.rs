@@ -50,6 +50,16 @@
 //! token = "deploy-token"
 //! deploy = true                            # may upload plugins and blueprints
 //!
+//! [clients.acme]
+//! token = "acme-token"
+//! plan = "free"                            # the plan's limits; its own keys below win
+//! max_active_jobs = 50
+//!
+//! [plans.free]
+//! requests_per_second = 5                  # per instance; past it 429 with Retry-After
+//! burst = 10                               # default: twice the rate
+//! max_active_jobs = 100                    # instead of max_active_jobs_per_client
+//!
 //! [workers.local-test-worker]
 //! token = "its-own-token"
 //!
@@ -177,6 +187,8 @@ struct FileConfig {
     clients: BTreeMap<String, TokenEntry>,
     #[serde(default)]
     workers: BTreeMap<String, TokenEntry>,
+    #[serde(default)]
+    plans: BTreeMap<String, PlanEntry>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,6 +198,32 @@ struct TokenEntry {
     /// Clients only: may deploy plugins and blueprints.
     #[serde(default)]
     deploy: bool,
+    /// Clients only: a `[plans.<name>]` whose limits apply (its own keys
+    /// below win).
+    #[serde(default)]
+    plan: Option<String>,
+    /// Clients only: its own limits (see [`PlanEntry`]).
+    #[serde(default)]
+    requests_per_second: Option<f64>,
+    #[serde(default)]
+    burst: Option<u32>,
+    #[serde(default)]
+    max_active_jobs: Option<usize>,
+}
+
+/// Limits of a plan, or of one client.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanEntry {
+    /// Requests per second (each instance counts its own).
+    #[serde(default)]
+    requests_per_second: Option<f64>,
+    /// Requests above the rate allowed at once [default: 2 × the rate, at least 1].
+    #[serde(default)]
+    burst: Option<u32>,
+    /// Jobs that have not ended (instead of `max_active_jobs_per_client`).
+    #[serde(default)]
+    max_active_jobs: Option<usize>,
 }
 
 /// Where jobs are kept.
@@ -230,6 +268,8 @@ pub struct Config {
     pub schedules: Vec<crate::schedule::Schedule>,
     /// Names of the clients that may deploy.
     pub deployers: std::collections::HashSet<String>,
+    /// Client name → its rate and bounds (clients with any).
+    pub client_limits: HashMap<String, crate::api::limits::ClientLimits>,
     /// Largest plugin component accepted.
     pub max_plugin_bytes: usize,
     pub global_worker_token: Option<String>,
@@ -336,6 +376,7 @@ impl Config {
             .filter(|(_, entry)| entry.deploy)
             .map(|(name, _)| name.clone())
             .collect();
+        let client_limits = resolve_limits(&file.clients, &file.plans)?;
         let mut clients: HashMap<String, String> = file
             .clients
             .into_iter()
@@ -417,6 +458,7 @@ impl Config {
             json_logs: log_format == "json",
             clients,
             deployers,
+            client_limits,
             schedules,
             idempotency_retention,
             max_plugin_bytes: bounded(
@@ -563,6 +605,52 @@ impl Config {
 }
 
 /// A count from the config file, within `range`.
+/// Each client's limits: its own keys over its plan's.
+fn resolve_limits(
+    clients: &BTreeMap<String, TokenEntry>,
+    plans: &BTreeMap<String, PlanEntry>,
+) -> anyhow::Result<HashMap<String, crate::api::limits::ClientLimits>> {
+    let mut out = HashMap::new();
+    for (name, entry) in clients {
+        let plan = match &entry.plan {
+            None => PlanEntry::default(),
+            Some(p) => plans.get(p).cloned().with_context(|| {
+                format!("client {name}: plan {p:?} is not defined under [plans.{p}]")
+            })?,
+        };
+        let rate = entry.requests_per_second.or(plan.requests_per_second);
+        let burst = entry.burst.or(plan.burst);
+        let max_active_jobs = entry.max_active_jobs.or(plan.max_active_jobs);
+        let rate = match rate {
+            None => None,
+            Some(r) if r.is_finite() && r > 0.0 && r <= 1_000_000.0 => {
+                let burst = burst.unwrap_or(((r * 2.0).ceil() as u32).max(1));
+                if burst == 0 {
+                    bail!("client {name}: burst must be at least 1");
+                }
+                Some((r, burst))
+            }
+            Some(r) => bail!(
+                "client {name}: requests_per_second must be above 0 and at most 1000000, not {r}"
+            ),
+        };
+        if max_active_jobs == Some(0) {
+            bail!("client {name}: max_active_jobs must be at least 1");
+        }
+        if rate.is_some() || max_active_jobs.is_some() {
+            out.insert(
+                name.clone(),
+                crate::api::limits::ClientLimits {
+                    plan: entry.plan.clone(),
+                    rate,
+                    max_active_jobs,
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
 fn bounded(
     name: &str,
     value: Option<usize>,

@@ -94,7 +94,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     );
     let scheduler =
         orchestrator::schedule::Scheduler::start(engine.clone(), config.schedules.clone());
-    let state = state.with_scheduler(scheduler);
+    let state = state
+        .with_scheduler(scheduler)
+        .with_client_limits(config.client_limits.clone());
     let app = api::router(state);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -33,6 +33,13 @@ pub enum ClientError {
     PayloadTooLarge { bytes: usize, message: String },
     #[error("the orchestrator answered {status}: {message}")]
     Http { status: StatusCode, message: String },
+    /// 429 or 503 with `Retry-After`: the next try waits that long.
+    #[error("the orchestrator answered {status} (retry after {retry_after:?}): {message}")]
+    Throttled {
+        status: StatusCode,
+        retry_after: Duration,
+        message: String,
+    },
     #[error("unexpected answer from the orchestrator: {0}")]
     Decode(String),
 }
@@ -42,6 +49,33 @@ impl ClientError {
     pub fn needs_registration(&self) -> bool {
         matches!(self, Self::UnknownWorker { .. })
     }
+
+    /// How long the orchestrator asked to wait before the next try.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Throttled { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}
+
+/// Longest `Retry-After` honoured (a larger one waits this long).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// A 429's or 503's `Retry-After` in seconds (the HTTP-date form is rare
+/// from an orchestrator and read as absent), at most [`MAX_RETRY_AFTER`].
+fn retry_after(status: StatusCode, headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    if status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::SERVICE_UNAVAILABLE {
+        return None;
+    }
+    let secs: f64 = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs).min(MAX_RETRY_AFTER))
 }
 
 /// A task as polled: typed, plus the JSON as received (what its `sig`
@@ -54,8 +88,20 @@ pub struct PolledTask {
 
 /// The error for an answer with `status` and `message` (`sent`: the size
 /// of the request's body, for the 413 message).
-fn answer_error(status: StatusCode, message: String, sent: usize) -> ClientError {
+fn answer_error(
+    status: StatusCode,
+    message: String,
+    sent: usize,
+    retry_after: Option<Duration>,
+) -> ClientError {
     let message = crate::limits::for_log(&message).into_owned();
+    if let Some(retry_after) = retry_after {
+        return ClientError::Throttled {
+            status,
+            retry_after,
+            message,
+        };
+    }
     match status {
         StatusCode::PAYLOAD_TOO_LARGE => ClientError::PayloadTooLarge {
             bytes: sent,
@@ -260,7 +306,8 @@ impl OrchestratorClient {
             .and_then(Value::as_str)
             .map(str::to_string)
             .unwrap_or_else(|| value.to_string());
-        Some(Err(answer_error(status, message, body.len())))
+        // A reply over the channel carries no headers.
+        Some(Err(answer_error(status, message, body.len(), None)))
     }
 
     fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
@@ -331,6 +378,7 @@ impl OrchestratorClient {
         if status == StatusCode::NO_CONTENT {
             return Ok(None);
         }
+        let wait = retry_after(status, response.headers());
         let body = self.read_bounded(response, MAX_ANSWER_BYTES).await?;
         if status.is_success() {
             let decode_error = |e: serde_json::Error| {
@@ -346,7 +394,7 @@ impl OrchestratorClient {
         let message = serde_json::from_slice::<rxon::ErrorBody>(&body)
             .map(|b| b.error)
             .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-        Err(answer_error(status, message, sent))
+        Err(answer_error(status, message, sent, wait))
     }
 
     /// The answer's body, refused (before it is read whole) when it is
@@ -533,5 +581,35 @@ impl OrchestratorClient {
         }
         let limit = usize::try_from(size).unwrap_or(usize::MAX).min(max);
         self.read_bounded(response, limit).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_429_or_503_waits_its_retry_after_bounded_and_other_answers_do_not() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::RETRY_AFTER, "7".parse().unwrap());
+        let throttled =
+            |status| answer_error(status, "slow down".into(), 0, retry_after(status, &headers));
+        for status in [
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ] {
+            assert_eq!(
+                throttled(status).retry_after(),
+                Some(Duration::from_secs(7))
+            );
+        }
+        assert_eq!(throttled(StatusCode::BAD_GATEWAY).retry_after(), None);
+        headers.insert(reqwest::header::RETRY_AFTER, "86400".parse().unwrap());
+        assert_eq!(
+            retry_after(StatusCode::TOO_MANY_REQUESTS, &headers),
+            Some(MAX_RETRY_AFTER)
+        );
+        headers.insert(reqwest::header::RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(StatusCode::TOO_MANY_REQUESTS, &headers), None);
     }
 }

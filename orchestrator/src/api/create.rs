@@ -45,6 +45,8 @@ pub async fn create_job(
         max_transitions,
     )?;
     let key = idempotency_key(request.headers, key_field)?;
+    let mut new = new;
+    new.max_active = state.limits.of(&owner).and_then(|l| l.max_active_jobs);
     let (id, replayed) = match &key {
         Some(key) => state.engine.create_job_once(new, key).await?,
         None => (state.engine.create_job(new).await?, false),

@@ -26,8 +26,9 @@ pub async fn refused_before_the_body(state: &AppState, request: &mut Request) ->
     } else if path.starts_with("/api/") || path == "/api" {
         match state.caller(request.extensions(), request.headers()).await {
             Ok(caller) => {
+                let admitted = state.limits.admit(&caller.0);
                 request.extensions_mut().insert(caller);
-                from_the_dashboard(request.method(), request.headers())
+                admitted.and_then(|()| from_the_dashboard(request.method(), request.headers()))
             }
             Err(e) => Err(e),
         }

@@ -15,6 +15,7 @@ pub mod error;
 mod front;
 pub mod guard;
 pub mod idle;
+pub mod limits;
 pub mod openapi;
 pub mod schedules;
 pub mod serve;
@@ -61,6 +62,8 @@ pub struct Shared {
     pub(crate) sessions: session::Sessions,
     /// The schedules, when a schedules file is configured.
     pub scheduler: Option<Arc<crate::schedule::Scheduler>>,
+    /// Per-client rates and bounds ([`limits`]).
+    pub limits: limits::Limits,
 }
 
 impl std::ops::Deref for AppState {
@@ -90,7 +93,19 @@ impl AppState {
             sessions: session::Sessions::of(&engine),
             engine,
             scheduler: None,
+            limits: limits::Limits::default(),
         }))
+    }
+
+    /// The same state with per-client limits (before it is shared).
+    pub fn with_client_limits(
+        mut self,
+        by_client: std::collections::HashMap<String, limits::ClientLimits>,
+    ) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.0) {
+            shared.limits = limits::Limits::new(by_client);
+        }
+        self
     }
 
     /// The same state serving `scheduler`'s schedules (before it is shared).

@@ -126,7 +126,9 @@ impl Local {
         bp: &Blueprint,
         new: NewJob,
     ) -> Result<(), EngineError> {
-        let max = shared.settings.max_active_jobs_per_client;
+        let max = new
+            .max_active
+            .unwrap_or(shared.settings.max_active_jobs_per_client);
         let (ack, durable) = oneshot::channel();
         {
             let mut st = self.tx(shared);

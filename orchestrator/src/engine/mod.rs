@@ -137,6 +137,9 @@ pub struct NewJob {
     pub options: crate::job::JobOptions,
     /// Set for a child job (a parent's `run` state).
     pub parent: Option<crate::job::ParentRef>,
+    /// Jobs its owner may have that have not ended (`None`: the server's
+    /// `max_active_jobs_per_client`).
+    pub max_active: Option<usize>,
     /// Its id (`None`: a new time-ordered one).
     pub id: Option<Uuid>,
     /// When it starts (`None` or past: at once); until then it is

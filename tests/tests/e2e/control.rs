@@ -526,3 +526,61 @@ async fn the_worker_hosts_health_follows_its_registration_and_heartbeats() {
             .starts_with("no heartbeat accepted for")
     );
 }
+
+#[tokio::test]
+async fn a_client_past_its_plans_rate_or_active_jobs_gets_429_and_others_are_untouched() {
+    let stack = orchestrator_with(
+        "[plans.free]\nrequests_per_second = 1\nburst = 3\nmax_active_jobs = 2\n\
+         [clients.small]\ntoken = \"small-token\"\nplan = \"free\"\n\
+         [clients.big]\ntoken = \"big-token\"\n",
+    )
+    .await;
+    let get = |token: &'static str| {
+        let (http, base) = (stack.http.clone(), stack.base.clone());
+        async move {
+            http.get(format!("{base}/api/v1/jobs"))
+                .header("X-Client-Token", token)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(get("small-token").await.status().as_u16(), 200);
+    }
+    let refused = get("small-token").await;
+    assert_eq!(refused.status().as_u16(), 429);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("client small (plan free) may make 1 per second"),
+        "{body}"
+    );
+    // Another client's requests are untouched.
+    for _ in 0..10 {
+        assert_eq!(get("big-token").await.status().as_u16(), 200);
+    }
+    // Its plan's active jobs: two wait (no worker), the third is refused.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let create = |n: u32| {
+        let (http, base) = (stack.http.clone(), stack.base.clone());
+        async move {
+            http.post(format!("{base}/api/v1/jobs/ghost"))
+                .header("X-Client-Token", "small-token")
+                .json(&json!({"n": n}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(create(1).await, 202);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(create(2).await, 202);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(create(3).await, 429);
+}

@@ -20,7 +20,7 @@ pub mod pull;
 mod registration;
 mod tasks;
 
-use crate::client::OrchestratorClient;
+use crate::client::{ClientError, OrchestratorClient};
 use crate::plugin_store::{Plugin, PluginSet, skill_info};
 use crate::sandbox::Sandbox;
 use registration::Registrations;
@@ -123,6 +123,11 @@ impl Backoff {
         let delay = self.next;
         self.next = (self.next * 2).min(self.max);
         delay
+    }
+    /// The next delay after `e`: at least the `Retry-After` it carries.
+    fn after(&mut self, e: &ClientError) -> Duration {
+        let delay = self.next_delay();
+        e.retry_after().map_or(delay, |wait| wait.max(delay))
     }
     fn reset(&mut self) {
         self.next = self.min;
@@ -430,9 +435,10 @@ impl Worker {
                     self.inner.registrations.request(seen);
                 }
                 Err(e) => {
-                    delay = backoff
+                    let own = backoff
                         .next_delay()
                         .min(self.inner.settings.heartbeat_interval);
+                    delay = e.retry_after().map_or(own, |wait| wait.max(own));
                     tracing::warn!("heartbeat failed: {e}; retrying in {delay:?}");
                 }
             }
@@ -478,7 +484,7 @@ impl Worker {
                     }
                 }
                 Err(e) => {
-                    let delay = backoff.next_delay();
+                    let delay = backoff.after(&e);
                     tracing::warn!(slot, "polling failed: {e}; retrying in {delay:?}");
                     tokio::select! {
                         _ = shutdown.cancelled() => return,

@@ -119,7 +119,7 @@ impl Worker {
                 Err(e) => {
                     let delay = match &e {
                         ClientError::Unauthorized { .. } => self.inner.settings.max_backoff,
-                        _ => backoff.next_delay(),
+                        _ => backoff.after(&e),
                     };
                     match &e {
                         ClientError::Unauthorized { .. } => tracing::error!(

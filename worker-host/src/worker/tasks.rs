@@ -463,10 +463,12 @@ impl TaskRunner {
                     result = build(TaskOutcome::failed(error_code::RESOURCE_EXHAUSTED, why));
                     replaced = true;
                 }
-                Err(e @ (ClientError::Unreachable { .. } | ClientError::Http { .. }))
-                    if attempt < 6 =>
-                {
-                    let delay = backoff.next_delay();
+                Err(
+                    e @ (ClientError::Unreachable { .. }
+                    | ClientError::Http { .. }
+                    | ClientError::Throttled { .. }),
+                ) if attempt < 6 => {
+                    let delay = backoff.after(&e);
                     tracing::warn!(
                         task_id,
                         "submitting the result failed: {e}; retry {attempt} in {delay:?}"

@@ -108,6 +108,7 @@ pub(crate) fn start_child(
         depth: job.depth + 1,
         id: None,
         start_at: None,
+        max_active: None,
     };
     job.status = JobStatus::WaitingForSubJob;
     job.child = Some(child);

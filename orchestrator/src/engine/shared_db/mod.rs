@@ -365,7 +365,9 @@ impl SharedDb {
         bp: &Arc<crate::blueprint::Blueprint>,
         new: super::NewJob,
     ) -> Result<(), EngineError> {
-        let max = shared.settings.max_active_jobs_per_client;
+        let max = new
+            .max_active
+            .unwrap_or(shared.settings.max_active_jobs_per_client);
         if self.active_jobs(&new.owner, max).await? >= max {
             return Err(EngineError::too_many_active_jobs(max, &new.owner));
         }
