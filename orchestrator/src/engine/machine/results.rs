@@ -190,19 +190,7 @@ pub(crate) fn task_succeeded(
         }
         Action::Parallel { next, .. } => {
             if status != rxon::status::SUCCESS {
-                let msg = format!(
-                    "branch tasks must return `success`, got `{status}` in state {}",
-                    job.current_state
-                );
-                end_failed(
-                    st,
-                    job,
-                    JobStatus::Failed,
-                    own_code::UNHANDLED_STATUS,
-                    &msg,
-                    events,
-                );
-                return "unhandled_status_failure";
+                return not_success(st, job, "branch", status, events);
             }
             job.tasks[idx].result = Some(data.into());
             if job.tasks.iter().any(|t| t.result.is_none()) {
@@ -228,19 +216,7 @@ pub(crate) fn task_succeeded(
         }
         Action::Map(spec) => {
             if status != rxon::status::SUCCESS {
-                let msg = format!(
-                    "map element tasks must return `success`, got `{status}` in state {}",
-                    job.current_state
-                );
-                end_failed(
-                    st,
-                    job,
-                    JobStatus::Failed,
-                    own_code::UNHANDLED_STATUS,
-                    &msg,
-                    events,
-                );
-                return "unhandled_status_failure";
+                return not_success(st, job, "map element", status, events);
             }
             if let Flow::Advance = item_succeeded(shared, st, job, spec, idx, data, events) {
                 advance(shared, st, job, events);
@@ -250,6 +226,24 @@ pub(crate) fn task_succeeded(
         }
         _ => "unexpected_result",
     }
+}
+
+/// A fan-out's task (a branch, a map element) returned a status other than
+/// `success`: the job fails.
+fn not_success(
+    st: &mut EngineState,
+    job: &mut Job,
+    what: &str,
+    status: &str,
+    events: &mut Vec<JobEvent>,
+) -> &'static str {
+    let msg = format!(
+        "{what} tasks must return `success`, got `{status}` in state {}",
+        job.current_state
+    );
+    let code = own_code::UNHANDLED_STATUS;
+    end_failed(st, job, JobStatus::Failed, code, &msg, events);
+    "unhandled_status_failure"
 }
 
 /// How a failure code is handled.
