@@ -219,6 +219,9 @@ pub struct TaskRecord {
     /// Higher goes first among tasks of its type (see `PRIORITY_AGING`).
     #[serde(default, skip_serializing_if = "is_zero_f64")]
     pub priority: f64,
+    /// Worker events (other than progress) received about this attempt.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub events: u32,
     /// 1 for the first attempt.
     pub attempt: u32,
     /// The worker that took it.

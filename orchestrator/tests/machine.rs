@@ -1618,3 +1618,30 @@ async fn an_old_low_priority_task_goes_before_a_newer_slightly_higher_one(h: Hol
     .collect();
     assert_eq!(order, [urgent.to_string(), old.to_string()]);
 }
+
+on_both!(a_worker_flooding_events_about_its_task_gets_a_hundred_kept);
+async fn a_worker_flooding_events_about_its_task_gets_a_hundred_kept(h: Holder) {
+    let engine = h.engine(EVENT_FLOW).await;
+    register(&engine, "w1", &["echo"]).await;
+    let id = create(&engine, json!({})).await;
+    let task = poll(&engine, "w1").await.unwrap();
+    for n in 0..110 {
+        engine
+            .worker_event(
+                "w1",
+                &worker_event(id, &task.task_id, "note", json!({"n": n})),
+            )
+            .await
+            .unwrap();
+    }
+    engine.sync_storage().await;
+    let history = engine.job_events(id).await.unwrap();
+    let kept = history.iter().filter(|e| e.event == "worker_event").count();
+    assert_eq!(kept, 100);
+    // The task still runs and its result still counts.
+    engine
+        .submit_result("w1", &success(&task, "success", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(job(&engine, id).await.status, JobStatus::Finished);
+}

@@ -497,6 +497,7 @@ pub(crate) fn new_record(task_type: &str, params: Object, branch: Option<String>
         branch,
         index: None,
         priority: 0.0,
+        events: 0,
         attempt: 1,
         worker_id: None,
         queued_at: Utc::now(),

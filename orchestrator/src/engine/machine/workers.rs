@@ -403,6 +403,23 @@ pub(crate) fn worker_event(
     } else {
         let payload = Value::Object(ev.payload.clone());
         let mut events = Vec::new();
+        // Events other than progress are kept, at most so many per attempt.
+        if ev.event_type != rxon::EVENT_PROGRESS
+            && let Some(task) = job
+                .tasks
+                .iter_mut()
+                .find(|t| t.worker_id.as_deref() == Some(worker_id) && t.result.is_none())
+        {
+            task.events += 1;
+            if task.events > MAX_WORKER_EVENTS_PER_TASK {
+                if task.events == MAX_WORKER_EVENTS_PER_TASK + 1 {
+                    tracing::warn!(job_id = %job.id, "job {}: worker {worker_id} sent more than {MAX_WORKER_EVENTS_PER_TASK} events about task {}; further ones are dropped", job.id, task.task_id);
+                    commit(st, &mut job, Vec::new(), None);
+                }
+                put(st, job);
+                return Ok(());
+            }
+        }
         if ev.event_type != rxon::EVENT_PROGRESS {
             job.worker_event = Some((ev.event_type.clone(), ev.payload.clone()));
             if let Some(url) = &job.webhook_url
@@ -466,6 +483,10 @@ pub(crate) fn worker_event(
     put(st, job);
     result
 }
+
+/// Worker events (other than progress) kept per task attempt; more are
+/// dropped, as the worker host's own bound on its plugins.
+pub const MAX_WORKER_EVENTS_PER_TASK: u32 = 100;
 
 /// The task an event moves the job on from, and the state it moves to:
 /// the job's one dispatched task, run by `worker_id`, named by the event
