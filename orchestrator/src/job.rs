@@ -222,6 +222,9 @@ pub struct TaskRecord {
     /// Worker events (other than progress) received about this attempt.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub events: u32,
+    /// When its last progress report was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_at: Option<DateTime<Utc>>,
     /// 1 for the first attempt.
     pub attempt: u32,
     /// The worker that took it.

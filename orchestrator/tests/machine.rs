@@ -1645,3 +1645,30 @@ async fn a_worker_flooding_events_about_its_task_gets_a_hundred_kept(h: Holder) 
         .unwrap();
     assert_eq!(job(&engine, id).await.status, JobStatus::Finished);
 }
+
+on_both!(progress_reports_closer_than_half_a_second_are_dropped);
+async fn progress_reports_closer_than_half_a_second_are_dropped(h: Holder) {
+    let engine = h.engine(EVENT_FLOW).await;
+    register(&engine, "w1", &["echo"]).await;
+    let id = create(&engine, json!({})).await;
+    let task = poll(&engine, "w1").await.unwrap();
+    for n in 0..20 {
+        let p = worker_event(id, &task.task_id, "progress", json!({"progress": n}));
+        engine.worker_event("w1", &p).await.unwrap();
+    }
+    engine.sync_storage().await;
+    let history = engine.job_events(id).await.unwrap();
+    assert_eq!(history.iter().filter(|e| e.event == "progress").count(), 1);
+    assert_eq!(
+        job(&engine, id).await.progress,
+        Some(json!({"progress": 0}))
+    );
+    // Half a second later, the next one is kept.
+    std::thread::sleep(Duration::from_millis(550));
+    let p = worker_event(id, &task.task_id, "progress", json!({"progress": 0.5}));
+    engine.worker_event("w1", &p).await.unwrap();
+    assert_eq!(
+        job(&engine, id).await.progress,
+        Some(json!({"progress": 0.5}))
+    );
+}

@@ -498,6 +498,7 @@ pub(crate) fn new_record(task_type: &str, params: Object, branch: Option<String>
         index: None,
         priority: 0.0,
         events: 0,
+        progress_at: None,
         attempt: 1,
         worker_id: None,
         queued_at: Utc::now(),

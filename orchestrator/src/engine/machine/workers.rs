@@ -403,6 +403,22 @@ pub(crate) fn worker_event(
     } else {
         let payload = Value::Object(ev.payload.clone());
         let mut events = Vec::new();
+        // Progress is kept at most every PROGRESS_INTERVAL per attempt (the
+        // worker host sends it once a second); closer reports are dropped.
+        if ev.event_type == rxon::EVENT_PROGRESS
+            && let Some(task) = job
+                .tasks
+                .iter_mut()
+                .find(|t| t.worker_id.as_deref() == Some(worker_id) && t.result.is_none())
+        {
+            let now = Utc::now();
+            let interval = chrono::Duration::from_std(PROGRESS_INTERVAL).unwrap_or_default();
+            if task.progress_at.is_some_and(|at| now - at < interval) {
+                put(st, job);
+                return Ok(());
+            }
+            task.progress_at = Some(now);
+        }
         // Events other than progress are kept, at most so many per attempt.
         if ev.event_type != rxon::EVENT_PROGRESS
             && let Some(task) = job
@@ -483,6 +499,10 @@ pub(crate) fn worker_event(
     put(st, job);
     result
 }
+
+/// Least time between two progress reports of one task attempt that are
+/// kept (each is a job write and a history entry); closer ones are dropped.
+pub const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Worker events (other than progress) kept per task attempt; more are
 /// dropped, as the worker host's own bound on its plugins.
