@@ -371,8 +371,7 @@ fn fail_unlisted(
 /// event the job's dispatch maps (`events = { <type> = "<state>" }`) from
 /// its running task moves the job to that state, with the payload as the
 /// state's result (the task is told to stop: its result would be stale);
-/// any other event
-/// is kept in the job's history. An event about another worker's job, or
+/// any other event is kept in the job's history. An event about another worker's job, or
 /// about a job that has ended, is refused (nothing recorded).
 pub(crate) fn worker_event(
     shared: &Shared,
@@ -401,42 +400,41 @@ pub(crate) fn worker_event(
             "Forbidden: Worker '{worker_id}' is not assigned to job '{job_id}'"
         )))
     } else {
+        let progress = ev.event_type == rxon::EVENT_PROGRESS;
+        // Within its bounds per attempt: progress every PROGRESS_INTERVAL
+        // (the worker host sends it once a second), other events
+        // MAX_WORKER_EVENTS_PER_TASK; the rest are dropped.
+        if let Some(task) = job
+            .tasks
+            .iter_mut()
+            .find(|t| t.worker_id.as_deref() == Some(worker_id) && t.result.is_none())
+        {
+            if progress {
+                let now = Utc::now();
+                let interval = chrono::Duration::from_std(PROGRESS_INTERVAL).unwrap_or_default();
+                if task.progress_at.is_some_and(|at| now - at < interval) {
+                    put(st, job);
+                    return Ok(());
+                }
+                task.progress_at = Some(now);
+            } else {
+                task.events += 1;
+                if task.events > MAX_WORKER_EVENTS_PER_TASK {
+                    if task.events == MAX_WORKER_EVENTS_PER_TASK + 1 {
+                        tracing::warn!(job_id = %job.id, "job {}: worker {worker_id} sent more than {MAX_WORKER_EVENTS_PER_TASK} events about task {}; further ones are dropped", job.id, task.task_id);
+                        commit(st, &mut job, Vec::new(), None);
+                    }
+                    put(st, job);
+                    return Ok(());
+                }
+            }
+        }
         let payload = Value::Object(ev.payload.clone());
         let mut events = Vec::new();
-        // Progress is kept at most every PROGRESS_INTERVAL per attempt (the
-        // worker host sends it once a second); closer reports are dropped.
-        if ev.event_type == rxon::EVENT_PROGRESS
-            && let Some(task) = job
-                .tasks
-                .iter_mut()
-                .find(|t| t.worker_id.as_deref() == Some(worker_id) && t.result.is_none())
-        {
-            let now = Utc::now();
-            let interval = chrono::Duration::from_std(PROGRESS_INTERVAL).unwrap_or_default();
-            if task.progress_at.is_some_and(|at| now - at < interval) {
-                put(st, job);
-                return Ok(());
-            }
-            task.progress_at = Some(now);
-        }
-        // Events other than progress are kept, at most so many per attempt.
-        if ev.event_type != rxon::EVENT_PROGRESS
-            && let Some(task) = job
-                .tasks
-                .iter_mut()
-                .find(|t| t.worker_id.as_deref() == Some(worker_id) && t.result.is_none())
-        {
-            task.events += 1;
-            if task.events > MAX_WORKER_EVENTS_PER_TASK {
-                if task.events == MAX_WORKER_EVENTS_PER_TASK + 1 {
-                    tracing::warn!(job_id = %job.id, "job {}: worker {worker_id} sent more than {MAX_WORKER_EVENTS_PER_TASK} events about task {}; further ones are dropped", job.id, task.task_id);
-                    commit(st, &mut job, Vec::new(), None);
-                }
-                put(st, job);
-                return Ok(());
-            }
-        }
-        if ev.event_type != rxon::EVENT_PROGRESS {
+        if progress {
+            job.progress = Some(payload.clone());
+            events.push(event(EventKind::Progress, payload.to_string()));
+        } else {
             job.worker_event = Some((ev.event_type.clone(), ev.payload.clone()));
             if let Some(url) = &job.webhook_url
                 && job.options.forwards_event(&ev.event_type)
@@ -449,48 +447,37 @@ pub(crate) fn worker_event(
                 );
                 st.webhooks.push(hook);
             }
-        }
-        if ev.event_type == rxon::EVENT_PROGRESS {
-            job.progress = Some(payload.clone());
-            events.push(event(EventKind::Progress, payload.to_string()));
-        } else if let Some((idx, to)) = event_transition(shared, &job, worker_id, ev) {
-            let task = &job.tasks[idx];
-            tracing::info!(job_id = %job.id, "job {}: event {} from task {} moves it to {to}", job.id, rxon::text::for_log(&ev.event_type), task.task_id);
-            events.push(task_event(
-                EventKind::WorkerEvent,
-                format!(
-                    "event {} from worker {worker_id}: {}",
-                    ev.event_type,
-                    rxon::text::json_preview(&payload)
-                ),
-                crate::job::TaskRef::of(task, Some(&format!("event:{}", ev.event_type))),
-            ));
-            // The task's result would be stale: the worker is told to stop
-            // it (at once over its channel, else at its next heartbeat).
-            st.stops.push(TaskStop {
-                worker_id: worker_id.to_string(),
-                task_id: job.tasks[idx].task_id.clone(),
-                job_id: job.id,
-            });
-            release(st, worker_id, &job.tasks[idx].task_id);
-            std::sync::Arc::make_mut(&mut job.results).insert(job.current_state.clone(), payload);
-            job.result = Some(ev.payload.clone().into());
-            enter_state(
-                &mut job,
-                &to,
-                Some(&format!("event {}", ev.event_type)),
-                &mut events,
+            let note = format!(
+                "event {} from worker {worker_id}: {}",
+                ev.event_type,
+                rxon::text::json_preview(&payload)
             );
-            advance(shared, st, &mut job, &mut events);
-        } else {
-            events.push(event(
-                EventKind::WorkerEvent,
-                format!(
-                    "event {} from worker {worker_id}: {}",
-                    ev.event_type,
-                    rxon::text::json_preview(&payload)
-                ),
-            ));
+            match event_transition(shared, &job, worker_id, ev) {
+                None => events.push(event(EventKind::WorkerEvent, note)),
+                Some((idx, to)) => {
+                    let task = &job.tasks[idx];
+                    tracing::info!(job_id = %job.id, "job {}: event {} from task {} moves it to {to}", job.id, rxon::text::for_log(&ev.event_type), task.task_id);
+                    let outcome = format!("event:{}", ev.event_type);
+                    let task_ref = crate::job::TaskRef::of(task, Some(&outcome));
+                    events.push(task_event(EventKind::WorkerEvent, note, task_ref));
+                    // The task's result would be stale: the worker is told
+                    // to stop it (at once over its channel, else at its next
+                    // heartbeat).
+                    let task_id = job.tasks[idx].task_id.clone();
+                    release(st, worker_id, &task_id);
+                    st.stops.push(TaskStop {
+                        worker_id: worker_id.to_string(),
+                        task_id,
+                        job_id: job.id,
+                    });
+                    std::sync::Arc::make_mut(&mut job.results)
+                        .insert(job.current_state.clone(), payload);
+                    job.result = Some(ev.payload.clone().into());
+                    let outcome = format!("event {}", ev.event_type);
+                    enter_state(&mut job, &to, Some(&outcome), &mut events);
+                    advance(shared, st, &mut job, &mut events);
+                }
+            }
         }
         commit(st, &mut job, events, None);
         job.worker_event = None;
