@@ -120,19 +120,7 @@ pub(crate) fn put(st: &mut EngineState, job: impl Into<Box<Job>>) {
         if job.parent.is_some() && !job.parent_told {
             tell_parent(st, &mut job);
             // Stored with the job change that ended it, as the webhook is.
-            match st
-                .outbox
-                .iter_mut()
-                .rev()
-                .find_map(|m| m.write.as_mut().filter(|w| w.job.id == job.id))
-            {
-                Some(write) => write.job.parent_told = true,
-                None => st.outbox.push(PersistMsg {
-                    write: Some(super::job_write(&mut job, Vec::new())),
-                    webhook_done: None,
-                    ack: None,
-                }),
-            }
+            with_end_write(st, &mut job, |w| w.job.parent_told = true);
         }
         if let Some(waiters) = st.job_waiters.remove(&job.id) {
             waiters.notify_waiters();
@@ -142,19 +130,7 @@ pub(crate) fn put(st: &mut EngineState, job: impl Into<Box<Job>>) {
             // Stored with the job change that ended the job (its write is
             // still in the outbox), so a restart cannot lose it.
             let pending = hook.pending();
-            match st
-                .outbox
-                .iter_mut()
-                .rev()
-                .find_map(|m| m.write.as_mut().filter(|w| w.job.id == job.id))
-            {
-                Some(write) => write.webhook = Some(pending),
-                None => st.outbox.push(PersistMsg {
-                    write: Some(super::job_write(&mut job, Vec::new())),
-                    webhook_done: None,
-                    ack: None,
-                }),
-            }
+            with_end_write(st, &mut job, |w| w.webhook = Some(pending));
             st.webhooks.push(hook);
             job.webhook_sent = true;
         }
@@ -171,6 +147,33 @@ pub(crate) fn put(st: &mut EngineState, job: impl Into<Box<Job>>) {
         };
         if st.jobs.get(&old).is_some_and(|j| j.status.is_terminal()) {
             st.jobs.remove(&old);
+        }
+    }
+}
+
+/// Changes the write of `job`'s latest change, still in the outbox (a new
+/// one if it has gone to the writer), so what comes with the job's end is
+/// stored with that change.
+fn with_end_write(
+    st: &mut EngineState,
+    job: &mut Job,
+    change: impl FnOnce(&mut crate::storage::JobWrite),
+) {
+    let queued = st
+        .outbox
+        .iter_mut()
+        .rev()
+        .find_map(|m| m.write.as_mut().filter(|w| w.job.id == job.id));
+    match queued {
+        Some(write) => change(write),
+        None => {
+            let mut write = super::job_write(job, Vec::new());
+            change(&mut write);
+            st.outbox.push(PersistMsg {
+                write: Some(write),
+                webhook_done: None,
+                ack: None,
+            });
         }
     }
 }
