@@ -186,14 +186,7 @@ impl Scheduler {
         if fire.is_empty() {
             // Missed while nobody ran; none runs (catch_up = "none").
             if self
-                .change(
-                    &s.name,
-                    ScheduleChange::Advance {
-                        from,
-                        to: latest,
-                        job: None,
-                    },
-                )
+                .change(&s.name, ScheduleChange::Advance { from, to: latest })
                 .await?
             {
                 tracing::info!(
@@ -205,11 +198,7 @@ impl Scheduler {
             return Ok(());
         }
         for slot in fire {
-            let claim = ScheduleChange::Advance {
-                from,
-                to: slot,
-                job: None,
-            };
+            let claim = ScheduleChange::Advance { from, to: slot };
             if !self.change(&s.name, claim).await? {
                 // Another instance claimed it.
                 return Ok(());

@@ -30,11 +30,10 @@ pub enum ScheduleChange {
     Init {
         slot: DateTime<Utc>,
     },
-    /// Claims `to` if the last slot is still `from`; records `job`.
+    /// Claims `to` if the last slot is still `from`.
     Advance {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
-        job: Option<Uuid>,
     },
     /// Records the job a run started.
     Job(Uuid),
@@ -92,14 +91,11 @@ pub fn apply(
     };
     match change {
         ScheduleChange::Init { .. } => false,
-        ScheduleChange::Advance { from, to, job } => {
+        ScheduleChange::Advance { from, to } => {
             if row.last_slot != *from {
                 return false;
             }
             row.last_slot = *to;
-            if job.is_some() {
-                row.last_job = *job;
-            }
             true
         }
         ScheduleChange::Job(job) => {

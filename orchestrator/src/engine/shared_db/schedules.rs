@@ -41,12 +41,11 @@ impl SharedDb {
                     )
                     .await?
             }
-            ScheduleChange::Advance { from, to, job } => {
+            ScheduleChange::Advance { from, to } => {
                 client
                     .execute(
-                        "UPDATE schedule_state SET last_slot = $3, last_job = coalesce($4, last_job)
-                         WHERE name = $1 AND last_slot = $2",
-                        &[&name, from, to, job],
+                        "UPDATE schedule_state SET last_slot = $3 WHERE name = $1 AND last_slot = $2",
+                        &[&name, from, to],
                     )
                     .await?
             }
