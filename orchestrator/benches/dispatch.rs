@@ -56,7 +56,7 @@ async fn one_job(engine: &Engine) {
         "data": {"processed_message": "Hello World Hello World Hello World"}
     }))
     .unwrap();
-    let r = engine.submit_result("w", &result).await.unwrap();
+    let r = engine.submit_result("w", result).await.unwrap();
     assert_eq!(r.status, "accepted");
 }
 

@@ -34,8 +34,8 @@
 //! | `orchestrator_tasks_in_flight` | |
 //! | `orchestrator_workers` | |
 //! | `orchestrator_http_request_duration_seconds` (histogram) | route, method, status |
-//! | `orchestrator_storage_batch_writes` (histogram: job writes per transaction; single instance) | |
-//! | `orchestrator_storage_commit_seconds` (histogram: one transaction of the storage writer) | |
+//! | `orchestrator_storage_batch_writes` (histogram: job writes per transaction of one instance's writer; on PostgreSQL, events per batch) | |
+//! | `orchestrator_storage_commit_seconds` (histogram: one transaction of the storage writer, or one batch on PostgreSQL) | |
 
 use std::sync::LazyLock;
 use std::time::Instant;

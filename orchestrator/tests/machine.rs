@@ -43,7 +43,7 @@ async fn params_are_built_with_types_and_defaults_and_the_result_finishes_the_jo
         json!({"message": "yo", "n": 2})
     );
     let r = engine
-        .submit_result("w1", &success(&task, "success", json!({"out": "yo yo"})))
+        .submit_result("w1", success(&task, "success", json!({"out": "yo yo"})))
         .await
         .unwrap();
     assert_eq!(r.status, "accepted");
@@ -61,7 +61,7 @@ async fn transient_failures_retry_with_exponential_backoff_then_take_the_failure
     let id = create(&engine, json!({})).await;
     let first = poll(&engine, "w1").await.unwrap();
     engine
-        .submit_result("w1", &failure(&first, "TRANSIENT_ERROR", "flaky"))
+        .submit_result("w1", failure(&first, "TRANSIENT_ERROR", "flaky"))
         .await
         .unwrap();
     assert_eq!(job(&engine, id).await.status, JobStatus::AwaitingRetry);
@@ -73,7 +73,7 @@ async fn transient_failures_retry_with_exponential_backoff_then_take_the_failure
         .expect("retry after 1 s");
     assert_ne!(second.task_id, first.task_id, "a retry gets a new task id");
     engine
-        .submit_result("w1", &failure(&second, "TIMEOUT_ERROR", "slow"))
+        .submit_result("w1", failure(&second, "TIMEOUT_ERROR", "slow"))
         .await
         .unwrap();
     // Backoff doubles: 2 s.
@@ -85,7 +85,7 @@ async fn transient_failures_retry_with_exponential_backoff_then_take_the_failure
     let j = job(&engine, id).await;
     assert_eq!(j.tasks[0].attempt, 3);
     engine
-        .submit_result("w1", &failure(&third, "TRANSIENT_ERROR", "still flaky"))
+        .submit_result("w1", failure(&third, "TRANSIENT_ERROR", "still flaky"))
         .await
         .unwrap();
     let j = job(&engine, id).await;
@@ -99,7 +99,7 @@ async fn transient_failures_retry_with_exponential_backoff_then_take_the_failure
     assert_eq!(j.attempts, 3);
     // The stale first task's late result changes nothing.
     let r = engine
-        .submit_result("w1", &success(&first, "success", json!({})))
+        .submit_result("w1", success(&first, "success", json!({})))
         .await
         .unwrap();
     assert_eq!(r.status, "ignored");
@@ -125,14 +125,14 @@ end = "finished"
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "w").await.unwrap();
     engine
-        .submit_result("w", &failure(&t, "TRANSIENT_ERROR", "boom"))
+        .submit_result("w", failure(&t, "TRANSIENT_ERROR", "boom"))
         .await
         .unwrap();
     let t = poll_within(&engine, "w", Duration::from_secs(1))
         .await
         .unwrap();
     engine
-        .submit_result("w", &failure(&t, "TRANSIENT_ERROR", "boom"))
+        .submit_result("w", failure(&t, "TRANSIENT_ERROR", "boom"))
         .await
         .unwrap();
     let j = job(&engine, id).await;
@@ -147,7 +147,7 @@ end = "finished"
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "w").await.unwrap();
     engine
-        .submit_result("w", &failure(&t, "PERMANENT_ERROR", "broken"))
+        .submit_result("w", failure(&t, "PERMANENT_ERROR", "broken"))
         .await
         .unwrap();
     let j = job(&engine, id).await;
@@ -164,7 +164,7 @@ async fn invalid_input_takes_the_failure_path_without_retrying(h: Holder) {
     engine
         .submit_result(
             "w",
-            &failure(&t, "INVALID_INPUT_ERROR", "n must be a number"),
+            failure(&t, "INVALID_INPUT_ERROR", "n must be a number"),
         )
         .await
         .unwrap();
@@ -181,7 +181,7 @@ async fn custom_statuses_follow_their_transition_and_unknown_ones_fail_clearly(h
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "w").await.unwrap();
     engine
-        .submit_result("w", &success(&t, "needs_review", json!({"score": 3})))
+        .submit_result("w", success(&t, "needs_review", json!({"score": 3})))
         .await
         .unwrap();
     let j = job(&engine, id).await;
@@ -193,7 +193,7 @@ async fn custom_statuses_follow_their_transition_and_unknown_ones_fail_clearly(h
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "w").await.unwrap();
     engine
-        .submit_result("w", &success(&t, "weird", json!({})))
+        .submit_result("w", success(&t, "weird", json!({})))
         .await
         .unwrap();
     let j = job(&engine, id).await;
@@ -223,7 +223,7 @@ async fn a_job_waits_for_a_worker_and_says_why_then_runs_when_one_registers(h: H
     register(&engine, "w2", &["echo"]).await;
     let t = poll(&engine, "w2").await.unwrap();
     engine
-        .submit_result("w2", &success(&t, "success", json!({})))
+        .submit_result("w2", success(&t, "success", json!({})))
         .await
         .unwrap();
     assert_eq!(job(&engine, id).await.status, JobStatus::Finished);
@@ -293,7 +293,7 @@ end = "failed"
     // The late answer to the first attempt is stale.
     assert_eq!(
         engine
-            .submit_result("w", &success(&t, "success", json!({})))
+            .submit_result("w", success(&t, "success", json!({})))
             .await
             .unwrap()
             .reason
@@ -301,7 +301,7 @@ end = "failed"
         Some("stale_task")
     );
     engine
-        .submit_result("w", &success(&t2, "success", json!({"ok": true})))
+        .submit_result("w", success(&t2, "success", json!({"ok": true})))
         .await
         .unwrap();
     assert_eq!(job(&engine, id).await.status, JobStatus::Finished);
@@ -339,12 +339,12 @@ async fn a_silent_worker_loses_its_lease_and_the_task_goes_to_another(h: Holder)
     assert_eq!(again.job_id, lost.job_id);
     assert_ne!(again.task_id, lost.task_id);
     let r = engine
-        .submit_result("dies", &success(&lost, "success", json!({})))
+        .submit_result("dies", success(&lost, "success", json!({})))
         .await
         .unwrap();
     assert_eq!(r.status, "ignored");
     engine
-        .submit_result("lives", &success(&again, "success", json!({})))
+        .submit_result("lives", success(&again, "success", json!({})))
         .await
         .unwrap();
     let j = job(&engine, id).await;
@@ -360,7 +360,7 @@ async fn only_the_assigned_worker_may_complete_a_task(h: Holder) {
     let id = create(&engine, json!({})).await;
     let t = poll(&engine, "a").await.unwrap();
     let r = engine
-        .submit_result("b", &success(&t, "success", json!({})))
+        .submit_result("b", success(&t, "success", json!({})))
         .await
         .unwrap();
     assert_eq!(
@@ -378,7 +378,7 @@ async fn cancelled_jobs_ignore_late_results(h: Holder) {
     let t = poll(&engine, "a").await.unwrap();
     engine.cancel_job(id, "default").await.unwrap();
     let r = engine
-        .submit_result("a", &success(&t, "success", json!({})))
+        .submit_result("a", success(&t, "success", json!({})))
         .await
         .unwrap();
     assert_eq!(r.reason.as_deref(), Some("job_cancelled"));
@@ -423,7 +423,7 @@ end = "failed"
         assert_eq!(l.params["x"], x);
         assert_eq!(r.params["y"], 5);
         let resp = engine
-            .submit_result("wl", &success(&l, "success", json!({"v": x})))
+            .submit_result("wl", success(&l, "success", json!({"v": x})))
             .await
             .unwrap();
         assert_eq!(resp.transition.as_deref(), Some("parallel_branch_accepted"));
@@ -432,7 +432,7 @@ end = "failed"
             JobStatus::WaitingForParallelTasks
         );
         engine
-            .submit_result("wr", &success(&r, "success", json!({"v": 5})))
+            .submit_result("wr", success(&r, "success", json!({"v": 5})))
             .await
             .unwrap();
         let j = job(&engine, id).await;
@@ -460,7 +460,7 @@ async fn ended_jobs_leave_memory_but_stay_readable_from_storage(h: Holder) {
         let id = create(&engine, json!({"n": n})).await;
         let t = poll(&engine, "w").await.unwrap();
         engine
-            .submit_result("w", &success(&t, "success", json!({"n": n})))
+            .submit_result("w", success(&t, "success", json!({"n": n})))
             .await
             .unwrap();
         ids.push(id);
@@ -531,12 +531,12 @@ async fn a_new_instance_of_a_worker_gets_none_of_the_old_ones_tasks(h: Holder) {
     let again = poll(&engine, "w").await.unwrap();
     assert_ne!(again.task_id, old.task_id);
     let r = engine
-        .submit_result("w", &success(&old, "success", json!({})))
+        .submit_result("w", success(&old, "success", json!({})))
         .await
         .unwrap();
     assert_eq!(r.reason.as_deref(), Some("stale_task"));
     engine
-        .submit_result("w", &success(&again, "success", json!({})))
+        .submit_result("w", success(&again, "success", json!({})))
         .await
         .unwrap();
     assert_eq!(job(&engine, id).await.status, JobStatus::Finished);
@@ -546,7 +546,7 @@ async fn a_new_instance_of_a_worker_gets_none_of_the_old_ones_tasks(h: Holder) {
     register_instance(&engine, "w", "second", 15.0).await;
     assert!(poll(&engine, "w").await.is_none());
     engine
-        .submit_result("w", &success(&held, "success", json!({})))
+        .submit_result("w", success(&held, "success", json!({})))
         .await
         .unwrap();
     assert_eq!(job(&engine, id2).await.status, JobStatus::Finished);
@@ -668,7 +668,7 @@ async fn a_worker_whose_channel_closed_is_gone_after_the_grace_unless_heard_from
     assert_ne!(again.task_id, first.task_id);
     // A late result from w1 for the old task is not taken.
     let late = engine
-        .submit_result("w1", &success(&first, "success", json!({})))
+        .submit_result("w1", success(&first, "success", json!({})))
         .await;
     assert!(
         late.as_ref().map_or(true, |r| r.status != "accepted"),
@@ -676,7 +676,7 @@ async fn a_worker_whose_channel_closed_is_gone_after_the_grace_unless_heard_from
     );
     assert_ne!(job(&engine, id).await.status, JobStatus::Finished);
     engine
-        .submit_result("w2", &success(&again, "success", json!({})))
+        .submit_result("w2", success(&again, "success", json!({})))
         .await
         .unwrap();
     assert_eq!(job(&engine, id).await.status, JobStatus::Finished);
@@ -698,7 +698,7 @@ async fn progress_on_a_job_that_ended_is_refused_and_changes_nothing(h: Holder) 
     };
     engine.worker_event("w1", &progress(0.5)).await.unwrap();
     engine
-        .submit_result("w1", &success(&task, "success", json!({})))
+        .submit_result("w1", success(&task, "success", json!({})))
         .await
         .unwrap();
     let ended = job(&engine, id).await;
@@ -759,7 +759,7 @@ async fn a_sleep_state_waits_without_a_worker_then_goes_on(h: Holder) {
     register(&engine, "w", &["echo"]).await;
     let task = poll(&engine, "w").await.unwrap();
     engine
-        .submit_result("w", &success(&task, "success", json!({})))
+        .submit_result("w", success(&task, "success", json!({})))
         .await
         .unwrap();
     assert_eq!(job(&engine, id).await.status, JobStatus::Finished);
@@ -934,7 +934,7 @@ async fn a_blueprints_input_and_output_schemas_are_its_contract(h: Holder) {
     let bad = create(&engine, json!({"n": 2})).await;
     let task = poll(&engine, "w").await.unwrap();
     engine
-        .submit_result("w", &success(&task, "success", json!({"sum": 3})))
+        .submit_result("w", success(&task, "success", json!({"sum": 3})))
         .await
         .unwrap();
     let j = job(&engine, bad).await;
@@ -949,7 +949,7 @@ async fn a_blueprints_input_and_output_schemas_are_its_contract(h: Holder) {
     let good = create(&engine, json!({"n": 2})).await;
     let task = poll(&engine, "w").await.unwrap();
     engine
-        .submit_result("w", &success(&task, "success", json!({"total": 3})))
+        .submit_result("w", success(&task, "success", json!({"total": 3})))
         .await
         .unwrap();
     assert_eq!(job(&engine, good).await.status, JobStatus::Finished);
@@ -1035,7 +1035,7 @@ async fn a_map_runs_one_task_per_element_at_most_max_in_flight_and_keeps_input_o
     assert_eq!(second.params["word"], "b");
     // Results out of order still land in input order.
     let r = engine
-        .submit_result("w1", &success(&second, "success", json!({"up": "B"})))
+        .submit_result("w1", success(&second, "success", json!({"up": "B"})))
         .await
         .unwrap();
     assert_eq!(r.transition.as_deref(), Some("map_element_accepted"));
@@ -1043,7 +1043,7 @@ async fn a_map_runs_one_task_per_element_at_most_max_in_flight_and_keeps_input_o
     while let Some(task) = out.pop() {
         let word = task.params["word"].as_str().unwrap().to_uppercase();
         engine
-            .submit_result("w1", &success(&task, "success", json!({"up": word})))
+            .submit_result("w1", success(&task, "success", json!({"up": word})))
             .await
             .unwrap();
         out.extend(poll(&engine, "w1").await);
@@ -1071,17 +1071,17 @@ async fn a_map_that_continues_lists_its_failed_elements(h: Holder) {
     let a = poll(&engine, "w1").await.unwrap();
     let b = poll(&engine, "w1").await.unwrap();
     engine
-        .submit_result("w1", &failure(&b, "INVALID_INPUT_ERROR", "not a word"))
+        .submit_result("w1", failure(&b, "INVALID_INPUT_ERROR", "not a word"))
         .await
         .unwrap();
     engine
-        .submit_result("w1", &success(&a, "success", json!({"n": 0})))
+        .submit_result("w1", success(&a, "success", json!({"n": 0})))
         .await
         .unwrap();
     let c = poll(&engine, "w1").await.unwrap();
     assert_eq!(c.params["at"], 2);
     engine
-        .submit_result("w1", &success(&c, "success", json!({"n": 2})))
+        .submit_result("w1", success(&c, "success", json!({"n": 2})))
         .await
         .unwrap();
     let j = job(&engine, id).await;
@@ -1113,7 +1113,7 @@ async fn a_fail_fast_map_stops_at_the_first_element_that_fails_for_good(h: Holde
     let x = poll(&engine, "w2").await.unwrap();
     let _y = poll(&engine, "w2").await.unwrap();
     engine
-        .submit_result("w2", &failure(&x, "INVALID_INPUT_ERROR", "no x"))
+        .submit_result("w2", failure(&x, "INVALID_INPUT_ERROR", "no x"))
         .await
         .unwrap();
     let j = job(&engine, id).await;
@@ -1229,7 +1229,7 @@ async fn a_mapped_worker_event_moves_the_job_before_its_task_ends(h: Holder) {
     assert_eq!(j.state_history[0].outcome.as_deref(), Some("event ready"));
     // The task's own result comes too late.
     let r = engine
-        .submit_result("w1", &success(&task, "success", json!({})))
+        .submit_result("w1", success(&task, "success", json!({})))
         .await
         .unwrap();
     assert_eq!(r.status, "ignored");
@@ -1485,7 +1485,7 @@ async fn a_chain_of_child_jobs_three_deep_finishes_with_each_result_in_its_paren
     let task = poll(&engine, "w1").await.unwrap();
     assert_eq!(task.params["word"], "hi!");
     engine
-        .submit_result("w1", &success(&task, "success", json!({"echo": "hi!"})))
+        .submit_result("w1", success(&task, "success", json!({"echo": "hi!"})))
         .await
         .unwrap();
     let j = job_reaches(&engine, top, JobStatus::Finished, Duration::from_secs(10)).await;
@@ -1516,7 +1516,7 @@ async fn cancelling_the_top_job_cancels_every_child_down_the_chain(h: Holder) {
     }
     // The leaf's task result comes too late to revive anything.
     let r = engine
-        .submit_result("w1", &success(&task, "success", json!({})))
+        .submit_result("w1", success(&task, "success", json!({})))
         .await
         .unwrap();
     assert_eq!(r.status, "ignored");
@@ -1536,7 +1536,7 @@ async fn a_failed_child_takes_the_failure_path_and_depth_is_bounded(h: Holder) {
     let _leaf = child_of(&engine, top).await;
     let task = poll(&engine, "w1").await.unwrap();
     engine
-        .submit_result("w1", &failure(&task, "INVALID_INPUT_ERROR", "no x"))
+        .submit_result("w1", failure(&task, "INVALID_INPUT_ERROR", "no x"))
         .await
         .unwrap();
     let j = job_reaches(&engine, top, JobStatus::Failed, Duration::from_secs(10)).await;
@@ -1640,7 +1640,7 @@ async fn a_worker_flooding_events_about_its_task_gets_a_hundred_kept(h: Holder) 
     assert_eq!(kept, 100);
     // The task still runs and its result still counts.
     engine
-        .submit_result("w1", &success(&task, "success", json!({})))
+        .submit_result("w1", success(&task, "success", json!({})))
         .await
         .unwrap();
     assert_eq!(job(&engine, id).await.status, JobStatus::Finished);

@@ -43,7 +43,7 @@ fn accepted_jobs_survive_a_restart_and_finish() {
             engine
                 .submit_result(
                     "w",
-                    &success(&done, "success", json!({"n": done.params["n"]})),
+                    success(&done, "success", json!({"n": done.params["n"]})),
                 )
                 .await
                 .unwrap();
@@ -74,7 +74,7 @@ fn accepted_jobs_survive_a_restart_and_finish() {
             engine
                 .submit_result(
                     "w2",
-                    &success(&task, "success", json!({"n": task.params["n"]})),
+                    success(&task, "success", json!({"n": task.params["n"]})),
                 )
                 .await
                 .unwrap();

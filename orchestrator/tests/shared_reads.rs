@@ -57,7 +57,7 @@ async fn a_wait_on_one_instance_ends_when_the_other_finishes_the_job() {
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     let task = poll(&b, "w").await.unwrap();
-    b.submit_result("w", &success(&task, "success", json!({})))
+    b.submit_result("w", success(&task, "success", json!({})))
         .await
         .unwrap();
     let waited = waiting.await.unwrap();

@@ -251,7 +251,7 @@ pub(super) async fn accept_result(
             "Forbidden: Authenticated worker '{worker_id}' cannot submit results for another worker '{claimed}'."
         )));
     }
-    Ok(state.engine.submit_result(&worker_id, &result).await?)
+    Ok(state.engine.submit_result(&worker_id, result).await?)
 }
 
 pub async fn events(

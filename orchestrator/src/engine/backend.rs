@@ -261,14 +261,14 @@ impl Backend {
         &self,
         shared: &Arc<Shared>,
         worker_id: &str,
-        result: &rxon::TaskResult,
+        result: rxon::TaskResult,
     ) -> Result<rxon::ResultResponse, EngineError> {
         match self {
             Self::Local(local) => Ok(machine::apply_result(
                 shared,
                 &mut local.tx(shared),
                 worker_id,
-                result,
+                &result,
             )),
             Self::Shared(db) => Ok(db.apply_result(shared, worker_id, result).await?),
         }

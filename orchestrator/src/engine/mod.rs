@@ -549,7 +549,7 @@ impl Engine {
     pub async fn submit_result(
         &self,
         worker_id: &str,
-        result: &rxon::TaskResult,
+        result: rxon::TaskResult,
     ) -> Result<rxon::ResultResponse, EngineError> {
         self.shared
             .backend

@@ -140,12 +140,13 @@ impl SharedDb {
             &tx,
             &[job],
             &[],
+            &[],
             Some(id),
             shared.settings.finished_jobs_in_memory,
             self.now(),
         )
         .await;
-        let mut scratch = match loaded {
+        let (mut scratch, _) = match loaded {
             Err(DbError::UnreadableJob(job, why)) => {
                 // Its timers go with it; the next one is fired next.
                 tx.rollback().await?;

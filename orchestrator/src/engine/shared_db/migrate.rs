@@ -53,6 +53,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         11,
         include_str!("../../../migrations/postgres/0011_task_priority.sql"),
     ),
+    (
+        12,
+        include_str!("../../../migrations/postgres/0012_batched_claims.sql"),
+    ),
 ];
 
 /// Applies the migrations not applied yet.

@@ -18,6 +18,7 @@
 //! - [`workers`], [`webhooks`], [`sessions`], [`retention`], [`unreadable`]:
 //!   the rest of what instances share.
 
+mod batch;
 mod cache;
 mod glance;
 mod keys;
@@ -143,6 +144,10 @@ pub(crate) struct SharedDb {
     active_counts: std::sync::Mutex<std::collections::HashMap<String, (Instant, usize)>>,
     /// When this instance last wrote each worker's `last_seen`.
     touched: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+    /// Events for the next batch ([`batch`]).
+    batch: tokio::sync::mpsc::UnboundedSender<batch::Pending>,
+    /// Their receiving end, until the batchers start.
+    batch_queue: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<batch::Pending>>>,
 }
 impl SharedDb {
     pub(crate) async fn connect(url: &str, keep_jobs: usize) -> Result<Arc<Self>, DbError> {
@@ -176,6 +181,7 @@ impl SharedDb {
             .build()
             .map_err(|e| DbError::Pool(e.to_string()))?;
         let (notices, requests) = tokio::sync::mpsc::unbounded_channel();
+        let (batch, batch_queue) = tokio::sync::mpsc::unbounded_channel();
         let db = Arc::new(Self {
             pool,
             tasks: Default::default(),
@@ -193,6 +199,8 @@ impl SharedDb {
             clock_offset_us: Default::default(),
             touched: Default::default(),
             active_counts: Default::default(),
+            batch,
+            batch_queue: std::sync::Mutex::new(Some(batch_queue)),
         });
         let shown = without_password(url);
         let mut client = db
@@ -253,46 +261,66 @@ impl SharedDb {
         workers: &[String],
         mut f: impl FnMut(&mut EngineState) -> R + Send,
     ) -> Result<R, DbError> {
+        self.event_claiming(shared, jobs, workers, &[], |st, _| f(st))
+            .await
+    }
+
+    /// [`Self::event`], claiming a task for each worker `claim_for` names
+    /// (see [`Scratch::load`]); `f` is told whom a task was claimed for.
+    async fn event_claiming<R: Send>(
+        &self,
+        shared: &Arc<Shared>,
+        jobs: &[Uuid],
+        workers: &[String],
+        claim_for: &[String],
+        mut f: impl FnMut(&mut EngineState, &[String]) -> R + Send,
+    ) -> Result<R, DbError> {
         let mut made = 0;
         loop {
             made += 1;
-            match self.try_event(shared, jobs, workers, None, &mut f).await {
+            match self
+                .try_event(shared, jobs, workers, claim_for, &mut f)
+                .await
+            {
                 Err(e) => self.again(made, e).await?,
                 done => return done,
             }
         }
     }
 
+    /// One attempt at an event: load, `f`, write, commit, then what follows
+    /// a commit.
     async fn try_event<R: Send>(
         &self,
         shared: &Arc<Shared>,
         jobs: &[Uuid],
         workers: &[String],
-        fired: Option<i64>,
-        f: &mut (impl FnMut(&mut EngineState) -> R + Send),
+        claim_for: &[String],
+        f: &mut (impl FnMut(&mut EngineState, &[String]) -> R + Send),
     ) -> Result<R, DbError> {
         let mut client = self.client().await?;
-        if jobs.is_empty() && workers.is_empty() && fired.is_none() {
+        if jobs.is_empty() && workers.is_empty() && claim_for.is_empty() {
             // Nothing to read or lock (a job created): its writes are one
             // statement, atomic without a transaction around it.
             let mut scratch = Scratch::empty(shared.settings.finished_jobs_in_memory, self.now());
-            let r = f(&mut scratch.st);
+            let r = f(&mut scratch.st, &[]);
             let applied = scratch.apply(&client, shared).await?;
             drop(client);
             self.committed(shared, applied);
             return Ok(r);
         }
         let tx = client.transaction().await?;
-        let mut scratch = Scratch::load(
+        let (mut scratch, claimed_for) = Scratch::load(
             &tx,
             jobs,
             workers,
-            fired,
+            claim_for,
+            None,
             shared.settings.finished_jobs_in_memory,
             self.now(),
         )
         .await?;
-        let r = f(&mut scratch.st);
+        let r = f(&mut scratch.st, &claimed_for);
         let applied = scratch.apply(&tx, shared).await?;
         tx.commit().await?;
         // Back to the pool before taking another for the notification.
@@ -309,6 +337,7 @@ impl SharedDb {
         );
         tokio::spawn(self.clone().listen());
         tokio::spawn(self.clone().maintenance_loop(engine.shared.clone()));
+        self.start_batchers(&engine.shared);
         // Deploys made through another instance take effect here within a
         // second (the maintenance loop sees them), or at the latest after
         // [`DEPLOYS_FALLBACK`].
@@ -371,8 +400,9 @@ impl SharedDb {
         if self.active_jobs(&new.owner, max).await? >= max {
             return Err(EngineError::too_many_active_jobs(max, &new.owner));
         }
-        self.event(shared, &[], &[], |st| {
-            machine::create(shared, st, id, bp, new.clone());
+        let (on, bp) = (shared.clone(), bp.clone());
+        self.batched(shared, Vec::new(), Vec::new(), move |st| {
+            machine::create(&on, st, id, &bp, new.clone());
         })
         .await?;
         Ok(())
@@ -418,17 +448,18 @@ impl SharedDb {
         Ok(n)
     }
 
-    /// The job of a task result (to lock it first).
+    /// A task result, in the next batch (its job locked and loaded there).
     pub(crate) async fn apply_result(
         &self,
         shared: &Arc<Shared>,
         worker_id: &str,
-        result: &rxon::TaskResult,
+        result: rxon::TaskResult,
     ) -> Result<rxon::ResultResponse, DbError> {
         let jobs: Vec<Uuid> = Uuid::parse_str(&result.job_id).into_iter().collect();
         self.touch(worker_id).await?;
-        self.event(shared, &jobs, &[worker_id.to_string()], |st| {
-            machine::apply_result(shared, st, worker_id, result)
+        let (on, worker) = (shared.clone(), worker_id.to_string());
+        self.batched(shared, jobs, vec![worker_id.to_string()], move |st| {
+            machine::apply_result(&on, st, &worker, &result)
         })
         .await
     }

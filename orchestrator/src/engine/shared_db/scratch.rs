@@ -138,42 +138,22 @@ pub(super) struct Scratch {
 
 impl Scratch {
     /// Locks and loads `jobs` (ids), and loads `workers` with all their
-    /// leases. `fired`: a timer being fired now (already locked by the caller),
-    /// left out of the scratch state so it is dropped.
+    /// leases. `claim_for`: one worker id per task to claim for it (see
+    /// `engine_load_batch`, migration 0012): each claimed task is queued in
+    /// the scratch state, for the machine to hand out, and its job loaded;
+    /// the second value names, once per task claimed, the worker it was
+    /// claimed for. `fired`: a timer being fired now (already locked by the
+    /// caller), left out of the scratch state so it is dropped.
     pub async fn load(
         tx: &Transaction<'_>,
         jobs: &[Uuid],
         workers: &[String],
+        claim_for: &[String],
         fired: Option<i64>,
         keep_finished: usize,
         now: DateTime<Utc>,
-    ) -> Result<Self, DbError> {
-        let (scratch, _) =
-            Self::load_with(tx, jobs, workers, None, fired, keep_finished, now).await?;
-        Ok(scratch)
-    }
-
-    /// Claims the oldest queued task of `types` for `worker` and loads its
-    /// job and the worker, in the same call (the task queued in the scratch
-    /// state, for the machine to hand out); `None` when none is queued.
-    pub async fn claim(
-        tx: &Transaction<'_>,
-        worker: &str,
-        types: &[String],
-        keep_finished: usize,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Self>, DbError> {
-        let (scratch, claimed) = Self::load_with(
-            tx,
-            &[],
-            &[worker.to_string()],
-            Some(types),
-            None,
-            keep_finished,
-            now,
-        )
-        .await?;
-        Ok(claimed.then_some(scratch))
+    ) -> Result<(Self, Vec<String>), DbError> {
+        Self::load_with(tx, jobs, workers, claim_for, fired, keep_finished, now).await
     }
 
     pub fn empty(keep_finished: usize, now: DateTime<Utc>) -> Self {
@@ -193,34 +173,37 @@ impl Scratch {
         }
     }
 
-    /// One call of `engine_load` (migration 0008): see there. Also says
-    /// whether a task was claimed.
+    /// One call of `engine_load_batch` (migration 0012): see there.
     async fn load_with(
         tx: &Transaction<'_>,
         jobs: &[Uuid],
         workers: &[String],
-        claim: Option<&[String]>,
+        claim_for: &[String],
         fired: Option<i64>,
         keep_finished: usize,
         now: DateTime<Utc>,
-    ) -> Result<(Self, bool), DbError> {
+    ) -> Result<(Self, Vec<String>), DbError> {
         let mut scratch = Self::empty(keep_finished, now);
         let mut ids: Vec<Uuid> = jobs.to_vec();
         ids.sort();
         ids.dedup();
-        if ids.is_empty() && workers.is_empty() && claim.is_none() {
+        if ids.is_empty() && workers.is_empty() && claim_for.is_empty() {
             // Nothing to lock or read (a job being created).
-            return Ok((scratch, false));
+            return Ok((scratch, Vec::new()));
         }
+        let claim = (!claim_for.is_empty()).then_some(claim_for);
         let rows = tx
             .query(
-                &tx.prepare_cached("SELECT k, n, a, b, ts, job, rec FROM engine_load($1, $2, $3)")
-                    .await?,
+                &tx.prepare_cached(
+                    "SELECT k, n, a, b, ts, job, rec, r FROM engine_load_batch($1, $2, $3)",
+                )
+                .await?,
                 &[&ids, &workers, &claim],
             )
             .await?;
         let (st, mono) = (&mut scratch.st, scratch.mono);
-        let mut claimed = None;
+        let mut claimed = Vec::new();
+        let mut claimed_for = Vec::new();
         let mut max_id = 0i64;
         let mut lease_rows: Vec<(String, Uuid, String, DateTime<Utc>)> = Vec::new();
         for row in &rows {
@@ -261,14 +244,18 @@ impl Scratch {
                 }
                 _ => {
                     let task_type: String = row.get(3);
-                    claimed = Some((
+                    if let Some(serde_json::Value::String(worker)) =
+                        row.get::<_, Option<serde_json::Value>>(6)
+                    {
+                        claimed_for.push(worker);
+                    }
+                    claimed.push((
                         task_type,
                         super::super::Queued {
                             job: row.get(5),
                             task_id: row.get(2),
                             seq: row.get::<_, i64>(1) as u64,
-                            // Handed out at once; its place no longer matters.
-                            rank: 0,
+                            rank: row.get::<_, i64>(7),
                         },
                     ));
                 }
@@ -297,9 +284,9 @@ impl Scratch {
             }
         }
         scratch.leases = leases;
-        let was_claimed = claimed.is_some();
-        if let Some((task_type, queued)) = claimed {
-            // Queued as it was, for the machine to hand out.
+        for (task_type, queued) in claimed {
+            // Queued as it was, for the machine to hand out (what it does
+            // not hand out is queued again by the write).
             scratch
                 .st
                 .queues
@@ -307,7 +294,7 @@ impl Scratch {
                 .or_default()
                 .insert(queued.key(), queued);
         }
-        Ok((scratch, was_claimed))
+        Ok((scratch, claimed_for))
     }
 
     /// Writes what the event changed, in one statement. Fails with

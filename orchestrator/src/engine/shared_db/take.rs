@@ -1,34 +1,30 @@
-//! A worker taking a task: its record and whether anything is queued for
-//! it, then the claim and the event in one transaction; and when its
-//! `last_seen` is written.
+//! A worker taking a task: a claim in the next batch ([`super::batch`]),
+//! where the machine hands it out; and when its `last_seen` is written.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::scratch::{Scratch, StoredWorker};
 use super::{DbError, SharedDb, TOUCHED_KEPT};
-use crate::engine::{EngineError, Shared, machine};
+use crate::engine::{EngineError, EngineState, Shared, machine};
 
 /// A worker's `last_seen` is written at most this often by one instance
 /// (at every task taken and every result it was a row update, i.e. a new
 /// row version and WAL, twice per job); worker time-outs are many seconds.
 const TOUCH_EVERY: Duration = Duration::from_millis(500);
 
-/// Whether a task of one of worker `w`'s skills is queued (SQL).
-macro_rules! queued_for_worker {
-    () => {
-        "EXISTS (SELECT 1 FROM task_queue q WHERE q.task_type IN
-             (SELECT s->>'name' FROM jsonb_array_elements(w.record->'skills') s))"
-    };
-}
+/// Most claims one take makes in a row that each find a task that is no
+/// longer waiting (its job moved on, or another take of the same batch got
+/// it first) before it answers "nothing" (the worker polls again).
+const STALE_CLAIMS: usize = 64;
 
 /// What one attempt at taking a task found.
 enum Took {
     /// A task for the worker.
     Task(Box<rxon::TaskPayload>),
-    /// A stale queue entry (its job moved on), consumed: try the next one.
+    /// A task was claimed for the worker but was no longer waiting, or went
+    /// to another take of the batch: try again.
     Stale,
     /// Nothing queued that the worker can run.
     Nothing,
@@ -37,98 +33,30 @@ enum Took {
 }
 
 impl SharedDb {
-    /// Claims the oldest queued task this worker can run, if any.
+    /// Claims the first queued task this worker can run, if any.
     pub(crate) async fn take(
         &self,
         shared: &Arc<Shared>,
         worker_id: &str,
     ) -> Result<Option<rxon::TaskPayload>, EngineError> {
-        let mut made = 0;
-        loop {
-            made += 1;
-            let took = match self.try_take(shared, worker_id).await {
-                Ok(took) => took,
-                Err(e) => {
-                    self.again(made, e).await?;
-                    continue;
-                }
-            };
+        self.touch(worker_id).await?;
+        for _ in 0..STALE_CLAIMS {
+            let (on, worker) = (shared.clone(), worker_id.to_string());
+            let took = self
+                .batched_take(shared, worker_id, move |st, claimed_for| {
+                    take_step(&on, st, &worker, claimed_for)
+                })
+                .await?;
             match took {
                 Took::Task(payload) => return Ok(Some(*payload)),
-                Took::Stale => made = 0,
+                Took::Stale => continue,
                 Took::Nothing => return Ok(None),
                 Took::UnknownWorker => {
                     return Err(EngineError::UnknownWorker(worker_id.to_string()));
                 }
             }
         }
-    }
-
-    async fn try_take(&self, shared: &Arc<Shared>, worker_id: &str) -> Result<Took, DbError> {
-        let mut client = self.client().await?;
-        // The worker's record, and whether a task it can run is queued at
-        // all: woken pollers that find the queue empty stop at this one
-        // statement instead of a transaction.
-        let sql = if self.due_for_touch(worker_id) {
-            concat!(
-                "UPDATE workers w SET last_seen = now() WHERE id = $1 RETURNING record, ",
-                queued_for_worker!()
-            )
-        } else {
-            concat!(
-                "SELECT record, ",
-                queued_for_worker!(),
-                " FROM workers w WHERE id = $1"
-            )
-        };
-        let row = client
-            .query_opt(&client.prepare_cached(sql).await?, &[&worker_id])
-            .await?;
-        let Some(row) = row else {
-            return Ok(Took::UnknownWorker);
-        };
-        let stored: StoredWorker =
-            serde_json::from_value(row.get(0)).map_err(|e| DbError::Corrupt(e.to_string()))?;
-        if stored.status == "offline" || !row.get::<_, bool>(1) {
-            return Ok(Took::Nothing);
-        }
-        let skills: Vec<String> = stored.skills.iter().map(|s| s.name.clone()).collect();
-        let tx = client.transaction().await?;
-        let Some(mut scratch) = Scratch::claim(
-            &tx,
-            worker_id,
-            &skills,
-            shared.settings.finished_jobs_in_memory,
-            self.now(),
-        )
-        .await?
-        else {
-            tx.commit().await?;
-            return Ok(Took::Nothing);
-        };
-        // The worker expired or left since it was read above (another
-        // instance dropped it): undo the claim, so the task stays queued for
-        // another worker instead of being consumed without an owner.
-        let usable = scratch
-            .st
-            .workers
-            .get(worker_id)
-            .is_some_and(|w| w.status != "offline");
-        if !usable {
-            tx.rollback().await?;
-            return Ok(Took::UnknownWorker);
-        }
-        let payload = machine::take_task(shared, &mut scratch.st, worker_id);
-        // A stale entry is consumed, not put back.
-        scratch.st.queues.clear();
-        let applied = scratch.apply(&tx, shared).await?;
-        tx.commit().await?;
-        drop(client);
-        self.committed(shared, applied);
-        Ok(match payload {
-            Some(payload) => Took::Task(Box::new(payload)),
-            None => Took::Stale,
-        })
+        Ok(None)
     }
 
     /// Whether `worker_id`'s `last_seen` is due to be written (at most once
@@ -164,5 +92,21 @@ impl SharedDb {
             )
             .await?;
         Ok(())
+    }
+}
+
+/// A take's step of a batch: the machine hands `worker` the first task of
+/// its skills in the scratch queue (those the batch claimed, and any an
+/// earlier event of the batch queued).
+fn take_step(shared: &Shared, st: &mut EngineState, worker: &str, claimed_for: &[String]) -> Took {
+    match st.workers.get(worker) {
+        None => return Took::UnknownWorker,
+        Some(w) if w.status == "offline" => return Took::Nothing,
+        Some(_) => {}
+    }
+    match machine::take_task(shared, st, worker) {
+        Some(payload) => Took::Task(Box::new(payload)),
+        None if claimed_for.iter().any(|w| w == worker) => Took::Stale,
+        None => Took::Nothing,
     }
 }
