@@ -21,7 +21,13 @@
 -- rolling upgrade.
 CREATE FUNCTION engine_load_batch(job_ids uuid[], worker_ids text[], claim_for text[])
 RETURNS TABLE (k int2, n bigint, a text, b text, ts timestamptz, job uuid, rec jsonb, r bigint)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Plain index scans only (each condition on one column, no bitmap scans):
+-- a bitmap scan never marks the index entries of deleted rows as dead, and
+-- the queue's and the leases' indexes fill with them between vacuums (each
+-- claim and each load of a worker's leases then read ~700 dead entries).
+SET enable_bitmapscan = off
+AS $$
 DECLARE
     claimed record;
     wid text;
@@ -50,7 +56,10 @@ BEGIN
     RETURN QUERY
         WITH l AS MATERIALIZED (
             SELECT t.task_id, t.job_id, t.worker_id, t.since FROM task_leases t
-            WHERE t.job_id = ANY(job_ids) OR t.worker_id = ANY(worker_ids))
+                WHERE t.job_id = ANY(job_ids)
+            UNION
+            SELECT t.task_id, t.job_id, t.worker_id, t.since FROM task_leases t
+                WHERE t.worker_id = ANY(worker_ids))
         SELECT 0::int2, t.id, t.kind, t.task_id, t.due_at, t.job_id, NULL::jsonb, NULL::bigint
             FROM timers t WHERE t.job_id = ANY(job_ids)
         UNION ALL
@@ -58,5 +67,6 @@ BEGIN
             NULL::bigint FROM l
         UNION ALL
         SELECT 2::int2, NULL::bigint, w.id, NULL::text, w.last_seen, NULL::uuid, w.record, NULL::bigint
-            FROM workers w WHERE w.id = ANY(worker_ids) OR w.id IN (SELECT l.worker_id FROM l);
+            FROM workers w
+            WHERE w.id = ANY(worker_ids || ARRAY(SELECT DISTINCT l.worker_id FROM l));
 END $$;
