@@ -219,6 +219,10 @@ pub struct TaskRecord {
     /// Higher goes first among tasks of its type (see `PRIORITY_AGING`).
     #[serde(default, skip_serializing_if = "is_zero_f64")]
     pub priority: f64,
+    /// What the worker that takes it must have (from its dispatch's
+    /// `requires`, kept as dispatched).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requires: Option<Arc<crate::engine::matching::Requirements>>,
     /// Worker events (other than progress) received about this attempt.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub events: u32,

@@ -1672,3 +1672,92 @@ async fn progress_reports_closer_than_half_a_second_are_dropped(h: Holder) {
         Some(json!({"progress": 0.5}))
     );
 }
+
+const GPU_FLOW: &str = r#"
+[states.start]
+start = true
+goto = [{ when = "initial.gpu | default(true)", to = "gpu" }, { to = "plain" }]
+[states.gpu]
+dispatch.task = "render"
+dispatch.params.n = "initial.n"
+dispatch.requires = { resources = { devices = [{ type = "gpu", properties = { vram_gb = 16 } }] }, installed_software = { ffmpeg = "any" } }
+dispatch.on = { success = "done" }
+[states.plain]
+dispatch.task = "render"
+dispatch.params.n = "initial.n"
+dispatch.on = { success = "done" }
+[states.done]
+end = "finished"
+"#;
+
+async fn register_with(engine: &Engine, worker: &str, resources: serde_json::Value) {
+    let reg: rxon::WorkerRegistration = serde_json::from_value(json!({
+        "worker_id": worker,
+        "worker_type": "test",
+        "supported_skills": [{"name": "render"}],
+        "resources": resources,
+        "installed_software": {"ffmpeg": "6.1"},
+    }))
+    .unwrap();
+    engine.register_worker(&reg).await.expect("registered");
+}
+
+on_both!(a_task_requiring_a_gpu_waits_for_a_worker_declaring_one);
+async fn a_task_requiring_a_gpu_waits_for_a_worker_declaring_one(h: Holder) {
+    let engine = h.engine(GPU_FLOW).await;
+    register_with(&engine, "cpu", json!({"properties": {"cpu_cores": 8}})).await;
+    register_with(
+        &engine,
+        "small-gpu",
+        json!({"devices": [{"type": "gpu", "model": "T4", "properties": {"vram_gb": 8}}]}),
+    )
+    .await;
+    let gpu_job = create(&engine, json!({"n": 1})).await;
+    // Neither worker meets it: it waits, and says why.
+    assert!(poll(&engine, "cpu").await.is_none());
+    assert!(poll(&engine, "small-gpu").await.is_none());
+    let waiting = job(&engine, gpu_job).await;
+    let why = engine.waiting_reason(&waiting).await.unwrap();
+    assert!(
+        why.contains("no registered worker meets what task")
+            && why.contains("render")
+            && why.contains("required device 1"),
+        "{why}"
+    );
+    // A worker that declares the GPU takes it.
+    register_with(
+        &engine,
+        "big-gpu",
+        json!({"devices": [{"type": "gpu", "model": "A100", "properties": {"vram_gb": 40}}]}),
+    )
+    .await;
+    let why = engine
+        .waiting_reason(&job(&engine, gpu_job).await)
+        .await
+        .unwrap();
+    assert!(why.contains("1 registered meet it"), "{why}");
+    assert!(poll(&engine, "cpu").await.is_none());
+    let task = poll(&engine, "big-gpu").await.unwrap();
+    assert_eq!(task.job_id, gpu_job.to_string());
+}
+
+on_both!(tasks_behind_one_no_worker_meets_still_go_to_others);
+async fn tasks_behind_one_no_worker_meets_still_go_to_others(h: Holder) {
+    let engine = h.engine(GPU_FLOW).await;
+    register_with(&engine, "cpu", json!({"properties": {"cpu_cores": 8}})).await;
+    // A GPU task queued first, then tasks of the same type needing nothing.
+    let gpu_job = create(&engine, json!({"n": 0})).await;
+    let mut plain = Vec::new();
+    for n in 1..4 {
+        plain.push(create(&engine, json!({"n": n, "gpu": false})).await);
+    }
+    for want in &plain {
+        let task = poll(&engine, "cpu").await.expect("a plain task");
+        assert_eq!(task.job_id, want.to_string());
+    }
+    assert!(poll(&engine, "cpu").await.is_none());
+    assert_eq!(
+        job(&engine, gpu_job).await.status,
+        JobStatus::WaitingForWorker
+    );
+}

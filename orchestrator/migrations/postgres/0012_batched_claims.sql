@@ -1,24 +1,34 @@
 -- Batches (orchestrator/src/engine/shared_db/batch.rs): one call of
 -- engine_load_batch serves the events and the takes of a batch. `claim_for`
--- names one worker per task wanted (a worker may appear more than once):
--- for each, in turn,
--- the first queued task (by rank, then seq) of that worker's skills is
--- claimed — deleted, skipping rows other transactions hold — unless the
--- worker is unknown or offline, and its job joins `job_ids`; the workers
--- named there join `worker_ids`. The rest is as before (0008, 0011): the
--- jobs named are locked in id order, then, in a statement of its own (so
--- its snapshot is taken once the locks are held), their timers, the leases
--- of those jobs and of the workers named, and the workers holding any of
--- them. One row per item, by kind `k`:
+-- names one worker per task wanted (a worker may appear more than once).
+-- For each, in turn, unless the worker is unknown or offline:
+--   - the head: the first queued task (by rank, then seq) of that worker's
+--     skills that requires nothing of its worker, locked (skipping rows
+--     other transactions hold);
+--   - ahead of it (or anywhere, when there is none), at most 32 tasks that
+--     do require something (`constrained`), read without a lock: the engine
+--     matches them against the worker, and hands out one only under its
+--     job's lock, which every take of that task needs.
+-- Each such task's job joins `job_ids`, the workers named join
+-- `worker_ids`. Nothing is deleted here: the write deletes what the engine
+-- handed out (or found stale). The rest is as in engine_load (0008, 0011):
+-- the jobs named are locked in id order, then, in a statement of its own
+-- (so its snapshot is taken once the locks are held), their timers, the
+-- leases of those jobs and of the workers named, and the workers holding
+-- any of them. One row per item, by kind `k`:
 --   0 timer:   n = id, a = kind, b = task_id, ts = due_at, job = job_id
 --   1 lease:   a = task_id, b = worker_id, ts = since, job = job_id
 --   2 worker:  a = id, ts = last_seen, rec = record
 --   3 job:     a = body, job = id (locked)
---   4 claimed: n = seq, a = task_id, b = task_type, job = job_id,
---              rec = the worker it was claimed for (a JSON string), r = rank
+--   4 queued:  n = seq, a = task_id, b = task_type, job = job_id, r = rank,
+--              rec = the worker it was claimed for (a JSON string) for a
+--              head, NULL for a task that requires something
 -- (r is NULL on the other kinds).
 -- engine_load (0011) stays for instances of the previous release during a
 -- rolling upgrade.
+ALTER TABLE task_queue ADD COLUMN constrained BOOLEAN NOT NULL DEFAULT false;
+CREATE INDEX task_queue_constrained ON task_queue (task_type, rank, seq) WHERE constrained;
+
 CREATE FUNCTION engine_load_batch(job_ids uuid[], worker_ids text[], claim_for text[])
 RETURNS TABLE (k int2, n bigint, a text, b text, ts timestamptz, job uuid, rec jsonb, r bigint)
 LANGUAGE plpgsql
@@ -29,9 +39,11 @@ LANGUAGE plpgsql
 SET enable_bitmapscan = off
 AS $$
 DECLARE
-    claimed record;
+    head record;
+    c record;
     wid text;
     types text[];
+    seen bigint[] := '{}';
 BEGIN
     IF claim_for IS NOT NULL THEN
         FOREACH wid IN ARRAY claim_for LOOP
@@ -39,14 +51,25 @@ BEGIN
                 FROM workers w, jsonb_array_elements(w.record->'skills') s
                 WHERE w.id = wid AND w.record->>'status' IS DISTINCT FROM 'offline';
             CONTINUE WHEN types IS NULL;
-            DELETE FROM task_queue q WHERE q.seq = (
-                SELECT s.seq FROM task_queue s WHERE s.task_type = ANY(types)
-                ORDER BY s.rank, s.seq LIMIT 1 FOR UPDATE SKIP LOCKED)
-            RETURNING q.seq, q.job_id, q.task_id, q.task_type, q.rank INTO claimed;
-            CONTINUE WHEN NOT FOUND;
-            job_ids := array_append(job_ids, claimed.job_id);
-            RETURN QUERY SELECT 4::int2, claimed.seq, claimed.task_id, claimed.task_type,
-                NULL::timestamptz, claimed.job_id, to_jsonb(wid), claimed.rank;
+            SELECT q.seq, q.rank, q.job_id, q.task_id, q.task_type INTO head
+                FROM task_queue q
+                WHERE q.task_type = ANY(types) AND NOT q.constrained AND q.seq <> ALL(seen)
+                ORDER BY q.rank, q.seq LIMIT 1 FOR UPDATE SKIP LOCKED;
+            FOR c IN SELECT q.seq, q.rank, q.job_id, q.task_id, q.task_type FROM task_queue q
+                WHERE q.task_type = ANY(types) AND q.constrained AND q.seq <> ALL(seen)
+                    AND (head.seq IS NULL OR (q.rank, q.seq) < (head.rank, head.seq))
+                ORDER BY q.rank, q.seq LIMIT 32
+            LOOP
+                seen := seen || c.seq;
+                job_ids := array_append(job_ids, c.job_id);
+                RETURN QUERY SELECT 4::int2, c.seq, c.task_id, c.task_type,
+                    NULL::timestamptz, c.job_id, NULL::jsonb, c.rank;
+            END LOOP;
+            CONTINUE WHEN head.seq IS NULL;
+            seen := seen || head.seq;
+            job_ids := array_append(job_ids, head.job_id);
+            RETURN QUERY SELECT 4::int2, head.seq, head.task_id, head.task_type,
+                NULL::timestamptz, head.job_id, to_jsonb(wid), head.rank;
         END LOOP;
         worker_ids := worker_ids || claim_for;
     END IF;

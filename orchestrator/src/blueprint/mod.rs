@@ -14,6 +14,7 @@ pub use catalog::Catalog;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use expr::{Expr, ParamValue};
@@ -89,6 +90,16 @@ pub struct TaskSpec {
     pub retry: RetryPolicy,
     /// The task's priority (else the job's `priority`, else 0).
     pub priority: Option<ParamValue>,
+    /// What the worker that takes it must have.
+    pub requires: Option<Arc<crate::engine::matching::Requirements>>,
+}
+
+fn compile_requires(
+    r: &Option<crate::engine::matching::Requirements>,
+) -> Result<Option<Arc<crate::engine::matching::Requirements>>, String> {
+    let Some(r) = r else { return Ok(None) };
+    r.validate()?;
+    Ok(Some(Arc::new(r.clone())))
 }
 
 /// Largest priority, either way.
@@ -443,6 +454,7 @@ fn compile_state(name: &str, file: &StateFile) -> Result<Action, String> {
                 result_timeout: secs(d.result_timeout, "result_timeout")?,
                 retry: RetryPolicy::from_file(d.retry)?,
                 priority: compile_priority(&d.priority)?,
+                requires: compile_requires(&d.requires)?,
             },
             on: d.on.clone(),
             events: d.events.clone(),
@@ -464,6 +476,7 @@ fn compile_state(name: &str, file: &StateFile) -> Result<Action, String> {
                     result_timeout: secs(p.result_timeout, "result_timeout")?,
                     retry: RetryPolicy::from_file(p.retry)?,
                     priority: compile_priority(&p.priority)?,
+                    requires: compile_requires(&p.requires)?,
                 },
             );
         }
@@ -595,6 +608,7 @@ fn compile_map(m: &model::MapFile) -> Result<MapSpec, String> {
             result_timeout: secs(m.result_timeout, "result_timeout")?,
             retry: RetryPolicy::from_file(m.retry)?,
             priority: compile_priority(&m.priority)?,
+            requires: compile_requires(&m.requires)?,
         },
         max_in_flight,
         fail_fast,

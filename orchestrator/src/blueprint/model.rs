@@ -105,6 +105,9 @@ pub struct DispatchFile {
     /// The task's priority: a number, or an expression giving one.
     #[serde(default)]
     pub priority: Option<toml::Value>,
+    /// What the worker that takes it must have (see engine/matching.rs).
+    #[serde(default)]
+    pub requires: Option<crate::engine::matching::Requirements>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -133,6 +136,9 @@ pub struct ParallelFile {
     /// The branches' priority: a number, or an expression giving one.
     #[serde(default)]
     pub priority: Option<toml::Value>,
+    /// What the worker that takes a branch must have.
+    #[serde(default)]
+    pub requires: Option<crate::engine::matching::Requirements>,
     #[serde(default)]
     pub retry: Option<RetryFile>,
     #[serde(default)]
@@ -171,6 +177,9 @@ pub struct MapFile {
     /// Each element task's priority (sees `item` and `index`).
     #[serde(default)]
     pub priority: Option<toml::Value>,
+    /// What the worker that takes an element task must have.
+    #[serde(default)]
+    pub requires: Option<crate::engine::matching::Requirements>,
     #[serde(default)]
     pub retry: Option<RetryFile>,
     #[serde(default)]

@@ -27,6 +27,7 @@ pub mod error;
 mod events;
 mod local;
 pub(crate) mod machine;
+pub mod matching;
 pub mod persist;
 pub mod retention;
 mod settings;

@@ -44,6 +44,9 @@ pub struct Queued {
     /// Its place: when it was queued (µs since the epoch), moved earlier by
     /// [`PRIORITY_AGING`] per unit of the task's priority. Smallest first.
     pub rank: i64,
+    /// The task requires something of its worker (`requires`): a take
+    /// checks it against the worker before handing it out.
+    pub constrained: bool,
 }
 
 impl Queued {

@@ -30,6 +30,11 @@ pub struct WorkerRecord {
     /// Last status the worker reported (`idle`, `busy`, `offline`, …).
     pub status: String,
     pub capabilities: Option<Value>,
+    /// What it registered as its hardware (RXON `resources`: `devices`,
+    /// `properties`), for tasks that require some ([`super::matching`]).
+    pub resources: Option<Value>,
+    /// Software name → version, as registered.
+    pub installed_software: Option<Value>,
     pub registered_at: DateTime<Utc>,
     pub last_heartbeat_at: DateTime<Utc>,
     /// When it was last heard from (heartbeat, poll or result); drives expiry.
@@ -95,8 +100,40 @@ impl WorkerRecord {
             last_heartbeat_at: self.last_heartbeat_at,
             in_flight_tasks: self.in_flight.keys().cloned().collect(),
             capabilities: self.capabilities.clone(),
+            resources: self.resources.clone(),
+            installed_software: self.installed_software.clone(),
             plugins: self.plugins.clone(),
             usage: self.usage.clone(),
+        }
+    }
+
+    /// A worker offering `skills`, for unit tests.
+    #[cfg(test)]
+    pub fn test(id: &str, skills: &[&str]) -> Self {
+        Self {
+            worker_id: id.into(),
+            worker_type: "test".into(),
+            skills: skills
+                .iter()
+                .map(|s| rxon::SkillInfo {
+                    name: s.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            status: "idle".into(),
+            capabilities: None,
+            resources: None,
+            installed_software: None,
+            registered_at: Utc::now(),
+            last_heartbeat_at: Utc::now(),
+            last_seen: Instant::now(),
+            ttl: Duration::from_secs(60),
+            instance_id: None,
+            channel_lost: false,
+            in_flight: BTreeMap::new(),
+            wake: Arc::new(Notify::new()),
+            plugins: Vec::new(),
+            usage: None,
         }
     }
 }
@@ -115,6 +152,10 @@ pub struct WorkerView {
     pub in_flight_tasks: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub installed_software: Option<Value>,
     /// Registry plugins it runs or could not load.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub plugins: Vec<rxon::deploy::PluginReport>,

@@ -20,6 +20,7 @@ pub(crate) fn enqueue(
         task_id: task.task_id.clone(),
         seq,
         rank: super::super::state::rank(task.queued_at, task.priority),
+        constrained: task.requires.is_some(),
     };
     st.queues
         .entry(task.task_type.clone())
@@ -78,20 +79,63 @@ pub(crate) fn take_task(
     }
     let skills: Vec<String> = worker.skills.iter().map(|s| s.name.clone()).collect();
     loop {
+        // Per skill, the first task this worker may take; then the first
+        // of those.
         let mut best: Option<((i64, u64), &str)> = None;
         for skill in &skills {
-            if let Some((front, _)) = st.queues.get(skill).and_then(|q| q.first_key_value())
-                && best.is_none_or(|(key, _)| *front < key)
-            {
-                best = Some((*front, skill));
+            let Some(key) = st
+                .queues
+                .get(skill)
+                .and_then(|q| first_for(st, q, worker_id))
+            else {
+                continue;
+            };
+            if best.is_none_or(|(b, _)| key < b) {
+                best = Some((key, skill));
             }
         }
-        let skill = best?.1.to_string();
-        let (_, queued) = st.queues.get_mut(&skill)?.pop_first()?;
+        let (key, skill) = best?;
+        let skill = skill.to_string();
+        let queued = st.queues.get_mut(&skill)?.remove(&key)?;
         if let Some(payload) = hand_out(shared, st, worker_id, &queued) {
             return Some(payload);
         }
     }
+}
+
+/// Most queued tasks one take looks at in one queue for one its worker
+/// meets the requirements of (tasks that require nothing end the look at
+/// once): a queue whose head is many tasks no worker here can run costs a
+/// bounded look, and those behind them wait for a take that finds them.
+pub const MATCH_SCAN: usize = 256;
+
+/// The key of the first task in `queue` worker `worker_id` may take.
+fn first_for(
+    st: &EngineState,
+    queue: &crate::engine::state::TaskQueue,
+    worker_id: &str,
+) -> Option<(i64, u64)> {
+    let worker = st.workers.get(worker_id)?;
+    queue
+        .iter()
+        .take(MATCH_SCAN)
+        .find(|(_, q)| !q.constrained || meets(st, q, worker))
+        .map(|(key, _)| *key)
+}
+
+/// Whether `worker` meets what queued task `q` requires (a task whose job
+/// moved on counts as met: the take drops it).
+fn meets(st: &EngineState, q: &Queued, worker: &WorkerRecord) -> bool {
+    let Some(task) = st
+        .jobs
+        .get(&q.job)
+        .and_then(|j| j.tasks.iter().find(|t| t.task_id == q.task_id))
+    else {
+        return true;
+    };
+    task.requires
+        .as_ref()
+        .is_none_or(|r| r.unmet(worker, &task.task_type).is_none())
 }
 
 pub(crate) fn hand_out(

@@ -112,6 +112,7 @@ fn fill(st: &mut EngineState, job: &mut Job, spec: &MapSpec, events: &mut Vec<Jo
         let mut record = new_record(&spec.task.task_type, params, None);
         record.index = Some(index);
         record.priority = priority;
+        record.requires = spec.task.requires.clone();
         job.tasks.push(record);
         let idx = job.tasks.len() - 1;
         let timeout = task_timeout(spec.task.dispatch_timeout, job.dispatch_timeout);

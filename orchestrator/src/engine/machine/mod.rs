@@ -384,6 +384,7 @@ pub(crate) fn advance(
                 };
                 let mut record = new_record(&task.task_type, params, None);
                 record.priority = priority;
+                record.requires = task.requires.clone();
                 job.tasks = vec![record];
                 job.status = JobStatus::WaitingForWorker;
                 enqueue(
@@ -422,6 +423,7 @@ pub(crate) fn advance(
                             let mut record =
                                 new_record(&spec.task_type, params, Some(name.clone()));
                             record.priority = priority;
+                            record.requires = spec.requires.clone();
                             records.push(record)
                         }
                         Err(e) => {
@@ -500,6 +502,7 @@ pub(crate) fn new_record(task_type: &str, params: Object, branch: Option<String>
         branch,
         index: None,
         priority: 0.0,
+        requires: None,
         events: 0,
         progress_at: None,
         attempt: 1,

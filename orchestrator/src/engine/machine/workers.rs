@@ -62,6 +62,35 @@ pub(crate) fn waiting_reason(st: &EngineState, job: &Job) -> Option<String> {
                     .values()
                     .filter(|w| w.serves(&task.task_type))
                     .count();
+                if let (Some(req), true) = (&task.requires, offering > 0) {
+                    let unmet: Vec<String> = st
+                        .workers
+                        .values()
+                        .filter(|w| w.serves(&task.task_type))
+                        .filter_map(|w| {
+                            req.unmet(w, &task.task_type)
+                                .map(|why| format!("{}: {why}", w.worker_id))
+                        })
+                        .collect();
+                    let meeting = offering - unmet.len();
+                    reasons.push(if meeting == 0 {
+                        // The first few workers' reasons, enough to see why.
+                        let shown: Vec<&str> = unmet.iter().take(3).map(String::as_str).collect();
+                        format!(
+                            "no registered worker meets what task {} ({}) requires ({}{})",
+                            task.task_id,
+                            task.task_type,
+                            shown.join("; "),
+                            if unmet.len() > 3 { "; …" } else { "" }
+                        )
+                    } else {
+                        format!(
+                            "waiting for a free worker offering task type {} that meets what it requires ({meeting} registered meet it)",
+                            task.task_type
+                        )
+                    });
+                    continue;
+                }
                 reasons.push(if offering == 0 {
                     format!("no registered worker offers task type {}", task.task_type)
                 } else {
@@ -190,6 +219,8 @@ pub(crate) fn register_worker(
         skills: reg.supported_skills.clone(),
         status: "idle".into(),
         capabilities: reg.capabilities.clone(),
+        resources: reg.resources.clone(),
+        installed_software: reg.installed_software.clone(),
         registered_at: previous.as_ref().map(|p| p.registered_at).unwrap_or(now),
         last_heartbeat_at: now,
         last_seen: Instant::now(),

@@ -496,6 +496,11 @@ impl SharedDb {
             machine::register_worker(shared, st, reg)
         })
         .await?;
+        // Waiting reasons read here see it at once.
+        *self
+            .reason_workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
         Ok(())
     }
 

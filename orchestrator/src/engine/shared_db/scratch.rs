@@ -33,6 +33,10 @@ pub(super) struct StoredWorker {
     pub skills: Vec<rxon::SkillInfo>,
     pub status: String,
     pub capabilities: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed_software: Option<serde_json::Value>,
     pub registered_at: DateTime<Utc>,
     pub last_heartbeat_at: DateTime<Utc>,
     pub ttl_ms: u64,
@@ -49,6 +53,8 @@ impl StoredWorker {
             skills: w.skills.clone(),
             status: w.status.clone(),
             capabilities: w.capabilities.clone(),
+            resources: w.resources.clone(),
+            installed_software: w.installed_software.clone(),
             registered_at: w.registered_at,
             last_heartbeat_at: w.last_heartbeat_at,
             ttl_ms: w.ttl.as_millis() as u64,
@@ -64,6 +70,8 @@ impl StoredWorker {
             skills: self.skills,
             status: self.status,
             capabilities: self.capabilities,
+            resources: self.resources,
+            installed_software: self.installed_software,
             registered_at: self.registered_at,
             last_heartbeat_at: self.last_heartbeat_at,
             last_seen,
@@ -132,6 +140,10 @@ pub(super) struct Scratch {
     workers: HashMap<String, StoredWorker>,
     leases: BTreeSet<(String, String)>,
     timers: HashMap<(Instant, u64), i64>,
+    /// Queue rows loaded for takes, by their key in the scratch queues:
+    /// the write deletes those the machine took out (handed out or stale),
+    /// and `true` marks a head (one locked for a take).
+    stored_queue: HashMap<(i64, u64), (Uuid, String, bool)>,
     now: DateTime<Utc>,
     mono: Instant,
 }
@@ -168,6 +180,7 @@ impl Scratch {
             workers: HashMap::new(),
             leases: BTreeSet::new(),
             timers: HashMap::new(),
+            stored_queue: HashMap::new(),
             now,
             mono: Instant::now(),
         }
@@ -244,18 +257,23 @@ impl Scratch {
                 }
                 _ => {
                     let task_type: String = row.get(3);
-                    if let Some(serde_json::Value::String(worker)) =
-                        row.get::<_, Option<serde_json::Value>>(6)
-                    {
-                        claimed_for.push(worker);
-                    }
+                    let head = match row.get::<_, Option<serde_json::Value>>(6) {
+                        Some(serde_json::Value::String(worker)) => {
+                            claimed_for.push(worker);
+                            true
+                        }
+                        _ => false,
+                    };
                     claimed.push((
+                        head,
                         task_type,
                         super::super::Queued {
                             job: row.get(5),
                             task_id: row.get(2),
                             seq: row.get::<_, i64>(1) as u64,
                             rank: row.get::<_, i64>(7),
+                            // Set below, from its job.
+                            constrained: false,
                         },
                     ));
                 }
@@ -284,9 +302,17 @@ impl Scratch {
             }
         }
         scratch.leases = leases;
-        for (task_type, queued) in claimed {
-            // Queued as it was, for the machine to hand out (what it does
-            // not hand out is queued again by the write).
+        for (head, task_type, mut queued) in claimed {
+            // Queued as it is, for the machine to hand out.
+            queued.constrained = scratch
+                .st
+                .jobs
+                .get(&queued.job)
+                .and_then(|j| j.tasks.iter().find(|t| t.task_id == queued.task_id))
+                .is_some_and(|t| t.requires.is_some());
+            scratch
+                .stored_queue
+                .insert(queued.key(), (queued.job, queued.task_id.clone(), head));
             scratch
                 .st
                 .queues
@@ -358,9 +384,20 @@ impl Scratch {
             w.hook_urls.push(hook.url);
             w.hook_bodies.push(hook.body);
         }
-        // Queue entries added (the scratch queues started empty but for a
-        // claimed entry, which the event popped), in their order.
+        // Queue entries: those loaded for takes and still there stay as they
+        // are (a head left so is worth a look by other takers: its lock
+        // kept them off it), the others loaded were taken out and are
+        // deleted; the rest were added, in their order.
+        let mut kept = HashMap::new();
         for queued in self.st.queues.values().flat_map(|q| q.values()) {
+            if let Some((job, task_id, head)) = self.stored_queue.get(&queued.key())
+                && *job == queued.job
+                && *task_id == queued.task_id
+            {
+                kept.insert(queued.key(), ());
+                after.queued |= *head;
+                continue;
+            }
             let task_type = self
                 .st
                 .jobs
@@ -372,8 +409,15 @@ impl Scratch {
             w.queue_tasks.push(queued.task_id.clone());
             w.queue_types.push(task_type);
             w.queue_ranks.push(queued.rank);
+            w.queue_constrained.push(queued.constrained);
             after.queued = true;
         }
+        w.queue_taken = self
+            .stored_queue
+            .keys()
+            .filter(|key| !kept.contains_key(key))
+            .map(|(_, seq)| *seq as i64)
+            .collect();
         // Timers added and dropped.
         let mut first_timer: Option<Instant> = None;
         for (key, timer) in &self.st.timers {
@@ -484,6 +528,9 @@ struct Writes {
     queue_tasks: Vec<String>,
     queue_types: Vec<String>,
     queue_ranks: Vec<i64>,
+    queue_constrained: Vec<bool>,
+    /// Queue rows (seq) taken out.
+    queue_taken: Vec<i64>,
     timer_due: Vec<DateTime<Utc>>,
     timer_jobs: Vec<Uuid>,
     timer_kinds: Vec<&'static str>,
@@ -525,11 +572,12 @@ const APPLY: &str = "WITH
          FROM unnest($15::uuid[], $16::timestamptz[], $17::text[], $18::text[], $19::text[])
               WITH ORDINALITY AS e(job_id, at, event, message, task, n)
          ORDER BY n),
-  q AS (INSERT INTO task_queue (job_id, task_id, task_type, rank)
-        SELECT job_id, task_id, task_type, rank
-        FROM unnest($20::uuid[], $21::text[], $22::text[], $42::bigint[])
-             WITH ORDINALITY AS q(job_id, task_id, task_type, rank, n)
+  q AS (INSERT INTO task_queue (job_id, task_id, task_type, rank, constrained)
+        SELECT job_id, task_id, task_type, rank, constrained
+        FROM unnest($20::uuid[], $21::text[], $22::text[], $42::bigint[], $43::bool[])
+             WITH ORDINALITY AS q(job_id, task_id, task_type, rank, constrained, n)
         ORDER BY n),
+  qd AS (DELETE FROM task_queue WHERE seq = ANY($44::bigint[])),
   ti AS (INSERT INTO timers (due_at, job_id, kind, task_id)
          SELECT * FROM unnest($23::timestamptz[], $24::uuid[], $25::text[], $26::text[])),
   td AS (DELETE FROM timers WHERE id = ANY($27::bigint[])),
@@ -555,6 +603,7 @@ impl Writes {
             && self.ins_ids.is_empty()
             && self.event_jobs.is_empty()
             && self.queue_jobs.is_empty()
+            && self.queue_taken.is_empty()
             && self.timer_jobs.is_empty()
             && self.timers_dropped.is_empty()
             && self.lease_tasks.is_empty()
@@ -615,6 +664,8 @@ impl Writes {
                     &self.hook_urls,
                     &self.hook_bodies,
                     &self.queue_ranks,
+                    &self.queue_constrained,
+                    &self.queue_taken,
                 ],
             )
             .await?;
