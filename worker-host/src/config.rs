@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Connect to an orchestrator and serve tasks with the plugins in a directory.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run one task with one plugin locally, no orchestrator needed; prints the result JSON.
     Run(RunArgs),
     /// Load a plugin and print the skills it declares.
@@ -145,6 +145,8 @@ pub struct ServeArgs {
     pub max_plugin_bytes: usize,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+    #[command(flatten)]
+    pub declare: crate::declare::DeclareArgs,
 }
 
 impl ServeArgs {

@@ -25,6 +25,7 @@
 pub mod channel;
 pub mod client;
 pub mod config;
+pub mod declare;
 pub mod grants;
 pub mod health;
 pub mod limits;

@@ -48,7 +48,7 @@ async fn run_command(cli: Cli) -> ExitCode {
             dir,
             sdk,
         }) => new_plugin(lang, &name, &dir, sdk),
-        Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::Serve(args)) => serve(*args).await,
         None => serve(cli.serve).await,
     };
     match result {
@@ -140,6 +140,10 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
         poll_timeout: seconds("--poll-timeout", args.poll_timeout)?,
         task_secret: args.orchestrator_secret.clone().filter(|s| !s.is_empty()),
         task_channel: !args.no_task_channel,
+        declared: args.declare.declared(
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        )?,
         ..WorkerSettings::default()
     };
     let worker = Worker::new(client, engine, plugins, settings);

@@ -170,6 +170,19 @@ fn start_python_worker(
     prefix: &str,
     secret: Option<&str>,
 ) -> Proc {
+    start_python_worker_env(dir, port, id, prefix, secret, &[])
+}
+
+/// [`start_python_worker`] with more of the SDK's environment (e.g. what
+/// it declares: `GPU_MODEL`, `GPU_VRAM_GB`).
+fn start_python_worker_env(
+    dir: &Path,
+    port: u16,
+    id: &str,
+    prefix: &str,
+    secret: Option<&str>,
+    env: &[(&str, &str)],
+) -> Proc {
     let python = venv_python("venv-worker").unwrap();
     let mut cmd = Command::new(python);
     cmd.arg(repo().join("tests/compat/python_worker.py"))
@@ -183,10 +196,28 @@ fn start_python_worker(
         // defaults to true, so an unsigned task is dropped).
         cmd.env("ORCHESTRATOR_SECRET_KEY", secret);
     }
+    cmd.envs(env.iter().copied());
     Proc::spawn(id, cmd, dir.join(format!("{id}.log")))
 }
 
 const PY_FLOWS: &[(&str, &str)] = &[
+    (
+        "py_gpu_flow.toml",
+        r#"
+name = "py_gpu_flow"
+api_endpoint = "/jobs/py-gpu"
+api_version = "v1"
+[states.start]
+start = true
+dispatch.task = "echo_task"
+dispatch.params.message = "initial.message"
+dispatch.params.multiply = 1
+dispatch.requires = { resources = { devices = [{ type = "gpu", model = "rtx", properties = { memory_gb = 16 } }] } }
+dispatch.on = { success = "done" }
+[states.done]
+end = "finished"
+"#,
+    ),
     (
         "py_parent_flow.toml",
         r#"
@@ -773,4 +804,55 @@ async fn the_python_sdk_with_the_secret_refuses_unsigned_tasks() {
         },
     )
     .await;
+}
+
+/// avtomatika-worker SDK workers declare their hardware with the SDK's own
+/// settings (`GPU_MODEL`, `GPU_VRAM_GB`); a task requiring a GPU goes only
+/// to the one that declares it, plain tasks to either.
+#[tokio::test]
+async fn sdk_workers_declaring_resources_receive_only_matching_tasks() {
+    if venv_python("venv-worker").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _orchestrator = start_our_orchestrator(dir.path(), port, Some(SECRET));
+    let api = Http::new(port);
+    api.wait_up().await;
+    let _cpu = start_python_worker(dir.path(), port, "py-cpu", "", Some(SECRET));
+    let _gpu = start_python_worker_env(
+        dir.path(),
+        port,
+        "py-gpu",
+        "",
+        Some(SECRET),
+        &[("GPU_MODEL", "NVIDIA RTX 4090"), ("GPU_VRAM_GB", "24")],
+    );
+    api.wait_worker("py-cpu").await;
+    api.wait_worker("py-gpu").await;
+    let mut gpu_jobs = Vec::new();
+    let mut plain_jobs = Vec::new();
+    for n in 0..8 {
+        gpu_jobs.push(
+            api.create("/jobs/py-gpu", json!({"message": format!("g{n}")}))
+                .await,
+        );
+        plain_jobs.push(
+            api.create(
+                "/jobs/test",
+                json!({"message": format!("p{n}"), "multiply": 1}),
+            )
+            .await,
+        );
+    }
+    for id in &gpu_jobs {
+        let job = api.terminal(id).await;
+        assert_eq!(job["status"], "finished", "{job}");
+        assert_eq!(job["task_worker_id"], "py-gpu", "{job}");
+        assert_eq!(job["result"]["served_by"], "python");
+    }
+    for id in &plain_jobs {
+        let job = api.terminal(id).await;
+        assert_eq!(job["status"], "finished", "{job}");
+    }
 }

@@ -20,6 +20,7 @@ mod deploy;
 mod hardening;
 mod job_lists;
 mod languages;
+mod matching;
 mod plugin_builds;
 mod scenario;
 mod schedules;

@@ -41,6 +41,8 @@ pub struct WorkerSettings {
     /// Take tasks over the persistent task channel when the orchestrator
     /// offers it (else, and when `false`, by HTTP long-poll).
     pub task_channel: bool,
+    /// Resources, software, costs and extra capabilities it registers.
+    pub declared: crate::declare::Declared,
 }
 
 impl Default for WorkerSettings {
@@ -54,6 +56,7 @@ impl Default for WorkerSettings {
             max_backoff: Duration::from_secs(30),
             task_secret: None,
             task_channel: true,
+            declared: crate::declare::Declared::default(),
         }
     }
 }
@@ -245,6 +248,29 @@ impl Worker {
     pub fn registration(&self) -> WorkerRegistration {
         let inner = &self.inner;
         let skills = self.skills();
+        let declared = &inner.settings.declared;
+        let mut extra = declared.extra.clone();
+        for (k, v) in [
+            ("runtime", serde_json::json!("wasmtime")),
+            ("sandboxed", serde_json::json!(true)),
+            (
+                "max_concurrent_tasks",
+                serde_json::json!(inner.settings.max_concurrent_tasks),
+            ),
+            ("websockets", serde_json::json!(false)),
+        ] {
+            extra.insert(k.into(), v);
+        }
+        let mut resources = declared.resources.clone();
+        if let Some(props) = resources
+            .get_mut("properties")
+            .and_then(|p| p.as_object_mut())
+        {
+            props.insert(
+                "max_concurrent_tasks".into(),
+                serde_json::json!(inner.settings.max_concurrent_tasks),
+            );
+        }
         let mut metadata = rxon::Object::new();
         metadata.insert("instance_id".into(), inner.instance_id.clone().into());
         let reports = read(&inner.remote).reports.clone();
@@ -266,24 +292,11 @@ impl Worker {
             capabilities: Some(serde_json::json!({
                 "hostname": hostname(),
                 "ip_address": "127.0.0.1",
-                "cost_per_skill": {},
-                "extra": {
-                    "runtime": "wasmtime",
-                    "sandboxed": true,
-                    "max_concurrent_tasks": inner.settings.max_concurrent_tasks,
-                    "websockets": false
-                }
+                "cost_per_skill": declared.cost_per_skill,
+                "extra": extra,
             })),
-            resources: Some(serde_json::json!({
-                "properties": {
-                    "cpu_cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-                    "max_concurrent_tasks": inner.settings.max_concurrent_tasks
-                }
-            })),
-            installed_software: Some(serde_json::json!({
-                "worker-host": env!("CARGO_PKG_VERSION"),
-                "wasmtime": "48"
-            })),
+            resources: Some(resources),
+            installed_software: Some(declared.installed_software.clone()),
             skills_hash: Some(self.skills_hash()),
             metadata: Some(metadata),
             security: None,
