@@ -204,6 +204,14 @@ pub struct JobError {
     pub message: String,
 }
 
+/// A task's concurrency key: at most `max` tasks with this `key` are in
+/// flight at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskKey {
+    pub key: String,
+    pub max: u32,
+}
+
 /// One task of a job, dispatched or waiting to be.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskRecord {
@@ -223,6 +231,10 @@ pub struct TaskRecord {
     /// `requires`, kept as dispatched).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requires: Option<Arc<crate::engine::matching::Requirements>>,
+    /// Its concurrency key and that key's bound (from its dispatch's
+    /// `concurrency`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<TaskKey>,
     /// Worker events (other than progress) received about this attempt.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub events: u32,

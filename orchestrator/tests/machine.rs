@@ -1761,3 +1761,61 @@ async fn tasks_behind_one_no_worker_meets_still_go_to_others(h: Holder) {
         JobStatus::WaitingForWorker
     );
 }
+
+const KEYED_FLOW: &str = r#"
+[states.start]
+start = true
+dispatch.task = "echo"
+dispatch.params.n = "initial.n"
+dispatch.concurrency = { key = "initial.customer", max = 2 }
+dispatch.on = { success = "done" }
+[states.done]
+end = "finished"
+"#;
+
+on_both!(a_concurrency_key_bounds_the_tasks_in_flight_per_customer);
+async fn a_concurrency_key_bounds_the_tasks_in_flight_per_customer(h: Holder) {
+    let engine = h.engine(KEYED_FLOW).await;
+    register(&engine, "w1", &["echo"]).await;
+    register(&engine, "w2", &["echo"]).await;
+    for n in 0..10 {
+        for customer in ["acme", "globex"] {
+            create(&engine, json!({"n": n, "customer": customer})).await;
+        }
+    }
+    // Two workers polling as fast as they can get two tasks per customer.
+    let mut held = Vec::new();
+    for worker in ["w1", "w2", "w1", "w2", "w1", "w2"] {
+        if let Some(t) = poll(&engine, worker).await {
+            held.push((worker, t));
+        }
+    }
+    assert_eq!(held.len(), 4, "two per customer");
+    let waiting = engine
+        .list_jobs(orchestrator::storage::JobFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|j| j.status == JobStatus::WaitingForWorker)
+        .unwrap();
+    let why = engine.waiting_reason(&waiting).await.unwrap();
+    assert!(
+        why.contains("at most 2 tasks with concurrency key"),
+        "{why}"
+    );
+    // One ends: one more of that customer may go.
+    let (worker, done) = held.remove(0);
+    let done_job = job(&engine, done.job_id.parse().unwrap()).await;
+    let customer = done_job.initial_data["customer"].clone();
+    engine
+        .submit_result(worker, success(&done, "success", json!({})))
+        .await
+        .unwrap();
+    let next = poll(&engine, "w2").await.expect("room for one more");
+    let next_job = job(&engine, next.job_id.parse().unwrap()).await;
+    assert_eq!(next_job.initial_data["customer"], customer);
+    assert!(poll(&engine, "w1").await.is_none());
+}

@@ -23,11 +23,19 @@
 --   4 queued:  n = seq, a = task_id, b = task_type, job = job_id, r = rank,
 --              rec = the worker it was claimed for (a JSON string) for a
 --              head, NULL for a task that requires something
--- (r is NULL on the other kinds).
+--   5 key:     a = a concurrency key of those tasks, n = its tasks in flight
+-- (r is NULL on the other kinds). Before the keys are counted, each is
+-- locked (a transaction advisory lock, in key order) for the rest of the
+-- transaction: two takes of tasks of one key, on any instances, count one
+-- after the other.
 -- engine_load (0011) stays for instances of the previous release during a
 -- rolling upgrade.
 ALTER TABLE task_queue ADD COLUMN constrained BOOLEAN NOT NULL DEFAULT false;
 CREATE INDEX task_queue_constrained ON task_queue (task_type, rank, seq) WHERE constrained;
+-- A task's concurrency key, queued and in flight.
+ALTER TABLE task_queue ADD COLUMN ckey TEXT;
+ALTER TABLE task_leases ADD COLUMN ckey TEXT;
+CREATE INDEX task_leases_ckey ON task_leases (ckey) WHERE ckey IS NOT NULL;
 
 CREATE FUNCTION engine_load_batch(job_ids uuid[], worker_ids text[], claim_for text[])
 RETURNS TABLE (k int2, n bigint, a text, b text, ts timestamptz, job uuid, rec jsonb, r bigint)
@@ -44,6 +52,7 @@ DECLARE
     wid text;
     types text[];
     seen bigint[] := '{}';
+    keys text[] := '{}';
 BEGIN
     IF claim_for IS NOT NULL THEN
         FOREACH wid IN ARRAY claim_for LOOP
@@ -55,13 +64,17 @@ BEGIN
                 FROM task_queue q
                 WHERE q.task_type = ANY(types) AND NOT q.constrained AND q.seq <> ALL(seen)
                 ORDER BY q.rank, q.seq LIMIT 1 FOR UPDATE SKIP LOCKED;
-            FOR c IN SELECT q.seq, q.rank, q.job_id, q.task_id, q.task_type FROM task_queue q
+            FOR c IN SELECT q.seq, q.rank, q.job_id, q.task_id, q.task_type, q.ckey
+                FROM task_queue q
                 WHERE q.task_type = ANY(types) AND q.constrained AND q.seq <> ALL(seen)
                     AND (head.seq IS NULL OR (q.rank, q.seq) < (head.rank, head.seq))
                 ORDER BY q.rank, q.seq LIMIT 32
             LOOP
                 seen := seen || c.seq;
                 job_ids := array_append(job_ids, c.job_id);
+                IF c.ckey IS NOT NULL THEN
+                    keys := keys || c.ckey;
+                END IF;
                 RETURN QUERY SELECT 4::int2, c.seq, c.task_id, c.task_type,
                     NULL::timestamptz, c.job_id, NULL::jsonb, c.rank;
             END LOOP;
@@ -72,6 +85,15 @@ BEGIN
                 NULL::timestamptz, head.job_id, to_jsonb(wid), head.rank;
         END LOOP;
         worker_ids := worker_ids || claim_for;
+        IF cardinality(keys) > 0 THEN
+            PERFORM pg_advisory_xact_lock(hashtextextended(x.key, 7))
+                FROM (SELECT DISTINCT unnest(keys) AS key ORDER BY 1) x;
+            RETURN QUERY SELECT 5::int2, count(*), l.ckey, NULL::text, NULL::timestamptz,
+                NULL::uuid, NULL::jsonb, NULL::bigint
+                FROM task_leases l
+                WHERE l.ckey = ANY(keys)
+                GROUP BY l.ckey;
+        END IF;
     END IF;
     RETURN QUERY SELECT 3::int2, NULL::bigint, j.body, NULL::text, NULL::timestamptz, j.id,
             NULL::jsonb, NULL::bigint

@@ -92,6 +92,31 @@ pub struct TaskSpec {
     pub priority: Option<ParamValue>,
     /// What the worker that takes it must have.
     pub requires: Option<Arc<crate::engine::matching::Requirements>>,
+    /// At most `max` tasks in flight per value of `key`.
+    pub concurrency: Option<ConcurrencySpec>,
+}
+
+#[derive(Debug)]
+pub struct ConcurrencySpec {
+    pub key: Expr,
+    pub max: u32,
+}
+
+/// Largest `concurrency.max`.
+pub const MAX_CONCURRENCY: u32 = 100_000;
+
+fn compile_concurrency(
+    c: &Option<model::ConcurrencyFile>,
+) -> Result<Option<ConcurrencySpec>, String> {
+    let Some(c) = c else { return Ok(None) };
+    if c.max == 0 || c.max > MAX_CONCURRENCY {
+        return Err(format!(
+            "concurrency.max must be from 1 to {MAX_CONCURRENCY} (got {})",
+            c.max
+        ));
+    }
+    let key = Expr::compile(&c.key).map_err(|e| format!("concurrency.key: {e}"))?;
+    Ok(Some(ConcurrencySpec { key, max: c.max }))
 }
 
 fn compile_requires(
@@ -455,6 +480,7 @@ fn compile_state(name: &str, file: &StateFile) -> Result<Action, String> {
                 retry: RetryPolicy::from_file(d.retry)?,
                 priority: compile_priority(&d.priority)?,
                 requires: compile_requires(&d.requires)?,
+                concurrency: compile_concurrency(&d.concurrency)?,
             },
             on: d.on.clone(),
             events: d.events.clone(),
@@ -477,6 +503,7 @@ fn compile_state(name: &str, file: &StateFile) -> Result<Action, String> {
                     retry: RetryPolicy::from_file(p.retry)?,
                     priority: compile_priority(&p.priority)?,
                     requires: compile_requires(&p.requires)?,
+                    concurrency: compile_concurrency(&p.concurrency)?,
                 },
             );
         }
@@ -609,6 +636,7 @@ fn compile_map(m: &model::MapFile) -> Result<MapSpec, String> {
             retry: RetryPolicy::from_file(m.retry)?,
             priority: compile_priority(&m.priority)?,
             requires: compile_requires(&m.requires)?,
+            concurrency: compile_concurrency(&m.concurrency)?,
         },
         max_in_flight,
         fail_fast,

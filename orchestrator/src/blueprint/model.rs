@@ -108,6 +108,18 @@ pub struct DispatchFile {
     /// What the worker that takes it must have (see engine/matching.rs).
     #[serde(default)]
     pub requires: Option<crate::engine::matching::Requirements>,
+    /// At most `max` such tasks in flight per value of `key`.
+    #[serde(default)]
+    pub concurrency: Option<ConcurrencyFile>,
+}
+
+/// `concurrency = { key = "<expr>", max = N }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyFile {
+    /// Expression giving the key (e.g. `initial.customer`).
+    pub key: String,
+    pub max: u32,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -139,6 +151,9 @@ pub struct ParallelFile {
     /// What the worker that takes a branch must have.
     #[serde(default)]
     pub requires: Option<crate::engine::matching::Requirements>,
+    /// At most `max` such tasks in flight per value of `key`.
+    #[serde(default)]
+    pub concurrency: Option<ConcurrencyFile>,
     #[serde(default)]
     pub retry: Option<RetryFile>,
     #[serde(default)]
@@ -180,6 +195,9 @@ pub struct MapFile {
     /// What the worker that takes an element task must have.
     #[serde(default)]
     pub requires: Option<crate::engine::matching::Requirements>,
+    /// At most `max` such tasks in flight per value of `key`.
+    #[serde(default)]
+    pub concurrency: Option<ConcurrencyFile>,
     #[serde(default)]
     pub retry: Option<RetryFile>,
     #[serde(default)]

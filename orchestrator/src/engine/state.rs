@@ -99,6 +99,11 @@ pub struct EngineState {
     /// This state holds only the workers an event touches (a shared
     /// database): whether anyone offers a task type is not known here.
     pub partial_workers: bool,
+    /// On a shared database: tasks in flight per concurrency key, as the
+    /// database counted them when this state was loaded, and those handed
+    /// out since.
+    pub keys_elsewhere: std::collections::HashMap<String, u32>,
+    pub keys_taken: std::collections::HashMap<String, u32>,
     /// Tasks taken from their workers (job cancelled or ended while they
     /// ran), told to the workers' channels once the change is made.
     pub stops: Vec<TaskStop>,

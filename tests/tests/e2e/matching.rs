@@ -3,7 +3,9 @@
 //! `INSTALLED_SOFTWARE`): a GPU task waits, saying why, until a worker
 //! declaring the GPU registers, and is never given to the others, while
 //! tasks needing nothing keep flowing to every worker; on SQLite, and on
-//! PostgreSQL with the two workers on two instances.
+//! PostgreSQL with the two workers on two instances. And a concurrency key
+//! (`max = 2` per customer) holds under 500 jobs of 5 customers through two
+//! PostgreSQL instances, by the jobs' own histories.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -129,6 +131,119 @@ async fn on_postgres_the_gpu_worker_on_one_instance_gets_the_gpu_tasks_created_o
     )
     .await;
     gpu.unwrap().stop();
+    a.assert_no_panic();
+    b.assert_no_panic();
+}
+
+const KEYED_FLOW: &str = r#"
+name = "keyed_sleep"
+api_endpoint = "/jobs/keyed_sleep"
+api_version = "v1"
+[states.start]
+start = true
+dispatch.task = "sleep"
+dispatch.params.ms = 20
+dispatch.concurrency = { key = "initial.customer", max = 2 }
+dispatch.on = { success = "done" }
+[states.done]
+end = "finished"
+"#;
+
+/// When each task of `job` was handed out and answered, by its history.
+async fn task_span(
+    stack: &Stack,
+    job: &str,
+) -> (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) {
+    let (status, history) = stack.get(&format!("/api/v1/jobs/{job}/history")).await;
+    assert_eq!(status, 200, "{history}");
+    let at = |kind: &str| {
+        history["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["event"] == kind)
+            .and_then(|e| e["at"].as_str())
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .unwrap_or_else(|| panic!("no {kind} in {history}"))
+    };
+    (at("task_dispatched"), at("task_result"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_key_holds_across_two_instances_on_postgres() {
+    let mut a = Stack::on_postgres().await;
+    let mut b = Stack::new();
+    b.storage = a.storage.clone();
+    for stack in [&a, &b] {
+        stack.add_plugin(plugin_fixtures::CHAOS_TASK);
+        stack.add_blueprint("keyed_sleep", KEYED_FLOW);
+    }
+    a.start_orchestrator();
+    a.wait_ready().await;
+    b.start_orchestrator();
+    b.wait_ready().await;
+    // A worker with 10 slots on each instance: 20 slots for 5 customers
+    // allowed 2 each.
+    let b_url = format!("http://localhost:{}", b.port);
+    let slots = |cmd: &mut std::process::Command| {
+        cmd.args(["--max-concurrent-tasks", "10"]);
+    };
+    a.worker = Some(a.spawn_worker("keyed-a", "keyed-a.log", slots));
+    let mut other = b.spawn_worker("keyed-b", "keyed-b.log", |cmd| {
+        slots(cmd);
+        cmd.env("ORCHESTRATOR_URL", &b_url);
+    });
+    wait_until(
+        "both workers, seen from A",
+        Duration::from_secs(60),
+        || async {
+            let (_, workers) = a.get("/api/v1/workers").await;
+            workers.as_array().is_some_and(|w| w.len() == 2)
+        },
+    )
+    .await;
+    let customers = ["c0", "c1", "c2", "c3", "c4"];
+    let mut jobs = Vec::new();
+    for n in 0..500 {
+        let customer = customers[n % customers.len()];
+        let via = if n % 2 == 0 { &a } else { &b };
+        jobs.push((
+            customer,
+            via.create("/jobs/keyed_sleep", json!({"customer": customer}))
+                .await,
+        ));
+    }
+    let mut spans: std::collections::BTreeMap<&str, Vec<_>> = Default::default();
+    for (customer, id) in &jobs {
+        let done = a.finished(id).await;
+        assert_eq!(done["status"], "finished", "{done}");
+        spans
+            .entry(customer)
+            .or_default()
+            .push(task_span(&a, id).await);
+    }
+    for (customer, spans) in spans {
+        // Most tasks of one customer between a hand-out and its result.
+        let mut edges: Vec<(chrono::DateTime<chrono::Utc>, i32)> = Vec::new();
+        for (start, end) in spans {
+            edges.push((start, 1));
+            edges.push((end, -1));
+        }
+        // Ends before starts at one instant: a result frees the room first.
+        edges.sort();
+        let (mut now, mut most) = (0, 0);
+        for (_, d) in edges {
+            now += d;
+            most = most.max(now);
+        }
+        assert!(
+            most <= 2,
+            "customer {customer}: {most} tasks in flight at once"
+        );
+        assert_eq!(most, 2, "customer {customer} never ran two at once");
+    }
+    other.stop();
     a.assert_no_panic();
     b.assert_no_panic();
 }

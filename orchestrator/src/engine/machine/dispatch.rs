@@ -20,7 +20,7 @@ pub(crate) fn enqueue(
         task_id: task.task_id.clone(),
         seq,
         rank: super::super::state::rank(task.queued_at, task.priority),
-        constrained: task.requires.is_some(),
+        constrained: task.requires.is_some() || task.concurrency.is_some(),
     };
     st.queues
         .entry(task.task_type.clone())
@@ -78,6 +78,9 @@ pub(crate) fn take_task(
         return None;
     }
     let skills: Vec<String> = worker.skills.iter().map(|s| s.name.clone()).collect();
+    // Tasks in flight per concurrency key, counted at the first task with
+    // a key this take looks at.
+    let mut keys: Option<HashMap<String, u32>> = None;
     loop {
         // Per skill, the first task this worker may take; then the first
         // of those.
@@ -86,7 +89,7 @@ pub(crate) fn take_task(
             let Some(key) = st
                 .queues
                 .get(skill)
-                .and_then(|q| first_for(st, q, worker_id))
+                .and_then(|q| first_for(st, q, worker_id, &mut keys))
             else {
                 continue;
             };
@@ -104,9 +107,9 @@ pub(crate) fn take_task(
 }
 
 /// Most queued tasks one take looks at in one queue for one its worker
-/// meets the requirements of (tasks that require nothing end the look at
-/// once): a queue whose head is many tasks no worker here can run costs a
-/// bounded look, and those behind them wait for a take that finds them.
+/// may take (tasks that require nothing end the look at once): a queue
+/// whose head is many tasks no worker here can run costs a bounded look,
+/// and those behind them wait for a take that finds them.
 pub const MATCH_SCAN: usize = 256;
 
 /// The key of the first task in `queue` worker `worker_id` may take.
@@ -114,28 +117,68 @@ fn first_for(
     st: &EngineState,
     queue: &crate::engine::state::TaskQueue,
     worker_id: &str,
+    keys: &mut Option<HashMap<String, u32>>,
 ) -> Option<(i64, u64)> {
     let worker = st.workers.get(worker_id)?;
     queue
         .iter()
         .take(MATCH_SCAN)
-        .find(|(_, q)| !q.constrained || meets(st, q, worker))
+        .find(|(_, q)| !q.constrained || may_take(st, q, worker, keys))
         .map(|(key, _)| *key)
 }
 
-/// Whether `worker` meets what queued task `q` requires (a task whose job
-/// moved on counts as met: the take drops it).
-fn meets(st: &EngineState, q: &Queued, worker: &WorkerRecord) -> bool {
-    let Some(task) = st
-        .jobs
-        .get(&q.job)
-        .and_then(|j| j.tasks.iter().find(|t| t.task_id == q.task_id))
-    else {
+/// Whether `worker` may take queued task `q`: it meets what the task
+/// requires, and the task's concurrency key has room (a task whose job
+/// moved on counts as takeable: the take drops it).
+fn may_take(
+    st: &EngineState,
+    q: &Queued,
+    worker: &WorkerRecord,
+    keys: &mut Option<HashMap<String, u32>>,
+) -> bool {
+    let Some(task) = task_of(st, q.job, &q.task_id) else {
         return true;
     };
-    task.requires
-        .as_ref()
-        .is_none_or(|r| r.unmet(worker, &task.task_type).is_none())
+    if let Some(r) = &task.requires
+        && r.unmet(worker, &task.task_type).is_some()
+    {
+        return false;
+    }
+    match &task.concurrency {
+        None => true,
+        Some(k) => {
+            let counts = keys.get_or_insert_with(|| keys_in_flight(st));
+            counts.get(&k.key).copied().unwrap_or(0) < k.max
+        }
+    }
+}
+
+fn task_of<'a>(st: &'a EngineState, job: Uuid, task_id: &str) -> Option<&'a TaskRecord> {
+    st.jobs
+        .get(&job)
+        .and_then(|j| j.tasks.iter().find(|t| t.task_id == task_id))
+}
+
+/// Tasks in flight per concurrency key: on a shared database, as counted
+/// when the state was loaded plus those handed out since; on one
+/// instance, those its workers hold.
+pub(crate) fn keys_in_flight(st: &EngineState) -> HashMap<String, u32> {
+    if st.partial_workers {
+        let mut counts = st.keys_elsewhere.clone();
+        for (k, n) in &st.keys_taken {
+            *counts.entry(k.clone()).or_default() += n;
+        }
+        return counts;
+    }
+    let mut counts = HashMap::new();
+    for w in st.workers.values() {
+        for (task_id, held) in &w.in_flight {
+            if let Some(k) = task_of(st, held.job, task_id).and_then(|t| t.concurrency.as_ref()) {
+                *counts.entry(k.key.clone()).or_default() += 1;
+            }
+        }
+    }
+    counts
 }
 
 pub(crate) fn hand_out(
@@ -201,6 +244,9 @@ pub(crate) fn hand_out(
     task.picked_up_at = Some(now);
     job.task_worker_id = Some(worker_id.to_string());
     let task = job.tasks[idx].clone();
+    if let (Some(k), true) = (&task.concurrency, st.partial_workers) {
+        *st.keys_taken.entry(k.key.clone()).or_default() += 1;
+    }
     let lease = st.add_timer(
         Instant::now() + lease,
         Timer::ResultTimeout {

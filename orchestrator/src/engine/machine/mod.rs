@@ -7,7 +7,7 @@
 //! - [`timers`]: timeouts, worker expiry, recovery;
 //! - [`workers`]: registration, heartbeats, events, cancel.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -373,9 +373,14 @@ pub(crate) fn advance(
                     return end_failed(st, job, JobStatus::Failed, code, &why, events);
                 }
                 let ctx = job.expr_context();
-                let made = eval_params(task, &ctx)
-                    .and_then(|params| Ok((params, task_priority(task, &ctx, job)?)));
-                let (params, priority) = match made {
+                let made = eval_params(task, &ctx).and_then(|params| {
+                    Ok((
+                        params,
+                        task_priority(task, &ctx, job)?,
+                        task_key(task, &ctx)?,
+                    ))
+                });
+                let (params, priority, key) = match made {
                     Ok(made) => made,
                     Err(e) => {
                         let msg = format!("state {}: {e}", job.current_state);
@@ -385,6 +390,7 @@ pub(crate) fn advance(
                 let mut record = new_record(&task.task_type, params, None);
                 record.priority = priority;
                 record.requires = task.requires.clone();
+                record.concurrency = key;
                 job.tasks = vec![record];
                 job.status = JobStatus::WaitingForWorker;
                 enqueue(
@@ -416,14 +422,20 @@ pub(crate) fn advance(
                 let ctx = job.expr_context();
                 let mut records = Vec::new();
                 for (name, spec) in branches {
-                    let made = eval_params(spec, &ctx)
-                        .and_then(|params| Ok((params, task_priority(spec, &ctx, job)?)));
+                    let made = eval_params(spec, &ctx).and_then(|params| {
+                        Ok((
+                            params,
+                            task_priority(spec, &ctx, job)?,
+                            task_key(spec, &ctx)?,
+                        ))
+                    });
                     match made {
-                        Ok((params, priority)) => {
+                        Ok((params, priority, key)) => {
                             let mut record =
                                 new_record(&spec.task_type, params, Some(name.clone()));
                             record.priority = priority;
                             record.requires = spec.requires.clone();
+                            record.concurrency = key;
                             records.push(record)
                         }
                         Err(e) => {
@@ -470,6 +482,35 @@ pub(crate) fn eval_params(
     Ok(out)
 }
 
+/// Longest concurrency key.
+pub const MAX_KEY_CHARS: usize = 256;
+
+/// The concurrency key of a task of `spec` (evaluated in `ctx`).
+pub(crate) fn task_key(
+    spec: &TaskSpec,
+    ctx: &crate::blueprint::expr::Context,
+) -> Result<Option<crate::job::TaskKey>, String> {
+    let Some(c) = &spec.concurrency else {
+        return Ok(None);
+    };
+    let key = match c.key.eval(ctx)? {
+        Value::String(s) => s,
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        other => {
+            return Err(format!(
+                "concurrency.key must give a string or a number, got {other}"
+            ));
+        }
+    };
+    if key.chars().count() > MAX_KEY_CHARS {
+        return Err(format!(
+            "concurrency.key gave more than {MAX_KEY_CHARS} characters"
+        ));
+    }
+    Ok(Some(crate::job::TaskKey { key, max: c.max }))
+}
+
 /// The priority of a task of `spec` in `job` (evaluated in `ctx`).
 pub(crate) fn task_priority(
     spec: &TaskSpec,
@@ -503,6 +544,7 @@ pub(crate) fn new_record(task_type: &str, params: Object, branch: Option<String>
         index: None,
         priority: 0.0,
         requires: None,
+        concurrency: None,
         events: 0,
         progress_at: None,
         attempt: 1,

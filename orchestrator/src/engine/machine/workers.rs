@@ -91,6 +91,13 @@ pub(crate) fn waiting_reason(st: &EngineState, job: &Job) -> Option<String> {
                     });
                     continue;
                 }
+                if let (Some(k), true) = (&task.concurrency, offering > 0) {
+                    reasons.push(format!(
+                        "waiting for a free worker offering task type {} ({offering} registered); at most {} tasks with concurrency key {} run at once",
+                        task.task_type, k.max, k.key
+                    ));
+                    continue;
+                }
                 reasons.push(if offering == 0 {
                     format!("no registered worker offers task type {}", task.task_type)
                 } else {

@@ -255,6 +255,11 @@ impl Scratch {
                     scratch.versions.insert(job.id, job.version);
                     st.jobs.insert(job.id, Box::new(job));
                 }
+                5 => {
+                    let n: i64 = row.get(1);
+                    st.keys_elsewhere
+                        .insert(row.get(2), n.clamp(0, u32::MAX as i64) as u32);
+                }
                 _ => {
                     let task_type: String = row.get(3);
                     let head = match row.get::<_, Option<serde_json::Value>>(6) {
@@ -309,7 +314,7 @@ impl Scratch {
                 .jobs
                 .get(&queued.job)
                 .and_then(|j| j.tasks.iter().find(|t| t.task_id == queued.task_id))
-                .is_some_and(|t| t.requires.is_some());
+                .is_some_and(|t| t.requires.is_some() || t.concurrency.is_some());
             scratch
                 .stored_queue
                 .insert(queued.key(), (queued.job, queued.task_id.clone(), head));
@@ -410,6 +415,8 @@ impl Scratch {
             w.queue_types.push(task_type);
             w.queue_ranks.push(queued.rank);
             w.queue_constrained.push(queued.constrained);
+            w.queue_keys
+                .push(self.task_key(queued.job, &queued.task_id));
             after.queued = true;
         }
         w.queue_taken = self
@@ -451,6 +458,7 @@ impl Scratch {
                     w.lease_jobs.push(held.job);
                     w.lease_workers.push(wk.worker_id.clone());
                     w.lease_since.push(utc_of(held.since, self.now, self.mono));
+                    w.lease_keys.push(self.task_key(held.job, task_id));
                 }
             }
         }
@@ -493,6 +501,18 @@ impl Scratch {
     }
 }
 
+impl Scratch {
+    /// The concurrency key of task `task_id` of job `job`, if it has one.
+    fn task_key(&self, job: Uuid, task_id: &str) -> Option<String> {
+        self.st
+            .jobs
+            .get(&job)
+            .and_then(|j| j.tasks.iter().find(|t| t.task_id == task_id))
+            .and_then(|t| t.concurrency.as_ref())
+            .map(|k| k.key.clone())
+    }
+}
+
 /// What an event wrote, for the work after its commit.
 pub(super) struct Applied {
     pub after: AfterCommit,
@@ -529,6 +549,7 @@ struct Writes {
     queue_types: Vec<String>,
     queue_ranks: Vec<i64>,
     queue_constrained: Vec<bool>,
+    queue_keys: Vec<Option<String>>,
     /// Queue rows (seq) taken out.
     queue_taken: Vec<i64>,
     timer_due: Vec<DateTime<Utc>>,
@@ -540,6 +561,7 @@ struct Writes {
     lease_jobs: Vec<Uuid>,
     lease_workers: Vec<String>,
     lease_since: Vec<DateTime<Utc>>,
+    lease_keys: Vec<Option<String>>,
     unlease_tasks: Vec<String>,
     unlease_workers: Vec<String>,
     worker_ids: Vec<String>,
@@ -572,19 +594,19 @@ const APPLY: &str = "WITH
          FROM unnest($15::uuid[], $16::timestamptz[], $17::text[], $18::text[], $19::text[])
               WITH ORDINALITY AS e(job_id, at, event, message, task, n)
          ORDER BY n),
-  q AS (INSERT INTO task_queue (job_id, task_id, task_type, rank, constrained)
-        SELECT job_id, task_id, task_type, rank, constrained
-        FROM unnest($20::uuid[], $21::text[], $22::text[], $42::bigint[], $43::bool[])
-             WITH ORDINALITY AS q(job_id, task_id, task_type, rank, constrained, n)
+  q AS (INSERT INTO task_queue (job_id, task_id, task_type, rank, constrained, ckey)
+        SELECT job_id, task_id, task_type, rank, constrained, ckey
+        FROM unnest($20::uuid[], $21::text[], $22::text[], $42::bigint[], $43::bool[], $45::text[])
+             WITH ORDINALITY AS q(job_id, task_id, task_type, rank, constrained, ckey, n)
         ORDER BY n),
   qd AS (DELETE FROM task_queue WHERE seq = ANY($44::bigint[])),
   ti AS (INSERT INTO timers (due_at, job_id, kind, task_id)
          SELECT * FROM unnest($23::timestamptz[], $24::uuid[], $25::text[], $26::text[])),
   td AS (DELETE FROM timers WHERE id = ANY($27::bigint[])),
-  li AS (INSERT INTO task_leases (task_id, job_id, worker_id, since)
-         SELECT * FROM unnest($28::text[], $29::uuid[], $30::text[], $31::timestamptz[])
+  li AS (INSERT INTO task_leases (task_id, job_id, worker_id, since, ckey)
+         SELECT * FROM unnest($28::text[], $29::uuid[], $30::text[], $31::timestamptz[], $46::text[])
          ON CONFLICT (task_id) DO UPDATE SET job_id = excluded.job_id,
-             worker_id = excluded.worker_id, since = excluded.since),
+             worker_id = excluded.worker_id, since = excluded.since, ckey = excluded.ckey),
   ld AS (DELETE FROM task_leases l USING unnest($32::text[], $33::text[]) AS d(task_id, worker_id)
          WHERE l.task_id = ANY($32) AND l.task_id = d.task_id AND l.worker_id = d.worker_id),
   wu AS (INSERT INTO workers (id, record, last_seen, ttl_ms)
@@ -666,6 +688,8 @@ impl Writes {
                     &self.queue_ranks,
                     &self.queue_constrained,
                     &self.queue_taken,
+                    &self.queue_keys,
+                    &self.lease_keys,
                 ],
             )
             .await?;
