@@ -24,7 +24,8 @@
 # each run's own report (every round) is in .run/bench/results.txt.
 # Our worker hosts take tasks over the task channel (WebSocket); the row
 # `ours-sqlite-http` runs them with --no-task-channel (HTTP long-poll, as
-# before the channel existed). ROWS="ours-sqlite avtomatika" runs only the
+# before the channel existed); `ours-sqlite-keyed` runs the same flow with a
+# priority and a concurrency key on its task (tools/loadgen/keyed_flow.toml). ROWS="ours-sqlite avtomatika" runs only the
 # rows whose label starts with one of those words. Not part of the tests.
 #
 # Every run is preceded, in the same stream of jobs, by WARMUP jobs that are
@@ -99,8 +100,9 @@ run_ours() {
     shift $(( $# < 4 ? $# : 4 ))
     wanted "$label" || return 0
     echo "==> $label"
+    # shellcheck disable=SC2086 # ORCH_ARGS: more arguments, split on spaces
     CLIENT_TOKEN=bench-client GLOBAL_WORKER_TOKEN=bench-worker RUST_LOG=warn \
-        "$ORCHESTRATOR_BIN" --listen "127.0.0.1:${PORT}" --storage "$storage" >"$RUN/$label-orchestrator.log" 2>&1 &
+        "$ORCHESTRATOR_BIN" --listen "127.0.0.1:${PORT}" --storage "$storage" ${ORCH_ARGS:-} >"$RUN/$label-orchestrator.log" 2>&1 &
     pids+=($!)
     wait_http "http://127.0.0.1:${PORT}/_public/status"
     for i in 1 2; do
@@ -193,6 +195,12 @@ all_rows() {
     run_ours "ours-sqlite-wait" "sqlite:$RUN/bench.db" wait
     rm -f "$RUN"/bench.db*
     run_ours "ours-sqlite-create-wait" "sqlite:$RUN/bench.db" create-wait
+    rm -f "$RUN"/bench.db*
+    # The same flow with a priority and a concurrency key on its task.
+    mkdir -p "$RUN/keyed-blueprints"
+    cp blueprints/test_flow.toml tools/loadgen/keyed_flow.toml "$RUN/keyed-blueprints/"
+    ORCH_ARGS="--blueprints-dir $RUN/keyed-blueprints" \
+        run_ours "ours-sqlite-keyed" "sqlite:$RUN/bench.db" poll "" --endpoint /api/v1/jobs/keyed
     PG_ADMIN="${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
     PG_DB="bench_$$"
     if { wanted ours-postgres || wanted ours-postgres-x2; } && command -v psql >/dev/null && psql "$PG_ADMIN" -qc "CREATE DATABASE $PG_DB" 2>/dev/null; then
