@@ -1819,3 +1819,32 @@ async fn a_concurrency_key_bounds_the_tasks_in_flight_per_customer(h: Holder) {
     assert_eq!(next_job.initial_data["customer"], customer);
     assert!(poll(&engine, "w1").await.is_none());
 }
+
+on_both!(a_waiting_taker_is_woken_when_a_key_has_room_again);
+async fn a_waiting_taker_is_woken_when_a_key_has_room_again(h: Holder) {
+    let engine = h.engine(&KEYED_FLOW.replace("max = 2", "max = 1")).await;
+    register(&engine, "w1", &["echo"]).await;
+    register(&engine, "w2", &["echo"]).await;
+    create(&engine, json!({"n": 1, "customer": "acme"})).await;
+    let second = create(&engine, json!({"n": 2, "customer": "acme"})).await;
+    let first = poll(&engine, "w1").await.unwrap();
+    // w2 waits: the key is full. Nothing is queued meanwhile; the first
+    // task's end alone must wake it.
+    let waiting = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.next_task("w2", Duration::from_secs(20)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished());
+    engine
+        .submit_result("w1", success(&first, "success", json!({})))
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let task = waiting.await.unwrap().unwrap().expect("the second task");
+    assert_eq!(task.job_id, second.to_string());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "woken, not timed out"
+    );
+}

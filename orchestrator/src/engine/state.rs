@@ -104,6 +104,9 @@ pub struct EngineState {
     /// out since.
     pub keys_elsewhere: std::collections::HashMap<String, u32>,
     pub keys_taken: std::collections::HashMap<String, u32>,
+    /// A task with a concurrency key was released (takers are woken: one
+    /// waiting for that key may go).
+    pub keys_freed: bool,
     /// Tasks taken from their workers (job cancelled or ended while they
     /// ran), told to the workers' channels once the change is made.
     pub stops: Vec<TaskStop>,
@@ -146,6 +149,12 @@ impl EngineState {
             .and_then(|w| w.in_flight.remove(task_id))
         {
             self.drop_lease(&held);
+            if held.keyed {
+                self.keys_freed = true;
+                for w in self.workers.values() {
+                    w.wake.notify_one();
+                }
+            }
         }
     }
 

@@ -19,6 +19,8 @@ pub struct Held {
     pub since: Instant,
     /// Key of its result-timeout timer.
     pub lease: Option<(Instant, u64)>,
+    /// The task has a concurrency key: its end makes room for another.
+    pub keyed: bool,
 }
 
 /// One registered worker.

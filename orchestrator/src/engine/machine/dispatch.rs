@@ -261,6 +261,7 @@ pub(crate) fn hand_out(
                 job: job.id,
                 since: Instant::now(),
                 lease: Some(lease),
+                keyed: task.concurrency.is_some(),
             },
         );
     }

@@ -294,6 +294,11 @@ impl Scratch {
                 .iter()
                 .find(|(_, t)| matches!(t, Timer::ResultTimeout { job: j, task_id: id } if *j == job && *id == task_id))
                 .map(|(k, _)| *k);
+            let keyed = st
+                .jobs
+                .get(&job)
+                .and_then(|j| j.tasks.iter().find(|t| t.task_id == task_id))
+                .is_some_and(|t| t.concurrency.is_some());
             if let Some(w) = st.workers.get_mut(&worker) {
                 w.in_flight.insert(
                     task_id.clone(),
@@ -301,6 +306,7 @@ impl Scratch {
                         job,
                         since: instant_of(since, now, mono),
                         lease,
+                        keyed,
                     },
                 );
                 leases.insert((task_id, worker));
@@ -492,6 +498,8 @@ impl Scratch {
             .cloned()
             .collect();
         after.webhooks = std::mem::take(&mut self.st.webhooks);
+        // A task with a concurrency key ended: one of that key waiting may go.
+        after.queued |= self.st.keys_freed;
         w.run(tx).await?;
         Ok(Applied {
             after,
