@@ -176,6 +176,14 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+impl TaskRecord {
+    /// Whether a take must check it against the worker before handing it
+    /// out (it has a `requires` or a concurrency key).
+    pub fn constrained(&self) -> bool {
+        self.requires.is_some() || self.concurrency.is_some()
+    }
+}
+
 fn is_zero_f64(n: &f64) -> bool {
     *n == 0.0
 }

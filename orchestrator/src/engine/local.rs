@@ -251,8 +251,7 @@ impl Local {
             .iter()
             .map(|(task_type, queue)| {
                 let oldest = queue.values().min_by_key(|q| q.seq).and_then(|q| {
-                    let job = st.jobs.get(&q.job)?;
-                    let task = job.tasks.iter().find(|t| t.task_id == q.task_id)?;
+                    let task = st.task(q.job, &q.task_id)?;
                     Some((now - task.queued_at).num_milliseconds().max(0) as f64 / 1e3)
                 });
                 (task_type.clone(), queue.len(), oldest.or(Some(0.0)))

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::persist::PersistMsg;
 use super::webhook;
 use super::workers::{self, WorkerRecord};
-use crate::job::Job;
+use crate::job::{Job, TaskRecord};
 
 /// What a timer does when it fires.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,8 +44,9 @@ pub struct Queued {
     /// Its place: when it was queued (µs since the epoch), moved earlier by
     /// [`PRIORITY_AGING`] per unit of the task's priority. Smallest first.
     pub rank: i64,
-    /// The task requires something of its worker (`requires`): a take
-    /// checks it against the worker before handing it out.
+    /// The task has a `requires` or a concurrency key
+    /// ([`TaskRecord::constrained`]): a take checks it against the worker
+    /// before handing it out.
     pub constrained: bool,
 }
 
@@ -105,7 +106,8 @@ pub struct EngineState {
     pub keys_elsewhere: std::collections::HashMap<String, u32>,
     pub keys_taken: std::collections::HashMap<String, u32>,
     /// A task with a concurrency key was released (takers are woken: one
-    /// waiting for that key may go).
+    /// waiting for that key may go); read by the shared database's write,
+    /// which wakes the other instances' takers.
     pub keys_freed: bool,
     /// Tasks taken from their workers (job cancelled or ended while they
     /// ran), told to the workers' channels once the change is made.
@@ -121,6 +123,13 @@ pub struct TaskStop {
 }
 
 impl EngineState {
+    /// Task `task_id` of job `job`, when the job is here.
+    pub fn task(&self, job: Uuid, task_id: &str) -> Option<&TaskRecord> {
+        self.jobs
+            .get(&job)
+            .and_then(|j| j.tasks.iter().find(|t| t.task_id == task_id))
+    }
+
     pub fn next_seq(&mut self) -> u64 {
         self.seq += 1;
         self.seq

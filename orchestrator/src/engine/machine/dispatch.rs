@@ -20,7 +20,7 @@ pub(crate) fn enqueue(
         task_id: task.task_id.clone(),
         seq,
         rank: super::super::state::rank(task.queued_at, task.priority),
-        constrained: task.requires.is_some() || task.concurrency.is_some(),
+        constrained: task.constrained(),
     };
     st.queues
         .entry(task.task_type.clone())
@@ -136,7 +136,7 @@ fn may_take(
     worker: &WorkerRecord,
     keys: &mut Option<HashMap<String, u32>>,
 ) -> bool {
-    let Some(task) = task_of(st, q.job, &q.task_id) else {
+    let Some(task) = st.task(q.job, &q.task_id) else {
         return true;
     };
     if let Some(r) = &task.requires
@@ -153,12 +153,6 @@ fn may_take(
     }
 }
 
-fn task_of<'a>(st: &'a EngineState, job: Uuid, task_id: &str) -> Option<&'a TaskRecord> {
-    st.jobs
-        .get(&job)
-        .and_then(|j| j.tasks.iter().find(|t| t.task_id == task_id))
-}
-
 /// Tasks in flight per concurrency key: on a shared database, as counted
 /// when the state was loaded plus those handed out since; on one
 /// instance, those its workers hold.
@@ -173,7 +167,10 @@ pub(crate) fn keys_in_flight(st: &EngineState) -> HashMap<String, u32> {
     let mut counts = HashMap::new();
     for w in st.workers.values() {
         for (task_id, held) in &w.in_flight {
-            if let Some(k) = task_of(st, held.job, task_id).and_then(|t| t.concurrency.as_ref()) {
+            if let Some(k) = st
+                .task(held.job, task_id)
+                .and_then(|t| t.concurrency.as_ref())
+            {
                 *counts.entry(k.key.clone()).or_default() += 1;
             }
         }

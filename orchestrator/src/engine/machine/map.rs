@@ -99,26 +99,15 @@ fn fill(st: &mut EngineState, job: &mut Job, spec: &MapSpec, events: &mut Vec<Jo
         let index = run.next;
         run.next += 1;
         let item_ctx = crate::blueprint::expr::with_item(&ctx, &run.items[index as usize], index);
-        let made = eval_params(&spec.task, &item_ctx).and_then(|params| {
-            Ok((
-                params,
-                task_priority(&spec.task, &item_ctx, job)?,
-                task_key(&spec.task, &item_ctx)?,
-            ))
-        });
-        let (params, priority, key) = match made {
-            Ok(made) => made,
+        let mut record = match spec_record(&spec.task, &item_ctx, job, None) {
+            Ok(record) => record,
             Err(e) => {
                 let msg = format!("state {} element {index}: {e}", job.current_state);
                 blueprint_error(st, job, &msg, events);
                 return Flow::Stop;
             }
         };
-        let mut record = new_record(&spec.task.task_type, params, None);
         record.index = Some(index);
-        record.priority = priority;
-        record.requires = spec.task.requires.clone();
-        record.concurrency = key;
         job.tasks.push(record);
         let idx = job.tasks.len() - 1;
         let timeout = task_timeout(spec.task.dispatch_timeout, job.dispatch_timeout);

@@ -373,24 +373,13 @@ pub(crate) fn advance(
                     return end_failed(st, job, JobStatus::Failed, code, &why, events);
                 }
                 let ctx = job.expr_context();
-                let made = eval_params(task, &ctx).and_then(|params| {
-                    Ok((
-                        params,
-                        task_priority(task, &ctx, job)?,
-                        task_key(task, &ctx)?,
-                    ))
-                });
-                let (params, priority, key) = match made {
-                    Ok(made) => made,
+                let record = match spec_record(task, &ctx, job, None) {
+                    Ok(record) => record,
                     Err(e) => {
                         let msg = format!("state {}: {e}", job.current_state);
                         return blueprint_error(st, job, &msg, events);
                     }
                 };
-                let mut record = new_record(&task.task_type, params, None);
-                record.priority = priority;
-                record.requires = task.requires.clone();
-                record.concurrency = key;
                 job.tasks = vec![record];
                 job.status = JobStatus::WaitingForWorker;
                 enqueue(
@@ -422,22 +411,8 @@ pub(crate) fn advance(
                 let ctx = job.expr_context();
                 let mut records = Vec::new();
                 for (name, spec) in branches {
-                    let made = eval_params(spec, &ctx).and_then(|params| {
-                        Ok((
-                            params,
-                            task_priority(spec, &ctx, job)?,
-                            task_key(spec, &ctx)?,
-                        ))
-                    });
-                    match made {
-                        Ok((params, priority, key)) => {
-                            let mut record =
-                                new_record(&spec.task_type, params, Some(name.clone()));
-                            record.priority = priority;
-                            record.requires = spec.requires.clone();
-                            record.concurrency = key;
-                            records.push(record)
-                        }
+                    match spec_record(spec, &ctx, job, Some(name.clone())) {
+                        Ok(record) => records.push(record),
                         Err(e) => {
                             let msg = format!("state {} branch {name}: {e}", job.current_state);
                             return blueprint_error(st, job, &msg, events);
@@ -480,6 +455,24 @@ pub(crate) fn eval_params(
         );
     }
     Ok(out)
+}
+
+/// A task of `spec` for `job`: its params, priority and concurrency key
+/// evaluated in `ctx`, what it requires of its worker as `spec` says.
+pub(crate) fn spec_record(
+    spec: &TaskSpec,
+    ctx: &crate::blueprint::expr::Context,
+    job: &Job,
+    branch: Option<String>,
+) -> Result<TaskRecord, String> {
+    let params = eval_params(spec, ctx)?;
+    let priority = task_priority(spec, ctx, job)?;
+    let concurrency = task_key(spec, ctx)?;
+    let mut record = new_record(&spec.task_type, params, branch);
+    record.priority = priority;
+    record.requires = spec.requires.clone();
+    record.concurrency = concurrency;
+    Ok(record)
 }
 
 /// Longest concurrency key.

@@ -10,7 +10,7 @@
 //! entries, timers added or dropped, leases taken or released, and
 //! registrations changed, added or dropped.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -295,9 +295,7 @@ impl Scratch {
                 .find(|(_, t)| matches!(t, Timer::ResultTimeout { job: j, task_id: id } if *j == job && *id == task_id))
                 .map(|(k, _)| *k);
             let keyed = st
-                .jobs
-                .get(&job)
-                .and_then(|j| j.tasks.iter().find(|t| t.task_id == task_id))
+                .task(job, &task_id)
                 .is_some_and(|t| t.concurrency.is_some());
             if let Some(w) = st.workers.get_mut(&worker) {
                 w.in_flight.insert(
@@ -317,10 +315,8 @@ impl Scratch {
             // Queued as it is, for the machine to hand out.
             queued.constrained = scratch
                 .st
-                .jobs
-                .get(&queued.job)
-                .and_then(|j| j.tasks.iter().find(|t| t.task_id == queued.task_id))
-                .is_some_and(|t| t.requires.is_some() || t.concurrency.is_some());
+                .task(queued.job, &queued.task_id)
+                .is_some_and(|t| t.constrained());
             scratch
                 .stored_queue
                 .insert(queued.key(), (queued.job, queued.task_id.clone(), head));
@@ -399,36 +395,30 @@ impl Scratch {
         // are (a head left so is worth a look by other takers: its lock
         // kept them off it), the others loaded were taken out and are
         // deleted; the rest were added, in their order.
-        let mut kept = HashMap::new();
+        let mut kept = HashSet::new();
         for queued in self.st.queues.values().flat_map(|q| q.values()) {
             if let Some((job, task_id, head)) = self.stored_queue.get(&queued.key())
                 && *job == queued.job
                 && *task_id == queued.task_id
             {
-                kept.insert(queued.key(), ());
+                kept.insert(queued.key());
                 after.queued |= *head;
                 continue;
             }
-            let task_type = self
-                .st
-                .jobs
-                .get(&queued.job)
-                .and_then(|j| j.tasks.iter().find(|t| t.task_id == queued.task_id))
-                .map(|t| t.task_type.clone())
-                .unwrap_or_default();
+            let task = self.st.task(queued.job, &queued.task_id);
             w.queue_jobs.push(queued.job);
             w.queue_tasks.push(queued.task_id.clone());
-            w.queue_types.push(task_type);
+            w.queue_types
+                .push(task.map(|t| t.task_type.clone()).unwrap_or_default());
             w.queue_ranks.push(queued.rank);
             w.queue_constrained.push(queued.constrained);
-            w.queue_keys
-                .push(self.task_key(queued.job, &queued.task_id));
+            w.queue_keys.push(key_of(task));
             after.queued = true;
         }
         w.queue_taken = self
             .stored_queue
             .keys()
-            .filter(|key| !kept.contains_key(key))
+            .filter(|key| !kept.contains(key))
             .map(|(_, seq)| *seq as i64)
             .collect();
         // Timers added and dropped.
@@ -464,7 +454,7 @@ impl Scratch {
                     w.lease_jobs.push(held.job);
                     w.lease_workers.push(wk.worker_id.clone());
                     w.lease_since.push(utc_of(held.since, self.now, self.mono));
-                    w.lease_keys.push(self.task_key(held.job, task_id));
+                    w.lease_keys.push(key_of(self.st.task(held.job, task_id)));
                 }
             }
         }
@@ -509,16 +499,11 @@ impl Scratch {
     }
 }
 
-impl Scratch {
-    /// The concurrency key of task `task_id` of job `job`, if it has one.
-    fn task_key(&self, job: Uuid, task_id: &str) -> Option<String> {
-        self.st
-            .jobs
-            .get(&job)
-            .and_then(|j| j.tasks.iter().find(|t| t.task_id == task_id))
-            .and_then(|t| t.concurrency.as_ref())
-            .map(|k| k.key.clone())
-    }
+/// A task's concurrency key, as `task_queue.ckey` and `task_leases.ckey`
+/// store it.
+fn key_of(task: Option<&crate::job::TaskRecord>) -> Option<String> {
+    task.and_then(|t| t.concurrency.as_ref())
+        .map(|k| k.key.clone())
 }
 
 /// What an event wrote, for the work after its commit.
