@@ -250,16 +250,16 @@ fn property_unmet(key: &str, want: &Value, have: Option<&Value>) -> Option<Strin
     let Some(have) = have.filter(|h| !h.is_null()) else {
         return Some(format!("resource {key} is not declared"));
     };
-    let met = match (want, have) {
-        (Value::Number(w), Value::Number(h)) => h.as_f64() >= w.as_f64(),
-        (Value::String(w), _) if comparison(w).is_some() => match (comparison(w), have.as_f64()) {
-            (Some(Ok((op, bound))), Some(h)) => op.holds(h, bound),
+    let met = match (want.as_str().and_then(comparison), want, have) {
+        (Some(cmp), _, _) => match (cmp, have.as_f64()) {
+            (Ok((op, bound)), Some(h)) => op.holds(h, bound),
             _ => false,
         },
-        (Value::Array(w), Value::Array(h)) => h.iter().any(|x| w.contains(x)),
-        (Value::Array(w), h) => w.contains(h),
-        (w, Value::Array(h)) => h.contains(w),
-        (w, h) => w == h,
+        (None, Value::Number(w), Value::Number(h)) => h.as_f64() >= w.as_f64(),
+        (None, Value::Array(w), Value::Array(h)) => h.iter().any(|x| w.contains(x)),
+        (None, Value::Array(w), h) => w.contains(h),
+        (None, w, Value::Array(h)) => h.contains(w),
+        (None, w, h) => w == h,
     };
     (!met).then(|| {
         format!(

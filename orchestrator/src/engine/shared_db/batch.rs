@@ -199,9 +199,8 @@ impl SharedDb {
     }
 
     async fn write_batch(&self, shared: &Arc<Shared>, mut batch: Vec<Pending>) {
-        let mut jobs: Vec<Uuid> = batch.iter().flat_map(|p| p.jobs.iter().copied()).collect();
-        jobs.sort();
-        jobs.dedup();
+        // Sorted and deduplicated by the load.
+        let jobs: Vec<Uuid> = batch.iter().flat_map(|p| p.jobs.iter().copied()).collect();
         let mut workers: Vec<String> = batch
             .iter()
             .flat_map(|p| p.workers.iter().cloned())
