@@ -178,9 +178,9 @@ fn is_zero(n: &u32) -> bool {
 
 impl TaskRecord {
     /// Whether a take must check it against the worker before handing it
-    /// out (it has a `requires` or a concurrency key).
+    /// out (it has a `requires`, a concurrency key or a rate key).
     pub fn constrained(&self) -> bool {
-        self.requires.is_some() || self.concurrency.is_some()
+        self.requires.is_some() || self.concurrency.is_some() || self.rate.is_some()
     }
 }
 
@@ -220,6 +220,15 @@ pub struct TaskKey {
     pub max: u32,
 }
 
+/// A task's rate key: at most `per_second` tasks with this `key` are
+/// handed out per second, up to `burst` at once after a quiet spell.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRate {
+    pub key: String,
+    pub per_second: f64,
+    pub burst: u32,
+}
+
 /// One task of a job, dispatched or waiting to be.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskRecord {
@@ -243,6 +252,9 @@ pub struct TaskRecord {
     /// `concurrency`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<TaskKey>,
+    /// Its rate key and that key's rate (from its dispatch's `rate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<TaskRate>,
     /// Worker events (other than progress) received about this attempt.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub events: u32,

@@ -101,6 +101,18 @@ fn golden_errors() {
             "[states.a]\nstart = true\ndispatch = { task = \"t\", on = { success = \"done\" }, events = { ready = \"nowhere\" } }\n[states.done]\nend = \"finished\"\n",
             "bp.toml: state `a`: event `ready` goes to unknown state `nowhere`",
         ),
+        (
+            "[states.a]\nstart = true\ndispatch = { task = \"t\", on = { success = \"done\" }, rate = { key = \"initial.c\", per_second = 0 } }\n[states.done]\nend = \"finished\"\n",
+            "bp.toml: state `a` rate.per_second must be from 0.000012 (one a day) to 100000 (got 0)",
+        ),
+        (
+            "[states.a]\nstart = true\ndispatch = { task = \"t\", on = { success = \"done\" }, rate = { key = \"initial.c\", per_second = 5, burst = 0 } }\n[states.done]\nend = \"finished\"\n",
+            "bp.toml: state `a` rate.burst must be from 1 to 100000 (got 0)",
+        ),
+        (
+            "[states.a]\nstart = true\ndispatch = { task = \"t\", on = { success = \"done\" }, rate = { key = \"initial.c\" } }\n[states.done]\nend = \"finished\"\n",
+            "bp.toml: not a valid blueprint: line 6",
+        ),
     ];
     for (states, expected) in cases {
         let got = err(&format!("{HEAD}{states}"));

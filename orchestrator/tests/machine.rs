@@ -1762,6 +1762,22 @@ async fn tasks_behind_one_no_worker_meets_still_go_to_others(h: Holder) {
     );
 }
 
+/// The `waiting_reason` of the first job waiting for a worker (other than
+/// `except`).
+async fn first_waiting_reason(engine: &Engine, except: Option<uuid::Uuid>) -> String {
+    let waiting = engine
+        .list_jobs(orchestrator::storage::JobFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|j| j.status == JobStatus::WaitingForWorker && Some(j.id) != except)
+        .unwrap();
+    engine.waiting_reason(&waiting).await.unwrap()
+}
+
 const KEYED_FLOW: &str = r#"
 [states.start]
 start = true
@@ -1791,17 +1807,7 @@ async fn a_concurrency_key_bounds_the_tasks_in_flight_per_customer(h: Holder) {
         }
     }
     assert_eq!(held.len(), 4, "two per customer");
-    let waiting = engine
-        .list_jobs(orchestrator::storage::JobFilter {
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|j| j.status == JobStatus::WaitingForWorker)
-        .unwrap();
-    let why = engine.waiting_reason(&waiting).await.unwrap();
+    let why = first_waiting_reason(&engine, None).await;
     assert!(
         why.contains("at most 2 tasks with concurrency key"),
         "{why}"
@@ -1847,4 +1853,59 @@ async fn a_waiting_taker_is_woken_when_a_key_has_room_again(h: Holder) {
         started.elapsed() < Duration::from_secs(10),
         "woken, not timed out"
     );
+}
+
+const RATED_FLOW: &str = r#"
+[states.start]
+start = true
+dispatch.task = "echo"
+dispatch.params.n = "initial.n"
+dispatch.rate = { key = "initial.customer", per_second = 2, burst = 2 }
+dispatch.on = { success = "done" }
+[states.done]
+end = "finished"
+"#;
+
+on_both!(a_rate_key_hands_out_its_burst_then_one_task_per_interval);
+async fn a_rate_key_hands_out_its_burst_then_one_task_per_interval(h: Holder) {
+    let engine = h.engine(RATED_FLOW).await;
+    for w in ["w1", "w2", "w3", "w4"] {
+        register(&engine, w, &["echo"]).await;
+    }
+    for n in 0..4 {
+        create(&engine, json!({"n": n, "customer": "acme"})).await;
+    }
+    let other = create(&engine, json!({"n": 9, "customer": "globex"})).await;
+    // Free workers: acme's burst of two goes, its third waits; globex's
+    // own bucket is full.
+    let mut customers = Vec::new();
+    for w in ["w1", "w2", "w3"] {
+        let t = poll(&engine, w).await.expect("a task");
+        let j = job(&engine, t.job_id.parse().unwrap()).await;
+        customers.push(j.initial_data["customer"].as_str().unwrap().to_string());
+    }
+    customers.sort();
+    assert_eq!(customers, ["acme", "acme", "globex"]);
+    assert!(poll(&engine, "w4").await.is_none(), "acme's burst is spent");
+    let why = first_waiting_reason(&engine, Some(other)).await;
+    assert!(
+        why.contains("at most 2 tasks per second with rate key acme"),
+        "{why}"
+    );
+    // A long-poll gets the next one when the bucket has room again (half
+    // a second on), not before and without any other event waking it.
+    let started = tokio::time::Instant::now();
+    let third = engine
+        .next_task("w4", Duration::from_secs(20))
+        .await
+        .unwrap()
+        .expect("the third of acme");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(10),
+        "waited {waited:?}"
+    );
+    let j = job(&engine, third.job_id.parse().unwrap()).await;
+    assert_eq!(j.initial_data["customer"], "acme");
+    assert!(poll(&engine, "w4").await.is_none(), "one per interval");
 }

@@ -94,6 +94,41 @@ pub struct TaskSpec {
     pub requires: Option<Arc<crate::engine::matching::Requirements>>,
     /// At most `max` tasks in flight per value of `key`.
     pub concurrency: Option<ConcurrencySpec>,
+    /// At most `per_second` handed out per second per value of `key`.
+    pub rate: Option<RateSpec>,
+}
+
+#[derive(Debug)]
+pub struct RateSpec {
+    pub key: Expr,
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+/// Highest `rate.per_second` (and lowest: one task a day).
+pub const MAX_RATE: f64 = 100_000.0;
+pub const MIN_RATE: f64 = 1.0 / 86_400.0;
+
+fn compile_rate(r: &Option<model::RateFile>) -> Result<Option<RateSpec>, String> {
+    let Some(r) = r else { return Ok(None) };
+    if !(MIN_RATE..=MAX_RATE).contains(&r.per_second) {
+        return Err(format!(
+            "rate.per_second must be from {MIN_RATE:.6} (one a day) to {MAX_RATE} (got {})",
+            r.per_second
+        ));
+    }
+    let burst = r.burst.unwrap_or(1);
+    if burst == 0 || burst > MAX_CONCURRENCY {
+        return Err(format!(
+            "rate.burst must be from 1 to {MAX_CONCURRENCY} (got {burst})"
+        ));
+    }
+    let key = Expr::compile(&r.key).map_err(|e| format!("rate.key: {e}"))?;
+    Ok(Some(RateSpec {
+        key,
+        per_second: r.per_second,
+        burst,
+    }))
 }
 
 #[derive(Debug)]
@@ -481,6 +516,7 @@ fn compile_state(name: &str, file: &StateFile) -> Result<Action, String> {
                 priority: compile_priority(&d.priority)?,
                 requires: compile_requires(&d.requires)?,
                 concurrency: compile_concurrency(&d.concurrency)?,
+                rate: compile_rate(&d.rate)?,
             },
             on: d.on.clone(),
             events: d.events.clone(),
@@ -504,6 +540,7 @@ fn compile_state(name: &str, file: &StateFile) -> Result<Action, String> {
                     priority: compile_priority(&p.priority)?,
                     requires: compile_requires(&p.requires)?,
                     concurrency: compile_concurrency(&p.concurrency)?,
+                    rate: compile_rate(&p.rate)?,
                 },
             );
         }
@@ -637,6 +674,7 @@ fn compile_map(m: &model::MapFile) -> Result<MapSpec, String> {
             priority: compile_priority(&m.priority)?,
             requires: compile_requires(&m.requires)?,
             concurrency: compile_concurrency(&m.concurrency)?,
+            rate: compile_rate(&m.rate)?,
         },
         max_in_flight,
         fail_fast,

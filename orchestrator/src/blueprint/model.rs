@@ -111,6 +111,10 @@ pub struct DispatchFile {
     /// At most `max` such tasks in flight per value of `key`.
     #[serde(default)]
     pub concurrency: Option<ConcurrencyFile>,
+    /// At most `per_second` such tasks handed out per second per value of
+    /// `key` (bursts of up to `burst`).
+    #[serde(default)]
+    pub rate: Option<RateFile>,
 }
 
 /// `concurrency = { key = "<expr>", max = N }`.
@@ -120,6 +124,18 @@ pub struct ConcurrencyFile {
     /// Expression giving the key (e.g. `initial.customer`).
     pub key: String,
     pub max: u32,
+}
+
+/// `rate = { key = "<expr>", per_second = R, burst = B }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateFile {
+    /// Expression giving the key (e.g. `initial.customer`).
+    pub key: String,
+    pub per_second: f64,
+    /// Tasks that may go at once after a quiet spell (default 1).
+    #[serde(default)]
+    pub burst: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -154,6 +170,10 @@ pub struct ParallelFile {
     /// At most `max` such tasks in flight per value of `key`.
     #[serde(default)]
     pub concurrency: Option<ConcurrencyFile>,
+    /// At most `per_second` such tasks handed out per second per value of
+    /// `key` (bursts of up to `burst`).
+    #[serde(default)]
+    pub rate: Option<RateFile>,
     #[serde(default)]
     pub retry: Option<RetryFile>,
     #[serde(default)]
@@ -198,6 +218,10 @@ pub struct MapFile {
     /// At most `max` such tasks in flight per value of `key`.
     #[serde(default)]
     pub concurrency: Option<ConcurrencyFile>,
+    /// At most `per_second` such tasks handed out per second per value of
+    /// `key` (bursts of up to `burst`).
+    #[serde(default)]
+    pub rate: Option<RateFile>,
     #[serde(default)]
     pub retry: Option<RetryFile>,
     #[serde(default)]

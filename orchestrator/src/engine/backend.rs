@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::effects::Wake;
+use super::effects::{Take, Wake};
 use super::local::Local;
 use super::shared_db::SharedDb;
 use super::workers::WorkerView;
@@ -247,12 +247,17 @@ impl Backend {
         &self,
         shared: &Arc<Shared>,
         worker_id: &str,
-    ) -> Result<(Option<rxon::TaskPayload>, Wake), EngineError> {
+    ) -> Result<Take, EngineError> {
         match self {
             Self::Local(local) => local.take(shared, worker_id),
             Self::Shared(db) => {
                 let wake = Wake::armed(db.tasks.clone());
-                Ok((db.take(shared, worker_id).await?, wake))
+                let (task, again_at) = db.take(shared, worker_id).await?;
+                Ok(Take {
+                    task,
+                    wake,
+                    again_at,
+                })
             }
         }
     }

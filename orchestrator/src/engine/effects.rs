@@ -60,6 +60,15 @@ impl AfterCommit {
 }
 
 /// A wake-up to wait for: a task queued, a job ended.
+/// What a worker's look for a task found.
+pub(crate) struct Take {
+    pub task: Option<rxon::TaskPayload>,
+    /// Wakes the worker when a task may be there for it.
+    pub wake: Wake,
+    /// Tasks were passed over for their rate keys: the first may go then.
+    pub again_at: Option<tokio::time::Instant>,
+}
+
 pub(crate) enum Wake {
     /// A permit: a wake-up given before the wait is kept for it.
     Permit(Arc<Notify>),

@@ -14,7 +14,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::effects::{AfterCommit, Wake};
+use super::effects::{AfterCommit, Take, Wake};
 use super::persist::{self, PersistMsg};
 use super::workers::WorkerView;
 use super::{EngineError, EngineState, NewJob, Shared, Timer, machine};
@@ -211,18 +211,19 @@ impl Local {
 
     /// Takes the next task `worker_id` can run; the wake-up for when one
     /// is queued (a permit: one queued meanwhile is not missed).
-    pub(crate) fn take(
-        &self,
-        shared: &Arc<Shared>,
-        worker_id: &str,
-    ) -> Result<(Option<rxon::TaskPayload>, Wake), EngineError> {
+    pub(crate) fn take(&self, shared: &Arc<Shared>, worker_id: &str) -> Result<Take, EngineError> {
         let mut st = self.tx(shared);
         let Some(worker) = st.workers.get_mut(worker_id) else {
             return Err(EngineError::UnknownWorker(worker_id.to_string()));
         };
         worker.last_seen = Instant::now();
         let wake = Wake::Permit(worker.wake.clone());
-        Ok((machine::take_task(shared, &mut st, worker_id), wake))
+        let task = machine::take_task(shared, &mut st, worker_id);
+        Ok(Take {
+            task,
+            wake,
+            again_at: st.rate_wait,
+        })
     }
 
     pub(crate) fn register(

@@ -29,6 +29,7 @@ mod local;
 pub(crate) mod machine;
 pub mod matching;
 pub mod persist;
+pub mod rates;
 pub mod retention;
 mod settings;
 pub(crate) mod shared_db;
@@ -523,13 +524,16 @@ impl Engine {
         let mut deploys = self.shared.registry.subscribe();
         deploys.borrow_and_update();
         loop {
-            let (taken, queued) = self.shared.backend.take(&self.shared, worker_id).await?;
+            let take = self.shared.backend.take(&self.shared, worker_id).await?;
             // Signed outside any lock.
-            if let Some(payload) = taken {
+            if let Some(payload) = take.task {
                 return Ok(Some(self.signed(payload)));
             }
+            // A task held back by its rate key may go before the deadline.
+            let again = take.again_at.filter(|at| *at < deadline);
             tokio::select! {
-                _ = queued.wait() => {}
+                _ = take.wake.wait() => {}
+                _ = tokio::time::sleep_until(again.unwrap_or(deadline)), if again.is_some() => {}
                 _ = tokio::time::sleep_until(deadline) => return Ok(None),
                 _ = self.shared.stopping.cancelled() => return Ok(None),
                 _ = deploys.changed() => return Ok(None),

@@ -109,6 +109,13 @@ pub struct EngineState {
     /// waiting for that key may go); read by the shared database's write,
     /// which wakes the other instances' takers.
     pub keys_freed: bool,
+    /// Rate keys' buckets (see [`super::rates`]): on one instance kept
+    /// here; on a shared database those of the tasks a take looked at,
+    /// loaded with the state and written back.
+    pub rates: HashMap<String, Instant>,
+    /// Set by a take that passed over tasks for their rate keys: when the
+    /// first of them may go (the taker looks again then).
+    pub rate_wait: Option<Instant>,
     /// Tasks taken from their workers (job cancelled or ended while they
     /// ran), told to the workers' channels once the change is made.
     pub stops: Vec<TaskStop>,

@@ -5,7 +5,8 @@
 //! tasks needing nothing keep flowing to every worker; on SQLite, and on
 //! PostgreSQL with the two workers on two instances. And a concurrency key
 //! (`max = 2` per customer) holds under 500 jobs of 5 customers through two
-//! PostgreSQL instances, by the jobs' own histories.
+//! PostgreSQL instances, by the jobs' own histories, and so does a rate key
+//! (10 per second per customer, bursts of 2).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -149,6 +150,42 @@ dispatch.on = { success = "done" }
 end = "finished"
 "#;
 
+/// Two orchestrators on one PostgreSQL database serving `flow` (as
+/// `name`), each with a worker host of 10 slots running the chaos
+/// fixture; the second worker is returned (the first is A's).
+async fn two_instances(name: &str, flow: &str) -> (Stack, Stack, Proc) {
+    let mut a = Stack::on_postgres().await;
+    let mut b = Stack::new();
+    b.storage = a.storage.clone();
+    for stack in [&a, &b] {
+        stack.add_plugin(plugin_fixtures::CHAOS_TASK);
+        stack.add_blueprint(name, flow);
+    }
+    a.start_orchestrator();
+    a.wait_ready().await;
+    b.start_orchestrator();
+    b.wait_ready().await;
+    let b_url = format!("http://localhost:{}", b.port);
+    let slots = |cmd: &mut std::process::Command| {
+        cmd.args(["--max-concurrent-tasks", "10"]);
+    };
+    a.worker = Some(a.spawn_worker(&format!("{name}-a"), &format!("{name}-a.log"), slots));
+    let other = b.spawn_worker(&format!("{name}-b"), &format!("{name}-b.log"), |cmd| {
+        slots(cmd);
+        cmd.env("ORCHESTRATOR_URL", &b_url);
+    });
+    wait_until(
+        "both workers, seen from A",
+        Duration::from_secs(60),
+        || async {
+            let (_, workers) = a.get("/api/v1/workers").await;
+            workers.as_array().is_some_and(|w| w.len() == 2)
+        },
+    )
+    .await;
+    (a, b, other)
+}
+
 /// When each task of `job` was handed out and answered, by its history.
 async fn task_span(
     stack: &Stack,
@@ -172,37 +209,9 @@ async fn task_span(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_concurrency_key_holds_across_two_instances_on_postgres() {
-    let mut a = Stack::on_postgres().await;
-    let mut b = Stack::new();
-    b.storage = a.storage.clone();
-    for stack in [&a, &b] {
-        stack.add_plugin(plugin_fixtures::CHAOS_TASK);
-        stack.add_blueprint("keyed_sleep", KEYED_FLOW);
-    }
-    a.start_orchestrator();
-    a.wait_ready().await;
-    b.start_orchestrator();
-    b.wait_ready().await;
     // A worker with 10 slots on each instance: 20 slots for 5 customers
     // allowed 2 each.
-    let b_url = format!("http://localhost:{}", b.port);
-    let slots = |cmd: &mut std::process::Command| {
-        cmd.args(["--max-concurrent-tasks", "10"]);
-    };
-    a.worker = Some(a.spawn_worker("keyed-a", "keyed-a.log", slots));
-    let mut other = b.spawn_worker("keyed-b", "keyed-b.log", |cmd| {
-        slots(cmd);
-        cmd.env("ORCHESTRATOR_URL", &b_url);
-    });
-    wait_until(
-        "both workers, seen from A",
-        Duration::from_secs(60),
-        || async {
-            let (_, workers) = a.get("/api/v1/workers").await;
-            workers.as_array().is_some_and(|w| w.len() == 2)
-        },
-    )
-    .await;
+    let (a, b, mut other) = two_instances("keyed_sleep", KEYED_FLOW).await;
     let customers = ["c0", "c1", "c2", "c3", "c4"];
     let mut jobs = Vec::new();
     for n in 0..500 {
@@ -242,6 +251,69 @@ async fn a_concurrency_key_holds_across_two_instances_on_postgres() {
             "customer {customer}: {most} tasks in flight at once"
         );
         assert_eq!(most, 2, "customer {customer} never ran two at once");
+    }
+    other.stop();
+    a.assert_no_panic();
+    b.assert_no_panic();
+}
+
+const RATED_FLOW: &str = r#"
+name = "rated_sleep"
+api_endpoint = "/jobs/rated_sleep"
+api_version = "v1"
+[states.start]
+start = true
+dispatch.task = "sleep"
+dispatch.params.ms = 1
+dispatch.rate = { key = "initial.customer", per_second = 10, burst = 2 }
+dispatch.on = { success = "done" }
+[states.done]
+end = "finished"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_key_holds_across_two_instances_on_postgres() {
+    let (a, b, mut other) = two_instances("rated_sleep", RATED_FLOW).await;
+    let mut jobs = Vec::new();
+    for n in 0..40 {
+        let customer = ["c0", "c1"][n % 2];
+        let via = if n % 4 < 2 { &a } else { &b };
+        jobs.push((
+            customer,
+            via.create("/jobs/rated_sleep", json!({"customer": customer}))
+                .await,
+        ));
+    }
+    let mut starts: std::collections::BTreeMap<&str, Vec<_>> = Default::default();
+    for (customer, id) in &jobs {
+        let done = a.finished(id).await;
+        assert_eq!(done["status"], "finished", "{done}");
+        starts
+            .entry(customer)
+            .or_default()
+            .push(task_span(&a, id).await.0);
+    }
+    for (customer, mut starts) in starts {
+        starts.sort();
+        // Between any two hand-outs of one customer, at most its burst
+        // plus 10 per second (50 ms of slack for where each instance
+        // reads its clock).
+        for i in 0..starts.len() {
+            for j in i + 1..starts.len() {
+                let secs = (starts[j] - starts[i]).num_microseconds().unwrap() as f64 / 1e6;
+                let allowed = 2.0 + 10.0 * (secs + 0.05);
+                assert!(
+                    (j - i + 1) as f64 <= allowed,
+                    "customer {customer}: {} tasks handed out in {secs:.3} s",
+                    j - i + 1
+                );
+            }
+        }
+        let spread = (starts[starts.len() - 1] - starts[0]).num_milliseconds();
+        assert!(
+            spread >= 1500,
+            "customer {customer}: 20 tasks in {spread} ms"
+        );
     }
     other.stop();
     a.assert_no_panic();

@@ -66,22 +66,22 @@ pub(crate) fn enqueue(
     ));
 }
 
-/// Gives the oldest queued task this worker can run to it.
+/// Gives the oldest queued task this worker can run to it. Sets
+/// `st.rate_wait` when it passed over tasks whose rate key had no room.
 pub(crate) fn take_task(
     shared: &Shared,
     st: &mut EngineState,
     worker_id: &str,
 ) -> Option<rxon::TaskPayload> {
+    st.rate_wait = None;
     let worker = st.workers.get(worker_id)?;
     // A worker that said goodbye gets nothing more (its poll raced the goodbye).
     if worker.status == "offline" {
         return None;
     }
     let skills: Vec<String> = worker.skills.iter().map(|s| s.name.clone()).collect();
-    // Tasks in flight per concurrency key, counted at the first task with
-    // a key this take looks at.
-    let mut keys: Option<HashMap<String, u32>> = None;
-    loop {
+    let mut look = Look::default();
+    let payload = loop {
         // Per skill, the first task this worker may take; then the first
         // of those.
         let mut best: Option<((i64, u64), &str)> = None;
@@ -89,7 +89,7 @@ pub(crate) fn take_task(
             let Some(key) = st
                 .queues
                 .get(skill)
-                .and_then(|q| first_for(st, q, worker_id, &mut keys))
+                .and_then(|q| first_for(st, q, worker_id, &mut look))
             else {
                 continue;
             };
@@ -97,13 +97,44 @@ pub(crate) fn take_task(
                 best = Some((key, skill));
             }
         }
-        let (key, skill) = best?;
+        let Some((key, skill)) = best else {
+            break None;
+        };
         let skill = skill.to_string();
         let queued = st.queues.get_mut(&skill)?.remove(&key)?;
         if let Some(payload) = hand_out(shared, st, worker_id, &queued) {
-            return Some(payload);
+            spend_rate(st, &queued);
+            break Some(payload);
         }
+    };
+    st.rate_wait = look.rate_wait;
+    payload
+}
+
+/// What one take learnt while it looked through the queues.
+#[derive(Default)]
+struct Look {
+    /// Tasks in flight per concurrency key, counted at the first task
+    /// with a key the take looks at.
+    keys: Option<HashMap<String, u32>>,
+    /// When the first task passed over for its rate key may go.
+    rate_wait: Option<Instant>,
+}
+
+/// A task with a rate key went: its bucket moves on.
+fn spend_rate(st: &mut EngineState, queued: &Queued) {
+    let Some(rate) = st
+        .task(queued.job, &queued.task_id)
+        .and_then(|t| t.rate.clone())
+    else {
+        return;
+    };
+    let now = Instant::now();
+    if st.rates.len() >= crate::engine::rates::KEPT_BUCKETS {
+        st.rates.retain(|_, tat| *tat > now);
     }
+    let tat = crate::engine::rates::after_one(st.rates.get(&rate.key).copied(), &rate, now);
+    st.rates.insert(rate.key, tat);
 }
 
 /// Most queued tasks one take looks at in one queue for one its worker
@@ -117,25 +148,20 @@ fn first_for(
     st: &EngineState,
     queue: &crate::engine::state::TaskQueue,
     worker_id: &str,
-    keys: &mut Option<HashMap<String, u32>>,
+    look: &mut Look,
 ) -> Option<(i64, u64)> {
     let worker = st.workers.get(worker_id)?;
     queue
         .iter()
         .take(MATCH_SCAN)
-        .find(|(_, q)| !q.constrained || may_take(st, q, worker, keys))
+        .find(|(_, q)| !q.constrained || may_take(st, q, worker, look))
         .map(|(key, _)| *key)
 }
 
 /// Whether `worker` may take queued task `q`: it meets what the task
-/// requires, and the task's concurrency key has room (a task whose job
-/// moved on counts as takeable: the take drops it).
-fn may_take(
-    st: &EngineState,
-    q: &Queued,
-    worker: &WorkerRecord,
-    keys: &mut Option<HashMap<String, u32>>,
-) -> bool {
+/// requires, and the task's concurrency key and rate key have room (a
+/// task whose job moved on counts as takeable: the take drops it).
+fn may_take(st: &EngineState, q: &Queued, worker: &WorkerRecord, look: &mut Look) -> bool {
     let Some(task) = st.task(q.job, &q.task_id) else {
         return true;
     };
@@ -144,13 +170,20 @@ fn may_take(
     {
         return false;
     }
-    match &task.concurrency {
-        None => true,
-        Some(k) => {
-            let counts = keys.get_or_insert_with(|| keys_in_flight(st));
-            counts.get(&k.key).copied().unwrap_or(0) < k.max
+    if let Some(k) = &task.concurrency {
+        let counts = look.keys.get_or_insert_with(|| keys_in_flight(st));
+        if counts.get(&k.key).copied().unwrap_or(0) >= k.max {
+            return false;
         }
     }
+    if let Some(r) = &task.rate
+        && let Some(at) =
+            crate::engine::rates::ready_at(st.rates.get(&r.key).copied(), r, Instant::now())
+    {
+        look.rate_wait = Some(look.rate_wait.map_or(at, |w| w.min(at)));
+        return false;
+    }
+    true
 }
 
 /// Tasks in flight per concurrency key: on a shared database, as counted

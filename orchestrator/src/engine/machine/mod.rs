@@ -467,41 +467,47 @@ pub(crate) fn spec_record(
 ) -> Result<TaskRecord, String> {
     let params = eval_params(spec, ctx)?;
     let priority = task_priority(spec, ctx, job)?;
-    let concurrency = task_key(spec, ctx)?;
     let mut record = new_record(&spec.task_type, params, branch);
     record.priority = priority;
     record.requires = spec.requires.clone();
-    record.concurrency = concurrency;
+    if let Some(c) = &spec.concurrency {
+        let key = key_value(&c.key, ctx, "concurrency.key")?;
+        record.concurrency = Some(crate::job::TaskKey { key, max: c.max });
+    }
+    if let Some(r) = &spec.rate {
+        let key = key_value(&r.key, ctx, "rate.key")?;
+        record.rate = Some(crate::job::TaskRate {
+            key,
+            per_second: r.per_second,
+            burst: r.burst,
+        });
+    }
     Ok(record)
 }
 
-/// Longest concurrency key.
+/// Longest concurrency or rate key.
 pub const MAX_KEY_CHARS: usize = 256;
 
-/// The concurrency key of a task of `spec` (evaluated in `ctx`).
-pub(crate) fn task_key(
-    spec: &TaskSpec,
+/// The value of a concurrency or rate key's expression (`what` names it).
+fn key_value(
+    expr: &crate::blueprint::expr::Expr,
     ctx: &crate::blueprint::expr::Context,
-) -> Result<Option<crate::job::TaskKey>, String> {
-    let Some(c) = &spec.concurrency else {
-        return Ok(None);
-    };
-    let key = match c.key.eval(ctx)? {
+    what: &str,
+) -> Result<String, String> {
+    let key = match expr.eval(ctx)? {
         Value::String(s) => s,
         Value::Number(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
         other => {
             return Err(format!(
-                "concurrency.key must give a string or a number, got {other}"
+                "{what} must give a string or a number, got {other}"
             ));
         }
     };
     if key.chars().count() > MAX_KEY_CHARS {
-        return Err(format!(
-            "concurrency.key gave more than {MAX_KEY_CHARS} characters"
-        ));
+        return Err(format!("{what} gave more than {MAX_KEY_CHARS} characters"));
     }
-    Ok(Some(crate::job::TaskKey { key, max: c.max }))
+    Ok(key)
 }
 
 /// The priority of a task of `spec` in `job` (evaluated in `ctx`).
@@ -538,6 +544,7 @@ pub(crate) fn new_record(task_type: &str, params: Object, branch: Option<String>
         priority: 0.0,
         requires: None,
         concurrency: None,
+        rate: None,
         events: 0,
         progress_at: None,
         attempt: 1,

@@ -91,6 +91,13 @@ pub(crate) fn waiting_reason(st: &EngineState, job: &Job) -> Option<String> {
                     });
                     continue;
                 }
+                if let (Some(r), true) = (&task.rate, offering > 0) {
+                    reasons.push(format!(
+                        "waiting for a free worker offering task type {} ({offering} registered); at most {} tasks per second with rate key {} are handed out (bursts of {})",
+                        task.task_type, r.per_second, r.key, r.burst
+                    ));
+                    continue;
+                }
                 if let (Some(k), true) = (&task.concurrency, offering > 0) {
                     reasons.push(format!(
                         "waiting for a free worker offering task type {} ({offering} registered); at most {} tasks with concurrency key {} run at once",

@@ -1,6 +1,6 @@
 //! Each instance's maintenance loop: fires due timers, drops expired
-//! workers, takes over orphaned webhooks, prunes nonces and sessions, and
-//! wakes waiters whose notification was missed.
+//! workers, takes over orphaned webhooks, prunes nonces, sessions and past
+//! rate buckets, and wakes waiters whose notification was missed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,7 +109,8 @@ impl SharedDb {
                     let _ = client
                         .batch_execute(
                             "DELETE FROM seen_nonces WHERE seen_at < now() - interval '130 seconds';
-                             DELETE FROM dashboard_sessions WHERE expires_at <= now();",
+                             DELETE FROM dashboard_sessions WHERE expires_at <= now();
+                             DELETE FROM rate_buckets WHERE tat < now();",
                         )
                         .await;
                 }

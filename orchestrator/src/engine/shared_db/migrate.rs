@@ -57,6 +57,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         12,
         include_str!("../../../migrations/postgres/0012_batched_claims.sql"),
     ),
+    (
+        13,
+        include_str!("../../../migrations/postgres/0013_rate_buckets.sql"),
+    ),
 ];
 
 /// Applies the migrations not applied yet.

@@ -144,6 +144,8 @@ pub(super) struct Scratch {
     /// the write deletes those the machine took out (handed out or stale),
     /// and `true` marks a head (one locked for a take).
     stored_queue: HashMap<(i64, u64), (Uuid, String, bool)>,
+    /// Rate keys' buckets as loaded (those spent are written back).
+    rates: HashMap<String, Instant>,
     now: DateTime<Utc>,
     mono: Instant,
 }
@@ -181,6 +183,7 @@ impl Scratch {
             leases: BTreeSet::new(),
             timers: HashMap::new(),
             stored_queue: HashMap::new(),
+            rates: HashMap::new(),
             now,
             mono: Instant::now(),
         }
@@ -327,7 +330,44 @@ impl Scratch {
                 .or_default()
                 .insert(queued.key(), queued);
         }
+        scratch.load_rates(tx).await?;
         Ok((scratch, claimed_for))
+    }
+
+    /// The buckets of the rate keys of the tasks loaded for takes, each
+    /// key locked for the rest of the transaction first (`engine_rate_load`,
+    /// migration 0013): two takes of tasks of one key, on any instances,
+    /// spend its bucket one after the other.
+    async fn load_rates(&mut self, tx: &Transaction<'_>) -> Result<(), DbError> {
+        let keys: BTreeSet<String> = self
+            .stored_queue
+            .values()
+            .filter_map(|(job, task_id, _)| self.st.task(*job, task_id)?.rate.as_ref())
+            .map(|r| r.key.clone())
+            .collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = keys.into_iter().collect();
+        let rows = tx
+            .query(
+                &tx.prepare_cached("SELECT key, us FROM engine_rate_load($1)")
+                    .await?,
+                &[&keys],
+            )
+            .await?;
+        for row in rows {
+            let (key, us): (String, i64) = (row.get(0), row.get(1));
+            // Microseconds from the database's now: in the past, the
+            // bucket is full (as without a row).
+            let Ok(ahead) = u64::try_from(us) else {
+                continue;
+            };
+            let tat = self.mono + Duration::from_micros(ahead);
+            self.rates.insert(key.clone(), tat);
+            self.st.rates.insert(key, tat);
+        }
+        Ok(())
     }
 
     /// Writes what the event changed, in one statement. Fails with
@@ -487,6 +527,14 @@ impl Scratch {
             .filter(|id| !self.st.workers.contains_key(*id))
             .cloned()
             .collect();
+        // Rate buckets spent, as microseconds from the database's now.
+        for (key, tat) in &self.st.rates {
+            if self.rates.get(key) != Some(tat) {
+                w.rate_keys.push(key.clone());
+                w.rate_ahead
+                    .push(tat.saturating_duration_since(self.mono).as_micros() as i64);
+            }
+        }
         after.webhooks = std::mem::take(&mut self.st.webhooks);
         // A task with a concurrency key ended: one of that key waiting may go.
         after.queued |= self.st.keys_freed;
@@ -565,6 +613,8 @@ struct Writes {
     hook_jobs: Vec<Uuid>,
     hook_urls: Vec<String>,
     hook_bodies: Vec<String>,
+    rate_keys: Vec<String>,
+    rate_ahead: Vec<i64>,
 }
 
 /// An event's writes in one statement: each table's rows come as arrays
@@ -609,7 +659,10 @@ const APPLY: &str = "WITH
   wd AS (DELETE FROM workers WHERE id = ANY($38::text[])),
   wh AS (INSERT INTO webhooks (job_id, url, body, created_at)
          SELECT j, u, b, now() FROM unnest($39::uuid[], $40::text[], $41::text[]) AS w(j, u, b)
-         ON CONFLICT (job_id) DO UPDATE SET url = excluded.url, body = excluded.body)
+         ON CONFLICT (job_id) DO UPDATE SET url = excluded.url, body = excluded.body),
+  rb AS (INSERT INTO rate_buckets (key, tat)
+         SELECT k, now() + u * interval '1 microsecond' FROM unnest($47::text[], $48::bigint[]) AS r(k, u)
+         ON CONFLICT (key) DO UPDATE SET tat = excluded.tat)
 SELECT count(*) FROM upd";
 
 impl Writes {
@@ -626,6 +679,7 @@ impl Writes {
             && self.worker_ids.is_empty()
             && self.workers_dropped.is_empty()
             && self.hook_jobs.is_empty()
+            && self.rate_keys.is_empty()
     }
 
     /// Runs [`APPLY`] (nothing when there is nothing to write).
@@ -683,6 +737,8 @@ impl Writes {
                     &self.queue_taken,
                     &self.queue_keys,
                     &self.lease_keys,
+                    &self.rate_keys,
+                    &self.rate_ahead,
                 ],
             )
             .await?;

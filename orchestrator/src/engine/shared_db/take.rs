@@ -26,19 +26,21 @@ enum Took {
     /// A task was claimed for the worker but was no longer waiting, or went
     /// to another take of the batch: try again.
     Stale,
-    /// Nothing queued that the worker can run.
-    Nothing,
+    /// Nothing queued that the worker can run (tasks held back by their
+    /// rate keys may go at the instant given).
+    Nothing(Option<Instant>),
     /// The worker is not registered (or was dropped meanwhile).
     UnknownWorker,
 }
 
 impl SharedDb {
-    /// Claims the first queued task this worker can run, if any.
+    /// Claims the first queued task this worker can run, if any; else
+    /// when tasks held back by their rate keys may go.
     pub(crate) async fn take(
         &self,
         shared: &Arc<Shared>,
         worker_id: &str,
-    ) -> Result<Option<rxon::TaskPayload>, EngineError> {
+    ) -> Result<(Option<rxon::TaskPayload>, Option<Instant>), EngineError> {
         self.touch(worker_id).await?;
         for _ in 0..STALE_CLAIMS {
             let (on, worker) = (shared.clone(), worker_id.to_string());
@@ -48,15 +50,15 @@ impl SharedDb {
                 })
                 .await?;
             match took {
-                Took::Task(payload) => return Ok(Some(*payload)),
+                Took::Task(payload) => return Ok((Some(*payload), None)),
                 Took::Stale => continue,
-                Took::Nothing => return Ok(None),
+                Took::Nothing(again_at) => return Ok((None, again_at)),
                 Took::UnknownWorker => {
                     return Err(EngineError::UnknownWorker(worker_id.to_string()));
                 }
             }
         }
-        Ok(None)
+        Ok((None, None))
     }
 
     /// Whether `worker_id`'s `last_seen` is due to be written (at most once
@@ -101,12 +103,12 @@ impl SharedDb {
 fn take_step(shared: &Shared, st: &mut EngineState, worker: &str, claimed_for: &[String]) -> Took {
     match st.workers.get(worker) {
         None => return Took::UnknownWorker,
-        Some(w) if w.status == "offline" => return Took::Nothing,
+        Some(w) if w.status == "offline" => return Took::Nothing(None),
         Some(_) => {}
     }
     match machine::take_task(shared, st, worker) {
         Some(payload) => Took::Task(Box::new(payload)),
         None if claimed_for.iter().any(|w| w == worker) => Took::Stale,
-        None => Took::Nothing,
+        None => Took::Nothing(st.rate_wait),
     }
 }
