@@ -178,9 +178,13 @@ fn is_zero(n: &u32) -> bool {
 
 impl TaskRecord {
     /// Whether a take must check it against the worker before handing it
-    /// out (it has a `requires`, a concurrency key or a rate key).
+    /// out (it has a `requires`, a concurrency key, a rate key or a
+    /// strategy).
     pub fn constrained(&self) -> bool {
-        self.requires.is_some() || self.concurrency.is_some() || self.rate.is_some()
+        self.requires.is_some()
+            || self.concurrency.is_some()
+            || self.rate.is_some()
+            || self.strategy.is_some()
     }
 }
 
@@ -255,6 +259,9 @@ pub struct TaskRecord {
     /// Its rate key and that key's rate (from its dispatch's `rate`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<TaskRate>,
+    /// Which waiting worker it goes to (from its dispatch's `strategy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<crate::engine::strategy::Strategy>,
     /// Worker events (other than progress) received about this attempt.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub events: u32,

@@ -1909,3 +1909,57 @@ async fn a_rate_key_hands_out_its_burst_then_one_task_per_interval(h: Holder) {
     assert_eq!(j.initial_data["customer"], "acme");
     assert!(poll(&engine, "w4").await.is_none(), "one per interval");
 }
+
+const CHEAPEST_FLOW: &str = r#"
+[states.start]
+start = true
+dispatch.task = "echo"
+dispatch.strategy = "cheapest"
+dispatch.on = { success = "done" }
+[states.done]
+end = "finished"
+"#;
+
+async fn register_costing(engine: &Engine, worker: &str, cost: f64) {
+    let reg: rxon::WorkerRegistration = serde_json::from_value(json!({
+        "worker_id": worker,
+        "worker_type": "test",
+        "supported_skills": [{"name": "echo"}],
+        "capabilities": {"cost_per_skill": {"echo": cost}},
+    }))
+    .unwrap();
+    engine.register_worker(&reg).await.expect("registered");
+}
+
+on_both!(a_cheapest_task_goes_to_the_cheaper_of_two_waiting_workers);
+async fn a_cheapest_task_goes_to_the_cheaper_of_two_waiting_workers(h: Holder) {
+    let engine = h.engine(CHEAPEST_FLOW).await;
+    register_costing(&engine, "thrifty", 1.0).await;
+    register_costing(&engine, "pricey", 5.0).await;
+    for n in 0..3 {
+        // Both wait; whichever the new task wakes first, the cheap one
+        // gets it.
+        let wait = |w: &'static str| {
+            let engine = engine.clone();
+            tokio::spawn(async move { engine.next_task(w, Duration::from_secs(3)).await })
+        };
+        // (The dear one waits first and sorts first: without a strategy
+        // the wake-up order would give it the task.)
+        let dear = wait("pricey");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let cheap = wait("thrifty");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let id = create(&engine, json!({"n": n})).await;
+        let task = cheap.await.unwrap().unwrap().expect("the cheap worker's");
+        assert_eq!(task.job_id, id.to_string());
+        assert!(dear.await.unwrap().unwrap().is_none(), "not the dear one's");
+        engine
+            .submit_result("thrifty", success(&task, "success", json!({})))
+            .await
+            .unwrap();
+    }
+    // Alone, the dear one takes it: a strategy chooses among the waiting.
+    let id = create(&engine, json!({"n": 9})).await;
+    let task = poll(&engine, "pricey").await.expect("nobody better waits");
+    assert_eq!(task.job_id, id.to_string());
+}

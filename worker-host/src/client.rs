@@ -510,13 +510,19 @@ impl OrchestratorClient {
     }
 
     /// Long-polls for the next task; `None` when none came within `wait`.
-    pub async fn next_task(&self, wait: Duration) -> Result<Option<PolledTask>, ClientError> {
-        let skills_query = format!("timeout={}", wait.as_secs_f64());
+    /// `hot` names the skills held warm (comma-separated, as avtomatika's
+    /// SDK sends them): every plugin's, as they are compiled ahead.
+    pub async fn next_task(
+        &self,
+        wait: Duration,
+        hot: &str,
+    ) -> Result<Option<PolledTask>, ClientError> {
         let request = self
-            .request(
-                Method::GET,
-                &format!("{}?{skills_query}", path::next_task(&self.worker_id)),
-            )
+            .request(Method::GET, &path::next_task(&self.worker_id))
+            .query(&[
+                ("timeout", wait.as_secs_f64().to_string().as_str()),
+                ("hot_skills", hot),
+            ])
             // The server may hold the request for `wait` (avtomatika: always 30 s).
             .timeout(wait.max(Duration::from_secs(30)) + Duration::from_secs(10));
         Ok(self

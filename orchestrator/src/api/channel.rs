@@ -374,7 +374,9 @@ async fn dispatch(
             }
         };
         let taken = {
-            let take = state.engine.next_task(&worker_id, wait);
+            // A worker host on the channel holds every skill warm.
+            let hot = Some(crate::engine::strategy::Hot::All);
+            let take = state.engine.next_task_hot(&worker_id, wait, hot);
             tokio::pin!(take);
             loop {
                 tokio::select! {

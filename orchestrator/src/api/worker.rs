@@ -204,6 +204,28 @@ pub struct PollQuery {
     /// Seconds to wait for a task (capped by the server).
     #[serde(default)]
     timeout: Option<String>,
+    /// Skills the worker holds warm, comma-separated (avtomatika's SDK
+    /// sends it on every poll, empty when none).
+    #[serde(default)]
+    hot_skills: Option<String>,
+}
+
+/// A poll's `hot_skills`, bounded.
+fn hot_skills(given: Option<&str>) -> Result<Option<crate::engine::strategy::Hot>, ApiError> {
+    use crate::engine::strategy::{MAX_HOT_SKILL_CHARS, MAX_HOT_SKILLS};
+    let Some(given) = given else { return Ok(None) };
+    let names: Vec<String> = given
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    if names.len() > MAX_HOT_SKILLS || names.iter().any(|n| n.len() > MAX_HOT_SKILL_CHARS) {
+        return Err(ApiError::BadRequest(format!(
+            "hot_skills: at most {MAX_HOT_SKILLS} names of at most {MAX_HOT_SKILL_CHARS} bytes each"
+        )));
+    }
+    Ok(Some(crate::engine::strategy::Hot::Named(names.into())))
 }
 
 pub async fn next_task(
@@ -218,7 +240,8 @@ pub async fn next_task(
     let wait = crate::secs::wait_query("timeout", query.timeout.as_deref(), max)
         .map_err(ApiError::BadRequest)?
         .unwrap_or(max);
-    match state.engine.next_task(&worker_id, wait).await? {
+    let hot = hot_skills(query.hot_skills.as_deref())?;
+    match state.engine.next_task_hot(&worker_id, wait, hot).await? {
         Some(task) => Ok(axum::Json(task).into_response()),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }

@@ -96,6 +96,8 @@ pub struct TaskSpec {
     pub concurrency: Option<ConcurrencySpec>,
     /// At most `per_second` handed out per second per value of `key`.
     pub rate: Option<RateSpec>,
+    /// Which waiting worker gets the task.
+    pub strategy: Option<crate::engine::strategy::Strategy>,
 }
 
 #[derive(Debug)]
@@ -108,6 +110,14 @@ pub struct RateSpec {
 /// Highest `rate.per_second` (and lowest: one task a day).
 pub const MAX_RATE: f64 = 100_000.0;
 pub const MIN_RATE: f64 = 1.0 / 86_400.0;
+
+fn compile_strategy(
+    s: &Option<String>,
+) -> Result<Option<crate::engine::strategy::Strategy>, String> {
+    s.as_deref()
+        .map(crate::engine::strategy::Strategy::parse)
+        .transpose()
+}
 
 fn compile_rate(r: &Option<model::RateFile>) -> Result<Option<RateSpec>, String> {
     let Some(r) = r else { return Ok(None) };
@@ -517,6 +527,7 @@ fn compile_state(name: &str, file: &StateFile) -> Result<Action, String> {
                 requires: compile_requires(&d.requires)?,
                 concurrency: compile_concurrency(&d.concurrency)?,
                 rate: compile_rate(&d.rate)?,
+                strategy: compile_strategy(&d.strategy)?,
             },
             on: d.on.clone(),
             events: d.events.clone(),
@@ -541,6 +552,7 @@ fn compile_state(name: &str, file: &StateFile) -> Result<Action, String> {
                     requires: compile_requires(&p.requires)?,
                     concurrency: compile_concurrency(&p.concurrency)?,
                     rate: compile_rate(&p.rate)?,
+                    strategy: compile_strategy(&p.strategy)?,
                 },
             );
         }
@@ -675,6 +687,7 @@ fn compile_map(m: &model::MapFile) -> Result<MapSpec, String> {
             requires: compile_requires(&m.requires)?,
             concurrency: compile_concurrency(&m.concurrency)?,
             rate: compile_rate(&m.rate)?,
+            strategy: compile_strategy(&m.strategy)?,
         },
         max_in_flight,
         fail_fast,

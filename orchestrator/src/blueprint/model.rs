@@ -115,6 +115,9 @@ pub struct DispatchFile {
     /// `key` (bursts of up to `burst`).
     #[serde(default)]
     pub rate: Option<RateFile>,
+    /// Which waiting worker gets the task (see engine/strategy.rs).
+    #[serde(default)]
+    pub strategy: Option<String>,
 }
 
 /// `concurrency = { key = "<expr>", max = N }`.
@@ -174,6 +177,9 @@ pub struct ParallelFile {
     /// `key` (bursts of up to `burst`).
     #[serde(default)]
     pub rate: Option<RateFile>,
+    /// Which waiting worker gets the task (see engine/strategy.rs).
+    #[serde(default)]
+    pub strategy: Option<String>,
     #[serde(default)]
     pub retry: Option<RetryFile>,
     #[serde(default)]
@@ -222,6 +228,9 @@ pub struct MapFile {
     /// `key` (bursts of up to `burst`).
     #[serde(default)]
     pub rate: Option<RateFile>,
+    /// Which waiting worker gets the task (see engine/strategy.rs).
+    #[serde(default)]
+    pub strategy: Option<String>,
     #[serde(default)]
     pub retry: Option<RetryFile>,
     #[serde(default)]

@@ -252,11 +252,12 @@ impl Backend {
             Self::Local(local) => local.take(shared, worker_id),
             Self::Shared(db) => {
                 let wake = Wake::armed(db.tasks.clone());
-                let (task, again_at) = db.take(shared, worker_id).await?;
+                let (task, again_at, standing) = db.take(shared, worker_id).await?;
                 Ok(Take {
                     task,
                     wake,
                     again_at,
+                    standing,
                 })
             }
         }

@@ -65,8 +65,11 @@ pub(crate) struct Take {
     pub task: Option<rxon::TaskPayload>,
     /// Wakes the worker when a task may be there for it.
     pub wake: Wake,
-    /// Tasks were passed over for their rate keys: the first may go then.
+    /// Tasks were passed over for their rate keys or strategies: the first
+    /// may be the worker's then.
     pub again_at: Option<tokio::time::Instant>,
+    /// No task: the worker as the dispatch strategies rank it.
+    pub standing: Option<super::strategy::Standing>,
 }
 
 pub(crate) enum Wake {

@@ -222,7 +222,8 @@ impl Local {
         Ok(Take {
             task,
             wake,
-            again_at: st.rate_wait,
+            again_at: st.again_at,
+            standing: st.standing.take(),
         })
     }
 

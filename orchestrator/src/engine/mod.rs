@@ -35,6 +35,7 @@ mod settings;
 pub(crate) mod shared_db;
 mod skill_schemas;
 mod state;
+pub mod strategy;
 pub mod webhook;
 pub mod workers;
 
@@ -87,6 +88,8 @@ pub(crate) struct Shared {
     pub webhook_hosts: Arc<webhook::Lanes>,
     /// Compiled input schemas of the skills workers declare.
     pub skill_schemas: skill_schemas::SkillSchemas,
+    /// Workers waiting for a task here, for the dispatch strategies.
+    pub pollers: strategy::Pollers,
 }
 
 impl Shared {
@@ -182,6 +185,7 @@ impl Engine {
             webhook_clients: webhook::Lanes::new(settings.max_webhooks_per_client),
             webhook_hosts: webhook::Lanes::new(settings.max_webhooks_per_host),
             skill_schemas: Default::default(),
+            pollers: Default::default(),
             webhook_permits: Arc::new(tokio::sync::Semaphore::new(
                 settings.max_concurrent_webhooks.max(1),
             )),
@@ -519,20 +523,51 @@ impl Engine {
         worker_id: &str,
         wait: Duration,
     ) -> Result<Option<rxon::TaskPayload>, EngineError> {
+        self.next_task_hot(worker_id, wait, None).await
+    }
+
+    /// [`Self::next_task`] for a poll naming the skills the worker holds
+    /// warm (`hot_skills`, for the `default` dispatch strategy).
+    pub async fn next_task_hot(
+        &self,
+        worker_id: &str,
+        wait: Duration,
+        hot: Option<strategy::Hot>,
+    ) -> Result<Option<rxon::TaskPayload>, EngineError> {
         let deadline = Instant::now() + wait.min(self.shared.settings.max_poll_wait);
+        if let Some(hot) = hot {
+            self.shared.pollers.set_hot(worker_id, hot);
+        }
         // A deploy ends the wait: the answer carries the new plugins revision.
         let mut deploys = self.shared.registry.subscribe();
         deploys.borrow_and_update();
+        // Woken when a task its strategy prefers it for is left to it.
+        let chosen = Arc::new(tokio::sync::Notify::new());
+        // Waiting here, for the strategies, from its first take that found
+        // nothing until it returns.
+        let mut waiting = None;
         loop {
             let take = self.shared.backend.take(&self.shared, worker_id).await?;
             // Signed outside any lock.
             if let Some(payload) = take.task {
                 return Ok(Some(self.signed(payload)));
             }
-            // A task held back by its rate key may go before the deadline.
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            if let (Some(standing), None) = (take.standing, &waiting) {
+                waiting = Some(
+                    self.shared
+                        .pollers
+                        .wait(worker_id, standing, chosen.clone()),
+                );
+            }
+            // A task held back by its rate key or left to another worker
+            // may be this one's before the deadline.
             let again = take.again_at.filter(|at| *at < deadline);
             tokio::select! {
                 _ = take.wake.wait() => {}
+                _ = chosen.notified() => {}
                 _ = tokio::time::sleep_until(again.unwrap_or(deadline)), if again.is_some() => {}
                 _ = tokio::time::sleep_until(deadline) => return Ok(None),
                 _ = self.shared.stopping.cancelled() => return Ok(None),

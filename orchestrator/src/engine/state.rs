@@ -113,9 +113,13 @@ pub struct EngineState {
     /// here; on a shared database those of the tasks a take looked at,
     /// loaded with the state and written back.
     pub rates: HashMap<String, Instant>,
-    /// Set by a take that passed over tasks for their rate keys: when the
-    /// first of them may go (the taker looks again then).
-    pub rate_wait: Option<Instant>,
+    /// Set by a take that passed over tasks for their rate keys or left
+    /// them to a worker their strategy prefers: when the first of them may
+    /// be its (the taker looks again then).
+    pub again_at: Option<Instant>,
+    /// Set by a take that found nothing: the taker as the dispatch
+    /// strategies rank it, for its wait.
+    pub standing: Option<super::strategy::Standing>,
     /// Tasks taken from their workers (job cancelled or ended while they
     /// ran), told to the workers' channels once the change is made.
     pub stops: Vec<TaskStop>,

@@ -319,3 +319,66 @@ async fn a_rate_key_holds_across_two_instances_on_postgres() {
     a.assert_no_panic();
     b.assert_no_panic();
 }
+
+/// `flow`'s echo task with dispatch `strategy`.
+fn strategy_flow(name: &str, strategy: &str) -> String {
+    format!(
+        r#"
+name = "{name}"
+api_endpoint = "/jobs/{name}"
+api_version = "v1"
+[states.start]
+start = true
+dispatch.task = "echo_task"
+dispatch.params.message = "initial.message"
+dispatch.params.multiply = 1
+dispatch.strategy = "{strategy}"
+dispatch.on = {{ success = "done" }}
+[states.done]
+end = "finished"
+"#
+    )
+}
+
+/// Runs `n` jobs of `endpoint` one after the other, each once both workers
+/// wait again; the worker each went to.
+async fn one_by_one(stack: &Stack, endpoint: &str, n: usize) -> Vec<String> {
+    let mut went = Vec::new();
+    for i in 0..n {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let id = stack
+            .create(endpoint, json!({"message": format!("m{i}")}))
+            .await;
+        let done = stack.finished(&id).await;
+        assert_eq!(done["status"], "finished", "{done}");
+        went.push(done["task_worker_id"].as_str().unwrap().to_string());
+    }
+    went
+}
+
+#[tokio::test]
+async fn dispatch_strategies_choose_among_the_waiting_worker_hosts() {
+    let mut stack = Stack::new();
+    stack.add_blueprint("cheapest_echo", &strategy_flow("cheapest_echo", "cheapest"));
+    stack.add_blueprint("rr_echo", &strategy_flow("rr_echo", "round_robin"));
+    stack.start_orchestrator();
+    stack.wait_ready().await;
+    stack.start_worker();
+    stack.wait_worker().await;
+    // The second declares a cost for echo_task; the first declares none
+    // (the most expensive).
+    let mut thrifty = stack.spawn_worker("thrifty", "thrifty.log", |cmd| {
+        cmd.env("COST_PER_SKILL", r#"{"echo_task": 0.5}"#);
+    });
+    wait_until("the second worker", Duration::from_secs(60), || async {
+        stack.worker_view("thrifty").await.is_some()
+    })
+    .await;
+    let went = one_by_one(&stack, "/jobs/cheapest_echo", 8).await;
+    assert!(went.iter().all(|w| w == "thrifty"), "{went:?}");
+    let went = one_by_one(&stack, "/jobs/rr_echo", 8).await;
+    let to_thrifty = went.iter().filter(|w| *w == "thrifty").count();
+    assert!((3..=5).contains(&to_thrifty), "in turn: {went:?}");
+    thrifty.stop();
+    stack.assert_no_panic();
+}

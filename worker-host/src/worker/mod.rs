@@ -480,9 +480,10 @@ impl Worker {
         let mut backoff = Backoff::new(&self.inner.settings);
         loop {
             let seen = self.inner.registrations.done();
+            let hot = self.plugins().skill_names().join(",");
             let polled = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                polled = self.inner.client.next_task(self.inner.settings.poll_timeout) => polled,
+                polled = self.inner.client.next_task(self.inner.settings.poll_timeout, &hot) => polled,
             };
             match polled {
                 Ok(Some(task)) => {

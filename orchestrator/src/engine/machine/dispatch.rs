@@ -1,6 +1,7 @@
 //! Queues: putting tasks in, handing them to polling workers.
 
 use super::*;
+use crate::engine::strategy::{STRATEGY_HOLD, Standing};
 
 /// Puts task `idx` of `job` in the queue of its type and wakes workers that serve it.
 pub(crate) fn enqueue(
@@ -67,20 +68,29 @@ pub(crate) fn enqueue(
 }
 
 /// Gives the oldest queued task this worker can run to it. Sets
-/// `st.rate_wait` when it passed over tasks whose rate key had no room.
+/// `st.again_at` when it passed over tasks whose rate key had no room or
+/// left them to a worker their strategy prefers, and `st.standing` when
+/// it found nothing.
 pub(crate) fn take_task(
     shared: &Shared,
     st: &mut EngineState,
     worker_id: &str,
 ) -> Option<rxon::TaskPayload> {
-    st.rate_wait = None;
+    st.again_at = None;
+    st.standing = None;
     let worker = st.workers.get(worker_id)?;
     // A worker that said goodbye gets nothing more (its poll raced the goodbye).
     if worker.status == "offline" {
         return None;
     }
     let skills: Vec<String> = worker.skills.iter().map(|s| s.name.clone()).collect();
-    let mut look = Look::default();
+    let mut look = Look {
+        keys: None,
+        again_at: None,
+        pollers: &shared.pollers,
+        worker_id,
+        me: None,
+    };
     let payload = loop {
         // Per skill, the first task this worker may take; then the first
         // of those.
@@ -107,18 +117,37 @@ pub(crate) fn take_task(
             break Some(payload);
         }
     };
-    st.rate_wait = look.rate_wait;
+    st.again_at = look.again_at;
+    if payload.is_none() {
+        st.standing = match look.me {
+            Some(me) => Some(me),
+            None => st
+                .workers
+                .get(worker_id)
+                .map(|w| Standing::of(w, shared.pollers.hot_of(worker_id))),
+        };
+    }
     payload
 }
 
 /// What one take learnt while it looked through the queues.
-#[derive(Default)]
-struct Look {
+struct Look<'a> {
     /// Tasks in flight per concurrency key, counted at the first task
     /// with a key the take looks at.
     keys: Option<HashMap<String, u32>>,
-    /// When the first task passed over for its rate key may go.
-    rate_wait: Option<Instant>,
+    /// When the first task passed over for its rate key or left to
+    /// another worker may be this one's.
+    again_at: Option<Instant>,
+    pollers: &'a crate::engine::strategy::Pollers,
+    worker_id: &'a str,
+    /// The taker as the strategies rank it, at the first task with one.
+    me: Option<Standing>,
+}
+
+impl Look<'_> {
+    fn again_at(&mut self, at: Instant) {
+        self.again_at = Some(self.again_at.map_or(at, |w| w.min(at)));
+    }
 }
 
 /// A task with a rate key went: its bucket moves on.
@@ -148,7 +177,7 @@ fn first_for(
     st: &EngineState,
     queue: &crate::engine::state::TaskQueue,
     worker_id: &str,
-    look: &mut Look,
+    look: &mut Look<'_>,
 ) -> Option<(i64, u64)> {
     let worker = st.workers.get(worker_id)?;
     queue
@@ -159,9 +188,10 @@ fn first_for(
 }
 
 /// Whether `worker` may take queued task `q`: it meets what the task
-/// requires, and the task's concurrency key and rate key have room (a
-/// task whose job moved on counts as takeable: the take drops it).
-fn may_take(st: &EngineState, q: &Queued, worker: &WorkerRecord, look: &mut Look) -> bool {
+/// requires, the task's concurrency key and rate key have room, and its
+/// strategy prefers no other worker waiting (a task whose job moved on
+/// counts as takeable: the take drops it).
+fn may_take(st: &EngineState, q: &Queued, worker: &WorkerRecord, look: &mut Look<'_>) -> bool {
     let Some(task) = st.task(q.job, &q.task_id) else {
         return true;
     };
@@ -180,8 +210,26 @@ fn may_take(st: &EngineState, q: &Queued, worker: &WorkerRecord, look: &mut Look
         && let Some(at) =
             crate::engine::rates::ready_at(st.rates.get(&r.key).copied(), r, Instant::now())
     {
-        look.rate_wait = Some(look.rate_wait.map_or(at, |w| w.min(at)));
+        look.again_at(at);
         return false;
+    }
+    if let Some(strategy) = task.strategy {
+        let held = (Utc::now() - task.queued_at).to_std().unwrap_or_default();
+        if let Some(left) = STRATEGY_HOLD.checked_sub(held) {
+            let me = look
+                .me
+                .get_or_insert_with(|| Standing::of(worker, look.pollers.hot_of(look.worker_id)));
+            if look.pollers.leave_to_better(
+                strategy,
+                &task.task_type,
+                task.requires.as_deref(),
+                look.worker_id,
+                me,
+            ) {
+                look.again_at(Instant::now() + left);
+                return false;
+            }
+        }
     }
     true
 }

@@ -470,6 +470,7 @@ pub(crate) fn spec_record(
     let mut record = new_record(&spec.task_type, params, branch);
     record.priority = priority;
     record.requires = spec.requires.clone();
+    record.strategy = spec.strategy;
     if let Some(c) = &spec.concurrency {
         let key = key_value(&c.key, ctx, "concurrency.key")?;
         record.concurrency = Some(crate::job::TaskKey { key, max: c.max });
@@ -545,6 +546,7 @@ pub(crate) fn new_record(task_type: &str, params: Object, branch: Option<String>
         requires: None,
         concurrency: None,
         rate: None,
+        strategy: None,
         events: 0,
         progress_at: None,
         attempt: 1,

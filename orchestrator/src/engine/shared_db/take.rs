@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{DbError, SharedDb, TOUCHED_KEPT};
+use crate::engine::strategy::Standing;
 use crate::engine::{EngineError, EngineState, Shared, machine};
 
 /// A worker's `last_seen` is written at most this often by one instance
@@ -28,7 +29,7 @@ enum Took {
     Stale,
     /// Nothing queued that the worker can run (tasks held back by their
     /// rate keys may go at the instant given).
-    Nothing(Option<Instant>),
+    Nothing(Option<Instant>, Option<Box<Standing>>),
     /// The worker is not registered (or was dropped meanwhile).
     UnknownWorker,
 }
@@ -40,7 +41,7 @@ impl SharedDb {
         &self,
         shared: &Arc<Shared>,
         worker_id: &str,
-    ) -> Result<(Option<rxon::TaskPayload>, Option<Instant>), EngineError> {
+    ) -> Result<(Option<rxon::TaskPayload>, Option<Instant>, Option<Standing>), EngineError> {
         self.touch(worker_id).await?;
         for _ in 0..STALE_CLAIMS {
             let (on, worker) = (shared.clone(), worker_id.to_string());
@@ -50,15 +51,17 @@ impl SharedDb {
                 })
                 .await?;
             match took {
-                Took::Task(payload) => return Ok((Some(*payload), None)),
+                Took::Task(payload) => return Ok((Some(*payload), None, None)),
                 Took::Stale => continue,
-                Took::Nothing(again_at) => return Ok((None, again_at)),
+                Took::Nothing(again_at, standing) => {
+                    return Ok((None, again_at, standing.map(|s| *s)));
+                }
                 Took::UnknownWorker => {
                     return Err(EngineError::UnknownWorker(worker_id.to_string()));
                 }
             }
         }
-        Ok((None, None))
+        Ok((None, None, None))
     }
 
     /// Whether `worker_id`'s `last_seen` is due to be written (at most once
@@ -103,12 +106,12 @@ impl SharedDb {
 fn take_step(shared: &Shared, st: &mut EngineState, worker: &str, claimed_for: &[String]) -> Took {
     match st.workers.get(worker) {
         None => return Took::UnknownWorker,
-        Some(w) if w.status == "offline" => return Took::Nothing(None),
+        Some(w) if w.status == "offline" => return Took::Nothing(None, None),
         Some(_) => {}
     }
     match machine::take_task(shared, st, worker) {
         Some(payload) => Took::Task(Box::new(payload)),
         None if claimed_for.iter().any(|w| w == worker) => Took::Stale,
-        None => Took::Nothing(st.rate_wait),
+        None => Took::Nothing(st.again_at, st.standing.take().map(Box::new)),
     }
 }
