@@ -59,6 +59,8 @@
 //! requests_per_second = 5                  # per instance; past it 429 with Retry-After
 //! burst = 10                               # default: twice the rate
 //! max_active_jobs = 100                    # instead of max_active_jobs_per_client
+//! monthly_attempts = 100000                # API requests a calendar month (UTC)
+//! monthly_jobs = 10000                     # jobs created a calendar month
 //!
 //! [workers.local-test-worker]
 //! token = "its-own-token"
@@ -209,6 +211,10 @@ struct TokenEntry {
     burst: Option<u32>,
     #[serde(default)]
     max_active_jobs: Option<usize>,
+    #[serde(default)]
+    monthly_attempts: Option<u64>,
+    #[serde(default)]
+    monthly_jobs: Option<u64>,
 }
 
 /// Limits of a plan, or of one client.
@@ -224,6 +230,12 @@ struct PlanEntry {
     /// Jobs that have not ended (instead of `max_active_jobs_per_client`).
     #[serde(default)]
     max_active_jobs: Option<usize>,
+    /// API requests per calendar month (UTC), avtomatika's quota.
+    #[serde(default)]
+    monthly_attempts: Option<u64>,
+    /// Jobs created per calendar month (UTC).
+    #[serde(default)]
+    monthly_jobs: Option<u64>,
 }
 
 /// Where jobs are kept.
@@ -637,15 +649,25 @@ fn resolve_limits(
         if max_active_jobs == Some(0) {
             bail!("client {name}: max_active_jobs must be at least 1");
         }
-        if rate.is_some() || max_active_jobs.is_some() {
-            out.insert(
-                name.clone(),
-                crate::api::limits::ClientLimits {
-                    plan: entry.plan.clone(),
-                    rate,
-                    max_active_jobs,
-                },
-            );
+        let monthly_attempts = entry.monthly_attempts.or(plan.monthly_attempts);
+        let monthly_jobs = entry.monthly_jobs.or(plan.monthly_jobs);
+        for (key, value) in [
+            ("monthly_attempts", monthly_attempts),
+            ("monthly_jobs", monthly_jobs),
+        ] {
+            if value == Some(0) {
+                bail!("client {name}: {key} must be at least 1");
+            }
+        }
+        let limits = crate::api::limits::ClientLimits {
+            plan: entry.plan.clone(),
+            rate,
+            max_active_jobs,
+            monthly_attempts,
+            monthly_jobs,
+        };
+        if limits != crate::api::limits::ClientLimits::default() {
+            out.insert(name.clone(), limits);
         }
     }
     Ok(out)

@@ -47,10 +47,14 @@ pub async fn create_job(
     let key = idempotency_key(request.headers, key_field)?;
     let mut new = new;
     new.max_active = state.limits.of(&owner).and_then(|l| l.max_active_jobs);
+    state.limits.may_create(Some(&state.engine), &owner).await?;
     let (id, replayed) = match &key {
         Some(key) => state.engine.create_job_once(new, key).await?,
         None => (state.engine.create_job(new).await?, false),
     };
+    if !replayed {
+        state.limits.created(&owner).await;
+    }
     if let Some(wait) = wait.filter(|w| !w.is_zero()) {
         state.engine.wait_for_job(id, wait).await;
         let job = owned_job(&state, id, &owner).await?;

@@ -26,7 +26,7 @@ pub async fn refused_before_the_body(state: &AppState, request: &mut Request) ->
     } else if path.starts_with("/api/") || path == "/api" {
         match state.caller(request.extensions(), request.headers()).await {
             Ok(caller) => {
-                let admitted = state.limits.admit(&caller.0);
+                let admitted = state.limits.admit(Some(&state.engine), &caller.0).await;
                 request.extensions_mut().insert(caller);
                 admitted.and_then(|()| from_the_dashboard(request.method(), request.headers()))
             }

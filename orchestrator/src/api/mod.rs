@@ -105,6 +105,9 @@ impl AppState {
         if let Some(shared) = Arc::get_mut(&mut self.0) {
             shared.limits = limits::Limits::new(by_client);
         }
+        if self.limits.has_quotas() {
+            tokio::spawn(flush_quota_counts(Arc::downgrade(&self.0)));
+        }
         self
     }
 
@@ -327,4 +330,14 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     serve::serve(listener, app, ServeLimits::default(), shutdown).await
+}
+
+/// Adds the quota counts to storage every [`limits::FLUSH_EVERY`] while
+/// the state lives.
+async fn flush_quota_counts(state: std::sync::Weak<Shared>) {
+    loop {
+        tokio::time::sleep(limits::FLUSH_EVERY).await;
+        let Some(state) = state.upgrade() else { return };
+        state.limits.flush(&state.engine).await;
+    }
 }

@@ -396,6 +396,19 @@ impl Keys for Backend {
     }
 }
 
+impl Backend {
+    /// Adds clients' usage counts; the totals after (every instance's).
+    pub(crate) async fn add_usage(
+        &self,
+        deltas: Vec<(crate::storage::UsageKey, u64)>,
+    ) -> Result<Vec<(crate::storage::UsageKey, u64)>, StorageError> {
+        match self {
+            Self::Local(local) => local.blocking(move |s| s.add_usage(&deltas)).await,
+            Self::Shared(db) => Ok(db.add_usage(&deltas).await?),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Schedules for Backend {
     async fn schedule_rows(&self) -> Result<Vec<ScheduleRow>, StorageError> {

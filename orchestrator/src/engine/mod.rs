@@ -576,6 +576,19 @@ impl Engine {
         }
     }
 
+    /// Adds clients' usage counts (their monthly quotas); the totals after,
+    /// every instance's.
+    pub async fn add_usage(
+        &self,
+        deltas: Vec<(crate::storage::UsageKey, u64)>,
+    ) -> Result<Vec<(crate::storage::UsageKey, u64)>, EngineError> {
+        self.shared
+            .backend
+            .add_usage(deltas)
+            .await
+            .map_err(|e| EngineError::Storage(e.to_string()))
+    }
+
     /// The payload with its orchestrator signature, when a secret is set.
     fn signed(&self, mut payload: rxon::TaskPayload) -> rxon::TaskPayload {
         if let Some(secret) = &self.shared.settings.task_secret

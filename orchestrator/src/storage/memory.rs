@@ -26,6 +26,7 @@ struct Inner {
     components: HashMap<String, Vec<u8>>,
     schedules: std::collections::BTreeMap<String, super::ScheduleRow>,
     keys: super::idempotency::KeyMap,
+    usage: super::usage::UsageMap,
 }
 
 impl MemoryStorage {
@@ -125,6 +126,15 @@ impl Storage for MemoryStorage {
 
     fn describe(&self) -> String {
         "in-memory storage (nothing survives a restart)".into()
+    }
+}
+
+impl super::UsageStorage for MemoryStorage {
+    fn add_usage(
+        &self,
+        deltas: &[(super::UsageKey, u64)],
+    ) -> Result<Vec<(super::UsageKey, u64)>, StorageError> {
+        Ok(super::usage::add_in(&mut self.lock().usage, deltas))
     }
 }
 

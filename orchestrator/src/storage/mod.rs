@@ -18,6 +18,7 @@ pub mod memory;
 pub mod registry;
 pub mod schedules;
 pub mod sqlite;
+pub mod usage;
 
 pub use registry::{
     BlueprintRow, COMPONENT_CHUNK, Deploys, PluginVersionRow, RegistryRows, RegistryStorage,
@@ -119,8 +120,11 @@ impl std::str::FromStr for JobCursor {
 
 pub use idempotency::{HeldKey, KeyStorage, Keys};
 pub use schedules::{ScheduleChange, ScheduleRow, ScheduleStorage, Schedules};
+pub use usage::{UsageKey, UsageKind, UsageStorage};
 
-pub trait Storage: RegistryStorage + ScheduleStorage + KeyStorage + Send + Sync + 'static {
+pub trait Storage:
+    RegistryStorage + ScheduleStorage + KeyStorage + UsageStorage + Send + Sync + 'static
+{
     /// Applies writes atomically, in order; a snapshot never replaces a newer
     /// one. `delivered` names jobs whose webhook is done with (delivered or
     /// given up), applied after the writes.

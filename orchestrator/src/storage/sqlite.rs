@@ -13,6 +13,7 @@ mod keys;
 mod readers;
 mod registry;
 mod schedules;
+mod usage;
 use crate::job::{Job, JobEvent};
 
 /// `job_events.seq` orders the history of a job. It is the rowid, so a new
@@ -84,6 +85,13 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     job_id     TEXT NOT NULL,
     created_at TEXT NOT NULL,
     PRIMARY KEY (owner, key)
+);
+CREATE TABLE IF NOT EXISTS client_usage (
+    owner  TEXT NOT NULL,
+    kind   TEXT NOT NULL,
+    period TEXT NOT NULL,
+    used   INTEGER NOT NULL,
+    PRIMARY KEY (owner, kind, period)
 );
 CREATE TABLE IF NOT EXISTS schedule_state (
     name      TEXT PRIMARY KEY,

@@ -584,3 +584,110 @@ async fn a_client_past_its_plans_rate_or_active_jobs_gets_429_and_others_are_unt
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(create(3).await, 429);
 }
+
+const QUOTAS: &str = "[plans.metered]\nmonthly_jobs = 3\n\
+     [clients.metered]\ntoken = \"metered-token\"\nplan = \"metered\"\n\
+     [clients.chatty]\ntoken = \"chatty-token\"\nmonthly_attempts = 5\n";
+
+/// `POST /jobs/test` as `token`: its status, `Retry-After` and body.
+async fn create_as(stack: &Stack, token: &str, n: u32) -> (u16, Option<u64>, serde_json::Value) {
+    let response = stack
+        .http
+        .post(format!("{}/api/v1/jobs/test", stack.base))
+        .header("X-Client-Token", token)
+        .json(&echo_body(&format!("q{n}"), 1))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let retry = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    (status, retry, response.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_client_past_its_monthly_quota_gets_429_until_the_month_ends_even_after_a_restart() {
+    let mut stack = Stack::new();
+    stack.start_configured(QUOTAS, |_| {});
+    stack.wait_ready().await;
+    stack.start_worker();
+    stack.wait_worker().await;
+    let mut jobs = Vec::new();
+    for n in 0..3 {
+        let (status, _, body) = create_as(&stack, "metered-token", n).await;
+        assert_eq!(status, 202, "{body}");
+        jobs.push(body["job_id"].as_str().unwrap().to_string());
+    }
+    let (status, retry, body) = create_as(&stack, "metered-token", 3).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        retry.is_some_and(|s| (1..=31 * 86_400).contains(&s)),
+        "{retry:?}"
+    );
+    let why = body["error"].as_str().unwrap();
+    assert!(
+        why.contains("client metered (plan metered) may make 3 jobs created a month"),
+        "{why}"
+    );
+    // Its jobs run on; another client creates as it likes.
+    for id in &jobs {
+        let done = stack.finished_as(id, "metered-token").await;
+        assert_eq!(done["status"], "finished", "{done}");
+    }
+    for n in 0..5 {
+        assert_eq!(create_as(&stack, CLIENT_TOKEN, n).await.0, 202);
+    }
+    // Requests: five a month, the sixth refused.
+    for _ in 0..5 {
+        assert_eq!(stack.get_as("/api/v1/jobs", "chatty-token").await.0, 200);
+    }
+    let (status, body) = stack.get_as("/api/v1/jobs", "chatty-token").await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("client chatty may make 5 requests a month"),
+        "{body}"
+    );
+    // The counts are in storage (added each second): a restart keeps them.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stack.orchestrator.as_mut().unwrap().stop();
+    stack.start_configured(QUOTAS, |_| {});
+    stack.wait_ready().await;
+    assert_eq!(create_as(&stack, "metered-token", 9).await.0, 429);
+    assert_eq!(stack.get_as("/api/v1/jobs", "chatty-token").await.0, 429);
+    assert_eq!(create_as(&stack, CLIENT_TOKEN, 9).await.0, 202);
+    stack.assert_no_panic();
+}
+
+#[tokio::test]
+async fn a_monthly_quota_is_shared_by_two_instances_on_postgres() {
+    let config = "[clients.metered]\ntoken = \"metered-token\"\nmonthly_jobs = 4\n";
+    let mut a = Stack::on_postgres().await;
+    let mut b = Stack::new();
+    b.storage = a.storage.clone();
+    a.start_configured(config, |_| {});
+    a.wait_ready().await;
+    b.start_configured(config, |_| {});
+    b.wait_ready().await;
+    for n in 0..2 {
+        assert_eq!(create_as(&a, "metered-token", n).await.0, 202);
+    }
+    // Once A added its count (each second), B sees it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for n in 2..4 {
+        assert_eq!(create_as(&b, "metered-token", n).await.0, 202);
+    }
+    assert_eq!(create_as(&b, "metered-token", 4).await.0, 429);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, _, body) = create_as(&a, "metered-token", 5).await;
+    assert_eq!(status, 429, "{body}");
+    // Others are untouched.
+    assert_eq!(create_as(&a, CLIENT_TOKEN, 6).await.0, 202);
+    a.assert_no_panic();
+    b.assert_no_panic();
+}

@@ -61,6 +61,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         13,
         include_str!("../../../migrations/postgres/0013_rate_buckets.sql"),
     ),
+    (
+        14,
+        include_str!("../../../migrations/postgres/0014_client_usage.sql"),
+    ),
 ];
 
 /// Applies the migrations not applied yet.

@@ -33,6 +33,7 @@ mod scratch;
 mod sessions;
 mod take;
 mod unreadable;
+mod usage;
 mod webhooks;
 mod workers;
 

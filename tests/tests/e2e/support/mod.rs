@@ -404,10 +404,15 @@ impl Stack {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.get_as(path, CLIENT_TOKEN).await
+    }
+
+    /// `GET path` as the client of `token`.
+    pub async fn get_as(&self, path: &str, token: &str) -> (u16, Value) {
         let resp = self
             .http
             .get(format!("{}{path}", self.base))
-            .header("X-Client-Token", CLIENT_TOKEN)
+            .header("X-Client-Token", token)
             .send()
             .await
             .unwrap();
@@ -434,9 +439,16 @@ impl Stack {
 
     /// Waits (server-side) until the job ends; returns it.
     pub async fn finished(&self, id: &str) -> Value {
+        self.finished_as(id, CLIENT_TOKEN).await
+    }
+
+    /// [`Self::finished`] for a job of the client of `token`.
+    pub async fn finished_as(&self, id: &str, token: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let (status, job) = self.get(&format!("/api/v1/jobs/{id}?wait=10")).await;
+            let (status, job) = self
+                .get_as(&format!("/api/v1/jobs/{id}?wait=10"), token)
+                .await;
             assert_eq!(status, 200, "{job}");
             let st = job["status"].as_str().unwrap_or_default();
             if ["finished", "failed", "quarantined", "cancelled"].contains(&st)
