@@ -120,6 +120,10 @@ pub struct Cli {
     /// and `["pattern:<glob>"] token = "…"` for the ids a glob matches.
     #[arg(long, env = "WORKERS_CONFIG_PATH")]
     pub workers_config: Option<PathBuf>,
+    /// avtomatika's `clients.toml`: `[<name>] token = "…"` per client, with
+    /// an optional `plan`, `monthly_attempts` and parameters of its own.
+    #[arg(long, env = "CLIENTS_CONFIG_PATH")]
+    pub clients_config: Option<PathBuf>,
     /// avtomatika's `schedules.toml`: jobs started at set times (see
     /// docs/guide/schedules.md).
     #[arg(long = "schedules", env = "SCHEDULES_CONFIG_PATH")]
@@ -167,6 +171,7 @@ struct FileConfig {
     max_map_result_bytes: Option<usize>,
     max_worker_ttl_seconds: Option<f64>,
     workers_config: Option<PathBuf>,
+    clients_config: Option<PathBuf>,
     schedules_file: Option<PathBuf>,
     idempotency_retention: Option<String>,
     schedule_timezone: Option<String>,
@@ -215,6 +220,13 @@ struct TokenEntry {
     monthly_attempts: Option<u64>,
     #[serde(default)]
     monthly_jobs: Option<u64>,
+    /// Clients only: parameters blueprints read as `client.params`.
+    #[serde(default)]
+    params: Option<toml::Table>,
+    /// From avtomatika's `clients.toml`, where a plan is a label (it need
+    /// not name a `[plans.<name>]`).
+    #[serde(skip)]
+    plan_is_label: bool,
 }
 
 /// Limits of a plan, or of one client.
@@ -282,6 +294,9 @@ pub struct Config {
     pub deployers: std::collections::HashSet<String>,
     /// Client name → its rate and bounds (clients with any).
     pub client_limits: HashMap<String, crate::api::limits::ClientLimits>,
+    /// Per client with a plan or parameters: `{plan, params}`, which
+    /// blueprints read as `client.plan` and `client.params`.
+    pub client_info: HashMap<String, serde_json::Value>,
     /// Largest plugin component accepted.
     pub max_plugin_bytes: usize,
     pub global_worker_token: Option<String>,
@@ -366,7 +381,7 @@ pub const DEFAULT_RESULT_TIMEOUT_SECS: f64 = 3600.0;
 
 impl Config {
     pub fn resolve(cli: Cli) -> anyhow::Result<Self> {
-        let file = match &cli.config {
+        let mut file = match &cli.config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
@@ -388,7 +403,34 @@ impl Config {
             .filter(|(_, entry)| entry.deploy)
             .map(|(name, _)| name.clone())
             .collect();
+        if let Some(path) = cli.clients_config.or(file.clients_config.take()) {
+            for (name, entry) in load_clients_toml(&path)? {
+                if file.clients.contains_key(&name) {
+                    bail!(
+                        "client {name} is both in the config file and in {}",
+                        path.display()
+                    );
+                }
+                file.clients.insert(name, entry);
+            }
+        }
         let client_limits = resolve_limits(&file.clients, &file.plans)?;
+        let client_info = file
+            .clients
+            .iter()
+            .filter(|(_, e)| e.plan.is_some() || e.params.is_some())
+            .map(|(name, e)| {
+                let params = e
+                    .params
+                    .as_ref()
+                    .and_then(|p| serde_json::to_value(p).ok())
+                    .unwrap_or_else(|| serde_json::json!({}));
+                (
+                    name.clone(),
+                    serde_json::json!({"plan": e.plan, "params": params}),
+                )
+            })
+            .collect();
         let mut clients: HashMap<String, String> = file
             .clients
             .into_iter()
@@ -471,6 +513,7 @@ impl Config {
             clients,
             deployers,
             client_limits,
+            client_info,
             schedules,
             idempotency_retention,
             max_plugin_bytes: bounded(
@@ -626,9 +669,11 @@ fn resolve_limits(
     for (name, entry) in clients {
         let plan = match &entry.plan {
             None => PlanEntry::default(),
-            Some(p) => plans.get(p).cloned().with_context(|| {
-                format!("client {name}: plan {p:?} is not defined under [plans.{p}]")
-            })?,
+            Some(p) => match plans.get(p) {
+                Some(plan) => plan.clone(),
+                None if entry.plan_is_label => PlanEntry::default(),
+                None => bail!("client {name}: plan {p:?} is not defined under [plans.{p}]"),
+            },
         };
         let rate = entry.requests_per_second.or(plan.requests_per_second);
         let burst = entry.burst.or(plan.burst);
@@ -697,6 +742,52 @@ pub const DEFAULT_MAX_WORKERS_PER_TOKEN: usize = 256;
 #[derive(Debug, Deserialize)]
 struct WorkersTomlEntry {
     token: String,
+}
+
+/// avtomatika's `clients.toml` as its docs write it: a table per client
+/// with `token` (required), `plan` (a label, and a `[plans.<name>]`'s
+/// limits when one is defined), `monthly_attempts`, and any other keys as
+/// its parameters.
+fn load_clients_toml(path: &Path) -> anyhow::Result<BTreeMap<String, TokenEntry>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the clients config {}", path.display()))?;
+    let tables: BTreeMap<String, toml::Table> = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("clients config {}: {}", path.display(), e.message()))?;
+    let mut out = BTreeMap::new();
+    for (name, mut table) in tables {
+        let at = || format!("clients config {}: client {name}", path.display());
+        let token = match table.remove("token") {
+            Some(toml::Value::String(t)) if !t.is_empty() => t,
+            Some(_) => bail!("{}: token must be a non-empty string", at()),
+            None => bail!("{}: token is missing", at()),
+        };
+        let plan = match table.remove("plan") {
+            None => None,
+            Some(toml::Value::String(p)) => Some(p),
+            Some(_) => bail!("{}: plan must be a string", at()),
+        };
+        let monthly_attempts = match table.remove("monthly_attempts") {
+            None => None,
+            Some(toml::Value::Integer(n)) if n >= 0 => Some(n as u64),
+            Some(_) => bail!("{}: monthly_attempts must be a whole number", at()),
+        };
+        out.insert(
+            name,
+            TokenEntry {
+                token,
+                deploy: false,
+                plan,
+                requests_per_second: None,
+                burst: None,
+                max_active_jobs: None,
+                monthly_attempts,
+                monthly_jobs: None,
+                params: (!table.is_empty()).then_some(table),
+                plan_is_label: true,
+            },
+        );
+    }
+    Ok(out)
 }
 
 /// avtomatika's `workers.toml`: worker id (or `pattern:<glob>`) → token.
@@ -799,5 +890,57 @@ token = "w1-token"
             .unwrap_err()
             .to_string();
         assert!(err.contains("bad.toml"), "{err}");
+    }
+
+    #[test]
+    fn a_clients_file_gives_tokens_labels_quotas_and_params() {
+        let dir = tempfile::tempdir().unwrap();
+        let clients = dir.path().join("clients.toml");
+        let config = dir.path().join("o.toml");
+        std::fs::write(
+            &clients,
+            "[acme]\ntoken = \"t1\"\nplan = \"gold\"\nmonthly_attempts = 9\nlangs = [\"en\"]\n",
+        )
+        .unwrap();
+        std::fs::write(&config, "[plans.gold]\nmax_active_jobs = 7\n").unwrap();
+        let c = Config::resolve(cli(&[
+            "--config",
+            config.to_str().unwrap(),
+            "--clients-config",
+            clients.to_str().unwrap(),
+            "--worker-token",
+            "w",
+        ]))
+        .unwrap();
+        assert_eq!(c.clients.get("t1").map(String::as_str), Some("acme"));
+        let limits = &c.client_limits["acme"];
+        assert_eq!(
+            (limits.monthly_attempts, limits.max_active_jobs),
+            (Some(9), Some(7))
+        );
+        assert_eq!(
+            c.client_info["acme"],
+            serde_json::json!({"plan": "gold", "params": {"langs": ["en"]}})
+        );
+        // A label that names no plan is only a label there.
+        std::fs::write(&clients, "[b]\ntoken = \"t2\"\nplan = \"free\"\n").unwrap();
+        let c = Config::resolve(cli(&[
+            "--clients-config",
+            clients.to_str().unwrap(),
+            "--worker-token",
+            "w",
+        ]))
+        .unwrap();
+        assert_eq!(c.client_info["b"]["plan"], "free");
+        std::fs::write(&clients, "[b]\nplan = \"free\"\n").unwrap();
+        let err = Config::resolve(cli(&[
+            "--clients-config",
+            clients.to_str().unwrap(),
+            "--worker-token",
+            "w",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.ends_with("client b: token is missing"), "{err}");
     }
 }

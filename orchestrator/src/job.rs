@@ -448,8 +448,21 @@ pub struct Job {
 }
 
 impl Job {
-    /// The context expressions see: `{initial, results, last}`.
-    pub fn expr_context(&self) -> crate::blueprint::expr::Context {
-        crate::blueprint::expr::context(&self.initial_data, &self.results, self.result.as_deref())
+    /// The context expressions see: `{initial, results, last, client}`
+    /// (`clients`: each configured client's `{plan, params}`).
+    pub fn expr_context(
+        &self,
+        clients: &std::collections::HashMap<String, serde_json::Value>,
+    ) -> crate::blueprint::expr::Context {
+        let client = crate::blueprint::expr::Client {
+            name: &self.owner,
+            info: clients.get(&self.owner),
+        };
+        crate::blueprint::expr::context(
+            &self.initial_data,
+            &self.results,
+            self.result.as_deref(),
+            client,
+        )
     }
 }

@@ -68,6 +68,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         max_plugin_bytes: config.max_plugin_bytes,
         finished_job_retention: config.finished_job_retention,
         webhook_lease: config.webhook_lease,
+        clients: Arc::new(config.client_info.clone()),
         ..EngineSettings::default()
     };
     if settings.task_secret.is_some() {

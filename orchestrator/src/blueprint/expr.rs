@@ -1,10 +1,11 @@
 //! Expressions in blueprints (params and conditions), evaluated with minijinja.
 //!
-//! The context of every expression is `{initial, results, last}`:
+//! The context of every expression is `{initial, results, last, client}`:
 //! `initial` is the job's initial data, `results.<state>` the data returned by
-//! that state's task (for a parallel state, `results.<state>.<branch>`), and
-//! `last` the data of the most recent task. A `map` state's params also see
-//! `item` (the element) and `index` (its position, from 0).
+//! that state's task (for a parallel state, `results.<state>.<branch>`),
+//! `last` the data of the most recent task, and `client` the job's client
+//! (`name`, `plan`, `params` from its configuration). A `map` state's
+//! params also see `item` (the element) and `index` (its position, from 0).
 
 use std::sync::LazyLock;
 
@@ -15,19 +16,33 @@ use serde_json::{Map, Value};
 /// step (minijinja converts a JSON context at every evaluation).
 pub type Context = minijinja::Value;
 
-/// `{initial, results, last}` (see the module's documentation); `last` is
-/// `{}` before the first task.
+/// `{initial, results, last, client}` (see the module's documentation);
+/// `last` is `{}` before the first task.
 pub fn context(
     initial: &Map<String, Value>,
     results: &Map<String, Value>,
     last: Option<&Map<String, Value>>,
+    client: Client<'_>,
 ) -> Context {
     let empty = Map::new();
+    let no_params = Value::Object(Map::new());
     minijinja::context! {
         initial => initial,
         results => results,
         last => last.unwrap_or(&empty),
+        client => minijinja::context! {
+            name => client.name,
+            plan => client.info.and_then(|i| i.get("plan")),
+            params => client.info.and_then(|i| i.get("params")).unwrap_or(&no_params),
+        },
     }
+}
+
+/// A job's client: its name, and its `{plan, params}` when configured.
+#[derive(Debug, Clone, Copy)]
+pub struct Client<'a> {
+    pub name: &'a str,
+    pub info: Option<&'a Value>,
 }
 
 /// `ctx` with a `map` element: `item` and its `index`.
@@ -132,7 +147,15 @@ mod tests {
     #[test]
     fn defaults_and_types_are_kept() {
         let initial = json!({"message": "hi"});
-        let ctx = context(initial.as_object().unwrap(), &Map::new(), None);
+        let ctx = context(
+            initial.as_object().unwrap(),
+            &Map::new(),
+            None,
+            Client {
+                name: "c",
+                info: None,
+            },
+        );
         assert_eq!(
             Expr::compile("initial.multiply | default(2)")
                 .unwrap()

@@ -80,6 +80,9 @@ pub struct EngineSettings {
     /// Finished, failed and cancelled jobs that last changed longer ago than
     /// this are deleted with their history ([`super::retention`]); `None`: kept.
     pub finished_job_retention: Option<Duration>,
+    /// Per client with a plan or parameters: `{plan, params}`, for the
+    /// `client` of blueprint expressions.
+    pub clients: std::sync::Arc<std::collections::HashMap<String, serde_json::Value>>,
 }
 
 impl Default for EngineSettings {
@@ -109,6 +112,7 @@ impl Default for EngineSettings {
             finished_jobs_in_memory: 10_000,
             finished_job_retention: None,
             webhook_lease: Duration::from_secs(DEFAULT_WEBHOOK_LEASE_SECS),
+            clients: Default::default(),
         }
     }
 }

@@ -856,3 +856,128 @@ async fn sdk_workers_declaring_resources_receive_only_matching_tasks() {
         assert_eq!(job["status"], "finished", "{job}");
     }
 }
+
+/// A `clients.toml` as avtomatika's configuration guide writes it.
+const AVTOMATIKA_CLIENTS: &str = r#"
+# Premium client
+[client_premium_user]
+token = "sec_vip_token_123"
+plan = "premium"
+monthly_attempts = 100000
+# Custom parameters
+languages = ["en", "de", "fr"]
+priority_support = true
+
+# Free client
+[client_free_user]
+token = "sec_free_token_456"
+plan = "free"
+monthly_attempts = 3
+languages = ["en"]
+"#;
+
+/// Echoes what the job's client is: its name, plan and languages.
+const CLIENT_FLOW: &str = r#"
+name = "client_flow"
+api_endpoint = "/jobs/client"
+api_version = "v1"
+[states.start]
+start = true
+dispatch.task = "echo_task"
+dispatch.params.message = "client.name ~ '/' ~ client.plan ~ '/' ~ (client.params.languages | join(','))"
+dispatch.params.multiply = 1
+dispatch.on = { success = "done" }
+[states.done]
+end = "finished"
+"#;
+
+#[tokio::test]
+async fn a_clients_file_written_for_avtomatika_gives_plans_params_and_quotas() {
+    let Some(python) = venv_python("venv-orchestrator") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("clients.toml");
+    std::fs::write(&file, AVTOMATIKA_CLIENTS).unwrap();
+    // avtomatika's own loader reads it into its storage.
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import asyncio, sys\n\
+             from avtomatika.client_config_loader import load_client_configs_to_redis as load\n\
+             from avtomatika.storage.memory import MemoryStorage\n\
+             s = MemoryStorage()\n\
+             asyncio.run(load(s, sys.argv[1]))\n\
+             c = asyncio.run(s.get_client_config('sec_free_token_456'))\n\
+             print(c['plan'], c['languages'], s._quotas['sec_free_token_456'])",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "free ['en'] 3");
+    // Ours: the tokens sign in, blueprints read the plan and parameters,
+    // and the free client's three requests a month are counted.
+    let blueprints = dir.path().join("blueprints");
+    std::fs::create_dir_all(&blueprints).unwrap();
+    std::fs::write(blueprints.join("client_flow.toml"), CLIENT_FLOW).unwrap();
+    let port = free_port();
+    let path = file.clone();
+    let _orchestrator = start_our_orchestrator_with(dir.path(), port, None, move |cmd| {
+        cmd.env("CLIENTS_CONFIG_PATH", &path);
+    });
+    let api = Http::new(port);
+    api.wait_up().await;
+    let _worker = start_our_worker(dir.path(), port, "wasm-worker-1", false, None);
+    api.wait_worker("wasm-worker-1").await;
+    let http = reqwest::Client::new();
+    let create = |token: &'static str| {
+        let (http, base) = (http.clone(), api.base.clone());
+        async move {
+            let resp = http
+                .post(format!("{base}/api/v1/jobs/client"))
+                .header("X-Client-Token", token)
+                .json(&json!({"initial_data": {}}))
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, accepted) = create("sec_vip_token_123").await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["job_id"].as_str().unwrap().to_string();
+    let job = loop {
+        let resp = http
+            .get(format!("{}/api/v1/jobs/{id}?wait=10", api.base))
+            .header("X-Client-Token", "sec_vip_token_123")
+            .send()
+            .await
+            .unwrap();
+        let job: Value = resp.json().await.unwrap();
+        if job["status"] != "waiting_for_worker" && job["status"] != "running" {
+            break job;
+        }
+    };
+    assert_eq!(job["status"], "finished", "{job}");
+    assert_eq!(
+        job["result"]["original_message"], "client_premium_user/premium/en,de,fr",
+        "{job}"
+    );
+    for _ in 0..3 {
+        assert_ne!(create("sec_free_token_456").await.0, 429);
+    }
+    let (status, refused) = create("sec_free_token_456").await;
+    assert_eq!(status, 429, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("client client_free_user (plan free) may make 3 requests a month"),
+        "{refused}"
+    );
+}

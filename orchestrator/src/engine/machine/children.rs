@@ -58,7 +58,7 @@ pub(crate) fn start_child(
         );
         return blueprint_error(st, job, &msg, events);
     };
-    let ctx = job.expr_context();
+    let ctx = job.expr_context(&shared.settings.clients);
     let mut data = Object::new();
     for (name, value) in &spec.data {
         match value.eval(&ctx) {

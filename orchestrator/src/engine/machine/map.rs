@@ -24,7 +24,7 @@ pub(crate) fn start_map(
         end_failed(st, job, JobStatus::Failed, code, &why, events);
         return Flow::Stop;
     }
-    let items = match spec.over.eval(&job.expr_context()) {
+    let items = match spec.over.eval(&job.expr_context(&shared.settings.clients)) {
         Ok(Value::Array(items)) => items,
         Ok(other) => {
             let msg = format!(
@@ -76,7 +76,7 @@ pub(crate) fn start_map(
         return finish(job, spec, events);
     }
     job.status = JobStatus::WaitingForParallelTasks;
-    fill(st, job, spec, events)
+    fill(shared, st, job, spec, events)
 }
 
 /// What the caller does next: go on advancing the job (it entered another
@@ -87,8 +87,14 @@ pub(crate) enum Flow {
 }
 
 /// Dispatches elements until `max_in_flight` are out or none is left.
-fn fill(st: &mut EngineState, job: &mut Job, spec: &MapSpec, events: &mut Vec<JobEvent>) -> Flow {
-    let ctx = job.expr_context();
+fn fill(
+    shared: &Shared,
+    st: &mut EngineState,
+    job: &mut Job,
+    spec: &MapSpec,
+    events: &mut Vec<JobEvent>,
+) -> Flow {
+    let ctx = job.expr_context(&shared.settings.clients);
     loop {
         let Some(run) = job.map.as_deref_mut() else {
             return Flow::Stop;
@@ -152,18 +158,19 @@ pub(crate) fn item_succeeded(
         *slot = value;
     }
     run.done += 1;
-    step(st, job, spec, events)
+    step(shared, st, job, spec, events)
 }
 
-/// Element task `idx` failed for good; under `continue` the map goes on
-/// (under `fail_fast` the caller takes the failure path instead).
+/// Element task `idx` failed for good (`why`: its code and message);
+/// under `continue` the map goes on (under `fail_fast` the caller takes the
+/// failure path instead).
 pub(crate) fn item_failed(
+    shared: &Shared,
     st: &mut EngineState,
     job: &mut Job,
     spec: &MapSpec,
     idx: usize,
-    code: &str,
-    message: &str,
+    (code, message): (&str, &str),
     events: &mut Vec<JobEvent>,
 ) -> Flow {
     let task = job.tasks.remove(idx);
@@ -177,18 +184,24 @@ pub(crate) fn item_failed(
         message: rxon::text::clip(message, crate::engine::MAX_EVENT_TEXT).into_owned(),
     });
     run.done += 1;
-    step(st, job, spec, events)
+    step(shared, st, job, spec, events)
 }
 
 /// After an element is done: more out, or the end of the map.
-fn step(st: &mut EngineState, job: &mut Job, spec: &MapSpec, events: &mut Vec<JobEvent>) -> Flow {
+fn step(
+    shared: &Shared,
+    st: &mut EngineState,
+    job: &mut Job,
+    spec: &MapSpec,
+    events: &mut Vec<JobEvent>,
+) -> Flow {
     let Some(run) = job.map.as_deref() else {
         return Flow::Stop;
     };
     if run.done as usize == run.items.len() {
         return finish(job, spec, events);
     }
-    fill(st, job, spec, events)
+    fill(shared, st, job, spec, events)
 }
 
 /// Every element is done: `results.<state>` = `{items, failures}`, on to `next`.

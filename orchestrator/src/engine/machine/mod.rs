@@ -330,7 +330,7 @@ pub(crate) fn advance(
                 return;
             }
             Action::Goto(rules) => {
-                let ctx = job.expr_context();
+                let ctx = job.expr_context(&shared.settings.clients);
                 let mut target = None;
                 for (when, to) in rules {
                     match when.as_ref().map(|w| w.truthy(&ctx)).unwrap_or(Ok(true)) {
@@ -352,7 +352,7 @@ pub(crate) fn advance(
                 enter_state(job, &to, None, events);
             }
             Action::Sleep { wait, next } => {
-                let wake_at = match sleep_until(wait, job) {
+                let wake_at = match sleep_until(shared, wait, job) {
                     Ok(at) => at,
                     Err(e) => {
                         let msg = format!("state {}: {e}", job.current_state);
@@ -372,7 +372,7 @@ pub(crate) fn advance(
                     let code = own_code::POLICY_VIOLATION;
                     return end_failed(st, job, JobStatus::Failed, code, &why, events);
                 }
-                let ctx = job.expr_context();
+                let ctx = job.expr_context(&shared.settings.clients);
                 let record = match spec_record(task, &ctx, job, None) {
                     Ok(record) => record,
                     Err(e) => {
@@ -408,7 +408,7 @@ pub(crate) fn advance(
                     let code = own_code::POLICY_VIOLATION;
                     return end_failed(st, job, JobStatus::Failed, code, &why, events);
                 }
-                let ctx = job.expr_context();
+                let ctx = job.expr_context(&shared.settings.clients);
                 let mut records = Vec::new();
                 for (name, spec) in branches {
                     match spec_record(spec, &ctx, job, Some(name.clone())) {
@@ -561,10 +561,11 @@ pub(crate) fn new_record(task_type: &str, params: Object, branch: Option<String>
 /// When a job entering a `sleep` state wakes: `None` when that is now or
 /// past (a zero wait, or a time gone by). Bounded like every timeout.
 fn sleep_until(
+    shared: &Shared,
     wait: &crate::blueprint::SleepFor,
     job: &Job,
 ) -> Result<Option<chrono::DateTime<Utc>>, String> {
-    let ctx = job.expr_context();
+    let ctx = job.expr_context(&shared.settings.clients);
     let now = Utc::now();
     let at = match wait {
         crate::blueprint::SleepFor::Seconds(seconds) => {

@@ -330,7 +330,7 @@ pub(crate) fn task_failed(
         .map(|s| &s.action)
         && !spec.fail_fast
     {
-        if let Flow::Advance = item_failed(st, job, spec, idx, code, message, events) {
+        if let Flow::Advance = item_failed(shared, st, job, spec, idx, (code, message), events) {
             advance(shared, st, job, events);
         }
         return;
