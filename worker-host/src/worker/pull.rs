@@ -14,7 +14,10 @@
 //! can reuse a version number). A download that fails leaves that plugin's
 //! previous version in service while the others are updated, and is tried
 //! again later. Components no longer wanted are deleted from the disk
-//! cache. Pulls are at least [`MIN_PULL_INTERVAL`] apart. Against an
+//! cache. Every change of the announced revision pulls (an answer sent
+//! before a deploy can arrive after the next one is announced, so the last
+//! value seen may be stale; the pull reads what is wanted now). Pulls are
+//! at least [`MIN_PULL_INTERVAL`] apart. Against an
 //! orchestrator without a registry (avtomatika) no revision is ever
 //! announced and nothing happens here.
 
@@ -66,36 +69,35 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut announced = worker.inner.client.plugin_revisions();
-    let mut applied: Option<String> = None;
+    // The value announced before this loop began is looked at too.
+    announced.mark_changed();
     let mut backoff = Backoff::between(Duration::from_millis(500), Duration::from_secs(30));
     loop {
-        let wanted = tokio::select! {
+        // Any change pulls, whatever the value: answers sent before a
+        // deploy may arrive after the announcement of the next one, so the
+        // value seen last can be an older revision than the one wanted. The
+        // pull reads what is wanted now.
+        tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = announced.wait_for(|r| r.is_some() && *r != applied) => match r {
-                Ok(r) => r.clone(),
-                Err(_) => return,
-            },
+            r = announced.changed() => if r.is_err() { return },
+        }
+        let Some(wanted) = announced.borrow_and_update().clone() else {
+            continue;
         };
-        tracing::info!(
-            "the orchestrator announces plugins revision {}; pulling",
-            wanted.as_deref().unwrap_or_default()
-        );
+        tracing::info!("the orchestrator announces plugins revision {wanted}; pulling");
         let delay = match worker.pull(&loader, &settings).await {
             Ok(revision) => {
                 backoff.reset();
-                if Some(&revision) != wanted.as_ref() {
-                    tracing::debug!(
-                        "plugins revision {revision} applied (announced: {})",
-                        wanted.as_deref().unwrap_or_default()
-                    );
+                if revision != wanted {
+                    tracing::debug!("plugins revision {revision} applied (announced: {wanted})");
                 }
-                // What was announced is done with, whatever the set says.
-                applied = wanted;
                 MIN_PULL_INTERVAL
             }
             Err(e) => {
                 let delay = backoff.next_delay().max(MIN_PULL_INTERVAL);
                 tracing::warn!("pulling plugins failed: {e}; retrying in {delay:?}");
+                // Tried again after the delay, announced anew or not.
+                announced.mark_changed();
                 delay
             }
         };
