@@ -678,6 +678,22 @@ metadata = { team = "ops" }
 input_data = { message = "report" }
 "#;
 
+/// What `script` prints, run by `python` with `file` as its argument
+/// (it must succeed).
+fn python_prints(python: &Path, script: &str, file: &Path) -> String {
+    let out = Command::new(python)
+        .args(["-c", script])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 #[tokio::test]
 async fn a_schedules_file_written_for_avtomatika_runs_as_it_is() {
     let Some(python) = venv_python("venv-orchestrator") else {
@@ -687,21 +703,13 @@ async fn a_schedules_file_written_for_avtomatika_runs_as_it_is() {
     let file = dir.path().join("schedules.toml");
     std::fs::write(&file, AVTOMATIKA_SCHEDULES).unwrap();
     // avtomatika's own loader reads it: it is a file for avtomatika.
-    let out = Command::new(python)
-        .args([
-            "-c",
-            "import sys; from avtomatika.scheduler_config_loader import load_schedules_from_file as l; print(sorted(s.name for s in l(sys.argv[1])))",
-        ])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let printed = python_prints(
+        &python,
+        "import sys; from avtomatika.scheduler_config_loader import load_schedules_from_file as l; print(sorted(s.name for s in l(sys.argv[1])))",
+        &file,
     );
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+        printed,
         "['daily_backup', 'every_second', 'monthly_report', 'weekly_sync']"
     );
     // Ours runs it: every form loads, the every-second one makes jobs.
@@ -900,26 +908,18 @@ async fn a_clients_file_written_for_avtomatika_gives_plans_params_and_quotas() {
     let file = dir.path().join("clients.toml");
     std::fs::write(&file, AVTOMATIKA_CLIENTS).unwrap();
     // avtomatika's own loader reads it into its storage.
-    let out = Command::new(python)
-        .args([
-            "-c",
-            "import asyncio, sys\n\
-             from avtomatika.client_config_loader import load_client_configs_to_redis as load\n\
-             from avtomatika.storage.memory import MemoryStorage\n\
-             s = MemoryStorage()\n\
-             asyncio.run(load(s, sys.argv[1]))\n\
-             c = asyncio.run(s.get_client_config('sec_free_token_456'))\n\
-             print(c['plan'], c['languages'], s._quotas['sec_free_token_456'])",
-        ])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let printed = python_prints(
+        &python,
+        "import asyncio, sys\n\
+         from avtomatika.client_config_loader import load_client_configs_to_redis as load\n\
+         from avtomatika.storage.memory import MemoryStorage\n\
+         s = MemoryStorage()\n\
+         asyncio.run(load(s, sys.argv[1]))\n\
+         c = asyncio.run(s.get_client_config('sec_free_token_456'))\n\
+         print(c['plan'], c['languages'], s._quotas['sec_free_token_456'])",
+        &file,
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "free ['en'] 3");
+    assert_eq!(printed, "free ['en'] 3");
     // Ours: the tokens sign in, blueprints read the plan and parameters,
     // and the free client's three requests a month are counted.
     let blueprints = dir.path().join("blueprints");
