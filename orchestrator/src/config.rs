@@ -290,6 +290,8 @@ pub struct Config {
     pub idempotency_retention: std::time::Duration,
     /// The schedules of the schedules file (none without one).
     pub schedules: Vec<crate::schedule::Schedule>,
+    /// Zone of schedules that name none (the file's and deployed ones).
+    pub schedule_timezone: chrono_tz::Tz,
     /// Names of the clients that may deploy.
     pub deployers: std::collections::HashSet<String>,
     /// Client name → its rate and bounds (clients with any).
@@ -469,13 +471,15 @@ impl Config {
                     format!("idempotency_retention must be a duration from 1s to 30d, such as `24h`, not {text:?}")
                 })?,
         };
+        let schedule_timezone: chrono_tz::Tz = {
+            let zone = file.schedule_timezone.as_deref().unwrap_or("UTC");
+            zone.parse()
+                .map_err(|_| anyhow::anyhow!("schedule_timezone {zone:?} is not a known zone"))?
+        };
         let schedules = match cli.schedules_file.or(file.schedules_file) {
             None => Vec::new(),
             Some(path) => {
-                let zone = file.schedule_timezone.as_deref().unwrap_or("UTC");
-                let zone: chrono_tz::Tz = zone.parse().map_err(|_| {
-                    anyhow::anyhow!("schedule_timezone {zone:?} is not a known zone")
-                })?;
+                let zone = schedule_timezone;
                 let client = file.schedule_client.as_deref().unwrap_or("default");
                 let text = std::fs::read_to_string(&path).with_context(|| {
                     format!("cannot read the schedules file {}", path.display())
@@ -514,6 +518,7 @@ impl Config {
             deployers,
             client_limits,
             client_info,
+            schedule_timezone,
             schedules,
             idempotency_retention,
             max_plugin_bytes: bounded(

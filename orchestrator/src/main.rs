@@ -93,8 +93,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
             config.trusted_proxies.clone(),
         ),
     );
-    let scheduler =
-        orchestrator::schedule::Scheduler::start(engine.clone(), config.schedules.clone());
+    let scheduler = orchestrator::schedule::Scheduler::start(
+        engine.clone(),
+        config.schedules.clone(),
+        config.schedule_timezone,
+    );
     let state = state
         .with_scheduler(scheduler)
         .with_client_limits(config.client_limits.clone());

@@ -56,8 +56,8 @@ async fn pair(h: Holder, extra: &str) -> (Held, Arc<Scheduler>, Arc<Scheduler>) 
         Holder::Postgres => Holder::second(&first, FLOW).await,
         Holder::Memory => (*first).clone(),
     };
-    let a = Scheduler::new((*first).clone(), schedules(extra));
-    let b = Scheduler::new(other, schedules(extra));
+    let a = Scheduler::new((*first).clone(), schedules(extra), chrono_tz::Tz::UTC);
+    let b = Scheduler::new(other, schedules(extra), chrono_tz::Tz::UTC);
     (first, a, b)
 }
 
@@ -149,4 +149,74 @@ async fn a_running_job_makes_later_slots_skip_or_queue_one_and_a_pause_holds(h: 
     a.trigger("every").await.unwrap();
     assert_eq!(jobs(&engine).await.len(), 4);
     assert!(a.trigger("nope").await.is_err());
+}
+
+on_both!(a_deployed_schedule_runs_on_every_instance_until_it_is_removed);
+async fn a_deployed_schedule_runs_on_every_instance_until_it_is_removed(h: Holder) {
+    let engine = h.engine(FLOW).await;
+    let other = match h {
+        Holder::Postgres => Holder::second(&engine, FLOW).await,
+        Holder::Memory => (*engine).clone(),
+    };
+    let a = Scheduler::new((*engine).clone(), Vec::new(), chrono_tz::Tz::UTC);
+    let b = Scheduler::new(other, Vec::new(), chrono_tz::Tz::UTC);
+    let text = "blueprint = \"flow\"\ninterval_seconds = 1\ninput_data = { n = 2 }\n";
+    assert!(a.deploy("deployed", text, "default").await.unwrap(), "new");
+    // Refused: a bad one, one naming no deployed blueprint, a bad name.
+    for (name, bad, why) in [
+        ("x", "blueprint = \"flow\"\n", "one of"),
+        (
+            "x",
+            "blueprint = \"nope\"\ninterval_seconds = 1\n",
+            "no blueprint named",
+        ),
+        ("a b", text, "letters, digits"),
+    ] {
+        let err = a
+            .deploy(name, bad, "default")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(why), "{err}");
+    }
+    // The other instance reads it at its tick; the two start one job a
+    // second between them.
+    let (x, y) = tokio::join!(a.tick(t(0)), b.tick(t(0)));
+    x.unwrap();
+    y.unwrap();
+    for ms in (250..=10_000).step_by(250) {
+        let now = t(0) + Duration::milliseconds(ms);
+        let (x, y) = tokio::join!(a.tick(now), b.tick(now));
+        x.unwrap();
+        y.unwrap();
+    }
+    let made = jobs(&engine).await;
+    assert_eq!(made.len(), 11, "one a second, from t(0) to t(10)");
+    assert!(made.iter().all(|j| j.initial_data["n"] == 2));
+    let views = b.views().await.unwrap();
+    assert_eq!(
+        (views[0].name.as_str(), views[0].origin),
+        ("deployed", "api")
+    );
+    // Replaced: its progress kept, its data new.
+    let replaced = text.replace("n = 2", "n = 3");
+    assert!(!b.deploy("deployed", &replaced, "default").await.unwrap());
+    for s in 11..=12 {
+        let (x, y) = tokio::join!(a.tick(t(s)), b.tick(t(s)));
+        x.unwrap();
+        y.unwrap();
+    }
+    let made = jobs(&engine).await;
+    assert_eq!(made.len(), 13);
+    assert_eq!(made.iter().filter(|j| j.initial_data["n"] == 3).count(), 2);
+    // Removed through one: neither starts more.
+    b.remove("deployed").await.unwrap();
+    for s in 13..=15 {
+        let (x, y) = tokio::join!(a.tick(t(s)), b.tick(t(s)));
+        x.unwrap();
+        y.unwrap();
+    }
+    assert_eq!(jobs(&engine).await.len(), 13);
+    assert!(a.views().await.unwrap().is_empty());
+    assert!(a.remove("deployed").await.is_err(), "gone");
 }

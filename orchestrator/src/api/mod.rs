@@ -154,6 +154,10 @@ pub fn router(state: AppState) -> Router {
             .route(&format!("{prefix}/workers"), get(client::list_workers))
             .route(&format!("{prefix}/schedules"), get(schedules::list))
             .route(
+                &format!("{prefix}/schedules/{{name}}"),
+                put(schedules::deploy).delete(schedules::remove),
+            )
+            .route(
                 &format!("{prefix}/schedules/{{name}}/{{action}}"),
                 post(schedules::act),
             )

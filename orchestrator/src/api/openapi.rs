@@ -56,6 +56,8 @@ pub struct JobHistory {
         super::signals::approval,
         super::schedules::list,
         super::schedules::act,
+        super::schedules::deploy,
+        super::schedules::remove,
         super::client::job_history,
         super::client::list_workers,
         super::client::list_blueprints,

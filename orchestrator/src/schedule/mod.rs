@@ -1,5 +1,8 @@
 //! Schedules: jobs started at times a schedules file gives (avtomatika's
-//! `schedules.toml`, plus cron, time zones, overlap and catch-up policies).
+//! `schedules.toml`, plus cron, time zones, overlap and catch-up policies),
+//! or a schedule deployed through the API (`PUT /api/v1/schedules/{name}`:
+//! its definition is kept in its row, so every instance reads it at its
+//! next tick).
 //!
 //! Every instance runs the same loop ([`Scheduler::run`]): each tick it
 //! reads the schedules' rows ([`crate::storage::Schedules`]), works out the
@@ -26,6 +29,11 @@ use crate::storage::{ScheduleChange, ScheduleRow, StorageError};
 
 /// How often the loop looks.
 pub const TICK: Duration = Duration::from_millis(250);
+/// How often it looks while there is no schedule (for one deployed through
+/// another instance; a deploy through this one is looked at at once).
+pub const IDLE_TICK: Duration = Duration::from_secs(2);
+/// Longest schedule name (a deployed one: letters, digits, `_`, `-`).
+pub const MAX_NAME: usize = 64;
 /// A slot older than this when first seen counts as missed (`catch_up`).
 pub const GRACE: chrono::Duration = chrono::Duration::seconds(2);
 /// Next runs shown per schedule.
@@ -42,6 +50,10 @@ pub enum ScheduleApiError {
     Storage(#[from] StorageError),
     #[error("{0}")]
     Job(#[from] crate::engine::EngineError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("schedule {0:?} comes from the schedules file; change it there")]
+    FromFile(String),
 }
 
 /// A schedule as the API shows it.
@@ -60,26 +72,33 @@ pub struct ScheduleView {
     pub last_slot: Option<DateTime<Utc>>,
     pub last_job_id: Option<Uuid>,
     pub next_runs: Vec<DateTime<Utc>>,
+    /// `file` (the schedules file) or `api` (deployed).
+    pub origin: &'static str,
 }
 
 pub struct Scheduler {
     engine: Engine,
-    schedules: BTreeMap<String, Schedule>,
+    /// From the schedules file.
+    schedules: BTreeMap<String, Arc<Schedule>>,
+    /// Deployed through the API, as last read: each with its source.
+    deployed: std::sync::Mutex<BTreeMap<String, (String, Arc<Schedule>)>>,
+    /// Zone of deployed schedules that name none.
+    timezone: chrono_tz::Tz,
+    /// A deploy here: the loop looks at once.
+    wake: tokio::sync::Notify,
 }
 
 impl Scheduler {
-    /// Starts the loop over `schedules` (none: no loop, no queries).
-    pub fn start(engine: Engine, schedules: Vec<Schedule>) -> Arc<Self> {
-        let scheduler = Self::new(engine, schedules);
-        if !scheduler.schedules.is_empty() {
-            tokio::spawn(scheduler.clone().run());
-        }
+    /// Starts the loop over the file's `schedules` and those deployed.
+    pub fn start(engine: Engine, schedules: Vec<Schedule>, timezone: chrono_tz::Tz) -> Arc<Self> {
+        let scheduler = Self::new(engine, schedules, timezone);
+        tokio::spawn(scheduler.clone().run());
         scheduler
     }
 
     /// The scheduler without its loop: [`Scheduler::tick`] is called by
     /// hand (tests that set the time).
-    pub fn new(engine: Engine, schedules: Vec<Schedule>) -> Arc<Self> {
+    pub fn new(engine: Engine, schedules: Vec<Schedule>, timezone: chrono_tz::Tz) -> Arc<Self> {
         for s in &schedules {
             tracing::info!(
                 "schedule {}: blueprint {} {}, as client {}",
@@ -98,22 +117,177 @@ impl Scheduler {
         }
         Arc::new(Self {
             engine,
-            schedules: schedules.into_iter().map(|s| (s.name.clone(), s)).collect(),
+            schedules: schedules
+                .into_iter()
+                .map(|s| (s.name.clone(), Arc::new(s)))
+                .collect(),
+            deployed: Default::default(),
+            timezone,
+            wake: tokio::sync::Notify::new(),
         })
     }
 
     async fn run(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
             if self.engine.shutting_down() {
                 return;
             }
             if let Err(e) = self.tick(Utc::now()).await {
                 tracing::warn!("schedules: cannot read their progress: {e}; trying again");
             }
+            let pause = if self.all().is_empty() {
+                IDLE_TICK
+            } else {
+                TICK
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.wake.notified() => {}
+            }
         }
+    }
+
+    fn deployed(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (String, Arc<Schedule>)>> {
+        self.deployed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The file's schedules and the deployed ones.
+    fn all(&self) -> Vec<Arc<Schedule>> {
+        let mut all: Vec<Arc<Schedule>> = self.schedules.values().cloned().collect();
+        all.extend(self.deployed().values().map(|(_, s)| s.clone()));
+        all
+    }
+
+    fn find(&self, name: &str) -> Option<Arc<Schedule>> {
+        self.schedules
+            .get(name)
+            .cloned()
+            .or_else(|| self.deployed().get(name).map(|(_, s)| s.clone()))
+    }
+
+    /// Takes the deployed schedules from their rows (parsing those whose
+    /// source changed).
+    fn refresh(&self, rows: &BTreeMap<String, ScheduleRow>) {
+        let mut deployed = self.deployed();
+        deployed.retain(|name, _| rows.get(name).is_some_and(|r| r.source.is_some()));
+        for row in rows.values() {
+            let Some(source) = &row.source else { continue };
+            if self.schedules.contains_key(&row.name)
+                || deployed.get(&row.name).is_some_and(|(s, _)| s == source)
+            {
+                continue;
+            }
+            match self.compile(&row.name, source) {
+                Ok(schedule) => {
+                    tracing::info!(
+                        "schedule {} (deployed): blueprint {} {}, as client {}",
+                        schedule.name,
+                        schedule.blueprint,
+                        schedule.describe(),
+                        schedule.client
+                    );
+                    deployed.insert(row.name.clone(), (source.clone(), Arc::new(schedule)));
+                }
+                Err(e) => {
+                    tracing::error!("schedule {} (deployed) cannot be read: {e}", row.name);
+                    deployed.remove(&row.name);
+                }
+            }
+        }
+    }
+
+    /// A deployed schedule's source as a schedule.
+    fn compile(&self, name: &str, source: &str) -> Result<Schedule, String> {
+        let table: toml::Table =
+            toml::from_str(source).map_err(|e| format!("not valid TOML: {}", e.message()))?;
+        let file = toml::Table::from_iter([(name.to_string(), toml::Value::Table(table))]);
+        let text = toml::to_string(&file).map_err(|e| e.to_string())?;
+        let mut parsed = model::parse("the deployed schedule", &text, self.timezone, "default")
+            .map_err(|e| e.problem)?;
+        parsed
+            .pop()
+            .ok_or_else(|| format!("schedule {name:?} is not a table"))
+    }
+
+    /// Deploys `name` from `text` (a table of `schedules.toml` without its
+    /// header): its jobs belong to `client` unless it names one. Replacing
+    /// a deployed schedule keeps its progress. Whether it was new.
+    pub async fn deploy(
+        &self,
+        name: &str,
+        text: &str,
+        client: &str,
+    ) -> Result<bool, ScheduleApiError> {
+        let valid_name = !name.is_empty()
+            && name.len() <= MAX_NAME
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid_name {
+            return Err(ScheduleApiError::Invalid(format!(
+                "a schedule's name is 1 to {MAX_NAME} letters, digits, `_` or `-`, not {name:?}"
+            )));
+        }
+        if self.schedules.contains_key(name) {
+            return Err(ScheduleApiError::FromFile(name.to_string()));
+        }
+        if text.len() > model::MAX_SCHEDULES_BYTES {
+            return Err(ScheduleApiError::Invalid(format!(
+                "{} bytes; at most {} are read",
+                text.len(),
+                model::MAX_SCHEDULES_BYTES
+            )));
+        }
+        let mut table: toml::Table = toml::from_str(text)
+            .map_err(|e| ScheduleApiError::Invalid(format!("not valid TOML: {}", e.message())))?;
+        table
+            .entry("client")
+            .or_insert_with(|| toml::Value::String(client.to_string()));
+        let source =
+            toml::to_string(&table).map_err(|e| ScheduleApiError::Invalid(e.to_string()))?;
+        let schedule = self
+            .compile(name, &source)
+            .map_err(|e| ScheduleApiError::Invalid(format!("schedule `{name}`: {e}")))?;
+        if self.engine.blueprint(&schedule.blueprint).is_none() {
+            return Err(ScheduleApiError::Invalid(format!(
+                "schedule `{name}`: no blueprint named {:?} is deployed",
+                schedule.blueprint
+            )));
+        }
+        if !self.deployed().contains_key(name) && self.all().len() >= model::MAX_SCHEDULES {
+            return Err(ScheduleApiError::Invalid(format!(
+                "at most {} schedules are allowed",
+                model::MAX_SCHEDULES
+            )));
+        }
+        let now = Utc::now();
+        let slot = schedule.latest_at(now).unwrap_or(now);
+        let new = !self.rows().await?.contains_key(name);
+        let change = ScheduleChange::Deploy { slot, source };
+        if !self.change(name, change).await? {
+            return Err(ScheduleApiError::FromFile(name.to_string()));
+        }
+        tracing::info!(
+            "schedule {name} {} by {client}: blueprint {} {}",
+            if new { "deployed" } else { "replaced" },
+            schedule.blueprint,
+            schedule.describe()
+        );
+        self.wake.notify_one();
+        Ok(new)
+    }
+
+    /// Removes the deployed schedule `name` (on every instance).
+    pub async fn remove(&self, name: &str) -> Result<(), ScheduleApiError> {
+        if self.schedules.contains_key(name) {
+            return Err(ScheduleApiError::FromFile(name.to_string()));
+        }
+        if !self.change(name, ScheduleChange::Remove).await? {
+            return Err(ScheduleApiError::Unknown(name.to_string()));
+        }
+        self.deployed().remove(name);
+        tracing::info!("schedule {name} removed");
+        Ok(())
     }
 
     async fn rows(&self) -> Result<BTreeMap<String, ScheduleRow>, StorageError> {
@@ -137,7 +311,9 @@ impl Scheduler {
     /// One look at every schedule.
     pub async fn tick(&self, now: DateTime<Utc>) -> Result<(), StorageError> {
         let rows = self.rows().await?;
-        for s in self.schedules.values() {
+        self.refresh(&rows);
+        for s in self.all() {
+            let s = &*s;
             let Some(row) = rows.get(&s.name) else {
                 // First seen: slots from now on.
                 let slot = s.latest_at(now).unwrap_or(now);
@@ -288,10 +464,12 @@ impl Scheduler {
     /// Every schedule with its progress and next runs.
     pub async fn views(&self) -> Result<Vec<ScheduleView>, StorageError> {
         let rows = self.rows().await?;
+        self.refresh(&rows);
         let now = Utc::now();
-        Ok(self
-            .schedules
-            .values()
+        let mut all = self.all();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(all
+            .iter()
             .map(|s| {
                 let row = rows.get(&s.name);
                 let mut next_runs = Vec::new();
@@ -314,6 +492,11 @@ impl Scheduler {
                     last_slot: row.map(|r| r.last_slot),
                     last_job_id: row.and_then(|r| r.last_job),
                     next_runs,
+                    origin: if self.schedules.contains_key(&s.name) {
+                        "file"
+                    } else {
+                        "api"
+                    },
                 }
             })
             .collect())
@@ -321,7 +504,7 @@ impl Scheduler {
 
     /// Pauses or resumes `name` (on every instance).
     pub async fn set_paused(&self, name: &str, paused: bool) -> Result<(), ScheduleApiError> {
-        if !self.schedules.contains_key(name) {
+        if self.find(name).is_none() {
             return Err(ScheduleApiError::Unknown(name.to_string()));
         }
         if !self.change(name, ScheduleChange::Paused(paused)).await? {
@@ -337,10 +520,9 @@ impl Scheduler {
     /// Starts `name`'s job now, outside its slots.
     pub async fn trigger(&self, name: &str) -> Result<Uuid, ScheduleApiError> {
         let s = self
-            .schedules
-            .get(name)
+            .find(name)
             .ok_or_else(|| ScheduleApiError::Unknown(name.to_string()))?;
-        let id = self.create(s).await?;
+        let id = self.create(&s).await?;
         tracing::info!(job_id = %id, "schedule {name}: triggered by hand, job {id}");
         self.change(name, ScheduleChange::Job(id)).await?;
         Ok(id)

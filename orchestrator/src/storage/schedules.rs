@@ -1,7 +1,8 @@
 //! Where schedules keep their progress, shared by every instance on one
 //! database: per schedule, the last slot claimed (claims are a
 //! compare-and-set on it, so each slot is claimed once), the last job it
-//! started, whether it is paused, and whether a run waits (`queue_one`).
+//! started, whether it is paused, whether a run waits (`queue_one`), and,
+//! for a schedule deployed through the API, its definition.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -21,6 +22,9 @@ pub struct ScheduleRow {
     pub paused: bool,
     /// A run waits for the running job to end (`overlap = "queue_one"`).
     pub pending: bool,
+    /// A deployed schedule's definition (its table in `schedules.toml`
+    /// form, with its client); `None` for one from the schedules file.
+    pub source: Option<String>,
 }
 
 /// One change of a schedule's row; each says whether it took effect.
@@ -43,6 +47,15 @@ pub enum ScheduleChange {
         from: bool,
         to: bool,
     },
+    /// A deployed schedule: creates the row with its first `slot` and
+    /// `source`, or replaces the source of a deployed one (its progress
+    /// kept). Does nothing to a row without a source (the file's).
+    Deploy {
+        slot: DateTime<Utc>,
+        source: String,
+    },
+    /// Deletes a deployed schedule's row.
+    Remove,
 }
 
 /// Schedules' rows in one instance's storage (memory, SQLite). Blocking.
@@ -70,27 +83,51 @@ pub fn apply(
     name: &str,
     change: &ScheduleChange,
 ) -> bool {
-    if let ScheduleChange::Init { slot } = change {
-        if rows.contains_key(name) {
+    let new = |slot: DateTime<Utc>, source: Option<String>| ScheduleRow {
+        name: name.to_string(),
+        last_slot: slot,
+        last_job: None,
+        paused: false,
+        pending: false,
+        source,
+    };
+    match change {
+        ScheduleChange::Init { slot } => {
+            if rows.contains_key(name) {
+                return false;
+            }
+            rows.insert(name.to_string(), new(*slot, None));
+            return true;
+        }
+        ScheduleChange::Deploy { slot, source } => {
+            return match rows.get_mut(name) {
+                None => {
+                    rows.insert(name.to_string(), new(*slot, Some(source.clone())));
+                    true
+                }
+                Some(row) if row.source.is_some() => {
+                    row.source = Some(source.clone());
+                    true
+                }
+                Some(_) => false,
+            };
+        }
+        ScheduleChange::Remove => {
+            if rows.get(name).is_some_and(|r| r.source.is_some()) {
+                rows.remove(name);
+                return true;
+            }
             return false;
         }
-        rows.insert(
-            name.to_string(),
-            ScheduleRow {
-                name: name.to_string(),
-                last_slot: *slot,
-                last_job: None,
-                paused: false,
-                pending: false,
-            },
-        );
-        return true;
+        _ => {}
     }
     let Some(row) = rows.get_mut(name) else {
         return false;
     };
     match change {
-        ScheduleChange::Init { .. } => false,
+        ScheduleChange::Init { .. } | ScheduleChange::Deploy { .. } | ScheduleChange::Remove => {
+            false
+        }
         ScheduleChange::Advance { from, to } => {
             if row.last_slot != *from {
                 return false;

@@ -98,7 +98,8 @@ CREATE TABLE IF NOT EXISTS schedule_state (
     last_slot TEXT NOT NULL,
     last_job  TEXT,
     paused    INTEGER NOT NULL DEFAULT 0,
-    pending   INTEGER NOT NULL DEFAULT 0
+    pending   INTEGER NOT NULL DEFAULT 0,
+    source    TEXT
 );
 CREATE TABLE IF NOT EXISTS blueprint_versions (
     name       TEXT NOT NULL,
@@ -148,6 +149,19 @@ impl SqliteStorage {
             > 0;
         if !has_task {
             conn.execute_batch("ALTER TABLE job_events ADD COLUMN task TEXT")
+                .map_err(backend)?;
+        }
+        // Added later: schedules deployed through the API keep their text.
+        let has_source: bool = conn
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('schedule_state') WHERE name = 'source'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(backend)?
+            > 0;
+        if !has_source {
+            conn.execute_batch("ALTER TABLE schedule_state ADD COLUMN source TEXT")
                 .map_err(backend)?;
         }
         Ok(Self {

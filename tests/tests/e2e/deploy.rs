@@ -11,25 +11,6 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 use serde_json::{Value, json};
 
-async fn send(
-    stack: &Stack,
-    method: reqwest::Method,
-    path: &str,
-    token: &str,
-    body: &str,
-) -> (u16, Value) {
-    let resp = stack
-        .http
-        .request(method, format!("{}{path}", stack.base))
-        .header("X-Client-Token", token)
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
 /// A stack whose worker hosts start with an empty plugins directory.
 fn empty_stack() -> Stack {
     let stack = Stack::new();

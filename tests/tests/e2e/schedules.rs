@@ -2,7 +2,8 @@
 //! instances sharing PostgreSQL starts one job per second; one instance on
 //! SQLite stopped for 10 s catches up as its policy says; the API lists,
 //! pauses and triggers; a schedules file written for avtomatika loads as
-//! it is (and avtomatika's own loader reads the same file).
+//! it is (and avtomatika's own loader reads the same file); a schedule
+//! deployed through one instance's API runs on both and stops when removed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -23,8 +24,16 @@ fn seconds(jobs: &[Value]) -> Vec<(i64, usize)> {
 }
 
 async fn all_jobs(stack: &Stack, blueprint: &str) -> Vec<Value> {
+    all_jobs_as(stack, blueprint, CLIENT_TOKEN).await
+}
+
+/// The jobs of `blueprint` of the client of `token`.
+async fn all_jobs_as(stack: &Stack, blueprint: &str, token: &str) -> Vec<Value> {
     let (status, page) = stack
-        .get(&format!("/api/v1/jobs?limit=1000&blueprint={blueprint}"))
+        .get_as(
+            &format!("/api/v1/jobs?limit=1000&blueprint={blueprint}"),
+            token,
+        )
         .await;
     assert_eq!(status, 200, "{page}");
     page["jobs"].as_array().unwrap().clone()
@@ -43,8 +52,9 @@ interval_seconds = 1
 input_data = { from = "schedule" }
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_every_second_schedule_on_two_instances_starts_one_job_per_second() {
+/// Two orchestrators sharing a PostgreSQL database, both with the
+/// every-second schedule in their file.
+async fn two_with_every_second() -> (Stack, Stack) {
     let mut a = Stack::on_postgres().await;
     let mut b = Stack::new();
     b.storage = a.storage.clone();
@@ -56,6 +66,12 @@ async fn an_every_second_schedule_on_two_instances_starts_one_job_per_second() {
         });
         stack.wait_ready().await;
     }
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_every_second_schedule_on_two_instances_starts_one_job_per_second() {
+    let (a, b) = two_with_every_second().await;
     tokio::time::sleep(Duration::from_secs(21)).await;
     // Paused through one instance: the other stops too.
     let (status, body) = post_as(&b, "/api/v1/schedules/tick/pause", DEPLOY_TOKEN).await;
@@ -81,16 +97,14 @@ async fn an_every_second_schedule_on_two_instances_starts_one_job_per_second() {
     b.assert_no_panic();
 }
 
+/// `PUT /api/v1/schedules/{name}` of `body` as the client of `token`.
+async fn put_schedule(stack: &Stack, name: &str, token: &str, body: &str) -> (u16, Value) {
+    let path = format!("/api/v1/schedules/{name}");
+    send(stack, reqwest::Method::PUT, &path, token, body).await
+}
+
 async fn post_as(stack: &Stack, path: &str, token: &str) -> (u16, Value) {
-    let resp = stack
-        .http
-        .post(format!("{}{path}", stack.base))
-        .header("X-Client-Token", token)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
+    send(stack, reqwest::Method::POST, path, token, "").await
 }
 
 #[tokio::test]
@@ -187,4 +201,84 @@ async fn a_broken_schedules_file_stops_the_start_naming_the_schedule() {
         log.contains("schedule `bad`: \"26:00\" is not a time of day (HH:MM)"),
         "{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_deployed_through_the_api_runs_on_two_instances_until_removed() {
+    let (a, b) = two_with_every_second().await;
+    let text =
+        "blueprint = \"ghost_flow\"\ninterval_seconds = 1\ninput_data = { from = \"api\" }\n";
+    // Refusals: a client that may not deploy, bad TOML, a file schedule.
+    assert_eq!(
+        put_schedule(&a, "api_tick", CLIENT_TOKEN, text).await.0,
+        403
+    );
+    let (status, body) = put_schedule(&a, "api_tick", DEPLOY_TOKEN, "interval_seconds = ").await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = put_schedule(&a, "tick", DEPLOY_TOKEN, text).await;
+    assert_eq!(status, 409, "{body}");
+    // Deployed through A; B lists it and both run it, one job a second.
+    let (status, body) = put_schedule(&a, "api_tick", DEPLOY_TOKEN, text).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = post_as(&a, "/api/v1/schedules/tick/pause", DEPLOY_TOKEN).await;
+    assert_eq!(status, 200, "{body}");
+    wait_until(
+        "B to list the deployed schedule",
+        Duration::from_secs(10),
+        || async {
+            let (_, list) = b.get("/api/v1/schedules").await;
+            list["schedules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["name"] == "api_tick" && s["origin"] == "api")
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (status, body) = send(
+        &b,
+        reqwest::Method::DELETE,
+        "/api/v1/schedules/api_tick",
+        DEPLOY_TOKEN,
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let from_api = |jobs: Vec<Value>| {
+        jobs.into_iter()
+            .filter(|j| j["initial_data"]["from"] == "api")
+            .collect::<Vec<_>>()
+    };
+    // Its jobs belong to the client that deployed it (it names none).
+    let jobs = from_api(all_jobs_as(&a, "ghost_flow", DEPLOY_TOKEN).await);
+    let per_second = seconds(&jobs);
+    assert!(per_second.iter().all(|(_, n)| *n == 1), "{per_second:?}");
+    assert!(jobs.len() >= 4, "{} jobs in ~6 s", jobs.len());
+    // Removed: neither instance starts more, and it is gone from the list.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        from_api(all_jobs_as(&b, "ghost_flow", DEPLOY_TOKEN).await).len(),
+        jobs.len()
+    );
+    let (_, list) = a.get("/api/v1/schedules").await;
+    assert!(
+        list["schedules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["name"] != "api_tick"),
+        "{list}"
+    );
+    let (status, _) = send(
+        &a,
+        reqwest::Method::DELETE,
+        "/api/v1/schedules/api_tick",
+        DEPLOY_TOKEN,
+        "",
+    )
+    .await;
+    assert_eq!(status, 404);
+    a.assert_no_panic();
+    b.assert_no_panic();
 }

@@ -65,6 +65,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         14,
         include_str!("../../../migrations/postgres/0014_client_usage.sql"),
     ),
+    (
+        15,
+        include_str!("../../../migrations/postgres/0015_deployed_schedules.sql"),
+    ),
 ];
 
 /// Applies the migrations not applied yet.

@@ -11,7 +11,7 @@ impl SharedDb {
         let client = self.client().await?;
         Ok(client
             .query(
-                "SELECT name, last_slot, last_job, paused, pending FROM schedule_state ORDER BY name",
+                "SELECT name, last_slot, last_job, paused, pending, source FROM schedule_state ORDER BY name",
                 &[],
             )
             .await?
@@ -22,6 +22,7 @@ impl SharedDb {
                 last_job: r.get(2),
                 paused: r.get(3),
                 pending: r.get(4),
+                source: r.get(5),
             })
             .collect())
     }
@@ -70,6 +71,24 @@ impl SharedDb {
                     .execute(
                         "UPDATE schedule_state SET pending = $3 WHERE name = $1 AND pending = $2",
                         &[&name, from, to],
+                    )
+                    .await?
+            }
+            ScheduleChange::Deploy { slot, source } => {
+                client
+                    .execute(
+                        "INSERT INTO schedule_state (name, last_slot, source) VALUES ($1, $2, $3)
+                         ON CONFLICT (name) DO UPDATE SET source = excluded.source
+                         WHERE schedule_state.source IS NOT NULL",
+                        &[&name, slot, source],
+                    )
+                    .await?
+            }
+            ScheduleChange::Remove => {
+                client
+                    .execute(
+                        "DELETE FROM schedule_state WHERE name = $1 AND source IS NOT NULL",
+                        &[&name],
                     )
                     .await?
             }

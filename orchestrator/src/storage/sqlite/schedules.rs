@@ -13,7 +13,7 @@ use crate::storage::{ScheduleChange, ScheduleRow, ScheduleStorage, StorageError}
 fn rows(conn: &rusqlite::Connection, name: Option<&str>) -> Result<Vec<ScheduleRow>, StorageError> {
     let mut stmt = conn
         .prepare(
-            "SELECT name, last_slot, last_job, paused, pending FROM schedule_state
+            "SELECT name, last_slot, last_job, paused, pending, source FROM schedule_state
              WHERE ?1 IS NULL OR name = ?1 ORDER BY name",
         )
         .map_err(backend)?;
@@ -25,12 +25,13 @@ fn rows(conn: &rusqlite::Connection, name: Option<&str>) -> Result<Vec<ScheduleR
                 r.get::<_, Option<String>>(2)?,
                 r.get::<_, bool>(3)?,
                 r.get::<_, bool>(4)?,
+                r.get::<_, Option<String>>(5)?,
             ))
         })
         .map_err(backend)?;
     let mut out = Vec::new();
     for row in found {
-        let (name, slot, job, paused, pending) = row.map_err(backend)?;
+        let (name, slot, job, paused, pending, source) = row.map_err(backend)?;
         out.push(ScheduleRow {
             name,
             last_slot: DateTime::parse_from_rfc3339(&slot)
@@ -39,6 +40,7 @@ fn rows(conn: &rusqlite::Connection, name: Option<&str>) -> Result<Vec<ScheduleR
             last_job: job.and_then(|j| uuid::Uuid::parse_str(&j).ok()),
             paused,
             pending,
+            source,
         });
     }
     Ok(out)
@@ -58,17 +60,23 @@ impl ScheduleStorage for SqliteStorage {
         if !crate::storage::schedules::apply(&mut map, name, change) {
             return Ok(false);
         }
-        let row = &map[name];
+        let Some(row) = map.get(name) else {
+            conn.execute("DELETE FROM schedule_state WHERE name = ?1", params![name])
+                .map_err(backend)?;
+            return Ok(true);
+        };
         conn.execute(
-            "INSERT INTO schedule_state (name, last_slot, last_job, paused, pending)
-             VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (name) DO UPDATE SET last_slot = ?2, last_job = ?3, paused = ?4, pending = ?5",
+            "INSERT INTO schedule_state (name, last_slot, last_job, paused, pending, source)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (name) DO UPDATE SET last_slot = ?2, last_job = ?3, paused = ?4,
+                 pending = ?5, source = ?6",
             params![
                 row.name,
                 row.last_slot.to_rfc3339(),
                 row.last_job.map(|j| j.to_string()),
                 row.paused,
-                row.pending
+                row.pending,
+                row.source
             ],
         )
         .map_err(backend)?;

@@ -520,6 +520,27 @@ end = "finished"
     )
 }
 
+/// `method path` as the client of `token` with `body`: the status and
+/// the JSON answer (`null` when there is none).
+pub async fn send(
+    stack: &Stack,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: &str,
+) -> (u16, Value) {
+    let resp = stack
+        .http
+        .request(method, format!("{}{path}", stack.base))
+        .header("X-Client-Token", token)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
 pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
