@@ -382,3 +382,61 @@ async fn dispatch_strategies_choose_among_the_waiting_worker_hosts() {
     thrifty.stop();
     stack.assert_no_panic();
 }
+
+const URGENT_FLOW: &str = r#"
+name = "urgent_sleep"
+api_endpoint = "/jobs/urgent_sleep"
+api_version = "v1"
+[states.start]
+start = true
+dispatch.task = "sleep"
+dispatch.params.ms = "initial.ms"
+dispatch.priority = "initial.urgency"
+dispatch.on = { success = "done" }
+[states.done]
+end = "finished"
+"#;
+
+#[tokio::test]
+async fn with_its_one_slot_busy_a_high_priority_task_overtakes_a_hundred_low_ones() {
+    let mut stack = Stack::new();
+    stack.add_plugin(plugin_fixtures::CHAOS_TASK);
+    stack.add_blueprint("urgent_sleep", URGENT_FLOW);
+    stack.start_orchestrator();
+    stack.wait_ready().await;
+    stack.worker = Some(stack.spawn_worker(WORKER_ID, "worker.log", |cmd| {
+        cmd.args(["--max-concurrent-tasks", "1"]);
+    }));
+    stack.wait_worker().await;
+    let create = |ms: u64, urgency: i64| {
+        let stack = &stack;
+        async move {
+            stack
+                .create("/jobs/urgent_sleep", json!({"ms": ms, "urgency": urgency}))
+                .await
+        }
+    };
+    // The slot is busy for a second while 100 low ones queue, then one high.
+    let busy = create(1000, 0).await;
+    wait_until("the slot to be busy", Duration::from_secs(30), || async {
+        job(&stack, &busy).await["task_worker_id"] == WORKER_ID
+    })
+    .await;
+    let mut low = Vec::new();
+    for _ in 0..100 {
+        low.push(create(5, 0).await);
+    }
+    let high = create(5, 10).await;
+    let done = stack.finished(&high).await;
+    assert_eq!(done["status"], "finished", "{done}");
+    let high_at = task_span(&stack, &high).await.0;
+    let mut before = 0;
+    for id in &low {
+        assert_eq!(stack.finished(id).await["status"], "finished");
+        if task_span(&stack, id).await.0 < high_at {
+            before += 1;
+        }
+    }
+    assert_eq!(before, 0, "{before} low task(s) went before the high one");
+    stack.assert_no_panic();
+}
