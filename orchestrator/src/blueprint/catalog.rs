@@ -51,9 +51,17 @@ pub struct Catalog {
     inner: RwLock<Inner>,
     /// One deploy at a time (number, store, install).
     pub deploys: tokio::sync::Mutex<()>,
+    /// A blueprint with a dispatch `strategy` was installed (waiting
+    /// workers are then ranked; until then a take spends nothing on it).
+    strategies: std::sync::atomic::AtomicBool,
 }
 
 impl Catalog {
+    /// Whether any blueprint installed names a dispatch strategy.
+    pub fn uses_strategies(&self) -> bool {
+        self.strategies.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -168,6 +176,10 @@ impl Catalog {
     /// Puts a version in (a version already numbered, e.g. read from storage).
     /// The newest version of a name is its current one.
     pub fn install(&self, bp: Blueprint) -> Arc<Blueprint> {
+        if bp.states.values().any(|s| s.action.uses_strategy()) {
+            self.strategies
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         for state in bp.states.values() {
             if let super::Action::Dispatch { on, .. } = &state.action {
                 on.keys()

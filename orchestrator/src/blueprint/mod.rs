@@ -223,6 +223,18 @@ pub enum Action {
     Run(RunSpec),
 }
 
+impl Action {
+    /// Whether a task of this action names a dispatch `strategy`.
+    pub fn uses_strategy(&self) -> bool {
+        match self {
+            Action::Dispatch { task, .. } => task.strategy.is_some(),
+            Action::Parallel { branches, .. } => branches.values().any(|t| t.strategy.is_some()),
+            Action::Map(m) => m.task.strategy.is_some(),
+            _ => false,
+        }
+    }
+}
+
 /// A `run` state: a child job of another blueprint.
 #[derive(Debug)]
 pub struct RunSpec {

@@ -541,11 +541,11 @@ impl Engine {
         // A deploy ends the wait: the answer carries the new plugins revision.
         let mut deploys = self.shared.registry.subscribe();
         deploys.borrow_and_update();
-        // Woken when a task its strategy prefers it for is left to it.
-        let chosen = Arc::new(tokio::sync::Notify::new());
         // Waiting here, for the strategies, from its first take that found
-        // nothing until it returns.
+        // nothing until it returns; woken through `chosen` when a task its
+        // strategy prefers it for is left to it.
         let mut waiting = None;
+        let mut chosen: Option<Arc<tokio::sync::Notify>> = None;
         loop {
             let take = self.shared.backend.take(&self.shared, worker_id).await?;
             // Signed outside any lock.
@@ -556,18 +556,21 @@ impl Engine {
                 return Ok(None);
             }
             if let (Some(standing), None) = (take.standing, &waiting) {
-                waiting = Some(
-                    self.shared
-                        .pollers
-                        .wait(worker_id, standing, chosen.clone()),
-                );
+                let wake = Arc::new(tokio::sync::Notify::new());
+                waiting = Some(self.shared.pollers.wait(worker_id, standing, wake.clone()));
+                chosen = Some(wake);
             }
             // A task held back by its rate key or left to another worker
             // may be this one's before the deadline.
             let again = take.again_at.filter(|at| *at < deadline);
             tokio::select! {
                 _ = take.wake.wait() => {}
-                _ = chosen.notified() => {}
+                _ = async {
+                    match &chosen {
+                        Some(c) => c.notified().await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
                 _ = tokio::time::sleep_until(again.unwrap_or(deadline)), if again.is_some() => {}
                 _ = tokio::time::sleep_until(deadline) => return Ok(None),
                 _ = self.shared.stopping.cancelled() => return Ok(None),

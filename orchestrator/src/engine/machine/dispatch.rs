@@ -118,7 +118,8 @@ pub(crate) fn take_task(
         }
     };
     st.again_at = look.again_at;
-    if payload.is_none() {
+    // What a waiting worker is ranked by, when some blueprint ranks them.
+    if payload.is_none() && shared.catalog.uses_strategies() {
         st.standing = match look.me {
             Some(me) => Some(me),
             None => st
