@@ -8,7 +8,9 @@
 //! and meets what it requires. Otherwise the asker passes it over and the
 //! better one is woken to take it. A task held so for [`STRATEGY_HOLD`]
 //! goes to whoever asks next (the better worker may have taken other work
-//! meanwhile), so a strategy never strands a task.
+//! meanwhile), so a strategy never strands a task. Workers wait in
+//! [`Pollers`] only once a blueprint names a strategy
+//! (`Catalog::uses_strategies`): until then a take spends nothing on it.
 //!
 //! The ranks, lowest first:
 //! - `default`: workers holding the task's skill warm (the poll's
