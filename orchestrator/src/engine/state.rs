@@ -109,6 +109,11 @@ pub struct EngineState {
     /// waiting for that key may go); read by the shared database's write,
     /// which wakes the other instances' takers.
     pub keys_freed: bool,
+    /// On a shared database: the concurrency keys and rate keys this state
+    /// counted (locked for the transaction). A task queued by an earlier
+    /// event of the same batch may have a key not among them; a take then
+    /// passes it over (the next take claims it with its key counted).
+    pub counted_keys: Option<CountedKeys>,
     /// Rate keys' buckets (see [`super::rates`]): on one instance kept
     /// here; on a shared database those of the tasks a take looked at,
     /// loaded with the state and written back.
@@ -123,6 +128,13 @@ pub struct EngineState {
     /// Tasks taken from their workers (job cancelled or ended while they
     /// ran), told to the workers' channels once the change is made.
     pub stops: Vec<TaskStop>,
+}
+
+/// See [`EngineState::counted_keys`].
+#[derive(Debug, Default)]
+pub struct CountedKeys {
+    pub concurrency: std::collections::HashSet<String>,
+    pub rate: std::collections::HashSet<String>,
 }
 
 /// A running task its worker should stop (see [`EngineState::stops`]).

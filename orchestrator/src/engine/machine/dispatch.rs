@@ -167,6 +167,10 @@ fn spend_rate(st: &mut EngineState, queued: &Queued) {
     st.rates.insert(rate.key, tat);
 }
 
+/// When a take that passed over a task whose key its state did not count
+/// looks again (the task was queued in the same batch as the take).
+const UNCOUNTED_AGAIN: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Most queued tasks one take looks at in one queue for one its worker
 /// may take (tasks that require nothing end the look at once): a queue
 /// whose head is many tasks no worker here can run costs a bounded look,
@@ -199,6 +203,21 @@ fn may_take(st: &EngineState, q: &Queued, worker: &WorkerRecord, look: &mut Look
     if let Some(r) = &task.requires
         && r.unmet(worker, &task.task_type).is_some()
     {
+        return false;
+    }
+    // On a shared database, a key this state did not count is not known.
+    let uncounted = |key: &str, rate: bool| {
+        st.counted_keys
+            .as_ref()
+            .is_some_and(|c| !if rate { &c.rate } else { &c.concurrency }.contains(key))
+    };
+    if task
+        .concurrency
+        .as_ref()
+        .is_some_and(|k| uncounted(&k.key, false))
+        || task.rate.as_ref().is_some_and(|r| uncounted(&r.key, true))
+    {
+        look.again_at(Instant::now() + UNCOUNTED_AGAIN);
         return false;
     }
     if let Some(k) = &task.concurrency {

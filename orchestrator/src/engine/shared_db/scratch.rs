@@ -175,6 +175,8 @@ impl Scratch {
             st: EngineState {
                 keep_finished: keep_finished.max(1),
                 partial_workers: true,
+                // No key counted until a load counts some.
+                counted_keys: Some(Default::default()),
                 seq: 1,
                 ..EngineState::default()
             },
@@ -337,14 +339,24 @@ impl Scratch {
     /// The buckets of the rate keys of the tasks loaded for takes, each
     /// key locked for the rest of the transaction first (`engine_rate_load`,
     /// migration 0013): two takes of tasks of one key, on any instances,
-    /// spend its bucket one after the other.
+    /// spend its bucket one after the other. Notes which concurrency and
+    /// rate keys the state counted (`engine_load_batch` locked and counted
+    /// the concurrency keys of the same tasks).
     async fn load_rates(&mut self, tx: &Transaction<'_>) -> Result<(), DbError> {
-        let keys: BTreeSet<String> = self
-            .stored_queue
-            .values()
-            .filter_map(|(job, task_id, _)| self.st.task(*job, task_id)?.rate.as_ref())
-            .map(|r| r.key.clone())
-            .collect();
+        let mut counted = super::super::state::CountedKeys::default();
+        for (job, task_id, _) in self.stored_queue.values() {
+            let Some(task) = self.st.task(*job, task_id) else {
+                continue;
+            };
+            if let Some(k) = &task.concurrency {
+                counted.concurrency.insert(k.key.clone());
+            }
+            if let Some(r) = &task.rate {
+                counted.rate.insert(r.key.clone());
+            }
+        }
+        let keys: BTreeSet<String> = counted.rate.iter().cloned().collect();
+        self.st.counted_keys = Some(counted);
         if keys.is_empty() {
             return Ok(());
         }
