@@ -53,7 +53,7 @@ pub async fn create_job(
         None => (state.engine.create_job(new).await?, false),
     };
     if !replayed {
-        state.limits.created(&owner).await;
+        state.limits.created(&owner);
     }
     if let Some(wait) = wait.filter(|w| !w.is_zero()) {
         state.engine.wait_for_job(id, wait).await;

@@ -71,6 +71,24 @@ struct Count {
     adding: u64,
 }
 
+/// `client`'s count of `kind` in `period`: a count of an earlier month
+/// starts again.
+fn this_month<'a>(
+    counts: &'a mut HashMap<(String, UsageKind), Count>,
+    client: &str,
+    kind: UsageKind,
+    period: &str,
+) -> &'a mut Count {
+    let c = counts.entry((client.to_string(), kind)).or_default();
+    if c.period != period {
+        *c = Count {
+            period: period.to_string(),
+            ..Count::default()
+        };
+    }
+    c
+}
+
 /// The month `now` is in (`YYYY-MM`) and the seconds until the next.
 fn month_of(now: chrono::DateTime<Utc>) -> (String, u64) {
     let (y, m) = if now.month() == 12 {
@@ -152,13 +170,7 @@ impl Limits {
             }
         }
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let c = counts.entry((client.to_string(), kind)).or_default();
-        if c.period != period {
-            *c = Count {
-                period: period.clone(),
-                ..Count::default()
-            };
-        }
+        let c = this_month(&mut counts, client, kind, &period);
         if let Some(n) = stored {
             c.known = c.known.max(n);
             c.read = true;
@@ -191,9 +203,19 @@ impl Limits {
         self.quota(engine, client, UsageKind::Jobs, false).await
     }
 
-    /// A job of `client`'s was created.
-    pub async fn created(&self, client: &str) {
-        let _ = self.quota(None, client, UsageKind::Jobs, true).await;
+    /// A job of `client`'s was created: it counts, even when creates
+    /// racing it reached the quota meanwhile.
+    pub fn created(&self, client: &str) {
+        if self
+            .of(client)
+            .and_then(|l| l.quota(UsageKind::Jobs))
+            .is_none()
+        {
+            return;
+        }
+        let (period, _) = month_of(Utc::now());
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        this_month(&mut counts, client, UsageKind::Jobs, &period).pending += 1;
     }
 
     /// Adds this instance's counts to storage, and learns the totals
@@ -341,8 +363,12 @@ mod tests {
             other => panic!("{other:?}"),
         }
         limits.may_create(None, "c").await.unwrap();
-        limits.created("c").await;
+        limits.created("c");
         assert!(limits.may_create(None, "c").await.is_err());
+        // A create that raced past the check still counts.
+        limits.created("c");
+        let counts = limits.counts.lock().unwrap();
+        assert_eq!(counts[&("c".to_string(), UsageKind::Jobs)].pending, 2);
         limits.admit(None, "other").await.unwrap();
     }
 
