@@ -367,8 +367,8 @@ mod tests {
         assert!(limits.may_create(None, "c").await.is_err());
         // A create that raced past the check still counts.
         limits.created("c");
-        let counts = limits.counts.lock().unwrap();
-        assert_eq!(counts[&("c".to_string(), UsageKind::Jobs)].pending, 2);
+        let pending = limits.counts.lock().unwrap()[&("c".to_string(), UsageKind::Jobs)].pending;
+        assert_eq!(pending, 2);
         limits.admit(None, "other").await.unwrap();
     }
 
