@@ -135,11 +135,8 @@ impl Scheduler {
             if let Err(e) = self.tick(Utc::now()).await {
                 tracing::warn!("schedules: cannot read their progress: {e}; trying again");
             }
-            let pause = if self.all().is_empty() {
-                IDLE_TICK
-            } else {
-                TICK
-            };
+            let none = self.schedules.is_empty() && self.deployed().is_empty();
+            let pause = if none { IDLE_TICK } else { TICK };
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = self.wake.notified() => {}
@@ -200,13 +197,12 @@ impl Scheduler {
     fn compile(&self, name: &str, source: &str) -> Result<Schedule, String> {
         let table: toml::Table =
             toml::from_str(source).map_err(|e| format!("not valid TOML: {}", e.message()))?;
-        let file = toml::Table::from_iter([(name.to_string(), toml::Value::Table(table))]);
-        let text = toml::to_string(&file).map_err(|e| e.to_string())?;
-        let mut parsed = model::parse("the deployed schedule", &text, self.timezone, "default")
-            .map_err(|e| e.problem)?;
-        parsed
-            .pop()
-            .ok_or_else(|| format!("schedule {name:?} is not a table"))
+        self.compile_table(name, table)
+    }
+
+    /// A deployed schedule's table as a schedule (its client is in it).
+    fn compile_table(&self, name: &str, table: toml::Table) -> Result<Schedule, String> {
+        model::parse_one(name, toml::Value::Table(table), self.timezone, "default")
     }
 
     /// Deploys `name` from `text` (a table of `schedules.toml` without its
@@ -246,7 +242,7 @@ impl Scheduler {
         let source =
             toml::to_string(&table).map_err(|e| ScheduleApiError::Invalid(e.to_string()))?;
         let schedule = self
-            .compile(name, &source)
+            .compile_table(name, table)
             .map_err(|e| ScheduleApiError::Invalid(format!("schedule `{name}`: {e}")))?;
         if self.engine.blueprint(&schedule.blueprint).is_none() {
             return Err(ScheduleApiError::Invalid(format!(

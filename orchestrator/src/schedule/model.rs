@@ -349,6 +349,19 @@ fn compile(
     })
 }
 
+/// One schedule's table (of a schedules file, or deployed).
+pub fn parse_one(
+    name: &str,
+    table: toml::Value,
+    default_tz: Tz,
+    default_client: &str,
+) -> Result<Schedule, String> {
+    let file: ScheduleFile = table
+        .try_into()
+        .map_err(|e: toml::de::Error| e.message().to_string())?;
+    compile(name, file, default_tz, default_client)
+}
+
 /// Parses a schedules file; `source` names it in errors.
 pub fn parse(
     source: &str,
@@ -380,10 +393,7 @@ pub fn parse(
         if !value.is_table() {
             continue;
         }
-        let file: ScheduleFile = value
-            .try_into()
-            .map_err(|e: toml::de::Error| err(format!("schedule `{name}`: {}", e.message())))?;
-        let schedule = compile(&name, file, default_tz, default_client)
+        let schedule = parse_one(&name, value, default_tz, default_client)
             .map_err(|p| err(format!("schedule `{name}`: {p}")))?;
         out.push(schedule);
     }
