@@ -44,9 +44,9 @@ pub struct Queued {
     /// Its place: when it was queued (µs since the epoch), moved earlier by
     /// [`PRIORITY_AGING`] per unit of the task's priority. Smallest first.
     pub rank: i64,
-    /// The task has a `requires` or a concurrency key
-    /// ([`TaskRecord::constrained`]): a take checks it against the worker
-    /// before handing it out.
+    /// The task is [`TaskRecord::constrained`] (a `requires`, a concurrency
+    /// or rate key, a strategy): a take checks it against the worker before
+    /// handing it out.
     pub constrained: bool,
 }
 

@@ -332,7 +332,7 @@ impl Scratch {
                 .or_default()
                 .insert(queued.key(), queued);
         }
-        scratch.load_rates(tx).await?;
+        scratch.count_keys(tx).await?;
         Ok((scratch, claimed_for))
     }
 
@@ -342,7 +342,7 @@ impl Scratch {
     /// spend its bucket one after the other. Notes which concurrency and
     /// rate keys the state counted (`engine_load_batch` locked and counted
     /// the concurrency keys of the same tasks).
-    async fn load_rates(&mut self, tx: &Transaction<'_>) -> Result<(), DbError> {
+    async fn count_keys(&mut self, tx: &Transaction<'_>) -> Result<(), DbError> {
         let mut counted = super::super::state::CountedKeys::default();
         for (job, task_id, _) in self.stored_queue.values() {
             let Some(task) = self.st.task(*job, task_id) else {
@@ -355,12 +355,12 @@ impl Scratch {
                 counted.rate.insert(r.key.clone());
             }
         }
-        let keys: BTreeSet<String> = counted.rate.iter().cloned().collect();
+        // engine_rate_load locks them in key order itself.
+        let keys: Vec<String> = counted.rate.iter().cloned().collect();
         self.st.counted_keys = Some(counted);
         if keys.is_empty() {
             return Ok(());
         }
-        let keys: Vec<String> = keys.into_iter().collect();
         let rows = tx
             .query(
                 &tx.prepare_cached("SELECT key, us FROM engine_rate_load($1)")
