@@ -207,20 +207,31 @@ async fn task_span(
     (at("task_dispatched"), at("task_result"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_concurrency_key_holds_across_two_instances_on_postgres() {
-    // A worker with 10 slots on each instance: 20 slots for 5 customers
-    // allowed 2 each.
-    let (a, b, mut other) = two_instances("keyed_sleep", KEYED_FLOW).await;
-    let customers = ["c0", "c1", "c2", "c3", "c4"];
+/// Creates `n` jobs of `endpoint`, one per customer in turn, each round
+/// through the other instance (so each customer's go through both), and
+/// waits for them to finish; when each task was handed out and answered,
+/// per customer.
+async fn spans_by_customer<'c>(
+    a: &Stack,
+    b: &Stack,
+    endpoint: &str,
+    customers: &[&'c str],
+    n: usize,
+) -> std::collections::BTreeMap<
+    &'c str,
+    Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>,
+> {
     let mut jobs = Vec::new();
-    for n in 0..500 {
-        let customer = customers[n % customers.len()];
-        let via = if n % 2 == 0 { &a } else { &b };
+    for i in 0..n {
+        let customer = customers[i % customers.len()];
+        let via = if (i / customers.len()).is_multiple_of(2) {
+            a
+        } else {
+            b
+        };
         jobs.push((
             customer,
-            via.create("/jobs/keyed_sleep", json!({"customer": customer}))
-                .await,
+            via.create(endpoint, json!({"customer": customer})).await,
         ));
     }
     let mut spans: std::collections::BTreeMap<&str, Vec<_>> = Default::default();
@@ -228,10 +239,20 @@ async fn a_concurrency_key_holds_across_two_instances_on_postgres() {
         let done = a.finished(id).await;
         assert_eq!(done["status"], "finished", "{done}");
         spans
-            .entry(customer)
+            .entry(*customer)
             .or_default()
-            .push(task_span(&a, id).await);
+            .push(task_span(a, id).await);
     }
+    spans
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_key_holds_across_two_instances_on_postgres() {
+    // A worker with 10 slots on each instance: 20 slots for 5 customers
+    // allowed 2 each.
+    let (a, b, mut other) = two_instances("keyed_sleep", KEYED_FLOW).await;
+    let customers = ["c0", "c1", "c2", "c3", "c4"];
+    let spans = spans_by_customer(&a, &b, "/jobs/keyed_sleep", &customers, 500).await;
     for (customer, spans) in spans {
         // Most tasks of one customer between a hand-out and its result.
         let mut edges: Vec<(chrono::DateTime<chrono::Utc>, i32)> = Vec::new();
@@ -274,26 +295,9 @@ end = "finished"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_key_holds_across_two_instances_on_postgres() {
     let (a, b, mut other) = two_instances("rated_sleep", RATED_FLOW).await;
-    let mut jobs = Vec::new();
-    for n in 0..40 {
-        let customer = ["c0", "c1"][n % 2];
-        let via = if n % 4 < 2 { &a } else { &b };
-        jobs.push((
-            customer,
-            via.create("/jobs/rated_sleep", json!({"customer": customer}))
-                .await,
-        ));
-    }
-    let mut starts: std::collections::BTreeMap<&str, Vec<_>> = Default::default();
-    for (customer, id) in &jobs {
-        let done = a.finished(id).await;
-        assert_eq!(done["status"], "finished", "{done}");
-        starts
-            .entry(customer)
-            .or_default()
-            .push(task_span(&a, id).await.0);
-    }
-    for (customer, mut starts) in starts {
+    let spans = spans_by_customer(&a, &b, "/jobs/rated_sleep", &["c0", "c1"], 40).await;
+    for (customer, spans) in spans {
+        let mut starts: Vec<_> = spans.into_iter().map(|(start, _)| start).collect();
         starts.sort();
         // Between any two hand-outs of one customer, at most its burst
         // plus 10 per second (50 ms of slack for where each instance
