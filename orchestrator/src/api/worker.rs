@@ -214,6 +214,15 @@ pub struct PollQuery {
 fn hot_skills(given: Option<&str>) -> Result<Option<crate::engine::strategy::Hot>, ApiError> {
     use crate::engine::strategy::{MAX_HOT_SKILL_CHARS, MAX_HOT_SKILLS};
     let Some(given) = given else { return Ok(None) };
+    let bound = || {
+        ApiError::BadRequest(format!(
+            "hot_skills: at most {MAX_HOT_SKILLS} names of at most {MAX_HOT_SKILL_CHARS} bytes each"
+        ))
+    };
+    // Checked on the text before it is split.
+    if given.len() > MAX_HOT_SKILLS * (MAX_HOT_SKILL_CHARS + 1) {
+        return Err(bound());
+    }
     let names: Vec<String> = given
         .split(',')
         .map(str::trim)
@@ -221,9 +230,7 @@ fn hot_skills(given: Option<&str>) -> Result<Option<crate::engine::strategy::Hot
         .map(String::from)
         .collect();
     if names.len() > MAX_HOT_SKILLS || names.iter().any(|n| n.len() > MAX_HOT_SKILL_CHARS) {
-        return Err(ApiError::BadRequest(format!(
-            "hot_skills: at most {MAX_HOT_SKILLS} names of at most {MAX_HOT_SKILL_CHARS} bytes each"
-        )));
+        return Err(bound());
     }
     Ok(Some(crate::engine::strategy::Hot::Named(names.into())))
 }
