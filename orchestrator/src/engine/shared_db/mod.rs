@@ -36,6 +36,7 @@ mod unreadable;
 mod usage;
 mod webhooks;
 mod workers;
+mod writes;
 
 use std::sync::Arc;
 use std::time::Duration;
