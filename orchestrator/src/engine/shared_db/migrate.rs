@@ -69,6 +69,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         15,
         include_str!("../../../migrations/postgres/0015_deployed_schedules.sql"),
     ),
+    (
+        16,
+        include_str!("../../../migrations/postgres/0016_engine_updated.sql"),
+    ),
 ];
 
 /// Applies the migrations not applied yet.

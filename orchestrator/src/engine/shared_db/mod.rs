@@ -25,6 +25,7 @@ mod keys;
 mod maintenance;
 mod migrate;
 mod notify;
+mod pipeline;
 mod reads;
 mod registry;
 mod retention;
@@ -51,6 +52,7 @@ use super::effects::Wake;
 use super::{Engine, EngineError, EngineState, Shared, machine};
 use crate::job::Job;
 use notify::Notice;
+use pipeline::Open;
 use scratch::Scratch;
 pub(crate) use sessions::StoredSession;
 
@@ -304,33 +306,35 @@ impl SharedDb {
         claim_for: &[String],
         f: &mut (impl FnMut(&mut EngineState, &[String]) -> R + Send),
     ) -> Result<R, DbError> {
-        let mut client = self.client().await?;
+        let client = self.client().await?;
         if jobs.is_empty() && workers.is_empty() && claim_for.is_empty() {
             // Nothing to read or lock (a job created): its writes are one
             // statement, atomic without a transaction around it.
             let mut scratch = Scratch::empty(shared.settings.finished_jobs_in_memory, self.now());
             let r = f(&mut scratch.st, &[]);
-            let applied = scratch.apply(&client, shared).await?;
+            let applied = scratch.apply(&client, shared, false).await?;
             drop(client);
             self.committed(shared, applied);
             return Ok(r);
         }
-        let tx = client.transaction().await?;
-        let (mut scratch, claimed_for) = Scratch::load(
-            &tx,
-            jobs,
-            workers,
-            claim_for,
-            None,
-            shared.settings.finished_jobs_in_memory,
-            self.now(),
-        )
+        let (open, (mut scratch, claimed_for)) = Open::begin(client, async |c| {
+            Scratch::load(
+                c,
+                jobs,
+                workers,
+                claim_for,
+                None,
+                shared.settings.finished_jobs_in_memory,
+                self.now(),
+            )
+            .await
+        })
         .await?;
         let r = f(&mut scratch.st, &claimed_for);
-        let applied = scratch.apply(&tx, shared).await?;
-        tx.commit().await?;
-        // Back to the pool before taking another for the notification.
-        drop(client);
+        // The connection goes back to the pool before the notification.
+        let applied = open
+            .commit_with(async |c| scratch.apply(c, shared, true).await)
+            .await?;
         self.committed(shared, applied);
         Ok(r)
     }

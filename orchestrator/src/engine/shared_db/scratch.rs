@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::{GenericClient, Transaction};
+use deadpool_postgres::GenericClient;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -160,7 +160,7 @@ impl Scratch {
     /// claimed for. `fired`: a timer being fired now (already locked by the
     /// caller), left out of the scratch state so it is dropped.
     pub async fn load(
-        tx: &Transaction<'_>,
+        tx: &impl GenericClient,
         jobs: &[Uuid],
         workers: &[String],
         claim_for: &[String],
@@ -194,7 +194,7 @@ impl Scratch {
 
     /// One call of `engine_load_batch` (migration 0012): see there.
     async fn load_with(
-        tx: &Transaction<'_>,
+        tx: &impl GenericClient,
         jobs: &[Uuid],
         workers: &[String],
         claim_for: &[String],
@@ -343,7 +343,7 @@ impl Scratch {
     /// spend its bucket one after the other. Notes which concurrency and
     /// rate keys the state counted (`engine_load_batch` locked and counted
     /// the concurrency keys of the same tasks).
-    async fn count_keys(&mut self, tx: &Transaction<'_>) -> Result<(), DbError> {
+    async fn count_keys(&mut self, tx: &impl GenericClient) -> Result<(), DbError> {
         let mut counted = super::super::state::CountedKeys::default();
         for (job, task_id, _) in self.stored_queue.values() {
             let Some(task) = self.st.task(*job, task_id) else {
@@ -383,13 +383,15 @@ impl Scratch {
         Ok(())
     }
 
-    /// Writes what the event changed, in one statement. Fails with
-    /// [`DbError::Conflict`] when a job changed under us (then the caller
-    /// retries the whole event).
+    /// Writes what the event changed, in one statement, and with `commit`
+    /// the `COMMIT` of the transaction it is in, in the same round trip.
+    /// Fails (with a serialization failure, which the caller retries) when
+    /// a job changed under us; the transaction then rolls back.
     pub async fn apply(
         mut self,
         tx: &impl GenericClient,
         shared: &Shared,
+        commit: bool,
     ) -> Result<Applied, DbError> {
         let mut after = AfterCommit {
             stops: std::mem::take(&mut self.st.stops),
@@ -551,7 +553,7 @@ impl Scratch {
         after.webhooks = std::mem::take(&mut self.st.webhooks);
         // A task with a concurrency key ended: one of that key waiting may go.
         after.queued |= self.st.keys_freed;
-        w.run(tx).await?;
+        w.run(tx, commit).await?;
         Ok(Applied {
             after,
             written: last.into_values().collect(),

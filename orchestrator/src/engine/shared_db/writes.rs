@@ -98,10 +98,18 @@ impl<'a> Statement<'a> {
         self.params.extend_from_slice(args);
     }
 
-    fn text(&self, counted: bool) -> String {
-        let last = match counted {
-            true => "SELECT count(*) FROM upd",
-            false => "SELECT 0::bigint",
+    /// The text, ending with the check of the jobs updated (`wanted`:
+    /// how many must be) when there is an `upd` part.
+    fn text(&mut self, wanted: Option<&'a i64>) -> String {
+        let last = match wanted {
+            Some(wanted) => {
+                self.params.push(wanted);
+                format!(
+                    "SELECT engine_updated(count(*), ${}) FROM upd",
+                    self.params.len()
+                )
+            }
+            None => "SELECT 0::bigint".to_string(),
         };
         format!("WITH {} {last}", self.parts.join(",\n  "))
     }
@@ -278,17 +286,35 @@ impl Writes {
         s
     }
 
-    /// Writes the rows (nothing when there are none). Fails with
-    /// [`DbError::Conflict`] when a job was no longer at the version loaded.
-    pub async fn run(&self, tx: &impl GenericClient) -> Result<(), DbError> {
+    /// Writes the rows (nothing when there are none), and with `commit`
+    /// commits the transaction in the same round trip. Fails with a
+    /// serialization failure (`engine_updated`, migration 0016) when a job
+    /// was no longer at the version loaded; a `COMMIT` sent with it then
+    /// rolls the transaction back.
+    pub async fn run(&self, tx: &impl GenericClient, commit: bool) -> Result<(), DbError> {
         if self.is_empty() {
+            if commit {
+                tx.batch_execute("COMMIT").await?;
+            }
             return Ok(());
         }
-        let statement = self.statement();
-        let text = statement.text(!self.upd_ids.is_empty());
-        let row = tx
-            .query_one(&tx.prepare_cached(&text).await?, &statement.params)
-            .await?;
+        let wanted = self.upd_ids.len() as i64;
+        let mut statement = self.statement();
+        let text = statement.text((!self.upd_ids.is_empty()).then_some(&wanted));
+        // Prepared first: the write must reach the server before the
+        // COMMIT, and a statement not yet prepared would take a round
+        // trip of its own while the COMMIT went ahead.
+        let prepared = tx.prepare_cached(&text).await?;
+        let write = tx.query_one(&prepared, &statement.params);
+        let row = match commit {
+            true => {
+                let (row, committed) = tokio::join!(write, tx.batch_execute("COMMIT"));
+                let row = row?;
+                committed?;
+                row
+            }
+            false => write.await?,
+        };
         let updated: i64 = row.get(0);
         if updated as usize != self.upd_ids.len() {
             return Err(DbError::Conflict(format!(
@@ -316,8 +342,8 @@ mod tests {
             lease_keys: vec![None],
             ..Writes::default()
         };
-        let s = w.statement();
-        let text = s.text(false);
+        let mut s = w.statement();
+        let text = s.text(None);
         assert_eq!(s.params.len(), 6);
         assert!(
             text.starts_with("WITH qd AS (DELETE FROM task_queue WHERE seq = ANY($1::bigint[]))")
@@ -330,5 +356,23 @@ mod tests {
         assert!(!text.contains('@'));
         assert!(!text.contains("upd AS"));
         assert!(text.ends_with("SELECT 0::bigint"));
+    }
+
+    #[test]
+    fn an_update_ends_with_the_check_of_the_jobs_updated() {
+        let w = Writes {
+            upd_ids: vec![Uuid::nil()],
+            upd_statuses: vec!["running"],
+            upd_ats: vec![Utc::now()],
+            upd_versions: vec![2],
+            upd_bodies: vec!["{}".into()],
+            upd_expected: vec![1],
+            ..Writes::default()
+        };
+        let wanted = 1;
+        let mut s = w.statement();
+        let text = s.text(Some(&wanted));
+        assert_eq!(s.params.len(), 7);
+        assert!(text.ends_with("SELECT engine_updated(count(*), $7) FROM upd"));
     }
 }
