@@ -63,11 +63,14 @@ impl SharedDb {
                     ids.join(",")
                 ));
             }
+            // With this instance's id: it woke its own waiters already
+            // (`announce`), and hears its own notifications too.
+            let me = self.instance.simple();
             if tasks {
-                sql.push_str("NOTIFY tasks;");
+                sql.push_str(&format!("NOTIFY tasks, '{me}';"));
             }
             if jobs {
-                sql.push_str("NOTIFY jobs;");
+                sql.push_str(&format!("NOTIFY jobs, '{me}';"));
             }
             match self.pool.get().await {
                 Ok(client) => {
@@ -78,6 +81,12 @@ impl SharedDb {
                 Err(e) => tracing::debug!("NOTIFY failed: {e}"),
             }
         }
+    }
+
+    /// A `tasks` or `jobs` notification this instance sent (one without a
+    /// payload came from an instance of an earlier release).
+    fn is_mine(&self, payload: &str) -> bool {
+        Uuid::try_parse(payload).is_ok_and(|from| from == self.instance)
     }
 
     /// A `changed` notification: forget what another instance changed.
@@ -117,6 +126,7 @@ impl SharedDb {
                     while let Some(message) = messages.next().await {
                         match message {
                             Ok(AsyncMessage::Notification(n)) => match n.channel() {
+                                _ if self.is_mine(n.payload()) => {}
                                 "tasks" => self.tasks.notify_waiters(),
                                 "jobs" => {
                                     self.heard.store(true, std::sync::atomic::Ordering::Relaxed);
