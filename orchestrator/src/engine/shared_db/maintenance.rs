@@ -160,7 +160,7 @@ impl SharedDb {
         if let Some(timer) = scratch::timer_of(&kind, job, task_id) {
             machine::fire(shared, &mut scratch.st, timer);
         }
-        let applied = scratch.apply(&tx, shared, false).await?;
+        let applied = scratch.apply(&tx, shared).await?;
         tx.execute(
             &tx.prepare_cached("DELETE FROM timers WHERE id = $1")
                 .await?,

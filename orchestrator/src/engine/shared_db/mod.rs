@@ -74,7 +74,7 @@ const TOUCHED_KEPT: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DbError {
-    #[error("database: {0}")]
+    #[error("database: {}", described(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("database pool: {0}")]
     Pool(String),
@@ -85,6 +85,18 @@ pub(crate) enum DbError {
     /// A stored job that does not parse (see [`unreadable`]).
     #[error("stored job {0} is unreadable: {1}")]
     UnreadableJob(Uuid, String),
+}
+
+/// A driver error with what the server said (its own `Display` is only
+/// "db error") or what it came from.
+fn described(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} ({}): {}", db.severity(), db.code().code(), db.message());
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
 }
 
 impl DbError {
@@ -312,7 +324,7 @@ impl SharedDb {
             // statement, atomic without a transaction around it.
             let mut scratch = Scratch::empty(shared.settings.finished_jobs_in_memory, self.now());
             let r = f(&mut scratch.st, &[]);
-            let applied = scratch.apply(&client, shared, false).await?;
+            let applied = scratch.apply(&client, shared).await?;
             drop(client);
             self.committed(shared, applied);
             return Ok(r);
@@ -331,10 +343,15 @@ impl SharedDb {
         })
         .await?;
         let r = f(&mut scratch.st, &claimed_for);
+        let (writes, applied) = match scratch.writes(shared) {
+            Ok(w) => w,
+            Err(e) => {
+                open.rollback().await;
+                return Err(e);
+            }
+        };
         // The connection goes back to the pool before the notification.
-        let applied = open
-            .commit_with(async |c| scratch.apply(c, shared, true).await)
-            .await?;
+        open.commit(&writes).await?;
         self.committed(shared, applied);
         Ok(r)
     }

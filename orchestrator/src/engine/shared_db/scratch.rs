@@ -383,16 +383,18 @@ impl Scratch {
         Ok(())
     }
 
-    /// Writes what the event changed, in one statement, and with `commit`
-    /// the `COMMIT` of the transaction it is in, in the same round trip.
-    /// Fails (with a serialization failure, which the caller retries) when
-    /// a job changed under us; the transaction then rolls back.
-    pub async fn apply(
-        mut self,
-        tx: &impl GenericClient,
-        shared: &Shared,
-        commit: bool,
-    ) -> Result<Applied, DbError> {
+    /// Writes what the event changed, in one statement. Fails (with a
+    /// serialization failure, which the caller retries) when a job changed
+    /// under us.
+    pub async fn apply(self, tx: &impl GenericClient, shared: &Shared) -> Result<Applied, DbError> {
+        let (writes, applied) = self.writes(shared)?;
+        writes.run(tx).await?;
+        Ok(applied)
+    }
+
+    /// What the event changed: the rows to write, and what follows once
+    /// they are committed.
+    pub fn writes(mut self, shared: &Shared) -> Result<(Writes, Applied), DbError> {
         let mut after = AfterCommit {
             stops: std::mem::take(&mut self.st.stops),
             ..AfterCommit::default()
@@ -553,12 +555,14 @@ impl Scratch {
         after.webhooks = std::mem::take(&mut self.st.webhooks);
         // A task with a concurrency key ended: one of that key waiting may go.
         after.queued |= self.st.keys_freed;
-        w.run(tx, commit).await?;
-        Ok(Applied {
-            after,
-            written: last.into_values().collect(),
-            first_timer,
-        })
+        Ok((
+            w,
+            Applied {
+                after,
+                written: last.into_values().collect(),
+                first_timer,
+            },
+        ))
     }
 }
 

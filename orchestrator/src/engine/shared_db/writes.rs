@@ -75,6 +75,15 @@ pub(super) struct Writes {
     pub rate_ahead: Vec<i64>,
 }
 
+/// How a write sent with its transaction's `COMMIT` failed.
+pub(super) enum CommitFailed {
+    /// Before the `COMMIT` went: the transaction is still open.
+    Before(DbError),
+    /// After: the transaction is over (the server rolled back whatever
+    /// failed), or the connection is gone.
+    After(DbError),
+}
+
 /// The statement being built: its text and its parameters, in order.
 #[derive(Default)]
 struct Statement<'a> {
@@ -286,17 +295,31 @@ impl Writes {
         s
     }
 
-    /// Writes the rows (nothing when there are none), and with `commit`
-    /// commits the transaction in the same round trip. Fails with a
+    /// Writes the rows (nothing when there are none). Fails with a
     /// serialization failure (`engine_updated`, migration 0016) when a job
-    /// was no longer at the version loaded; a `COMMIT` sent with it then
-    /// rolls the transaction back.
-    pub async fn run(&self, tx: &impl GenericClient, commit: bool) -> Result<(), DbError> {
+    /// was no longer at the version loaded.
+    pub async fn run(&self, tx: &impl GenericClient) -> Result<(), DbError> {
         if self.is_empty() {
-            if commit {
-                tx.batch_execute("COMMIT").await?;
-            }
             return Ok(());
+        }
+        let wanted = self.upd_ids.len() as i64;
+        let mut statement = self.statement();
+        let text = statement.text((!self.upd_ids.is_empty()).then_some(&wanted));
+        let row = tx
+            .query_one(&tx.prepare_cached(&text).await?, &statement.params)
+            .await?;
+        self.check(row.get(0))
+    }
+
+    /// [`Self::run`] with the transaction's `COMMIT` sent right behind the
+    /// write, in the same round trip: after a failed write the server
+    /// rolls back instead.
+    pub async fn run_and_commit(&self, tx: &impl GenericClient) -> Result<(), CommitFailed> {
+        if self.is_empty() {
+            return tx
+                .batch_execute("COMMIT")
+                .await
+                .map_err(|e| CommitFailed::After(e.into()));
         }
         let wanted = self.upd_ids.len() as i64;
         let mut statement = self.statement();
@@ -304,18 +327,22 @@ impl Writes {
         // Prepared first: the write must reach the server before the
         // COMMIT, and a statement not yet prepared would take a round
         // trip of its own while the COMMIT went ahead.
-        let prepared = tx.prepare_cached(&text).await?;
-        let write = tx.query_one(&prepared, &statement.params);
-        let row = match commit {
-            true => {
-                let (row, committed) = tokio::join!(write, tx.batch_execute("COMMIT"));
-                let row = row?;
-                committed?;
-                row
-            }
-            false => write.await?,
-        };
-        let updated: i64 = row.get(0);
+        let prepared = tx
+            .prepare_cached(&text)
+            .await
+            .map_err(|e| CommitFailed::Before(e.into()))?;
+        let (row, committed) = tokio::join!(
+            tx.query_one(&prepared, &statement.params),
+            tx.batch_execute("COMMIT")
+        );
+        let row = row.map_err(|e| CommitFailed::After(e.into()))?;
+        committed.map_err(|e| CommitFailed::After(e.into()))?;
+        self.check(row.get(0)).map_err(CommitFailed::After)
+    }
+
+    /// The jobs updated, against those that had to be (`engine_updated`
+    /// raised already when they differed: this holds when it did not run).
+    fn check(&self, updated: i64) -> Result<(), DbError> {
         if updated as usize != self.upd_ids.len() {
             return Err(DbError::Conflict(format!(
                 "{} of {} job(s) changed meanwhile",
