@@ -131,17 +131,30 @@ impl Drop for Proc {
     fn drop(&mut self) {
         if self.child.is_some() {
             self.stop();
-            if std::thread::panicking() {
-                eprintln!(
-                    "----- {} log ({}) -----\n{}",
-                    self.name,
-                    self.log.display(),
-                    self.log_text()
-                );
-            }
+        }
+        let log = self.log_text();
+        if std::thread::panicking() {
+            eprintln!(
+                "----- {} log ({}) -----\n{log}",
+                self.name,
+                self.log.display()
+            );
+        } else if let Some(at) = log.find(RUST_PANIC) {
+            // Whatever the test checked, a panic in one of our processes
+            // (a request or a task that took a thread down) fails it.
+            let from = log[..at].rfind('\n').map_or(0, |n| n + 1);
+            panic!(
+                "{} panicked during the test ({}):\n{}",
+                self.name,
+                self.log.display(),
+                &log[from..log.len().min(at + 2_000)]
+            );
         }
     }
 }
+
+/// How a Rust panic begins in a process's output (`thread '…' panicked at`).
+const RUST_PANIC: &str = "' panicked at ";
 
 /// An orchestrator and a worker host on free ports, with the repo's
 /// blueprints plus `extra_blueprints`, and the echo and failing plugins.
