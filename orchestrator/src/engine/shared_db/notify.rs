@@ -83,8 +83,9 @@ impl SharedDb {
         }
     }
 
-    /// A `tasks` or `jobs` notification this instance sent (one without a
-    /// payload came from an instance of an earlier release).
+    /// Whether a notification's sender (its payload, or the part of it
+    /// before `:`) is this instance: `tasks` and `jobs` from an instance of
+    /// an earlier release carry no payload.
     fn is_mine(&self, payload: &str) -> bool {
         Uuid::try_parse(payload).is_ok_and(|from| from == self.instance)
     }
@@ -94,7 +95,7 @@ impl SharedDb {
         let Some((from, ids)) = payload.split_once(':') else {
             return self.cache.clear();
         };
-        if Uuid::try_parse(from).is_ok_and(|from| from == self.instance) {
+        if self.is_mine(from) {
             return;
         }
         self.cache

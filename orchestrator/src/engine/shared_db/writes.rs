@@ -14,6 +14,9 @@
 //! are joined with their arrays: a join alone lets the planner, which
 //! cannot see an array's length in a generic plan, scan the whole table.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
@@ -84,63 +87,82 @@ pub(super) enum CommitFailed {
     After(DbError),
 }
 
-/// The statement being built: its text and its parameters, in order.
+/// The statement being built: the parts with rows and their parameters,
+/// in order.
 #[derive(Default)]
 struct Statement<'a> {
-    parts: Vec<String>,
+    /// One bit per part offered, set for those in: the text depends on
+    /// nothing else.
+    shape: u32,
+    /// Parts offered so far.
+    offered: u32,
+    /// Each part in: its name, its text, and how many parameters come
+    /// before its own.
+    parts: Vec<(&'static str, &'static str, usize)>,
     params: Vec<&'a (dyn ToSql + Sync)>,
 }
+
+/// Each shape's text, made once per process (at most one per subset of
+/// the thirteen parts; a handful in practice).
+static TEXTS: std::sync::LazyLock<std::sync::Mutex<HashMap<u32, Arc<str>>>> =
+    std::sync::LazyLock::new(Default::default);
 
 impl<'a> Statement<'a> {
     /// Adds the part `name AS (sql)` when `present`. In `sql`, `@1`..`@9`
     /// are the part's own parameters, `args` in that order.
-    fn part(&mut self, present: bool, name: &str, sql: &str, args: &[&'a (dyn ToSql + Sync)]) {
+    fn part(
+        &mut self,
+        present: bool,
+        name: &'static str,
+        sql: &'static str,
+        args: &[&'a (dyn ToSql + Sync)],
+    ) {
+        let bit = 1 << self.offered;
+        self.offered += 1;
         if !present {
             return;
         }
-        let base = self.params.len();
-        let mut text = sql.to_string();
-        for k in 1..=args.len() {
-            text = text.replace(&format!("@{k}"), &format!("${}", base + k));
-        }
-        self.parts.push(format!("{name} AS ({text})"));
+        self.shape |= bit;
+        self.parts.push((name, sql, self.params.len()));
         self.params.extend_from_slice(args);
     }
 
-    /// The text, ending with the check of the jobs updated (`wanted`:
-    /// how many must be) when there is an `upd` part.
-    fn text(&mut self, wanted: Option<&'a i64>) -> String {
-        let last = match wanted {
-            Some(wanted) => {
-                self.params.push(wanted);
-                format!(
-                    "SELECT engine_updated(count(*), ${}) FROM upd",
-                    self.params.len()
-                )
-            }
-            None => "SELECT 0::bigint".to_string(),
-        };
-        format!("WITH {} {last}", self.parts.join(",\n  "))
+    fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// The text. With an `upd` part (always the first, so its ids are
+    /// `$1`) it ends with the check that every job was still at the
+    /// version loaded.
+    fn text(&self) -> Arc<str> {
+        let mut texts = TEXTS.lock().unwrap_or_else(|p| p.into_inner());
+        texts
+            .entry(self.shape)
+            .or_insert_with(|| {
+                let parts: Vec<String> = self
+                    .parts
+                    .iter()
+                    .map(|(name, sql, base)| {
+                        let mut text = sql.to_string();
+                        for k in 1..=9 {
+                            text = text.replace(&format!("@{k}"), &format!("${}", base + k));
+                        }
+                        format!("{name} AS ({text})")
+                    })
+                    .collect();
+                let last = match self.parts.first() {
+                    Some(("upd", ..)) => {
+                        "SELECT engine_updated(count(*), cardinality($1::uuid[])) FROM upd"
+                    }
+                    _ => "SELECT 0::bigint",
+                };
+                format!("WITH {} {last}", parts.join(",\n  ")).into()
+            })
+            .clone()
     }
 }
 
 impl Writes {
-    fn is_empty(&self) -> bool {
-        self.upd_ids.is_empty()
-            && self.ins_ids.is_empty()
-            && self.event_jobs.is_empty()
-            && self.queue_jobs.is_empty()
-            && self.queue_taken.is_empty()
-            && self.timer_jobs.is_empty()
-            && self.timers_dropped.is_empty()
-            && self.lease_tasks.is_empty()
-            && self.unlease_tasks.is_empty()
-            && self.worker_ids.is_empty()
-            && self.workers_dropped.is_empty()
-            && self.hook_jobs.is_empty()
-            && self.rate_keys.is_empty()
-    }
-
     /// The statement for these rows: only the parts that have some.
     fn statement(&self) -> Statement<'_> {
         let mut s = Statement::default();
@@ -299,14 +321,15 @@ impl Writes {
     /// serialization failure (`engine_updated`, migration 0016) when a job
     /// was no longer at the version loaded.
     pub async fn run(&self, tx: &impl GenericClient) -> Result<(), DbError> {
-        if self.is_empty() {
+        let statement = self.statement();
+        if statement.is_empty() {
             return Ok(());
         }
-        let wanted = self.upd_ids.len() as i64;
-        let mut statement = self.statement();
-        let text = statement.text((!self.upd_ids.is_empty()).then_some(&wanted));
         let row = tx
-            .query_one(&tx.prepare_cached(&text).await?, &statement.params)
+            .query_one(
+                &tx.prepare_cached(&statement.text()).await?,
+                &statement.params,
+            )
             .await?;
         self.check(row.get(0))
     }
@@ -315,20 +338,18 @@ impl Writes {
     /// write, in the same round trip: after a failed write the server
     /// rolls back instead.
     pub async fn run_and_commit(&self, tx: &impl GenericClient) -> Result<(), CommitFailed> {
-        if self.is_empty() {
+        let statement = self.statement();
+        if statement.is_empty() {
             return tx
                 .batch_execute("COMMIT")
                 .await
                 .map_err(|e| CommitFailed::After(e.into()));
         }
-        let wanted = self.upd_ids.len() as i64;
-        let mut statement = self.statement();
-        let text = statement.text((!self.upd_ids.is_empty()).then_some(&wanted));
         // Prepared first: the write must reach the server before the
         // COMMIT, and a statement not yet prepared would take a round
         // trip of its own while the COMMIT went ahead.
         let prepared = tx
-            .prepare_cached(&text)
+            .prepare_cached(&statement.text())
             .await
             .map_err(|e| CommitFailed::Before(e.into()))?;
         let (row, committed) = tokio::join!(
@@ -369,8 +390,8 @@ mod tests {
             lease_keys: vec![None],
             ..Writes::default()
         };
-        let mut s = w.statement();
-        let text = s.text(None);
+        let s = w.statement();
+        let text = s.text();
         assert_eq!(s.params.len(), 6);
         assert!(
             text.starts_with("WITH qd AS (DELETE FROM task_queue WHERE seq = ANY($1::bigint[]))")
@@ -396,10 +417,16 @@ mod tests {
             upd_expected: vec![1],
             ..Writes::default()
         };
-        let wanted = 1;
-        let mut s = w.statement();
-        let text = s.text(Some(&wanted));
-        assert_eq!(s.params.len(), 7);
-        assert!(text.ends_with("SELECT engine_updated(count(*), $7) FROM upd"));
+        let s = w.statement();
+        let text = s.text();
+        assert_eq!(s.params.len(), 6);
+        assert!(
+            text.ends_with("SELECT engine_updated(count(*), cardinality($1::uuid[])) FROM upd")
+        );
+    }
+
+    #[test]
+    fn nothing_to_write_is_an_empty_statement() {
+        assert!(Writes::default().statement().is_empty());
     }
 }

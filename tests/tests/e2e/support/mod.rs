@@ -147,7 +147,7 @@ impl Drop for Proc {
                 "{} panicked during the test ({}):\n{}",
                 self.name,
                 self.log.display(),
-                &log[from..log.len().min(at + 2_000)]
+                &log[from..log.floor_char_boundary(at + 2_000)]
             );
         }
     }
