@@ -8,18 +8,23 @@
 #                            (the dashboard's browser tests; first time only)
 #   --with-faketime          also install Debian's libfaketime (a test runs an
 #                            orchestrator whose clock is wrong; first time only)
+#   --with-s3-server         also install s3s-fs (an S3-compatible server on a
+#                            directory; the object-storage tests start it on
+#                            loopback; first time only, ~3 min, into ~/.cargo/bin)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 with_component=false
 with_browser=false
 with_faketime=false
+with_s3=false
 for arg in "$@"; do
     case "$arg" in
         --with-cargo-component) with_component=true ;;
         --with-browser) with_browser=true ;;
         --with-faketime) with_faketime=true ;;
-        *) echo "setup.sh: unknown option $arg (known: --with-cargo-component, --with-browser, --with-faketime)" >&2; exit 2 ;;
+        --with-s3-server) with_s3=true ;;
+        *) echo "setup.sh: unknown option $arg (known: --with-cargo-component, --with-browser, --with-faketime, --with-s3-server)" >&2; exit 2 ;;
     esac
 done
 
@@ -42,6 +47,14 @@ fi
 if $with_faketime && ! compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null; then
     echo "==> installing libfaketime (Debian's libfaketime; first time only)"
     ./scripts/apt-install.sh libfaketime
+fi
+
+# The version the object-storage tests were written against; another one may
+# answer differently.
+S3S_FS_VERSION=0.14.1
+if $with_s3 && ! s3s-fs --version 2>/dev/null | grep -q "$S3S_FS_VERSION"; then
+    echo "==> installing s3s-fs $S3S_FS_VERSION (an S3-compatible server for the tests; first time only)"
+    cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked
 fi
 
 if $with_browser && { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; }; then

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 echo "==> relative links in the Markdown files"
 python3 scripts/check-links.py
 
-./scripts/setup.sh --with-cargo-component --with-browser --with-faketime
+./scripts/setup.sh --with-cargo-component --with-browser --with-faketime --with-s3-server
 # Python venvs with the real avtomatika packages, for the compatibility tests.
 ./scripts/compat-venvs.sh
 # Python and JavaScript plugins (componentize-py, componentize-js) and the

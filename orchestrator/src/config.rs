@@ -43,6 +43,9 @@
 //! max_plugin_bytes = 67108864              # largest plugin component uploaded
 //! runtime_threads = 2                       # async runtime threads [default: one per core]
 //!
+//! [objects]                                # jobs' files: see orchestrator/src/objects/config.rs
+//! endpoint = "http://127.0.0.1:9000"       # an S3-compatible service (default: the directory data/objects)
+//!
 //! [clients.default]
 //! token = "test-client-token"
 //!
@@ -144,6 +147,9 @@ pub struct Cli {
     /// per job (`scripts/bench-compare.sh` runs with `THREADS=1`).
     #[arg(long, env = "RUNTIME_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub runtime_threads: Option<u16>,
+    /// Where jobs' files are kept (see `[objects]`).
+    #[command(flatten)]
+    pub objects: crate::objects::config::ObjectsArgs,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -196,6 +202,8 @@ struct FileConfig {
     workers: BTreeMap<String, TokenEntry>,
     #[serde(default)]
     plans: BTreeMap<String, PlanEntry>,
+    #[serde(default)]
+    objects: crate::objects::config::ObjectsFile,
 }
 
 #[derive(Debug, Deserialize)]
@@ -350,6 +358,8 @@ pub struct Config {
     pub finished_job_retention: Option<std::time::Duration>,
     /// Threads of the async runtime; `None`: one per core.
     pub runtime_threads: Option<usize>,
+    /// Where jobs' files are kept.
+    pub objects: crate::objects::ObjectsConfig,
 }
 
 /// Default of `finished_job_retention`: a week.
@@ -660,6 +670,7 @@ impl Config {
                 Some(n) => Some(bounded("runtime_threads", Some(n), n, 1..=1024)?),
                 None => None,
             },
+            objects: crate::objects::config::resolve(cli.objects, file.objects)?,
         })
     }
 }

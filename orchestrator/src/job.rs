@@ -377,6 +377,10 @@ pub struct Job {
     pub result: Option<Arc<Object>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
+    /// The files results named, by data key (merged from each result's
+    /// `data_metadata`; see [`crate::objects`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_metadata: Option<Arc<rxon::FilesByKey>>,
     /// Tasks of the current state (one, or one per parallel branch).
     #[serde(default)]
     pub tasks: Vec<TaskRecord>,

@@ -9,6 +9,8 @@
 //!   sharing PostgreSQL (all of whose SQL is in `engine/shared_db/`).
 //! - [`storage`]: one instance's durable storage (SQLite, in-memory) behind
 //!   a trait, and the async [`storage::Deploys`] the registry writes through.
+//! - [`objects`]: jobs' files in object storage (S3-compatible or a local
+//!   directory), and their cleanup.
 //! - [`registry`]: plugin uploads, their check, and the versions offered.
 //! - [`api`]: the HTTP API (client and worker), errors and auth.
 //! - [`ui`]: the web dashboard at `/` (assets compiled in).
@@ -24,6 +26,7 @@ pub mod egress;
 pub mod engine;
 pub mod job;
 pub mod metrics;
+pub mod objects;
 pub mod registry;
 pub mod schedule;
 pub mod secs;

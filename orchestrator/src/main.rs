@@ -98,8 +98,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
         config.schedules.clone(),
         config.schedule_timezone,
     );
+    let objects = std::sync::Arc::new(orchestrator::objects::Objects::open(
+        config.objects.clone(),
+        config.orchestrator_secret.as_deref(),
+    )?);
+    describe_objects(&objects).await;
+    tokio::spawn(orchestrator::objects::sweep::run(
+        objects.clone(),
+        engine.clone(),
+        engine.stopping(),
+    ));
     let state = state
         .with_scheduler(scheduler)
+        .with_objects(objects)
         .with_client_limits(config.client_limits.clone());
     let app = api::router(state);
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -150,6 +161,34 @@ async fn run(config: Config) -> anyhow::Result<()> {
     engine.sync_storage().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Says where jobs' files go, and whether the store answers.
+async fn describe_objects(objects: &orchestrator::objects::Objects) {
+    use orchestrator::objects::store::Backend;
+    let config = objects.config();
+    let place = match &config.backend {
+        Backend::Local(dir) => format!("the local directory {}", dir.display()),
+        Backend::S3 { endpoint, .. } => {
+            format!("S3 at {endpoint}, bucket {}", config.bucket)
+        }
+    };
+    let kept = match config.retention {
+        Some(d) => format!(
+            "kept {} after their job ends",
+            humantime::format_duration(d)
+        ),
+        None => "kept after their job ends (auto cleanup off)".into(),
+    };
+    match objects.check().await {
+        Ok(()) => tracing::info!(
+            "jobs' files: {place}, at most {} bytes each, {kept}",
+            config.max_upload_bytes
+        ),
+        Err(e) => tracing::error!(
+            "jobs' files: {place} does not answer ({e}); file requests will fail with 502 until it does"
+        ),
+    }
 }
 
 async fn shutdown_signal() {

@@ -112,6 +112,23 @@ pub struct HeartbeatResponse {
     pub require_registration: Option<bool>,
 }
 
+/// A file a message refers to by URI (`s3://<bucket>/<key>`), as rxon's
+/// `FileMetadata`: results carry one per data key that names a file
+/// (`data_metadata`), tasks the ones their params name (`params_metadata`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileMetadata {
+    pub uri: String,
+    #[serde(default)]
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Object>,
+}
+
+/// Files by the data key (or params key) that names them.
+pub type FilesByKey = std::collections::BTreeMap<String, FileMetadata>;
+
 /// A task handed to a worker by the long-poll.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TaskPayload {
@@ -123,6 +140,10 @@ pub struct TaskPayload {
     pub params: Object,
     #[serde(default)]
     pub tracing_context: Object,
+    /// The files the params name by key, from earlier results'
+    /// `data_metadata`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params_metadata: Option<FilesByKey>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<f64>,
     /// Unix seconds by which the result is due. We send an integer (the
@@ -175,6 +196,9 @@ pub struct TaskResult {
     pub data: Option<Object>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<TaskErrorInfo>,
+    /// The files `data` names, by data key (the SDK's uploads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_metadata: Option<FilesByKey>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub costs: Option<Object>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -77,6 +77,11 @@ pub struct JobView<'a> {
     /// While the job is in a `map` state: how far it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub map: Option<MapProgress>,
+    /// The files results named, by data key: `{uri, size, etag?}` (the
+    /// workers' `data_metadata`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub data_metadata: Option<&'a rxon::FilesByKey>,
     /// `metadata`, `security`, `policy`, `max_transitions`, as created.
     #[serde(flatten)]
     pub options: &'a JobOptions,
@@ -130,6 +135,7 @@ pub fn view(job: &Job, waiting_reason: Option<String>) -> JobView<'_> {
             in_flight: job.tasks.len(),
             failed: m.failures.len(),
         }),
+        data_metadata: job.data_metadata.as_deref(),
         options: &job.options,
     }
 }

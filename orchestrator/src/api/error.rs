@@ -35,6 +35,13 @@ pub enum ApiError {
     Internal(String),
     #[error("{0}")]
     Unavailable(String),
+    /// 501: a feature this orchestrator is not configured for.
+    #[error("{0}")]
+    NotImplemented(String),
+    /// 502: a service behind the orchestrator (object storage) failed;
+    /// the detail is logged and sent.
+    #[error("{0}")]
+    BadGateway(String),
     /// 401 (client) or 403 (worker) for a credential that was presented
     /// and is wrong; counted per peer address (`super::throttle`).
     #[error("{1}")]
@@ -55,6 +62,8 @@ impl ApiError {
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::WrongToken(status, _) => *status,
         }
     }
@@ -63,6 +72,22 @@ impl ApiError {
 impl From<crate::storage::StorageError> for ApiError {
     fn from(e: crate::storage::StorageError) -> Self {
         Self::Internal(e.to_string())
+    }
+}
+
+impl From<crate::objects::ObjectsError> for ApiError {
+    fn from(e: crate::objects::ObjectsError) -> Self {
+        use crate::objects::ObjectsError as E;
+        let message = e.to_string();
+        match e {
+            E::TooLarge(_) => Self::PayloadTooLarge(message),
+            E::NotFound => Self::NotFound("File not found".into()),
+            E::Body(_) => Self::BadRequest(message),
+            E::Store(_) => {
+                tracing::error!("{message}");
+                Self::BadGateway(message)
+            }
+        }
     }
 }
 

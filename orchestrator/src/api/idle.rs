@@ -133,15 +133,28 @@ pub struct Timed<B> {
     limit: Duration,
     deadline: Instant,
     timer: Option<Pin<Box<Sleep>>>,
+    /// The deadline moves on with each frame: a stall, not the whole
+    /// body, is limited (file uploads).
+    stalling: bool,
 }
 
 impl<B> Timed<B> {
+    /// The whole body must arrive within `limit`.
     pub fn new(inner: B, limit: Duration) -> Self {
         Self {
             inner,
             limit,
             deadline: Instant::now() + limit,
             timer: None,
+            stalling: false,
+        }
+    }
+
+    /// No pause between two frames may exceed `limit`.
+    pub fn stalling(inner: B, limit: Duration) -> Self {
+        Self {
+            stalling: true,
+            ..Self::new(inner, limit)
         }
     }
 }
@@ -159,6 +172,10 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::BoxError>>> {
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            if self.stalling {
+                self.deadline = Instant::now() + self.limit;
+                self.timer = None;
+            }
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
         let deadline = self.deadline;

@@ -12,6 +12,7 @@ pub mod client;
 pub mod create;
 pub mod deploy;
 pub mod error;
+pub mod files;
 mod front;
 pub mod guard;
 pub mod idle;
@@ -64,6 +65,8 @@ pub struct Shared {
     pub scheduler: Option<Arc<crate::schedule::Scheduler>>,
     /// Per-client rates and bounds ([`limits`]).
     pub limits: limits::Limits,
+    /// Where jobs' files are kept ([`files`]); `None` answers 501.
+    pub objects: Option<Arc<crate::objects::Objects>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -94,6 +97,7 @@ impl AppState {
             engine,
             scheduler: None,
             limits: limits::Limits::default(),
+            objects: None,
         }))
     }
 
@@ -107,6 +111,14 @@ impl AppState {
         }
         if self.limits.has_quotas() {
             tokio::spawn(flush_quota_counts(Arc::downgrade(&self.0)));
+        }
+        self
+    }
+
+    /// The same state keeping jobs' files in `objects` (before it is shared).
+    pub fn with_objects(mut self, objects: Arc<crate::objects::Objects>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.0) {
+            shared.objects = Some(objects);
         }
         self
     }
@@ -151,6 +163,19 @@ pub fn router(state: AppState) -> Router {
                 &format!("{prefix}/jobs/{{id}}/signal/{{name}}"),
                 post(signals::signal_job),
             )
+            .route(&format!("{prefix}/jobs/{{id}}/files"), get(files::list))
+            .route(
+                &format!("{prefix}/jobs/{{id}}/files/upload"),
+                get(files::upload_url),
+            )
+            .route(
+                &format!("{prefix}/jobs/{{id}}/files/content/{{*name}}"),
+                put(files::upload).layer(DefaultBodyLimit::disable()),
+            )
+            .route(
+                &format!("{prefix}/jobs/{{id}}/files/download/{{*name}}"),
+                get(files::download),
+            )
             .route(&format!("{prefix}/workers"), get(client::list_workers))
             .route(&format!("{prefix}/schedules"), get(schedules::list))
             .route(
@@ -189,6 +214,12 @@ pub fn router(state: AppState) -> Router {
             .layer(DefaultBodyLimit::max(
                 crate::blueprint::catalog::MAX_BLUEPRINT_BYTES,
             )),
+    )
+    .route(
+        "/_public/files/{*key}",
+        get(files::signed)
+            .put(files::signed)
+            .layer(DefaultBodyLimit::disable()),
     )
     .route("/_worker/workers/register", post(worker::register))
     .route("/_worker/workers/{worker_id}", patch(worker::heartbeat))

@@ -54,6 +54,10 @@ pub struct JobHistory {
         super::client::cancel_job,
         super::signals::signal_job,
         super::signals::approval,
+        super::files::list,
+        super::files::upload_url,
+        super::files::upload,
+        super::files::download,
         super::schedules::list,
         super::schedules::act,
         super::schedules::deploy,
@@ -75,6 +79,7 @@ pub struct JobHistory {
     security(("client_token" = [])),
     tags(
         (name = "jobs", description = "Create, follow and cancel jobs"),
+        (name = "files", description = "A job's files in object storage (S3-compatible, or a local directory)"),
         (name = "workers", description = "The worker fleet"),
         (name = "blueprints", description = "The state machines jobs run on"),
         (name = "deploys", description = "Plugins and blueprints, deployed at run time"),

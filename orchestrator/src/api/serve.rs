@@ -122,6 +122,9 @@ pub async fn serve(
                     parts.extensions.insert(ConnectInfo(peer));
                     let body = if http_body::Body::is_end_stream(&body) {
                         Body::new(body)
+                    } else if super::files::is_file_upload(parts.uri.path()) {
+                        // A file may take long in all, but must keep coming.
+                        Body::new(Timed::stalling(body, body_limit))
                     } else {
                         Body::new(Timed::new(body, body_limit))
                     };

@@ -55,6 +55,26 @@ pub(super) async fn signed_object(
     Ok(Some((worker_id, value)))
 }
 
+/// Logs a worker whose `capabilities.s3_config_hash` names another S3
+/// store than ours (it would read and write other files), as avtomatika does.
+fn warn_on_other_store(state: &AppState, reg: &rxon::WorkerRegistration) {
+    let ours = state.objects.as_deref().and_then(|o| o.config_hash());
+    let theirs = reg
+        .capabilities
+        .as_ref()
+        .and_then(|c| c.get("s3_config_hash"))
+        .and_then(Value::as_str);
+    if let (Some(ours), Some(theirs)) = (ours, theirs)
+        && ours != theirs
+    {
+        tracing::warn!(
+            "worker {} uses another S3 configuration (s3_config_hash {}, ours {ours}): the files it reads and writes are not this orchestrator's",
+            reg.worker_id,
+            rxon::text::for_log(theirs)
+        );
+    }
+}
+
 pub async fn register(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -85,6 +105,7 @@ pub async fn register(
     )?;
     token_has_room(&state, &reg.worker_id).await?;
     state.engine.register_worker(&reg).await?;
+    warn_on_other_store(&state, &reg);
     let warning = headers
         .get(rxon::HEADER_RXON_VERSION)
         .and_then(|v| v.to_str().ok())
@@ -274,6 +295,8 @@ pub(super) async fn accept_result(
         .await?
         .ok_or_else(|| ApiError::BadRequest("Invalid TaskResult payload: empty body".into()))?;
     let result: rxon::TaskResult = body::typed(value, "TaskResult")?;
+    crate::objects::check_result_files(result.data_metadata.as_ref())
+        .map_err(|e| ApiError::BadRequest(format!("Invalid TaskResult payload: {e}")))?;
     if let Some(claimed) = &result.worker_id
         && claimed != &worker_id
     {

@@ -528,6 +528,7 @@ fn result_of(
         status: Some(status),
         data,
         error,
+        data_metadata: None,
         costs: None,
         metadata: None,
         security: None,

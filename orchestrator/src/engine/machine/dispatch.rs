@@ -386,6 +386,7 @@ pub(crate) fn hand_out(
         task_type: task.task_type.clone(),
         params: task.params.clone(),
         tracing_context: Object::new(),
+        params_metadata: crate::objects::files_named_by(job.data_metadata.as_deref(), &task.params),
         priority: Some(task.priority),
         deadline,
         step: Some(u64::from(job.transitions) + 1),

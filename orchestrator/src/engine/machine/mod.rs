@@ -191,6 +191,7 @@ pub(crate) fn create(shared: &Shared, st: &mut EngineState, id: Uuid, bp: &Bluep
         results: Default::default(),
         result: None,
         error: None,
+        data_metadata: None,
         tasks: Vec::new(),
         state_history: vec![StateVisit {
             state: bp.start.clone(),

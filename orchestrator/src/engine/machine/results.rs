@@ -133,6 +133,9 @@ pub(crate) fn apply_result_to(
         "cancelled_handled"
     } else {
         let data = result.data.clone().unwrap_or_default();
+        if let Some(files) = &result.data_metadata {
+            crate::objects::merge_files(job, files);
+        }
         events.push(task_event(
             EventKind::TaskResult,
             format!("task {} returned {status}", result.task_id),
