@@ -5,7 +5,8 @@
 #   target/compat/venv-orchestrator : avtomatika[history]==1.0b30 (+ rxon 1.0b17;
 #                                     the extra brings aiosqlite, for the benchmark's
 #                                     avtomatika with a SQLite history database)
-#   target/compat/venv-worker       : avtomatika-worker==1.0b20 (+ rxon 1.0b17)
+#   target/compat/venv-worker       : avtomatika-worker[s3]==1.0b20 (+ rxon 1.0b17;
+#                                     the extra brings obstore, for its S3 files)
 #   target/compat/venv-tools        : openapi-spec-validator (checks our OpenAPI 3.1 document)
 # Safe to run again (skips a venv whose packages are already there). If PyPI
 # cannot be reached it says so loudly and writes target/compat/SKIPPED, which
@@ -33,8 +34,8 @@ make_venv() {
 
 if ! make_venv venv-orchestrator "avtomatika[history]==1.0b30 rxon==1.0b17" \
         "import importlib.metadata as m, aiosqlite; assert m.version('avtomatika') == '1.0b30'" \
-   || ! make_venv venv-worker "avtomatika-worker==1.0b20 rxon==1.0b17" \
-        "import importlib.metadata as m; assert m.version('avtomatika-worker') == '1.0b20'" \
+   || ! make_venv venv-worker "avtomatika-worker[s3]==1.0b20 rxon==1.0b17" \
+        "import importlib.metadata as m, obstore; assert m.version('avtomatika-worker') == '1.0b20'" \
    || ! make_venv venv-tools "openapi-spec-validator==0.7.2" \
         "import openapi_spec_validator"; then
     if ! python3 -m pip download --no-deps -q -d "$DIR/probe" rxon==1.0b17 >/dev/null 2>&1; then

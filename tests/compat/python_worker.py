@@ -7,9 +7,14 @@ Skills (names chosen by PY_SKILL_PREFIX, default empty):
   <prefix>py_fail   : raises, which the SDK reports as TRANSIENT_ERROR
   <prefix>py_event  : sends the event `ready` with {"score": params.score}
                       (the SDK's send_event), then sleeps params.sleep seconds
+  <prefix>py_sha256 : params.input is an s3:// file (the SDK downloads it
+                      first); returns its SHA-256 and size, and writes the
+                      digest to a file the SDK uploads (data.digest_file)
+  <prefix>py_read   : params.file is an s3:// file; returns its text
 """
 
 import asyncio
+import hashlib
 import os
 
 from avtomatika_worker import Worker
@@ -42,6 +47,28 @@ async def py_event(params: dict, send_event=None, **kwargs):
     await send_event("ready", {"score": int(params.get("score", 9))})
     await asyncio.sleep(float(params.get("sleep", 5)))
     return {"data": {"late": True}}
+
+
+@worker.skill(f"{prefix}py_sha256")
+async def py_sha256(params: dict, task_id: str, **kwargs):
+    digest = hashlib.sha256()
+    size = 0
+    with open(params["input"], "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    out_dir = os.path.join(os.environ["TASK_FILES_DIR"], task_id)
+    os.makedirs(out_dir, exist_ok=True)
+    out = os.path.join(out_dir, "digest.txt")
+    with open(out, "w") as f:
+        f.write(digest.hexdigest())
+    return {"data": {"sha256": digest.hexdigest(), "size": size, "digest_file": out}}
+
+
+@worker.skill(f"{prefix}py_read")
+async def py_read(params: dict, **kwargs):
+    with open(params["file"]) as f:
+        return {"data": {"text": f.read()}}
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ mod hardening;
 mod job_lists;
 mod languages;
 mod matching;
+mod objects;
 mod plugin_builds;
 mod scenario;
 mod schedules;

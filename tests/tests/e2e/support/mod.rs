@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 pub mod browser;
 pub mod pg;
+pub mod s3;
 
 pub const CLIENT_TOKEN: &str = "test-client-token";
 pub const WORKER_TOKEN: &str = "test-worker-token";

@@ -1,0 +1,490 @@
+//! Jobs' files: a real S3-compatible server (`s3s-fs`, signatures checked)
+//! and the local-directory default. Uploads streamed through the
+//! orchestrator and by presigned URL, listings, downloads, the owner
+//! check, the size limit, and the files' removal after their job ends.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sha2::Digest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::s3::{BUCKET, S3Server};
+use crate::support::*;
+
+const FILES_FLOW: &str = r#"
+name = "files_flow"
+api_endpoint = "/jobs/files"
+api_version = "v1"
+[states.start]
+start = true
+wait.on = { go = "done" }
+[states.done]
+end = "finished"
+"#;
+
+const OTHER_TOKEN: &str = "other-client-token";
+const LIMIT: usize = 32 << 20;
+
+/// Another client, a 32 MiB limit, files removed at once after their job
+/// ends (swept every 0.2 s).
+fn config() -> String {
+    format!(
+        "[clients.other]\ntoken = \"{OTHER_TOKEN}\"\n\n[objects]\nmax_upload_bytes = {LIMIT}\nretention = \"0s\"\nsweep_seconds = 0.2\n"
+    )
+}
+
+/// `n` bytes that do not repeat (xorshift).
+fn bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+/// A body sent in 64 KiB chunks, without a length (chunked encoding).
+fn chunked(data: &[u8]) -> reqwest::Body {
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = data
+        .chunks(64 << 10)
+        .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+        .collect();
+    reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))
+}
+
+/// `url` with the first hex digit of its `name` parameter changed (a
+/// well-formed, wrong signature).
+fn flip_signature(url: &str, name: &str) -> String {
+    let at = url.find(name).unwrap() + name.len();
+    let flipped = if &url[at..at + 1] == "0" { "1" } else { "0" };
+    format!("{}{flipped}{}", &url[..at], &url[at + 1..])
+}
+
+fn sha(data: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+async fn start(stack: &mut Stack, env: Vec<(&'static str, String)>) {
+    stack.add_blueprint("files_flow", FILES_FLOW);
+    stack.start_configured(&config(), |cmd| {
+        cmd.envs(env);
+    });
+    stack.wait_ready().await;
+}
+
+async fn put(stack: &Stack, url: &str, token: Option<&str>, body: reqwest::Body) -> (u16, Value) {
+    let mut request = stack.http.put(url).body(body);
+    if let Some(token) = token {
+        request = request.header("X-Client-Token", token);
+    }
+    let resp = request.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// The status line's code of a PUT that declares `length` bytes and sends
+/// none (the orchestrator must answer before reading the body).
+async fn declared_put(stack: &Stack, path: &str, length: usize) -> (u16, String) {
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", stack.port))
+        .await
+        .unwrap();
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Client-Token: {CLIENT_TOKEN}\r\nContent-Length: {length}\r\n\r\n"
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), sock.read(&mut answer))
+        .await
+        .expect("an answer before the body")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]).to_string();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, text)
+}
+
+async fn names(stack: &Stack, id: &str) -> Vec<(String, u64)> {
+    let (status, listed) = stack.get(&format!("/api/v1/jobs/{id}/files")).await;
+    assert_eq!(status, 200, "{listed}");
+    let mut names: Vec<(String, u64)> = listed["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap().to_string(),
+                f["size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// What every store must do for the owner, for others and past the limit.
+async fn owner_other_and_limit(stack: &Stack, id: &str) {
+    let files = format!("{}/api/v1/jobs/{id}/files", stack.base);
+    // Another client sees no such job, whatever the route.
+    for path in ["", "/upload?filename=a.txt", "/download/in/data.bin"] {
+        let (status, body) = stack
+            .get_as(&format!("/api/v1/jobs/{id}/files{path}"), OTHER_TOKEN)
+            .await;
+        assert_eq!(status, 404, "{path}: {body}");
+        assert_eq!(body["error"], "Job not found");
+    }
+    let (status, _) = put(
+        stack,
+        &format!("{files}/content/x.bin"),
+        Some(OTHER_TOKEN),
+        "x".into(),
+    )
+    .await;
+    assert_eq!(status, 404);
+    // A length declared over the limit is refused before a byte is read.
+    let (code, text) = declared_put(
+        stack,
+        &format!("/api/v1/jobs/{id}/files/content/big.bin"),
+        LIMIT + 1,
+    )
+    .await;
+    assert_eq!(code, 413, "{text}");
+    assert!(text.contains("max_upload_bytes"), "{text}");
+    // A streamed body that crosses it is cut off, and nothing is kept.
+    let over = bytes(LIMIT + (64 << 10), 3);
+    let (status, body) = put(
+        stack,
+        &format!("{files}/content/big.bin"),
+        Some(CLIENT_TOKEN),
+        chunked(&over),
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(
+        body["error"],
+        format!("the file is larger than max_upload_bytes ({LIMIT} bytes)")
+    );
+    // Names are plain relative paths.
+    let (status, body) = put(
+        stack,
+        &format!("{files}/content/a%20b"),
+        Some(CLIENT_TOKEN),
+        "x".into(),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("may hold only"),
+        "{body}"
+    );
+    let (status, body) = stack
+        .get(&format!(
+            "/api/v1/jobs/{id}/files/upload?filename=x&expires_in=0"
+        ))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("expires_in"),
+        "{body}"
+    );
+}
+
+/// Ends the job; its files must be gone soon after (retention 0 s).
+async fn end_and_swept(stack: &Stack, id: &str, on_disk: &std::path::Path) {
+    let resp = stack
+        .http
+        .post(format!("{}/api/v1/jobs/{id}/signal/go", stack.base))
+        .header("X-Client-Token", CLIENT_TOKEN)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(stack.finished(id).await["status"], "finished");
+    wait_until(
+        "the ended job's files to go",
+        Duration::from_secs(20),
+        || async { names(stack, id).await.is_empty() && !on_disk.exists() },
+    )
+    .await;
+    let (status, body) = put(
+        stack,
+        &format!("{}/api/v1/jobs/{id}/files/content/late.txt", stack.base),
+        Some(CLIENT_TOKEN),
+        "late".into(),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        stack
+            .logs()
+            .0
+            .contains(&format!("job {id}: 2 files deleted")),
+        "the sweep says what it deleted"
+    );
+}
+
+#[tokio::test]
+async fn files_go_through_a_real_s3_service_and_leave_with_their_job() {
+    let s3 = S3Server::start().await;
+    let mut stack = Stack::new();
+    start(&mut stack, s3.env()).await;
+    let id = stack.create("/jobs/files", json!({})).await;
+    let files = format!("{}/api/v1/jobs/{id}/files", stack.base);
+
+    // Streamed through the orchestrator into the service.
+    let data = bytes(20 << 20, 1);
+    let (status, stored) = put(
+        &stack,
+        &format!("{files}/content/in/data.bin"),
+        Some(CLIENT_TOKEN),
+        chunked(&data),
+    )
+    .await;
+    assert_eq!(status, 200, "{stored}");
+    assert_eq!(stored["status"], "uploaded");
+    assert_eq!(
+        stored["s3_uri"],
+        format!("s3://{BUCKET}/jobs/{id}/in/data.bin")
+    );
+    assert_eq!(stored["size"], 20 << 20);
+    let on_disk = s3.file(&format!("jobs/{id}/in/data.bin"));
+    assert_eq!(sha(&std::fs::read(&on_disk).unwrap()), sha(&data));
+
+    // A presigned URL of the service itself: no client token, and the
+    // service checks its signature.
+    let (status, grant) = stack
+        .get(&format!(
+            "/api/v1/jobs/{id}/files/upload?filename=notes.txt&expires_in=120"
+        ))
+        .await;
+    assert_eq!(status, 200, "{grant}");
+    assert_eq!(grant["method"], "PUT");
+    assert_eq!(grant["expires_in"], 120);
+    let url = grant["url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("{}/{BUCKET}/jobs/{id}/notes.txt?", s3.endpoint)),
+        "{url}"
+    );
+    let tampered = flip_signature(url, "X-Amz-Signature=");
+    let resp = stack
+        .http
+        .put(&tampered)
+        .body("forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status().as_u16(),
+        403,
+        "the service refuses a wrong signature"
+    );
+    let resp = stack
+        .http
+        .put(url)
+        .body("hello notes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status().as_u16(),
+        200,
+        "{}",
+        resp.text().await.unwrap()
+    );
+    assert_eq!(
+        names(&stack, &id).await,
+        [
+            ("in/data.bin".to_string(), 20 << 20),
+            ("notes.txt".to_string(), 11)
+        ]
+    );
+
+    // A download is a redirect to a short-lived presigned URL.
+    let direct = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = direct
+        .get(format!("{files}/download/in/data.bin"))
+        .header("X-Client-Token", CLIENT_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 302);
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.starts_with(&s3.endpoint), "{location}");
+    let got = stack
+        .http
+        .get(&location)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(sha(&got), sha(&data));
+    let (status, body) = stack
+        .get(&format!("/api/v1/jobs/{id}/files/download/missing.bin"))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("File not found"))
+    );
+
+    owner_other_and_limit(&stack, &id).await;
+    assert!(!s3.file(&format!("jobs/{id}/big.bin")).exists());
+    assert_eq!(names(&stack, &id).await.len(), 2);
+    end_and_swept(&stack, &id, &on_disk).await;
+}
+
+#[tokio::test]
+async fn without_a_service_files_live_in_a_local_directory() {
+    let mut stack = Stack::new();
+    let dir = stack.dir.path().join("objects");
+    start(&mut stack, vec![("OBJECTS_DIR", dir.display().to_string())]).await;
+    let id = stack.create("/jobs/files", json!({})).await;
+    let files = format!("{}/api/v1/jobs/{id}/files", stack.base);
+
+    let data = bytes(30 << 20, 2);
+    let (status, stored) = put(
+        &stack,
+        &format!("{files}/content/in/data.bin"),
+        Some(CLIENT_TOKEN),
+        chunked(&data),
+    )
+    .await;
+    assert_eq!(status, 200, "{stored}");
+    let on_disk = dir.join(format!("jobs/{id}/in/data.bin"));
+    assert!(std::fs::read(&on_disk).unwrap() == data, "the file as sent");
+
+    // The orchestrator signs its own upload URL: bound to the method, the
+    // key and the expiry.
+    let (status, grant) = stack
+        .get(&format!(
+            "/api/v1/jobs/{id}/files/upload?filename=notes.txt"
+        ))
+        .await;
+    assert_eq!(status, 200, "{grant}");
+    assert_eq!(grant["expires_in"], 3600);
+    let url = grant["url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!(
+            "{}/_public/files/jobs/{id}/notes.txt?expires=",
+            stack.base
+        )),
+        "{url}"
+    );
+    let tampered = flip_signature(url, "signature=");
+    let (status, body) = put(&stack, &tampered, None, "forged".into()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("the file URL's signature does not match"))
+    );
+    let other_key = url.replace("notes.txt", "other.txt");
+    assert_eq!(put(&stack, &other_key, None, "forged".into()).await.0, 403);
+    let (status, _) = stack.get_as(url.trim_start_matches(&stack.base), "").await;
+    assert_eq!(status, 403, "a PUT URL does not read");
+    let (status, body) = put(&stack, url, None, "hello notes".into()).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Downloads stream from the orchestrator.
+    let resp = stack
+        .http
+        .get(format!("{files}/download/notes.txt"))
+        .header("X-Client-Token", CLIENT_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.headers()["content-length"], "11");
+    assert_eq!(resp.text().await.unwrap(), "hello notes");
+    assert_eq!(
+        names(&stack, &id).await,
+        [
+            ("in/data.bin".to_string(), 30 << 20),
+            ("notes.txt".to_string(), 11)
+        ]
+    );
+
+    owner_other_and_limit(&stack, &id).await;
+    assert!(!dir.join(format!("jobs/{id}/big.bin")).exists());
+    end_and_swept(&stack, &id, &on_disk).await;
+}
+
+#[tokio::test]
+async fn a_large_upload_streams_in_bounded_memory() {
+    let mut stack = Stack::new();
+    let dir = stack.dir.path().join("objects");
+    stack.add_blueprint("files_flow", FILES_FLOW);
+    stack.start_orchestrator_with(|cmd| {
+        cmd.env("OBJECTS_DIR", &dir);
+    });
+    stack.wait_ready().await;
+    let id = stack.create("/jobs/files", json!({})).await;
+    let pid = stack.orchestrator.as_ref().unwrap().pid().unwrap();
+    let rss = || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap()
+    };
+    let idle = rss();
+    // 200 MiB, generated as it is sent; the orchestrator's RSS is sampled
+    // throughout.
+    let size: usize = 200 << 20;
+    let chunks = (0..size / (1 << 20))
+        .map(|i| Ok::<_, std::io::Error>(bytes::Bytes::from(bytes(1 << 20, i as u64 + 7))));
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(idle));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    && let Some(kib) = status
+                        .lines()
+                        .find_map(|l| l.strip_prefix("VmRSS:"))
+                        .and_then(|v| v.split_whitespace().next())
+                        .and_then(|v| v.parse::<u64>().ok())
+                {
+                    peak.fetch_max(kib, std::sync::atomic::Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let (status, stored) = put(
+        &stack,
+        &format!("{}/api/v1/jobs/{id}/files/content/big.bin", stack.base),
+        Some(CLIENT_TOKEN),
+        body,
+    )
+    .await;
+    sampler.abort();
+    assert_eq!(status, 200, "{stored}");
+    assert_eq!(stored["size"], size);
+    assert_eq!(
+        std::fs::metadata(dir.join(format!("jobs/{id}/big.bin")))
+            .unwrap()
+            .len(),
+        size as u64
+    );
+    let grew = peak
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(idle);
+    assert!(
+        grew < 100 << 10,
+        "the orchestrator's RSS grew by {grew} KiB for a 200 MiB upload"
+    );
+}
