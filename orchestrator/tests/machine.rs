@@ -1963,3 +1963,56 @@ async fn a_cheapest_task_goes_to_the_cheaper_of_two_waiting_workers(h: Holder) {
     let task = poll(&engine, "pricey").await.expect("nobody better waits");
     assert_eq!(task.job_id, id.to_string());
 }
+
+const FILES_FLOW: &str = r#"
+[states.start]
+start = true
+dispatch.task = "make"
+dispatch.on = { success = "use" }
+[states.use]
+dispatch.task = "use"
+dispatch.params.image = "results.start.image"
+dispatch.params.n = 1
+dispatch.on = { success = "done" }
+[states.done]
+end = "finished"
+"#;
+
+on_both!(files_a_result_names_travel_with_the_job_to_the_tasks_that_name_them);
+async fn files_a_result_names_travel_with_the_job_to_the_tasks_that_name_them(h: Holder) {
+    let engine = h.engine(FILES_FLOW).await;
+    register(&engine, "w1", &["make", "use"]).await;
+    let id = create(&engine, json!({})).await;
+    let first = poll(&engine, "w1").await.unwrap();
+    assert_eq!(first.params_metadata, None, "no files yet");
+    let uri = format!("s3://b/{id}/image.png");
+    let mut result = success(
+        &first,
+        "success",
+        json!({"image": uri, "log": "s3://b/x/log.txt"}),
+    );
+    result.data_metadata = Some(
+        serde_json::from_value(json!({
+            "image": {"uri": uri, "size": 10, "etag": "e1"},
+            "log": {"uri": "s3://b/x/log.txt", "size": 3}
+        }))
+        .unwrap(),
+    );
+    engine.submit_result("w1", result).await.unwrap();
+    let second = poll(&engine, "w1").await.unwrap();
+    // Only the file its params name, by key (as avtomatika filters).
+    let sent = serde_json::to_value(&second.params_metadata).unwrap();
+    assert_eq!(
+        sent,
+        json!({"image": {"uri": uri, "size": 10, "etag": "e1"}})
+    );
+    engine
+        .submit_result("w1", success(&second, "success", json!({})))
+        .await
+        .unwrap();
+    let job = job(&engine, id).await;
+    assert_eq!(job.status, JobStatus::Finished);
+    let kept = serde_json::to_value(job.data_metadata.as_deref()).unwrap();
+    assert_eq!(kept["image"]["etag"], "e1");
+    assert_eq!(kept["log"]["size"], 3);
+}

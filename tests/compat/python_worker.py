@@ -10,7 +10,7 @@ Skills (names chosen by PY_SKILL_PREFIX, default empty):
   <prefix>py_sha256 : params.input is an s3:// file (the SDK downloads it
                       first); returns its SHA-256 and size, and writes the
                       digest to a file the SDK uploads (data.digest_file)
-  <prefix>py_read   : params.file is an s3:// file; returns its text
+  <prefix>py_read   : params.digest_file is an s3:// file; returns its text
 """
 
 import asyncio
@@ -18,6 +18,18 @@ import hashlib
 import os
 
 from avtomatika_worker import Worker
+import avtomatika_worker.s3 as sdk_s3
+
+# avtomatika-worker 1.0b20 awaits obstore's synchronous `get` (its pinned
+# obstore 0.11 has `get` and `get_async`), so every S3 download fails with
+# "object builtins.GetResult can't be used in 'await' expression" and a
+# task with an s3:// param never reaches its handler. The one name is
+# pointed at the awaitable variant, as an SDK user must do until the SDK
+# is fixed; the wire (s3:// params, data_metadata, keys) is untouched.
+if getattr(sdk_s3, "obstore_get", None) is not None:
+    from obstore import get_async
+
+    sdk_s3.obstore_get = get_async
 
 prefix = os.getenv("PY_SKILL_PREFIX", "")
 worker = Worker(worker_type="python-worker", max_concurrent_tasks=5)
@@ -67,7 +79,7 @@ async def py_sha256(params: dict, task_id: str, **kwargs):
 
 @worker.skill(f"{prefix}py_read")
 async def py_read(params: dict, **kwargs):
-    with open(params["file"]) as f:
+    with open(params["digest_file"]) as f:
         return {"data": {"text": f.read()}}
 
 

@@ -202,6 +202,27 @@ fn start_python_worker_env(
 
 const PY_FLOWS: &[(&str, &str)] = &[
     (
+        "py_files_flow.toml",
+        r#"
+name = "py_files_flow"
+api_endpoint = "/jobs/py-files"
+api_version = "v1"
+[states.start]
+start = true
+wait.on = { go = "hash" }
+[states.hash]
+dispatch.task = "py_sha256"
+dispatch.params.input = "results.start.input"
+dispatch.on = { success = "read" }
+[states.read]
+dispatch.task = "py_read"
+dispatch.params.digest_file = "results.hash.digest_file"
+dispatch.on = { success = "done" }
+[states.done]
+end = "finished"
+"#,
+    ),
+    (
         "py_gpu_flow.toml",
         r#"
 name = "py_gpu_flow"
@@ -979,5 +1000,107 @@ async fn a_clients_file_written_for_avtomatika_gives_plans_params_and_quotas() {
             .unwrap()
             .contains("client client_free_user (plan free) may make 3 requests a month"),
         "{refused}"
+    );
+}
+
+/// The SDK's S3 files on our orchestrator, both ways, in production mode:
+/// a client uploads a file of the job to our orchestrator; the SDK worker
+/// gets its `s3://` URI as a param, downloads it from the same S3 service,
+/// hashes it and writes a file that the SDK uploads, naming it in
+/// `data_metadata`; the next task gets that file's URI (and its
+/// `params_metadata`), and the client downloads the worker's file from us.
+#[tokio::test]
+async fn the_python_sdk_reads_and_writes_the_s3_files_of_our_jobs() {
+    if venv_python("venv-worker").is_none() {
+        return;
+    }
+    use sha2::Digest;
+    let s3 = crate::support::s3::S3Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _orchestrator = start_our_orchestrator_with(dir.path(), port, Some(SECRET), |cmd| {
+        cmd.envs(s3.env());
+    });
+    let api = Http::new(port);
+    api.wait_up().await;
+    let mut env: Vec<(&str, String)> = s3.env();
+    env.push((
+        "TASK_FILES_DIR",
+        dir.path().join("py-files").display().to_string(),
+    ));
+    env.push((
+        "WORKER_BLOB_CACHE_DIR",
+        dir.path().join("py-cache").display().to_string(),
+    ));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let _py = start_python_worker_env(dir.path(), port, "py-files-1", "", Some(SECRET), &env);
+    api.wait_worker("py-files-1").await;
+
+    let id = api.create("/jobs/py-files", json!({})).await;
+    let data: Vec<u8> = (0..5u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let sha = hex::encode(sha2::Sha256::digest(&data));
+    let resp = api
+        .http
+        .put(format!(
+            "{}/api/v1/jobs/{id}/files/content/input.bin",
+            api.base
+        ))
+        .header("X-Client-Token", CLIENT)
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let uri = resp.json::<Value>().await.unwrap()["s3_uri"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let resp = api
+        .http
+        .post(format!("{}/api/v1/jobs/{id}/signal/go", api.base))
+        .header("X-Client-Token", CLIENT)
+        .json(&json!({ "input": uri }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+
+    let job = api.terminal(&id).await;
+    assert_eq!(job["status"], "finished", "{job}");
+    assert_eq!(
+        job["results"]["hash"]["sha256"], sha,
+        "the SDK read the file we stored"
+    );
+    assert_eq!(job["results"]["hash"]["size"], 5 << 20);
+    let out = format!("s3://{}/{id}/digest.txt", crate::support::s3::BUCKET);
+    assert_eq!(
+        job["results"]["hash"]["digest_file"], out,
+        "the SDK uploaded its output"
+    );
+    assert_eq!(job["data_metadata"]["digest_file"]["uri"], out, "{job}");
+    assert_eq!(job["data_metadata"]["digest_file"]["size"], 64);
+    assert_eq!(
+        job["result"]["text"], sha,
+        "the next task read the worker's file"
+    );
+
+    // The worker's file, from our download route (a redirect to the service).
+    let got = api
+        .http
+        .get(format!(
+            "{}/api/v1/jobs/{id}/files/download/digest.txt",
+            api.base
+        ))
+        .header("X-Client-Token", CLIENT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status().as_u16(), 200);
+    assert_eq!(got.text().await.unwrap(), sha);
+    assert_eq!(
+        std::fs::read_to_string(s3.file(&format!("{id}/digest.txt"))).unwrap(),
+        sha
     );
 }
