@@ -147,6 +147,9 @@ pub struct ServeArgs {
     pub sandbox: SandboxArgs,
     #[command(flatten)]
     pub declare: crate::declare::DeclareArgs,
+    /// The object store plugins granted `[objects]` read and write.
+    #[command(flatten)]
+    pub objects: crate::objects::ObjectsArgs,
 }
 
 impl ServeArgs {

@@ -24,6 +24,11 @@
 //! max_response_bytes = 10485760
 //! timeout_seconds = 10
 //! max_connections = 4
+//!
+//! [objects]                     # the job's files in object storage (the `objects` interface)
+//! read = true                   # the job's inputs and earlier outputs
+//! write = true                  # the job's outputs (`<job>/<name>`)
+//! read_prefixes = ["models/"]   # more keys to read, within the policy's allowed_object_prefixes
 //! ```
 //!
 //! Policy (`--policy worker-policy.toml`; without one, no plugin may have
@@ -32,6 +37,7 @@
 //! ```toml
 //! allowed_dirs = ["/srv"]       # host directories (and below) manifests may map
 //! allowed_origins = ["https://*.example.com", "http://127.0.0.1:*"]
+//! allowed_object_prefixes = ["models/"]   # keys manifests may add to read
 //! [config.http_fetch_task]      # values per plugin; also PLUGIN_<PLUGIN>_<KEY> env vars
 //! api_key = "…"
 //! ```
@@ -56,6 +62,26 @@ pub struct Manifest {
     pub files: Vec<ManifestDir>,
     #[serde(default)]
     pub http: Option<ManifestHttp>,
+    #[serde(default)]
+    pub objects: Option<ObjectsGrant>,
+}
+
+/// `[objects]` of a manifest: what the plugin may read and write through
+/// the `objects` interface.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectsGrant {
+    /// The job's files: the client's uploads (`jobs/<job>/…`) and earlier
+    /// tasks' outputs (`<job>/…`).
+    #[serde(default)]
+    pub read: bool,
+    /// The job's outputs (`<job>/<name>`).
+    #[serde(default)]
+    pub write: bool,
+    /// Key prefixes the plugin may also read (each within the policy's
+    /// `allowed_object_prefixes`).
+    #[serde(default)]
+    pub read_prefixes: Vec<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -105,6 +131,10 @@ pub struct Policy {
     /// Origins (patterns) a manifest's outbound HTTP may fall within.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// Object key prefixes a manifest's `objects.read_prefixes` may name
+    /// (each must start with one of these).
+    #[serde(default)]
+    pub allowed_object_prefixes: Vec<String>,
 }
 
 impl Policy {
@@ -164,6 +194,8 @@ pub struct Grants {
     pub max_concurrent_tasks: Option<usize>,
     /// Outbound HTTP, when granted.
     pub http: Option<std::sync::Arc<HttpGrant>>,
+    /// Object storage, when granted.
+    pub objects: Option<ObjectsGrant>,
     /// The plugin's name (its file name without `.wasm`), for logs.
     pub plugin: String,
 }
@@ -203,6 +235,9 @@ pub fn resolve(
     };
     if let Some(http) = &manifest.http {
         grants.http = Some(std::sync::Arc::new(resolve_http(http, policy)?));
+    }
+    if let Some(objects) = &manifest.objects {
+        grants.objects = Some(resolve_objects(objects, policy)?);
     }
     let l = &manifest.limits;
     if let Some(t) = l.timeout_seconds {
@@ -289,6 +324,39 @@ pub fn resolve(
         grants.dirs.push((host, dir.guest.clone()));
     }
     Ok(grants)
+}
+
+/// Most extra prefixes an `[objects]` grant may name.
+const MAX_OBJECT_PREFIXES: usize = 16;
+
+fn resolve_objects(objects: &ObjectsGrant, policy: &Policy) -> Result<ObjectsGrant, String> {
+    if objects.read_prefixes.len() > MAX_OBJECT_PREFIXES {
+        return Err(format!(
+            "objects.read_prefixes: more than {MAX_OBJECT_PREFIXES} prefixes"
+        ));
+    }
+    for prefix in &objects.read_prefixes {
+        let plain = !prefix.is_empty()
+            && prefix.len() <= 512
+            && !prefix.starts_with('/')
+            && prefix.ends_with('/')
+            && !prefix.split('/').any(|s| s == ".." || s == ".");
+        if !plain {
+            return Err(format!(
+                "objects.read_prefixes: {prefix:?} must be a relative key prefix ending in '/', without '.' or '..'"
+            ));
+        }
+        if !policy
+            .allowed_object_prefixes
+            .iter()
+            .any(|allowed| prefix.starts_with(allowed.as_str()))
+        {
+            return Err(format!(
+                "objects.read_prefixes: {prefix:?} is not within a prefix the worker's policy allows (allowed_object_prefixes)"
+            ));
+        }
+    }
+    Ok(objects.clone())
 }
 
 /// Bounds of outbound HTTP grants.

@@ -144,6 +144,7 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
             std::env::vars_os()
                 .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
         )?,
+        objects: objects_store(&args.objects)?,
         ..WorkerSettings::default()
     };
     let worker = Worker::new(client, engine, plugins, settings);
@@ -180,6 +181,26 @@ fn seconds(flag: &str, value: f64) -> anyhow::Result<std::time::Duration> {
         "{flag} must be between 0.1 and 3600 seconds, not {value}"
     );
     Ok(std::time::Duration::from_secs_f64(value))
+}
+
+/// The object store, said in the log.
+fn objects_store(
+    args: &worker_host::objects::ObjectsArgs,
+) -> anyhow::Result<Option<std::sync::Arc<worker_host::objects::WorkerObjects>>> {
+    let objects = args.open()?;
+    match &objects {
+        Some(o) => tracing::info!(
+            "objects: S3 at {}, bucket {} (plugins granted [objects]; at most {} bytes read and {} written per task)",
+            o.endpoint,
+            o.bucket,
+            o.max_read_bytes,
+            o.max_write_bytes
+        ),
+        None => {
+            tracing::info!("objects: no store (S3_ENDPOINT_URL unset); plugins' object calls fail")
+        }
+    }
+    Ok(objects)
 }
 
 async fn wait_for_signal(shutdown: CancellationToken) {

@@ -192,6 +192,160 @@ impl Context {
     }
 }
 
+/// The job's files in object storage, as the plugin's manifest grants
+/// (`[objects]`: `read`, `write`, `read_prefixes`). Readers and writers
+/// stream; errors are the host's messages (a bound or grant crossed).
+///
+/// ```ignore
+/// use std::io::{Read, Write};
+/// let mut input = taskworker_sdk::objects::open("input.bin")?;   // or an s3:// URI
+/// let mut out = taskworker_sdk::objects::create("output.bin")?;
+/// std::io::copy(&mut input, &mut out)?;
+/// let info = out.finish()?;          // info.uri: s3://<bucket>/<job>/output.bin
+/// ```
+pub mod objects {
+    /// An object written: return its `uri` in the result's data, and the
+    /// worker names it in the result's `data_metadata`.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ObjectInfo {
+        pub uri: String,
+        pub size: u64,
+        pub etag: Option<String>,
+    }
+
+    /// Most bytes the host takes or gives in one call.
+    const CHUNK: usize = 1 << 20;
+    /// Bytes a writer gathers before handing them to the host.
+    const BUFFER: usize = 256 << 10;
+
+    #[cfg(target_arch = "wasm32")]
+    use crate::bindings::taskworker::plugin::objects as host;
+
+    /// An object being read ([`std::io::Read`]).
+    pub struct Reader {
+        #[cfg(target_arch = "wasm32")]
+        inner: host::Reader,
+        size: u64,
+    }
+
+    impl Reader {
+        /// The object's size in bytes.
+        pub fn size(&self) -> u64 {
+            self.size
+        }
+    }
+
+    impl std::io::Read for Reader {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            #[cfg(target_arch = "wasm32")]
+            {
+                let max = buf.len().min(CHUNK) as u32;
+                let bytes = self.inner.read(max).map_err(std::io::Error::other)?;
+                let n = bytes.len().min(buf.len());
+                buf[..n].copy_from_slice(&bytes[..n]);
+                Ok(n)
+            }
+            #[cfg(not(target_arch = "wasm32"))]
+            {
+                let _ = (buf, CHUNK);
+                Err(std::io::Error::other(OUTSIDE))
+            }
+        }
+    }
+
+    /// An object being written ([`std::io::Write`]); nothing is stored
+    /// until [`Writer::finish`], and a writer dropped unfinished leaves
+    /// nothing behind.
+    pub struct Writer {
+        #[cfg(target_arch = "wasm32")]
+        inner: host::Writer,
+        buffer: Vec<u8>,
+    }
+
+    impl Writer {
+        /// Stores the object.
+        pub fn finish(mut self) -> Result<ObjectInfo, String> {
+            self.flush_buffer()?;
+            #[cfg(target_arch = "wasm32")]
+            {
+                let info = self.inner.finish()?;
+                Ok(ObjectInfo {
+                    uri: info.uri,
+                    size: info.size,
+                    etag: info.etag,
+                })
+            }
+            #[cfg(not(target_arch = "wasm32"))]
+            Err(OUTSIDE.into())
+        }
+
+        fn flush_buffer(&mut self) -> Result<(), String> {
+            if self.buffer.is_empty() {
+                return Ok(());
+            }
+            #[cfg(target_arch = "wasm32")]
+            for chunk in self.buffer.chunks(CHUNK) {
+                self.inner.write(chunk)?;
+            }
+            self.buffer.clear();
+            #[cfg(not(target_arch = "wasm32"))]
+            return Err(OUTSIDE.into());
+            #[cfg(target_arch = "wasm32")]
+            Ok(())
+        }
+    }
+
+    impl std::io::Write for Writer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.buffer.extend_from_slice(buf);
+            if self.buffer.len() >= BUFFER {
+                self.flush_buffer().map_err(std::io::Error::other)?;
+            }
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.flush_buffer().map_err(std::io::Error::other)
+        }
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    const OUTSIDE: &str = "objects are only available to a plugin run by the worker host";
+
+    /// Opens an object to read: an `s3://<bucket>/<key>` URI, or the name of
+    /// one of the job's files (the client's upload, else an earlier output).
+    pub fn open(uri: &str) -> Result<Reader, String> {
+        #[cfg(target_arch = "wasm32")]
+        {
+            let inner = host::open(uri)?;
+            let size = inner.size();
+            Ok(Reader { inner, size })
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let _ = uri;
+            Err(OUTSIDE.into())
+        }
+    }
+
+    /// Creates the job's output `name` (`s3://<bucket>/<job>/<name>`).
+    pub fn create(name: &str) -> Result<Writer, String> {
+        #[cfg(target_arch = "wasm32")]
+        {
+            let inner = host::create(name)?;
+            Ok(Writer {
+                inner,
+                buffer: Vec::with_capacity(BUFFER),
+            })
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let _ = (name, BUFFER);
+            Err(OUTSIDE.into())
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Level {
     Debug,

@@ -488,3 +488,223 @@ async fn a_large_upload_streams_in_bounded_memory() {
         "the orchestrator's RSS grew by {grew} KiB for a 200 MiB upload"
     );
 }
+
+const SHA_FLOW: &str = r#"
+name = "sha_flow"
+api_endpoint = "/jobs/sha"
+api_version = "v1"
+[states.start]
+start = true
+wait.on = { go = "hash" }
+[states.hash]
+dispatch.task = "sha256_file"
+dispatch.params.input = "results.start.input"
+dispatch.params.derived_bytes = "results.start.derived_bytes | default(0)"
+dispatch.on = { success = "done", failure = "failed" }
+[states.done]
+end = "finished"
+[states.failed]
+end = "failed"
+"#;
+
+/// The RSS of `pid` in KiB, sampled every 20 ms into `peak` until aborted.
+fn sample_rss(
+    pid: u32,
+    peak: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            if let Some(kib) = rss_kib(pid) {
+                peak.fetch_max(kib, std::sync::atomic::Ordering::Relaxed);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Sends the job the signal `go` with `body` (its state's result).
+async fn go(stack: &Stack, id: &str, body: Value) {
+    let resp = stack
+        .http
+        .post(format!("{}/api/v1/jobs/{id}/signal/go", stack.base))
+        .header("X-Client-Token", CLIENT_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+/// The acceptance run: a client uploads 200 MiB; a Rust plugin hashes it
+/// as it streams through the worker host and writes a 50 MiB derived file;
+/// the result names it; the client downloads it; neither process holds the
+/// file. Then the bounds: another job's file and a plugin without the
+/// grant are refused; the files go when the job has ended.
+#[tokio::test]
+async fn a_plugin_streams_a_job_file_and_writes_a_derived_one() {
+    let s3 = S3Server::start().await;
+    let mut stack = Stack::new();
+    stack.add_blueprint("sha_flow", SHA_FLOW);
+    stack.add_plugin(plugin_fixtures::SHA256_TASK);
+    std::fs::write(
+        stack.dir.path().join("plugins/sha256_task.toml"),
+        "[objects]\nread = true\nwrite = true\n",
+    )
+    .unwrap();
+    let env = s3.env();
+    stack.start_configured(
+        "[objects]\nretention = \"5s\"\nsweep_seconds = 0.2\n",
+        |cmd| {
+            cmd.envs(env.clone());
+        },
+    );
+    stack.wait_ready().await;
+    stack.worker = Some(stack.spawn_worker(WORKER_ID, "worker.log", |cmd| {
+        cmd.envs(env.clone());
+    }));
+    stack.wait_worker().await;
+    let orchestrator_pid = stack.orchestrator.as_ref().unwrap().pid().unwrap();
+    let worker_pid = stack.worker.as_ref().unwrap().pid().unwrap();
+    let idle = (
+        rss_kib(orchestrator_pid).unwrap(),
+        rss_kib(worker_pid).unwrap(),
+    );
+    let peaks = (
+        std::sync::Arc::new(std::sync::atomic::AtomicU64::new(idle.0)),
+        std::sync::Arc::new(std::sync::atomic::AtomicU64::new(idle.1)),
+    );
+    let samplers = [
+        sample_rss(orchestrator_pid, peaks.0.clone()),
+        sample_rss(worker_pid, peaks.1.clone()),
+    ];
+
+    let id = stack.create("/jobs/sha", json!({})).await;
+    let data = bytes(200 << 20, 11);
+    let (status, stored) = put(
+        &stack,
+        &format!("{}/api/v1/jobs/{id}/files/content/input.bin", stack.base),
+        Some(CLIENT_TOKEN),
+        chunked(&data),
+    )
+    .await;
+    assert_eq!(status, 200, "{stored}");
+    let derived_bytes: usize = 50 << 20;
+    go(
+        &stack,
+        &id,
+        json!({"input": "input.bin", "derived_bytes": derived_bytes}),
+    )
+    .await;
+    let job = stack.finished(&id).await;
+    for sampler in samplers {
+        sampler.abort();
+    }
+    assert_eq!(job["status"], "finished", "{job}");
+    let hash = &job["results"]["hash"];
+    assert_eq!(
+        hash["sha256"],
+        sha(&data),
+        "the plugin read the file as sent"
+    );
+    assert_eq!(hash["size"], 200 << 20);
+    let derived_uri = format!("s3://{BUCKET}/{id}/derived.bin");
+    assert_eq!(hash["derived"], derived_uri);
+    assert_eq!(job["data_metadata"]["derived"]["uri"], derived_uri, "{job}");
+    assert_eq!(job["data_metadata"]["derived"]["size"], derived_bytes);
+    let inverted: Vec<u8> = data[..derived_bytes].iter().map(|b| !b).collect();
+    let expected = sha(&inverted);
+    assert_eq!(hash["derived_sha256"], expected);
+    let got = stack
+        .http
+        .get(format!(
+            "{}/api/v1/jobs/{id}/files/download/derived.bin",
+            stack.base
+        ))
+        .header("X-Client-Token", CLIENT_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status().as_u16(), 200);
+    assert_eq!(
+        sha(&got.bytes().await.unwrap()),
+        expected,
+        "the client got the plugin's file"
+    );
+    for (who, idle, peak) in [
+        ("orchestrator", idle.0, &peaks.0),
+        ("worker host", idle.1, &peaks.1),
+    ] {
+        let grew = peak
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_sub(idle);
+        assert!(
+            grew < 100 << 10,
+            "the {who}'s RSS grew by {grew} KiB moving 250 MiB"
+        );
+    }
+
+    // Another job's file is out of reach, by URI or by name.
+    let other = stack.create("/jobs/sha", json!({})).await;
+    go(
+        &stack,
+        &other,
+        json!({"input": format!("s3://{BUCKET}/jobs/{id}/input.bin")}),
+    )
+    .await;
+    let job = stack.finished(&other).await;
+    // A permanent error: the job is quarantined for a human to look at.
+    assert_eq!(job["status"], "quarantined", "{job}");
+    let message = job["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("refused: the plugin may not read"),
+        "{message}"
+    );
+    let third = stack.create("/jobs/sha", json!({})).await;
+    go(&stack, &third, json!({"input": "input.bin"})).await;
+    let job = stack.finished(&third).await;
+    assert!(
+        job["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no such object"),
+        "{job}"
+    );
+
+    // The same plugin without the grant.
+    stack.worker.as_mut().unwrap().stop();
+    std::fs::remove_file(stack.dir.path().join("plugins/sha256_task.toml")).unwrap();
+    stack.worker = Some(stack.spawn_worker(WORKER_ID, "worker-2.log", |cmd| {
+        cmd.envs(env.clone());
+    }));
+    stack.wait_heartbeat(WORKER_ID).await;
+    let denied = stack.create("/jobs/sha", json!({})).await;
+    go(&stack, &denied, json!({"input": "input.bin"})).await;
+    let job = stack.finished(&denied).await;
+    // A permanent error: the job is quarantined for a human to look at.
+    assert_eq!(job["status"], "quarantined", "{job}");
+    assert!(
+        job["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("grants no object access"),
+        "{job}"
+    );
+
+    // The job has ended: its files go.
+    wait_until(
+        "the ended job's files to go",
+        Duration::from_secs(20),
+        || async { names(&stack, &id).await.is_empty() },
+    )
+    .await;
+    assert!(!s3.file(&format!("{id}/derived.bin")).exists());
+}

@@ -3,6 +3,7 @@
 //! - [`engine`]: the [`Sandbox`]: the process-wide engine, its epoch
 //!   ticker, the linker and the limits.
 //! - [`bindings`]: the generated bindings of the `task-plugin` world.
+//! - [`objects`]: the `objects` interface (a task's files in S3).
 //! - [`state`]: what one task's store holds (WASI context without any
 //!   capability, memory limiter, captured output, progress).
 //! - [`task`]: runs one task in a fresh instance under its bounds (reached
@@ -13,6 +14,8 @@ pub mod bindings;
 pub mod engine;
 /// Outbound HTTP (`wasi:http`) under a plugin's grant.
 pub mod http;
+/// The job's files (`objects`) under a plugin's grant.
+pub mod objects;
 pub mod output;
 /// Sends a plugin's request to the checked address (TLS by name).
 pub mod pinned;

@@ -54,7 +54,9 @@ impl Reports {
 /// Store data of one task attempt.
 pub struct TaskState {
     wasi: WasiCtx,
-    table: ResourceTable,
+    pub(super) table: ResourceTable,
+    /// The job's files, when this worker has a store (see [`super::objects`]).
+    pub objects: Option<super::objects::ObjectAccess>,
     /// Enforces the memory cap and remembers whether it was hit.
     pub limiter: MemoryCap,
     /// Identifies the task in every log line the plugin causes.
@@ -109,6 +111,7 @@ impl TaskState {
         Self {
             wasi,
             table: ResourceTable::new(),
+            objects: None,
             limiter: MemoryCap::new(memory_limit),
             task_id: task_id.clone(),
             stdout,

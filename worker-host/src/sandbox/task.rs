@@ -30,6 +30,11 @@ pub struct RunOptions {
     /// is gone.
     pub events: Option<tokio::sync::mpsc::Sender<PluginEvent>>,
     pub cancel: Option<CancellationToken>,
+    /// The worker's object store, for the task's job (granted per plugin).
+    pub objects: Option<(
+        std::sync::Arc<crate::objects::WorkerObjects>,
+        super::objects::Written,
+    )>,
 }
 
 /// The RXON error code of a plugin's error kind.
@@ -289,6 +294,14 @@ pub(crate) async fn run(
         reports,
         grants,
     );
+    if let Some((objects, written)) = options.objects {
+        store.data_mut().objects = Some(super::objects::ObjectAccess::new(
+            objects,
+            task.job_id.clone(),
+            grants.objects.clone(),
+            written,
+        ));
+    }
     let call = async {
         let started = std::time::Instant::now();
         let instance = pre.instantiate_async(&mut store).await?;

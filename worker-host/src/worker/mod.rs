@@ -43,6 +43,8 @@ pub struct WorkerSettings {
     pub task_channel: bool,
     /// Resources, software, costs and extra capabilities it registers.
     pub declared: crate::declare::Declared,
+    /// The object store plugins with an `[objects]` grant use.
+    pub objects: Option<Arc<crate::objects::WorkerObjects>>,
 }
 
 impl Default for WorkerSettings {
@@ -57,6 +59,7 @@ impl Default for WorkerSettings {
             task_secret: None,
             task_channel: true,
             declared: crate::declare::Declared::default(),
+            objects: None,
         }
     }
 }
@@ -293,6 +296,7 @@ impl Worker {
                 "hostname": hostname(),
                 "ip_address": "127.0.0.1",
                 "cost_per_skill": declared.cost_per_skill,
+                "s3_config_hash": inner.settings.objects.as_ref().map(|o| o.config_hash.clone()),
                 "extra": extra,
             })),
             resources: Some(resources),

@@ -62,6 +62,8 @@ pub(super) struct TaskRunner {
     client: OrchestratorClient,
     /// The orchestrator's `ORCHESTRATOR_SECRET_KEY`, when tasks must be signed.
     task_secret: Option<String>,
+    /// The object store, for plugins granted `[objects]`.
+    objects: Option<Arc<crate::objects::WorkerObjects>>,
     /// The tasks running now (reported in heartbeats), each with the token
     /// that stops it when the orchestrator asks.
     pub(super) in_flight: Mutex<BTreeMap<String, CancellationToken>>,
@@ -98,6 +100,7 @@ impl TaskRunner {
             sandbox,
             client,
             task_secret: settings.task_secret.clone(),
+            objects: settings.objects.clone(),
             in_flight: Mutex::new(BTreeMap::new()),
             task_started: Notify::new(),
             slots: Arc::new(Semaphore::new(slots)),
@@ -151,7 +154,7 @@ impl TaskRunner {
                 error_code::SECURITY,
                 format!("the worker refused the task: {problem}"),
             );
-            self.submit(&payload, outcome, Duration::ZERO).await;
+            self.submit(&payload, outcome, None, Duration::ZERO).await;
             return;
         }
         let Some(plugin) = plugin else {
@@ -178,7 +181,10 @@ impl TaskRunner {
             self.task_started.notify_one();
         }
         let started = std::time::Instant::now();
-        let outcome = self.execute(&payload, &plugin, params, &cancel).await;
+        let written = crate::sandbox::objects::Written::default();
+        let outcome = self
+            .execute(&payload, &plugin, params, &cancel, &written)
+            .await;
         let elapsed = started.elapsed();
         let labels = [
             ("plugin", plugin.label()),
@@ -229,7 +235,14 @@ impl TaskRunner {
             ),
         }
         let held = slot.map(|slot| slot.release(&self.slot_freed));
-        self.submit(&payload, outcome, elapsed).await;
+        let files = match &outcome {
+            TaskOutcome::Completed { data, .. } => written
+                .lock()
+                .ok()
+                .and_then(|w| crate::sandbox::objects::files_named(data, &w)),
+            _ => None,
+        };
+        self.submit(&payload, outcome, files, elapsed).await;
         self.task_ended(&payload.task_id);
         drop(held);
     }
@@ -279,6 +292,7 @@ impl TaskRunner {
         plugin: &Plugin,
         params: String,
         cancel: &CancellationToken,
+        written: &crate::sandbox::objects::Written,
     ) -> TaskOutcome {
         let task = Task {
             task_id: payload.task_id.clone(),
@@ -292,6 +306,7 @@ impl TaskRunner {
             progress: Some(progress_tx),
             events: Some(events_tx),
             cancel: Some(cancel.clone()),
+            objects: self.objects.clone().map(|o| (o, written.clone())),
         };
         // Events go out in order while the task runs, and all of them
         // before its result: the run ends when both the task and the event
@@ -383,11 +398,18 @@ impl TaskRunner {
     /// Turns an outcome into a signed result and submits it, retrying while
     /// the orchestrator is unreachable. A result too large to send becomes a
     /// `RESOURCE_EXHAUSTED_ERROR` failure that names the sizes.
-    async fn submit(&self, payload: &TaskPayload, outcome: TaskOutcome, elapsed: Duration) {
+    async fn submit(
+        &self,
+        payload: &TaskPayload,
+        outcome: TaskOutcome,
+        files: Option<rxon::FilesByKey>,
+        elapsed: Duration,
+    ) {
         let worker_id = self.client.worker_id().to_string();
         let limit = self.sandbox.config.max_result_bytes + RESULT_ENVELOPE_BYTES;
         let build = |outcome: TaskOutcome| {
             let mut result = result_of(outcome, &payload.job_id, &payload.task_id, &worker_id);
+            result.data_metadata = files.clone();
             result.costs = Some(
                 [(
                     "execution_time_seconds".to_string(),
