@@ -472,6 +472,28 @@ mod tests {
     }
 
     #[test]
+    fn object_prefixes_stay_within_the_policy() {
+        let t = Duration::from_secs(60);
+        let m = manifest("[objects]\nread = true\nwrite = true\n");
+        let g = resolve("p", &m, &Policy::default(), t, 128 << 20).unwrap();
+        assert_eq!(
+            g.objects.as_ref().map(|o| (o.read, o.write)),
+            Some((true, true))
+        );
+        let m = manifest("[objects]\nread_prefixes = [\"models/v3/\"]\n");
+        let err = resolve("p", &m, &Policy::default(), t, 128 << 20).unwrap_err();
+        assert!(err.contains("allowed_object_prefixes"), "{err}");
+        let policy: Policy = toml::from_str("allowed_object_prefixes = [\"models/\"]\n").unwrap();
+        assert!(resolve("p", &m, &policy, t, 128 << 20).is_ok());
+        for bad in ["/models/", "models", "models/../jobs/", ""] {
+            let m = manifest(&format!("[objects]\nread_prefixes = [{bad:?}]\n"));
+            let err = resolve("p", &m, &policy, t, 128 << 20).unwrap_err();
+            assert!(err.contains("relative key prefix"), "{bad}: {err}");
+        }
+        assert!(toml::from_str::<Manifest>("[objects]\ndelete = true\n").is_err());
+    }
+
+    #[test]
     fn secrets_are_redacted() {
         let policy: Policy =
             toml::from_str("[config.p]\napi_key = \"s3cr3t\"\nurl = \"u\"\n").unwrap();
