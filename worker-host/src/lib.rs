@@ -30,6 +30,7 @@ pub mod grants;
 pub mod health;
 pub mod limits;
 pub mod metrics;
+pub mod object_cache;
 pub mod objects;
 pub mod outcome;
 pub mod plugin_store;

@@ -144,7 +144,7 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
             std::env::vars_os()
                 .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
         )?,
-        objects: objects_store(&args.objects)?,
+        objects: objects_store(&args.objects, cache_dir.as_deref())?,
         ..WorkerSettings::default()
     };
     let worker = Worker::new(client, engine, plugins, settings);
@@ -186,8 +186,9 @@ fn seconds(flag: &str, value: f64) -> anyhow::Result<std::time::Duration> {
 /// The object store, said in the log.
 fn objects_store(
     args: &worker_host::objects::ObjectsArgs,
+    cache_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<Option<std::sync::Arc<worker_host::objects::WorkerObjects>>> {
-    let objects = args.open()?;
+    let objects = args.open(cache_dir)?;
     match &objects {
         Some(o) => tracing::info!(
             "objects: S3 at {}, bucket {} (plugins granted [objects]; at most {} bytes read and {} written per task)",

@@ -41,6 +41,10 @@ pub struct ObjectsArgs {
     /// Bytes of objects one task may write.
     #[arg(long, env = "MAX_OBJECT_WRITE_BYTES", default_value_t = DEFAULT_MAX_WRITE_BYTES)]
     pub max_object_write_bytes: u64,
+    /// Bytes of objects kept on disk by ETag for repeated reads (in the
+    /// cache directory's `objects/`; 0: none).
+    #[arg(long, env = "MAX_OBJECT_CACHE_BYTES", default_value_t = crate::object_cache::DEFAULT_MAX_BYTES)]
+    pub max_object_cache_bytes: u64,
 }
 
 /// The worker's object store.
@@ -51,6 +55,8 @@ pub struct WorkerObjects {
     pub max_write_bytes: u64,
     /// rxon's `calculate_config_hash`, sent at registration.
     pub config_hash: String,
+    /// Objects read before, by ETag (none without a cache directory).
+    pub cache: Option<Arc<crate::object_cache::ObjectCache>>,
     pub endpoint: String,
 }
 
@@ -64,8 +70,12 @@ impl std::fmt::Debug for WorkerObjects {
 }
 
 impl ObjectsArgs {
-    /// The store, or `None` when no endpoint is configured.
-    pub fn open(&self) -> anyhow::Result<Option<Arc<WorkerObjects>>> {
+    /// The store, or `None` when no endpoint is configured; reads are
+    /// cached under `cache_dir` when there is one.
+    pub fn open(
+        &self,
+        cache_dir: Option<&std::path::Path>,
+    ) -> anyhow::Result<Option<Arc<WorkerObjects>>> {
         let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
         let (endpoint, access, secret) = match (
             nonempty(&self.s3_endpoint_url),
@@ -91,7 +101,22 @@ impl ObjectsArgs {
             .map_err(|e| anyhow::anyhow!("S3 configuration: {e}"))?;
         let digest = sha2::Sha256::digest(format!("{endpoint}|{access}|{bucket}").as_bytes());
         let config_hash = hex::encode(&digest[..8]);
+        let cache = match cache_dir.filter(|_| self.max_object_cache_bytes > 0) {
+            None => None,
+            Some(dir) => {
+                let dir = dir.join("objects");
+                let cache = crate::object_cache::ObjectCache::open(
+                    dir.clone(),
+                    self.max_object_cache_bytes,
+                )
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot open the object cache {}: {e}", dir.display())
+                })?;
+                Some(Arc::new(cache))
+            }
+        };
         Ok(Some(Arc::new(WorkerObjects {
+            cache,
             store: Arc::new(store),
             bucket,
             max_read_bytes: self.max_object_read_bytes,

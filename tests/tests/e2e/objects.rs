@@ -708,3 +708,53 @@ async fn a_plugin_streams_a_job_file_and_writes_a_derived_one() {
     .await;
     assert!(!s3.file(&format!("{id}/derived.bin")).exists());
 }
+
+/// A file read again (a model every task needs) comes from the worker
+/// host's disk the second time: kept by its ETag once read whole.
+#[tokio::test]
+async fn a_repeated_input_is_read_from_the_worker_cache() {
+    let s3 = S3Server::start().await;
+    let model = bytes(3 << 20, 5);
+    std::fs::create_dir_all(s3.file("models")).unwrap();
+    std::fs::write(s3.file("models/m.bin"), &model).unwrap();
+    let mut stack = Stack::new();
+    stack.add_blueprint("sha_flow", SHA_FLOW);
+    stack.add_plugin(plugin_fixtures::SHA256_TASK);
+    std::fs::write(
+        stack.dir.path().join("plugins/sha256_task.toml"),
+        "[objects]\nread_prefixes = [\"models/\"]\n",
+    )
+    .unwrap();
+    let policy = stack.dir.path().join("policy.toml");
+    std::fs::write(&policy, "allowed_object_prefixes = [\"models/\"]\n").unwrap();
+    let env = s3.env();
+    stack.start_configured("", |cmd| {
+        cmd.envs(env.clone());
+    });
+    stack.wait_ready().await;
+    stack.worker = Some(stack.spawn_worker(WORKER_ID, "worker.log", |cmd| {
+        cmd.envs(env.clone()).env("WORKER_POLICY", &policy);
+    }));
+    stack.wait_worker().await;
+    let uri = format!("s3://{BUCKET}/models/m.bin");
+    for round in 0..2 {
+        let id = stack.create("/jobs/sha", json!({})).await;
+        go(&stack, &id, json!({ "input": uri })).await;
+        let job = stack.finished(&id).await;
+        assert_eq!(job["status"], "finished", "round {round}: {job}");
+        assert_eq!(job["results"]["hash"]["sha256"], sha(&model));
+    }
+    let log = stack.logs().1;
+    assert_eq!(
+        log.matches(&format!("object {uri} read from the cache"))
+            .count(),
+        1,
+        "the first read fills the cache, the second uses it"
+    );
+    let cached: Vec<_> = std::fs::read_dir(stack.dir.path().join("cache/objects"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().unwrap().len())
+        .collect();
+    assert_eq!(cached, [3 << 20], "one whole copy");
+}

@@ -83,12 +83,14 @@ impl ObjectAccess {
     }
 }
 
-/// An object being read.
+/// An object being read: from the store (copied into the cache as it
+/// comes, when there is one) or from the cache.
 pub struct Reader {
-    body: BoxStream<'static, Result<Bytes, object_store::Error>>,
+    body: BoxStream<'static, Result<Bytes, String>>,
     pending: Bytes,
     size: u64,
     key: String,
+    filling: Option<crate::object_cache::Filling>,
 }
 
 /// An object being written.
@@ -190,12 +192,36 @@ impl objects::Host for TaskState {
                 }
                 Ok(Err(e)) => return Err(format!("opening {}: {e}", access.uri(&key))),
                 Ok(Ok(got)) => {
+                    let size = got.meta.size;
+                    let etag = got.meta.e_tag.clone();
+                    let cache = access.objects.cache.clone();
+                    let uri = access.uri(&key);
                     access.open += 1;
+                    let (mut body, mut filling) = (None, None);
+                    if let (Some(cache), Some(etag)) = (cache, etag.as_deref()) {
+                        match cache.hit(etag, size).await {
+                            Some(file) => {
+                                tracing::info!(task_id = %self.task_id, "object {uri} read from the cache (etag {etag}, {size} bytes)");
+                                body = Some(
+                                    tokio_util::io::ReaderStream::new(file)
+                                        .map(|r| r.map_err(|e| format!("the cached copy: {e}")))
+                                        .boxed(),
+                                );
+                            }
+                            None => filling = cache.fill(etag, size).await,
+                        }
+                    }
+                    let body = body.unwrap_or_else(|| {
+                        got.into_stream()
+                            .map(|r| r.map_err(|e| e.to_string()))
+                            .boxed()
+                    });
                     let reader = Reader {
-                        size: got.meta.size,
-                        body: got.into_stream().boxed(),
+                        size,
+                        body,
                         pending: Bytes::new(),
                         key,
+                        filling,
                     };
                     return self.table.push(reader).map_err(|e| e.to_string());
                 }
@@ -251,9 +277,23 @@ impl objects::HostReader for TaskState {
             let next = tokio::time::timeout_at(deadline.into(), r.body.next()).await;
             match next {
                 Err(_) => return Err("reading an object: the task's time ran out".into()),
-                Ok(None) => return Ok(Vec::new()),
+                Ok(None) => {
+                    if let Some(filling) = r.filling.take() {
+                        filling.complete().await;
+                    }
+                    return Ok(Vec::new());
+                }
                 Ok(Some(Err(e))) => return Err(format!("reading {}: {e}", r.key)),
-                Ok(Some(Ok(chunk))) => r.pending = chunk,
+                Ok(Some(Ok(chunk))) => {
+                    if let Some(filling) = r.filling.as_mut() {
+                        filling.write(&chunk).await;
+                    }
+                    // Whole (the plugin may not read on to the end): kept.
+                    if let Some(filling) = r.filling.take_if(|f| f.is_whole()) {
+                        filling.complete().await;
+                    }
+                    r.pending = chunk;
+                }
             }
         }
         let n = want.min(r.pending.len());
