@@ -17,6 +17,14 @@ A skill is a function from a params dict to a result dict:
 Raise Transient / Permanent / InvalidInput (or return ctx.status("custom") )
 to end otherwise than with `success`. Off WebAssembly (plain `python3`, e.g.
 the plugin's own tests) the host calls print to stderr.
+
+The job's files (the manifest's `[objects]` grant) stream through
+`open_object` and `create_object`:
+
+    with open_object(params["input"]) as f:       # an s3:// URI or a name
+        for chunk in f: digest.update(chunk)
+    out = create_object("result.txt"); out.write(b"..."); info = out.finish()
+    return {"result": info["uri"]}                # named in data_metadata
 """
 
 import json
@@ -24,7 +32,7 @@ import sys
 
 try:  # inside the component
     from wit_world import exports
-    from wit_world.imports import host, types
+    from wit_world.imports import host, objects, types
     from componentize_py_types import Err
     IN_WASM = True
 except ImportError:  # plain Python: the plugin's tests
@@ -54,6 +62,92 @@ class InvalidInput(TaskFailure):
 
 class Dependency(TaskFailure):
     kind = "dependency"
+
+
+class ObjectFailure(Permanent):
+    """The host refused an object call (a grant or bound crossed, no
+    such object); uncaught, it fails the task with the host's message."""
+
+
+def _object_call(fn, *args):
+    if not IN_WASM:
+        raise ObjectFailure("objects are only available to a plugin run by the worker host")
+    try:
+        return fn(*args)
+    except Err as e:
+        raise ObjectFailure(str(e.value)) from None
+
+
+_CHUNK = 1 << 20
+
+
+class ObjectReader:
+    """An object being read, front to back; iterate for its chunks."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self.size = inner.size()
+
+    def read(self, n=_CHUNK):
+        """At most `n` bytes (at most 1 MiB); b"" at the end."""
+        return _object_call(self._inner.read, max(0, min(int(n), _CHUNK)))
+
+    def __iter__(self):
+        while chunk := self.read():
+            yield chunk
+
+    def close(self):
+        if self._inner is not None:
+            self._inner.__exit__(None, None, None)
+            self._inner = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class ObjectWriter:
+    """An object being written: nothing is stored until `finish()`, and a
+    writer closed unfinished leaves nothing."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self._buffer = bytearray()
+
+    def write(self, data):
+        self._buffer += data
+        if len(self._buffer) >= 256 << 10:
+            self._flush()
+
+    def _flush(self):
+        for at in range(0, len(self._buffer), _CHUNK):
+            _object_call(self._inner.write, bytes(self._buffer[at:at + _CHUNK]))
+        self._buffer.clear()
+
+    def finish(self):
+        """Stores the object: {"uri", "size", "etag"}."""
+        self._flush()
+        info = _object_call(self._inner.finish)
+        self.close()
+        return {"uri": info.uri, "size": info.size, "etag": info.etag}
+
+    def close(self):
+        if self._inner is not None:
+            self._inner.__exit__(None, None, None)
+            self._inner = None
+
+
+def open_object(uri):
+    """One of the job's files to read: an s3:// URI, or a name of the job's
+    files (the client's upload first, else an earlier task's output)."""
+    return ObjectReader(_object_call(lambda: objects.open(uri)))
+
+
+def create_object(name):
+    """The job's output `name` (s3://<bucket>/<job>/<name>)."""
+    return ObjectWriter(_object_call(lambda: objects.create(name)))
 
 
 class Context:

@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::support::*;
 use serde_json::json;
 
-fn lang_plugin(file: &str) -> PathBuf {
+pub(crate) fn lang_plugin(file: &str) -> PathBuf {
     let path = repo().join("target/lang-plugins").join(file);
     assert!(
         path.exists(),

@@ -758,3 +758,99 @@ async fn a_repeated_input_is_read_from_the_worker_cache() {
         .collect();
     assert_eq!(cached, [3 << 20], "one whole copy");
 }
+
+/// The same calls from Python (the SDK's `open_object`/`create_object`)
+/// and JavaScript (the component's `taskworker:plugin/objects` imports).
+#[tokio::test]
+async fn python_and_javascript_plugins_stream_objects_too() {
+    let s3 = S3Server::start().await;
+    let mut stack = Stack::new();
+    for (name, task, params) in [
+        (
+            "py_sha",
+            "sha256_file_py",
+            "dispatch.params.derived_bytes = 1048576\ndispatch.params.derived_name = \"'derived_py.bin'\"",
+        ),
+        (
+            "js_copy",
+            "copy_file_js",
+            "dispatch.params.output = \"'copy_js.bin'\"",
+        ),
+    ] {
+        stack.add_blueprint(
+            name,
+            &format!(
+                "name = \"{name}\"\napi_endpoint = \"/jobs/{name}\"\napi_version = \"v1\"\n[states.start]\nstart = true\nwait.on = {{ go = \"work\" }}\n[states.work]\ndispatch.task = \"{task}\"\ndispatch.params.input = \"results.start.input\"\n{params}\ndispatch.on = {{ success = \"done\" }}\n[states.done]\nend = \"finished\"\n"
+            ),
+        );
+    }
+    for plugin in ["sha256_task_py", "copy_task_js"] {
+        let wasm = crate::languages::lang_plugin(&format!("{plugin}.wasm"));
+        stack.add_plugin(wasm.to_str().unwrap());
+        std::fs::write(
+            stack.dir.path().join(format!("plugins/{plugin}.toml")),
+            "[objects]\nread = true\nwrite = true\n",
+        )
+        .unwrap();
+    }
+    let env = s3.env();
+    stack.start_configured("", |cmd| {
+        cmd.envs(env.clone());
+    });
+    stack.wait_ready().await;
+    stack.worker = Some(stack.spawn_worker(WORKER_ID, "worker.log", |cmd| {
+        cmd.envs(env.clone());
+    }));
+    stack.wait_worker().await;
+    let data = bytes(3 << 20, 21);
+
+    let id = stack.create("/jobs/py_sha", json!({})).await;
+    let files = format!("{}/api/v1/jobs/{id}/files", stack.base);
+    let (status, _) = put(
+        &stack,
+        &format!("{files}/content/in.bin"),
+        Some(CLIENT_TOKEN),
+        chunked(&data),
+    )
+    .await;
+    assert_eq!(status, 200);
+    go(&stack, &id, json!({"input": "in.bin"})).await;
+    let job = stack.finished(&id).await;
+    assert_eq!(job["status"], "finished", "{job}");
+    let work = &job["results"]["work"];
+    assert_eq!(work["sha256"], sha(&data));
+    assert_eq!(work["size"], 3 << 20);
+    let inverted: Vec<u8> = data[..1 << 20].iter().map(|b| !b).collect();
+    assert_eq!(work["derived_sha256"], sha(&inverted));
+    assert_eq!(
+        job["data_metadata"]["derived"]["uri"],
+        format!("s3://{BUCKET}/{id}/derived_py.bin")
+    );
+    assert_eq!(
+        std::fs::read(s3.file(&format!("{id}/derived_py.bin"))).unwrap(),
+        inverted
+    );
+
+    let id = stack.create("/jobs/js_copy", json!({})).await;
+    let files = format!("{}/api/v1/jobs/{id}/files", stack.base);
+    let (status, _) = put(
+        &stack,
+        &format!("{files}/content/in.bin"),
+        Some(CLIENT_TOKEN),
+        chunked(&data),
+    )
+    .await;
+    assert_eq!(status, 200);
+    go(&stack, &id, json!({"input": "in.bin"})).await;
+    let job = stack.finished(&id).await;
+    assert_eq!(job["status"], "finished", "{job}");
+    assert_eq!(job["results"]["work"]["size"], 3 << 20);
+    assert_eq!(
+        job["data_metadata"]["copy"]["uri"],
+        format!("s3://{BUCKET}/{id}/copy_js.bin")
+    );
+    assert!(
+        std::fs::read(s3.file(&format!("{id}/copy_js.bin"))).unwrap() == data,
+        "the copy as the input"
+    );
+}
