@@ -65,7 +65,7 @@ fn name_of(params: &std::collections::HashMap<String, String>) -> Result<String,
               (status = 404, description = "No such job of yours", body = super::openapi::ErrorBody),
               (status = 501, description = "No object storage configured", body = super::openapi::ErrorBody),
               (status = 502, description = "The object store failed", body = super::openapi::ErrorBody)))]
-pub async fn list(
+pub async fn list_files(
     State(state): State<AppState>,
     JobId(id): JobId,
     Caller(owner): Caller,
@@ -94,7 +94,7 @@ pub struct UploadQuery {
               (status = 404, description = "No such job of yours", body = super::openapi::ErrorBody),
               (status = 409, description = "The job has ended", body = super::openapi::ErrorBody),
               (status = 501, description = "No object storage configured", body = super::openapi::ErrorBody)))]
-pub async fn upload_url(
+pub async fn file_upload_url(
     State(state): State<AppState>,
     JobId(id): JobId,
     Caller(owner): Caller,
@@ -173,7 +173,7 @@ fn local_url(
               (status = 413, description = "Larger than max_upload_bytes (nothing is kept)", body = super::openapi::ErrorBody),
               (status = 501, description = "No object storage configured", body = super::openapi::ErrorBody),
               (status = 502, description = "The object store failed", body = super::openapi::ErrorBody)))]
-pub async fn upload(
+pub async fn upload_file(
     State(state): State<AppState>,
     JobId(id): JobId,
     Path(params): Path<std::collections::HashMap<String, String>>,
@@ -236,7 +236,7 @@ async fn put(
               (status = 302, description = "Location: a presigned URL valid for 60 s (S3)"),
               (status = 404, description = "No such job of yours, or no such file", body = super::openapi::ErrorBody),
               (status = 501, description = "No object storage configured", body = super::openapi::ErrorBody)))]
-pub async fn download(
+pub async fn download_file(
     State(state): State<AppState>,
     JobId(id): JobId,
     Path(params): Path<std::collections::HashMap<String, String>>,

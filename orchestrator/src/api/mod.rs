@@ -163,18 +163,21 @@ pub fn router(state: AppState) -> Router {
                 &format!("{prefix}/jobs/{{id}}/signal/{{name}}"),
                 post(signals::signal_job),
             )
-            .route(&format!("{prefix}/jobs/{{id}}/files"), get(files::list))
+            .route(
+                &format!("{prefix}/jobs/{{id}}/files"),
+                get(files::list_files),
+            )
             .route(
                 &format!("{prefix}/jobs/{{id}}/files/upload"),
-                get(files::upload_url),
+                get(files::file_upload_url),
             )
             .route(
                 &format!("{prefix}/jobs/{{id}}/files/content/{{*name}}"),
-                put(files::upload).layer(DefaultBodyLimit::disable()),
+                put(files::upload_file).layer(DefaultBodyLimit::disable()),
             )
             .route(
                 &format!("{prefix}/jobs/{{id}}/files/download/{{*name}}"),
-                get(files::download),
+                get(files::download_file),
             )
             .route(&format!("{prefix}/workers"), get(client::list_workers))
             .route(&format!("{prefix}/schedules"), get(schedules::list))

@@ -1,5 +1,6 @@
-//! Deletes the files of ended jobs once `object_retention` has passed, and
-//! of jobs that no longer exist (deleted by `finished_job_retention`).
+//! Deletes the files of ended jobs (finished, failed, cancelled; not
+//! quarantined ones) once `object_retention` has passed, and of jobs that
+//! no longer exist (deleted by `finished_job_retention`).
 //!
 //! The sweep lists the jobs that have files (the first level of both
 //! prefixes) rather than keeping a list of its own, so it needs nothing
@@ -15,6 +16,7 @@ use chrono::Utc;
 
 use super::{Objects, ObjectsError};
 use crate::engine::Engine;
+use crate::job::JobStatus;
 
 /// Most jobs one sweep looks at (the rest wait for the next).
 pub const JOBS_PER_SWEEP: usize = 1000;
@@ -52,7 +54,8 @@ pub async fn sweep_once(
     for id in objects.jobs_with_files(JOBS_PER_SWEEP).await? {
         let due = match engine.get_job(id).await {
             Ok(None) => true,
-            Ok(Some(job)) if job.status.is_terminal() => {
+            // A quarantined job waits for a human, with its files.
+            Ok(Some(job)) if job.status.is_terminal() && job.status != JobStatus::Quarantined => {
                 let ended = job.finished_at.unwrap_or(job.updated_at);
                 (now - ended).to_std().unwrap_or_default() >= retention
             }
