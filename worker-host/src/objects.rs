@@ -17,6 +17,9 @@ pub const DEFAULT_MAX_READ_BYTES: u64 = 4 << 30;
 pub const DEFAULT_MAX_WRITE_BYTES: u64 = 1 << 30;
 /// Objects one task may have open at once (readers and writers).
 pub const MAX_OPEN_PER_TASK: usize = 16;
+/// Objects one task may be writing at once (each holds up to 15 MiB of
+/// parts in memory).
+pub const MAX_WRITERS_PER_TASK: usize = 4;
 /// Most bytes one `read` returns or one `write` takes.
 pub const MAX_CHUNK_BYTES: usize = 1 << 20;
 

@@ -82,6 +82,7 @@ impl From<crate::objects::ObjectsError> for ApiError {
         match e {
             E::TooLarge(_) => Self::PayloadTooLarge(message),
             E::NotFound => Self::NotFound("File not found".into()),
+            E::Busy => Self::Saturated(message, 1),
             E::Body(_) => Self::BadRequest(message),
             E::Store(_) => {
                 tracing::error!("{message}");

@@ -27,6 +27,9 @@ pub const DEFAULT_BUCKET: &str = "avtomatika-payloads";
 pub const MAX_URL_EXPIRY: Duration = Duration::from_secs(7 * 86_400);
 /// Most files a listing of one job returns.
 pub const MAX_LISTED: usize = 10_000;
+/// Uploads through the orchestrator at once (each holds up to ~20 MiB of
+/// parts in memory); more get 429.
+pub const MAX_CONCURRENT_UPLOADS: usize = 16;
 /// Size of the parts an upload is written in, and how many are sent at once
 /// (so an upload holds at most ~20 MiB in memory).
 const PART_BYTES: usize = 5 << 20;
@@ -76,6 +79,8 @@ pub enum ObjectsError {
     TooLarge(u64),
     #[error("no such file")]
     NotFound,
+    #[error("{MAX_CONCURRENT_UPLOADS} uploads are in progress, the most at once; retry shortly")]
+    Busy,
     #[error("the upload broke off: {0}")]
     Body(String),
     #[error("object storage: {0}")]
@@ -118,6 +123,7 @@ pub struct Objects {
     /// Signs the orchestrator's own upload and download URLs (local store).
     url_key: Vec<u8>,
     config_hash: Option<String>,
+    uploads: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Objects {
@@ -178,6 +184,7 @@ impl Objects {
             config,
             url_key,
             config_hash,
+            uploads: tokio::sync::Semaphore::new(MAX_CONCURRENT_UPLOADS),
         })
     }
 
@@ -218,6 +225,7 @@ impl Objects {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
+        let _slot = self.uploads.try_acquire().map_err(|_| ObjectsError::Busy)?;
         let path = Path::parse(key).map_err(object_store::Error::from)?;
         let upload = self.store.put_multipart(&path).await?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
@@ -469,6 +477,31 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, ObjectsError::TooLarge(1000)), "{err}");
         assert!(objects.list_job(job).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn uploads_at_once_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let objects = Arc::new(local(dir.path(), 1 << 20));
+        let held: Vec<_> = (0..MAX_CONCURRENT_UPLOADS)
+            .map(|i| {
+                let objects = objects.clone();
+                tokio::spawn(async move {
+                    let never = futures_util::stream::pending::<Result<Bytes, std::io::Error>>();
+                    objects.put_stream(&format!("jobs/x/{i}"), never).await
+                })
+            })
+            .collect();
+        // Each holds its slot while its body never comes.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let err = objects
+            .put_stream("jobs/x/over", chunks(&[1]))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ObjectsError::Busy), "{err}");
+        for task in held {
+            task.abort();
+        }
     }
 
     #[test]

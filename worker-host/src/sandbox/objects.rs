@@ -24,7 +24,7 @@ use super::bindings::ObjectInfo;
 use super::bindings::taskworker::plugin::objects;
 use super::state::TaskState;
 use crate::grants::ObjectsGrant;
-use crate::objects::{MAX_CHUNK_BYTES, MAX_OPEN_PER_TASK, WorkerObjects};
+use crate::objects::{MAX_CHUNK_BYTES, MAX_OPEN_PER_TASK, MAX_WRITERS_PER_TASK, WorkerObjects};
 
 /// Size of the parts a writer uploads, and how many may be in flight.
 const PART_BYTES: usize = 5 << 20;
@@ -44,6 +44,7 @@ pub struct ObjectAccess {
     read: u64,
     wrote: u64,
     open: usize,
+    writers: usize,
 }
 
 impl ObjectAccess {
@@ -61,6 +62,7 @@ impl ObjectAccess {
             read: 0,
             wrote: 0,
             open: 0,
+            writers: 0,
         }
     }
 
@@ -244,6 +246,12 @@ impl objects::Host for TaskState {
                 "more than {MAX_OPEN_PER_TASK} objects open at once"
             ));
         }
+        // Each writer holds up to three 5 MiB parts in memory.
+        if access.writers >= MAX_WRITERS_PER_TASK {
+            return Err(format!(
+                "more than {MAX_WRITERS_PER_TASK} objects being written at once"
+            ));
+        }
         plain_key(&name)?;
         let key = format!("{}/{name}", access.job_id);
         let store = access.objects.store.clone();
@@ -254,6 +262,7 @@ impl objects::Host for TaskState {
         )
         .await?;
         access.open += 1;
+        access.writers += 1;
         let writer = Writer {
             upload: Some(WriteMultipart::new_with_chunk_size(upload, PART_BYTES)),
             key,
@@ -377,6 +386,7 @@ impl objects::HostWriter for TaskState {
         let w = self.table.delete(writer)?;
         if let Some(access) = self.objects.as_mut() {
             access.open = access.open.saturating_sub(1);
+            access.writers = access.writers.saturating_sub(1);
         }
         if let Some(upload) = w.upload {
             // Unfinished: nothing of it may stay in the store.
