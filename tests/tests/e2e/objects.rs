@@ -430,16 +430,7 @@ async fn a_large_upload_streams_in_bounded_memory() {
     stack.wait_ready().await;
     let id = stack.create("/jobs/files", json!({})).await;
     let pid = stack.orchestrator.as_ref().unwrap().pid().unwrap();
-    let rss = || {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap()
-    };
-    let idle = rss();
+    let idle = rss_kib(pid).unwrap();
     // 200 MiB, generated as it is sent; the orchestrator's RSS is sampled
     // throughout.
     let size: usize = 200 << 20;
@@ -447,23 +438,7 @@ async fn a_large_upload_streams_in_bounded_memory() {
         .map(|i| Ok::<_, std::io::Error>(bytes::Bytes::from(bytes(1 << 20, i as u64 + 7))));
     let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
     let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(idle));
-    let sampler = {
-        let peak = peak.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                    && let Some(kib) = status
-                        .lines()
-                        .find_map(|l| l.strip_prefix("VmRSS:"))
-                        .and_then(|v| v.split_whitespace().next())
-                        .and_then(|v| v.parse::<u64>().ok())
-                {
-                    peak.fetch_max(kib, std::sync::atomic::Ordering::Relaxed);
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    let sampler = sample_rss(pid, peak.clone());
     let (status, stored) = put(
         &stack,
         &format!("{}/api/v1/jobs/{id}/files/content/big.bin", stack.base),
