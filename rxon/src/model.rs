@@ -118,12 +118,19 @@ pub struct HeartbeatResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FileMetadata {
     pub uri: String,
-    #[serde(default)]
+    /// Omitted when 0, as rxon's model omits its defaults: the SDK signs
+    /// and checks a task's `sig` over its own model's form, so a field it
+    /// would drop must not be sent.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub size: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etag: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Object>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Files by the data key (or params key) that names them.
@@ -255,4 +262,37 @@ pub struct WorkerEventPayload {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorBody {
     pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What rxon 1.0b17's `to_dict` gives for the same file (it omits
+    /// defaults), so a task's `sig` matches the SDK's own computation:
+    /// `to_dict(FileMetadata(uri="s3://b/k", size=0))` == `{"uri": "s3://b/k"}`.
+    #[test]
+    fn file_metadata_is_written_as_rxons_model_writes_it() {
+        let empty = FileMetadata {
+            uri: "s3://b/k".into(),
+            size: 0,
+            etag: None,
+            metadata: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&empty).unwrap(),
+            serde_json::json!({"uri": "s3://b/k"})
+        );
+        let full = FileMetadata {
+            size: 5,
+            etag: Some("e".into()),
+            ..empty
+        };
+        assert_eq!(
+            serde_json::to_value(&full).unwrap(),
+            serde_json::json!({"uri": "s3://b/k", "size": 5, "etag": "e"})
+        );
+        let read: FileMetadata = serde_json::from_value(serde_json::json!({"uri": "u"})).unwrap();
+        assert_eq!(read.size, 0);
+    }
 }

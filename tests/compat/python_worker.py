@@ -9,7 +9,8 @@ Skills (names chosen by PY_SKILL_PREFIX, default empty):
                       (the SDK's send_event), then sleeps params.sleep seconds
   <prefix>py_sha256 : params.input is an s3:// file (the SDK downloads it
                       first); returns its SHA-256 and size, and writes the
-                      digest to a file the SDK uploads (data.digest_file)
+                      digest to a file the SDK uploads (data.digest_file),
+                      and an empty one (data.empty_file)
   <prefix>py_read   : params.digest_file is an s3:// file; returns its text
 """
 
@@ -74,7 +75,10 @@ async def py_sha256(params: dict, task_id: str, **kwargs):
     out = os.path.join(out_dir, "digest.txt")
     with open(out, "w") as f:
         f.write(digest.hexdigest())
-    return {"data": {"sha256": digest.hexdigest(), "size": size, "digest_file": out}}
+    empty = os.path.join(out_dir, "empty.txt")
+    open(empty, "w").close()
+    return {"data": {"sha256": digest.hexdigest(), "size": size, "digest_file": out,
+                     "empty_file": empty}}
 
 
 @worker.skill(f"{prefix}py_read")

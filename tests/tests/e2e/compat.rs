@@ -217,6 +217,7 @@ dispatch.on = { success = "read" }
 [states.read]
 dispatch.task = "py_read"
 dispatch.params.digest_file = "results.hash.digest_file"
+dispatch.params.empty_file = "results.hash.empty_file"
 dispatch.on = { success = "done" }
 [states.done]
 end = "finished"
@@ -1081,6 +1082,12 @@ async fn the_python_sdk_reads_and_writes_the_s3_files_of_our_jobs() {
     );
     assert_eq!(job["data_metadata"]["digest_file"]["uri"], out, "{job}");
     assert_eq!(job["data_metadata"]["digest_file"]["size"], 64);
+    // An empty file's size is 0, which rxon's model omits: the next task's
+    // params_metadata names it, and the SDK still accepts the task's `sig`.
+    assert_eq!(
+        job["data_metadata"]["empty_file"]["uri"],
+        format!("s3://{}/{id}/empty.txt", crate::support::s3::BUCKET)
+    );
     assert_eq!(
         job["result"]["text"], sha,
         "the next task read the worker's file"
