@@ -5,6 +5,7 @@
 //! and an orchestrator is defined; both `orchestrator` and `worker-host` use it.
 //!
 //! # Layout
+//! - [`blob`]: object storage's configuration hash (rxon's `blob`).
 //! - [`model`]: request and response bodies of `/_worker/...`.
 //! - [`signing`]: canonical JSON and the HMAC-SHA256 message signature.
 //! - [`codes`]: error codes and header names.
@@ -13,6 +14,7 @@
 //! - [`deploy`]: plugin deployment (our extension; stock workers never see it).
 //! - [`channel`]: the persistent worker channel (our extension, negotiated).
 
+pub mod blob;
 pub mod channel;
 pub mod codes;
 pub mod deploy;

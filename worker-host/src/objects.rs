@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
-use sha2::Digest;
 
 /// Default of `MAX_OBJECT_READ_BYTES`: what one task may read, 4 GiB.
 pub const DEFAULT_MAX_READ_BYTES: u64 = 4 << 30;
@@ -102,8 +101,7 @@ impl ObjectsArgs {
             .with_bucket_name(&bucket)
             .build()
             .map_err(|e| anyhow::anyhow!("S3 configuration: {e}"))?;
-        let digest = sha2::Sha256::digest(format!("{endpoint}|{access}|{bucket}").as_bytes());
-        let config_hash = hex::encode(&digest[..8]);
+        let config_hash = rxon::blob::config_hash(&endpoint, &access, &bucket);
         let cache = match cache_dir.filter(|_| self.max_object_cache_bytes > 0) {
             None => None,
             Some(dir) => {

@@ -140,7 +140,8 @@ pub fn view(job: &Job, waiting_reason: Option<String>) -> JobView<'_> {
     }
 }
 
-fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+/// A job id from a path (one that does not parse names no job: 404).
+pub(super) fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| ApiError::NotFound("Job not found".into()))
 }
 

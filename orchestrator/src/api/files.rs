@@ -22,10 +22,9 @@ use axum::response::{IntoResponse, Response};
 use futures_util::TryStreamExt;
 use serde::Deserialize;
 use serde_json::json;
-use uuid::Uuid;
 
 use super::AppState;
-use super::client::{JobId, owned_job};
+use super::client::{JobId, owned_job, parse_id};
 use super::error::ApiError;
 use super::session::Caller;
 use crate::objects::{self, Objects};
@@ -48,8 +47,15 @@ fn store(state: &AppState) -> Result<&Objects, ApiError> {
         .ok_or_else(|| ApiError::NotImplemented("object storage is not configured".into()))
 }
 
-fn job_id(id: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(id).map_err(|_| ApiError::NotFound("Job not found".into()))
+/// Refuses a change to the files of a job that has ended.
+fn still_open(job: &crate::job::Job) -> Result<(), ApiError> {
+    if job.status.is_terminal() {
+        return Err(ApiError::Conflict(format!(
+            "job {} has ended ({}); its files can no longer change",
+            job.id, job.status
+        )));
+    }
+    Ok(())
 }
 
 fn name_of(params: &std::collections::HashMap<String, String>) -> Result<String, ApiError> {
@@ -70,7 +76,7 @@ pub async fn list_files(
     JobId(id): JobId,
     Caller(owner): Caller,
 ) -> Result<Response, ApiError> {
-    let id = job_id(&id)?;
+    let id = parse_id(&id)?;
     owned_job(&state, id, &owner).await?;
     let files = store(&state)?.list_job(id).await?;
     Ok(axum::Json(json!({ "files": files })).into_response())
@@ -102,7 +108,7 @@ pub async fn file_upload_url(
     query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let id = job_id(&id)?;
+    let id = parse_id(&id)?;
     let job = owned_job(&state, id, &owner).await?;
     let objects = store(&state)?;
     let name = query
@@ -120,12 +126,7 @@ pub async fn file_upload_url(
                 ApiError::BadRequest(format!("expires_in must be an integer from 1 to {max}"))
             })?,
     };
-    if job.status.is_terminal() {
-        return Err(ApiError::Conflict(format!(
-            "job {id} has ended ({}); its files can no longer change",
-            job.status
-        )));
-    }
+    still_open(&job)?;
     let key = format!("{}{name}", objects::client_prefix(id));
     let url = match objects
         .presigned(reqwest::Method::PUT, &key, Duration::from_secs(expires_in))
@@ -180,16 +181,11 @@ pub async fn upload_file(
     Caller(owner): Caller,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let id = job_id(&id)?;
+    let id = parse_id(&id)?;
     let job = owned_job(&state, id, &owner).await?;
     let objects = store(&state)?;
     let name = name_of(&params)?;
-    if job.status.is_terminal() {
-        return Err(ApiError::Conflict(format!(
-            "job {id} has ended ({}); its files can no longer change",
-            job.status
-        )));
-    }
+    still_open(&job)?;
     let key = format!("{}{name}", objects::client_prefix(id));
     let stored = put(objects, &key, request).await?;
     tracing::info!(job_id = %id, "job {id}: file {name} uploaded ({} bytes)", stored.size);
@@ -242,7 +238,7 @@ pub async fn download_file(
     Path(params): Path<std::collections::HashMap<String, String>>,
     Caller(owner): Caller,
 ) -> Result<Response, ApiError> {
-    let id = job_id(&id)?;
+    let id = parse_id(&id)?;
     owned_job(&state, id, &owner).await?;
     let objects = store(&state)?;
     let name = name_of(&params)?;

@@ -10,17 +10,12 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use uuid::Uuid;
 
-use super::client::JobId;
+use super::client::{JobId, parse_id};
 use super::error::ApiError;
 use super::session::Caller;
 use super::{AppState, body};
 use crate::engine::{Signal, SignalAuth};
-
-fn job_id(id: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(id).map_err(|_| ApiError::NotFound("Job not found".into()))
-}
 
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/signal/{name}", tag = "jobs",
     summary = "Send a signal (or decision) to a job in a `wait` state: it goes on to the state the name leads to, with the JSON body as that state's result",
@@ -39,7 +34,7 @@ pub async fn signal_job(
     Caller(owner): Caller,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let id = job_id(&id)?;
+    let id = parse_id(&id)?;
     let name = params.get("name").cloned().unwrap_or_default();
     let raw = body::bytes(raw)?;
     let payload = body::json_object(&raw)?.unwrap_or_default();
@@ -84,7 +79,7 @@ pub async fn approval(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let id = job_id(&job)?;
+    let id = parse_id(&job)?;
     let raw = body::bytes(raw)?;
     let mut payload = body::json_object(&raw)?.unwrap_or_default();
     let body_token = match payload.remove("token") {

@@ -166,7 +166,7 @@ impl Objects {
                     .build()
                     .map_err(|e| anyhow::anyhow!("S3 configuration: {e}"))?;
                 let s3 = Arc::new(s3);
-                let hash = config_hash(endpoint, access_key, &config.bucket);
+                let hash = rxon::blob::config_hash(endpoint, access_key, &config.bucket);
                 (s3.clone() as Arc<dyn ObjectStore>, Some(s3), Some(hash))
             }
         };
@@ -338,10 +338,7 @@ impl Objects {
     /// The signature of the orchestrator's own URL for `method` on `key`
     /// until `expires` (Unix seconds): the local store's presigned URLs.
     pub fn local_signature(&self, method: &str, key: &str, expires: i64) -> String {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.url_key)
-            .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
-        mac.update(format!("{method}\n{key}\n{expires}").as_bytes());
-        hex::encode(mac.finalize().into_bytes())
+        hex::encode(self.url_mac(method, key, expires).finalize().into_bytes())
     }
 
     /// Whether `signature` is [`Self::local_signature`]'s (compared in
@@ -353,13 +350,19 @@ impl Objects {
         expires: i64,
         signature: &str,
     ) -> bool {
-        let Ok(given) = hex::decode(signature) else {
-            return false;
-        };
+        hex::decode(signature).is_ok_and(|given| {
+            self.url_mac(method, key, expires)
+                .verify_slice(&given)
+                .is_ok()
+        })
+    }
+
+    /// The MAC of an own URL: method, key and expiry under the URL key.
+    fn url_mac(&self, method: &str, key: &str, expires: i64) -> Hmac<Sha256> {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.url_key)
             .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
         mac.update(format!("{method}\n{key}\n{expires}").as_bytes());
-        mac.verify_slice(&given).is_ok()
+        mac
     }
 
     /// Deletes every object under both of the job's prefixes; how many.
@@ -400,14 +403,6 @@ impl Objects {
         }
         Ok(ids.into_iter().collect())
     }
-}
-
-/// rxon's `calculate_config_hash`: the first 16 hex digits of
-/// `sha256("<endpoint>|<access key>|<bucket>")`.
-pub fn config_hash(endpoint: &str, access_key: &str, bucket: &str) -> String {
-    use sha2::Digest;
-    let digest = Sha256::digest(format!("{endpoint}|{access_key}|{bucket}").as_bytes());
-    hex::encode(digest)[..16].to_string()
 }
 
 #[cfg(test)]
@@ -514,14 +509,5 @@ mod tests {
         assert!(!objects.local_signature_ok("PUT", "jobs/x/b", 100, &sig));
         assert!(!objects.local_signature_ok("PUT", "jobs/x/a", 101, &sig));
         assert!(!objects.local_signature_ok("PUT", "jobs/x/a", 100, "zz"));
-    }
-
-    #[test]
-    fn the_config_hash_is_rxons() {
-        // rxon.blob.calculate_config_hash("http://127.0.0.1:9000", "ak", "b")
-        assert_eq!(
-            config_hash("http://127.0.0.1:9000", "ak", "b"),
-            "086fe5a0ec5eb906"
-        );
     }
 }
